@@ -1,0 +1,193 @@
+"""The lifecycle application: commands and queries on accounts, over the event store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Transcoding
+
+from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
+from lifecycle.domain import (
+    Account,
+    AccountStatus,
+    EmailClaim,
+    WithdrawalReason,
+)
+from lifecycle.errors import (
+    AccountNotFoundError,
+    AccountPurgedError,
+    ConcurrentUpdateError,
+)
+from lifecycle.storage import Database
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 5
+
+
+class DateAsISO(Transcoding):
+    type = date
+    name = "date_iso"
+
+    def encode(self, obj: date) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> date:
+        return date.fromisoformat(data)
+
+
+class Accounts(Application[UUID]):
+    """Owns every member account's life, from registration to erasure."""
+
+    name = "Accounts"
+    env = {"ORIGINATOR_ID_TYPE": "uuid"}  # noqa: RUF012 - the library's own class attribute
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.vault.create_schema()
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        self.database = Database.of(self.factory, self.name)
+        master_key = decode_master_key(self.env.get("MASTER_KEY", ""))
+        self.vault = KeyVault(self.database, master_key)
+        self._claim_key = derive_key(master_key, "lifecycle/email-claim-id")
+        return PersonalDataMapper(transcoder=self.construct_transcoder(), vault=self.vault)
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(DateAsISO())
+
+    # Commands
+
+    def register(self, **fields: Any) -> UUID:
+        account_id = uuid4()
+
+        def attempt() -> UUID:
+            # Built afresh each time: a failed save has already taken the pending events.
+            account = Account.register(account_id=account_id, **fields)
+            claim_id = keyed_id(self._claim_key, account.email)
+            claim = self._find_claim(claim_id) or EmailClaim.open(claim_id)
+            claim.claim(account.id)
+            self.save(account, claim)
+            return account.id
+
+        return self._retrying(attempt)
+
+    def edit_preferences(self, account_id: UUID, **parts: Any) -> list[str]:
+        def attempt() -> list[str]:
+            account = self.get_account(account_id)
+            changed = account.edit_preferences(**parts)
+            self.save(account)
+            return changed
+
+        return self._retrying(attempt)
+
+    def receive_scout(
+        self, account_id: UUID, *, scout_id: str, company_id: str, job_id: str
+    ) -> bool:
+        def attempt() -> bool:
+            account = self.get_account(account_id)
+            recorded = account.receive_scout(
+                scout_id=scout_id,
+                company_id=company_id,
+                job_id=job_id,
+                received_at=datetime.now(UTC),
+            )
+            self.save(account)
+            return recorded
+
+        return self._retrying(attempt)
+
+    def claim_gift(self, account_id: UUID, *, company_id: str, start_date: date) -> None:
+        def attempt() -> None:
+            account = self.get_account(account_id)
+            account.claim_gift(company_id=company_id, start_date=start_date)
+            self.save(account)
+
+        self._retrying(attempt)
+
+    def request_withdrawal(
+        self,
+        account_id: UUID,
+        *,
+        reason: str,
+        comment: str | None = None,
+        acknowledge_gift_loss: bool = False,
+    ) -> bool:
+        def attempt() -> bool:
+            account = self.get_account(account_id)
+            requested = account.request_withdrawal(
+                reason=reason, comment=comment, acknowledge_gift_loss=acknowledge_gift_loss
+            )
+            self.save(account)
+            return requested
+
+        return self._retrying(attempt)
+
+    def purge(self, account_id: UUID) -> bool:
+        """Record Purged, release the e-mail and destroy the key, all in one transaction."""
+
+        def attempt() -> bool:
+            account = self._load(account_id)
+            if not account.purge():
+                return False
+            claim = self._find_claim(keyed_id(self._claim_key, account.email))
+            if claim is not None:
+                claim.release(account.id)
+            self.save(account, claim)
+            return True
+
+        purged = self._retrying(attempt)
+        self.vault.forget(account_id)
+        return purged
+
+    # Queries
+
+    def get_account(self, account_id: UUID) -> Account:
+        """The account as it stands; a purged account is gone for every caller but audit."""
+        account = self._load(account_id)
+        if account.status is AccountStatus.PURGED:
+            raise AccountPurgedError()
+        return account
+
+    def withdrawal_preview(self, account_id: UUID) -> dict[str, Any]:
+        account = self.get_account(account_id)
+        return {
+            "status": account.status.value,
+            "gift_claimed": account.gift is not None,
+            "gift_eligible": account.gift_eligible,
+            "gift_lost_on_withdrawal": account.gift_eligible,
+            "scouts_received": len(account.scouts),
+            "re_registration_starts_from_nothing": True,
+            "reasons": [reason.value for reason in WithdrawalReason],
+        }
+
+    def _load(self, account_id: UUID) -> Account:
+        try:
+            aggregate: object = self.repository.get(account_id)
+        except AggregateNotFoundError:
+            raise AccountNotFoundError() from None
+        if not isinstance(aggregate, Account):
+            raise AccountNotFoundError()
+        return aggregate
+
+    def _find_claim(self, claim_id: UUID) -> EmailClaim | None:
+        try:
+            claim: object = self.repository.get(claim_id)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(claim, EmailClaim)
+        return claim
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Optimistic concurrency: reload and retry a few times, then give up with 409."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return attempt()
+            except IntegrityError:
+                continue
+        raise ConcurrentUpdateError()

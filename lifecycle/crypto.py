@@ -1,0 +1,272 @@
+"""Crypto-shredding: personal fields sealed with a per-account key that `Purged` destroys.
+
+The key table lives in the event store's own database. A trigger on the events table
+deletes an account's key in the same transaction that inserts its `Purged` event, so the
+two cannot be separated by a crash; a tombstone table refuses to bring a key back.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import (
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+    Transcoder,
+)
+from eventsourcing.utils import get_topic
+
+from lifecycle.domain import REDACTED, Account
+from lifecycle.errors import KeyDestroyedError, LifecycleError
+from lifecycle.storage import Database
+
+NONCE_BYTES = 12
+SEALED_FIELD = "sealed"
+PURGED_TOPIC = get_topic(Account.Purged)
+
+
+class MasterKeyError(LifecycleError):
+    code = "master_key_invalid"
+
+
+def decode_master_key(encoded: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(encoded.encode())
+    except ValueError:
+        raise MasterKeyError(detail="master key must be URL-safe base64") from None
+    if len(key) != 32:
+        raise MasterKeyError(detail="master key must decode to 32 bytes")
+    return key
+
+
+def new_master_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def derive_key(master_key: bytes, purpose: str) -> bytes:
+    """One master secret, separate keys per purpose (wrapping, e-mail claim ids)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+        master_key
+    )
+
+
+def keyed_id(key: bytes, value: str) -> UUID:
+    """A stable id for a value that nobody without the key can recompute."""
+    return UUID(bytes=hmac.new(key, value.encode(), hashlib.sha256).digest()[:16])
+
+
+def _seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def _open(key: bytes, sealed: bytes, associated: bytes) -> bytes:
+    return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
+
+
+class KeyVault:
+    """Per-account data keys, wrapped by the master key, cached briefly in memory."""
+
+    def __init__(self, database: Database, master_key: bytes, cache_seconds: float = 30.0) -> None:
+        self.database = database
+        self._wrapping_key = derive_key(master_key, "lifecycle/data-key-wrapping")
+        self._cache: OrderedDict[UUID, tuple[float, bytes]] = OrderedDict()
+        self._cache_seconds = cache_seconds
+        self._cache_size = 10_000
+        self._lock = threading.Lock()
+
+    def create_schema(self) -> None:
+        db = self.database
+        with db.transaction() as cursor:
+            for statement in self._schema_statements():
+                cursor.execute(statement)
+
+    def _schema_statements(self) -> list[str]:
+        db = self.database
+        tables = [
+            f"CREATE TABLE IF NOT EXISTS account_keys (account_id {db.id_type} PRIMARY KEY, "
+            f"wrapped_key {db.blob_type} NOT NULL, "
+            f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
+            f"CREATE TABLE IF NOT EXISTS destroyed_keys (account_id {db.id_type} PRIMARY KEY, "
+            f"destroyed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
+        ]
+        if db.dialect == "postgres":
+            return [
+                *tables,
+                "CREATE OR REPLACE FUNCTION lifecycle_destroy_key_on_purge() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN "
+                "DELETE FROM account_keys WHERE account_id = NEW.originator_id; "
+                "INSERT INTO destroyed_keys (account_id) VALUES (NEW.originator_id) "
+                "ON CONFLICT DO NOTHING; RETURN NULL; END $$",
+                f"CREATE OR REPLACE TRIGGER destroy_key_on_purge AFTER INSERT ON {db.events_table} "
+                f"FOR EACH ROW WHEN (NEW.topic = '{PURGED_TOPIC}') "
+                "EXECUTE FUNCTION lifecycle_destroy_key_on_purge()",
+                "CREATE OR REPLACE FUNCTION lifecycle_refuse_destroyed_key() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN "
+                "IF EXISTS (SELECT 1 FROM destroyed_keys WHERE account_id = NEW.account_id) "
+                "THEN RAISE EXCEPTION 'key_destroyed'; END IF; RETURN NEW; END $$",
+                "CREATE OR REPLACE TRIGGER refuse_destroyed_key BEFORE INSERT ON account_keys "
+                "FOR EACH ROW EXECUTE FUNCTION lifecycle_refuse_destroyed_key()",
+            ]
+        return [
+            *tables,
+            f"CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge AFTER INSERT ON {db.events_table} "
+            f"WHEN NEW.topic = '{PURGED_TOPIC}' BEGIN "
+            "DELETE FROM account_keys WHERE account_id = NEW.originator_id; "
+            "INSERT OR IGNORE INTO destroyed_keys (account_id) VALUES (NEW.originator_id); END",
+            "CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON account_keys "
+            "WHEN EXISTS (SELECT 1 FROM destroyed_keys WHERE account_id = NEW.account_id) "
+            "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END",
+        ]
+
+    def create_key(self, account_id: UUID) -> bytes:
+        """Give a new account its data key; refuses an id whose key was ever destroyed."""
+        key = AESGCM.generate_key(bit_length=256)
+        wrapped = _seal(self._wrapping_key, key, account_id.bytes)
+        db = self.database
+        try:
+            with db.transaction() as cursor:
+                cursor.execute(
+                    "INSERT INTO account_keys (account_id, wrapped_key) VALUES (%s, %s) "
+                    "ON CONFLICT (account_id) DO NOTHING",
+                    (db.id_param(account_id), wrapped),
+                )
+        except Exception as error:
+            if "key_destroyed" in str(error):
+                raise KeyDestroyedError() from None
+            raise
+        found = self.find_key(account_id)
+        if found is None:
+            raise KeyDestroyedError()
+        return found
+
+    def find_key(self, account_id: UUID) -> bytes | None:
+        """The account's data key, or None once it was destroyed."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(account_id)
+            if cached and cached[0] > now:
+                self._cache.move_to_end(account_id)
+                return cached[1]
+        db = self.database
+        with db.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                "SELECT wrapped_key FROM account_keys WHERE account_id = %s",
+                (db.id_param(account_id),),
+            ).fetchone()
+        if row is None:
+            self.forget(account_id)
+            return None
+        key = _open(self._wrapping_key, bytes(row[0]), account_id.bytes)
+        with self._lock:
+            self._cache[account_id] = (now + self._cache_seconds, key)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return key
+
+    def forget(self, account_id: UUID) -> None:
+        with self._lock:
+            self._cache.pop(account_id, None)
+
+    def destroy_keys_of_purged_accounts(self) -> int:
+        """Re-shred after a backup restore: every account with a Purged event loses its key."""
+        db = self.database
+        with db.transaction() as cursor:
+            purged = [
+                row[0]
+                for row in cursor.execute(
+                    f"SELECT originator_id FROM {db.events_table} WHERE topic = %s",
+                    (PURGED_TOPIC,),
+                ).fetchall()
+            ]
+            destroyed = 0
+            for account_id in purged:
+                cursor.execute("DELETE FROM account_keys WHERE account_id = %s", (account_id,))
+                destroyed += cursor.rowcount
+                cursor.execute(
+                    "INSERT INTO destroyed_keys (account_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                    (account_id,),
+                )
+        with self._lock:
+            self._cache.clear()
+        return destroyed
+
+    def is_destroyed(self, account_id: UUID) -> bool:
+        db = self.database
+        with db.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                "SELECT 1 FROM destroyed_keys WHERE account_id = %s", (db.id_param(account_id),)
+            ).fetchone()
+        return row is not None
+
+    def seal(self, key: bytes, account_id: UUID, plaintext: bytes) -> bytes:
+        return _seal(key, plaintext, account_id.bytes)
+
+    def unseal(self, key: bytes, account_id: UUID, sealed: bytes) -> bytes:
+        return _open(key, sealed, account_id.bytes)
+
+
+class PersonalDataMapper(Mapper[UUID]):
+    """Seals each event's `personal_fields` with its account's key; reads them back redacted
+    once the key is gone, so replay after purge works and shows the lifecycle facts.
+    """
+
+    def __init__(self, transcoder: Transcoder, vault: KeyVault) -> None:
+        super().__init__(transcoder=transcoder)
+        self.vault = vault
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        fields: tuple[str, ...] = getattr(type(domain_event), "personal_fields", ())
+        if not fields:
+            return super().to_stored_event(domain_event)
+        state = dict(vars(domain_event))
+        account_id: UUID = state["originator_id"]
+        personal = {name: state.pop(name) for name in fields}
+        key = (
+            self.vault.create_key(account_id)
+            if isinstance(domain_event, Account.Registered)
+            else self.vault.find_key(account_id)
+        )
+        if key is None:
+            raise KeyDestroyedError()
+        sealed = self.vault.seal(key, account_id, self.transcoder.encode(personal))
+        state[SEALED_FIELD] = base64.b64encode(sealed).decode()
+        shell = object.__new__(type(domain_event))
+        object.__setattr__(shell, "__dict__", state)
+        return super().to_stored_event(shell)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        domain_event = super().to_domain_event(stored_event)
+        state: dict[str, Any] = domain_event.__dict__
+        sealed = state.pop(SEALED_FIELD, None)
+        if sealed is None:
+            return domain_event
+        fields: tuple[str, ...] = getattr(type(domain_event), "personal_fields", ())
+        account_id: UUID = state["originator_id"]
+        key = self.vault.find_key(account_id)
+        if key is None:
+            state.update(dict.fromkeys(fields, REDACTED))
+            return domain_event
+        try:
+            plaintext = self.vault.unseal(key, account_id, base64.b64decode(sealed))
+        except InvalidTag:
+            raise MapperDeserialisationError(
+                f"sealed personal fields of event {stored_event.originator_version} "
+                f"of {account_id} fail authentication"
+            ) from None
+        state.update(self.transcoder.decode(plaintext))
+        return domain_event

@@ -1,0 +1,399 @@
+"""The Account aggregate and its rules: pure, no I/O."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+from eventsourcing.domain import Aggregate
+
+from lifecycle.errors import (
+    AccountNotWithdrawingError,
+    AccountPurgedError,
+    AccountWithdrawingError,
+    EmailAlreadyClaimedError,
+    GiftAlreadyClaimedError,
+    GiftNotEligibleError,
+    GiftUnclaimedError,
+    InvalidCommandError,
+)
+
+# Personal values that cannot be decrypted any more read back as this marker.
+REDACTED = "[redacted]"
+
+GIFT_KIND = "gift_card"
+GIFT_AMOUNT_JPY = 5000
+MAX_COMMENT_LENGTH = 1000
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    WITHDRAWING = "withdrawing"
+    PURGED = "purged"
+
+
+class WithdrawalReason(StrEnum):
+    HIRED_VIA_PLATFORM = "hired_via_platform"
+    HIRED_ELSEWHERE = "hired_elsewhere"
+    TOO_MANY_NOTIFICATIONS = "too_many_notifications"
+    POSTINGS_MISMATCH = "postings_mismatch"
+    HARD_TO_USE = "hard_to_use"
+    OTHER = "other"
+
+
+class Channel(StrEnum):
+    WEB = "web"
+    APP = "app"
+
+
+# Parts of the account a member may edit; each maps to a field of PreferencesEdited.
+EDITABLE_PARTS = ("profile", "job_title", "work_history", "desired", "notifications")
+
+
+def normalise_email(email: str) -> str:
+    """Compare addresses as people mean them: NFKC, trimmed, case-folded."""
+    return unicodedata.normalize("NFKC", email).strip().casefold()
+
+
+class Account(Aggregate):
+    """One member's account, from registration to erasure."""
+
+    class Event(Aggregate.Event):
+        # Names of this event's attributes that hold personal values; the stored form
+        # seals them with the account's own key (see lifecycle.crypto).
+        personal_fields: ClassVar[tuple[str, ...]] = ()
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.fold(self)
+
+    class Registered(Event, Aggregate.Created):
+        class_version = 1
+        personal_fields = ("email", "display_name", "phone", "job_title", "work_history")
+        email: str
+        display_name: str
+        phone: str | None
+        job_title: str | None
+        work_history: list[dict[str, Any]]
+        profile: dict[str, Any]
+        desired: dict[str, Any]
+        notifications: dict[str, bool]
+        consent_version: str
+        channel: str
+
+    class PreferencesEdited(Event):
+        """Only the parts that changed; a part left as None did not change."""
+
+        class_version = 1
+        personal_fields = ("job_title", "work_history")
+        profile: dict[str, Any] | None
+        job_title: str | None
+        work_history: list[dict[str, Any]] | None
+        desired: dict[str, Any] | None
+        notifications: dict[str, bool] | None
+
+        @property
+        def changed_parts(self) -> list[str]:
+            return [part for part in EDITABLE_PARTS if getattr(self, part) is not None]
+
+    class ScoutReceived(Event):
+        class_version = 1
+        scout_id: str
+        company_id: str
+        job_id: str
+        received_at: datetime
+
+    class GiftClaimed(Event):
+        class_version = 1
+        company_id: str
+        start_date: date
+        gift_kind: str
+        amount_jpy: int
+
+    class WithdrawalRequested(Event):
+        class_version = 1
+        personal_fields = ("comment",)
+        reason: str
+        comment: str | None
+        acknowledged_gift_loss: bool
+        gift_forfeited: bool
+
+    class Purged(Event):
+        class_version = 1
+
+    # State, folded from the events above.
+    email: str
+    display_name: str
+    phone: str | None
+    job_title: str | None
+    work_history: list[dict[str, Any]]
+    profile: dict[str, Any]
+    desired: dict[str, Any]
+    notifications: dict[str, bool]
+    consent_version: str
+    channel: str
+    status: AccountStatus
+    registered_at: datetime
+    scouts: dict[str, dict[str, Any]]
+    gift: dict[str, Any] | None
+    withdrawal: dict[str, Any] | None
+    withdrawn_at: datetime | None
+    purged_at: datetime | None
+
+    def __init__(self) -> None:
+        """State starts empty; Registered fills it in through fold()."""
+
+    @classmethod
+    def register(
+        cls,
+        *,
+        email: str,
+        display_name: str,
+        consent_version: str,
+        phone: str | None = None,
+        job_title: str | None = None,
+        work_history: list[dict[str, Any]] | None = None,
+        profile: dict[str, Any] | None = None,
+        desired: dict[str, Any] | None = None,
+        notifications: dict[str, bool] | None = None,
+        channel: str = Channel.WEB,
+        account_id: UUID | None = None,
+    ) -> Account:
+        cls.check_email_is_plausible(email)
+        if not display_name.strip():
+            raise InvalidCommandError("display_name_empty")
+        return cls._create(
+            cls.Registered,
+            id=account_id or uuid4(),
+            email=normalise_email(email),
+            display_name=display_name.strip(),
+            phone=phone,
+            job_title=job_title,
+            work_history=list(work_history or []),
+            profile=dict(profile or {}),
+            desired=dict(desired or {}),
+            notifications={**default_notifications(), **(notifications or {})},
+            consent_version=consent_version,
+            channel=Channel(channel).value,
+        )
+
+    def fold(self, event: Aggregate.Event) -> None:
+        """Fold one event into the state; events carry facts, so this never refuses."""
+        match event:
+            case Account.Registered():
+                self.email = event.email
+                self.display_name = event.display_name
+                self.phone = event.phone
+                self.job_title = event.job_title
+                self.work_history = event.work_history
+                self.profile = event.profile
+                self.desired = event.desired
+                self.notifications = event.notifications
+                self.consent_version = event.consent_version
+                self.channel = event.channel
+                self.status = AccountStatus.ACTIVE
+                self.registered_at = event.timestamp
+                self.scouts = {}
+                self.gift = None
+                self.withdrawal = None
+                self.withdrawn_at = None
+                self.purged_at = None
+            case Account.PreferencesEdited():
+                for part in event.changed_parts:
+                    setattr(self, part, getattr(event, part))
+            case Account.ScoutReceived():
+                self.scouts[event.scout_id] = {
+                    "company_id": event.company_id,
+                    "job_id": event.job_id,
+                    "received_at": event.received_at,
+                }
+            case Account.GiftClaimed():
+                self.gift = {
+                    "company_id": event.company_id,
+                    "start_date": event.start_date,
+                    "gift_kind": event.gift_kind,
+                    "amount_jpy": event.amount_jpy,
+                    "claimed_at": event.timestamp,
+                }
+            case Account.WithdrawalRequested():
+                self.status = AccountStatus.WITHDRAWING
+                self.withdrawal = {
+                    "reason": event.reason,
+                    "comment": event.comment,
+                    "acknowledged_gift_loss": event.acknowledged_gift_loss,
+                    "gift_forfeited": event.gift_forfeited,
+                }
+                self.withdrawn_at = event.timestamp
+            case Account.Purged():
+                self.status = AccountStatus.PURGED
+                self.purged_at = event.timestamp
+
+    # Commands
+
+    def edit_preferences(self, **parts: Any) -> list[str]:
+        """Record only the parts that differ; returns the names of the parts changed."""
+        self.check_account_is_active()
+        unknown = set(parts) - set(EDITABLE_PARTS)
+        if unknown:
+            raise InvalidCommandError("unknown_preference_part")
+        changes = {
+            part: value
+            for part, value in parts.items()
+            if value is not None and value != getattr(self, part)
+        }
+        if changes:
+            self.trigger_event(
+                self.PreferencesEdited, **{part: changes.get(part) for part in EDITABLE_PARTS}
+            )
+        return [part for part in EDITABLE_PARTS if part in changes]
+
+    def receive_scout(
+        self, *, scout_id: str, company_id: str, job_id: str, received_at: datetime
+    ) -> bool:
+        """Record a scout once per scout id; returns False when it was already seen."""
+        self.check_account_is_active()
+        if scout_id in self.scouts:
+            return False
+        self.trigger_event(
+            self.ScoutReceived,
+            scout_id=scout_id,
+            company_id=company_id,
+            job_id=job_id,
+            received_at=received_at,
+        )
+        return True
+
+    def claim_gift(self, *, company_id: str, start_date: date) -> None:
+        self.check_account_is_active()
+        if self.gift is not None:
+            raise GiftAlreadyClaimedError("gift_already_claimed")
+        if company_id not in self.scouting_companies:
+            raise GiftNotEligibleError("company_not_scouted")
+        self.trigger_event(
+            self.GiftClaimed,
+            company_id=company_id,
+            start_date=start_date,
+            gift_kind=GIFT_KIND,
+            amount_jpy=GIFT_AMOUNT_JPY,
+        )
+
+    def request_withdrawal(
+        self, *, reason: str, comment: str | None = None, acknowledge_gift_loss: bool = False
+    ) -> bool:
+        """Start erasure; returns False when withdrawal was already requested (idempotent)."""
+        self.check_account_is_not_purged()
+        if self.status is AccountStatus.WITHDRAWING:
+            return False
+        try:
+            reason_code = WithdrawalReason(reason)
+        except ValueError:
+            raise InvalidCommandError("unknown_withdrawal_reason") from None
+        if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
+            raise InvalidCommandError("comment_too_long")
+        if (
+            reason_code is WithdrawalReason.HIRED_VIA_PLATFORM
+            and self.gift is None
+            and not acknowledge_gift_loss
+        ):
+            raise GiftUnclaimedError("gift_unclaimed")
+        self.trigger_event(
+            self.WithdrawalRequested,
+            reason=reason_code.value,
+            comment=comment,
+            acknowledged_gift_loss=acknowledge_gift_loss,
+            gift_forfeited=self.gift is None and self.gift_eligible,
+        )
+        return True
+
+    def purge(self) -> bool:
+        """Terminal step of erasure; returns False when already purged (idempotent)."""
+        if self.status is AccountStatus.PURGED:
+            return False
+        if self.status is not AccountStatus.WITHDRAWING:
+            raise AccountNotWithdrawingError("account_not_withdrawing")
+        self.trigger_event(self.Purged)
+        return True
+
+    # Rules and derived facts
+
+    @property
+    def scouting_companies(self) -> set[str]:
+        return {scout["company_id"] for scout in self.scouts.values()}
+
+    @property
+    def gift_eligible(self) -> bool:
+        """A gift can still be claimed: active, unclaimed, and scouted at least once."""
+        return self.status is AccountStatus.ACTIVE and self.gift is None and bool(self.scouts)
+
+    def check_account_is_not_purged(self) -> None:
+        if self.status is AccountStatus.PURGED:
+            raise AccountPurgedError("account_purged")
+
+    def check_account_is_active(self) -> None:
+        self.check_account_is_not_purged()
+        if self.status is AccountStatus.WITHDRAWING:
+            raise AccountWithdrawingError("account_withdrawing")
+
+    @staticmethod
+    def check_email_is_plausible(email: str) -> None:
+        local, at, domain = normalise_email(email).rpartition("@")
+        if not (at and local and "." in domain and " " not in email.strip()):
+            raise InvalidCommandError("email_invalid")
+
+
+def default_notifications() -> dict[str, bool]:
+    return {"scouts": True, "recommendations": True, "notices": True}
+
+
+class EmailClaim(Aggregate):
+    """Which account holds an e-mail address now; saved with the account, so claims are atomic.
+
+    Its id is a keyed hash of the address (see lifecycle.application), never the address.
+    """
+
+    class Event(Aggregate.Event):
+        personal_fields: ClassVar[tuple[str, ...]] = ()
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.fold(self)
+
+    class Claimed(Event):
+        class_version = 1
+        account_id: UUID
+
+    class Released(Event):
+        class_version = 1
+        account_id: UUID
+
+    account_id: UUID | None
+
+    class Created(Event, Aggregate.Created):
+        class_version = 1
+
+    def __init__(self) -> None:
+        self.account_id = None
+
+    @classmethod
+    def open(cls, claim_id: UUID) -> EmailClaim:
+        return cls._create(cls.Created, id=claim_id)
+
+    def fold(self, event: Aggregate.Event) -> None:
+        match event:
+            case EmailClaim.Created():
+                self.account_id = None
+            case EmailClaim.Claimed():
+                self.account_id = event.account_id
+            case EmailClaim.Released():
+                self.account_id = None
+
+    def claim(self, account_id: UUID) -> None:
+        if self.account_id is not None and self.account_id != account_id:
+            raise EmailAlreadyClaimedError("email_in_use")
+        if self.account_id is None:
+            self.trigger_event(self.Claimed, account_id=account_id)
+
+    def release(self, account_id: UUID) -> None:
+        if self.account_id == account_id:
+            self.trigger_event(self.Released, account_id=account_id)

@@ -1,0 +1,64 @@
+"""The service's one error hierarchy; the HTTP edge maps each class to a status."""
+
+from __future__ import annotations
+
+
+class LifecycleError(Exception):
+    """Base of every error the service raises on purpose; `code` is stable for clients."""
+
+    code = "lifecycle_error"
+
+    def __init__(self, code: str | None = None, detail: str | None = None) -> None:
+        self.code = code or type(self).code
+        self.detail = detail or self.code.replace("_", " ")
+        super().__init__(self.code)
+
+
+class InvalidCommandError(LifecycleError):
+    code = "invalid_command"
+
+
+class AccountNotFoundError(LifecycleError):
+    code = "account_not_found"
+
+
+class AccountPurgedError(LifecycleError):
+    code = "account_purged"
+
+
+class ConflictError(LifecycleError):
+    code = "conflict"
+
+
+class AccountWithdrawingError(ConflictError):
+    code = "account_withdrawing"
+
+
+class AccountNotWithdrawingError(ConflictError):
+    code = "account_not_withdrawing"
+
+
+class EmailAlreadyClaimedError(ConflictError):
+    code = "email_in_use"
+
+
+class GiftAlreadyClaimedError(ConflictError):
+    code = "gift_already_claimed"
+
+
+class GiftUnclaimedError(ConflictError):
+    code = "gift_unclaimed"
+
+
+class ConcurrentUpdateError(ConflictError):
+    code = "concurrent_update"
+
+
+class GiftNotEligibleError(LifecycleError):
+    code = "gift_not_eligible"
+
+
+class KeyDestroyedError(LifecycleError):
+    """A data key was destroyed; nothing may create or restore it again."""
+
+    code = "key_destroyed"

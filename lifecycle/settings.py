@@ -1,0 +1,86 @@
+"""All configuration, from `LIFECYCLE_*` environment variables, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lifecycle.crypto import decode_master_key, new_master_key
+from lifecycle.storage import persistence_env
+
+Role = Literal["service", "ops", "auditor"]
+ROLES: tuple[Role, ...] = ("service", "ops", "auditor")
+EMBEDDED_DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    """Defaults are the embedded first run: SQLite under ./data, Kafka off."""
+
+    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore")
+
+    database_url: str = f"sqlite:///{EMBEDDED_DATA_DIR / 'lifecycle.sqlite3'}"
+    kafka_bootstrap: str | None = None
+    # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
+    api_tokens: dict[str, Role] = Field(default_factory=dict)
+    # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
+    master_key: str | None = None
+    erasure_deadline_hours: float = 72.0
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+    service_name: str = "lifecycle"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_supported(cls, value: str) -> str:
+        persistence_env(value)
+        return value
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key_decodes(cls, value: str | None) -> str | None:
+        if value is not None:
+            decode_master_key(value)
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_are_digests(cls, value: dict[str, Role]) -> dict[str, Role]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("api_tokens keys must be sha256 hex digests of the tokens")
+        return value
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    def application_env(self) -> dict[str, str]:
+        """The eventsourcing environment for the Accounts application."""
+        return {**persistence_env(self.database_url), "MASTER_KEY": self.resolved_master_key()}
+
+    def resolved_master_key(self) -> str:
+        if self.master_key:
+            return self.master_key
+        if not self.is_embedded:
+            raise ValueError("LIFECYCLE_MASTER_KEY is required outside the embedded default")
+        # Embedded first run only: a key file beside the SQLite database.
+        path = Path(self.database_url.removeprefix("sqlite:///")).parent / "master.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(new_master_key())
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def generate_tokens() -> dict[Role, str]:
+    """One fresh token per role, for a server started with none configured."""
+    return {role: secrets.token_urlsafe(24) for role in ROLES}

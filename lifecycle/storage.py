@@ -1,0 +1,128 @@
+"""The one adapter over the application's SQL database, PostgreSQL or SQLite.
+
+Everything the service keeps beside the event store (keys, relay position, read models)
+goes through `Database`, so each piece of SQL is written once with `%s` placeholders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+from uuid import UUID
+
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
+
+from lifecycle.errors import LifecycleError
+
+Dialect = Literal["postgres", "sqlite"]
+
+
+class DatabaseUrlError(LifecycleError):
+    code = "database_url_invalid"
+
+
+def persistence_env(database_url: str) -> dict[str, str]:
+    """Translate `postgresql://...` or `sqlite:///path` into the eventsourcing environment."""
+    parts = urlsplit(database_url)
+    if parts.scheme in ("postgresql", "postgres"):
+        if not parts.hostname or not parts.path.strip("/"):
+            raise DatabaseUrlError(detail="expected postgresql://user:password@host:port/dbname")
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")),
+            "POSTGRES_HOST": parts.hostname,
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_CONNECT_TIMEOUT": "5",
+            "POSTGRES_POOL_SIZE": "10",
+            "POSTGRES_MAX_OVERFLOW": "20",
+        }
+    if parts.scheme == "sqlite":
+        path = database_url.removeprefix("sqlite:///")
+        if not path:
+            raise DatabaseUrlError(detail="expected sqlite:///path/to/file.sqlite3")
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+    raise DatabaseUrlError(detail="database URL must start with postgresql:// or sqlite:///")
+
+
+class Database:
+    """A transaction-scoped cursor on the application's own datastore, in either dialect."""
+
+    def __init__(self, datastore: PostgresDatastore | SQLiteDatastore, events_table: str) -> None:
+        self.datastore = datastore
+        self.dialect: Dialect = "postgres" if isinstance(datastore, PostgresDatastore) else "sqlite"
+        self.events_table = events_table
+
+    @classmethod
+    def of(cls, factory: InfrastructureFactory[Any], application_name: str) -> Database:
+        datastore = getattr(factory, "datastore", None)
+        if isinstance(datastore, PostgresDatastore):
+            return cls(datastore, f"{datastore.schema}.{application_name.lower()}_events")
+        if isinstance(datastore, SQLiteDatastore):
+            return cls(datastore, "stored_events")
+        raise DatabaseUrlError(detail="the service needs PostgreSQL or SQLite persistence")
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Cursor]:
+        with self.datastore.transaction(commit=commit) as cursor:
+            yield Cursor(cursor, self.dialect)
+
+    def id_param(self, account_id: UUID) -> UUID | str:
+        """Originator ids as each recorder stores them (SQLite keeps hex text)."""
+        return account_id if self.dialect == "postgres" else account_id.hex
+
+    def to_uuid(self, value: UUID | str) -> UUID:
+        return value if isinstance(value, UUID) else UUID(value)
+
+    @property
+    def blob_type(self) -> str:
+        return "bytea" if self.dialect == "postgres" else "BLOB"
+
+    @property
+    def id_type(self) -> str:
+        return "uuid" if self.dialect == "postgres" else "TEXT"
+
+    @property
+    def timestamp_type(self) -> str:
+        return "timestamptz" if self.dialect == "postgres" else "TEXT"
+
+    @property
+    def now(self) -> str:
+        return "now()" if self.dialect == "postgres" else "CURRENT_TIMESTAMP"
+
+
+class Cursor:
+    """Runs `%s`-placeholder SQL in either dialect; rows come back as tuples."""
+
+    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+        self._cursor = cursor
+        self._dialect = dialect
+
+    def execute(self, statement: str, params: tuple[Any, ...] | list[Any] = ()) -> Cursor:
+        if self._dialect == "sqlite":
+            statement = statement.replace("%s", "?")
+        self._cursor.execute(statement, params)
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self._cursor.fetchone()
+        return None if row is None else _as_tuple(row)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [_as_tuple(row) for row in self._cursor.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+def _as_tuple(row: Any) -> tuple[Any, ...]:
+    # The library's PostgreSQL cursors return dict rows; SQLite returns sqlite3.Row.
+    if isinstance(row, dict):
+        return tuple(row.values())
+    return tuple(row)

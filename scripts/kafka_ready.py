@@ -1,0 +1,65 @@
+"""Readiness probe for the local Kafka broker started by scripts/services.
+
+Usage: python scripts/kafka_ready.py BOOTSTRAP DEADLINE_SECONDS
+
+Makes real metadata requests (DescribeCluster, then Metadata) with kafka-python until the
+broker answers with an unfenced broker, retrying until the deadline.
+
+Exit codes: 0 ready; 1 not ready by the deadline (last error on stderr);
+3 kafka-python is not importable (the caller falls back to a port check).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: kafka_ready.py BOOTSTRAP DEADLINE_SECONDS", file=sys.stderr)
+        return 2
+    bootstrap, deadline_s = argv[1], float(argv[2])
+    try:
+        from kafka import KafkaAdminClient
+    except ImportError:
+        return 3
+
+    # kafka-python logs every refused connection at WARNING/ERROR while the broker starts.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    deadline = time.monotonic() + deadline_s
+    last_error = "no attempt made"
+    while time.monotonic() < deadline:
+        admin = None
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id="lifecycle-services-probe",
+                request_timeout_ms=5000,
+                api_version_auto_timeout_ms=5000,
+                reconnect_backoff_ms=100,
+                reconnect_backoff_max_ms=500,
+            )
+            cluster = admin.describe_cluster()
+            brokers = [b for b in cluster.get("brokers", []) if not b.get("is_fenced", False)]
+            if not brokers:
+                last_error = f"no unfenced broker yet: {cluster!r}"
+            else:
+                admin.list_topics()
+                return 0
+        except Exception as exc:  # any failure is a reason to retry until the deadline
+            last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if admin is not None:
+                try:
+                    admin.close()
+                except Exception:
+                    pass
+        time.sleep(0.2)
+    print(f"kafka at {bootstrap} not ready: {last_error}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
