@@ -11,6 +11,7 @@ Exit codes: 0 ready; 1 not ready by the deadline (last error on stderr);
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -22,7 +23,8 @@ def main(argv: list[str]) -> int:
         return 2
     bootstrap, deadline_s = argv[1], float(argv[2])
     try:
-        from kafka import KafkaAdminClient
+        from kafka.admin import KafkaAdminClient
+        from kafka.errors import KafkaConfigurationError
     except ImportError:
         return 3
 
@@ -32,15 +34,21 @@ def main(argv: list[str]) -> int:
     last_error = "no attempt made"
     while time.monotonic() < deadline:
         admin = None
+        # Bound each attempt by the time left; the bootstrap wait is named differently in
+        # kafka-python 2.x (api_version_auto_timeout_ms) and 3.x (bootstrap_timeout_ms).
+        attempt_ms = int(max(0.5, min(5.0, deadline - time.monotonic())) * 1000)
+        options = {
+            "bootstrap_servers": bootstrap,
+            "client_id": "lifecycle-services-probe",
+            "request_timeout_ms": attempt_ms,
+            "reconnect_backoff_ms": 100,
+            "reconnect_backoff_max_ms": 500,
+        }
+        for name in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms"):
+            if name in KafkaAdminClient.DEFAULT_CONFIG:
+                options[name] = attempt_ms
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap,
-                client_id="lifecycle-services-probe",
-                request_timeout_ms=5000,
-                api_version_auto_timeout_ms=5000,
-                reconnect_backoff_ms=100,
-                reconnect_backoff_max_ms=500,
-            )
+            admin = KafkaAdminClient(**options)
             cluster = admin.describe_cluster()
             brokers = [b for b in cluster.get("brokers", []) if not b.get("is_fenced", False)]
             if not brokers:
@@ -48,14 +56,16 @@ def main(argv: list[str]) -> int:
             else:
                 admin.list_topics()
                 return 0
-        except Exception as exc:  # any failure is a reason to retry until the deadline
+        except (KafkaConfigurationError, TypeError) as exc:
+            # A bug in this probe, not a broker that is still starting: no point retrying.
+            print(f"kafka readiness probe misconfigured: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # any other failure is a reason to retry until the deadline
             last_error = f"{type(exc).__name__}: {exc}"
         finally:
             if admin is not None:
-                try:
+                with contextlib.suppress(Exception):
                     admin.close()
-                except Exception:
-                    pass
         time.sleep(0.2)
     print(f"kafka at {bootstrap} not ready: {last_error}", file=sys.stderr)
     return 1
