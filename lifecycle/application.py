@@ -26,7 +26,9 @@ from lifecycle.storage import Database
 
 T = TypeVar("T")
 
-MAX_ATTEMPTS = 5
+# A retry fails only when another writer committed to the same aggregate in between, so each
+# failure is someone else's progress: N writers racing on one account need at most N attempts.
+MAX_ATTEMPTS = 16
 
 
 class DateAsISO(Transcoding):
@@ -132,7 +134,7 @@ class Accounts(Application[UUID]):
         """Record Purged, release the e-mail and destroy the key, all in one transaction."""
 
         def attempt() -> bool:
-            account = self._load(account_id)
+            account = self.load_for_audit(account_id)
             if not account.purge():
                 return False
             claim = self._find_claim(keyed_id(self._claim_key, account.email))
@@ -149,7 +151,7 @@ class Accounts(Application[UUID]):
 
     def get_account(self, account_id: UUID) -> Account:
         """The account as it stands; a purged account is gone for every caller but audit."""
-        account = self._load(account_id)
+        account = self.load_for_audit(account_id)
         if account.status is AccountStatus.PURGED:
             raise AccountPurgedError()
         return account
@@ -166,7 +168,8 @@ class Accounts(Application[UUID]):
             "reasons": [reason.value for reason in WithdrawalReason],
         }
 
-    def _load(self, account_id: UUID) -> Account:
+    def load_for_audit(self, account_id: UUID) -> Account:
+        """Any account, purged ones too (personal fields then read as redacted)."""
         try:
             aggregate: object = self.repository.get(account_id)
         except AggregateNotFoundError:

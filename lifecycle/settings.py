@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore")
 
     database_url: str = f"sqlite:///{EMBEDDED_DATA_DIR / 'lifecycle.sqlite3'}"
+    # PostgreSQL schema holding the service's tables (tests use one per test).
+    database_schema: str = "public"
     kafka_bootstrap: str | None = None
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
     api_tokens: dict[str, Role] = Field(default_factory=dict)
@@ -61,7 +63,10 @@ class Settings(BaseSettings):
 
     def application_env(self) -> dict[str, str]:
         """The eventsourcing environment for the Accounts application."""
-        return {**persistence_env(self.database_url), "MASTER_KEY": self.resolved_master_key()}
+        return {
+            **persistence_env(self.database_url, self.database_schema),
+            "MASTER_KEY": self.resolved_master_key(),
+        }
 
     def resolved_master_key(self) -> str:
         if self.master_key:

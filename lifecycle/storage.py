@@ -25,7 +25,7 @@ class DatabaseUrlError(LifecycleError):
     code = "database_url_invalid"
 
 
-def persistence_env(database_url: str) -> dict[str, str]:
+def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]:
     """Translate `postgresql://...` or `sqlite:///path` into the eventsourcing environment."""
     parts = urlsplit(database_url)
     if parts.scheme in ("postgresql", "postgres"):
@@ -41,6 +41,7 @@ def persistence_env(database_url: str) -> dict[str, str]:
             "POSTGRES_CONNECT_TIMEOUT": "5",
             "POSTGRES_POOL_SIZE": "10",
             "POSTGRES_MAX_OVERFLOW": "20",
+            "POSTGRES_SCHEMA": schema,
         }
     if parts.scheme == "sqlite":
         path = database_url.removeprefix("sqlite:///")
@@ -53,18 +54,28 @@ def persistence_env(database_url: str) -> dict[str, str]:
 class Database:
     """A transaction-scoped cursor on the application's own datastore, in either dialect."""
 
-    def __init__(self, datastore: PostgresDatastore | SQLiteDatastore, events_table: str) -> None:
+    def __init__(
+        self, datastore: PostgresDatastore | SQLiteDatastore, application_name: str
+    ) -> None:
         self.datastore = datastore
-        self.dialect: Dialect = "postgres" if isinstance(datastore, PostgresDatastore) else "sqlite"
-        self.events_table = events_table
+        if isinstance(datastore, PostgresDatastore):
+            self.dialect: Dialect = "postgres"
+            self.schema: str | None = datastore.schema
+            self.events_table = self.table(f"{application_name.lower()}_events")
+        else:
+            self.dialect = "sqlite"
+            self.schema = None
+            self.events_table = "stored_events"
+
+    def table(self, name: str) -> str:
+        """A table's name as SQL should say it: schema-qualified on PostgreSQL."""
+        return f"{self.schema}.{name}" if self.schema else name
 
     @classmethod
     def of(cls, factory: InfrastructureFactory[Any], application_name: str) -> Database:
         datastore = getattr(factory, "datastore", None)
-        if isinstance(datastore, PostgresDatastore):
-            return cls(datastore, f"{datastore.schema}.{application_name.lower()}_events")
-        if isinstance(datastore, SQLiteDatastore):
-            return cls(datastore, "stored_events")
+        if isinstance(datastore, PostgresDatastore | SQLiteDatastore):
+            return cls(datastore, application_name)
         raise DatabaseUrlError(detail="the service needs PostgreSQL or SQLite persistence")
 
     @contextmanager
@@ -118,7 +129,9 @@ class Cursor:
 
     @property
     def rowcount(self) -> int:
-        return int(self._cursor.rowcount)
+        # The library's SQLiteCursor wraps sqlite3's cursor without passing rowcount on.
+        raw = getattr(self._cursor, "sqlite_cursor", self._cursor)
+        return int(raw.rowcount)
 
 
 def _as_tuple(row: Any) -> tuple[Any, ...]:

@@ -1,0 +1,40 @@
+# The two entry points of the README: `make run` (embedded default) and `make test` (everything).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := lifecycle projections consumers schemas
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test install services services-down lint bench clean
+
+run: install
+	$(BIN)/lifecycle serve --host $(HOST) --port $(PORT)
+
+test: install services lint
+	$(BIN)/pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
+	touch $@
+
+services:
+	scripts/services up
+
+services-down:
+	scripts/services down
+
+lint: install
+	$(BIN)/ruff check $(PACKAGES) tests bench
+	$(BIN)/ruff format --check $(PACKAGES) tests bench
+	$(BIN)/mypy
+
+bench: install services
+	$(BIN)/python -m bench
+
+clean: services-down
+	rm -rf $(VENV) data .services

@@ -1,0 +1,147 @@
+"""Create the contract's topics with explicit partitions and configs; safe to run again.
+
+Erasure bounds on Kafka itself. The profile topic holds contact data, so a tombstone must
+actually remove the older values: compaction never touches the active segment, so
+`segment.ms` rolls it, `max.compaction.lag.ms` forces the cleaner to run on it, and
+`delete.retention.ms` bounds how long the tombstone itself stays. Worst case a purged profile
+is gone after about segment_ms + max_compaction_lag_ms (25 h with the defaults), inside the
+72 h erasure deadline. Dead letters may hold copies of profile records, so their retention
+(plus one segment) is also kept under the deadline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from lifecycle.logs import get_logger
+from schemas.contract import TopicNames
+
+HOUR_MS = 60 * 60 * 1000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """Partitions, replication and the time bounds; tests shrink the times."""
+
+    partitions: int = 3
+    replication_factor: int = 1
+    lifecycle_retention_ms: int = 7 * DAY_MS
+    lifecycle_segment_ms: int = DAY_MS
+    profile_segment_ms: int = HOUR_MS
+    profile_max_compaction_lag_ms: int = DAY_MS
+    profile_delete_retention_ms: int = DAY_MS
+    confirmations_retention_ms: int = 14 * DAY_MS
+    dead_letter_retention_ms: int = 2 * DAY_MS
+    dead_letter_segment_ms: int = HOUR_MS
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """With 3 replicas, acks=all waits for 2; a single broker can only ask for 1."""
+        return max(1, min(2, self.replication_factor - 1))
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+
+def topic_specs(topics: TopicNames, settings: TopicSettings) -> list[TopicSpec]:
+    """Every topic of the contract with the configs it is created with."""
+    common = {"min.insync.replicas": str(settings.min_insync_replicas)}
+    deleting = {**common, "cleanup.policy": "delete"}
+    compacted = {
+        **common,
+        "cleanup.policy": "compact",
+        "min.cleanable.dirty.ratio": "0.01",
+        "min.compaction.lag.ms": "0",
+        "segment.ms": str(settings.profile_segment_ms),
+        "max.compaction.lag.ms": str(settings.profile_max_compaction_lag_ms),
+        "delete.retention.ms": str(settings.profile_delete_retention_ms),
+    }
+    lifecycle = {
+        **deleting,
+        "retention.ms": str(settings.lifecycle_retention_ms),
+        "segment.ms": str(settings.lifecycle_segment_ms),
+    }
+    confirmations = {
+        **deleting,
+        "retention.ms": str(settings.confirmations_retention_ms),
+        "segment.ms": str(settings.lifecycle_segment_ms),
+    }
+    dead_letters = {
+        **deleting,
+        "retention.ms": str(settings.dead_letter_retention_ms),
+        "segment.ms": str(settings.dead_letter_segment_ms),
+    }
+
+    def spec(name: str, configs: dict[str, str]) -> TopicSpec:
+        return TopicSpec(name, settings.partitions, settings.replication_factor, configs)
+
+    return [
+        spec(topics.lifecycle, lifecycle),
+        spec(topics.profile, compacted),
+        spec(topics.erasure_confirmed, confirmations),
+        *(spec(name, dead_letters) for name in topics.dead_letters),
+    ]
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: TopicNames | None = None,
+    settings: TopicSettings | None = None,
+    *,
+    timeout_ms: int = 30_000,
+) -> EnsureResult:
+    """Create the topics that are missing; existing ones are left as they are."""
+    specs = topic_specs(topics or TopicNames(), settings or TopicSettings())
+    log = get_logger(__name__)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="lifecycle-admin",
+        request_timeout_ms=timeout_ms,
+    )
+    try:
+        response: dict[str, Any] = admin.create_topics(
+            {
+                spec.name: {
+                    "num_partitions": spec.partitions,
+                    "replication_factor": spec.replication_factor,
+                    "configs": spec.configs,
+                }
+                for spec in specs
+            },
+            timeout_ms=timeout_ms,
+            raise_errors=False,
+        )
+        result = EnsureResult()
+        for topic in response["topics"]:
+            code = int(topic["error_code"])
+            if code == 0:
+                result.created.append(topic["name"])
+            elif code == TopicAlreadyExistsError.errno:
+                result.existing.append(topic["name"])
+            else:
+                raise KafkaError(
+                    f"creating topic {topic['name']} failed: error {code} "
+                    f"{topic.get('error_message') or ''}".strip()
+                )
+        if result.created:
+            admin.wait_for_topics(result.created, timeout_ms=timeout_ms)
+    finally:
+        admin.close()
+    log.info("kafka.topics_ensured", created=result.created, existing=result.existing)
+    return result

@@ -1,0 +1,481 @@
+"""Follow the application's notification log and publish each Account event to Kafka.
+
+The position is stored in `relay_position` in the application's own database, written only
+after the publisher's flush succeeded: a restart resumes from it, so nothing is lost and
+nothing is reordered. Delivery is at least once; a crash between flush and position write
+republishes that batch with the same `ce_id`s, which consumers dedupe.
+
+One relay publishes at a time: on PostgreSQL it holds an advisory lock on a connection of its
+own for as long as it runs; on SQLite an exclusive `flock` on a file beside the database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import Notification
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.utils import resolve_topic
+
+from lifecycle.application import Accounts
+from lifecycle.domain import REDACTED, Account
+from lifecycle.logs import get_logger
+from lifecycle.storage import Database
+from lifecycle.transport import Publisher, PublishError
+from schemas.contract import (
+    ContractModel,
+    GiftClaimedV1,
+    PreferencesEditedV1,
+    ProfileV1,
+    PurgedV1,
+    Record,
+    RegisteredV1,
+    ScoutReceivedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+    encode_record,
+    encode_tombstone,
+    lifecycle_event_id,
+    profile_event_id,
+)
+
+# First half of the two-key advisory lock: "LCRY"; the second half names schema and relay.
+ADVISORY_LOCK_CLASS = 0x4C435259
+
+
+class Relay:
+    """Publishes Account events in notification order; `run()` until stopped."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        publisher: Publisher,
+        name: str = "kafka",
+        *,
+        topics: TopicNames | None = None,
+        batch_size: int = 200,
+        poll_interval_s: float = 0.5,
+        initial_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.accounts = accounts
+        self.publisher = publisher
+        self.name = name
+        self.topics = topics or TopicNames()
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._db: Database = accounts.database
+        self._table = self._db.table("relay_position")
+        self._log = get_logger(__name__).bind(relay=name)
+        self._lock = _lock_for(self._db, name)
+        self._create_table()
+        self._position = self._load_position()
+
+    # Metrics
+
+    @property
+    def position(self) -> int:
+        """The last notification id whose records Kafka has acknowledged."""
+        return self._position
+
+    @property
+    def lag(self) -> int:
+        """Notifications recorded but not yet published."""
+        newest = self.accounts.recorder.max_notification_id() or 0
+        return max(0, newest - self._position)
+
+    @property
+    def is_active(self) -> bool:
+        """Holds the lock, so it is the relay that publishes."""
+        return self._lock.held
+
+    # Running
+
+    def run_once(self) -> int:
+        """Relay one batch; returns how many notifications the position moved past.
+
+        Returns 0 without publishing while another relay holds the lock.
+        """
+        if not self._hold_lock():
+            self._log.info("relay.standby", position=self._position)
+            return 0
+        return self._relay_batch()
+
+    def run(self, stop: threading.Event) -> None:
+        """Relay until `stop` is set: short waits when idle, capped backoff on failures."""
+        backoff = self.initial_backoff_s
+        standby = False
+        try:
+            while not stop.is_set():
+                try:
+                    if not self._hold_lock():
+                        if not standby:
+                            self._log.info("relay.standby", position=self._position)
+                            standby = True
+                        stop.wait(self.poll_interval_s)
+                        continue
+                    standby = False
+                    processed = self._relay_batch()
+                    backoff = self.initial_backoff_s
+                    if processed < self.batch_size:
+                        stop.wait(self.poll_interval_s)
+                except PublishError as error:
+                    self._log.warning(
+                        "relay.kafka_unreachable",
+                        error=error.cause,
+                        position=self._position,
+                        retry_in_s=backoff,
+                    )
+                    backoff = self._back_off(stop, backoff)
+                except Exception as error:
+                    self._log.error(
+                        "relay.failed",
+                        error=type(error).__name__,
+                        position=self._position,
+                        retry_in_s=backoff,
+                    )
+                    backoff = self._back_off(stop, backoff)
+        finally:
+            self._lock.release()
+            self._log.info("relay.stopped", position=self._position)
+
+    def close(self) -> None:
+        """Give up the lock (a standby relay takes over); the publisher stays the caller's."""
+        self._lock.release()
+
+    def _back_off(self, stop: threading.Event, backoff: float) -> float:
+        stop.wait(backoff)
+        try:
+            # Resume from what is recorded: whatever happened since was not acknowledged.
+            self._position = self._load_position()
+        except Exception as error:
+            self._log.error("relay.position_unreadable", error=type(error).__name__)
+        return min(backoff * 2, self.max_backoff_s)
+
+    def _hold_lock(self) -> bool:
+        if self._lock.held:
+            if self._lock.alive():
+                return True
+            self._log.warning("relay.lock_lost", position=self._position)
+            self._lock.release()
+        if not self._lock.try_acquire():
+            return False
+        # Another relay may have moved on while this one stood by.
+        self._position = self._load_position()
+        self._log.info("relay.active", position=self._position)
+        return True
+
+    # One batch
+
+    def _relay_batch(self) -> int:
+        notifications = self.accounts.recorder.select_notifications(
+            start=self._position + 1, limit=self.batch_size
+        )
+        if not notifications:
+            return 0
+        published = 0
+        for notification in notifications:
+            for topic, record in self._records_for(notification):
+                self.publisher.publish(topic, record.key, record.headers, record.value)
+                published += 1
+        self.publisher.flush()
+        last = notifications[-1].id
+        self._save_position(last)
+        self._position = last
+        self._log.info(
+            "relay.published",
+            first=notifications[0].id,
+            position=last,
+            notifications=len(notifications),
+            records=published,
+        )
+        return len(notifications)
+
+    def _records_for(self, notification: Notification) -> Iterator[tuple[str, Record]]:
+        event_class = resolve_topic(notification.topic)
+        if not (isinstance(event_class, type) and issubclass(event_class, Account.Event)):
+            return  # EmailClaim and anything else that is not the public account stream
+        event = self.accounts.mapper.to_domain_event(notification)
+        assert isinstance(event, Account.Event)
+        account_id: UUID = event.originator_id
+        version = event.originator_version
+        subject = str(account_id)
+        payload = lifecycle_payload(event)
+        if payload is None:
+            self._log.error(
+                "relay.event_not_in_contract",
+                event=event_class.__qualname__,
+                notification=notification.id,
+            )
+            return
+        yield (
+            self.topics.lifecycle,
+            encode_record(
+                payload,
+                ce_id=lifecycle_event_id(account_id, version),
+                subject=subject,
+                time=event.timestamp,
+            ),
+        )
+        profile_id = profile_event_id(account_id, version)
+        if isinstance(event, Account.Purged):
+            yield (
+                self.topics.profile,
+                encode_tombstone(
+                    ProfileV1, ce_id=profile_id, subject=subject, time=event.timestamp
+                ),
+            )
+            return
+        profile = self._profile_after(event)
+        if profile is not None:
+            yield (
+                self.topics.profile,
+                encode_record(profile, ce_id=profile_id, subject=subject, time=event.timestamp),
+            )
+
+    def _profile_after(self, event: Account.Event) -> ProfileV1 | None:
+        """Contact data as of this event, when it changes; None once the key is destroyed."""
+        if isinstance(event, Account.Registered):
+            email, display_name, notifications = (
+                event.email,
+                event.display_name,
+                event.notifications,
+            )
+        elif isinstance(event, Account.PreferencesEdited) and event.notifications is not None:
+            account: Any = self.accounts.repository.get(
+                event.originator_id, version=event.originator_version
+            )
+            assert isinstance(account, Account)
+            email, display_name, notifications = (
+                account.email,
+                account.display_name,
+                account.notifications,
+            )
+        else:
+            return None
+        if REDACTED in (email, display_name):
+            return None
+        return ProfileV1(
+            account_id=event.originator_id,
+            email=email,
+            display_name=display_name,
+            notifications=notifications,
+        )
+
+    # Position
+
+    def _create_table(self) -> None:
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._table} ("
+                "name TEXT PRIMARY KEY, position BIGINT NOT NULL, "
+                f"updated_at {self._db.timestamp_type} NOT NULL DEFAULT {self._db.now})"
+            )
+
+    def _load_position(self) -> int:
+        with self._db.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                f"SELECT position FROM {self._table} WHERE name = %s", (self.name,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _save_position(self, position: int) -> None:
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self._table} AS saved (name, position) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
+                f"updated_at = {self._db.now} WHERE saved.position < excluded.position",
+                (self.name, position),
+            )
+
+
+def lifecycle_payload(event: Account.Event) -> ContractModel | None:
+    """The public, personal-value-free form of an Account event (None: not in the contract)."""
+    account_id = event.originator_id
+    payload: ContractModel | None = None
+    match event:
+        case Account.Registered():
+            payload = RegisteredV1(
+                account_id=account_id,
+                registered_at=event.timestamp,
+                channel=event.channel,  # type: ignore[arg-type]
+                consent_version=event.consent_version,
+                birth_year=_int_or_none(event.profile.get("birth_year")),
+                prefecture=_str_or_none(event.profile.get("prefecture")),
+                notifications=event.notifications,
+            )
+        case Account.PreferencesEdited():
+            payload = PreferencesEditedV1(
+                account_id=account_id,
+                changed_parts=event.changed_parts,  # type: ignore[arg-type]
+                notifications=event.notifications,
+                desired=event.desired,
+            )
+        case Account.ScoutReceived():
+            payload = ScoutReceivedV1(
+                account_id=account_id,
+                scout_id=event.scout_id,
+                company_id=event.company_id,
+                job_id=event.job_id,
+                received_at=event.received_at,
+            )
+        case Account.GiftClaimed():
+            payload = GiftClaimedV1(
+                account_id=account_id,
+                company_id=event.company_id,
+                start_date=event.start_date,
+                gift_kind=event.gift_kind,
+                amount_jpy=event.amount_jpy,
+            )
+        case Account.WithdrawalRequested():
+            payload = WithdrawalRequestedV1(
+                account_id=account_id,
+                reason=event.reason,  # type: ignore[arg-type]
+                requested_at=event.timestamp,
+                gift_forfeited=event.gift_forfeited,
+            )
+        case Account.Purged():
+            payload = PurgedV1(account_id=account_id, purged_at=event.timestamp)
+    return payload
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# Who may publish
+
+
+class RelayLock(Protocol):
+    held: bool
+
+    def try_acquire(self) -> bool: ...
+
+    def alive(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+def _lock_for(database: Database, name: str) -> RelayLock:
+    datastore = database.datastore
+    if isinstance(datastore, PostgresDatastore):
+        key = zlib.crc32(f"{datastore.schema}:{name}".encode())
+        return PostgresAdvisoryLock(datastore, ADVISORY_LOCK_CLASS, key - (1 << 32) * (key >> 31))
+    pool = datastore.pool
+    if pool.is_sqlite_memory_mode:
+        return ProcessLock(f"{pool.db_name}:{name}")
+    return FileLock(f"{pool.db_name}.relay-{name}.lock")
+
+
+class PostgresAdvisoryLock:
+    """A session advisory lock on a connection of its own; it ends with that connection."""
+
+    def __init__(self, datastore: PostgresDatastore, class_id: int, object_id: int) -> None:
+        configured = datastore.pool.kwargs
+        kwargs: dict[str, Any] = dict(configured() if callable(configured) else configured or {})
+        kwargs.pop("row_factory", None)
+        self._connect_kwargs = kwargs
+        self._key = (class_id, object_id)
+        self._conn: psycopg.Connection[Any] | None = None
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(
+                **self._connect_kwargs,
+                autocommit=True,
+                application_name="lifecycle-relay",
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            )
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key).fetchone()
+        self.held = bool(row and row[0])
+        return self.held
+
+    def alive(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def release(self) -> None:
+        conn, self._conn, self.held = self._conn, None, False
+        if conn is not None and not conn.closed:
+            conn.close()  # ends the session, and with it the lock
+
+
+class FileLock:
+    """An exclusive `flock` on a file beside the SQLite database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd, self.held = fd, True
+        return True
+
+    def alive(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        fd, self._fd, self.held = self._fd, None, False
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+class ProcessLock:
+    """For an in-memory SQLite database, which only this process can see anyway."""
+
+    def __init__(self, key: str) -> None:
+        with _process_locks_guard:
+            self._lock = _process_locks.setdefault(key, threading.Lock())
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        self.held = self._lock.acquire(blocking=False)
+        return self.held
+
+    def alive(self) -> bool:
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._lock.release()

@@ -1,0 +1,204 @@
+"""Where encoded records go: a real Kafka producer, or an in-process log when Kafka is off.
+
+Both take the same `schemas.contract` records, so consumers run the same handlers either way.
+`flush()` is the durability point: it returns only when every record published since the last
+flush is acknowledged, and raises `PublishError` otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lifecycle.errors import LifecycleError
+from lifecycle.logs import get_logger
+from schemas.contract import Record
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class PublishError(LifecycleError):
+    """Records could not be handed to the broker; `cause` names the client's error class."""
+
+    code = "publish_failed"
+
+    def __init__(self, cause: str, detail: str | None = None) -> None:
+        super().__init__(detail=detail or cause)
+        self.cause = cause
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, key: bytes, headers: Headers, value: bytes | None) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class KafkaPublisher:
+    """kafka-python's producer, idempotent with acks from all in-sync replicas.
+
+    Idempotence with at most 5 requests in flight keeps each partition in send order across
+    retries. After a failure the producer is dropped and a fresh one made on the next publish,
+    so the caller can resend from its last durable position on a clean producer session.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "lifecycle-relay",
+        flush_timeout_s: float = 30.0,
+        **overrides: Any,
+    ) -> None:
+        self._config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "max_in_flight_requests_per_connection": 5,
+            "linger_ms": 5,
+            "retries": 2_147_483_647,
+            "retry_backoff_ms": 100,
+            "request_timeout_ms": 10_000,
+            "delivery_timeout_ms": 25_000,
+            "max_block_ms": 10_000,
+            "bootstrap_timeout_ms": 10_000,
+            "allow_auto_create_topics": False,
+            **overrides,
+        }
+        if self._config["max_in_flight_requests_per_connection"] > 5:
+            raise ValueError("idempotent ordering needs max_in_flight_requests_per_connection <= 5")
+        self._flush_timeout_s = flush_timeout_s
+        self._producer: Any = None
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, key: bytes, headers: Headers, value: bytes | None) -> None:
+        from kafka.errors import KafkaError
+
+        with self._lock:
+            try:
+                if self._producer is None:
+                    from kafka import KafkaProducer
+
+                    self._producer = KafkaProducer(**self._config)
+                future = self._producer.send(topic, value=value, key=key, headers=list(headers))
+            except KafkaError as error:
+                self._reset()
+                raise PublishError(type(error).__name__) from error
+            self._pending.append(future)
+
+    def flush(self) -> None:
+        from kafka.errors import KafkaError
+
+        with self._lock:
+            if self._producer is None:
+                return
+            pending, self._pending = self._pending, []
+            try:
+                self._producer.flush(timeout=self._flush_timeout_s)
+            except KafkaError as error:
+                self._reset()
+                raise PublishError(type(error).__name__) from error
+            for future in pending:
+                if not future.is_done:
+                    self._reset()
+                    raise PublishError("KafkaTimeoutError", "flush returned before delivery")
+                if future.failed():
+                    exception = future.exception
+                    self._reset()
+                    raise PublishError(type(exception).__name__) from exception
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=timeout_s)
+                self._producer = None
+            self._pending = []
+
+    def _reset(self) -> None:
+        producer, self._producer, self._pending = self._producer, None, []
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception:  # already failing; the next producer starts clean
+                get_logger(__name__).warning("transport.producer_close_failed")
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A record as the in-process log keeps it: its topic, offset and the record itself."""
+
+    topic: str
+    offset: int
+    record: Record
+
+
+Subscriber = Callable[[Delivered], None]
+
+
+class InProcessPublisher:
+    """Kafka off (the embedded default): records become visible to readers on `flush()`.
+
+    Readers either register a subscriber per topic (called after each flush, in order, on the
+    flushing thread) or pull with `read(topic, offset)`, which waits on a condition variable.
+    Records stay in memory for the life of the process; there is no compaction.
+    """
+
+    def __init__(self) -> None:
+        self._logs: dict[str, list[Record]] = defaultdict(list)
+        self._buffer: list[tuple[str, Record]] = []
+        self._subscribers: dict[str, list[Subscriber]] = defaultdict(list)
+        self._changed = threading.Condition()
+        self._log = get_logger(__name__)
+
+    def publish(self, topic: str, key: bytes, headers: Headers, value: bytes | None) -> None:
+        with self._changed:
+            self._buffer.append((topic, Record(key, list(headers), value)))
+
+    def flush(self) -> None:
+        delivered: list[Delivered] = []
+        with self._changed:
+            for topic, record in self._buffer:
+                log = self._logs[topic]
+                delivered.append(Delivered(topic, len(log), record))
+                log.append(record)
+            self._buffer = []
+            self._changed.notify_all()
+            subscribers = {topic: list(found) for topic, found in self._subscribers.items()}
+        for item in delivered:
+            for subscriber in subscribers.get(item.topic, ()):
+                try:
+                    subscriber(item)
+                except Exception as error:  # a subscriber's failure is its own
+                    self._log.error(
+                        "transport.subscriber_failed",
+                        topic=item.topic,
+                        offset=item.offset,
+                        error=type(error).__name__,
+                    )
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        with self._changed:
+            self._subscribers[topic].append(subscriber)
+
+    def read(
+        self, topic: str, offset: int = 0, *, max_records: int = 500, timeout_s: float = 0.0
+    ) -> list[Delivered]:
+        """Records from `offset` on, waiting up to `timeout_s` for the first one."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while len(self._logs[topic]) <= offset:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._changed.wait(remaining)
+            records = self._logs[topic][offset : offset + max_records]
+        return [Delivered(topic, offset + index, record) for index, record in enumerate(records)]
+
+    def end_offset(self, topic: str) -> int:
+        with self._changed:
+            return len(self._logs[topic])

@@ -1,0 +1,373 @@
+"""The public contract on Kafka: topic names, payload models and the CloudEvents envelope.
+
+Every record is a CloudEvent in binary content mode (CloudEvents 1.0, Kafka protocol binding):
+the attributes travel as `ce_*` headers, the payload as the JSON value, `content-type` names
+its media type, and a record without data is a tombstone. Keys and headers carry ids, types
+and times only; personal values appear in one place alone, the compacted profile topic.
+
+This module imports nothing from the lifecycle service, so any consumer can depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar, Literal, NamedTuple
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+CE_TYPE_PREFIX = "jp.jobchange."
+LIFECYCLE_SOURCE = "/lifecycle/accounts"
+# Where the files written by `python -m schemas.export` are published; `ce_dataschema`
+# is this base followed by the file's path under schemas/ (e.g. `v1/account.registered.v1.json`).
+SCHEMA_BASE_URI = "https://schemas.jobchange.jp/lifecycle/"
+
+LIFECYCLE_TOPIC = "account.lifecycle.v1"
+PROFILE_TOPIC = "account.profile.v1"
+ERASURE_CONFIRMED_TOPIC = "account.erasure-confirmed.v1"
+CONSUMER_GROUPS: tuple[str, ...] = ("scout", "chat", "mail", "lifecycle-erasure")
+
+
+class ContractError(ValueError):
+    """A record that does not follow this contract; consumers send it to their dead letters."""
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The topics of the contract; a prefix keeps tests (or tenants) apart on a shared broker."""
+
+    prefix: str = ""
+    consumer_groups: tuple[str, ...] = CONSUMER_GROUPS
+
+    @property
+    def lifecycle(self) -> str:
+        return self.prefix + LIFECYCLE_TOPIC
+
+    @property
+    def profile(self) -> str:
+        return self.prefix + PROFILE_TOPIC
+
+    @property
+    def erasure_confirmed(self) -> str:
+        return self.prefix + ERASURE_CONFIRMED_TOPIC
+
+    def dlq(self, group: str) -> str:
+        """The dead-letter topic of one consumer group: `<group>.dlq.v1`."""
+        return f"{self.prefix}{group}.dlq.v1"
+
+    @property
+    def dead_letters(self) -> tuple[str, ...]:
+        return tuple(self.dlq(group) for group in self.consumer_groups)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.lifecycle, self.profile, self.erasure_confirmed, *self.dead_letters)
+
+
+# Payload models
+
+
+class ContractModel(BaseModel):
+    """A versioned payload; `event_name` gives its CloudEvents type and its schema file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_name: ClassVar[str]
+
+    @classmethod
+    def ce_type(cls) -> str:
+        return CE_TYPE_PREFIX + cls.event_name
+
+    @classmethod
+    def schema_path(cls) -> str:
+        """The schema file's path under schemas/, e.g. `v1/account.registered.v1.json`."""
+        version = cls.event_name.rsplit(".", 1)[-1]
+        return f"{version}/{cls.event_name}.json"
+
+    @classmethod
+    def dataschema(cls) -> str:
+        return SCHEMA_BASE_URI + cls.schema_path()
+
+
+Notifications = dict[str, bool]
+WithdrawalReasonCode = Literal[
+    "hired_via_platform",
+    "hired_elsewhere",
+    "too_many_notifications",
+    "postings_mismatch",
+    "hard_to_use",
+    "other",
+]
+EditablePart = Literal["profile", "job_title", "work_history", "desired", "notifications"]
+
+
+class RegisteredV1(ContractModel):
+    """A member registered; no contact data here (see ProfileV1)."""
+
+    event_name = "account.registered.v1"
+    account_id: UUID
+    registered_at: AwareDatetime
+    channel: Literal["web", "app"]
+    consent_version: str
+    birth_year: int | None = None
+    prefecture: str | None = None
+    notifications: Notifications
+
+
+class PreferencesEditedV1(ContractModel):
+    """Which parts changed; values only for the parts other services act on."""
+
+    event_name = "account.preferences-edited.v1"
+    account_id: UUID
+    changed_parts: list[EditablePart]
+    notifications: Notifications | None = None
+    desired: dict[str, Any] | None = None
+
+
+class ScoutReceivedV1(ContractModel):
+    event_name = "account.scout-received.v1"
+    account_id: UUID
+    scout_id: str
+    company_id: str
+    job_id: str
+    received_at: AwareDatetime
+
+
+class GiftClaimedV1(ContractModel):
+    event_name = "account.gift-claimed.v1"
+    account_id: UUID
+    company_id: str
+    start_date: date
+    gift_kind: str
+    amount_jpy: int
+
+
+class WithdrawalRequestedV1(ContractModel):
+    """Stop every mail but the confirmation, and start erasing (the member's comment stays)."""
+
+    event_name = "account.withdrawal-requested.v1"
+    account_id: UUID
+    reason: WithdrawalReasonCode
+    requested_at: AwareDatetime
+    gift_forfeited: bool
+
+
+class PurgedV1(ContractModel):
+    """The account is gone and its key destroyed; erase everything still held about it."""
+
+    event_name = "account.purged.v1"
+    account_id: UUID
+    purged_at: AwareDatetime
+
+
+class ProfileV1(ContractModel):
+    """Current contact data, on the compacted profile topic; a tombstone erases it."""
+
+    event_name = "account.profile.v1"
+    account_id: UUID
+    email: str
+    display_name: str
+    notifications: Notifications
+
+
+class ErasureConfirmedV1(ContractModel):
+    """A downstream service has removed everything it held about the account."""
+
+    event_name = "account.erasure-confirmed.v1"
+    account_id: UUID
+    service: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    rows_removed: int = Field(ge=0)
+    confirmed_at: AwareDatetime
+
+
+LifecyclePayload = (
+    RegisteredV1
+    | PreferencesEditedV1
+    | ScoutReceivedV1
+    | GiftClaimedV1
+    | WithdrawalRequestedV1
+    | PurgedV1
+)
+LIFECYCLE_MODELS: tuple[type[ContractModel], ...] = (
+    RegisteredV1,
+    PreferencesEditedV1,
+    ScoutReceivedV1,
+    GiftClaimedV1,
+    WithdrawalRequestedV1,
+    PurgedV1,
+)
+MODELS: tuple[type[ContractModel], ...] = (*LIFECYCLE_MODELS, ProfileV1, ErasureConfirmedV1)
+MODELS_BY_TYPE: dict[str, type[ContractModel]] = {model.ce_type(): model for model in MODELS}
+# Types whose record may carry no data: a tombstone on a compacted topic.
+TOMBSTONE_TYPES = frozenset({ProfileV1.ce_type()})
+
+
+# Deterministic CloudEvents ids: a redelivered record keeps its id, so consumers dedupe by it.
+
+
+def lifecycle_event_id(account_id: UUID, version: int) -> str:
+    return f"{account_id}:{version}"
+
+
+def profile_event_id(account_id: UUID, version: int) -> str:
+    return f"{account_id}:{version}:profile"
+
+
+def erasure_confirmed_event_id(account_id: UUID, service: str) -> str:
+    return f"{account_id}:{service}:erasure-confirmed"
+
+
+# Envelope
+
+
+class Record(NamedTuple):
+    """One Kafka record as the contract shapes it."""
+
+    key: bytes
+    headers: list[tuple[str, bytes]]
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded record: the CloudEvents attributes and the validated payload (None: tombstone)."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str
+    data: ContractModel | None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    specversion: str = SPEC_VERSION
+
+    @property
+    def account_id(self) -> UUID:
+        return UUID(self.subject)
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.data is None
+
+
+def rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ContractError("times must be timezone-aware")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def encode_record(
+    data: ContractModel,
+    *,
+    ce_id: str,
+    subject: str,
+    time: datetime,
+    source: str = LIFECYCLE_SOURCE,
+) -> Record:
+    """A record in binary content mode: key = subject (the account id), JSON value."""
+    model = type(data)
+    headers = [
+        *_attribute_headers(model, ce_id, subject, time, source),
+        ("ce_dataschema", model.dataschema().encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    return Record(subject.encode(), headers, data.model_dump_json().encode())
+
+
+def encode_tombstone(
+    model: type[ContractModel],
+    *,
+    ce_id: str,
+    subject: str,
+    time: datetime,
+    source: str = LIFECYCLE_SOURCE,
+) -> Record:
+    """A CloudEvent without data: a null value, so compaction erases the key."""
+    if model.ce_type() not in TOMBSTONE_TYPES:
+        raise ContractError(f"{model.ce_type()} records always carry data")
+    return Record(subject.encode(), _attribute_headers(model, ce_id, subject, time, source), None)
+
+
+def encode_erasure_confirmed(confirmation: ErasureConfirmedV1) -> Record:
+    """A downstream service's confirmation, for the erasure-confirmed topic."""
+    return encode_record(
+        confirmation,
+        ce_id=erasure_confirmed_event_id(confirmation.account_id, confirmation.service),
+        subject=str(confirmation.account_id),
+        time=confirmation.confirmed_at,
+        source=f"/{confirmation.service}/erasure",
+    )
+
+
+def decode_record(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> Envelope:
+    """Check the envelope and validate the payload; raises ContractError on any mismatch."""
+    try:
+        attributes = {name: raw.decode() for name, raw in headers if raw is not None}
+    except UnicodeDecodeError:
+        raise ContractError("headers must be UTF-8") from None
+    missing = [
+        name
+        for name in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject")
+        if not attributes.get(name)
+    ]
+    if missing:
+        raise ContractError(f"missing CloudEvents headers: {', '.join(missing)}")
+    if attributes["ce_specversion"] != SPEC_VERSION:
+        raise ContractError(f"unsupported specversion {attributes['ce_specversion']!r}")
+    ce_type = attributes["ce_type"]
+    model = MODELS_BY_TYPE.get(ce_type)
+    if model is None:
+        raise ContractError(f"unknown type {ce_type!r}")
+    try:
+        time = datetime.fromisoformat(attributes["ce_time"])
+    except ValueError:
+        raise ContractError("ce_time is not RFC 3339") from None
+    if time.tzinfo is None:
+        raise ContractError("ce_time lacks an offset")
+    data: ContractModel | None = None
+    content_type = attributes.get("content-type")
+    if value is None:
+        if ce_type not in TOMBSTONE_TYPES:
+            raise ContractError(f"{ce_type} record without data")
+    else:
+        if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
+            raise ContractError(f"content-type must be {CONTENT_TYPE}")
+        try:
+            data = model.model_validate_json(value)
+        except ValidationError as error:
+            # Field locations and error kinds only: the input may hold personal values.
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['type']}"
+                for item in error.errors()
+            )
+            raise ContractError(f"{ce_type} payload invalid: {problems}") from None
+        if str(getattr(data, "account_id", "")) != attributes["ce_subject"]:
+            raise ContractError("ce_subject differs from the payload's account_id")
+    return Envelope(
+        id=attributes["ce_id"],
+        source=attributes["ce_source"],
+        type=ce_type,
+        time=time,
+        subject=attributes["ce_subject"],
+        data=data,
+        datacontenttype=content_type,
+        dataschema=attributes.get("ce_dataschema"),
+        specversion=attributes["ce_specversion"],
+    )
+
+
+def _attribute_headers(
+    model: type[ContractModel], ce_id: str, subject: str, time: datetime, source: str
+) -> list[tuple[str, bytes]]:
+    return [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", model.ce_type().encode()),
+        ("ce_time", rfc3339(time).encode()),
+        ("ce_subject", subject.encode()),
+    ]

@@ -1,0 +1,95 @@
+"""Shared fixtures: every backend-dependent test runs on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from lifecycle.application import Accounts
+from lifecycle.crypto import new_master_key
+from lifecycle.settings import Settings, token_digest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES_ENV = ROOT / ".services" / "env"
+
+TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
+
+
+def _services_env() -> dict[str, str]:
+    """Addresses written by `scripts/services up`, unless the environment already has them."""
+    found: dict[str, str] = {}
+    if SERVICES_ENV.exists():
+        for line in SERVICES_ENV.read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            if value:
+                found[name.strip()] = value.strip().strip("'\"")
+    found.update({k: v for k, v in os.environ.items() if k.startswith("LIFECYCLE_")})
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = _services_env().get("LIFECYCLE_DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        pytest.fail("no PostgreSQL configured: run `scripts/services up` first")
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as error:
+        pytest.fail(f"PostgreSQL at LIFECYCLE_DATABASE_URL unreachable: {error}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    bootstrap = _services_env().get("LIFECYCLE_KAFKA_BOOTSTRAP", "")
+    if not bootstrap:
+        pytest.fail("no Kafka configured: run `scripts/services up` first")
+    return bootstrap
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A schema of its own per test, dropped afterwards, so tests never see each other."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Service settings on the requested backend, with one known token per role."""
+    common = {
+        "master_key": new_master_key(),
+        "api_tokens": {token_digest(token): role for role, token in TOKENS.items()},
+        "log_format": "json",
+    }
+    if backend == "sqlite":
+        return Settings(database_url=f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}", **common)
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    schema: str = request.getfixturevalue("pg_schema")
+    return Settings(database_url=postgres_url, database_schema=schema, **common)
+
+
+@pytest.fixture
+def accounts(settings: Settings) -> Iterator[Accounts]:
+    app = Accounts(env=settings.application_env())
+    yield app
+    app.close()
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}

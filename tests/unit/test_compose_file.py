@@ -1,0 +1,46 @@
+"""docker-compose.yml is the production-shaped description: it must stay a valid stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+def load() -> dict[str, Any]:
+    document = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_every_long_running_service_has_a_health_check_or_depends_on_healthy_ones() -> None:
+    services = load()["services"]
+    for name in ("postgres", "kafka", "api"):
+        assert "healthcheck" in services[name], name
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            assert "healthcheck" in services[dependency]
+
+
+def test_service_containers_get_database_kafka_and_key_from_the_environment() -> None:
+    services = load()["services"]
+    for name in ("api", "relay"):
+        env = services[name]["environment"]
+        for variable in (
+            "LIFECYCLE_DATABASE_URL",
+            "LIFECYCLE_KAFKA_BOOTSTRAP",
+            "LIFECYCLE_MASTER_KEY",
+            "LIFECYCLE_API_TOKENS",
+        ):
+            assert variable in env, (name, variable)
+
+
+def test_kafka_runs_in_kraft_combined_mode_from_the_official_image() -> None:
+    kafka = load()["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4.")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
