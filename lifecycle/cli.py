@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -81,6 +81,73 @@ def reshred() -> None:
     destroyed = accounts.vault.destroy_keys_of_purged_accounts()
     typer.echo(f"keys destroyed again: {destroyed}")
     accounts.close()
+
+
+@audit.command("erasure-proof")
+def erasure_proof(
+    account_id: Annotated[str, typer.Argument(help="The purged account's id.")],
+    digest: Annotated[
+        list[str] | None,
+        typer.Option(help="SHA-256 hex of one former value (repeatable); never the value."),
+    ] = None,
+    digests_file: Annotated[
+        typer.FileText | None, typer.Option(help="A file of SHA-256 hex digests, one a line.")
+    ] = None,
+) -> None:
+    """Prove erasure: confirmations, key destroyed, and a search for the former values."""
+    import json
+    from datetime import timedelta
+    from uuid import UUID
+
+    from lifecycle.audit import database_dump, topic_dump
+    from lifecycle.audit import erasure_proof as prove
+    from lifecycle.erasure import ErasureProcess
+    from schemas.contract import TopicNames
+
+    settings = load_settings()
+    digests = {d.strip().lower() for d in (digest or []) if d.strip()}
+    if digests_file is not None:
+        digests |= {line.strip().lower() for line in digests_file if line.strip()}
+    if not digests or any(len(d) != 64 for d in digests):
+        fail("give the former values as SHA-256 hex digests (--digest or --digests-file)")
+    try:
+        subject = UUID(account_id)
+    except ValueError:
+        fail("account id must be a UUID")
+    accounts = open_accounts(settings)
+    erasure = ErasureProcess(accounts, timedelta(hours=settings.erasure_deadline_hours))
+    places: dict[str, Any] = {
+        "database": database_dump(accounts, None if settings.is_embedded else settings.database_url)
+    }
+    if settings.kafka_bootstrap:
+        places["kafka"] = topic_dump(settings.kafka_bootstrap, TopicNames().all())
+    try:
+        report = prove(accounts, erasure, subject, digests, places)
+    except LifecycleError as error:
+        fail(error.detail)
+    typer.echo(json.dumps(report, default=str, indent=2))
+    raise typer.Exit(code=0 if report["erased"] else 1)
+
+
+schemas_cli = typer.Typer(help="The Kafka contract's JSON Schema files.", no_args_is_help=True)
+cli.add_typer(schemas_cli, name="schemas")
+
+
+@schemas_cli.command("export")
+def export_schemas(
+    check: Annotated[bool, typer.Option(help="Only report files that are out of date.")] = False,
+) -> None:
+    """Write schemas/v1/*.json from the payload models (or check they are current)."""
+    from schemas.export import check_schemas
+    from schemas.export import export_schemas as write_schemas
+
+    if check:
+        stale = check_schemas()
+        for problem in stale:
+            typer.echo(problem)
+        raise typer.Exit(code=1 if stale else 0)
+    for path in write_schemas():
+        typer.echo(str(path))
 
 
 def main() -> None:

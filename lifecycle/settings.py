@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lifecycle.crypto import decode_master_key, new_master_key
+from lifecycle.crypto import MasterKeyError, decode_master_key, new_master_key
 from lifecycle.storage import persistence_env
 
 Role = Literal["service", "ops", "auditor"]
@@ -72,7 +72,9 @@ class Settings(BaseSettings):
         if self.master_key:
             return self.master_key
         if not self.is_embedded:
-            raise ValueError("LIFECYCLE_MASTER_KEY is required outside the embedded default")
+            raise MasterKeyError(
+                detail="LIFECYCLE_MASTER_KEY is required outside the embedded default"
+            )
         # Embedded first run only: a key file beside the SQLite database.
         path = Path(self.database_url.removeprefix("sqlite:///")).parent / "master.key"
         if not path.exists():
