@@ -164,6 +164,8 @@ class Account(Aggregate):
         cls.check_email_is_plausible(email)
         if not display_name.strip():
             raise InvalidCommandError("display_name_empty")
+        if channel not in tuple(Channel):
+            raise InvalidCommandError("channel_invalid")
         return cls._create(
             cls.Registered,
             id=account_id or uuid4(),
@@ -338,8 +340,10 @@ class Account(Aggregate):
 
     @staticmethod
     def check_email_is_plausible(email: str) -> None:
-        local, at, domain = normalise_email(email).rpartition("@")
-        if not (at and local and "." in domain and " " not in email.strip()):
+        normalised = normalise_email(email)
+        local, at, domain = normalised.rpartition("@")
+        # Whitespace is judged after NFKC: U+3000 and friends become plain spaces there.
+        if not (at and local and "." in domain and not any(c.isspace() for c in normalised)):
             raise InvalidCommandError("email_invalid")
 
 

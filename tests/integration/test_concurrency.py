@@ -1,0 +1,160 @@
+"""Racing commands on SQLite and the real PostgreSQL: optimistic concurrency loses nothing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import date
+from typing import Any, TypeVar
+from uuid import UUID
+
+from lifecycle.application import MAX_ATTEMPTS, Accounts
+from lifecycle.domain import Account, EmailClaim
+from lifecycle.errors import EmailAlreadyClaimedError, GiftAlreadyClaimedError
+
+N = 8
+DEADLINE = 60.0  # seconds any one race may take, far above what it needs
+T = TypeVar("T")
+
+
+def race(work: Callable[[int], T], n: int = N) -> list[T | BaseException]:
+    """Run work(0..n-1) in n threads released together; each slot holds a result or an error."""
+    barrier = threading.Barrier(n, timeout=DEADLINE)
+    pending = object()
+    results: list[Any] = [pending] * n
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except BaseException as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=DEADLINE)
+    assert not any(thread.is_alive() for thread in threads), "a racer missed the deadline"
+    assert pending not in results
+    return results
+
+
+def stored(accounts: Accounts, event_type: type[Any]) -> list[Any]:
+    return [
+        accounts.mapper.to_domain_event(n)
+        for n in accounts.recorder.select_notifications(start=1, limit=100_000)
+        if n.topic.endswith(event_type.__qualname__)
+    ]
+
+
+def test_retries_suffice_for_the_races_below() -> None:
+    # A retry fails only when another racer committed, so N racers need at most N attempts.
+    assert MAX_ATTEMPTS >= N
+
+
+def test_one_of_many_simultaneous_registrations_of_an_address_wins(accounts: Accounts) -> None:
+    variants = ["mika@example.jp", "MIKA@example.jp", " Mika@Example.JP ", "mika@EXAMPLE.jp"]
+    results = race(
+        lambda i: accounts.register(
+            email=variants[i % len(variants)], display_name=f"Mika {i}", consent_version="v1"
+        )
+    )
+    winners = [r for r in results if isinstance(r, UUID)]
+    losers = [r for r in results if not isinstance(r, UUID)]
+    assert len(winners) == 1, results
+    # A loser's retry finds the address taken: never a 409 for a lost registration race.
+    assert len(losers) == N - 1
+    assert all(isinstance(r, EmailAlreadyClaimedError) for r in losers), losers
+    assert all(r.code == "email_in_use" for r in losers if isinstance(r, EmailAlreadyClaimedError))
+
+    [winner] = winners
+    account = accounts.get_account(winner)
+    assert account.email == "mika@example.jp"
+    assert [e.originator_id for e in stored(accounts, Account.Registered)] == [winner]
+    [claimed] = stored(accounts, EmailClaim.Claimed)
+    assert claimed.account_id == winner
+    assert len(stored(accounts, EmailClaim.Created)) == 1
+    assert accounts.repository.get(claimed.originator_id).account_id == winner
+
+
+def test_simultaneous_registrations_of_distinct_addresses_all_succeed(accounts: Accounts) -> None:
+    results = race(
+        lambda i: accounts.register(
+            email=f"member{i}@example.jp", display_name=f"Member {i}", consent_version="v1"
+        )
+    )
+    assert all(isinstance(r, UUID) for r in results), results
+    ids = [r for r in results if isinstance(r, UUID)]
+    assert len(set(ids)) == N
+    for i, account_id in enumerate(ids):
+        assert accounts.get_account(account_id).email == f"member{i}@example.jp"
+    assert len(stored(accounts, EmailClaim.Claimed)) == N
+
+
+def test_distinct_scouts_racing_on_one_account_are_all_recorded(accounts: Accounts) -> None:
+    account_id = accounts.register(email="ren@example.jp", display_name="Ren", consent_version="v1")
+    results = race(
+        lambda i: accounts.receive_scout(
+            account_id, scout_id=f"scout-{i}", company_id=f"company-{i % 3}", job_id=f"job-{i}"
+        )
+    )
+    assert results == [True] * N
+    account = accounts.get_account(account_id)
+    assert account.version == 1 + N
+    assert set(account.scouts) == {f"scout-{i}" for i in range(N)}
+    for i in range(N):
+        assert account.scouts[f"scout-{i}"]["job_id"] == f"job-{i}"
+    recorded = [e.scout_id for e in stored(accounts, Account.ScoutReceived)]
+    assert sorted(recorded) == sorted(f"scout-{i}" for i in range(N))
+
+
+def test_the_same_scout_racing_is_recorded_once(accounts: Accounts) -> None:
+    account_id = accounts.register(
+        email="sora@example.jp", display_name="Sora", consent_version="v1"
+    )
+    results = race(
+        lambda _: accounts.receive_scout(
+            account_id, scout_id="scout-1", company_id="acme", job_id="job-1"
+        )
+    )
+    assert sorted(results, key=str) == [False] * (N - 1) + [True]
+    assert accounts.get_account(account_id).version == 2
+    assert len(stored(accounts, Account.ScoutReceived)) == 1
+
+
+def test_racing_gift_claims_pay_out_once(accounts: Accounts) -> None:
+    account_id = accounts.register(email="aoi@example.jp", display_name="Aoi", consent_version="v1")
+    for company in ("acme", "globex"):
+        accounts.receive_scout(account_id, scout_id=company, company_id=company, job_id="j")
+    results = race(
+        lambda i: accounts.claim_gift(
+            account_id, company_id=("acme", "globex")[i % 2], start_date=date(2026, 6, 1)
+        )
+    )
+    assert results.count(None) == 1, results
+    refusals = [r for r in results if r is not None]
+    assert len(refusals) == N - 1
+    assert all(isinstance(r, GiftAlreadyClaimedError) for r in refusals), refusals
+    assert len(stored(accounts, Account.GiftClaimed)) == 1
+    assert accounts.get_account(account_id).version == 4
+
+
+def test_racing_withdrawal_and_purge_happen_once(accounts: Accounts) -> None:
+    account_id = accounts.register(email="yui@example.jp", display_name="Yui", consent_version="v1")
+    requested = race(lambda _: accounts.request_withdrawal(account_id, reason="other"))
+    assert sorted(requested, key=str) == [False] * (N - 1) + [True]
+    purged = race(lambda _: accounts.purge(account_id))
+    assert sorted(purged, key=str) == [False] * (N - 1) + [True]
+    assert len(stored(accounts, Account.WithdrawalRequested)) == 1
+    assert len(stored(accounts, Account.Purged)) == 1
+    assert len(stored(accounts, EmailClaim.Released)) == 1
+    assert accounts.vault.is_destroyed(account_id)
+    # The address is free again, exactly once.
+    again = race(
+        lambda _: accounts.register(
+            email="yui@example.jp", display_name="Yui", consent_version="v2"
+        )
+    )
+    assert sum(isinstance(r, UUID) for r in again) == 1
+    assert sum(isinstance(r, EmailAlreadyClaimedError) for r in again) == N - 1
