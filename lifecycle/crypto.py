@@ -97,39 +97,41 @@ class KeyVault:
 
     def _schema_statements(self) -> list[str]:
         db = self.database
+        keys, destroyed = db.table("account_keys"), db.table("destroyed_keys")
+        destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
         tables = [
-            f"CREATE TABLE IF NOT EXISTS account_keys (account_id {db.id_type} PRIMARY KEY, "
+            f"CREATE TABLE IF NOT EXISTS {keys} (account_id {db.id_type} PRIMARY KEY, "
             f"wrapped_key {db.blob_type} NOT NULL, "
             f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
-            f"CREATE TABLE IF NOT EXISTS destroyed_keys (account_id {db.id_type} PRIMARY KEY, "
+            f"CREATE TABLE IF NOT EXISTS {destroyed} (account_id {db.id_type} PRIMARY KEY, "
             f"destroyed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
         ]
         if db.dialect == "postgres":
             return [
                 *tables,
-                "CREATE OR REPLACE FUNCTION lifecycle_destroy_key_on_purge() RETURNS trigger "
+                f"CREATE OR REPLACE FUNCTION {destroy_fn}() RETURNS trigger "
                 "LANGUAGE plpgsql AS $$ BEGIN "
-                "DELETE FROM account_keys WHERE account_id = NEW.originator_id; "
-                "INSERT INTO destroyed_keys (account_id) VALUES (NEW.originator_id) "
+                f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+                f"INSERT INTO {destroyed} (account_id) VALUES (NEW.originator_id) "
                 "ON CONFLICT DO NOTHING; RETURN NULL; END $$",
                 f"CREATE OR REPLACE TRIGGER destroy_key_on_purge AFTER INSERT ON {db.events_table} "
                 f"FOR EACH ROW WHEN (NEW.topic = '{PURGED_TOPIC}') "
-                "EXECUTE FUNCTION lifecycle_destroy_key_on_purge()",
-                "CREATE OR REPLACE FUNCTION lifecycle_refuse_destroyed_key() RETURNS trigger "
+                f"EXECUTE FUNCTION {destroy_fn}()",
+                f"CREATE OR REPLACE FUNCTION {refuse_fn}() RETURNS trigger "
                 "LANGUAGE plpgsql AS $$ BEGIN "
-                "IF EXISTS (SELECT 1 FROM destroyed_keys WHERE account_id = NEW.account_id) "
+                f"IF EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
                 "THEN RAISE EXCEPTION 'key_destroyed'; END IF; RETURN NEW; END $$",
-                "CREATE OR REPLACE TRIGGER refuse_destroyed_key BEFORE INSERT ON account_keys "
-                "FOR EACH ROW EXECUTE FUNCTION lifecycle_refuse_destroyed_key()",
+                f"CREATE OR REPLACE TRIGGER refuse_destroyed_key BEFORE INSERT ON {keys} "
+                f"FOR EACH ROW EXECUTE FUNCTION {refuse_fn}()",
             ]
         return [
             *tables,
             f"CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge AFTER INSERT ON {db.events_table} "
             f"WHEN NEW.topic = '{PURGED_TOPIC}' BEGIN "
-            "DELETE FROM account_keys WHERE account_id = NEW.originator_id; "
-            "INSERT OR IGNORE INTO destroyed_keys (account_id) VALUES (NEW.originator_id); END",
-            "CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON account_keys "
-            "WHEN EXISTS (SELECT 1 FROM destroyed_keys WHERE account_id = NEW.account_id) "
+            f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+            f"INSERT OR IGNORE INTO {destroyed} (account_id) VALUES (NEW.originator_id); END",
+            f"CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON {keys} "
+            f"WHEN EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
             "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END",
         ]
 
@@ -141,8 +143,8 @@ class KeyVault:
         try:
             with db.transaction() as cursor:
                 cursor.execute(
-                    "INSERT INTO account_keys (account_id, wrapped_key) VALUES (%s, %s) "
-                    "ON CONFLICT (account_id) DO NOTHING",
+                    f"INSERT INTO {db.table('account_keys')} (account_id, wrapped_key) "
+                    "VALUES (%s, %s) ON CONFLICT (account_id) DO NOTHING",
                     (db.id_param(account_id), wrapped),
                 )
         except Exception as error:
@@ -165,7 +167,7 @@ class KeyVault:
         db = self.database
         with db.transaction(commit=False) as cursor:
             row = cursor.execute(
-                "SELECT wrapped_key FROM account_keys WHERE account_id = %s",
+                f"SELECT wrapped_key FROM {db.table('account_keys')} WHERE account_id = %s",
                 (db.id_param(account_id),),
             ).fetchone()
         if row is None:
@@ -195,10 +197,13 @@ class KeyVault:
             ]
             destroyed = 0
             for account_id in purged:
-                cursor.execute("DELETE FROM account_keys WHERE account_id = %s", (account_id,))
+                cursor.execute(
+                    f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s", (account_id,)
+                )
                 destroyed += cursor.rowcount
                 cursor.execute(
-                    "INSERT INTO destroyed_keys (account_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                    f"INSERT INTO {db.table('destroyed_keys')} (account_id) VALUES (%s) "
+                    "ON CONFLICT DO NOTHING",
                     (account_id,),
                 )
         with self._lock:
@@ -209,15 +214,10 @@ class KeyVault:
         db = self.database
         with db.transaction(commit=False) as cursor:
             row = cursor.execute(
-                "SELECT 1 FROM destroyed_keys WHERE account_id = %s", (db.id_param(account_id),)
+                f"SELECT 1 FROM {db.table('destroyed_keys')} WHERE account_id = %s",
+                (db.id_param(account_id),),
             ).fetchone()
         return row is not None
-
-    def seal(self, key: bytes, account_id: UUID, plaintext: bytes) -> bytes:
-        return _seal(key, plaintext, account_id.bytes)
-
-    def unseal(self, key: bytes, account_id: UUID, sealed: bytes) -> bytes:
-        return _open(key, sealed, account_id.bytes)
 
 
 class PersonalDataMapper(Mapper[UUID]):
@@ -231,11 +231,13 @@ class PersonalDataMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         fields: tuple[str, ...] = getattr(type(domain_event), "personal_fields", ())
-        if not fields:
-            return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
+        # An absent value (None) says nothing about the person, so it stays as it is.
+        present = [name for name in fields if state.get(name) is not None]
+        if not present:
+            return super().to_stored_event(domain_event)
         account_id: UUID = state["originator_id"]
-        personal = {name: state.pop(name) for name in fields}
+        personal = {name: state.pop(name) for name in present}
         key = (
             self.vault.create_key(account_id)
             if isinstance(domain_event, Account.Registered)
@@ -243,8 +245,9 @@ class PersonalDataMapper(Mapper[UUID]):
         )
         if key is None:
             raise KeyDestroyedError()
-        sealed = self.vault.seal(key, account_id, self.transcoder.encode(personal))
-        state[SEALED_FIELD] = base64.b64encode(sealed).decode()
+        associated = _associated_data(account_id, state["originator_version"], present)
+        sealed = _seal(key, self.transcoder.encode(personal), associated)
+        state[SEALED_FIELD] = {"fields": present, "data": base64.b64encode(sealed).decode()}
         shell = object.__new__(type(domain_event))
         object.__setattr__(shell, "__dict__", state)
         return super().to_stored_event(shell)
@@ -255,14 +258,15 @@ class PersonalDataMapper(Mapper[UUID]):
         sealed = state.pop(SEALED_FIELD, None)
         if sealed is None:
             return domain_event
-        fields: tuple[str, ...] = getattr(type(domain_event), "personal_fields", ())
+        fields: list[str] = sealed["fields"]
         account_id: UUID = state["originator_id"]
         key = self.vault.find_key(account_id)
         if key is None:
             state.update(dict.fromkeys(fields, REDACTED))
             return domain_event
+        associated = _associated_data(account_id, stored_event.originator_version, fields)
         try:
-            plaintext = self.vault.unseal(key, account_id, base64.b64decode(sealed))
+            plaintext = _open(key, base64.b64decode(sealed["data"]), associated)
         except InvalidTag:
             raise MapperDeserialisationError(
                 f"sealed personal fields of event {stored_event.originator_version} "
@@ -270,3 +274,8 @@ class PersonalDataMapper(Mapper[UUID]):
             ) from None
         state.update(self.transcoder.decode(plaintext))
         return domain_event
+
+
+def _associated_data(account_id: UUID, version: int, fields: list[str]) -> bytes:
+    """Binds sealed values to their event, so they cannot be moved to another one."""
+    return b"|".join([account_id.bytes, str(version).encode(), ",".join(fields).encode()])

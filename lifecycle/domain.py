@@ -240,6 +240,9 @@ class Account(Aggregate):
         unknown = set(parts) - set(EDITABLE_PARTS)
         if unknown:
             raise InvalidCommandError("unknown_preference_part")
+        if parts.get("notifications") is not None:
+            # Categories left out keep their current setting, as at registration.
+            parts["notifications"] = {**self.notifications, **parts["notifications"]}
         changes = {
             part: value
             for part, value in parts.items()

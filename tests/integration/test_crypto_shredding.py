@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from eventsourcing.persistence import DatabaseError, IntegrityError
+from eventsourcing.persistence import DatabaseError, IntegrityError, MapperDeserialisationError
 
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account, AccountStatus, EmailClaim
@@ -435,3 +435,40 @@ def test_the_claim_outlives_the_account_released(accounts: Accounts) -> None:
     ]
     assert all(e.originator_id != account_id for e in claims)
     assert claims[1].account_id == claims[2].account_id == account_id
+
+
+def test_after_purge_only_values_that_were_there_read_as_redacted(accounts: Accounts) -> None:
+    account_id = accounts.register(
+        email="partial@example.jp", display_name="Partial", consent_version="v1"
+    )
+    accounts.edit_preferences(account_id, job_title="Engineer")
+    accounts.request_withdrawal(account_id, reason="other")
+    accounts.purge(account_id)
+    events = [
+        accounts.mapper.to_domain_event(stored)
+        for stored in accounts.events.recorder.select_events(account_id)
+    ]
+    registered, edited = events[0], events[1]
+    assert isinstance(registered, Account.Registered)
+    assert isinstance(edited, Account.PreferencesEdited)
+    assert registered.email == REDACTED
+    assert registered.phone is None  # never given, so nothing to redact
+    assert edited.changed_parts == ["job_title"]
+    assert edited.work_history is None
+
+
+def test_sealed_values_cannot_be_moved_to_another_event(accounts: Accounts) -> None:
+    account_id = accounts.register(
+        email="swap@example.jp", display_name="Swap", consent_version="v1"
+    )
+    accounts.edit_preferences(account_id, job_title="First")
+    accounts.edit_preferences(account_id, job_title="Second")
+    first, second = accounts.events.recorder.select_events(account_id)[1:3]
+    moved = type(second)(
+        originator_id=second.originator_id,
+        originator_version=second.originator_version,
+        topic=second.topic,
+        state=first.state,
+    )
+    with pytest.raises(MapperDeserialisationError, match="fail authentication"):
+        accounts.mapper.to_domain_event(moved)
