@@ -558,3 +558,11 @@ def test_purge_keeps_the_facts_of_the_lifecycle() -> None:
 def test_editable_parts_are_exactly_the_preferences_event_fields() -> None:
     annotations = Account.PreferencesEdited.__annotations__
     assert set(EDITABLE_PARTS) == set(annotations)
+
+
+def test_a_partial_notification_edit_keeps_the_other_categories() -> None:
+    account = new_account()
+    account.collect_events()
+    assert account.edit_preferences(notifications={"scouts": False}) == ["notifications"]
+    assert account.notifications == {"scouts": False, "recommendations": True, "notices": True}
+    assert account.edit_preferences(notifications={"scouts": False}) == []
