@@ -65,9 +65,12 @@ def serve(
 
     settings = with_generated_tokens(load_settings())
     accounts = open_accounts(settings)
-    uvicorn.run(
-        create_app(settings, accounts), host=host, port=port, log_config=None, access_log=False
-    )
+    try:
+        uvicorn.run(
+            create_app(settings, accounts), host=host, port=port, log_config=None, access_log=False
+        )
+    finally:
+        accounts.close()
 
 
 audit = typer.Typer(help="Auditor tools over the event log.", no_args_is_help=True)

@@ -1,0 +1,194 @@
+"""The HTTP application: `create_app(settings)` builds it; nothing happens at import."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from uuid import uuid4
+
+import structlog
+from fastapi import FastAPI, HTTPException
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lifecycle.api.auth import with_generated_tokens
+from lifecycle.api.problems import (
+    install_problem_handlers,
+    problem_response,
+    unexpected_error_response,
+)
+from lifecycle.api.routes import accounts as accounts_routes
+from lifecycle.api.routes import health
+from lifecycle.application import Accounts
+from lifecycle.bootstrap import build_accounts
+from lifecycle.logs import get_logger
+from lifecycle.settings import Settings
+
+__all__ = ["RequestContextMiddleware", "create_app", "with_generated_tokens"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming request id is kept only if it is a short token that is safe to log and echo.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+# Request bodies are small JSON documents; anything bigger is refused with 413.
+MAX_BODY_BYTES = 256 * 1024
+TOO_LARGE_DETAIL = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
+
+
+def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
+    """The member-facing HTTP API.
+
+    With `accounts` given, the app uses it and leaves closing it to the caller. Without,
+    the app builds its own from `settings` when it starts (lifespan) and closes it when
+    it stops. Settings without API tokens get generated ones (see `with_generated_tokens`).
+    """
+    settings = with_generated_tokens(settings)
+    app = FastAPI(
+        title="lifecycle",
+        version=_package_version(),
+        description="Member accounts of the job-change platform, from registration to erasure.",
+        lifespan=_lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.token_roles = dict(settings.api_tokens)
+    app.state.accounts = accounts
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(accounts_routes.router)
+    # Routes FastAPI adds itself (docs, OpenAPI) do not record their route in the scope.
+    fixed_paths = frozenset(
+        path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))
+    )
+    # The last added runs first: request id and access log wrap everything else.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    log = get_logger("lifecycle.api")
+    built: Accounts | None = None
+    if app.state.accounts is None:
+        settings: Settings = app.state.settings
+        built = await run_in_threadpool(build_accounts, settings)
+        app.state.accounts = built
+    log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
+    try:
+        yield
+    finally:
+        if built is not None:
+            app.state.accounts = None
+            await run_in_threadpool(built.close)
+        log.info("api_stopped")
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (bound into every log line, echoed in `X-Request-ID`) and
+    writes one access log line: method, route template, status, duration. Never a body,
+    never a query string.
+
+    It also answers for exceptions nothing else handled, so that those responses carry the
+    request id and are logged like any other.
+    """
+
+    def __init__(self, app: ASGIApp, fixed_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.fixed_paths = fixed_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status_code = 500
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status_code, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status_code = int(message["status"])
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_request_id)
+            except Exception as error:
+                if response_started:
+                    raise
+                response = unexpected_error_response(Request(scope, receive), error)
+                await response(scope, receive, send_with_request_id)
+            finally:
+                get_logger("lifecycle.api.access").info(
+                    "request",
+                    method=scope["method"],
+                    route=self._route_template(scope),
+                    status=status_code,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+
+    def _route_template(self, scope: Scope) -> str:
+        """The matched route's template; never a raw path, which may hold anything typed."""
+        template = getattr(scope.get("route"), "path", None)
+        if isinstance(template, str):
+            return template
+        path = scope.get("path")
+        return path if path in self.fixed_paths else "<unmatched>"
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_body_bytes` with a 413 problem.
+
+    A declared Content-Length over the limit is refused before the app runs; a body that
+    grows past it while being read fails the read, which the problem handlers answer.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            response = problem_response(Request(scope), 413, "content_too_large", TOO_LARGE_DETAIL)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise HTTPException(413, TOO_LARGE_DETAIL)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    value = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    if value and SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+def _package_version() -> str:
+    try:
+        return version("lifecycle")
+    except PackageNotFoundError:
+        return "0.0.0"

@@ -1,0 +1,103 @@
+"""Bearer-token authentication with one role per token.
+
+Configuration holds only sha256 digests of the tokens (`Settings.api_tokens`), so a leaked
+configuration file opens nothing. A server started without tokens generates one per role
+for that run and prints them once to stdout; logs only say that it happened.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, TextIO
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from lifecycle.api.problems import AuthenticationError, PermissionDeniedError
+from lifecycle.logs import get_logger
+from lifecycle.settings import ROLES, Role, Settings, generate_tokens, token_digest
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="One token per role (service, ops, auditor): `Authorization: Bearer <token>`.",
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as far as the service knows: only the role of their token."""
+
+    role: Role
+
+
+def role_for_token(token: str, token_roles: Mapping[str, Role]) -> Role | None:
+    """The role of a presented token, comparing digests in constant time against every entry."""
+    presented = token_digest(token)
+    found: Role | None = None
+    for digest, role in token_roles.items():
+        if hmac.compare_digest(presented, digest):
+            found = role
+    return found
+
+
+def require_role(role: Role) -> Callable[..., Awaitable[Caller]]:
+    """A dependency admitting only callers whose token has `role`; 401 or 403 otherwise."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    ) -> Caller:
+        if credentials is None:
+            raise AuthenticationError("a bearer token is required")
+        token_roles: Mapping[str, Role] = request.app.state.token_roles
+        found = role_for_token(credentials.credentials, token_roles)
+        if found is None:
+            raise AuthenticationError("the bearer token is not valid", invalid_token=True)
+        if found != role:
+            raise PermissionDeniedError(detail=f"this route needs the {role} role")
+        return Caller(role=found)
+
+    dependency.__name__ = f"require_{role}_role"
+    return dependency
+
+
+ServiceCaller = Annotated[Caller, Depends(require_role("service"))]
+OpsCaller = Annotated[Caller, Depends(require_role("ops"))]
+AuditorCaller = Annotated[Caller, Depends(require_role("auditor"))]
+
+
+def with_generated_tokens(settings: Settings, stream: TextIO | None = None) -> Settings:
+    """Settings with API tokens: as given, or with freshly generated ones printed once.
+
+    When `settings.api_tokens` is empty, one token per role is generated for this run,
+    written to `stream` (stdout by default) and never logged; the returned settings hold
+    only their digests. The CLI may call this before `create_app`; `create_app` calls it too,
+    so a server never starts with an open door.
+    """
+    if settings.api_tokens:
+        return settings
+    tokens = generate_tokens()
+    get_logger("lifecycle.api").warning(
+        "api_tokens_generated", roles=sorted(tokens), reason="none configured"
+    )
+    print_generated_tokens(tokens, sys.stdout if stream is None else stream)
+    digests: dict[str, Role] = {token_digest(token): role for role, token in tokens.items()}
+    return settings.model_copy(update={"api_tokens": digests})
+
+
+def print_generated_tokens(tokens: Mapping[Role, str], stream: TextIO) -> None:
+    lines = [
+        "",
+        "No API tokens configured (LIFECYCLE_API_TOKENS); generated for this run only:",
+        *(f"    {role:<8} {token}" for role, token in tokens.items()),
+        "Send them as `Authorization: Bearer <token>`. They are shown once and not logged.",
+        "",
+    ]
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()

@@ -1,0 +1,175 @@
+"""Member accounts, for the platform's own services (role `service`).
+
+Handlers are plain functions: the application does blocking I/O, so FastAPI runs them in
+its thread pool. Errors are the application's `LifecycleError`s, turned into problem
+documents by `lifecycle.api.problems`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Response, status
+
+from lifecycle.api.auth import require_role
+from lifecycle.api.models import (
+    AccountCreated,
+    AccountOut,
+    Gift,
+    GiftClaimRequest,
+    PreferencesChanged,
+    PreferencesPatch,
+    RegisterRequest,
+    ScoutRecorded,
+    ScoutRequest,
+    WithdrawalAccepted,
+    WithdrawalPreview,
+    WithdrawalRequest,
+    api_parts,
+)
+from lifecycle.api.problems import problem_responses
+from lifecycle.api.routes import AccountsDep
+from lifecycle.domain import GIFT_AMOUNT_JPY, GIFT_KIND
+from lifecycle.errors import AccountNotFoundError
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["accounts"],
+    dependencies=[Depends(require_role("service"))],
+    responses=problem_responses(401, 403),
+)
+
+
+def account_id_param(
+    account_id: Annotated[
+        str,
+        Path(
+            description="The account's id (a UUID).",
+            json_schema_extra={"format": "uuid"},
+        ),
+    ],
+) -> UUID:
+    """An id that is no UUID names no account: 404, like any other unknown id."""
+    try:
+        return UUID(account_id)
+    except ValueError:
+        raise AccountNotFoundError() from None
+
+
+AccountId = Annotated[UUID, Depends(account_id_param)]
+
+# What any route on an existing account may answer besides its own outcomes.
+ON_ACCOUNT = (404, 410, 422)
+
+
+def account_path(account_id: UUID) -> str:
+    return f"/v1/accounts/{account_id}"
+
+
+@router.post(
+    "/accounts",
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a member",
+    responses=problem_responses(409, 422),
+)
+def register(body: RegisterRequest, accounts: AccountsDep, response: Response) -> AccountCreated:
+    account_id = accounts.register(**body.to_domain())
+    response.headers["Location"] = account_path(account_id)
+    return AccountCreated(account_id=account_id)
+
+
+@router.get(
+    "/accounts/{account_id}",
+    summary="The account's current profile and status",
+    responses=problem_responses(404, 410),
+)
+def get_account(account_id: AccountId, accounts: AccountsDep) -> AccountOut:
+    return AccountOut.of(accounts.get_account(account_id))
+
+
+@router.patch(
+    "/accounts/{account_id}/preferences",
+    summary="Edit profile, work history, desired conditions or notifications",
+    description=(
+        "Send any subset of the parts. Fields left out of `profile`, `desired` and "
+        "`notifications` keep their values; lists are replaced as a whole. Answers with the "
+        "parts that changed: an empty list when nothing did, and then nothing is recorded."
+    ),
+    responses=problem_responses(*ON_ACCOUNT, 409),
+)
+def edit_preferences(
+    account_id: AccountId, body: PreferencesPatch, accounts: AccountsDep
+) -> PreferencesChanged:
+    account = accounts.get_account(account_id)
+    changed = accounts.edit_preferences(account_id, **body.domain_parts(account))
+    return PreferencesChanged.model_validate({"changed": api_parts(changed)})
+
+
+@router.post(
+    "/accounts/{account_id}/scouts",
+    status_code=status.HTTP_201_CREATED,
+    summary="Record a scout the member received (once per scout id)",
+    responses={
+        200: {"model": ScoutRecorded, "description": "This scout id was already recorded"},
+        **problem_responses(*ON_ACCOUNT, 409),
+    },
+)
+def receive_scout(
+    account_id: AccountId, body: ScoutRequest, accounts: AccountsDep, response: Response
+) -> ScoutRecorded:
+    recorded = accounts.receive_scout(
+        account_id, scout_id=body.scout_id, company_id=body.company_id, job_id=body.job_id
+    )
+    if not recorded:
+        response.status_code = status.HTTP_200_OK
+    return ScoutRecorded(scout_id=body.scout_id, recorded=recorded)
+
+
+@router.post(
+    "/accounts/{account_id}/gift-claim",
+    status_code=status.HTTP_201_CREATED,
+    summary="Claim the hiring gift for a start at a company that scouted the member",
+    responses=problem_responses(*ON_ACCOUNT, 409),
+)
+def claim_gift(account_id: AccountId, body: GiftClaimRequest, accounts: AccountsDep) -> Gift:
+    accounts.claim_gift(account_id, company_id=body.company_id, start_date=body.start_date)
+    return Gift(
+        kind=GIFT_KIND,
+        amount_jpy=GIFT_AMOUNT_JPY,
+        company_id=body.company_id,
+        start_date=body.start_date,
+    )
+
+
+@router.get(
+    "/accounts/{account_id}/withdrawal-preview",
+    summary="What the member loses by withdrawing now",
+    responses=problem_responses(404, 410),
+)
+def withdrawal_preview(account_id: AccountId, accounts: AccountsDep) -> WithdrawalPreview:
+    return WithdrawalPreview.model_validate(accounts.withdrawal_preview(account_id))
+
+
+@router.post(
+    "/accounts/{account_id}/withdrawal",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Request withdrawal; erasure follows",
+    description=(
+        "Idempotent: asking again answers 202 and records nothing new. With reason "
+        "`hired_via_platform` and no gift claimed, `acknowledge_gift_loss` must be true."
+    ),
+    responses=problem_responses(*ON_ACCOUNT, 409),
+)
+def request_withdrawal(
+    account_id: AccountId, body: WithdrawalRequest, accounts: AccountsDep, response: Response
+) -> WithdrawalAccepted:
+    accounts.request_withdrawal(
+        account_id,
+        reason=body.reason.value,
+        comment=body.comment,
+        acknowledge_gift_loss=body.acknowledge_gift_loss,
+    )
+    erasure = f"{account_path(account_id)}/erasure"
+    response.headers["Location"] = erasure
+    return WithdrawalAccepted(erasure=erasure)

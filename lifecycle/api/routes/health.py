@@ -1,0 +1,28 @@
+"""Liveness and readiness, without authentication, for process supervisors and load balancers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from lifecycle.api.problems import NotReadyError, problem_responses
+from lifecycle.api.routes import get_accounts
+from lifecycle.logs import get_logger
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The database answers", responses=problem_responses(503))
+def readyz(request: Request) -> dict[str, str]:
+    accounts = get_accounts(request)
+    try:
+        with accounts.database.transaction(commit=False) as cursor:
+            cursor.execute("SELECT 1").fetchone()
+    except Exception as error:
+        get_logger("lifecycle.api").warning("not_ready", error_type=type(error).__name__)
+        raise NotReadyError(detail="the database does not answer") from None
+    return {"status": "ready"}
