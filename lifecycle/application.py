@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -146,6 +146,22 @@ class Accounts(Application[UUID]):
         purged = self._retrying(attempt)
         self.vault.forget(account_id)
         return purged
+
+    def reshred(self, also_purged: Iterable[UUID] = ()) -> dict[str, int]:
+        """After a restore: purge again what is known purged elsewhere, destroy every such key."""
+        known = set(also_purged)
+        recorded = 0
+        for account_id in sorted(known):
+            try:
+                account = self.load_for_audit(account_id)
+            except AccountNotFoundError:
+                continue
+            # A restore from between withdrawal and purge brings the account back withdrawing.
+            if account.status is AccountStatus.WITHDRAWING and self.purge(account_id):
+                recorded += 1
+        destroyed = self.vault.destroy_keys_of_purged_accounts(known)
+        # Each Purged recorded again took its key with it, through the same trigger.
+        return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
 
     # Queries
 

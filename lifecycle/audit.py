@@ -109,6 +109,40 @@ def topic_dump(bootstrap: str, topics: Iterable[str], timeout_s: float = 30.0) -
         consumer.close()
 
 
+def purged_ids_on_topic(bootstrap: str, topic: str) -> set[UUID]:
+    """Accounts whose Purged event is still on the lifecycle topic: a ledger outside the DB."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from schemas.contract import ContractError, PurgedV1, decode_record
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    purged: set[UUID] = set()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return purged
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if end[tp] > consumer.position(tp)}
+        while remaining:
+            for tp, records in consumer.poll(timeout_ms=1000).items():
+                for record in records:
+                    try:
+                        envelope = decode_record(record.headers or [], record.value)
+                    except ContractError:
+                        continue
+                    if envelope.type == PurgedV1.ce_type():
+                        purged.add(envelope.account_id)
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        consumer.close()
+    return purged
+
+
 def _record_text(record: Any) -> str:
     parts = [(record.key or b"").decode(errors="replace")]
     parts += [f"{name} {value.decode(errors='replace')}" for name, value in record.headers or ()]

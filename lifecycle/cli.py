@@ -78,12 +78,25 @@ cli.add_typer(audit, name="audit")
 
 
 @audit.command()
-def reshred() -> None:
-    """After a backup restore: destroy again every key whose account has a Purged event."""
-    accounts = open_accounts(load_settings())
-    destroyed = accounts.vault.destroy_keys_of_purged_accounts()
-    typer.echo(f"keys destroyed again: {destroyed}")
+def reshred(
+    from_kafka: Annotated[
+        bool, typer.Option(help="Also take purged ids from the lifecycle topic (if configured).")
+    ] = True,
+) -> None:
+    """After a backup restore: every account known purged is purged again and loses its key."""
+    from lifecycle.audit import purged_ids_on_topic
+
+    settings = load_settings()
+    accounts = open_accounts(settings)
+    ledger: set[Any] = set()
+    if from_kafka and settings.kafka_bootstrap:
+        ledger = purged_ids_on_topic(settings.kafka_bootstrap, settings.topics.lifecycle)
+    result = accounts.reshred(ledger)
     accounts.close()
+    typer.echo(
+        f"purges recorded again: {result['purges_recorded_again']}, "
+        f"keys destroyed again: {result['keys_destroyed']}"
+    )
 
 
 @audit.command("erasure-proof")
@@ -105,7 +118,6 @@ def erasure_proof(
     from lifecycle.audit import database_dump, topic_dump
     from lifecycle.audit import erasure_proof as prove
     from lifecycle.erasure import ErasureProcess
-    from schemas.contract import TopicNames
 
     settings = load_settings()
     digests = {d.strip().lower() for d in (digest or []) if d.strip()}
@@ -123,7 +135,7 @@ def erasure_proof(
         "database": database_dump(accounts, None if settings.is_embedded else settings.database_url)
     }
     if settings.kafka_bootstrap:
-        places["kafka"] = topic_dump(settings.kafka_bootstrap, TopicNames().all())
+        places["kafka"] = topic_dump(settings.kafka_bootstrap, settings.topics.all())
     try:
         report = prove(accounts, erasure, subject, digests, places)
     except LifecycleError as error:

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -184,19 +185,25 @@ class KeyVault:
         with self._lock:
             self._cache.pop(account_id, None)
 
-    def destroy_keys_of_purged_accounts(self) -> int:
-        """Re-shred after a backup restore: every account with a Purged event loses its key."""
+    def destroy_keys_of_purged_accounts(self, also_purged: Iterable[UUID] = ()) -> int:
+        """Re-shred after a backup restore: every account known to be purged loses its key.
+
+        Known purged: a Purged event in the store, a tombstone, or an id from outside the
+        restored database (`also_purged`, e.g. read from the lifecycle topic).
+        """
         db = self.database
         with db.transaction() as cursor:
-            purged = [
+            purged = {
                 row[0]
                 for row in cursor.execute(
-                    f"SELECT originator_id FROM {db.events_table} WHERE topic = %s",
+                    f"SELECT originator_id FROM {db.events_table} WHERE topic = %s "
+                    f"UNION SELECT account_id FROM {db.table('destroyed_keys')}",
                     (PURGED_TOPIC,),
                 ).fetchall()
-            ]
+            }
+            purged |= {db.id_param(account_id) for account_id in also_purged}
             destroyed = 0
-            for account_id in purged:
+            for account_id in sorted(purged, key=str):
                 cursor.execute(
                     f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s", (account_id,)
                 )

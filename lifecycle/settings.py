@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.crypto import MasterKeyError, decode_master_key, new_master_key
 from lifecycle.storage import persistence_env
+from schemas.contract import TopicNames
 
 Role = Literal["service", "ops", "auditor"]
 ROLES: tuple[Role, ...] = ("service", "ops", "auditor")
@@ -27,11 +28,16 @@ class Settings(BaseSettings):
     # PostgreSQL schema holding the service's tables (tests use one per test).
     database_schema: str = "public"
     kafka_bootstrap: str | None = None
+    # Prepended to every topic name (e.g. "staging."); tests use one per test.
+    topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
     api_tokens: dict[str, Role] = Field(default_factory=dict)
     # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
     master_key: str | None = None
     erasure_deadline_hours: float = 72.0
+    # The mail service's SMTP relay; unset, mail is logged by Message-ID and discarded.
+    smtp_host: str | None = None
+    smtp_port: int = 25
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     service_name: str = "lifecycle"
@@ -56,6 +62,10 @@ class Settings(BaseSettings):
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError("api_tokens keys must be sha256 hex digests of the tokens")
         return value
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(prefix=self.topic_prefix)
 
     @property
     def is_embedded(self) -> bool:
