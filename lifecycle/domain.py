@@ -51,6 +51,8 @@ class Channel(StrEnum):
 
 # Parts of the account a member may edit; each maps to a field of PreferencesEdited.
 EDITABLE_PARTS = ("profile", "job_title", "work_history", "desired", "notifications")
+# Parts edited field by field rather than replaced whole.
+MERGED_PARTS = ("profile", "desired", "notifications")
 
 
 def normalise_email(email: str) -> str:
@@ -174,8 +176,8 @@ class Account(Aggregate):
             phone=phone,
             job_title=job_title,
             work_history=list(work_history or []),
-            profile=dict(profile or {}),
-            desired=dict(desired or {}),
+            profile=_without_none(profile or {}),
+            desired=_without_none(desired or {}),
             notifications={**default_notifications(), **(notifications or {})},
             consent_version=consent_version,
             channel=Channel(channel).value,
@@ -240,9 +242,11 @@ class Account(Aggregate):
         unknown = set(parts) - set(EDITABLE_PARTS)
         if unknown:
             raise InvalidCommandError("unknown_preference_part")
-        if parts.get("notifications") is not None:
-            # Categories left out keep their current setting, as at registration.
-            parts["notifications"] = {**self.notifications, **parts["notifications"]}
+        for part in MERGED_PARTS:
+            if parts.get(part) is not None:
+                # Fields left out keep their value, a None clears one; merged here, inside
+                # the command, so two concurrent edits of different fields both land.
+                parts[part] = _without_none({**getattr(self, part), **parts[part]})
         changes = {
             part: value
             for part, value in parts.items()
@@ -348,6 +352,10 @@ class Account(Aggregate):
         # Whitespace is judged after NFKC: U+3000 and friends become plain spaces there.
         if not (at and local and "." in domain and not any(c.isspace() for c in normalised)):
             raise InvalidCommandError("email_invalid")
+
+
+def _without_none(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def default_notifications() -> dict[str, bool]:

@@ -250,34 +250,27 @@ class PreferencesPatch(RequestModel):
     desired: Omittable[DesiredPatch] = None
     notifications: Omittable[NotificationsPatch] = None
 
-    def domain_parts(self, account: Account) -> dict[str, Any]:
-        """Keyword arguments for `Accounts.edit_preferences`: the parts as they would become.
+    def domain_parts(self) -> dict[str, Any]:
+        """Keyword arguments for `Accounts.edit_preferences`: only the fields sent.
 
-        A part whose merged value equals what the account holds is left out, so the domain
-        records nothing for it.
+        The domain merges them into the current parts inside the command, so concurrent
+        edits of different fields do not undo each other.
         """
         parts: dict[str, Any] = {}
         if self.profile is not None:
             given = self.profile.model_dump(include=self.profile.model_fields_set)
-            current = profile_of(account)
-            merged = {**current, **{k: v for k, v in given.items() if k in current}}
-            if merged != current:
-                parts["profile"] = merged
             if "job_title" in given:
-                parts["job_title"] = given["job_title"]
+                parts["job_title"] = given.pop("job_title")
+            if given:
+                parts["profile"] = given
         if self.work_history is not None:
             parts["work_history"] = [item.to_domain() for item in self.work_history]
         if self.desired is not None:
-            current = desired_of(account)
-            merged = {**current, **self.desired.model_dump(include=self.desired.model_fields_set)}
-            if merged != current:
-                parts["desired"] = merged
+            parts["desired"] = self.desired.model_dump(include=self.desired.model_fields_set)
         if self.notifications is not None:
-            current = notifications_of(account)
-            given = self.notifications.model_dump(include=self.notifications.model_fields_set)
-            merged = {**current, **given}
-            if merged != current:
-                parts["notifications"] = merged
+            parts["notifications"] = self.notifications.model_dump(
+                include=self.notifications.model_fields_set
+            )
         return parts
 
 

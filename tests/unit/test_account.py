@@ -566,3 +566,12 @@ def test_a_partial_notification_edit_keeps_the_other_categories() -> None:
     assert account.edit_preferences(notifications={"scouts": False}) == ["notifications"]
     assert account.notifications == {"scouts": False, "recommendations": True, "notices": True}
     assert account.edit_preferences(notifications={"scouts": False}) == []
+
+
+def test_dict_parts_merge_field_by_field_and_none_clears_a_field() -> None:
+    account = new_account(desired={"locations": ["tokyo"], "min_salary": 5_000_000})
+    account.collect_events()
+    assert account.edit_preferences(desired={"industries": ["it"]}) == ["desired"]
+    assert account.edit_preferences(desired={"min_salary": None}) == ["desired"]
+    assert account.desired == {"locations": ["tokyo"], "industries": ["it"]}
+    assert account.edit_preferences(desired={"locations": ["tokyo"]}) == []

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 from lifecycle.domain import (
     EDITABLE_PARTS,
     MAX_COMMENT_LENGTH,
+    MERGED_PARTS,
     Account,
     AccountStatus,
     WithdrawalReason,
@@ -144,16 +145,24 @@ class AccountLifecycle(RuleBasedStateMachine):
         refusal = self.status_refusal()
         if refusal is None and "nickname" in parts:
             refusal = "unknown_preference_part"
+        # Dict parts are merged field by field (None clears a field); others are replaced.
+        becomes = {
+            part: (
+                {k: v for k, v in {**self.parts[part], **value}.items() if v is not None}
+                if part in MERGED_PARTS
+                else value
+            )
+            for part, value in parts.items()
+            if part in EDITABLE_PARTS and value is not None
+        }
         expected = [
-            part
-            for part in EDITABLE_PARTS
-            if parts.get(part) is not None and parts[part] != self.parts[part]
+            part for part in EDITABLE_PARTS if part in becomes and becomes[part] != self.parts[part]
         ]
-        changed = self.run(lambda: self.current.edit_preferences(**parts), refusal)
+        changed = self.run(lambda: self.current.edit_preferences(**dict(parts)), refusal)
         if refusal is None:
             assert changed == expected
             for part in expected:
-                self.parts[part] = parts[part]
+                self.parts[part] = becomes[part]
 
     @rule(scout_id=st.sampled_from(SCOUT_IDS), company_id=st.sampled_from(COMPANIES))
     def receive_scout(self, scout_id: str, company_id: str) -> None:

@@ -101,8 +101,7 @@ def get_account(account_id: AccountId, accounts: AccountsDep) -> AccountOut:
 def edit_preferences(
     account_id: AccountId, body: PreferencesPatch, accounts: AccountsDep
 ) -> PreferencesChanged:
-    account = accounts.get_account(account_id)
-    changed = accounts.edit_preferences(account_id, **body.domain_parts(account))
+    changed = accounts.edit_preferences(account_id, **body.domain_parts())
     return PreferencesChanged.model_validate({"changed": api_parts(changed)})
 
 
