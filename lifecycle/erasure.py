@@ -49,6 +49,12 @@ class ErasureProcess:
     def _create_table(self) -> None:
         db = self.database
         with db.transaction() as cursor:
+            if db.dialect == "postgres":
+                # IF NOT EXISTS alone fails when two sessions create the new table at once
+                # (the API's status call and the erasure consumer, say): take turns.
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"ddl:{self.table}",)
+                )
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 f"account_id {db.id_type} NOT NULL, service TEXT NOT NULL, "

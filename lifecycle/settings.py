@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
     master_key: str | None = None
     erasure_deadline_hours: float = 72.0
+    # Roles whose audit reads may ask for personal values decrypted (each such read is
+    # recorded); empty: nobody, every audit read is redacted. Example: '["auditor"]'.
+    audit_decrypt_roles: list[Role] = Field(default_factory=list)
     # The mail service's SMTP relay; unset, mail is logged by Message-ID and discarded.
     smtp_host: str | None = None
     smtp_port: int = 25

@@ -78,6 +78,30 @@ class Database:
             return cls(datastore, application_name)
         raise DatabaseUrlError(detail="the service needs PostgreSQL or SQLite persistence")
 
+    @classmethod
+    def open(cls, database_url: str, schema: str = "public", *, pool_size: int = 2) -> Database:
+        """A datastore of its own, without an event store (a downstream service's tables)."""
+        env = persistence_env(database_url, schema)
+        datastore: PostgresDatastore | SQLiteDatastore
+        if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
+            datastore = PostgresDatastore(
+                env["POSTGRES_DBNAME"],
+                env["POSTGRES_HOST"],
+                env["POSTGRES_PORT"],
+                env["POSTGRES_USER"],
+                env["POSTGRES_PASSWORD"],
+                connect_timeout=float(env["POSTGRES_CONNECT_TIMEOUT"]),
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                schema=schema,
+            )
+        else:
+            datastore = SQLiteDatastore(env["SQLITE_DBNAME"], pool_size=pool_size)
+        return cls(datastore, application_name="none")
+
+    def close(self) -> None:
+        self.datastore.close()
+
     @contextmanager
     def transaction(self, *, commit: bool = True) -> Iterator[Cursor]:
         with self.datastore.transaction(commit=commit) as cursor:

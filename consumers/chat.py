@@ -1,0 +1,138 @@
+"""The chat service's eraser: threads and messages per account, gone on withdrawal.
+
+`open_thread` and `post_message` are the minimal write path (members chatting with companies);
+both refuse a withdrawn account. `withdrawn_accounts` keeps the account id only.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID, uuid4
+
+from consumers.kit import AccountWithdrawnError, Handler, HandlerResult, erasure_confirmation
+from consumers.store import create_lock_table, ddl_transaction, lock_key
+from lifecycle.storage import Cursor, Database
+from schemas.contract import Envelope, PurgedV1, TopicNames, WithdrawalRequestedV1
+
+SERVICE = "chat"
+
+
+def subscribed_topics(topics: TopicNames) -> list[str]:
+    return [topics.lifecycle]
+
+
+def create_tables(database: Database) -> None:
+    create_lock_table(database)
+    ts, now = database.timestamp_type, database.now
+    with ddl_transaction(database) as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('chat_threads')} ("
+            "thread_id TEXT PRIMARY KEY, account_id TEXT NOT NULL, company_id TEXT NOT NULL, "
+            f"opened_at {ts} NOT NULL DEFAULT {now})"
+        )
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('chat_messages')} ("
+            "message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, account_id TEXT NOT NULL, "
+            f"sender TEXT NOT NULL, body TEXT NOT NULL, sent_at {ts} NOT NULL DEFAULT {now})"
+        )
+        for table in ("chat_threads", "chat_messages"):
+            cursor.execute(
+                f"CREATE INDEX IF NOT EXISTS {table}_by_account "
+                f"ON {database.table(table)} (account_id)"
+            )
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('withdrawn_accounts')} ("
+            f"account_id TEXT PRIMARY KEY, withdrawn_at {ts} NOT NULL DEFAULT {now})"
+        )
+
+
+class ChatHandler(Handler):
+    def __init__(self, database: Database, topics: TopicNames) -> None:
+        self.database = database
+        self.topics = topics
+        create_tables(database)
+
+    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
+        data = envelope.data
+        if isinstance(data, WithdrawalRequestedV1):
+            removed = erase(self.database, cursor, data.account_id)
+            return HandlerResult(
+                (erasure_confirmation(self.topics, data.account_id, SERVICE, removed),),
+                outcome="erased",
+            )
+        if isinstance(data, PurgedV1):
+            erase(self.database, cursor, data.account_id)
+            return HandlerResult(outcome="purged")
+        return HandlerResult(outcome="ignored")
+
+
+# The write path
+
+
+def open_thread(database: Database, account_id: UUID, company_id: str) -> str:
+    thread_id = str(uuid4())
+    with database.transaction() as cursor:
+        _check_not_withdrawn(database, cursor, account_id)
+        cursor.execute(
+            f"INSERT INTO {database.table('chat_threads')} (thread_id, account_id, company_id) "
+            "VALUES (%s, %s, %s)",
+            (thread_id, str(account_id), company_id),
+        )
+    return thread_id
+
+
+def post_message(
+    database: Database, account_id: UUID, thread_id: str, sender: str, body: str
+) -> str:
+    message_id = str(uuid4())
+    with database.transaction() as cursor:
+        _check_not_withdrawn(database, cursor, account_id)
+        found = cursor.execute(
+            f"SELECT 1 FROM {database.table('chat_threads')} "
+            "WHERE thread_id = %s AND account_id = %s",
+            (thread_id, str(account_id)),
+        ).fetchone()
+        if found is None:
+            raise LookupError("thread_not_found")
+        cursor.execute(
+            f"INSERT INTO {database.table('chat_messages')} "
+            "(message_id, thread_id, account_id, sender, body) VALUES (%s, %s, %s, %s, %s)",
+            (message_id, thread_id, str(account_id), sender, body),
+        )
+    return message_id
+
+
+def erase(database: Database, cursor: Cursor, account_id: UUID) -> int:
+    account = str(account_id)
+    lock_key(database, cursor, f"chat:{account}")
+    cursor.execute(
+        f"INSERT INTO {database.table('withdrawn_accounts')} (account_id) VALUES (%s) "
+        "ON CONFLICT DO NOTHING",
+        (account,),
+    )
+    removed = 0
+    for table in ("chat_messages", "chat_threads"):
+        cursor.execute(f"DELETE FROM {database.table(table)} WHERE account_id = %s", (account,))
+        removed += cursor.rowcount
+    return removed
+
+
+def held_rows(database: Database, account_id: UUID) -> int:
+    with database.transaction(commit=False) as cursor:
+        total = 0
+        for table in ("chat_threads", "chat_messages"):
+            row = cursor.execute(
+                f"SELECT count(*) FROM {database.table(table)} WHERE account_id = %s",
+                (str(account_id),),
+            ).fetchone()
+            total += int(row[0]) if row else 0
+    return total
+
+
+def _check_not_withdrawn(database: Database, cursor: Cursor, account_id: UUID) -> None:
+    lock_key(database, cursor, f"chat:{account_id}")
+    row = cursor.execute(
+        f"SELECT 1 FROM {database.table('withdrawn_accounts')} WHERE account_id = %s",
+        (str(account_id),),
+    ).fetchone()
+    if row is not None:
+        raise AccountWithdrawnError()

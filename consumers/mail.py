@@ -1,0 +1,474 @@
+"""The mail service's eraser: contact addresses, queued notices, one withdrawal confirmation.
+
+Tables in the service's own schema:
+- `contacts`: the address, name and notification choices, from the compacted profile topic;
+- `mail_outbox`: notices queued for delivery (`queue_notice`, sent by `deliver_queued`);
+- `suppressions`: one row per withdrawn account (ids, counts and times only): no notice is
+  queued or delivered for it any more, and it records the confirmation mail that was sent.
+
+On WithdrawalRequested, in this order:
+1. one transaction: the suppression row and the deletion of every queued notice, so from this
+   commit on nothing else is sent (delivery checks the suppression under the same lock);
+2. the withdrawal-complete mail through SMTP, Message-ID derived from the withdrawal's `ce_id`,
+   then its send recorded on the suppression row;
+3. one transaction (the kit's): the address and any remaining notices deleted, and the erasure
+   confirmation (with the rows removed) written to the kit's outbox with the processed mark.
+
+At-least-once window: a crash after the SMTP server accepted the mail and before step 2's
+record commits sends the confirmation again on restart, with the same Message-ID, so a
+receiving system can drop the copy. Everything else is exactly once by the kit's mark.
+
+Two topics carry no order between them. When the withdrawal is handled before the member's
+profile record, the address is unknown: steps 1 and 3 still run at once (nothing more is sent,
+nothing is held), the suppression row waits for the address (`awaiting_address`), and when the
+profile record arrives the mail is sent to it without the address ever being stored; only then
+is erasure confirmed. The profile record always arrives: the relay publishes it with the
+registration, long before any withdrawal, and a compacted topic keeps the latest value.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+from typing import Protocol
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from consumers.kit import (
+    AccountWithdrawnError,
+    Handler,
+    HandlerResult,
+    TransientError,
+    erasure_confirmation,
+)
+from consumers.store import create_lock_table, ddl_transaction, lock_key
+from lifecycle.logs import get_logger
+from lifecycle.storage import Cursor, Database
+from schemas.contract import (
+    Envelope,
+    ProfileV1,
+    PurgedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+)
+
+SERVICE = "mail"
+MAIL_FROM = "no-reply@jobchange.example"
+MESSAGE_ID_DOMAIN = "mail.jobchange.example"
+CONFIRMATION_KIND = "withdrawal-complete"
+KIND_HEADER = "X-Jobchange-Kind"
+
+log = get_logger(__name__)
+
+
+# Sending
+
+
+class Mailer(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+
+class SmtpMailer:
+    """One SMTP session per message, to a configured relay."""
+
+    def __init__(self, host: str, port: int, *, timeout_s: float = 10.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+
+    def send(self, message: EmailMessage) -> None:
+        with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
+            smtp.send_message(message)
+
+
+class DiscardingMailer:
+    """No SMTP server configured (embedded first run): log the Message-ID, keep nothing."""
+
+    def __init__(self) -> None:
+        self.discarded = 0
+
+    def send(self, message: EmailMessage) -> None:
+        self.discarded += 1
+        log.info("mail.discarded", message_id=message["Message-ID"], kind=message[KIND_HEADER])
+
+
+def message_id_for(source_id: str) -> str:
+    """Deterministic: the same withdrawal or notice always yields the same Message-ID."""
+    return f"<{uuid5(NAMESPACE_URL, f'jobchange-mail:{source_id}')}@{MESSAGE_ID_DOMAIN}>"
+
+
+def confirmation_message(withdrawal_ce_id: str, email: str, display_name: str) -> EmailMessage:
+    message = _message(email, display_name, message_id_for(withdrawal_ce_id), CONFIRMATION_KIND)
+    message["Subject"] = "退会手続きが完了しました / Your withdrawal is complete"
+    message.set_content(
+        f"{display_name} 様\n\n"
+        "退会手続きが完了しました。今後、お知らせやスカウトのメールは届きません。\n"
+        "ご登録の情報はすべてのサービスから削除されます。\n\n"
+        "Your withdrawal is complete. No further notices or scouts will be mailed to you,\n"
+        "and your data is being erased from every service.\n"
+    )
+    return message
+
+
+def notice_message(
+    notice_id: str, *, email: str, display_name: str, kind: str, subject: str, body: str
+) -> EmailMessage:
+    message = _message(email, display_name, message_id_for(f"notice:{notice_id}"), kind)
+    message["Subject"] = subject
+    message.set_content(body)
+    return message
+
+
+def _message(email: str, display_name: str, message_id: str, kind: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = MAIL_FROM
+    message["To"] = formataddr((display_name, email))
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id
+    message[KIND_HEADER] = kind
+    return message
+
+
+# Tables
+
+
+def subscribed_topics(topics: TopicNames) -> list[str]:
+    return [topics.lifecycle, topics.profile]
+
+
+def create_tables(database: Database) -> None:
+    create_lock_table(database)
+    ts, now = database.timestamp_type, database.now
+    with ddl_transaction(database) as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('contacts')} ("
+            "account_id TEXT PRIMARY KEY, email TEXT NOT NULL, display_name TEXT NOT NULL, "
+            f"notifications TEXT NOT NULL, updated_at {ts} NOT NULL DEFAULT {now})"
+        )
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('mail_outbox')} ("
+            "notice_id TEXT PRIMARY KEY, account_id TEXT NOT NULL, kind TEXT NOT NULL, "
+            f"subject TEXT NOT NULL, body TEXT NOT NULL, queued_at {ts} NOT NULL DEFAULT {now})"
+        )
+        cursor.execute(
+            "CREATE INDEX IF NOT EXISTS mail_outbox_by_account "
+            f"ON {database.table('mail_outbox')} (account_id)"
+        )
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('suppressions')} ("
+            "account_id TEXT PRIMARY KEY, withdrawal_ce_id TEXT NOT NULL, "
+            "rows_removed INTEGER NOT NULL DEFAULT 0, "
+            "awaiting_address INTEGER NOT NULL DEFAULT 0, "
+            f"confirmation_message_id TEXT, confirmation_sent_at {ts}, confirmed_at {ts}, "
+            f"suppressed_at {ts} NOT NULL DEFAULT {now})"
+        )
+
+
+# The handler
+
+
+class MailHandler(Handler):
+    def __init__(self, database: Database, topics: TopicNames, mailer: Mailer) -> None:
+        self.database = database
+        self.topics = topics
+        self.mailer = mailer
+        create_tables(database)
+
+    def prepare(self, envelope: Envelope) -> None:
+        data = envelope.data
+        if isinstance(data, WithdrawalRequestedV1):
+            self._suppress_then_mail(data.account_id, envelope.id)
+        elif isinstance(data, ProfileV1):
+            self._mail_if_awaiting(data)
+
+    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
+        data = envelope.data
+        if isinstance(data, WithdrawalRequestedV1):
+            return self._after_withdrawal(cursor, data.account_id)
+        if isinstance(data, ProfileV1):
+            return self._on_profile(cursor, data)
+        if envelope.is_tombstone and envelope.type == ProfileV1.ce_type():
+            removed = self._delete(cursor, envelope.account_id, "contacts")
+            return HandlerResult(outcome="contact_erased" if removed else "ignored")
+        if isinstance(data, PurgedV1):
+            self._lock(cursor, data.account_id)
+            self._delete(cursor, data.account_id, "contacts")
+            self._delete(cursor, data.account_id, "mail_outbox")
+            return HandlerResult(outcome="purged")
+        return HandlerResult(outcome="ignored")
+
+    # Step 1 and 2: suppress, then mail
+
+    def _suppress_then_mail(self, account_id: UUID, ce_id: str) -> None:
+        db = self.database
+        account = str(account_id)
+        with db.transaction() as cursor:
+            self._lock(cursor, account_id)
+            cursor.execute(
+                f"INSERT INTO {db.table('suppressions')} (account_id, withdrawal_ce_id) "
+                "VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (account, ce_id),
+            )
+            dropped = self._delete(cursor, account_id, "mail_outbox")
+            if dropped:
+                cursor.execute(
+                    f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s "
+                    "WHERE account_id = %s",
+                    (dropped, account),
+                )
+            suppression = cursor.execute(
+                "SELECT withdrawal_ce_id, confirmation_sent_at "
+                f"FROM {db.table('suppressions')} WHERE account_id = %s",
+                (account,),
+            ).fetchone()
+            contact = cursor.execute(
+                f"SELECT email, display_name FROM {db.table('contacts')} WHERE account_id = %s",
+                (account,),
+            ).fetchone()
+        log.info("mail.suppressed", account_id=account, notices_dropped=dropped)
+        assert suppression is not None
+        withdrawal_ce_id, sent_at = suppression
+        if contact is not None and sent_at is None:
+            self._send_confirmation(account_id, withdrawal_ce_id, contact[0], contact[1])
+
+    def _mail_if_awaiting(self, profile: ProfileV1) -> None:
+        db = self.database
+        with db.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                "SELECT withdrawal_ce_id, awaiting_address, confirmation_sent_at "
+                f"FROM {db.table('suppressions')} WHERE account_id = %s",
+                (str(profile.account_id),),
+            ).fetchone()
+        if row is not None and row[1] and row[2] is None:
+            self._send_confirmation(profile.account_id, row[0], profile.email, profile.display_name)
+
+    def _send_confirmation(
+        self, account_id: UUID, withdrawal_ce_id: str, email: str, display_name: str
+    ) -> None:
+        message = confirmation_message(withdrawal_ce_id, email, display_name)
+        self.mailer.send(message)
+        db = self.database
+        with db.transaction() as cursor:
+            self._lock(cursor, account_id)
+            cursor.execute(
+                f"UPDATE {db.table('suppressions')} SET confirmation_message_id = %s, "
+                f"confirmation_sent_at = {db.now} "
+                "WHERE account_id = %s AND confirmation_sent_at IS NULL",
+                (message["Message-ID"], str(account_id)),
+            )
+        log.info(
+            "mail.confirmation_sent", account_id=str(account_id), message_id=message["Message-ID"]
+        )
+
+    # Step 3: erase and confirm (inside the kit's transaction)
+
+    def _after_withdrawal(self, cursor: Cursor, account_id: UUID) -> HandlerResult:
+        db = self.database
+        self._lock(cursor, account_id)
+        row = cursor.execute(
+            f"SELECT confirmation_sent_at FROM {db.table('suppressions')} WHERE account_id = %s",
+            (str(account_id),),
+        ).fetchone()
+        if row is None:
+            raise TransientError("suppression_missing")
+        if row[0] is not None:
+            return self._erase_and_confirm(cursor, account_id)
+        known = cursor.execute(
+            f"SELECT 1 FROM {db.table('contacts')} WHERE account_id = %s", (str(account_id),)
+        ).fetchone()
+        if known is not None:
+            # The address arrived since step 1 (another member of the group): mail it first.
+            raise TransientError("address_arrived")
+        dropped = self._delete(cursor, account_id, "mail_outbox")
+        cursor.execute(
+            f"UPDATE {db.table('suppressions')} SET awaiting_address = 1, "
+            "rows_removed = rows_removed + %s WHERE account_id = %s",
+            (dropped, str(account_id)),
+        )
+        log.info("mail.awaiting_address", account_id=str(account_id))
+        return HandlerResult(outcome="awaiting_address")
+
+    def _on_profile(self, cursor: Cursor, profile: ProfileV1) -> HandlerResult:
+        db = self.database
+        account = str(profile.account_id)
+        self._lock(cursor, profile.account_id)
+        row = cursor.execute(
+            "SELECT awaiting_address, confirmation_sent_at, confirmed_at "
+            f"FROM {db.table('suppressions')} WHERE account_id = %s",
+            (account,),
+        ).fetchone()
+        if row is None:
+            cursor.execute(
+                f"INSERT INTO {db.table('contacts')} "
+                "(account_id, email, display_name, notifications) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
+                "display_name = excluded.display_name, notifications = excluded.notifications, "
+                f"updated_at = {db.now}",
+                (account, profile.email, profile.display_name, json.dumps(profile.notifications)),
+            )
+            return HandlerResult(outcome="contact_saved")
+        awaiting, sent_at, confirmed_at = row
+        if awaiting and confirmed_at is None:
+            if sent_at is None:
+                raise TransientError("confirmation_unsent")
+            return self._erase_and_confirm(cursor, profile.account_id)
+        # Never keep an address of a withdrawn account.
+        return HandlerResult(outcome="refused")
+
+    def _erase_and_confirm(self, cursor: Cursor, account_id: UUID) -> HandlerResult:
+        db = self.database
+        account = str(account_id)
+        removed = self._delete(cursor, account_id, "contacts")
+        removed += self._delete(cursor, account_id, "mail_outbox")
+        cursor.execute(
+            f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s, "
+            f"awaiting_address = 0, confirmed_at = {db.now} WHERE account_id = %s",
+            (removed, account),
+        )
+        row = cursor.execute(
+            f"SELECT rows_removed FROM {db.table('suppressions')} WHERE account_id = %s",
+            (account,),
+        ).fetchone()
+        total = int(row[0]) if row else removed
+        return HandlerResult(
+            (erasure_confirmation(self.topics, account_id, SERVICE, total),), outcome="erased"
+        )
+
+    def _lock(self, cursor: Cursor, account_id: UUID) -> None:
+        lock_key(self.database, cursor, f"mail:{account_id}")
+
+    def _delete(self, cursor: Cursor, account_id: UUID, table: str) -> int:
+        cursor.execute(
+            f"DELETE FROM {self.database.table(table)} WHERE account_id = %s", (str(account_id),)
+        )
+        return cursor.rowcount
+
+
+# Notices: the minimal write path and delivery
+
+
+def queue_notice(
+    database: Database, account_id: UUID, *, kind: str, subject: str, body: str
+) -> str:
+    """Queue a notice for delivery; refused (AccountWithdrawnError) once withdrawn."""
+    notice_id = str(uuid4())
+    with database.transaction() as cursor:
+        lock_key(database, cursor, f"mail:{account_id}")
+        if _is_suppressed(database, cursor, account_id):
+            raise AccountWithdrawnError()
+        cursor.execute(
+            f"INSERT INTO {database.table('mail_outbox')} "
+            "(notice_id, account_id, kind, subject, body) VALUES (%s, %s, %s, %s, %s)",
+            (notice_id, str(account_id), kind, subject, body),
+        )
+    return notice_id
+
+
+class _AddressUnknownError(Exception):
+    pass
+
+
+def deliver_queued(database: Database, mailer: Mailer, *, limit: int = 100) -> int:
+    """Send queued notices; returns how many were sent.
+
+    Each notice is sent inside a transaction holding its account's lock, after checking the
+    suppression: a withdrawal waits for a send in progress and no send follows a withdrawal.
+    Notices for an address not yet known stay queued; a kind the member switched off is dropped.
+    """
+    with database.transaction(commit=False) as cursor:
+        queued = cursor.execute(
+            f"SELECT notice_id, account_id FROM {database.table('mail_outbox')} "
+            "ORDER BY queued_at, notice_id LIMIT %s",
+            (limit,),
+        ).fetchall()
+    sent = 0
+    for notice_id, account in queued:
+        try:
+            sent += _deliver_one(database, mailer, notice_id, UUID(account))
+        except _AddressUnknownError:
+            continue
+    return sent
+
+
+def _deliver_one(database: Database, mailer: Mailer, notice_id: str, account_id: UUID) -> int:
+    with database.transaction() as cursor:
+        lock_key(database, cursor, f"mail:{account_id}")
+        notice = cursor.execute(
+            f"DELETE FROM {database.table('mail_outbox')} WHERE notice_id = %s "
+            "RETURNING kind, subject, body",
+            (notice_id,),
+        ).fetchone()
+        if notice is None or _is_suppressed(database, cursor, account_id):
+            return 0
+        contact = cursor.execute(
+            "SELECT email, display_name, notifications "
+            f"FROM {database.table('contacts')} WHERE account_id = %s",
+            (str(account_id),),
+        ).fetchone()
+        if contact is None:
+            raise _AddressUnknownError()
+        kind, subject, body = notice
+        email, display_name, notifications = contact
+        if json.loads(notifications).get(kind) is False:
+            log.info("mail.notice_dropped", account_id=str(account_id), kind=kind)
+            return 0
+        message = notice_message(
+            notice_id, email=email, display_name=display_name, kind=kind, subject=subject, body=body
+        )
+        mailer.send(message)
+    log.info("mail.notice_sent", account_id=str(account_id), message_id=message["Message-ID"])
+    return 1
+
+
+# Queries
+
+
+def contact_known(database: Database, account_id: UUID) -> bool:
+    with database.transaction(commit=False) as cursor:
+        row = cursor.execute(
+            f"SELECT 1 FROM {database.table('contacts')} WHERE account_id = %s",
+            (str(account_id),),
+        ).fetchone()
+    return row is not None
+
+
+def held_rows(database: Database, account_id: UUID) -> int:
+    """Rows that still hold anything personal about the account (address, notices)."""
+    with database.transaction(commit=False) as cursor:
+        total = 0
+        for table in ("contacts", "mail_outbox"):
+            row = cursor.execute(
+                f"SELECT count(*) FROM {database.table(table)} WHERE account_id = %s",
+                (str(account_id),),
+            ).fetchone()
+            total += int(row[0]) if row else 0
+    return total
+
+
+def suppression(database: Database, account_id: UUID) -> dict[str, object] | None:
+    with database.transaction(commit=False) as cursor:
+        row = cursor.execute(
+            "SELECT rows_removed, awaiting_address, confirmation_message_id, "
+            "confirmation_sent_at, confirmed_at "
+            f"FROM {database.table('suppressions')} WHERE account_id = %s",
+            (str(account_id),),
+        ).fetchone()
+    if row is None:
+        return None
+    removed, awaiting, message_id, sent_at, confirmed_at = row
+    return {
+        "rows_removed": int(removed),
+        "awaiting_address": bool(awaiting),
+        "confirmation_message_id": message_id,
+        "confirmation_sent_at": sent_at,
+        "confirmed_at": confirmed_at,
+    }
+
+
+def _is_suppressed(database: Database, cursor: Cursor, account_id: UUID) -> bool:
+    row = cursor.execute(
+        f"SELECT 1 FROM {database.table('suppressions')} WHERE account_id = %s",
+        (str(account_id),),
+    ).fetchone()
+    return row is not None

@@ -1,0 +1,139 @@
+"""The scout service's eraser: scouts per account, gone on withdrawal, refused after it.
+
+Tables in the service's own schema: `scouts` and `withdrawn_accounts` (an account id only,
+which is not personal, kept so that a late scout for a withdrawn account is refused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from consumers.kit import (
+    AccountWithdrawnError,
+    Handler,
+    HandlerResult,
+    erasure_confirmation,
+)
+from consumers.store import create_lock_table, ddl_transaction, lock_key
+from lifecycle.logs import get_logger
+from lifecycle.storage import Cursor, Database
+from schemas.contract import (
+    Envelope,
+    PurgedV1,
+    ScoutReceivedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+)
+
+SERVICE = "scout"
+
+log = get_logger(__name__)
+
+
+def subscribed_topics(topics: TopicNames) -> list[str]:
+    return [topics.lifecycle]
+
+
+def create_tables(database: Database) -> None:
+    create_lock_table(database)
+    with ddl_transaction(database) as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('scouts')} ("
+            "account_id TEXT NOT NULL, scout_id TEXT NOT NULL, company_id TEXT NOT NULL, "
+            f"job_id TEXT NOT NULL, received_at {database.timestamp_type} NOT NULL, "
+            "PRIMARY KEY (account_id, scout_id))"
+        )
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {database.table('withdrawn_accounts')} ("
+            "account_id TEXT PRIMARY KEY, "
+            f"withdrawn_at {database.timestamp_type} NOT NULL DEFAULT {database.now})"
+        )
+
+
+class ScoutHandler(Handler):
+    def __init__(self, database: Database, topics: TopicNames) -> None:
+        self.database = database
+        self.topics = topics
+        create_tables(database)
+
+    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
+        data = envelope.data
+        if isinstance(data, ScoutReceivedV1):
+            try:
+                record_scout(self.database, cursor, data)
+            except AccountWithdrawnError:
+                log.warning("scout.refused", account_id=str(data.account_id), ce_id=envelope.id)
+                return HandlerResult(outcome="refused")
+            return HandlerResult(outcome="scout_recorded")
+        if isinstance(data, WithdrawalRequestedV1):
+            removed = erase(self.database, cursor, data.account_id)
+            return HandlerResult(
+                (erasure_confirmation(self.topics, data.account_id, SERVICE, removed),),
+                outcome="erased",
+            )
+        if isinstance(data, PurgedV1):
+            erase(self.database, cursor, data.account_id)
+            return HandlerResult(outcome="purged")
+        return HandlerResult(outcome="ignored")
+
+
+def record_scout(database: Database, cursor: Cursor, scout: ScoutReceivedV1) -> bool:
+    """Keep one scout; refuses (AccountWithdrawnError) for a withdrawn account."""
+    account = str(scout.account_id)
+    lock_key(database, cursor, f"scout:{account}")
+    if _is_withdrawn(database, cursor, account):
+        raise AccountWithdrawnError()
+    cursor.execute(
+        f"INSERT INTO {database.table('scouts')} "
+        "(account_id, scout_id, company_id, job_id, received_at) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (account, scout.scout_id, scout.company_id, scout.job_id, _timestamp(database, scout)),
+    )
+    return cursor.rowcount == 1
+
+
+def erase(database: Database, cursor: Cursor, account_id: UUID) -> int:
+    """Refuse from now on, and delete what is held; returns the rows removed."""
+    account = str(account_id)
+    lock_key(database, cursor, f"scout:{account}")
+    cursor.execute(
+        f"INSERT INTO {database.table('withdrawn_accounts')} (account_id) VALUES (%s) "
+        "ON CONFLICT DO NOTHING",
+        (account,),
+    )
+    cursor.execute(f"DELETE FROM {database.table('scouts')} WHERE account_id = %s", (account,))
+    return cursor.rowcount
+
+
+def scouts_of(database: Database, account_id: UUID) -> list[str]:
+    with database.transaction(commit=False) as cursor:
+        rows = cursor.execute(
+            f"SELECT scout_id FROM {database.table('scouts')} WHERE account_id = %s "
+            "ORDER BY scout_id",
+            (str(account_id),),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def held_rows(database: Database, account_id: UUID) -> int:
+    """Rows that still hold anything about the account beyond its withdrawn id."""
+    return len(scouts_of(database, account_id))
+
+
+def is_withdrawn(database: Database, account_id: UUID) -> bool:
+    with database.transaction(commit=False) as cursor:
+        return _is_withdrawn(database, cursor, str(account_id))
+
+
+def _is_withdrawn(database: Database, cursor: Cursor, account: str) -> bool:
+    row = cursor.execute(
+        f"SELECT 1 FROM {database.table('withdrawn_accounts')} WHERE account_id = %s",
+        (account,),
+    ).fetchone()
+    return row is not None
+
+
+def _timestamp(database: Database, scout: ScoutReceivedV1) -> Any:
+    # PostgreSQL takes the aware datetime; SQLite keeps ISO text.
+    return scout.received_at if database.dialect == "postgres" else scout.received_at.isoformat()

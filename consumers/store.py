@@ -1,0 +1,207 @@
+"""A consumer's own datastore: de-duplication marks and an outbox beside the service's tables.
+
+The service's effect, the `processed_events` mark of the record's `ce_id` and any outgoing
+records (confirmations) are written in one transaction, so they commit or vanish together.
+Outgoing records are published after the commit and deleted once the broker acknowledged them;
+rows a crash left behind are published on the next start (same `ce_id`, so receivers dedupe).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lifecycle.storage import Cursor, Database
+from schemas.contract import Record
+
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class StoreConfigError(ValueError):
+    """A schema name or table prefix that cannot be used as an SQL identifier."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record to publish once the transaction that produced it has committed."""
+
+    topic: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class PendingOutgoing:
+    row_id: int
+    topic: str
+    record: Record
+
+
+def open_database(database_url: str, schema: str) -> Database:
+    """A service's store: its own PostgreSQL schema, or its own SQLite file.
+
+    For SQLite, `database_url` names the file itself (`sqlite:///data/scout.sqlite3`).
+    """
+    check_identifier(schema)
+    if urlsplit(database_url).scheme == "sqlite":
+        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = Database.open(database_url, schema)
+    if database.dialect == "postgres":
+        with ddl_transaction(database) as cursor:
+            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    return database
+
+
+@contextmanager
+def ddl_transaction(database: Database) -> Iterator[Cursor]:
+    """A transaction for CREATE ... IF NOT EXISTS statements, safe when processes start together.
+
+    PostgreSQL: `IF NOT EXISTS` does not stop two sessions creating the same new table at
+    once (one fails on the catalogue's unique index), so DDL on one schema takes turns.
+    """
+    with database.transaction() as cursor:
+        if database.dialect == "postgres":
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"ddl:{database.schema}",),
+            )
+        yield cursor
+
+
+def check_identifier(name: str) -> str:
+    if not IDENTIFIER.match(name):
+        raise StoreConfigError(f"not a plain lower-case SQL identifier: {name!r}")
+    return name
+
+
+def create_lock_table(database: Database) -> None:
+    """SQLite only: the table `lock_key` writes to (PostgreSQL needs none)."""
+    if database.dialect == "sqlite":
+        with ddl_transaction(database) as cursor:
+            cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
+
+
+def lock_key(database: Database, cursor: Cursor, key: str) -> None:
+    """Serialise transactions about one key (e.g. one account) until this one ends.
+
+    Call it before the transaction reads anything. PostgreSQL: a transaction-scoped advisory
+    lock on the key. SQLite: a no-op write, which takes the database's one write lock now
+    rather than failing later to upgrade a read snapshot another writer made stale.
+    """
+    if database.dialect == "postgres":
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+    else:
+        cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
+
+
+class ConsumerStore:
+    """`processed_events` and `outbox` tables of one consumer, in the service's database."""
+
+    def __init__(self, database: Database, *, table_prefix: str = "") -> None:
+        if table_prefix:
+            check_identifier(table_prefix)
+        self.database = database
+        self.processed_table = database.table(f"{table_prefix}processed_events")
+        self.outbox_table = database.table(f"{table_prefix}outbox")
+        self.create_tables()
+
+    def create_tables(self) -> None:
+        db = self.database
+        serial = (
+            "BIGSERIAL PRIMARY KEY"
+            if db.dialect == "postgres"
+            else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        )
+        with ddl_transaction(db) as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.processed_table} ("
+                "ce_id TEXT PRIMARY KEY, "
+                f"processed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
+            )
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.outbox_table} ("
+                f"id {serial}, topic TEXT NOT NULL, record_key {db.blob_type} NOT NULL, "
+                f"headers TEXT NOT NULL, record_value {db.blob_type}, "
+                f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self.database.transaction() as cursor:
+            yield cursor
+
+    def is_processed(self, ce_id: str) -> bool:
+        with self.database.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                f"SELECT 1 FROM {self.processed_table} WHERE ce_id = %s", (ce_id,)
+            ).fetchone()
+        return row is not None
+
+    def mark_processed(self, cursor: Cursor, ce_id: str) -> bool:
+        """Insert the mark first: False when it was there already (a duplicate).
+
+        Written first, the mark also takes the write lock (SQLite) or the key's index lock
+        (PostgreSQL), so two deliveries of one record cannot both apply their effect.
+        """
+        cursor.execute(
+            f"INSERT INTO {self.processed_table} (ce_id) VALUES (%s) ON CONFLICT DO NOTHING",
+            (ce_id,),
+        )
+        return cursor.rowcount == 1
+
+    def add_outgoing(self, cursor: Cursor, outgoing: Sequence[Outgoing]) -> None:
+        for item in outgoing:
+            cursor.execute(
+                f"INSERT INTO {self.outbox_table} (topic, record_key, headers, record_value) "
+                "VALUES (%s, %s, %s, %s)",
+                (
+                    item.topic,
+                    item.record.key,
+                    _encode_headers(item.record.headers),
+                    item.record.value,
+                ),
+            )
+
+    def pending_outgoing(self, limit: int = 100) -> list[PendingOutgoing]:
+        with self.database.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                f"SELECT id, topic, record_key, headers, record_value FROM {self.outbox_table} "
+                "ORDER BY id LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [
+            PendingOutgoing(
+                int(row_id),
+                topic,
+                Record(
+                    bytes(key), _decode_headers(headers), None if value is None else bytes(value)
+                ),
+            )
+            for row_id, topic, key, headers, value in rows
+        ]
+
+    def delete_outgoing(self, row_ids: Sequence[int]) -> None:
+        if not row_ids:
+            return
+        with self.database.transaction() as cursor:
+            for row_id in row_ids:
+                cursor.execute(f"DELETE FROM {self.outbox_table} WHERE id = %s", (row_id,))
+
+    def processed_count(self) -> int:
+        with self.database.transaction(commit=False) as cursor:
+            row = cursor.execute(f"SELECT count(*) FROM {self.processed_table}").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
+    # Header values are ids, types and times (see schemas.contract): UTF-8 text in practice,
+    # but stored as hex so any bytes survive the round trip.
+    return json.dumps([[name, value.hex()] for name, value in headers])
+
+
+def _decode_headers(text: str) -> list[tuple[str, bytes]]:
+    return [(name, bytes.fromhex(value)) for name, value in json.loads(text)]

@@ -1,0 +1,127 @@
+"""Helpers for the consumer tests: an SMTP sink, service stores, per-test topics, waiting.
+
+Not a conftest: a second `conftest` module would shadow the root one for `from conftest
+import ...` in directories collected later. Test modules wrap these in three-line fixtures.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from aiosmtpd.controller import Controller
+from kafka.admin import KafkaAdminClient
+
+from consumers.store import open_database
+from lifecycle.kafka_topics import ensure_topics
+from lifecycle.storage import Database
+from schemas.contract import TopicNames
+
+
+@dataclass
+class Received:
+    recipients: list[str]
+    message: EmailMessage
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on loopback that keeps every message it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self.lock:
+            self.received.append(Received(list(envelope.rcpt_tos), parsed))
+        return "250 OK"
+
+    def messages(self) -> list[Received]:
+        with self.lock:
+            return list(self.received)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port())
+    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+StoreFactory = Callable[[str], Database]
+
+
+@contextmanager
+def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[StoreFactory]:
+    """`make("scout")`: that service's own store, a fresh schema or SQLite file, dropped after."""
+    opened: list[Database] = []
+    schemas: list[str] = []
+    tag = uuid.uuid4().hex[:10]
+
+    def make(name: str) -> Database:
+        if backend == "postgres":
+            schema = f"t_{tag}_{name}"
+            schemas.append(schema)
+            database = open_database(postgres_url, schema)
+        else:
+            database = open_database(f"sqlite:///{tmp_path / f'{name}.sqlite3'}", name)
+        opened.append(database)
+        return database
+
+    try:
+        yield make
+    finally:
+        for database in opened:
+            database.close()
+        if schemas:
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                for schema in schemas:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@contextmanager
+def unique_topics(bootstrap: str) -> Iterator[TopicNames]:
+    """Topics of one test alone on the shared broker (consumer groups take the same prefix)."""
+    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    ensure_topics(bootstrap, names)
+    try:
+        yield names
+    finally:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.delete_topics(list(names.all()))
+        finally:
+            admin.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"not met before the deadline: {what or condition}"
+        pause.wait(0.05)

@@ -1,0 +1,458 @@
+"""The kit on the real broker with stores on the real PostgreSQL: dead letters, crashes, lag.
+
+Every test has topics, consumer groups and schemas of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from support import SmtpSink, smtp_sink, unique_topics, wait_until
+
+from consumers import mail, scout
+from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
+from lifecycle.application import Accounts
+from lifecycle.crypto import new_master_key
+from lifecycle.relay import Relay
+from lifecycle.settings import Settings
+from lifecycle.storage import Database
+from lifecycle.transport import KafkaPublisher
+from lifecycle.workers import ConsumerRun, kafka_consumer
+from schemas.contract import (
+    ContractModel,
+    Envelope,
+    ErasureConfirmedV1,
+    ProfileV1,
+    Record,
+    ScoutReceivedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+    decode_record,
+    encode_record,
+    lifecycle_event_id,
+    profile_event_id,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_sink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
+    with unique_topics(kafka_bootstrap) as names:
+        yield names
+
+
+# Fixtures and helpers
+
+
+@pytest.fixture
+def kafka_settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> Iterator[Settings]:
+    yield Settings(
+        database_url=postgres_url,
+        database_schema=pg_schema,
+        kafka_bootstrap=kafka_bootstrap,
+        master_key=new_master_key(),
+        log_format="json",
+    )
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for name in ("scout", "chat", "mail"):
+            conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
+
+
+class Running:
+    """A consumer process, as a thread; `error` is what ended it when it crashed."""
+
+    def __init__(self, run: ConsumerRun) -> None:
+        self.run = run
+        self.consumer = run.consumer
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._target)
+        self.thread.start()
+
+    def _target(self) -> None:
+        try:
+            self.run.run(self.stop_event)
+        except BaseException as error:
+            self.error = error
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for item in started:
+        item.stop()
+
+
+def start(
+    running: list[Running],
+    name: str,
+    settings: Settings,
+    topics: TopicNames,
+    *,
+    mailer: mail.Mailer | None = None,
+    hooks: Hooks | None = None,
+) -> Running:
+    item = Running(
+        kafka_consumer(
+            name,
+            settings,
+            topics=topics,
+            schema=f"{settings.database_schema}_{name}",
+            mailer=mailer,
+            retry=FAST,
+            hooks=hooks,
+        )
+    )
+    running.append(item)
+    return item
+
+
+def store(settings: Settings, name: str) -> Database:
+    from consumers.store import open_database
+
+    return open_database(settings.database_url, f"{settings.database_schema}_{name}")
+
+
+def produce(bootstrap: str, items: Sequence[tuple[str, Record]]) -> None:
+    publisher = KafkaPublisher(bootstrap, client_id="test-producer")
+    try:
+        for topic, record in items:
+            publisher.publish(topic, record.key, record.headers, record.value)
+        publisher.flush()
+    finally:
+        publisher.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
+    """Every record from offset 0 to the end offsets as the broker reports them now."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4().hex}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"{topic}: records missing at the deadline"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return sorted(records, key=lambda record: (record.partition, record.offset))
+    finally:
+        consumer.close()
+
+
+def confirmations(bootstrap: str, topics: TopicNames) -> list[ErasureConfirmedV1]:
+    found = []
+    for record in read_topic(bootstrap, topics.erasure_confirmed):
+        envelope: Envelope = decode_record(record.headers, record.value)
+        assert isinstance(envelope.data, ErasureConfirmedV1)
+        found.append(envelope.data)
+    return found
+
+
+def on_lifecycle(
+    topics: TopicNames, data: ContractModel, account_id: UUID, version: int
+) -> tuple[str, Record]:
+    record = encode_record(
+        data,
+        ce_id=lifecycle_event_id(account_id, version),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return topics.lifecycle, record
+
+
+def scout_received(topics: TopicNames, account_id: UUID, version: int) -> tuple[str, Record]:
+    data = ScoutReceivedV1(
+        account_id=account_id,
+        scout_id=f"scout-{version}",
+        company_id="company-1",
+        job_id="job-1",
+        received_at=datetime.now(UTC),
+    )
+    return on_lifecycle(topics, data, account_id, version)
+
+
+def withdrawal(topics: TopicNames, account_id: UUID, version: int) -> tuple[str, Record]:
+    data = WithdrawalRequestedV1(
+        account_id=account_id,
+        reason="too_many_notifications",
+        requested_at=datetime.now(UTC),
+        gift_forfeited=False,
+    )
+    return on_lifecycle(topics, data, account_id, version)
+
+
+def profile(topics: TopicNames, account_id: UUID, email: str) -> tuple[str, Record]:
+    data = ProfileV1(
+        account_id=account_id,
+        email=email,
+        display_name="Kafka Member",
+        notifications={"scouts": True, "recommendations": True, "notices": True},
+    )
+    record = encode_record(
+        data,
+        ce_id=profile_event_id(account_id, 1),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return topics.profile, record
+
+
+# Dead letters and lag
+
+
+def test_a_poison_record_lands_in_the_dead_letters_and_the_next_record_is_handled(
+    kafka_settings: Settings, topics: TopicNames, running: list[Running]
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    account_id = uuid.uuid4()
+    key = str(account_id).encode()
+    garbage = [(topics.lifecycle, Record(key, [("trace", b"abc")], b"\x8f\x00garbage\xff"))]
+    # A record whose envelope is fine but whose payload breaks the contract.
+    valid_topic, valid = scout_received(topics, account_id, 2)
+    broken = Record(valid.key, valid.headers, b'{"account_id": "not-a-uuid"}')
+    produce(bootstrap, [*garbage, (valid_topic, broken), scout_received(topics, account_id, 3)])
+
+    consumer = start(running, "scout", kafka_settings, topics).consumer
+    database = store(kafka_settings, "scout")
+    try:
+        wait_until(lambda: scout.scouts_of(database, account_id) == ["scout-3"])
+    finally:
+        database.close()
+    wait_until(lambda: consumer.stats.dead_lettered == 2)
+    dead = read_topic(bootstrap, topics.dlq("scout"))
+    assert len(dead) == 2
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers[DLQ_ERROR_TYPE] == b"ContractError"
+        assert headers[DLQ_ERROR_CODE] == b"contract_violation"
+        assert headers["dlq_consumer_group"] == b"scout"
+        assert headers["dlq_source_topic"] == topics.lifecycle.encode()
+        assert record.key == key
+    by_value = {record.value: dict(record.headers) for record in dead}
+    assert by_value[garbage[0][1].value]["trace"] == b"abc"
+    assert by_value[broken.value]["ce_id"] == f"{account_id}:2".encode()
+    # Lag: end offset minus committed position, per partition of the lifecycle topic.
+    wait_until(lambda: consumer.total_lag() == 0 and len(consumer.lag()) == 3, timeout_s=15)
+    assert {topic for topic, _ in consumer.lag()} == {topics.lifecycle}
+
+
+# Kill and restart
+
+
+def test_relay_killed_mid_stream_then_restarted_every_event_arrives_repeats_are_skipped(
+    kafka_settings: Settings, topics: TopicNames, running: list[Running]
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    accounts = Accounts(env=kafka_settings.application_env())
+    publisher = KafkaPublisher(bootstrap)
+    try:
+        tag = uuid.uuid4().hex[:8]
+        ids = [
+            accounts.register(
+                email=f"relay{n}.{tag}@example.jp", display_name=f"R{n}", consent_version="v1"
+            )
+            for n in range(4)
+        ]
+        for account_id in ids:
+            for n in range(3):
+                accounts.receive_scout(account_id, scout_id=f"s{n}", company_id="c", job_id=f"j{n}")
+        consumer = start(running, "scout", kafka_settings, topics).consumer
+
+        class KilledError(Exception):
+            pass
+
+        first = Relay(accounts, publisher, name="kafka", topics=topics, batch_size=5)
+
+        def killed(position: int) -> None:
+            raise KilledError()
+
+        first.run_once()  # one batch acknowledged and recorded
+        first._save_position = killed  # type: ignore[method-assign]
+        with pytest.raises(KilledError):
+            first.run_once()  # published, killed before the position was recorded
+        first.close()
+
+        restarted_accounts = Accounts(env=kafka_settings.application_env())
+        try:
+            second = Relay(restarted_accounts, publisher, name="kafka", topics=topics)
+            while second.run_once():
+                pass
+            second.close()
+        finally:
+            restarted_accounts.close()
+
+        database = store(kafka_settings, "scout")
+        try:
+            wait_until(
+                lambda: all(
+                    scout.scouts_of(database, account_id) == ["s0", "s1", "s2"]
+                    for account_id in ids
+                )
+            )
+        finally:
+            database.close()
+        wait_until(lambda: consumer.stats.duplicates > 0)
+        lifecycle_records = read_topic(bootstrap, topics.lifecycle)
+        unique = {decode_record(r.headers, r.value).id for r in lifecycle_records}
+        assert len(unique) == 4 * 4 < len(lifecycle_records)
+        wait_until(
+            lambda: consumer.stats.applied + consumer.stats.duplicates == len(lifecycle_records)
+        )
+        assert consumer.stats.applied == len(unique)
+    finally:
+        publisher.close()
+        accounts.close()
+
+
+class CrashError(Exception):
+    pass
+
+
+def crash_once(ce_type: str) -> Callable[[Any], None]:
+    """A hook that kills the consumer the first time it meets a record of this type."""
+    fired = threading.Event()
+
+    def hook(item: Envelope | Incoming) -> None:
+        if isinstance(item, Envelope):
+            found = item.type
+        else:
+            found = dict(item.headers).get("ce_type", b"").decode()
+        if found == ce_type and not fired.is_set():
+            fired.set()
+            raise CrashError()
+
+    return hook
+
+
+@pytest.mark.parametrize("crash_point", ["before_offset_commit", "after_commit"])
+def test_a_consumer_killed_between_its_effect_and_the_offset_commit_does_not_repeat_it(
+    crash_point: str,
+    kafka_settings: Settings,
+    topics: TopicNames,
+    running: list[Running],
+    smtp: SmtpSink,
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    mailer = mail.SmtpMailer(smtp.host, smtp.port)
+    member = uuid.uuid4()
+    address = f"killed.{member.hex[:6]}@example.jp"
+    produce(
+        bootstrap,
+        [
+            profile(topics, member, address),
+            scout_received(topics, member, 2),
+            scout_received(topics, member, 3),
+        ],
+    )
+    first = {
+        name: start(
+            running,
+            name,
+            kafka_settings,
+            topics,
+            mailer=mailer,
+            hooks=Hooks(**{crash_point: crash_once(WithdrawalRequestedV1.ce_type())}),
+        )
+        for name in ("scout", "mail")
+    }
+    databases = {name: store(kafka_settings, name) for name in ("scout", "mail")}
+    try:
+        wait_until(lambda: mail.contact_known(databases["mail"], member))
+        wait_until(lambda: len(scout.scouts_of(databases["scout"], member)) == 2)
+        produce(bootstrap, [withdrawal(topics, member, 4)])
+
+        # Both die after their effect committed; each restarts as a new group member.
+        for crashed in first.values():
+            crashed.thread.join(timeout=30)
+            assert isinstance(crashed.error, CrashError)
+        restarted = [start(running, name, kafka_settings, topics, mailer=mailer) for name in first]
+        wait_until(lambda: all(r.consumer.stats.duplicates >= 1 for r in restarted))
+        wait_until(lambda: len(confirmations(bootstrap, topics)) == 2)
+        assert scout.held_rows(databases["scout"], member) == 0
+        assert mail.held_rows(databases["mail"], member) == 0
+    finally:
+        for database in databases.values():
+            database.close()
+    confirmed = {c.service: c.rows_removed for c in confirmations(bootstrap, topics)}
+    assert confirmed == {"scout": 2, "mail": 1}
+    assert len(confirmations(bootstrap, topics)) == 2
+    [received] = smtp.messages()
+    assert received.recipients == [address]
+    assert received.message["Message-ID"] == mail.message_id_for(lifecycle_event_id(member, 4))
+
+
+# The envelope as other tools see it
+
+
+def test_kcat_reads_a_lifecycle_record_with_its_cloudevents_headers(
+    kafka_settings: Settings, topics: TopicNames
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    account_id = uuid.uuid4()
+    produce(bootstrap, [scout_received(topics, account_id, 2)])
+    shown = subprocess.run(
+        [
+            "/usr/bin/kcat",
+            "-b",
+            bootstrap,
+            "-C",
+            "-t",
+            topics.lifecycle,
+            "-o",
+            "beginning",
+            "-c",
+            "1",
+            "-e",
+            "-f",
+            "%h",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    headers = dict(pair.split("=", 1) for pair in shown.strip().split(","))
+    assert headers["ce_specversion"] == "1.0"
+    assert headers["ce_id"] == f"{account_id}:2"
+    assert headers["ce_type"] == ScoutReceivedV1.ce_type()
+    assert headers["ce_subject"] == str(account_id)
+    assert headers["ce_source"] == "/lifecycle/accounts"
+    assert headers["content-type"] == "application/json"
+    assert {"ce_time", "ce_dataschema"} <= set(headers)

@@ -1,0 +1,307 @@
+"""The consumer kit over the in-process log, with its store on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from eventsourcing.persistence import OperationalError
+from support import StoreFactory, service_stores, wait_until
+
+from consumers.kit import (
+    DLQ_ERROR_CODE,
+    DLQ_ERROR_TYPE,
+    Consumer,
+    Handler,
+    HandlerResult,
+    Hooks,
+    InProcessSource,
+    PoisonRecord,
+    RetryPolicy,
+    erasure_confirmation,
+)
+from consumers.store import ConsumerStore, Outgoing
+from lifecycle.storage import Cursor, Database
+from lifecycle.transport import InProcessPublisher
+from schemas.contract import (
+    Envelope,
+    ErasureConfirmedV1,
+    Record,
+    ScoutReceivedV1,
+    TopicNames,
+    decode_record,
+    encode_record,
+)
+
+TOPICS = TopicNames()
+FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+
+
+@pytest.fixture
+def service_store(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StoreFactory]:
+    url = str(request.getfixturevalue("postgres_url")) if backend == "postgres" else ""
+    with service_stores(backend, tmp_path, url) as make:
+        yield make
+
+
+def scout_record(account_id: UUID, version: int, scout_id: str = "s") -> Record:
+    return encode_record(
+        ScoutReceivedV1(
+            account_id=account_id,
+            scout_id=scout_id,
+            company_id="c1",
+            job_id="j1",
+            received_at=datetime.now(UTC),
+        ),
+        ce_id=f"{account_id}:{version}",
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+
+
+def put(log: InProcessPublisher, topic: str, *records: Record) -> None:
+    for record in records:
+        log.publish(topic, record.key, record.headers, record.value)
+    log.flush()
+
+
+class RecordingHandler(Handler):
+    """Writes one row per record in the kit's transaction; fails as told."""
+
+    def __init__(self, database: Database, topics: TopicNames = TOPICS) -> None:
+        self.database = database
+        self.topics = topics
+        self.table = database.table("effects")
+        self.calls = 0
+        self.failures: dict[str, list[Exception]] = {}
+        with database.transaction() as cursor:
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (ce_id TEXT NOT NULL)")
+
+    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
+        self.calls += 1
+        cursor.execute(f"INSERT INTO {self.table} (ce_id) VALUES (%s)", (envelope.id,))
+        pending = self.failures.get(envelope.id)
+        if pending:
+            raise pending.pop(0)
+        return HandlerResult(
+            (erasure_confirmation(self.topics, envelope.account_id, "scout", 1),),
+        )
+
+    def effects(self) -> list[str]:
+        with self.database.transaction(commit=False) as cursor:
+            rows = cursor.execute(f"SELECT ce_id FROM {self.table} ORDER BY ce_id").fetchall()
+        return [row[0] for row in rows]
+
+
+class Running:
+    """A consumer on a thread of its own; `stop()` joins it and re-raises what ended it."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run(self.stop_event)
+        except BaseException as error:
+            self.error = error
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def log() -> InProcessPublisher:
+    return InProcessPublisher()
+
+
+@pytest.fixture
+def database(service_store: Callable[[str], Database]) -> Database:
+    return service_store("kit")
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for item in started:
+        item.stop()
+
+
+def make_consumer(
+    log: InProcessPublisher,
+    database: Database,
+    handler: Handler,
+    hooks: Hooks | None = None,
+) -> Consumer:
+    return Consumer(
+        "scout",
+        InProcessSource(log, [TOPICS.lifecycle]),
+        ConsumerStore(database),
+        handler,
+        log,
+        dlq_topic=TOPICS.dlq("scout"),
+        retry=FAST,
+        hooks=hooks,
+        poll_timeout_s=0.05,
+        lag_interval_s=0.0,
+    )
+
+
+def confirmations(log: InProcessPublisher) -> list[Envelope]:
+    return [
+        decode_record(item.record.headers, item.record.value)
+        for item in log.read(TOPICS.erasure_confirmed, max_records=1000)
+    ]
+
+
+def test_each_record_applies_once_and_repeats_are_skipped(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    account = uuid.uuid4()
+    first, second = scout_record(account, 1), scout_record(account, 2, "t")
+    put(log, TOPICS.lifecycle, first, second, first, second, first)
+    handler = RecordingHandler(database)
+    consumer = make_consumer(log, database, handler)
+    running.append(Running(consumer))
+
+    wait_until(lambda: consumer.stats.applied + consumer.stats.duplicates == 5)
+    assert handler.effects() == [f"{account}:1", f"{account}:2"]
+    assert consumer.stats.duplicates == 3
+    assert handler.calls == 2
+    wait_until(lambda: consumer.total_lag() == 0)
+    # Confirmations left through the outbox, which is empty again.
+    assert [e.id for e in confirmations(log)] == [f"{account}:scout:erasure-confirmed"] * 2
+    assert ConsumerStore(database).pending_outgoing() == []
+
+
+def test_a_failing_effect_rolls_back_with_its_mark_and_is_retried(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    account = uuid.uuid4()
+    handler = RecordingHandler(database)
+    handler.failures[f"{account}:1"] = [OperationalError("connection lost"), OperationalError()]
+    put(log, TOPICS.lifecycle, scout_record(account, 1))
+    consumer = make_consumer(log, database, handler)
+    running.append(Running(consumer))
+
+    wait_until(lambda: consumer.stats.applied == 1)
+    assert consumer.stats.retries == 2
+    assert handler.calls == 3
+    assert handler.effects() == [f"{account}:1"]  # the two failed attempts left nothing
+    assert ConsumerStore(database).processed_count() == 1
+    assert len(confirmations(log)) == 1
+
+
+def test_exhausted_retries_and_poison_go_to_the_dead_letters_and_the_consumer_moves_on(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    account = uuid.uuid4()
+    handler = RecordingHandler(database)
+    secret = "tanaka.hanako@example.jp"
+    handler.failures[f"{account}:1"] = [OperationalError(secret)] * 3
+    handler.failures[f"{account}:2"] = [PoisonRecord("scout_unknown_company")]
+    garbage = Record(b"k", [("x-note", b"\xff\xfe")], b"\x00not json at all")
+    put(log, TOPICS.lifecycle, scout_record(account, 1), scout_record(account, 2, "t"))
+    log.publish(TOPICS.lifecycle, garbage.key, garbage.headers, garbage.value)
+    put(log, TOPICS.lifecycle, scout_record(account, 3, "u"))
+    consumer = make_consumer(log, database, handler)
+    running.append(Running(consumer))
+
+    wait_until(lambda: consumer.stats.applied == 1 and consumer.stats.dead_lettered == 3)
+    assert handler.effects() == [f"{account}:3"]
+    dead = log.read(TOPICS.dlq("scout"), max_records=10)
+    headers = [dict(item.record.headers) for item in dead]
+    assert [(h[DLQ_ERROR_TYPE], h[DLQ_ERROR_CODE]) for h in headers] == [
+        (b"OperationalError", b"retries_exhausted"),
+        (b"PoisonRecord", b"scout_unknown_company"),
+        (b"ContractError", b"contract_violation"),
+    ]
+    assert [h["dlq_attempts"] for h in headers] == [b"3", b"1", b"1"]
+    assert [h["dlq_source_offset"] for h in headers] == [b"0", b"1", b"2"]
+    # The original record travels unchanged, headers included; the error's text does not.
+    assert dead[2].record.value == garbage.value
+    assert dead[2].record.headers[: len(garbage.headers)] == garbage.headers
+    assert headers[0]["ce_id"] == f"{account}:1".encode()
+    for item in dead:
+        assert all(secret.encode() not in value for _, value in item.record.headers)
+    # Dead letters are not marked processed: a replay after a fix is handled.
+    assert ConsumerStore(database).processed_count() == 1
+
+
+def test_a_crash_after_commit_leaves_the_confirmation_in_the_outbox_for_the_next_start(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    account = uuid.uuid4()
+    put(log, TOPICS.lifecycle, scout_record(account, 1))
+
+    class CrashError(Exception):
+        pass
+
+    def crash(envelope: Envelope) -> None:
+        raise CrashError()
+
+    handler = RecordingHandler(database)
+    crashed = Running(make_consumer(log, database, handler, Hooks(after_commit=crash)))
+    crashed.thread.join(timeout=10)
+    assert isinstance(crashed.error, CrashError)
+    assert confirmations(log) == []
+    assert len(ConsumerStore(database).pending_outgoing()) == 1
+
+    restarted = make_consumer(log, database, handler)
+    running.append(Running(restarted))
+    wait_until(lambda: len(confirmations(log)) == 1)
+    wait_until(lambda: restarted.stats.duplicates == 1)  # the record itself comes again: a skip
+    assert handler.effects() == [f"{account}:1"]
+    assert ConsumerStore(database).pending_outgoing() == []
+    [confirmation] = confirmations(log)
+    assert isinstance(confirmation.data, ErasureConfirmedV1)
+    assert confirmation.data.rows_removed == 1
+
+
+def test_lag_is_end_offset_minus_committed_position(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    account = uuid.uuid4()
+    put(log, TOPICS.lifecycle, *(scout_record(account, v, f"s{v}") for v in range(1, 5)))
+    gate = threading.Event()
+
+    class GatedHandler(RecordingHandler):
+        def prepare(self, envelope: Envelope) -> None:
+            gate.wait(10)
+
+    consumer = make_consumer(log, database, GatedHandler(database))
+    source = consumer.source
+    assert source.lag() == {(TOPICS.lifecycle, 0): 4}
+    running.append(Running(consumer))
+    gate.set()
+    wait_until(lambda: consumer.lag() == {(TOPICS.lifecycle, 0): 0})
+    put(log, TOPICS.lifecycle, scout_record(account, 5, "s5"))
+    wait_until(lambda: consumer.stats.applied == 5 and consumer.total_lag() == 0)
+
+
+def test_outbox_rows_keep_topic_key_headers_and_value(database: Database) -> None:
+    store = ConsumerStore(database, table_prefix="x_")
+    record = Record(b"key", [("ce_id", b"a:1"), ("bin", b"\x00\xff")], None)
+    with store.transaction() as cursor:
+        assert store.mark_processed(cursor, "a:1")
+        assert not store.mark_processed(cursor, "a:1")
+        store.add_outgoing(cursor, [Outgoing("topic.v1", record)])
+    [pending] = store.pending_outgoing()
+    assert (pending.topic, pending.record) == ("topic.v1", record)
+    store.delete_outgoing([pending.row_id])
+    assert store.pending_outgoing() == []
+    assert store.is_processed("a:1")
+    assert not store.is_processed("a:2")

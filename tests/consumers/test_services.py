@@ -1,0 +1,417 @@
+"""The scout, chat and mail services on the kit, in-process, on SQLite and the real PostgreSQL.
+
+Mail goes through a real SMTP server (aiosmtpd on loopback).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from support import SmtpSink, StoreFactory, service_stores, smtp_sink, wait_until
+
+from consumers import chat, mail, scout
+from consumers.kit import (
+    AccountWithdrawnError,
+    Consumer,
+    Handler,
+    InProcessSource,
+    RetryPolicy,
+)
+from consumers.store import ConsumerStore
+from lifecycle.storage import Database
+from lifecycle.transport import InProcessPublisher
+from schemas.contract import (
+    ContractModel,
+    Envelope,
+    ErasureConfirmedV1,
+    ProfileV1,
+    PurgedV1,
+    Record,
+    ScoutReceivedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+    decode_record,
+    encode_record,
+    encode_tombstone,
+    lifecycle_event_id,
+    profile_event_id,
+)
+
+TOPICS = TopicNames()
+FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
+
+
+@pytest.fixture
+def service_store(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StoreFactory]:
+    url = str(request.getfixturevalue("postgres_url")) if backend == "postgres" else ""
+    with service_stores(backend, tmp_path, url) as make:
+        yield make
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_sink() as sink:
+        yield sink
+
+
+NOTIFY_ALL = {"scouts": True, "recommendations": True, "notices": True}
+
+
+# Records as the relay writes them
+
+
+def lifecycle(data: ContractModel, account_id: UUID, version: int) -> tuple[str, Record]:
+    record = encode_record(
+        data,
+        ce_id=lifecycle_event_id(account_id, version),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return TOPICS.lifecycle, record
+
+
+def scout_received(account_id: UUID, version: int, scout_id: str) -> tuple[str, Record]:
+    data = ScoutReceivedV1(
+        account_id=account_id,
+        scout_id=scout_id,
+        company_id=f"company-{scout_id}",
+        job_id="job-1",
+        received_at=datetime.now(UTC),
+    )
+    return lifecycle(data, account_id, version)
+
+
+def withdrawal(account_id: UUID, version: int) -> tuple[str, Record]:
+    data = WithdrawalRequestedV1(
+        account_id=account_id,
+        reason="hired_elsewhere",
+        requested_at=datetime.now(UTC),
+        gift_forfeited=False,
+    )
+    return lifecycle(data, account_id, version)
+
+
+def purged(account_id: UUID, version: int) -> tuple[str, Record]:
+    return lifecycle(
+        PurgedV1(account_id=account_id, purged_at=datetime.now(UTC)), account_id, version
+    )
+
+
+def profile(
+    account_id: UUID,
+    version: int,
+    email: str,
+    name: str,
+    notifications: dict[str, bool] | None = None,
+) -> tuple[str, Record]:
+    data = ProfileV1(
+        account_id=account_id,
+        email=email,
+        display_name=name,
+        notifications=notifications or NOTIFY_ALL,
+    )
+    record = encode_record(
+        data,
+        ce_id=profile_event_id(account_id, version),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return TOPICS.profile, record
+
+
+def profile_tombstone(account_id: UUID, version: int) -> tuple[str, Record]:
+    record = encode_tombstone(
+        ProfileV1,
+        ce_id=profile_event_id(account_id, version),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return TOPICS.profile, record
+
+
+# Running a service
+
+
+class Service:
+    def __init__(self, name: str, database: Database, handler: Handler, topics: list[str]) -> None:
+        self.log = InProcessPublisher()
+        self.database = database
+        self.consumer = Consumer(
+            name,
+            InProcessSource(self.log, topics),
+            ConsumerStore(database),
+            handler,
+            self.log,
+            dlq_topic=TOPICS.dlq(name),
+            retry=FAST,
+            poll_timeout_s=0.05,
+        )
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.consumer.run, args=(self.stop_event,))
+        self.thread.start()
+        self.sent = 0
+
+    def send(self, *items: tuple[str, Record]) -> None:
+        for topic, record in items:
+            self.log.publish(topic, record.key, record.headers, record.value)
+        self.log.flush()
+        self.sent += len(items)
+
+    def settled(self) -> bool:
+        stats = self.consumer.stats
+        return stats.applied + stats.duplicates + stats.dead_lettered >= self.sent
+
+    def confirmations(self) -> list[ErasureConfirmedV1]:
+        found: list[ErasureConfirmedV1] = []
+        for item in self.log.read(TOPICS.erasure_confirmed, max_records=1000):
+            envelope: Envelope = decode_record(item.record.headers, item.record.value)
+            assert isinstance(envelope.data, ErasureConfirmedV1)
+            found.append(envelope.data)
+        return found
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def services() -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.stop()
+
+
+def start(services: list[Service], service: Service) -> Service:
+    services.append(service)
+    return service
+
+
+# Scout
+
+
+def test_scout_keeps_scouts_erases_them_on_withdrawal_and_refuses_new_ones(
+    service_store: StoreFactory, services: list[Service]
+) -> None:
+    database = service_store("scout")
+    service = start(
+        services,
+        Service("scout", database, scout.ScoutHandler(database, TOPICS), [TOPICS.lifecycle]),
+    )
+    member, other = uuid.uuid4(), uuid.uuid4()
+    service.send(
+        scout_received(member, 2, "s1"),
+        scout_received(member, 3, "s2"),
+        scout_received(member, 4, "s2"),  # same scout again under a new event: kept once
+        scout_received(other, 2, "s1"),
+    )
+    wait_until(service.settled)
+    assert scout.scouts_of(database, member) == ["s1", "s2"]
+
+    service.send(withdrawal(member, 5), scout_received(member, 6, "s3"))
+    wait_until(service.settled)
+    assert scout.scouts_of(database, member) == []
+    assert scout.is_withdrawn(database, member)
+    assert service.consumer.stats.outcomes["refused"] == 1
+    [confirmation] = service.confirmations()
+    assert (confirmation.account_id, confirmation.service, confirmation.rows_removed) == (
+        member,
+        "scout",
+        2,
+    )
+    assert scout.scouts_of(database, other) == ["s1"]
+
+    service.send(purged(member, 7))
+    wait_until(service.settled)
+    assert len(service.confirmations()) == 1  # Purged erases again but confirms nothing new
+
+
+# Chat
+
+
+def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
+    service_store: StoreFactory, services: list[Service]
+) -> None:
+    database = service_store("chat")
+    service = start(
+        services,
+        Service("chat", database, chat.ChatHandler(database, TOPICS), [TOPICS.lifecycle]),
+    )
+    member, other = uuid.uuid4(), uuid.uuid4()
+    first = chat.open_thread(database, member, "company-1")
+    second = chat.open_thread(database, member, "company-2")
+    chat.post_message(database, member, first, "member", "Looking forward to the interview")
+    chat.post_message(database, member, first, "company", "See you on Monday")
+    chat.post_message(database, member, second, "company", "Would you like to talk?")
+    kept = chat.open_thread(database, other, "company-1")
+    assert chat.held_rows(database, member) == 5
+
+    service.send(withdrawal(member, 2))
+    wait_until(service.settled)
+    assert chat.held_rows(database, member) == 0
+    [confirmation] = service.confirmations()
+    assert confirmation.rows_removed == 5
+    with pytest.raises(AccountWithdrawnError):
+        chat.open_thread(database, member, "company-3")
+    with pytest.raises(AccountWithdrawnError):
+        chat.post_message(database, member, first, "company", "Are you still there?")
+    chat.post_message(database, other, kept, "member", "Hello")
+    assert chat.held_rows(database, other) == 2
+
+
+# Mail
+
+
+def mail_service(
+    service_store: StoreFactory, services: list[Service], mailer: mail.Mailer
+) -> Service:
+    database = service_store("mail")
+    handler = mail.MailHandler(database, TOPICS, mailer)
+    return start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
+
+
+def sent_after(smtp: SmtpSink, count: int) -> list[EmailMessage]:
+    return [received.message for received in smtp.messages()[count:]]
+
+
+def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
+    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+) -> None:
+    mailer = mail.SmtpMailer(smtp.host, smtp.port)
+    service = mail_service(service_store, services, mailer)
+    database = service.database
+    member, other = uuid.uuid4(), uuid.uuid4()
+    address, name = f"hanako.{member.hex[:6]}@example.jp", "Hanako Yamada"
+    service.send(profile(member, 1, address, name), profile(other, 1, "other@example.jp", "Ken"))
+    wait_until(lambda: mail.contact_known(database, member) and mail.contact_known(database, other))
+
+    mail.queue_notice(database, member, kind="notices", subject="New postings", body="3 new")
+    mail.queue_notice(database, other, kind="notices", subject="New postings", body="1 new")
+    assert mail.deliver_queued(database, mailer) == 2
+    assert sorted(r.recipients[0] for r in smtp.messages()) == sorted(["other@example.jp", address])
+    before = len(smtp.messages())
+
+    mail.queue_notice(database, member, kind="notices", subject="Reminder", body="Come back")
+    mail.queue_notice(database, member, kind="scouts", subject="A scout", body="Company X")
+    service.send(withdrawal(member, 4))
+    wait_until(lambda: len(service.confirmations()) == 1)
+
+    [confirmation] = sent_after(smtp, before)
+    assert confirmation["To"].addresses[0].addr_spec == address
+    assert confirmation["Message-ID"] == mail.message_id_for(lifecycle_event_id(member, 4))
+    assert confirmation[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
+    assert name in confirmation.get_content()
+    [confirmed] = service.confirmations()
+    assert (confirmed.service, confirmed.rows_removed) == ("mail", 3)  # 2 notices + address
+    assert address not in confirmed.model_dump_json()
+    assert mail.held_rows(database, member) == 0
+    state = mail.suppression(database, member)
+    assert state is not None
+    assert state["confirmation_message_id"] == confirmation["Message-ID"]
+
+    # Nothing for the member any more: no queueing, no delivery, no address kept again.
+    with pytest.raises(AccountWithdrawnError):
+        mail.queue_notice(database, member, kind="notices", subject="Late", body="late")
+    mail.queue_notice(database, other, kind="notices", subject="Still here", body="yes")
+    assert mail.deliver_queued(database, mailer) == 1
+    service.send(profile(member, 5, address, name), withdrawal(member, 4))
+    wait_until(service.settled)
+    assert not mail.contact_known(database, member)
+    recipients = [r.recipients[0] for r in smtp.messages()[before:]]
+    assert recipients == [address, "other@example.jp"]
+
+    service.send(profile_tombstone(other, 2))
+    wait_until(lambda: not mail.contact_known(database, other))
+
+
+def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stores_it(
+    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+) -> None:
+    service = mail_service(service_store, services, mail.SmtpMailer(smtp.host, smtp.port))
+    member = uuid.uuid4()
+    address = f"late.{member.hex[:6]}@example.jp"
+    service.send(withdrawal(member, 3))
+    wait_until(service.settled)
+    state = mail.suppression(service.database, member)
+    assert state is not None and state["awaiting_address"]
+    assert smtp.messages() == []
+    assert service.confirmations() == []  # not confirmed until the member got the mail
+
+    service.send(profile(member, 1, address, "Late Profile"))
+    wait_until(lambda: len(service.confirmations()) == 1)
+    [received] = smtp.messages()
+    assert received.recipients == [address]
+    assert received.message["Message-ID"] == mail.message_id_for(lifecycle_event_id(member, 3))
+    assert not mail.contact_known(service.database, member)
+    assert mail.held_rows(service.database, member) == 0
+
+
+def test_notices_of_a_kind_switched_off_are_dropped(
+    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+) -> None:
+    mailer = mail.SmtpMailer(smtp.host, smtp.port)
+    service = mail_service(service_store, services, mailer)
+    member = uuid.uuid4()
+    choices = {"scouts": True, "recommendations": False, "notices": True}
+    service.send(profile(member, 1, "quiet@example.jp", "Quiet", choices))
+    wait_until(lambda: mail.contact_known(service.database, member))
+    mail.queue_notice(service.database, member, kind="recommendations", subject="r", body="r")
+    mail.queue_notice(service.database, member, kind="scouts", subject="s", body="s")
+    assert mail.deliver_queued(service.database, mailer) == 1
+    assert [r.message["Subject"] for r in smtp.messages()] == ["s"]
+    assert mail.held_rows(service.database, member) == 1  # the address; no notice left
+
+
+class FlakyMailer:
+    """Fails as an unreachable or crashing SMTP path would, then sends for real."""
+
+    def __init__(self, inner: mail.SmtpMailer, *, refuse: int = 0, crash_after_send: int = 0):
+        self.inner = inner
+        self.refuse = refuse
+        self.crash_after_send = crash_after_send
+
+    def send(self, message: EmailMessage) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise ConnectionRefusedError()
+        self.inner.send(message)
+        if self.crash_after_send:
+            self.crash_after_send -= 1
+            raise TimeoutError()
+
+
+def test_an_unreachable_smtp_server_is_retried_and_mails_once(
+    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+) -> None:
+    flaky = FlakyMailer(mail.SmtpMailer(smtp.host, smtp.port), refuse=2)
+    service = mail_service(service_store, services, flaky)
+    member = uuid.uuid4()
+    service.send(profile(member, 1, "retry@example.jp", "Retry"), withdrawal(member, 2))
+    wait_until(lambda: len(service.confirmations()) == 1)
+    assert service.consumer.stats.retries == 2
+    assert len(smtp.messages()) == 1
+
+
+def test_the_documented_window_a_lost_send_record_mails_again_with_the_same_message_id(
+    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+) -> None:
+    # The SMTP server accepted the mail but the send was not recorded (here: the reply was
+    # lost). The retry sends again, with the same Message-ID, so the copy can be dropped.
+    flaky = FlakyMailer(mail.SmtpMailer(smtp.host, smtp.port), crash_after_send=1)
+    service = mail_service(service_store, services, flaky)
+    member = uuid.uuid4()
+    service.send(profile(member, 1, "window@example.jp", "Window"), withdrawal(member, 2))
+    wait_until(lambda: len(service.confirmations()) == 1)
+    ids = {r.message["Message-ID"] for r in smtp.messages()}
+    assert len(smtp.messages()) == 2
+    assert ids == {mail.message_id_for(lifecycle_event_id(member, 2))}
+    assert len(service.confirmations()) == 1

@@ -1,0 +1,192 @@
+"""Kafka off, the embedded default: the whole withdrawal flow inside one process.
+
+`start_workers` runs the relay, the scout, chat and mail services and the erasure consumer as
+threads over the in-process log, with SQLite files under the data directory, as
+`lifecycle serve` does on a first run; mail goes to a real SMTP server on loopback.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from consumers import chat, mail, scout
+from lifecycle.application import Accounts
+from lifecycle.crypto import new_master_key
+from lifecycle.domain import AccountStatus
+from lifecycle.settings import Settings
+from lifecycle.workers import ERASURE_GROUP, Workers, erasure_status, start_workers
+
+DEADLINE_S = 30.0
+
+
+@dataclass
+class SmtpSink:
+    port: int
+    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self.lock:
+            self.received.append((list(envelope.rcpt_tos), parsed))
+        return "250 OK"
+
+    def messages(self) -> list[tuple[list[str], EmailMessage]]:
+        with self.lock:
+            return list(self.received)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    sink = SmtpSink(port)
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, smtp: SmtpSink) -> Settings:
+    (tmp_path / "data").mkdir()
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'data' / 'lifecycle.sqlite3'}",
+        kafka_bootstrap=None,
+        master_key=new_master_key(),
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        log_format="json",
+    )
+
+
+@pytest.fixture
+def app(embedded: Settings) -> Iterator[Accounts]:
+    accounts = Accounts(env=embedded.application_env())
+    yield accounts
+    accounts.close()
+
+
+@pytest.fixture
+def workers(embedded: Settings, app: Accounts) -> Iterator[Workers]:
+    started = start_workers(embedded, app)
+    yield started
+    started.stop()
+    assert started.running == []
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"not met within {timeout_s}s: {what}"
+        pause.wait(0.05)
+
+
+def held(workers: Workers, account_id: UUID) -> dict[str, int]:
+    return {
+        "scout": scout.held_rows(workers.stores["scout"], account_id),
+        "chat": chat.held_rows(workers.stores["chat"], account_id),
+        "mail": mail.held_rows(workers.stores["mail"], account_id),
+    }
+
+
+def test_withdrawal_completes_to_purged_in_one_process(
+    embedded: Settings, app: Accounts, workers: Workers, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    assert sorted(workers.running) == sorted(
+        f"worker-{name}" for name in ("relay", "scout", "chat", "mail", ERASURE_GROUP)
+    )
+    # Each service keeps its own SQLite file beside the lifecycle database.
+    for name in ("scout", "chat", "mail"):
+        assert (tmp_path / "data" / f"{name}.sqlite3").exists()
+
+    tag = uuid.uuid4().hex[:8]
+    address = f"embedded.{tag}@example.jp"
+    member_id = app.register(email=address, display_name=f"Emb {tag}", consent_version="v1")
+    for n in range(2):
+        app.receive_scout(member_id, scout_id=f"s{n}", company_id="c", job_id=f"j{n}")
+    stores = workers.stores
+    thread = chat.open_thread(stores["chat"], member_id, "c")
+    chat.post_message(stores["chat"], member_id, thread, "company", "Hello")
+    wait_until(lambda: mail.contact_known(stores["mail"], member_id), "address known")
+    mailer = mail.SmtpMailer("127.0.0.1", smtp.port)
+    mail.queue_notice(stores["mail"], member_id, kind="notices", subject="s", body="first")
+    assert mail.deliver_queued(stores["mail"], mailer) == 1
+    mail.queue_notice(stores["mail"], member_id, kind="scouts", subject="s", body="queued")
+    wait_until(lambda: len(scout.scouts_of(stores["scout"], member_id)) == 2, "scouts held")
+    before = len(smtp.messages())
+
+    app.request_withdrawal(member_id, reason="too_many_notifications")
+    wait_until(
+        lambda: app.load_for_audit(member_id).status is AccountStatus.PURGED,
+        "the account is Purged",
+    )
+
+    assert held(workers, member_id) == {"scout": 0, "chat": 0, "mail": 0}
+    assert mail.deliver_queued(stores["mail"], mailer) == 0
+    after = smtp.messages()[before:]
+    assert [recipients for recipients, _ in after] == [[address]]
+    assert after[0][1][mail.KIND_HEADER] == mail.CONFIRMATION_KIND
+    status = erasure_status(app, member_id, deadline_hours=embedded.erasure_deadline_hours)
+    assert status["state"] == "purged"
+    assert {name: s["rows_removed"] for name, s in status["services"].items()} == {
+        "scout": 2,
+        "chat": 2,
+        "mail": 2,
+    }
+    erasure = workers.consumers[ERASURE_GROUP]
+    wait_until(lambda: erasure.stats.applied == 3, "three confirmations handled")
+    assert all(c.stats.dead_lettered == 0 for c in workers.consumers.values())
+
+
+def test_a_restart_republishes_the_log_and_the_services_skip_what_they_did(
+    embedded: Settings, app: Accounts, smtp: SmtpSink
+) -> None:
+    first = start_workers(embedded, app)
+    try:
+        member_id = app.register(
+            email=f"restart.{uuid.uuid4().hex[:6]}@example.jp",
+            display_name="Restart",
+            consent_version="v1",
+        )
+        app.receive_scout(member_id, scout_id="s", company_id="c", job_id="j")
+        wait_until(lambda: scout.scouts_of(first.stores["scout"], member_id) == ["s"], "scout held")
+    finally:
+        first.stop()
+
+    # Withdrawn while nothing ran: the new process's in-memory log starts empty.
+    app.request_withdrawal(member_id, reason="other")
+    second = start_workers(embedded, app)
+    try:
+        wait_until(
+            lambda: app.load_for_audit(member_id).status is AccountStatus.PURGED,
+            "purged after the restart",
+        )
+        assert second.consumers["scout"].stats.duplicates >= 2  # Registered, ScoutReceived
+        assert len(smtp.messages()) == 1
+    finally:
+        second.stop()
+
+
+def test_with_kafka_configured_serve_starts_no_workers(embedded: Settings, app: Accounts) -> None:
+    with_kafka = embedded.model_copy(update={"kafka_bootstrap": "127.0.0.1:9"})
+    workers = start_workers(with_kafka, app)
+    assert workers.threads == []
+    workers.stop()

@@ -1,0 +1,242 @@
+"""The erasure process on SQLite and the real PostgreSQL: confirmations in, one `Purged` out."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from consumers.kit import DLQ_ERROR_CODE, Consumer, InProcessSource, RetryPolicy
+from consumers.store import ConsumerStore
+from lifecycle.application import Accounts
+from lifecycle.domain import Account, AccountStatus
+from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess
+from lifecycle.errors import AccountNotFoundError
+from lifecycle.settings import Settings
+from lifecycle.transport import InProcessPublisher
+from lifecycle.workers import ERASURE_GROUP, ErasureHandler, erasure_process, erasure_status
+from schemas.contract import ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
+
+TOPICS = TopicNames()
+
+
+def member(accounts: Accounts) -> UUID:
+    tag = uuid.uuid4().hex[:8]
+    return accounts.register(
+        email=f"erasure.{tag}@example.jp", display_name=f"Erasure {tag}", consent_version="v1"
+    )
+
+
+def withdrawn_member(accounts: Accounts) -> UUID:
+    account_id = member(accounts)
+    accounts.request_withdrawal(account_id, reason="hired_elsewhere")
+    return account_id
+
+
+def confirmation(account_id: UUID, service: str, rows: int = 1, n: int = 0) -> Confirmation:
+    return Confirmation(account_id, service, CONFIRMED, rows, f"{account_id}:{service}:{n}")
+
+
+def purged_events(accounts: Accounts, account_id: UUID) -> int:
+    notifications = accounts.recorder.select_notifications(start=1, limit=100_000)
+    events = [accounts.mapper.to_domain_event(n) for n in notifications]
+    return sum(isinstance(e, Account.Purged) and e.originator_id == account_id for e in events)
+
+
+def test_purges_once_when_every_service_confirmed_and_repeats_change_nothing(
+    accounts: Accounts,
+) -> None:
+    process = ErasureProcess(accounts)
+    account_id = withdrawn_member(accounts)
+    assert not process.handle(confirmation(account_id, "scout", 3))
+    assert not process.handle(confirmation(account_id, "scout", 3, n=1))
+    assert not process.handle(confirmation(account_id, "chat", 5))
+    assert accounts.load_for_audit(account_id).status is AccountStatus.WITHDRAWING
+    assert process.handle(confirmation(account_id, "mail", 2))
+    for service in ("mail", "scout", "chat"):
+        assert not process.handle(confirmation(account_id, service, 0, n=2))
+    assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
+    assert purged_events(accounts, account_id) == 1
+    status = process.status(account_id)
+    # A repeat never overwrites the count of the first confirmation.
+    assert {s: v["rows_removed"] for s, v in status["services"].items()} == {
+        "scout": 3,
+        "chat": 5,
+        "mail": 2,
+    }
+
+
+def test_a_failure_is_replaced_by_a_later_confirmation_never_the_reverse(
+    accounts: Accounts,
+) -> None:
+    process = ErasureProcess(accounts)
+    account_id = withdrawn_member(accounts)
+    failed = Confirmation(account_id, "chat", FAILED, 0, "f1", error_code="db_unreachable")
+    process.handle(failed)
+    assert process.status(account_id)["services"]["chat"] == {
+        "state": "failed",
+        "rows_removed": 0,
+        "error_code": "db_unreachable",
+    }
+    process.handle(confirmation(account_id, "chat", 4))
+    process.handle(Confirmation(account_id, "chat", FAILED, 0, "f2", error_code="late"))
+    assert process.status(account_id)["services"]["chat"] == {
+        "state": "confirmed",
+        "rows_removed": 4,
+        "error_code": None,
+    }
+
+
+def test_status_reports_requested_per_service_overdue_and_purged(
+    accounts: Accounts, settings: Settings
+) -> None:
+    process = ErasureProcess(accounts, deadline=timedelta(hours=72))
+    active = member(accounts)
+    assert process.status(active)["state"] == "not_requested"
+    assert process.status(active)["overdue"] is False
+
+    account_id = withdrawn_member(accounts)
+    requested_at = accounts.load_for_audit(account_id).withdrawn_at
+    assert requested_at is not None
+    process.handle(confirmation(account_id, "scout", 2))
+    early = process.status(account_id, now=requested_at + timedelta(hours=1))
+    assert early["state"] == "requested"
+    assert early["requested_at"] == requested_at
+    assert early["deadline_at"] == requested_at + timedelta(hours=72)
+    assert early["overdue"] is False
+    assert {s: v["state"] for s, v in early["services"].items()} == {
+        "scout": "confirmed",
+        "chat": "pending",
+        "mail": "pending",
+    }
+    late = process.status(account_id, now=requested_at + timedelta(hours=72, seconds=1))
+    assert late["overdue"] is True
+
+    process.handle(confirmation(account_id, "chat"))
+    process.handle(confirmation(account_id, "mail"))
+    done = process.status(account_id, now=requested_at + timedelta(days=30))
+    assert done["state"] == "purged"
+    assert done["overdue"] is False
+    assert done["purged_at"] is not None
+
+    # The call the API route makes.
+    shown = erasure_status(
+        accounts,
+        account_id,
+        deadline_hours=settings.erasure_deadline_hours,
+        now=requested_at + timedelta(days=30),
+    )
+    assert shown == done
+    with pytest.raises(AccountNotFoundError):
+        erasure_status(accounts, uuid.uuid4())
+
+
+def test_concurrent_last_confirmations_record_one_purged(accounts: Accounts) -> None:
+    process = ErasureProcess(accounts)
+    account_id = withdrawn_member(accounts)
+    process.handle(confirmation(account_id, "scout"))
+    barrier = threading.Barrier(2)
+    results: list[bool] = []
+
+    def confirm(service: str) -> None:
+        barrier.wait()
+        results.append(process.handle(confirmation(account_id, service)))
+
+    threads = [threading.Thread(target=confirm, args=(s,)) for s in ("chat", "mail")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
+    assert purged_events(accounts, account_id) == 1
+    assert results.count(True) <= 1
+
+
+# Through the kit: the erasure consumer
+
+
+@pytest.fixture
+def log() -> InProcessPublisher:
+    return InProcessPublisher()
+
+
+@pytest.fixture
+def erasure_consumer(
+    accounts: Accounts, settings: Settings, log: InProcessPublisher
+) -> Iterator[Consumer]:
+    consumer = Consumer(
+        ERASURE_GROUP,
+        InProcessSource(log, [TOPICS.erasure_confirmed]),
+        ConsumerStore(accounts.database, table_prefix="erasure_"),
+        ErasureHandler(erasure_process(accounts, settings)),
+        log,
+        dlq_topic=TOPICS.dlq(ERASURE_GROUP),
+        retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01),
+        poll_timeout_s=0.05,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))
+    thread.start()
+    yield consumer
+    stop.set()
+    thread.join(timeout=10)
+
+
+def confirm(log: InProcessPublisher, account_id: UUID, service: str, rows: int) -> None:
+    record = encode_erasure_confirmed(
+        ErasureConfirmedV1(
+            account_id=account_id,
+            service=service,
+            rows_removed=rows,
+            confirmed_at=datetime.now(UTC),
+        )
+    )
+    log.publish(TOPICS.erasure_confirmed, record.key, record.headers, record.value)
+    log.flush()
+
+
+def settled(consumer: Consumer, count: int) -> bool:
+    stats = consumer.stats
+    return stats.applied + stats.duplicates + stats.dead_lettered >= count
+
+
+def wait_for(condition: Any, timeout_s: float = 30.0) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
+    pause = threading.Event()
+    while not condition():
+        assert datetime.now(UTC) < deadline, "condition not met before the deadline"
+        pause.wait(0.05)
+
+
+def test_duplicate_confirmation_records_lead_to_one_purged(
+    accounts: Accounts, log: InProcessPublisher, erasure_consumer: Consumer
+) -> None:
+    account_id = withdrawn_member(accounts)
+    for service, rows in (("scout", 2), ("scout", 2), ("chat", 4), ("mail", 3), ("mail", 3)):
+        confirm(log, account_id, service, rows)
+    confirm(log, account_id, "chat", 4)
+    wait_for(lambda: settled(erasure_consumer, 6))
+    assert erasure_consumer.stats.applied == 3
+    assert erasure_consumer.stats.duplicates == 3
+    assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
+    assert purged_events(accounts, account_id) == 1
+
+
+def test_confirmations_the_process_cannot_accept_go_to_the_dead_letters(
+    accounts: Accounts, log: InProcessPublisher, erasure_consumer: Consumer
+) -> None:
+    active = member(accounts)
+    for service in ("scout", "chat", "mail"):
+        confirm(log, active, service, 0)  # never asked to erase: the third cannot purge
+    confirm(log, uuid.uuid4(), "scout", 0)  # no such account: recorded, nothing to purge
+    wait_for(lambda: settled(erasure_consumer, 4))
+    dead = log.read(TOPICS.dlq(ERASURE_GROUP))
+    assert [dict(item.record.headers)[DLQ_ERROR_CODE] for item in dead] == [
+        b"account_not_withdrawing"
+    ]
+    assert accounts.load_for_audit(active).status is AccountStatus.ACTIVE
