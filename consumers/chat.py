@@ -9,7 +9,7 @@ from __future__ import annotations
 from uuid import UUID, uuid4
 
 from consumers.kit import AccountWithdrawnError, Handler, HandlerResult, erasure_confirmation
-from consumers.store import create_lock_table, ddl_transaction, lock_key
+from consumers.store import create_lock_table, lock_key
 from lifecycle.storage import Cursor, Database
 from schemas.contract import Envelope, PurgedV1, TopicNames, WithdrawalRequestedV1
 
@@ -23,7 +23,7 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
 def create_tables(database: Database) -> None:
     create_lock_table(database)
     ts, now = database.timestamp_type, database.now
-    with ddl_transaction(database) as cursor:
+    with database.ddl() as cursor:
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {database.table('chat_threads')} ("
             "thread_id TEXT PRIMARY KEY, account_id TEXT NOT NULL, company_id TEXT NOT NULL, "

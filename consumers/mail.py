@@ -42,7 +42,7 @@ from consumers.kit import (
     TransientError,
     erasure_confirmation,
 )
-from consumers.store import create_lock_table, ddl_transaction, lock_key
+from consumers.store import create_lock_table, lock_key
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
@@ -140,7 +140,7 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
 def create_tables(database: Database) -> None:
     create_lock_table(database)
     ts, now = database.timestamp_type, database.now
-    with ddl_transaction(database) as cursor:
+    with database.ddl() as cursor:
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {database.table('contacts')} ("
             "account_id TEXT PRIMARY KEY, email TEXT NOT NULL, display_name TEXT NOT NULL, "

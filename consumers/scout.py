@@ -15,7 +15,7 @@ from consumers.kit import (
     HandlerResult,
     erasure_confirmation,
 )
-from consumers.store import create_lock_table, ddl_transaction, lock_key
+from consumers.store import create_lock_table, lock_key
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
@@ -37,7 +37,7 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
 
 def create_tables(database: Database) -> None:
     create_lock_table(database)
-    with ddl_transaction(database) as cursor:
+    with database.ddl() as cursor:
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {database.table('scouts')} ("
             "account_id TEXT NOT NULL, scout_id TEXT NOT NULL, company_id TEXT NOT NULL, "

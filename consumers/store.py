@@ -51,25 +51,9 @@ def open_database(database_url: str, schema: str) -> Database:
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     database = Database.open(database_url, schema)
     if database.dialect == "postgres":
-        with ddl_transaction(database) as cursor:
+        with database.ddl() as cursor:
             cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     return database
-
-
-@contextmanager
-def ddl_transaction(database: Database) -> Iterator[Cursor]:
-    """A transaction for CREATE ... IF NOT EXISTS statements, safe when processes start together.
-
-    PostgreSQL: `IF NOT EXISTS` does not stop two sessions creating the same new table at
-    once (one fails on the catalogue's unique index), so DDL on one schema takes turns.
-    """
-    with database.transaction() as cursor:
-        if database.dialect == "postgres":
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (f"ddl:{database.schema}",),
-            )
-        yield cursor
 
 
 def check_identifier(name: str) -> str:
@@ -81,7 +65,7 @@ def check_identifier(name: str) -> str:
 def create_lock_table(database: Database) -> None:
     """SQLite only: the table `lock_key` writes to (PostgreSQL needs none)."""
     if database.dialect == "sqlite":
-        with ddl_transaction(database) as cursor:
+        with database.ddl() as cursor:
             cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
 
 
@@ -116,7 +100,7 @@ class ConsumerStore:
             if db.dialect == "postgres"
             else "INTEGER PRIMARY KEY AUTOINCREMENT"
         )
-        with ddl_transaction(db) as cursor:
+        with db.ddl() as cursor:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.processed_table} ("
                 "ce_id TEXT PRIMARY KEY, "

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
 from lifecycle.application import Accounts
 from lifecycle.errors import LifecycleError
 from lifecycle.settings import Settings
@@ -15,7 +20,8 @@ class StartupError(LifecycleError):
 
 def build_accounts(settings: Settings) -> Accounts:
     try:
-        return Accounts(env=settings.application_env())
+        with _schema_setup_turn(settings):
+            return Accounts(env=settings.application_env())
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
     except Exception as error:
@@ -23,6 +29,24 @@ def build_accounts(settings: Settings) -> Accounts:
         raise StartupError(
             detail=f"database unusable ({type(error).__name__}): {_first_line(error)}"
         ) from None
+
+
+@contextmanager
+def _schema_setup_turn(settings: Settings) -> Iterator[None]:
+    """Processes starting together (API, relay, erasure) create tables one at a time.
+
+    The library's own CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION fail when two
+    sessions run them at once; a session-level advisory lock makes them take turns.
+    """
+    if settings.is_embedded:
+        yield
+        return
+    with psycopg.connect(settings.database_url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+            (f"lifecycle-setup:{settings.database_schema}",),
+        )
+        yield
 
 
 def _first_line(error: Exception) -> str:

@@ -92,7 +92,7 @@ class KeyVault:
 
     def create_schema(self) -> None:
         db = self.database
-        with db.transaction() as cursor:
+        with db.ddl() as cursor:
             for statement in self._schema_statements():
                 cursor.execute(statement)
 

@@ -10,6 +10,7 @@ from uuid import UUID
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.logs import get_logger
+from lifecycle.settings import Settings
 
 ERASING_SERVICES = ("scout", "chat", "mail")
 CONFIRMED = "confirmed"
@@ -48,13 +49,7 @@ class ErasureProcess:
 
     def _create_table(self) -> None:
         db = self.database
-        with db.transaction() as cursor:
-            if db.dialect == "postgres":
-                # IF NOT EXISTS alone fails when two sessions create the new table at once
-                # (the API's status call and the erasure consumer, say): take turns.
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"ddl:{self.table}",)
-                )
+        with db.ddl() as cursor:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 f"account_id {db.id_type} NOT NULL, service TEXT NOT NULL, "
@@ -163,3 +158,8 @@ def _state_of(status: AccountStatus, requested_at: datetime | None) -> str:
     if requested_at is not None:
         return "requested"
     return "not_requested"
+
+
+def erasure_process(accounts: Accounts, settings: Settings) -> ErasureProcess:
+    """The erasure process as configured: its deadline comes from settings."""
+    return ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))

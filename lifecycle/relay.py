@@ -274,7 +274,7 @@ class Relay:
     # Position
 
     def _create_table(self) -> None:
-        with self._db.transaction() as cursor:
+        with self._db.ddl() as cursor:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._table} ("
                 "name TEXT PRIMARY KEY, position BIGINT NOT NULL, "

@@ -107,6 +107,20 @@ class Database:
         with self.datastore.transaction(commit=commit) as cursor:
             yield Cursor(cursor, self.dialect)
 
+    @contextmanager
+    def ddl(self) -> Iterator[Cursor]:
+        """A transaction for CREATE ... IF NOT EXISTS, safe when processes start together.
+
+        PostgreSQL: `IF NOT EXISTS` does not stop two sessions creating the same new table
+        at once (one fails on the catalogue's unique index), so DDL on a schema takes turns.
+        """
+        with self.transaction() as cursor:
+            if self.dialect == "postgres":
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"ddl:{self.schema}",)
+                )
+            yield cursor
+
     def id_param(self, account_id: UUID) -> UUID | str:
         """Originator ids as each recorder stores them (SQLite keeps hex text)."""
         return account_id if self.dialect == "postgres" else account_id.hex

@@ -12,10 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
-from uuid import UUID
 
 from consumers import chat, mail, scout
 from consumers.kit import (
@@ -32,7 +29,7 @@ from consumers.kit import (
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import StartupError, build_accounts
-from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess
+from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess, erasure_process
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError
 from lifecycle.logs import get_logger
 from lifecycle.relay import Relay
@@ -84,25 +81,6 @@ class ErasureHandler(Handler):
         if isinstance(envelope.data, ErasureConfirmedV1):
             return HandlerResult(outcome="confirmation_recorded")
         return HandlerResult(outcome="ignored")
-
-
-def erasure_process(accounts: Accounts, settings: Settings) -> ErasureProcess:
-    return ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
-
-
-def erasure_status(
-    accounts: Accounts,
-    account_id: UUID,
-    *,
-    deadline_hours: float = 72.0,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """What `GET /v1/accounts/{id}/erasure` shows: requested, per service, purged, overdue.
-
-    Raises AccountNotFoundError for an unknown account.
-    """
-    process = ErasureProcess(accounts, deadline=timedelta(hours=deadline_hours))
-    return process.status(account_id, now=now)
 
 
 # Building the pieces
@@ -189,7 +167,7 @@ def kafka_consumer(
     """One reference service (`scout`, `chat`, `mail`) reading Kafka, in its own store."""
     bootstrap = _require_kafka(settings, f"consume {name}")
     _check_service(name)
-    topics = topics or TopicNames()
+    topics = topics or settings.topics
     database = service_database(settings, name, schema)
     closers: list[Callable[[], None]] = [database.close]
     try:
@@ -225,7 +203,7 @@ def kafka_erasure_consumer(
 ) -> ConsumerRun:
     """The erasure process reading confirmations from Kafka (the caller owns `accounts`)."""
     bootstrap = _require_kafka(settings, "erasure")
-    topics = topics or TopicNames()
+    topics = topics or settings.topics
     publisher = KafkaPublisher(bootstrap, client_id=f"{group_id(topics, ERASURE_GROUP)}-dlq")
     try:
         source = KafkaSource(bootstrap, [topics.erasure_confirmed], group_id(topics, ERASURE_GROUP))
@@ -277,7 +255,7 @@ def run_relay(
     accounts = build_accounts(settings)
     publisher = KafkaPublisher(bootstrap)
     try:
-        Relay(accounts, publisher, topics=topics or TopicNames()).run(stop)
+        Relay(accounts, publisher, topics=topics or settings.topics).run(stop)
     finally:
         publisher.close()
         accounts.close()
@@ -371,7 +349,7 @@ def start_workers(
     workers = Workers()
     if settings.kafka_bootstrap:
         return workers
-    topics = topics or TopicNames()
+    topics = topics or settings.topics
     publisher = InProcessPublisher()
     workers.publisher = publisher
     try:

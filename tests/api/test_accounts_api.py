@@ -753,3 +753,35 @@ def test_an_application_passed_in_is_left_open(settings: Settings, accounts: Acc
         account_id = register(client)
 
     assert accounts.get_account(UUID(account_id)).display_name == "Sato Hanako"
+
+
+def test_erasure_status_follows_withdrawal_to_purge(client: TestClient, accounts: Accounts) -> None:
+    account_id = register(client)
+    before = client.get(f"/v1/accounts/{account_id}/erasure", headers=auth("service"))
+    assert before.status_code == 200
+    assert before.json()["state"] == "not_requested"
+
+    withdrawn = client.post(
+        f"/v1/accounts/{account_id}/withdrawal", json={"reason": "other"}, headers=auth("service")
+    )
+    link = withdrawn.json()["erasure"]
+    requested = client.get(link, headers=auth("service")).json()
+    assert requested["state"] == "requested"
+    assert requested["overdue"] is False
+    assert requested["deadline_at"] is not None
+    assert {name: s["state"] for name, s in requested["services"].items()} == {
+        "scout": "pending",
+        "chat": "pending",
+        "mail": "pending",
+    }
+
+    accounts.purge(UUID(account_id))
+    purged = client.get(link, headers=auth("service"))
+    assert purged.status_code == 200
+    assert purged.json()["state"] == "purged"
+    assert purged.json()["purged_at"] is not None
+
+
+def test_erasure_status_of_an_unknown_account_is_404(client: TestClient) -> None:
+    response = client.get(f"/v1/accounts/{uuid4()}/erasure", headers=auth("service"))
+    assert_problem(response, 404, "account_not_found")

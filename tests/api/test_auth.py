@@ -65,6 +65,7 @@ V1_ROUTES: list[tuple[str, str, Any, int]] = [
     ),
     ("GET", "/v1/accounts/{account_id}/withdrawal-preview", None, 200),
     ("POST", "/v1/accounts/{account_id}/withdrawal", {"reason": "other"}, 202),
+    ("GET", "/v1/accounts/{account_id}/erasure", None, 200),
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, _, _ in V1_ROUTES]
 

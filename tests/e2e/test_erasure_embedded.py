@@ -27,8 +27,9 @@ from consumers import chat, mail, scout
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import AccountStatus
+from lifecycle.erasure import erasure_process
 from lifecycle.settings import Settings
-from lifecycle.workers import ERASURE_GROUP, Workers, erasure_status, start_workers
+from lifecycle.workers import ERASURE_GROUP, Workers, start_workers
 
 DEADLINE_S = 30.0
 
@@ -144,7 +145,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     after = smtp.messages()[before:]
     assert [recipients for recipients, _ in after] == [[address]]
     assert after[0][1][mail.KIND_HEADER] == mail.CONFIRMATION_KIND
-    status = erasure_status(app, member_id, deadline_hours=embedded.erasure_deadline_hours)
+    status = erasure_process(app, embedded).status(member_id)
     assert status["state"] == "purged"
     assert {name: s["rows_removed"] for name, s in status["services"].items()} == {
         "scout": 2,

@@ -33,10 +33,11 @@ from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import AccountStatus
+from lifecycle.erasure import erasure_process
 from lifecycle.kafka_topics import ensure_topics
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.workers import erasure_status, run_consumer, run_erasure, run_relay
+from lifecycle.workers import run_consumer, run_erasure, run_relay
 from schemas.contract import ErasureConfirmedV1, TopicNames, decode_record
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -295,7 +296,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     [(_, confirmation)] = after
     assert confirmation[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
 
-    status = erasure_status(accounts, member_id, deadline_hours=settings.erasure_deadline_hours)
+    status = erasure_process(accounts, settings).status(member_id)
     assert status["state"] == "purged"
     assert status["overdue"] is False
     assert {name: s["state"] for name, s in status["services"].items()} == dict.fromkeys(

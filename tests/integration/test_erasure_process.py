@@ -15,11 +15,11 @@ from consumers.kit import DLQ_ERROR_CODE, Consumer, InProcessSource, RetryPolicy
 from consumers.store import ConsumerStore
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess
+from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess, erasure_process
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.settings import Settings
 from lifecycle.transport import InProcessPublisher
-from lifecycle.workers import ERASURE_GROUP, ErasureHandler, erasure_process, erasure_status
+from lifecycle.workers import ERASURE_GROUP, ErasureHandler
 from schemas.contract import ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
 
 TOPICS = TopicNames()
@@ -124,16 +124,13 @@ def test_status_reports_requested_per_service_overdue_and_purged(
     assert done["overdue"] is False
     assert done["purged_at"] is not None
 
-    # The call the API route makes.
-    shown = erasure_status(
-        accounts,
-        account_id,
-        deadline_hours=settings.erasure_deadline_hours,
-        now=requested_at + timedelta(days=30),
+    # The process the API route builds from settings.
+    shown = erasure_process(accounts, settings).status(
+        account_id, now=requested_at + timedelta(days=30)
     )
     assert shown == done
     with pytest.raises(AccountNotFoundError):
-        erasure_status(accounts, uuid.uuid4())
+        erasure_process(accounts, settings).status(uuid.uuid4())
 
 
 def test_concurrent_last_confirmations_record_one_purged(accounts: Accounts) -> None:

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from lifecycle.api.problems import NotReadyError
 from lifecycle.application import Accounts
+from lifecycle.erasure import ErasureProcess, erasure_process
 
 
 def get_accounts(request: Request) -> Accounts:
@@ -19,3 +20,15 @@ def get_accounts(request: Request) -> Accounts:
 
 
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
+
+
+def get_erasure(request: Request, accounts: AccountsDep) -> ErasureProcess:
+    """One erasure process per app, made on first use (it creates its table once)."""
+    process: ErasureProcess | None = getattr(request.app.state, "erasure", None)
+    if process is None or process.accounts is not accounts:
+        process = erasure_process(accounts, request.app.state.settings)
+        request.app.state.erasure = process
+    return process
+
+
+ErasureDep = Annotated[ErasureProcess, Depends(get_erasure)]

@@ -16,6 +16,7 @@ from lifecycle.api.auth import require_role
 from lifecycle.api.models import (
     AccountCreated,
     AccountOut,
+    ErasureStatus,
     Gift,
     GiftClaimRequest,
     PreferencesChanged,
@@ -29,7 +30,7 @@ from lifecycle.api.models import (
     api_parts,
 )
 from lifecycle.api.problems import problem_responses
-from lifecycle.api.routes import AccountsDep
+from lifecycle.api.routes import AccountsDep, ErasureDep
 from lifecycle.domain import GIFT_AMOUNT_JPY, GIFT_KIND
 from lifecycle.errors import AccountNotFoundError
 
@@ -172,3 +173,12 @@ def request_withdrawal(
     erasure = f"{account_path(account_id)}/erasure"
     response.headers["Location"] = erasure
     return WithdrawalAccepted(erasure=erasure)
+
+
+@router.get(
+    "/accounts/{account_id}/erasure",
+    summary="Where erasure stands: requested, each service's confirmation, purged, overdue",
+    responses=problem_responses(404),
+)
+def erasure_status(account_id: AccountId, erasure: ErasureDep) -> ErasureStatus:
+    return ErasureStatus.model_validate(erasure.status(account_id))
