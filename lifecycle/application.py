@@ -12,6 +12,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Tr
 
 from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
 from lifecycle.domain import (
+    REDACTED,
     Account,
     AccountStatus,
     EmailClaim,
@@ -186,6 +187,14 @@ class Accounts(Application[UUID]):
 
     def load_for_audit(self, account_id: UUID) -> Account:
         """Any account, purged ones too (personal fields then read as redacted)."""
+        account = self._load_once(account_id)
+        if account.status is AccountStatus.PURGED and account.email != REDACTED:
+            # Purged by another process while this one still had the key cached.
+            self.vault.forget(account_id)
+            account = self._load_once(account_id)
+        return account
+
+    def _load_once(self, account_id: UUID) -> Account:
         try:
             aggregate: object = self.repository.get(account_id)
         except AggregateNotFoundError:

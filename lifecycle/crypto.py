@@ -82,7 +82,13 @@ def _open(key: bytes, sealed: bytes, associated: bytes) -> bytes:
 class KeyVault:
     """Per-account data keys, wrapped by the master key, cached briefly in memory."""
 
-    def __init__(self, database: Database, master_key: bytes, cache_seconds: float = 30.0) -> None:
+    # Another process may destroy a key at any moment; a cached copy outlives that by at
+    # most this long, while a replay or a load still looks each key up about once.
+    CACHE_SECONDS = 1.0
+
+    def __init__(
+        self, database: Database, master_key: bytes, cache_seconds: float = CACHE_SECONDS
+    ) -> None:
         self.database = database
         self._wrapping_key = derive_key(master_key, "lifecycle/data-key-wrapping")
         self._cache: OrderedDict[UUID, tuple[float, bytes]] = OrderedDict()

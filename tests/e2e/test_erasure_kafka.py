@@ -7,13 +7,19 @@ of its own with settings of its own, as separate processes would.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from email.message import EmailMessage
@@ -30,13 +36,15 @@ from consumers import chat, mail, scout
 from consumers.store import open_database
 from lifecycle import workers
 from lifecycle.application import Accounts
+from lifecycle.audit import value_digest
 from lifecycle.bootstrap import build_accounts
 from lifecycle.crypto import new_master_key
-from lifecycle.domain import AccountStatus
+from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.erasure import erasure_process
-from lifecycle.kafka_topics import ensure_topics
+from lifecycle.kafka_topics import TopicSettings, ensure_topics
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
+from lifecycle.transport import KafkaPublisher
 from lifecycle.workers import run_consumer, run_erasure, run_relay
 from schemas.contract import ErasureConfirmedV1, TopicNames, decode_record
 
@@ -319,3 +327,278 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
         for value in (member["email"], member["display_name"], member["phone"]):
             assert value.encode() not in exposed
     assert read_topic(bootstrap, topics.dlq("mail")) == []
+
+
+# After purge: nothing personal anywhere (issue: crypto-shredding and erasure everywhere)
+
+COMPACTING_FAST = TopicSettings(
+    profile_segment_ms=500, profile_max_compaction_lag_ms=1000, profile_delete_retention_ms=60_000
+)
+
+
+def distinctive_member(tag: str) -> dict[str, Any]:
+    return {
+        "email": f"zq.{tag}@erasure-probe.example",
+        "display_name": f"Kazuko Zephyrine{tag}",
+        "phone": f"+81-80-{tag[:4]}-{tag[4:8]}",
+        "job_title": f"Chiefengineer{tag}",
+        "work_history": [{"company": f"Qwertycorp{tag}", "title": "lead", "from": "2019-04"}],
+        "consent_version": "2026-04",
+    }
+
+
+def searched_forms(value: str) -> list[bytes]:
+    """The value as the project could store it: UTF-8, JSON-escaped, bytea hex, base64."""
+    raw = value.encode()
+    return [
+        raw,
+        value.casefold().encode(),
+        json.dumps(value).strip('"').encode(),
+        raw.hex().encode(),
+        base64.b64encode(raw),
+    ]
+
+
+def topic_bytes(bootstrap: str, names: TopicNames) -> bytes:
+    chunks: list[bytes] = []
+    for topic in names.all():
+        for record in read_topic(bootstrap, topic):
+            chunks += [record.key or b"", record.value or b""]
+            chunks += [value for _, value in record.headers]
+    return b"\n".join(chunks)
+
+
+def profile_values_left(bootstrap: str, names: TopicNames, account_id: UUID) -> int:
+    key = str(account_id).encode()
+    return sum(
+        1
+        for record in read_topic(bootstrap, names.profile)
+        if record.key == key and record.value is not None
+    )
+
+
+@pytest.fixture
+def compacting_topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
+    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    ensure_topics(kafka_bootstrap, names, COMPACTING_FAST)
+    yield names
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics(list(names.all()))
+    finally:
+        admin.close()
+
+
+def test_after_purge_no_personal_value_survives_anywhere(
+    accounts: Accounts,
+    settings: Settings,
+    compacting_topics: TopicNames,
+    stores: dict[str, Database],
+    smtp: SmtpSink,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    topics = compacting_topics
+    bootstrap = settings.kafka_bootstrap
+    assert bootstrap is not None
+    tag = uuid.uuid4().hex[:8]
+    member = distinctive_member(tag)
+    comment = f"Leaving because Xylophonic{tag} reasons"
+    values = [
+        member["email"],
+        member["display_name"],
+        member["phone"],
+        member["job_title"],
+        member["work_history"][0]["company"],
+        comment,
+    ]
+
+    with running_workers(settings, topics, monkeypatch):
+        member_id = accounts.register(**member)
+        accounts.receive_scout(member_id, scout_id="s1", company_id="c1", job_id="j1")
+        chat.post_message(
+            stores["chat"],
+            member_id,
+            chat.open_thread(stores["chat"], member_id, "c1"),
+            "company",
+            "Interview on Monday?",
+        )
+        wait_until(lambda: mail.contact_known(stores["mail"], member_id), "profile reached mail")
+        mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n")
+        assert mail.deliver_queued(stores["mail"], mail.SmtpMailer("127.0.0.1", smtp.port)) == 1
+        assert profile_values_left(bootstrap, topics, member_id) == 1
+
+        accounts.request_withdrawal(member_id, reason="other", comment=comment)
+        wait_until(
+            lambda: accounts.load_for_audit(member_id).status is AccountStatus.PURGED,
+            "the account is Purged",
+        )
+        wait_until(lambda: relayed_everything(accounts, settings), "the relay caught up")
+
+    # Compaction gets its chance: a later append rolls the segment, the cleaner runs.
+    publisher = KafkaPublisher(bootstrap)
+    try:
+        wait_until(
+            lambda: (
+                roll_profile_segment(publisher, topics, member_id)
+                and profile_values_left(bootstrap, topics, member_id) == 0
+            ),
+            "compaction removed the profile value behind the tombstone",
+        )
+    finally:
+        publisher.close()
+
+    dump = subprocess.run(
+        ["pg_dump", "--data-only", postgres_url], capture_output=True, check=True
+    ).stdout
+    on_topics = topic_bytes(bootstrap, topics)
+    logs = capfd.readouterr()
+    everywhere = {
+        "database": dump,
+        "topics": on_topics,
+        "logs": (logs.out + logs.err).encode(),
+    }
+    for place, content in everywhere.items():
+        for value in values:
+            for form in searched_forms(value):
+                assert form not in content, f"a former value is still in the {place}"
+
+    # Auditors still replay the whole log: facts readable, personal fields redacted.
+    replayed = [
+        accounts.mapper.to_domain_event(notification)
+        for notification in accounts.recorder.select_notifications(start=1, limit=10_000)
+        if notification.originator_id == member_id
+    ]
+    assert [type(event).__name__ for event in replayed] == [
+        "Registered",
+        "ScoutReceived",
+        "WithdrawalRequested",
+        "Purged",
+    ]
+    registered, scouted, withdrawn, _ = replayed
+    assert registered.email == REDACTED and registered.display_name == REDACTED
+    assert scouted.company_id == "c1"
+    assert withdrawn.reason == "other" and withdrawn.comment == REDACTED
+
+    proof = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lifecycle",
+            "audit",
+            "erasure-proof",
+            str(member_id),
+            *(arg for value in values for arg in ("--digest", value_digest(value))),
+        ],
+        env={**os.environ, **cli_env(settings, topics)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proof.returncode == 0, proof.stdout + proof.stderr
+    report = json.loads(proof.stdout)
+    assert report["erased"] is True
+    assert report["key_destroyed"] is True
+    assert report["values_found_anywhere"] == 0
+    assert {s["state"] for s in report["services"].values()} == {"confirmed"}
+    for value in values:
+        assert value not in proof.stdout + proof.stderr
+
+
+def test_the_proof_finds_a_value_that_is_still_stored(
+    accounts: Accounts, settings: Settings, topics: TopicNames
+) -> None:
+    """The search can fail: a member not yet purged is reported as not erased, value found."""
+    member = distinctive_member(uuid.uuid4().hex[:8])
+    member_id = accounts.register(**member)
+    accounts.request_withdrawal(member_id, reason="other", comment="still here")
+    proof = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lifecycle",
+            "audit",
+            "erasure-proof",
+            str(member_id),
+            "--digest",
+            value_digest("still here"),
+        ],
+        env={**os.environ, **cli_env(settings, topics)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proof.returncode == 1
+    report = json.loads(proof.stdout)
+    assert report["erased"] is False
+    assert report["key_destroyed"] is False
+
+
+@contextmanager
+def running_workers(
+    settings: Settings, topics: TopicNames, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    targets: list[Callable[[], None]] = [
+        lambda: run_relay(settings, stop, topics=topics),
+        lambda: run_erasure(settings, stop, topics=topics),
+        *(
+            (
+                lambda name=name: run_consumer(
+                    name, settings, stop, topics=topics, schema=f"{settings.database_schema}_{name}"
+                )
+            )
+            for name in SERVICES
+        ),
+    ]
+
+    def guarded(target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as error:
+                errors.append(error)
+
+        return run
+
+    threads = [threading.Thread(target=guarded(target)) for target in targets]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert errors == []
+
+
+def relayed_everything(accounts: Accounts, settings: Settings) -> bool:
+    with accounts.database.transaction(commit=False) as cursor:
+        row = cursor.execute(
+            f"SELECT position FROM {accounts.database.table('relay_position')}"
+        ).fetchone()
+    return row is not None and int(row[0]) >= accounts.recorder.max_notification_id()
+
+
+def roll_profile_segment(publisher: KafkaPublisher, topics: TopicNames, account_id: UUID) -> bool:
+    # Another tombstone for the same key lands on the same partition; once the segment is
+    # older than segment.ms, this append rolls it and the cleaner may compact it.
+    publisher.publish(topics.profile, str(account_id).encode(), [], None)
+    publisher.flush()
+    return True
+
+
+def cli_env(settings: Settings, topics: TopicNames) -> dict[str, str]:
+    return {
+        "LIFECYCLE_DATABASE_URL": settings.database_url,
+        "LIFECYCLE_DATABASE_SCHEMA": settings.database_schema,
+        "LIFECYCLE_MASTER_KEY": settings.master_key or "",
+        "LIFECYCLE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+        "LIFECYCLE_TOPIC_PREFIX": topics.prefix,
+        "LIFECYCLE_LOG_FORMAT": "json",
+    }

@@ -472,3 +472,21 @@ def test_sealed_values_cannot_be_moved_to_another_event(accounts: Accounts) -> N
     )
     with pytest.raises(MapperDeserialisationError, match="fail authentication"):
         accounts.mapper.to_domain_event(moved)
+
+
+def test_a_purge_by_another_process_is_seen_at_once_despite_the_key_cache(
+    accounts: Accounts, settings: Settings
+) -> None:
+    account_id = accounts.register(
+        email="elsewhere@example.jp", display_name="Elsewhere", consent_version="v1"
+    )
+    accounts.request_withdrawal(account_id, reason="other")
+    assert accounts.load_for_audit(account_id).email == "elsewhere@example.jp"  # key now cached
+    other_process = Accounts(env=settings.application_env())
+    try:
+        other_process.purge(account_id)
+    finally:
+        other_process.close()
+    account = accounts.load_for_audit(account_id)
+    assert account.status is AccountStatus.PURGED
+    assert account.email == REDACTED
