@@ -20,8 +20,9 @@ class StartupError(LifecycleError):
 
 def build_accounts(settings: Settings) -> Accounts:
     try:
+        env = settings.application_env()  # configuration errors first, before any connection
         with _schema_setup_turn(settings):
-            return Accounts(env=settings.application_env())
+            return Accounts(env=env)
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
     except Exception as error:

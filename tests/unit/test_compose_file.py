@@ -28,7 +28,7 @@ def test_every_long_running_service_has_a_health_check_or_depends_on_healthy_one
 
 def test_service_containers_get_database_kafka_and_key_from_the_environment() -> None:
     services = load()["services"]
-    for name in ("api", "relay"):
+    for name in ("api", "topics", "relay", "erasure", "scout", "chat", "mail"):
         env = services[name]["environment"]
         for variable in (
             "LIFECYCLE_DATABASE_URL",
@@ -44,3 +44,20 @@ def test_kafka_runs_in_kraft_combined_mode_from_the_official_image() -> None:
     assert kafka["image"].startswith("apache/kafka:4.")
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_every_process_kind_of_the_cli_runs_as_a_service() -> None:
+    commands = {
+        " ".join(service["command"][1:3])
+        for service in load()["services"].values()
+        if service.get("command", [""])[0] == "lifecycle"
+    }
+    assert commands >= {
+        "serve --host",
+        "topics",
+        "relay",
+        "erasure",
+        "consume scout",
+        "consume chat",
+        "consume mail",
+    }
