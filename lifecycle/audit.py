@@ -19,6 +19,8 @@ from uuid import UUID
 
 from lifecycle.application import Accounts
 from lifecycle.erasure import ErasureProcess
+from lifecycle.kafka_topics import read_from_start
+from schemas.contract import ContractError, PurgedV1, decode_record
 
 # Runs of up to this many words are hashed, so "Hanako Yamada" is found as one value.
 MAX_WORDS = 4
@@ -80,66 +82,22 @@ def database_dump(accounts: Accounts, postgres_dsn: str | None) -> Iterator[str]
         connection.close()
 
 
-def topic_dump(bootstrap: str, topics: Iterable[str], timeout_s: float = 30.0) -> Iterator[str]:
+def topic_dump(bootstrap: str, topics: Iterable[str]) -> Iterator[str]:
     """Keys, headers and values of every record still on the given topics, from offset 0."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in topics
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if end[tp] > consumer.position(tp)}
-        deadline_polls = int(timeout_s * 10)
-        while remaining and deadline_polls > 0:
-            deadline_polls -= 1
-            for tp, records in consumer.poll(timeout_ms=100).items():
-                for record in records:
-                    yield _record_text(record)
-                if consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        consumer.close()
+    for record in read_from_start(bootstrap, topics):
+        yield _record_text(record)
 
 
 def purged_ids_on_topic(bootstrap: str, topic: str) -> set[UUID]:
     """Accounts whose Purged event is still on the lifecycle topic: a ledger outside the DB."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from schemas.contract import ContractError, PurgedV1, decode_record
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     purged: set[UUID] = set()
-    try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return purged
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if end[tp] > consumer.position(tp)}
-        while remaining:
-            for tp, records in consumer.poll(timeout_ms=1000).items():
-                for record in records:
-                    try:
-                        envelope = decode_record(record.headers or [], record.value)
-                    except ContractError:
-                        continue
-                    if envelope.type == PurgedV1.ce_type():
-                        purged.add(envelope.account_id)
-                if consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        consumer.close()
+    for record in read_from_start(bootstrap, [topic]):
+        try:
+            envelope = decode_record(record.headers or [], record.value)
+        except ContractError:
+            continue
+        if envelope.type == PurgedV1.ce_type():
+            purged.add(envelope.account_id)
     return purged
 
 

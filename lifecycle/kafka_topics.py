@@ -11,6 +11,8 @@ is gone after about segment_ms + max_compaction_lag_ms (25 h with the defaults),
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,3 +147,34 @@ def ensure_topics(
         admin.close()
     log.info("kafka.topics_ensured", created=result.created, existing=result.existing)
     return result
+
+
+def read_from_start(
+    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 30.0
+) -> Iterator[Any]:
+    """Every record still on the topics, from offset 0 to the end offsets as they are now.
+
+    For audits and checks, not for consuming: no group, nothing committed.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"records still unread after {timeout_s}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                yield from records
+    finally:
+        consumer.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -16,8 +15,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from kafka import KafkaConsumer, TopicPartition
-from support import SmtpSink, smtp_sink, unique_topics, wait_until
+from support import SmtpSink, read_topic, smtp_sink, unique_topics, wait_until
 
 from consumers import mail, scout
 from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
@@ -146,30 +144,6 @@ def produce(bootstrap: str, items: Sequence[tuple[str, Record]]) -> None:
         publisher.flush()
     finally:
         publisher.close()
-
-
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
-    """Every record from offset 0 to the end offsets as the broker reports them now."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4().hex}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            assert time.monotonic() < deadline, f"{topic}: records missing at the deadline"
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return sorted(records, key=lambda record: (record.partition, record.offset))
-    finally:
-        consumer.close()
 
 
 def confirmations(bootstrap: str, topics: TopicNames) -> list[ErasureConfirmedV1]:

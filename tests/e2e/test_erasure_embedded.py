@@ -7,21 +7,13 @@ threads over the in-process log, with SQLite files under the data directory, as
 
 from __future__ import annotations
 
-import email
-import email.policy
-import socket
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import pytest
-from aiosmtpd.controller import Controller
+from support import SmtpSink, smtp_sink, wait_until
 
 from consumers import chat, mail, scout
 from lifecycle.application import Accounts
@@ -31,37 +23,11 @@ from lifecycle.erasure import erasure_process
 from lifecycle.settings import Settings
 from lifecycle.workers import ERASURE_GROUP, Workers, start_workers
 
-DEADLINE_S = 30.0
-
-
-@dataclass
-class SmtpSink:
-    port: int
-    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        with self.lock:
-            self.received.append((list(envelope.rcpt_tos), parsed))
-        return "250 OK"
-
-    def messages(self) -> list[tuple[list[str], EmailMessage]]:
-        with self.lock:
-            return list(self.received)
-
 
 @pytest.fixture
 def smtp() -> Iterator[SmtpSink]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    sink = SmtpSink(port)
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield sink
-    controller.stop()
+    with smtp_sink() as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -90,14 +56,6 @@ def workers(embedded: Settings, app: Accounts) -> Iterator[Workers]:
     yield started
     started.stop()
     assert started.running == []
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not condition():
-        assert time.monotonic() < deadline, f"not met within {timeout_s}s: {what}"
-        pause.wait(0.05)
 
 
 def held(workers: Workers, account_id: UUID) -> dict[str, int]:
@@ -143,8 +101,8 @@ def test_withdrawal_completes_to_purged_in_one_process(
     assert held(workers, member_id) == {"scout": 0, "chat": 0, "mail": 0}
     assert mail.deliver_queued(stores["mail"], mailer) == 0
     after = smtp.messages()[before:]
-    assert [recipients for recipients, _ in after] == [[address]]
-    assert after[0][1][mail.KIND_HEADER] == mail.CONFIRMATION_KIND
+    assert [received.recipients for received in after] == [[address]]
+    assert after[0].message[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
     status = erasure_process(app, embedded).status(member_id)
     assert status["state"] == "purged"
     assert {name: s["rows_removed"] for name, s in status["services"].items()} == {

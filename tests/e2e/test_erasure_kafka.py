@@ -8,29 +8,22 @@ of its own with settings of its own, as separate processes would.
 from __future__ import annotations
 
 import base64
-import email
-import email.policy
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
-from email.message import EmailMessage
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
-from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient
+from support import SmtpSink, read_topic, smtp_sink, unique_topics, wait_until
 
 from consumers import chat, mail, scout
 from consumers.store import open_database
@@ -41,7 +34,7 @@ from lifecycle.bootstrap import build_accounts
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.erasure import erasure_process
-from lifecycle.kafka_topics import TopicSettings, ensure_topics
+from lifecycle.kafka_topics import TopicSettings
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from lifecycle.transport import KafkaPublisher
@@ -51,55 +44,21 @@ from schemas.contract import ErasureConfirmedV1, TopicNames, decode_record
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 SERVICES = ("scout", "chat", "mail")
-DEADLINE_S = 60.0
-
-
-# A real SMTP server
-
-
-@dataclass
-class SmtpSink:
-    port: int
-    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        with self.lock:
-            self.received.append((list(envelope.rcpt_tos), parsed))
-        return "250 OK"
-
-    def messages(self) -> list[tuple[list[str], EmailMessage]]:
-        with self.lock:
-            return list(self.received)
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    sink = SmtpSink(port)
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield sink
-    controller.stop()
 
 
 # Topics, settings, stores
 
 
 @pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_sink() as sink:
+        yield sink
+
+
+@pytest.fixture
 def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, names)
-    yield names
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics(list(names.all()))
-    finally:
-        admin.close()
+    with unique_topics(kafka_bootstrap) as names:
+        yield names
 
 
 @pytest.fixture
@@ -200,37 +159,6 @@ def processes(
     assert errors == []
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not condition():
-        assert time.monotonic() < deadline, f"not met within {timeout_s}s: {what}"
-        pause.wait(0.1)
-
-
-def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4().hex}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            assert time.monotonic() < deadline
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
 def held(stores: dict[str, Database], account_id: UUID) -> dict[str, int]:
     return {
         "scout": scout.held_rows(stores["scout"], account_id),
@@ -300,9 +228,9 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     assert held(stores, bystander_id) == {"scout": 1, "chat": 1, "mail": 1}
     assert mail.deliver_queued(stores["mail"], mailer) == 0  # the bystander's went earlier
     after = smtp.messages()[before:]
-    assert [recipients for recipients, _ in after] == [[member["email"]]]
-    [(_, confirmation)] = after
-    assert confirmation[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
+    assert [received.recipients for received in after] == [[member["email"]]]
+    [confirmation] = after
+    assert confirmation.message[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
 
     status = erasure_process(accounts, settings).status(member_id)
     assert status["state"] == "purged"
@@ -379,14 +307,8 @@ def profile_values_left(bootstrap: str, names: TopicNames, account_id: UUID) -> 
 
 @pytest.fixture
 def compacting_topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, names, COMPACTING_FAST)
-    yield names
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics(list(names.all()))
-    finally:
-        admin.close()
+    with unique_topics(kafka_bootstrap, COMPACTING_FAST) as names:
+        yield names
 
 
 def test_after_purge_no_personal_value_survives_anywhere(

@@ -7,18 +7,17 @@ end offsets the broker reports, and checks keys, order, envelope, payloads and w
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from uuid import UUID
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from structlog.testing import capture_logs
+from support import read_topic, wait_until
 
 from lifecycle.application import Accounts
 from lifecycle.kafka_topics import ensure_topics
@@ -120,30 +119,6 @@ def drain(relay: Relay) -> int:
     return total
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
-    """Every record from offset 0 to the end offsets as the broker reports them now."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4().hex}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            assert time.monotonic() < deadline, f"{topic}: records missing at the deadline"
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return sorted(records, key=lambda record: (record.partition, record.offset))
-    finally:
-        consumer.close()
-
-
 def decoded(records: Sequence[Any]) -> list[Envelope]:
     return [decode_record(record.headers, record.value) for record in records]
 
@@ -161,14 +136,6 @@ def by_account(envelopes: Sequence[Envelope]) -> dict[UUID, list[Envelope]]:
 
 def payload_types(envelopes: Sequence[Envelope]) -> list[type[ContractModel] | None]:
     return [None if e.data is None else type(e.data) for e in envelopes]
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    event = threading.Event()
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        event.wait(0.05)
 
 
 # Publishing

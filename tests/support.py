@@ -2,6 +2,7 @@
 
 Not a conftest: a second `conftest` module would shadow the root one for `from conftest
 import ...` in directories collected later. Test modules wrap these in three-line fixtures.
+It sits beside the root conftest, whose folder pytest puts on sys.path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
 
 from consumers.store import open_database
-from lifecycle.kafka_topics import ensure_topics
+from lifecycle.kafka_topics import TopicSettings, ensure_topics, read_from_start
 from lifecycle.storage import Database
 from schemas.contract import TopicNames
 
@@ -105,10 +106,10 @@ def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[
 
 
 @contextmanager
-def unique_topics(bootstrap: str) -> Iterator[TopicNames]:
+def unique_topics(bootstrap: str, settings: TopicSettings | None = None) -> Iterator[TopicNames]:
     """Topics of one test alone on the shared broker (consumer groups take the same prefix)."""
     names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(bootstrap, names)
+    ensure_topics(bootstrap, names, settings)
     try:
         yield names
     finally:
@@ -119,7 +120,13 @@ def unique_topics(bootstrap: str) -> Iterator[TopicNames]:
             admin.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
+    """Every record from offset 0 to the end offsets as the broker reports them now."""
+    records = read_from_start(bootstrap, [topic], timeout_s=timeout_s)
+    return sorted(records, key=lambda record: (record.partition, record.offset))
+
+
+def wait_until(condition: Callable[[], bool], what: str = "", timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     pause = threading.Event()
     while not condition():
