@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -13,6 +15,8 @@ from lifecycle.logs import configure_logging
 from lifecycle.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lifecycle.application import Accounts
 
 cli = typer.Typer(
@@ -62,15 +66,74 @@ def serve(
     import uvicorn
 
     from lifecycle.api.app import create_app, with_generated_tokens
+    from lifecycle.workers import start_workers
 
     settings = with_generated_tokens(load_settings())
     accounts = open_accounts(settings)
+    # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
+    workers = start_workers(settings, accounts)
     try:
         uvicorn.run(
             create_app(settings, accounts), host=host, port=port, log_config=None, access_log=False
         )
     finally:
+        workers.stop()
         accounts.close()
+
+
+def run_until_signalled(work: Callable[[threading.Event], None]) -> None:
+    """Run a long-lived worker until SIGTERM or SIGINT; start-up failures are one line."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        work(stop)
+    except LifecycleError as error:
+        fail(error.detail)
+
+
+@cli.command()
+def topics() -> None:
+    """Create the Kafka topics with their partitions and configs (idempotent)."""
+    from lifecycle.kafka_topics import ensure_topics
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        fail("`topics` needs LIFECYCLE_KAFKA_BOOTSTRAP")
+    try:
+        result = ensure_topics(settings.kafka_bootstrap, settings.topics)
+    except Exception as error:
+        fail(f"Kafka unusable ({type(error).__name__}) at {settings.kafka_bootstrap}")
+    typer.echo(f"created: {len(result.created)}, existing: {len(result.existing)}")
+
+
+@cli.command()
+def relay() -> None:
+    """Publish the notification log to Kafka, in order, one active relay at a time."""
+    from lifecycle.workers import run_relay
+
+    settings = load_settings()
+    run_until_signalled(lambda stop: run_relay(settings, stop))
+
+
+@cli.command()
+def consume(
+    service: Annotated[str, typer.Argument(help="scout, chat or mail")],
+) -> None:
+    """Run one downstream reference service's erasure consumer."""
+    from lifecycle.workers import run_consumer
+
+    settings = load_settings()
+    run_until_signalled(lambda stop: run_consumer(service, settings, stop))
+
+
+@cli.command()
+def erasure() -> None:
+    """Turn erasure confirmations into Purged once scout, chat and mail all confirmed."""
+    from lifecycle.workers import run_erasure
+
+    settings = load_settings()
+    run_until_signalled(lambda stop: run_erasure(settings, stop))
 
 
 audit = typer.Typer(help="Auditor tools over the event log.", no_args_is_help=True)
@@ -142,6 +205,158 @@ def erasure_proof(
         fail(error.detail)
     typer.echo(json.dumps(report, default=str, indent=2))
     raise typer.Exit(code=0 if report["erased"] else 1)
+
+
+def _progress_to_stderr(what: str, interval_s: float = 2.0) -> Callable[[int, int], None]:
+    """A `(done, total)` callback printing one progress line to stderr every `interval_s`."""
+    import time
+
+    started = last = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done < total and now - last < interval_s:
+            return
+        last = now
+        rate = done / max(now - started, 1e-9)
+        eta = f"{(total - done) / rate:.0f}s" if rate and done < total else "-"
+        typer.echo(f"{what}: {done}/{total} ({rate:,.0f}/s, ETA {eta})", err=True)
+
+    return report
+
+
+@audit.command("export")
+def audit_export(
+    since: Annotated[
+        str | None,
+        typer.Option("--from", help="First notification id, or ISO date/time (JST if no offset)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--to", help="Last notification id (inclusive), or ISO time (exclusive)."),
+    ] = None,
+    output: Annotated[
+        typer.FileTextWrite | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
+) -> None:
+    """Stream the whole event log as JSON Lines, as stored (personal fields stay sealed)."""
+    from projections.auditlog import export_log, parse_bound
+
+    try:
+        bounds = [None if text is None else parse_bound(text) for text in (since, until)]
+    except ValueError as error:
+        fail(str(error))
+    accounts = open_accounts(load_settings())
+    try:
+        written = export_log(
+            accounts,
+            output or sys.stdout,
+            since=bounds[0],
+            until=bounds[1],
+            progress=_progress_to_stderr("export (notifications)"),
+        )
+    finally:
+        accounts.close()
+    typer.echo(f"events exported: {written}", err=True)
+
+
+@audit.command("replay")
+def audit_replay() -> None:
+    """Rebuild every aggregate from the log and check every rule; exit 1 on any violation."""
+    import json
+
+    from projections.auditlog import replay
+
+    accounts = open_accounts(load_settings())
+    try:
+        report = replay(accounts, progress=_progress_to_stderr("replay (events)"))
+    finally:
+        accounts.close()
+    typer.echo(json.dumps(report.as_dict(), indent=2))
+    raise typer.Exit(code=0 if report.ok else 1)
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Recompute the hash chain over the stored events; name the first that does not match."""
+    import json
+
+    from projections.hashchain import HashChain, verify
+
+    accounts = open_accounts(load_settings())
+    try:
+        chain = HashChain(accounts.database)
+        chain.create()
+        progress = _progress_to_stderr("verify (events)")
+        total = accounts.recorder.max_notification_id() or 0
+        result = verify(chain, accounts.recorder, progress=lambda done: progress(done, total))
+    finally:
+        accounts.close()
+    typer.echo(json.dumps(result.as_dict(), indent=2))
+    if not result.ok:
+        typer.echo(f"lifecycle: hash chain broken: {result.first[0].describe()}", err=True)
+    raise typer.Exit(code=0 if result.ok else 1)
+
+
+@cli.command()
+def project(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Projections (default: all): account_directory, erasure_status, "
+            "withdrawal_reasons, gift_claims, scouts_per_company, hash_chain."
+        ),
+    ] = None,
+    rebuild: Annotated[
+        bool, typer.Option(help="Drop and replay them from position 0 (shadow tables), then exit.")
+    ] = False,
+    once: Annotated[bool, typer.Option(help="Catch up to the head of the log, then exit.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+) -> None:
+    """Run read models: catch up from the notification log, then follow it live."""
+    import signal
+    import threading
+
+    from projections.registry import (
+        UnknownReadModelError,
+        open_read_models,
+        read_model_classes,
+    )
+    from projections.runner import ProgressPrinter, Projector, run_all
+    from projections.runner import rebuild as rebuild_model
+
+    try:
+        classes = read_model_classes(names or ())
+    except UnknownReadModelError as error:
+        fail(str(error))
+    accounts = open_accounts(load_settings())
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    printer = ProgressPrinter(lambda line: typer.echo(line, err=True))
+    try:
+        if rebuild:
+            for model_class in classes:
+                result = rebuild_model(
+                    accounts, model_class, batch_size=batch_size, progress=printer, stop=stop
+                )
+                typer.echo(f"rebuilt {result.name}: {result.events} events, {result.seconds:.1f}s")
+            return
+        models = open_read_models(accounts.database, [cls.name for cls in classes])
+        if once:
+            for model in models:
+                Projector(accounts, model, batch_size=batch_size, progress=printer).catch_up(stop)
+            return
+        run_all(accounts, models, stop, batch_size=batch_size)
+    except LifecycleError as error:
+        fail(error.detail)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        accounts.close()
 
 
 schemas_cli = typer.Typer(help="The Kafka contract's JSON Schema files.", no_args_is_help=True)

@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.api.auth import with_generated_tokens
+from lifecycle.api.metrics import install_metrics
 from lifecycle.api.problems import (
     install_problem_handlers,
     problem_response,
     unexpected_error_response,
 )
 from lifecycle.api.routes import accounts as accounts_routes
-from lifecycle.api.routes import health
+from lifecycle.api.routes import admin, audit, health
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
 from lifecycle.logs import get_logger
@@ -61,6 +62,9 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(accounts_routes.router)
+    app.include_router(admin.router)
+    app.include_router(audit.router)
+    install_metrics(app)
     # Routes FastAPI adds itself (docs, OpenAPI) do not record their route in the scope.
     fixed_paths = frozenset(
         path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from lifecycle.api.problems import NotReadyError, problem_responses
 from lifecycle.api.routes import get_accounts
+from lifecycle.api.routes.admin import kafka_inspector
 from lifecycle.logs import get_logger
 
 router = APIRouter(tags=["health"])
@@ -16,7 +17,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database answers", responses=problem_responses(503))
+@router.get(
+    "/readyz",
+    summary="The database answers, and Kafka too when configured",
+    responses=problem_responses(503),
+)
 def readyz(request: Request) -> dict[str, str]:
     accounts = get_accounts(request)
     try:
@@ -25,4 +30,11 @@ def readyz(request: Request) -> dict[str, str]:
     except Exception as error:
         get_logger("lifecycle.api").warning("not_ready", error_type=type(error).__name__)
         raise NotReadyError(detail="the database does not answer") from None
+    kafka = kafka_inspector(request)
+    if kafka.configured:
+        try:
+            kafka.check()
+        except Exception as error:
+            get_logger("lifecycle.api").warning("not_ready", kafka_error=type(error).__name__)
+            raise NotReadyError(detail="Kafka does not answer") from None
     return {"status": "ready"}

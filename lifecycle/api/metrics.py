@@ -1,0 +1,223 @@
+"""`/metrics` in Prometheus' text format, on a registry of the app's own.
+
+Counted in this process: HTTP requests (by method, route template and status, with their
+durations) and commands (the state-changing routes, by outcome). Read from the database at
+each scrape, so every replica reports the same values: events appended (the notification
+log's head), relay position and lag, each projection's position and lag, and erasures by
+state. Labels are route templates and names, never ids or anything a member typed.
+
+`/metrics` needs no token, like `/healthz`: it holds counts only; keep it on the internal
+network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lifecycle.logs import get_logger
+
+# State-changing routes, by the command they run.
+COMMANDS: dict[tuple[str, str], str] = {
+    ("POST", "/v1/accounts"): "register",
+    ("PATCH", "/v1/accounts/{account_id}/preferences"): "edit_preferences",
+    ("POST", "/v1/accounts/{account_id}/scouts"): "receive_scout",
+    ("POST", "/v1/accounts/{account_id}/gift-claim"): "claim_gift",
+    ("POST", "/v1/accounts/{account_id}/withdrawal"): "request_withdrawal",
+    ("POST", "/admin/v1/erasures/{account_id}/services/{service}/retry"): "retry_erasure",
+    ("POST", "/admin/v1/dead-letters/{group}/{partition}/{offset}/redrive"): "redrive",
+    ("POST", "/admin/v1/dead-letters/{group}/{partition}/{offset}/discard"): "discard",
+}
+
+router = APIRouter(tags=["health"])
+
+
+class Metrics:
+    """The app's registry and the instruments the middleware updates."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lifecycle_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.durations = Histogram(
+            "lifecycle_http_request_duration_seconds",
+            "Time to answer HTTP requests, by method and route template.",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.commands = Counter(
+            "lifecycle_commands",
+            "Commands run through the API, by command and outcome (ok, rejected, failed).",
+            ["command", "outcome"],
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.durations.labels(method, route).observe(seconds)
+        command = COMMANDS.get((method, route))
+        if command is not None:
+            outcome = "ok" if status < 400 else "rejected" if status < 500 else "failed"
+            self.commands.labels(command, outcome).inc()
+
+
+class MetricsMiddleware:
+    """Times every HTTP request and records it under its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_recording_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording_status)
+        finally:
+            template = getattr(scope.get("route"), "path", None)
+            self.metrics.observe(
+                scope["method"],
+                template if isinstance(template, str) else "<unmatched>",
+                status,
+                time.perf_counter() - started,
+            )
+
+
+class StateCollector(Collector):
+    """Reads the service's state from the database at each scrape."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.log = get_logger(__name__)
+
+    def collect(self) -> Iterator[Any]:
+        accounts = getattr(self.app.state, "accounts", None)
+        up = GaugeMetricFamily(
+            "lifecycle_metrics_database_up", "1 when the last scrape could read the database."
+        )
+        if accounts is None:
+            up.add_metric([], 0)
+            yield up
+            return
+        try:
+            families = list(self._families(accounts))
+        except Exception as error:
+            self.log.warning("metrics.scrape_failed", error_type=type(error).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self, accounts: Any) -> Iterator[Any]:
+        from projections.erasure import ErasureQuery, ErasureStatus
+        from projections.registry import read_model_classes
+
+        head = accounts.recorder.max_notification_id() or 0
+        appended = CounterMetricFamily(
+            "lifecycle_events_appended",
+            "Events appended to the log (the notification log's head id; on PostgreSQL a "
+            "refused write may leave a gap that counts too).",
+        )
+        appended.add_metric([], head)
+        yield appended
+
+        db = accounts.database
+        relay_position = GaugeMetricFamily(
+            "lifecycle_relay_position", "Last notification id published to Kafka.", labels=["relay"]
+        )
+        relay_lag = GaugeMetricFamily(
+            "lifecycle_relay_lag", "Notifications not yet published.", labels=["relay"]
+        )
+        positions = _optional_rows(db, f"SELECT name, position FROM {db.table('relay_position')}")
+        for name, position in positions:
+            relay_position.add_metric([str(name)], int(position))
+            relay_lag.add_metric([str(name)], max(0, head - int(position)))
+        yield relay_position
+        yield relay_lag
+
+        projection_position = GaugeMetricFamily(
+            "lifecycle_projection_position",
+            "Last notification id applied to the read model.",
+            labels=["projection"],
+        )
+        projection_lag = GaugeMetricFamily(
+            "lifecycle_projection_lag",
+            "Notifications not yet applied to the read model.",
+            labels=["projection"],
+        )
+        for model_class in read_model_classes():
+            model = model_class(db)
+            if not model.exists():
+                continue
+            position = model.position()
+            projection_position.add_metric([model_class.name], position)
+            projection_lag.add_metric([model_class.name], max(0, head - position))
+        yield projection_position
+        yield projection_lag
+
+        erasures = GaugeMetricFamily(
+            "lifecycle_erasures",
+            "Erasures by state (open, errored, overdue, purged), as projected.",
+            labels=["state"],
+        )
+        settings = getattr(self.app.state, "settings", None)
+        hours = getattr(settings, "erasure_deadline_hours", 72.0)
+        try:
+            counts = ErasureQuery(ErasureStatus(db), timedelta(hours=hours)).counts()
+        except Exception as error:
+            self.log.warning("metrics.erasures_unreadable", error_type=type(error).__name__)
+            counts = {}
+        for state, count in counts.items():
+            erasures.add_metric([state], count)
+        yield erasures
+
+
+def _optional_rows(database: Any, statement: str) -> list[tuple[Any, ...]]:
+    """Rows of a table that may not exist yet (empty then)."""
+    try:
+        with database.transaction(commit=False) as cursor:
+            return list(cursor.execute(statement).fetchall())
+    except Exception:
+        return []
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    found: Metrics = request.app.state.metrics
+    return Response(generate_latest(found.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_metrics(app: FastAPI) -> Metrics:
+    """The registry, the request middleware, the state collector and the route."""
+    found = Metrics()
+    found.registry.register(StateCollector(app))
+    app.state.metrics = found
+    app.add_middleware(MetricsMiddleware, metrics=found)
+    app.include_router(router)
+    return found

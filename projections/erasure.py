@@ -1,0 +1,255 @@
+"""Erasure status per account and per service, with overdue detection.
+
+The read model keeps, per withdrawn account, when erasure was requested (and why) and when it
+completed (`Purged`). Per-service state is not in the event log: it comes at query time from
+`erasure_confirmations`, which the erasure process writes as confirmations arrive, and from
+`erasure_retries`, where ops' retry requests are kept. The deadline is applied at query time,
+so changing it changes what is overdue without a rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from lifecycle.domain import Account
+from lifecycle.erasure import CONFIRMED, ERASING_SERVICES, FAILED
+from lifecycle.storage import Database
+from projections.base import ReadModel, Statement, as_uuid, parse_ts, table_exists, topics_of
+
+ErasureFilter = Literal["open", "pending", "errored", "overdue", "purged", "all"]
+ERASURE_FILTERS: tuple[str, ...] = ("open", "pending", "errored", "overdue", "purged", "all")
+PENDING = "pending"
+RETRY_REQUESTED = "retry_requested"
+
+
+class ErasureStatus(ReadModel):
+    name = "erasure_status"
+    topics = topics_of(Account.WithdrawalRequested, Account.Purged)
+    tables = ("erasure_requests",)
+
+    def create_statements(self) -> list[str]:
+        db = self.database
+        table = self.table("erasure_requests")
+        return [
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            f"account_id {db.id_type} PRIMARY KEY, requested_at {db.timestamp_type} NOT NULL, "
+            f"reason TEXT NOT NULL, purged_at {db.timestamp_type})",
+            f"CREATE INDEX IF NOT EXISTS {self.name}_open{self.suffix} "
+            f"ON {table} (purged_at, requested_at)",
+        ]
+
+    def changes(self, event: Any) -> Iterable[Statement]:
+        table = self.table("erasure_requests")
+        account_id = self.id(event.originator_id)
+        if isinstance(event, Account.WithdrawalRequested):
+            yield (
+                f"INSERT INTO {table} (account_id, requested_at, reason) VALUES (%s, %s, %s)",
+                (account_id, self.ts(event.timestamp), event.reason),
+            )
+        elif isinstance(event, Account.Purged):
+            yield (
+                f"UPDATE {table} SET purged_at = %s WHERE account_id = %s",
+                (self.ts(event.timestamp), account_id),
+            )
+
+
+@dataclass(frozen=True)
+class ErasureQuery:
+    """Reads the read model together with the confirmation and retry tables."""
+
+    model: ErasureStatus
+    deadline: timedelta
+    services: tuple[str, ...] = ERASING_SERVICES
+
+    @property
+    def database(self) -> Database:
+        return self.model.database
+
+    def counts(self, now: datetime | None = None) -> dict[str, int]:
+        """How many erasures are open, errored, overdue, and purged."""
+        now = now or datetime.now(UTC)
+        requests = self.model.table("erasure_requests")
+        failed = self._failed_clause()
+        with self.database.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                "SELECT "
+                "SUM(CASE WHEN purged_at IS NULL THEN 1 ELSE 0 END) AS open_, "
+                "SUM(CASE WHEN purged_at IS NULL AND requested_at < %s THEN 1 ELSE 0 END) "
+                "AS overdue, "
+                "SUM(CASE WHEN purged_at IS NOT NULL THEN 1 ELSE 0 END) AS purged, "
+                f"SUM(CASE WHEN purged_at IS NULL AND {failed} THEN 1 ELSE 0 END) AS errored "
+                f"FROM {requests} r",
+                (self.model.ts(now - self.deadline), FAILED),
+            ).fetchone()
+        open_, overdue, purged, errored = (int(value or 0) for value in row or (0, 0, 0, 0))
+        return {"open": open_, "errored": errored, "overdue": overdue, "purged": purged}
+
+    def page(
+        self,
+        state: str = "open",
+        *,
+        after: UUID | None = None,
+        limit: int = 100,
+        now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Erasures in account-id order; `state` is one of ERASURE_FILTERS."""
+        now = now or datetime.now(UTC)
+        failed = self._failed_clause()
+        where: list[str] = []
+        params: list[Any] = []
+        if state in ("open", "pending", "errored", "overdue"):
+            where.append("r.purged_at IS NULL")
+        if state == "pending":
+            where += ["r.requested_at >= %s", f"NOT {failed}"]
+            params += [self.model.ts(now - self.deadline), FAILED]
+        elif state == "errored":
+            where.append(failed)
+            params.append(FAILED)
+        elif state == "overdue":
+            where.append("r.requested_at < %s")
+            params.append(self.model.ts(now - self.deadline))
+        elif state == "purged":
+            where.append("r.purged_at IS NOT NULL")
+        if after is not None:
+            where.append("r.account_id > %s")
+            params.append(self.model.id(after))
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self.database.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                "SELECT r.account_id, r.requested_at, r.reason, r.purged_at "
+                f"FROM {self.model.table('erasure_requests')} r {clause}"
+                "ORDER BY r.account_id LIMIT %s",
+                (*params, limit),
+            ).fetchall()
+        return [self._status(row, now) for row in rows]
+
+    def get(self, account_id: UUID, now: datetime | None = None) -> dict[str, Any] | None:
+        with self.database.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                "SELECT account_id, requested_at, reason, purged_at "
+                f"FROM {self.model.table('erasure_requests')} WHERE account_id = %s",
+                (self.model.id(account_id),),
+            ).fetchone()
+        return None if row is None else self._status(row, now or datetime.now(UTC))
+
+    def _failed_clause(self) -> str:
+        """`r` has a failed confirmation (takes the outcome as its one parameter)."""
+        if not table_exists(self.database, "erasure_confirmations"):
+            return "CAST(%s AS TEXT) IS NULL"  # no erasure process ran here: nothing failed
+        return (
+            f"EXISTS (SELECT 1 FROM {self.database.table('erasure_confirmations')} c "
+            "WHERE c.account_id = r.account_id AND c.outcome = %s)"
+        )
+
+    def _status(self, row: tuple[Any, ...], now: datetime) -> dict[str, Any]:
+        account_id = as_uuid(row[0])
+        requested_at = parse_ts(row[1])
+        purged_at = parse_ts(row[3])
+        assert requested_at is not None
+        deadline_at = requested_at + self.deadline
+        services = self._services(account_id)
+        errored = any(service["state"] == FAILED for service in services.values())
+        return {
+            "account_id": account_id,
+            "state": "purged" if purged_at else "requested",
+            "reason": row[2],
+            "requested_at": requested_at,
+            "deadline_at": deadline_at,
+            "purged_at": purged_at,
+            "overdue": purged_at is None and now > deadline_at,
+            "errored": purged_at is None and errored,
+            "services": services,
+        }
+
+    def _services(self, account_id: UUID) -> dict[str, dict[str, Any]]:
+        db = self.database
+        if not table_exists(db, "erasure_confirmations"):
+            return self._services_from({}, account_id)
+        with db.transaction(commit=False) as cursor:
+            confirmed = {
+                service: (outcome, rows_removed, error_code, parse_ts(recorded_at))
+                for service, outcome, rows_removed, error_code, recorded_at in cursor.execute(
+                    "SELECT service, outcome, rows_removed, error_code, recorded_at "
+                    f"FROM {db.table('erasure_confirmations')} WHERE account_id = %s",
+                    (db.id_param(account_id),),
+                ).fetchall()
+            }
+        return self._services_from(confirmed, account_id)
+
+    def _services_from(
+        self, confirmed: dict[str, tuple[Any, ...]], account_id: UUID
+    ) -> dict[str, dict[str, Any]]:
+        retries = ErasureRetries(self.database).of(account_id)
+        services: dict[str, dict[str, Any]] = {}
+        for service in self.services:
+            outcome, rows_removed, error_code, recorded_at = confirmed.get(
+                service, (PENDING, None, None, None)
+            )
+            retry = retries.get(service)
+            state = outcome
+            if retry is not None and outcome != CONFIRMED:
+                retried_at = retry["requested_at"]
+                if outcome == PENDING or recorded_at is None or retried_at >= recorded_at:
+                    state = RETRY_REQUESTED
+            services[service] = {
+                "state": state,
+                "rows_removed": rows_removed,
+                "error_code": error_code,
+                "recorded_at": recorded_at,
+                "retries": 0 if retry is None else retry["attempts"],
+                "last_retry_at": None if retry is None else retry["requested_at"],
+            }
+        return services
+
+
+class ErasureRetries:
+    """Ops' requests to ask a service again for an erasure. Not a read model: these requests
+    are not events of an account, so they are kept here, beside the confirmations."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.table = database.table("erasure_retries")
+
+    def create_table(self) -> None:
+        db = self.database
+        with db.ddl() as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                f"account_id {db.id_type} NOT NULL, service TEXT NOT NULL, "
+                f"requested_at {db.timestamp_type} NOT NULL, attempts INTEGER NOT NULL, "
+                "PRIMARY KEY (account_id, service))"
+            )
+
+    def request(self, account_id: UUID, service: str, now: datetime | None = None) -> int:
+        """Record one more retry request; returns how many there have been."""
+        db = self.database
+        at = (now or datetime.now(UTC)).astimezone(UTC)
+        when: datetime | str = at if db.dialect == "postgres" else at.isoformat()
+        with db.transaction() as cursor:
+            row = cursor.execute(
+                f"INSERT INTO {self.table} AS saved (account_id, service, requested_at, attempts) "
+                "VALUES (%s, %s, %s, 1) ON CONFLICT (account_id, service) DO UPDATE SET "
+                "requested_at = excluded.requested_at, attempts = saved.attempts + 1 "
+                "RETURNING attempts",
+                (db.id_param(account_id), service, when),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def of(self, account_id: UUID) -> dict[str, dict[str, Any]]:
+        db = self.database
+        if not table_exists(db, "erasure_retries"):
+            return {}
+        with db.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                f"SELECT service, requested_at, attempts FROM {self.table} WHERE account_id = %s",
+                (db.id_param(account_id),),
+            ).fetchall()
+        return {
+            service: {"requested_at": parse_ts(requested_at), "attempts": int(attempts)}
+            for service, requested_at, attempts in rows
+        }

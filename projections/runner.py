@@ -1,0 +1,412 @@
+"""Running read models: catch up from the notification log, follow it live, rebuild.
+
+A `Projector` reads the application's notification log in batches (`select_notifications`,
+never more than one batch in memory), decodes only the topics its read model reads, and
+hands each batch to the read model's `record()`, which writes the view and the tracking
+position in one transaction. Live, it waits for PostgreSQL's NOTIFY on the events table's
+channel (the library's LISTEN/NOTIFY signal) or polls on SQLite.
+
+`rebuild()` replays one read model from position 0 into shadow tables while everything else
+keeps running (writers, the live projector of the same read model), then swaps the shadow
+tables in under a lock in one transaction. The live projector notices the moved position at
+its next batch (compare-and-set) and continues from there, so nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, Notification, Tracking
+from eventsourcing.postgres import PostgresDatastore
+from psycopg.sql import SQL, Identifier
+
+from lifecycle.application import Accounts
+from lifecycle.logs import get_logger
+from lifecycle.storage import Cursor, Database
+from projections.base import (
+    APPLICATION_NAME,
+    SHADOW_SUFFIX,
+    Item,
+    PositionMovedError,
+    ReadModel,
+    facts_mapper,
+)
+
+log = get_logger(__name__)
+
+DEFAULT_BATCH = 500
+
+
+# Progress
+
+
+@dataclass
+class Progress:
+    """Events done out of the total known so far, with rate and ETA."""
+
+    name: str
+    start_position: int
+    total: int
+    done: int = 0
+    position: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: bool = False
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed_s
+
+    @property
+    def eta_s(self) -> float | None:
+        remaining = max(self.total - self.done, 0)
+        return remaining / self.rate if self.rate > 0 else None
+
+    def line(self) -> str:
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        eta = "-" if self.eta_s is None else f"{self.eta_s:.0f}s"
+        state = "done" if self.finished else f"ETA {eta}"
+        return (
+            f"{self.name}: {self.done}/{self.total} events ({percent:.1f}%), "
+            f"{self.rate:,.0f} events/s, {state}, position {self.position}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "done": self.done,
+            "total": self.total,
+            "position": self.position,
+            "rate_per_s": round(self.rate, 1),
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "finished": self.finished,
+        }
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+class ProgressPrinter:
+    """Writes `Progress.line()` through `emit` at most every `interval_s`, and once at the end."""
+
+    def __init__(self, emit: Callable[[str], None], interval_s: float = 2.0) -> None:
+        self.emit = emit
+        self.interval_s = interval_s
+        self._last: float | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.finished or self._last is None or now - self._last >= self.interval_s:
+            self._last = now
+            self.emit(progress.line())
+
+
+# Following the log
+
+
+class Projector:
+    """Keeps one read model up to date with the notification log."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        model: ReadModel,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        progress: ProgressSink | None = None,
+    ) -> None:
+        self.accounts = accounts
+        self.model = model
+        self.batch_size = batch_size
+        self.progress = progress
+        self.recorder = accounts.recorder
+        self.mapper = facts_mapper(accounts.mapper)
+        self._topics = frozenset(model.topics)
+        self._position = model.position()
+        self._log = log.bind(projection=model.name + model.suffix)
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def head(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def lag(self) -> int:
+        return max(0, self.head() - self._position)
+
+    def run_batch(self, until: int | None = None) -> int | None:
+        """Apply the next batch; returns how many notifications it held (0: caught up), or
+        None when another runner had moved the position (it is reloaded)."""
+        notifications = self.recorder.select_notifications(
+            start=self._position, limit=self.batch_size, stop=until, inclusive_of_start=False
+        )
+        if not notifications:
+            return 0
+        items = [Item(n, self._decode(n)) for n in notifications]
+        last = notifications[-1].id
+        try:
+            self.model.record(items, Tracking(APPLICATION_NAME, last), self._position)
+        except (PositionMovedError, IntegrityError) as error:
+            self._position = self.model.position()
+            self._log.info(
+                "projection.position_moved", error=type(error).__name__, position=self._position
+            )
+            return None
+        self._position = last
+        return len(notifications)
+
+    def _decode(self, notification: Notification) -> Any | None:
+        if not self.model.decodes_events or notification.topic not in self._topics:
+            return None
+        return self.mapper.to_domain_event(notification)
+
+    def catch_up(self, stop: threading.Event | None = None, until: int | None = None) -> int:
+        """Apply batches until the head of the log (or `until`); returns events applied."""
+        progress = Progress(
+            self.model.name + self.model.suffix,
+            self._position,
+            total=max(0, (until or self.head()) - self._position),
+            position=self._position,
+        )
+        while stop is None or not stop.is_set():
+            if until is not None and self._position >= until:
+                break
+            processed = self.run_batch(until)
+            if processed == 0:
+                break
+            if processed is None:
+                continue
+            progress.done += processed
+            progress.position = self._position
+            if self.progress is not None:
+                if progress.done >= progress.total:
+                    progress.total = max(
+                        progress.done, (until or self.head()) - progress.start_position
+                    )
+                self.progress(progress)
+        progress.finished = True
+        progress.total = max(progress.total, progress.done)
+        if self.progress is not None:
+            self.progress(progress)
+        return progress.done
+
+    def run(self, stop: threading.Event, poll_interval_s: float = 1.0) -> None:
+        """Catch up, then follow the log live until `stop` is set."""
+        waiter = _waiter_for(self.accounts, stop, poll_interval_s)
+        backoff = 0.5
+        self._log.info("projection.started", position=self._position)
+        try:
+            while not stop.is_set():
+                try:
+                    applied = self.catch_up(stop)
+                    backoff = 0.5
+                    if applied:
+                        self._log.info("projection.caught_up", position=self._position)
+                    waiter.wait()
+                except Exception as error:
+                    self._log.error(
+                        "projection.failed",
+                        error=type(error).__name__,
+                        position=self._position,
+                        retry_in_s=backoff,
+                    )
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    self._position = self.model.position()
+                    waiter.reset()
+        finally:
+            waiter.close()
+            self._log.info("projection.stopped", position=self._position)
+
+
+class _Waiter:
+    """Blocks until the log may have grown: a NOTIFY, the poll interval, or stop."""
+
+    def __init__(self, stop: threading.Event, poll_interval_s: float) -> None:
+        self.stop = stop
+        self.poll_interval_s = poll_interval_s
+
+    def wait(self) -> None:
+        self.stop.wait(self.poll_interval_s)
+
+    def reset(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _ListeningWaiter(_Waiter):
+    """LISTEN on the events table's channel, on a connection of its own."""
+
+    def __init__(
+        self, datastore: PostgresDatastore, channel: str, stop: threading.Event, poll: float
+    ) -> None:
+        super().__init__(stop, poll)
+        self.datastore = datastore
+        self.channel = channel
+        self._conn: Any = None
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            import psycopg
+
+            configured = self.datastore.pool.kwargs
+            kwargs = dict(configured() if callable(configured) else configured or {})
+            kwargs.pop("row_factory", None)
+            self._conn = psycopg.connect(**kwargs, autocommit=True)
+            self._conn.execute(SQL("LISTEN {0}").format(Identifier(self.channel)))
+        return self._conn
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + self.poll_interval_s
+        conn = self._connection()
+        # Short slices, so that stop is noticed promptly.
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            for _ in conn.notifies(timeout=0.1, stop_after=1):
+                return
+
+    def reset(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            conn.close()
+
+
+def _waiter_for(accounts: Accounts, stop: threading.Event, poll_interval_s: float) -> _Waiter:
+    datastore = accounts.database.datastore
+    channel = getattr(accounts.recorder, "channel_name", None)
+    if isinstance(datastore, PostgresDatastore) and isinstance(channel, str):
+        return _ListeningWaiter(datastore, channel, stop, poll_interval_s)
+    return _Waiter(stop, poll_interval_s)
+
+
+def run_all(
+    accounts: Accounts, models: Iterable[ReadModel], stop: threading.Event, **options: Any
+) -> None:
+    """One thread per read model, each catching up then following, until `stop` is set."""
+    threads = [
+        threading.Thread(
+            target=Projector(accounts, model, **options).run,
+            args=(stop,),
+            name=f"projection-{model.name}",
+            daemon=True,
+        )
+        for model in models
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+# Rebuilding
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    name: str
+    events: int
+    position: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "events": self.events,
+            "position": self.position,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class RebuildCancelledError(Exception):
+    pass
+
+
+def rebuild(
+    accounts: Accounts,
+    model_class: type[ReadModel],
+    *,
+    batch_size: int = 1000,
+    progress: ProgressSink | None = None,
+    stop: threading.Event | None = None,
+) -> RebuildResult:
+    """Replay one read model from position 0 into shadow tables, then swap them in."""
+    database = accounts.database
+    started = time.monotonic()
+    shadow = model_class(database, suffix=SHADOW_SUFFIX)
+    shadow.drop()
+    shadow.create()
+    replayed = Projector(accounts, shadow, batch_size=batch_size, progress=progress)
+    events = replayed.catch_up(stop)
+    if stop is not None and stop.is_set():
+        shadow.drop()
+        raise RebuildCancelledError(model_class.name)
+    live = model_class(database)
+    live.create()
+    try:
+        swap(shadow, live)
+    except BaseException:
+        shadow.drop()
+        raise
+    # What arrived between the replay's last batch and the swap.
+    follow = Projector(accounts, live, batch_size=batch_size)
+    events += follow.catch_up(stop)
+    result = RebuildResult(model_class.name, events, follow.position, time.monotonic() - started)
+    log.info("projection.rebuilt", **result.as_dict())
+    return result
+
+
+def swap(shadow: ReadModel, live: ReadModel) -> None:
+    """Replace the live tables by the shadow ones, in one transaction."""
+    database = shadow.database
+    suffix = shadow.suffix
+    live_tracking = database.table(live.tracking_table)
+    with database.ddl() as cursor:
+        if database.dialect == "postgres":
+            # The tracking table first, as every projector's transaction takes it first.
+            cursor.execute(f"LOCK TABLE {live_tracking} IN ACCESS EXCLUSIVE MODE")
+        shadow.before_swap(cursor, live)
+        for table in live.physical_tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        for table in shadow.physical_tables:
+            bare = table.rsplit(".", 1)[-1]
+            cursor.execute(f"ALTER TABLE {table} RENAME TO {bare.removesuffix(suffix)}")
+        _rename_indexes(database, cursor, live, suffix)
+
+
+def _rename_indexes(database: Database, cursor: Cursor, live: ReadModel, suffix: str) -> None:
+    """Index names are unique per schema, so the shadow's get the live names back."""
+    bare_tables = [table.rsplit(".", 1)[-1] for table in live.physical_tables]
+    marks = ", ".join(["%s"] * len(bare_tables))
+    if database.dialect == "postgres":
+        rows = cursor.execute(
+            f"SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename IN ({marks})",
+            (database.schema, *bare_tables),
+        ).fetchall()
+        for (name,) in rows:
+            if suffix in name:
+                cursor.execute(
+                    f"ALTER INDEX {database.table(name)} RENAME TO {name.replace(suffix, '')}"
+                )
+        return
+    rows = cursor.execute(
+        "SELECT name, sql FROM sqlite_master "
+        f"WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN ({marks})",
+        tuple(bare_tables),
+    ).fetchall()
+    for name, sql in rows:
+        if suffix in name:
+            cursor.execute(f"DROP INDEX {name}")
+            cursor.execute(str(sql).replace(suffix, ""))

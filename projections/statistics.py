@@ -1,0 +1,174 @@
+"""Counts for the business: why members leave, gifts claimed, scouts per company.
+
+Weeks start on Monday and months begin, both in Japan time (JST, no daylight saving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from lifecycle.domain import Account
+from lifecycle.storage import Cursor
+from projections.base import (
+    Item,
+    ReadModel,
+    Statement,
+    jst_month,
+    jst_week_start,
+    parse_ts,
+    topics_of,
+    upsert_adding,
+)
+
+
+class WithdrawalReasons(ReadModel):
+    """Withdrawals per reason per week: why members leave."""
+
+    name = "withdrawal_reasons"
+    topics = topics_of(Account.WithdrawalRequested)
+    tables = ("withdrawal_reasons_weekly",)
+
+    def create_statements(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.table('withdrawal_reasons_weekly')} ("
+            "week_start TEXT NOT NULL, reason TEXT NOT NULL, withdrawals INTEGER NOT NULL, "
+            "gifts_forfeited INTEGER NOT NULL, PRIMARY KEY (week_start, reason))"
+        ]
+
+    def changes(self, event: Any) -> Iterable[Statement]:
+        if isinstance(event, Account.WithdrawalRequested):
+            yield upsert_adding(
+                self.table("withdrawal_reasons_weekly"),
+                {"week_start": jst_week_start(event.timestamp), "reason": event.reason},
+                {"withdrawals": 1, "gifts_forfeited": int(event.gift_forfeited)},
+            )
+
+    def weekly(self, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Rows with week_start in [since, until), both YYYY-MM-DD, oldest first."""
+        where, params = _range("week_start", since, until)
+        with self.database.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                "SELECT week_start, reason, withdrawals, gifts_forfeited "
+                f"FROM {self.table('withdrawal_reasons_weekly')} {where}"
+                "ORDER BY week_start, reason",
+                params,
+            ).fetchall()
+        return [
+            {
+                "week_start": week,
+                "reason": reason,
+                "withdrawals": int(count),
+                "gifts_forfeited": int(forfeited),
+            }
+            for week, reason, count, forfeited in rows
+        ]
+
+
+class GiftClaims(ReadModel):
+    """Gifts claimed per month and company, with the amount paid out."""
+
+    name = "gift_claims"
+    topics = topics_of(Account.GiftClaimed)
+    tables = ("gift_claims_monthly",)
+
+    def create_statements(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.table('gift_claims_monthly')} ("
+            "month TEXT NOT NULL, company_id TEXT NOT NULL, claims INTEGER NOT NULL, "
+            "amount_jpy BIGINT NOT NULL, PRIMARY KEY (month, company_id))"
+        ]
+
+    def changes(self, event: Any) -> Iterable[Statement]:
+        if isinstance(event, Account.GiftClaimed):
+            yield upsert_adding(
+                self.table("gift_claims_monthly"),
+                {"month": jst_month(event.timestamp), "company_id": event.company_id},
+                {"claims": 1, "amount_jpy": int(event.amount_jpy)},
+            )
+
+    def monthly(self, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Rows with month in [since, until), both YYYY-MM, oldest first."""
+        where, params = _range("month", since, until)
+        with self.database.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                "SELECT month, company_id, claims, amount_jpy "
+                f"FROM {self.table('gift_claims_monthly')} {where}ORDER BY month, company_id",
+                params,
+            ).fetchall()
+        return [
+            {"month": month, "company_id": company, "claims": int(n), "amount_jpy": int(amount)}
+            for month, company, n, amount in rows
+        ]
+
+
+class ScoutsPerCompany(ReadModel):
+    """Scouts sent by each company, and to how many members."""
+
+    name = "scouts_per_company"
+    topics = topics_of(Account.ScoutReceived)
+    tables = ("scouts_per_company", "scouted_members")
+
+    def create_statements(self) -> list[str]:
+        db = self.database
+        ts = db.timestamp_type
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.table('scouts_per_company')} ("
+            "company_id TEXT PRIMARY KEY, scouts INTEGER NOT NULL, members INTEGER NOT NULL, "
+            f"first_scout_at {ts} NOT NULL, last_scout_at {ts} NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.table('scouted_members')} ("
+            f"company_id TEXT NOT NULL, account_id {db.id_type} NOT NULL, "
+            "PRIMARY KEY (company_id, account_id))",
+        ]
+
+    def apply(self, cursor: Cursor, items: Sequence[Item]) -> None:
+        companies = self.table("scouts_per_company")
+        for item in items:
+            event = item.event
+            if not isinstance(event, Account.ScoutReceived):
+                continue
+            cursor.execute(
+                f"INSERT INTO {self.table('scouted_members')} (company_id, account_id) "
+                "VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (event.company_id, self.id(event.originator_id)),
+            )
+            new_member = 1 if cursor.rowcount > 0 else 0
+            at = self.ts(event.timestamp)
+            cursor.execute(
+                f"INSERT INTO {companies} AS saved "
+                "(company_id, scouts, members, first_scout_at, last_scout_at) "
+                "VALUES (%s, 1, %s, %s, %s) ON CONFLICT (company_id) DO UPDATE SET "
+                "scouts = saved.scouts + 1, members = saved.members + excluded.members, "
+                "last_scout_at = excluded.last_scout_at",
+                (event.company_id, new_member, at, at),
+            )
+
+    def companies(self, limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
+        where, params = ("WHERE company_id > %s ", [after]) if after else ("", [])
+        with self.database.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                "SELECT company_id, scouts, members, first_scout_at, last_scout_at "
+                f"FROM {self.table('scouts_per_company')} {where}ORDER BY company_id LIMIT %s",
+                (*params, limit),
+            ).fetchall()
+        return [
+            {
+                "company_id": company,
+                "scouts": int(scouts),
+                "members": int(members),
+                "first_scout_at": parse_ts(first),
+                "last_scout_at": parse_ts(last),
+            }
+            for company, scouts, members, first, last in rows
+        ]
+
+
+def _range(column: str, since: str | None, until: str | None) -> tuple[str, list[str]]:
+    where, params = [], []
+    if since:
+        where.append(f"{column} >= %s")
+        params.append(since)
+    if until:
+        where.append(f"{column} < %s")
+        params.append(until)
+    return (f"WHERE {' AND '.join(where)} " if where else ""), params

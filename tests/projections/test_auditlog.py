@@ -1,0 +1,145 @@
+"""Export of the whole log as JSON Lines, and the replay that checks every rule."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+from projection_history import COMMENT, PERSONAL, History, account, history_fixture
+
+from lifecycle.application import Accounts
+from lifecycle.domain import Account
+from projections.auditlog import export_log, parse_bound, replay
+from projections.base import JST
+
+history = pytest.fixture(history_fixture, name="history")
+
+
+def exported(accounts: Accounts, **bounds: object) -> list[dict[str, object]]:
+    out = io.StringIO()
+    written = export_log(accounts, out, **bounds)  # type: ignore[arg-type]
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert written == len(lines)
+    return lines
+
+
+def test_export_writes_every_event_in_order_as_stored(accounts: Accounts, history: History) -> None:
+    lines = exported(accounts)
+
+    head = accounts.recorder.max_notification_id()
+    assert [line["notification_id"] for line in lines] == list(range(1, head + 1))
+    first = lines[0]
+    assert first["originator_id"] == str(history.active)
+    assert first["originator_version"] == 1
+    assert str(first["topic"]).endswith("Account.Registered")
+    assert "sealed" in first["state"]  # type: ignore[operator]
+    text = json.dumps(lines, ensure_ascii=False)
+    for value in [*history.emails, COMMENT, PERSONAL["display_name"], PERSONAL["phone"]]:
+        assert value not in text
+
+
+def test_export_between_notification_ids(accounts: Accounts, history: History) -> None:
+    lines = exported(accounts, since=3, until=5)
+
+    assert [line["notification_id"] for line in lines] == [3, 4, 5]
+
+
+def test_export_between_times(accounts: Accounts, history: History) -> None:
+    withdrawn_at = account(accounts, history.withdrawing).withdrawn_at
+    assert withdrawn_at is not None
+
+    after = exported(accounts, since=withdrawn_at)
+    before = exported(accounts, until=withdrawn_at)
+
+    everything = exported(accounts)
+    assert len(after) + len(before) == len(everything)
+    assert str(after[0]["topic"]).endswith("WithdrawalRequested")
+    assert all(str(line["timestamp"]) < withdrawn_at.isoformat() for line in before)
+
+
+def test_bounds_are_ids_or_japan_dates() -> None:
+    assert parse_bound("42") == 42
+    assert parse_bound("2026-06-01") == datetime(2026, 6, 1, tzinfo=JST)
+    assert parse_bound("2026-06-01T00:00:00+00:00") == datetime(2026, 6, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="neither"):
+        parse_bound("yesterday")
+
+
+def test_replay_of_a_valid_log_finds_nothing(accounts: Accounts, history: History) -> None:
+    progress: list[tuple[int, int]] = []
+
+    report = replay(accounts, progress=lambda done, total: progress.append((done, total)))
+
+    assert report.ok, report.as_dict()
+    assert report.accounts == {"active": 2, "withdrawing": 1, "purged": 1}
+    assert report.email_claims == 4
+    assert report.events == accounts.recorder.max_notification_id()
+    assert progress[-1] == (report.events, report.events)
+
+
+def append_raw(accounts: Accounts, event: Account.Event) -> None:
+    """Write an event the aggregate would have refused, straight into the store."""
+    stored: StoredEvent = accounts.mapper.to_stored_event(event)
+    accounts.recorder.insert_events([stored])
+
+
+def event_after(accounts: Accounts, account_id: UUID, cls: type, **fields: object) -> Account.Event:
+    last = account(accounts, account_id)
+    return cls(  # type: ignore[no-any-return]
+        originator_id=account_id,
+        originator_version=last.version + 1,
+        timestamp=last.modified_on + timedelta(seconds=1),
+        **fields,
+    )
+
+
+def test_replay_reports_events_the_rules_forbid(accounts: Accounts, history: History) -> None:
+    append_raw(
+        accounts,
+        event_after(
+            accounts,
+            history.purged,
+            Account.ScoutReceived,
+            scout_id="late",
+            company_id="acme",
+            job_id="j",
+            received_at=datetime.now(UTC),
+        ),
+    )
+    append_raw(
+        accounts,
+        event_after(
+            accounts,
+            history.quiet,
+            Account.GiftClaimed,
+            company_id="never-scouted",
+            start_date=datetime.now(UTC).date(),
+            gift_kind="gift_card",
+            amount_jpy=50_000,
+        ),
+    )
+
+    report = replay(accounts)
+
+    assert not report.ok
+    assert report.by_rule == {"nothing_after_purge": 1, "gift_company_scouted": 1, "gift_terms": 1}
+    described = "\n".join(v.describe() for v in report.first)
+    assert f"{history.purged} v6: nothing_after_purge" in described
+    assert str(history.quiet) in described
+
+
+def test_replay_reports_a_lost_key(accounts: Accounts, history: History) -> None:
+    db = accounts.database
+    with db.transaction() as cursor:
+        cursor.execute(
+            f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s",
+            (db.id_param(history.active),),
+        )
+
+    report = replay(accounts)
+
+    assert report.by_rule == {"key_present": 1}
