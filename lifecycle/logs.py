@@ -40,7 +40,9 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        # Not cached: a logger bound once would ignore any later configuration (and tests'
+        # structlog.testing.capture_logs); resolving it per call costs microseconds.
+        cache_logger_on_first_use=False,
     )
     # Route the standard library's records (uvicorn, kafka) through the same renderer.
     handler = logging.StreamHandler(_CurrentStderr())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
@@ -30,6 +31,13 @@ def _services_env() -> dict[str, str]:
                 found[name.strip()] = value.strip().strip("'\"")
     found.update({k: v for k, v in os.environ.items() if k.startswith("LIFECYCLE_")})
     return found
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """A CLI run in-process configures logging for the whole process; undo it per test."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -27,10 +26,8 @@ from support import SmtpSink, read_topic, smtp_sink, unique_topics, wait_until
 
 from consumers import chat, mail, scout
 from consumers.store import open_database
-from lifecycle import workers
 from lifecycle.application import Accounts
 from lifecycle.audit import value_digest
-from lifecycle.bootstrap import build_accounts
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.erasure import erasure_process
@@ -39,6 +36,8 @@ from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from lifecycle.transport import KafkaPublisher
 from lifecycle.workers import run_consumer, run_erasure, run_relay
+from projections.registry import open_read_models
+from projections.runner import Projector
 from schemas.contract import ErasureConfirmedV1, TopicNames, decode_record
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -94,13 +93,6 @@ def stores(settings: Settings) -> Iterator[dict[str, Database]]:
         database.close()
 
 
-@dataclass
-class Processes:
-    stop: threading.Event
-    threads: list[threading.Thread]
-    errors: list[BaseException]
-
-
 @pytest.fixture
 def accounts(settings: Settings) -> Iterator[Accounts]:
     """The API's application; built first, so the schema exists before the workers start
@@ -111,52 +103,10 @@ def accounts(settings: Settings) -> Iterator[Accounts]:
 
 
 @pytest.fixture
-def processes(
-    settings: Settings, topics: TopicNames, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Processes]:
+def processes(settings: Settings, topics: TopicNames, accounts: Accounts) -> Iterator[None]:
     """relay, scout, chat, mail and erasure: each as the CLI would start it."""
-    # Two Accounts starting at the same instant on one schema can fail in the key vault's
-    # CREATE OR REPLACE FUNCTION ("tuple concurrently updated"): start them one at a time.
-    starting = threading.Lock()
-
-    def build_one_at_a_time(settings: Settings) -> Accounts:
-        with starting:
-            return build_accounts(settings)
-
-    monkeypatch.setattr(workers, "build_accounts", build_one_at_a_time)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def guarded(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                target()
-            except BaseException as error:
-                errors.append(error)
-
-        return run
-
-    targets: list[Callable[[], None]] = [
-        lambda: run_relay(settings, stop, topics=topics),
-        lambda: run_erasure(settings, stop, topics=topics),
-        *(
-            (
-                lambda name=name: run_consumer(
-                    name, settings, stop, topics=topics, schema=f"{settings.database_schema}_{name}"
-                )
-            )
-            for name in SERVICES
-        ),
-    ]
-    threads = [threading.Thread(target=guarded(target)) for target in targets]
-    for thread in threads:
-        thread.start()
-    yield Processes(stop, threads, errors)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    with running_workers(settings, topics):
+        yield
 
 
 def held(stores: dict[str, Database], account_id: UUID) -> dict[str, int]:
@@ -318,7 +268,6 @@ def test_after_purge_no_personal_value_survives_anywhere(
     stores: dict[str, Database],
     smtp: SmtpSink,
     postgres_url: str,
-    monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     topics = compacting_topics
@@ -336,7 +285,7 @@ def test_after_purge_no_personal_value_survives_anywhere(
         comment,
     ]
 
-    with running_workers(settings, topics, monkeypatch):
+    with running_workers(settings, topics):
         member_id = accounts.register(**member)
         accounts.receive_scout(member_id, scout_id="s1", company_id="c1", job_id="j1")
         chat.post_message(
@@ -351,12 +300,14 @@ def test_after_purge_no_personal_value_survives_anywhere(
         assert mail.deliver_queued(stores["mail"], mail.SmtpMailer("127.0.0.1", smtp.port)) == 1
         assert profile_values_left(bootstrap, topics, member_id) == 1
 
+        project_everything(accounts)  # the read models see the member while active
         accounts.request_withdrawal(member_id, reason="other", comment=comment)
         wait_until(
             lambda: accounts.load_for_audit(member_id).status is AccountStatus.PURGED,
             "the account is Purged",
         )
         wait_until(lambda: relayed_everything(accounts, settings), "the relay caught up")
+    assert project_everything(accounts) >= 3  # withdrawal and purge reach the read models
 
     # Compaction gets its chance: a later append rolls the segment, the cleaner runs.
     publisher = KafkaPublisher(bootstrap)
@@ -460,9 +411,7 @@ def test_the_proof_finds_a_value_that_is_still_stored(
 
 
 @contextmanager
-def running_workers(
-    settings: Settings, topics: TopicNames, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
+def running_workers(settings: Settings, topics: TopicNames) -> Iterator[None]:
     stop = threading.Event()
     errors: list[BaseException] = []
     targets: list[Callable[[], None]] = [
@@ -496,7 +445,15 @@ def running_workers(
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
     assert errors == []
+
+
+def project_everything(accounts: Accounts) -> int:
+    """Every read model caught up with the log, as `lifecycle project --once` does."""
+    return sum(
+        Projector(accounts, model).catch_up() for model in open_read_models(accounts.database)
+    )
 
 
 def relayed_everything(accounts: Accounts, settings: Settings) -> bool:

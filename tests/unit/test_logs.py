@@ -1,4 +1,4 @@
-"""Logging keeps working when the stderr it was configured with is gone."""
+"""Logging keeps working when the CLI configured it in-process (the suite resets it per test)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,14 @@ def test_logs_follow_stderr_after_the_stream_seen_at_configuration_is_closed(
     get_logger("test").info("before", account_id="a1")
     first.close()  # as an in-process CLI run or a test runner does with its stream
     monkeypatch.undo()
-    try:
-        get_logger("test").info("after", account_id="a2")
-        assert '"event": "after"' in capsys.readouterr().err
-    finally:
-        structlog.reset_defaults()
+    get_logger("test").info("after", account_id="a2")
+    assert '"event": "after"' in capsys.readouterr().err
+
+
+def test_log_capture_still_works_after_the_cli_configured_logging() -> None:
+    configure_logging("json")
+    logger = get_logger("test")
+    logger.info("warm-up")  # a cached logger would now be bound for good
+    with structlog.testing.capture_logs() as captured:
+        logger.info("seen", account_id="a3")
+    assert [entry["event"] for entry in captured] == ["seen"]

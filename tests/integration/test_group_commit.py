@@ -1,0 +1,229 @@
+"""Group commit: concurrent saves share a transaction, and each caller still gets its own
+outcome, durable when it returns; on SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from lifecycle.application import Accounts
+from lifecycle.domain import Account
+from lifecycle.errors import EmailAlreadyClaimedError, KeyDestroyedError
+from lifecycle.group_commit import GroupCommitAccounts, GroupCommitWriter
+from lifecycle.settings import Settings
+
+DEADLINE = 60.0
+
+
+@pytest.fixture
+def gc_accounts(settings: Settings) -> Iterator[GroupCommitAccounts]:
+    app = GroupCommitAccounts(env=settings.application_env())
+    yield app
+    app.close()
+
+
+def run_all(work: Callable[[int], Any], n: int) -> list[Any]:
+    """work(0..n-1) on n threads released together; each slot holds a result or an error."""
+    barrier = threading.Barrier(n, timeout=DEADLINE)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except BaseException as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=DEADLINE)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+def held_first_batch(writer: GroupCommitWriter, waiting: int) -> Callable[..., Any]:
+    """Wrap the writer's save so its first call waits until `waiting` requests queue behind
+    it: the next batch then holds all of them, deterministically."""
+    inner = writer._save
+    first = threading.Event()
+
+    def save(*objs: Any, **kwargs: Any) -> Any:
+        if not first.is_set():
+            first.set()
+            deadline = time.monotonic() + 10.0
+            while len(writer._queue) < waiting and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return inner(*objs, **kwargs)
+
+    writer._save = save
+    return save
+
+
+def register(accounts: Accounts, i: int = 0) -> UUID:
+    return accounts.register(
+        email=f"gc-{i}-{uuid4().hex[:8]}@example.jp",
+        display_name=f"Member {i}",
+        consent_version="v1",
+        job_title="Engineer",
+    )
+
+
+# The writer alone, with a stand-in for Application.save
+
+
+class FakeStore:
+    def __init__(self, fail_with: BaseException | None = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail_with = fail_with
+
+    def save(self, *objs: Any) -> list[Any]:
+        self.calls.append(objs)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return [f"recorded:{obj}" for obj in objs if isinstance(obj, str)]
+
+
+def test_a_lone_caller_saves_alone_and_gets_its_recordings() -> None:
+    store = FakeStore()
+    writer = GroupCommitWriter(store.save)
+    assert writer.save(["a", "b"]) == ["recorded:a", "recorded:b"]  # type: ignore[list-item]
+    assert store.calls == [("a", "b")]
+    assert (writer.batches, writer.saved_requests) == (1, 1)
+
+
+def test_waiting_callers_share_one_save_and_each_gets_its_own_recordings() -> None:
+    store = FakeStore()
+    writer = GroupCommitWriter(store.save)
+    held_first_batch(writer, waiting=7)
+    results = run_all(lambda i: writer.save([f"e{i}-1", f"e{i}-2"]), 8)  # type: ignore[list-item]
+    assert results == [[f"recorded:e{i}-1", f"recorded:e{i}-2"] for i in range(8)]
+    # The first caller leads alone; the seven that queued meanwhile share the next save.
+    assert len(store.calls) == 2
+    assert sorted(len(call) for call in store.calls) == [2, 14]
+    assert writer.saved_requests == 8
+
+
+def test_an_infrastructure_failure_reaches_every_caller_of_the_batch() -> None:
+    store = FakeStore(fail_with=RuntimeError("database unreachable"))
+    writer = GroupCommitWriter(store.save)
+    held_first_batch(writer, waiting=3)
+    results = run_all(lambda i: writer.save([f"e{i}"]), 4)  # type: ignore[list-item]
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert len(store.calls) == 2  # no retry of anything on its own
+
+
+def test_batches_are_bounded() -> None:
+    store = FakeStore()
+    writer = GroupCommitWriter(store.save, max_batch=3)
+    held_first_batch(writer, waiting=7)
+    results = run_all(lambda i: writer.save([f"e{i}"]), 8)  # type: ignore[list-item]
+    assert all(isinstance(r, list) for r in results)
+    assert max(len(call) for call in store.calls) <= 3
+    with pytest.raises(ValueError, match="max_batch"):
+        GroupCommitWriter(store.save, max_batch=0)
+
+
+# Through GroupCommitAccounts, on the real stores
+
+
+def test_concurrent_registrations_all_land_and_are_durable_on_return(
+    gc_accounts: GroupCommitAccounts, settings: Settings
+) -> None:
+    held_first_batch(gc_accounts.group_commit, waiting=7)
+    results = run_all(lambda i: register(gc_accounts, i), 8)
+    assert all(isinstance(r, UUID) for r in results), results
+    assert gc_accounts.group_commit.batches < gc_accounts.group_commit.saved_requests
+    # Committed: another application on the same store reads every one at once.
+    other = Accounts(env=settings.application_env())
+    try:
+        for account_id in results:
+            account = other.get_account(account_id)
+            assert account.job_title == "Engineer"  # sealed and opened again
+    finally:
+        other.close()
+
+
+def test_a_conflict_in_a_batch_costs_only_the_caller_that_lost(
+    gc_accounts: GroupCommitAccounts,
+) -> None:
+    account_id = register(gc_accounts)
+    # Two stale copies of one account, each with an edit at the same next version.
+    first, second = gc_accounts.get_account(account_id), gc_accounts.get_account(account_id)
+    first.edit_preferences(desired={"min_salary": 1})
+    second.edit_preferences(desired={"min_salary": 2})
+    bystander = Account.register(
+        email=f"bystander-{uuid4().hex[:8]}@example.jp", display_name="B", consent_version="v1"
+    )
+    blocker = gc_accounts.get_account(register(gc_accounts))
+    blocker.edit_preferences(desired={"min_salary": 3})
+    writer = gc_accounts.group_commit
+    held_first_batch(writer, waiting=3)
+    work: list[Any] = [blocker, first, second, bystander]
+    results = run_all(lambda i: gc_accounts.save(work[i]), 4)
+    outcomes = [isinstance(r, IntegrityError) for r in results[1:3]]
+    assert sorted(outcomes) == [False, True], results
+    assert not isinstance(results[3], BaseException)
+    assert writer.fallbacks == 1
+    assert gc_accounts.get_account(bystander.id).display_name == "B"
+    assert gc_accounts.get_account(account_id).desired["min_salary"] in (1, 2)
+
+
+def test_racing_commands_on_one_account_all_succeed_through_retries(
+    gc_accounts: GroupCommitAccounts,
+) -> None:
+    account_id = register(gc_accounts)
+    results = run_all(
+        lambda i: gc_accounts.receive_scout(
+            account_id, scout_id=f"s{i}", company_id="acme", job_id=f"j{i}"
+        ),
+        8,
+    )
+    assert results == [True] * 8
+    assert sorted(gc_accounts.get_account(account_id).scouts) == sorted(f"s{i}" for i in range(8))
+
+
+def test_the_same_address_registered_in_one_batch_is_claimed_once(
+    gc_accounts: GroupCommitAccounts,
+) -> None:
+    held_first_batch(gc_accounts.group_commit, waiting=4)
+    email = f"twice-{uuid4().hex[:8]}@example.jp"
+
+    def attempt(i: int) -> UUID:
+        if i == 0:
+            return register(gc_accounts, 99)
+        return gc_accounts.register(email=email, display_name=f"M{i}", consent_version="v1")
+
+    results = run_all(attempt, 5)
+    winners = [r for r in results[1:] if isinstance(r, UUID)]
+    losers = [r for r in results[1:] if isinstance(r, EmailAlreadyClaimedError)]
+    assert (len(winners), len(losers)) == (1, 3), results
+
+
+def test_a_domain_error_in_a_batch_stays_with_its_caller(
+    gc_accounts: GroupCommitAccounts,
+) -> None:
+    doomed_id = register(gc_accounts)
+    doomed = gc_accounts.get_account(doomed_id)
+    assert gc_accounts.request_withdrawal(doomed_id, reason="other")
+    assert gc_accounts.purge(doomed_id)
+    # A stale copy edits personal data after the purge: its key is gone, so storing fails.
+    doomed.edit_preferences(job_title="Ghost")
+    fine = gc_accounts.get_account(register(gc_accounts))
+    fine.edit_preferences(job_title="Alive")
+    writer = gc_accounts.group_commit
+    blocker = gc_accounts.get_account(register(gc_accounts))
+    blocker.edit_preferences(desired={"min_salary": 3})
+    held_first_batch(writer, waiting=2)
+    work: list[Any] = [blocker, doomed, fine]
+    results = run_all(lambda i: gc_accounts.save(work[i]), 3)
+    assert isinstance(results[1], (KeyDestroyedError, IntegrityError)), results
+    assert not isinstance(results[2], BaseException), results
+    assert gc_accounts.get_account(fine.id).job_title == "Alive"
