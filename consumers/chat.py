@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from uuid import UUID, uuid4
 
-from consumers.kit import AccountWithdrawnError, Handler, HandlerResult, erasure_confirmation
-from consumers.store import create_lock_table, lock_key
+from consumers.kit import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
+from consumers.store import count_rows, create_lock_table, lock_key
 from lifecycle.storage import Cursor, Database
-from schemas.contract import Envelope, PurgedV1, TopicNames, WithdrawalRequestedV1
+from schemas.contract import Envelope, TopicNames
 
 SERVICE = "chat"
 
@@ -52,17 +52,13 @@ class ChatHandler(Handler):
         create_tables(database)
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
-        data = envelope.data
-        if isinstance(data, WithdrawalRequestedV1):
-            removed = erase(self.database, cursor, data.account_id)
-            return HandlerResult(
-                (erasure_confirmation(self.topics, data.account_id, SERVICE, removed),),
-                outcome="erased",
-            )
-        if isinstance(data, PurgedV1):
-            erase(self.database, cursor, data.account_id)
-            return HandlerResult(outcome="purged")
-        return HandlerResult(outcome="ignored")
+        erased = erase_on_withdrawal(
+            envelope.data,
+            lambda account_id: erase(self.database, cursor, account_id),
+            self.topics,
+            SERVICE,
+        )
+        return erased or HandlerResult(outcome="ignored")
 
 
 # The write path
@@ -117,15 +113,7 @@ def erase(database: Database, cursor: Cursor, account_id: UUID) -> int:
 
 
 def held_rows(database: Database, account_id: UUID) -> int:
-    with database.transaction(commit=False) as cursor:
-        total = 0
-        for table in ("chat_threads", "chat_messages"):
-            row = cursor.execute(
-                f"SELECT count(*) FROM {database.table(table)} WHERE account_id = %s",
-                (str(account_id),),
-            ).fetchone()
-            total += int(row[0]) if row else 0
-    return total
+    return count_rows(database, ("chat_threads", "chat_messages"), account_id)
 
 
 def _check_not_withdrawn(database: Database, cursor: Cursor, account_id: UUID) -> None:

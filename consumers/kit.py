@@ -39,7 +39,9 @@ from schemas.contract import (
     ContractError,
     Envelope,
     ErasureConfirmedV1,
+    PurgedV1,
     TopicNames,
+    WithdrawalRequestedV1,
     decode_record,
     encode_erasure_confirmed,
 )
@@ -118,6 +120,22 @@ def erasure_confirmation(
             )
         ),
     )
+
+
+def erase_on_withdrawal(
+    data: object, erase: Callable[[UUID], int], topics: TopicNames, service: str
+) -> HandlerResult | None:
+    """The erasing part of a downstream handler: on WithdrawalRequested erase and confirm,
+    on Purged erase whatever arrived since; None for any other event."""
+    if isinstance(data, WithdrawalRequestedV1):
+        removed = erase(data.account_id)
+        return HandlerResult(
+            (erasure_confirmation(topics, data.account_id, service, removed),), outcome="erased"
+        )
+    if isinstance(data, PurgedV1):
+        erase(data.account_id)
+        return HandlerResult(outcome="purged")
+    return None
 
 
 # Sources

@@ -42,7 +42,7 @@ from consumers.kit import (
     TransientError,
     erasure_confirmation,
 )
-from consumers.store import create_lock_table, lock_key
+from consumers.store import count_rows, create_lock_table, lock_key
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
@@ -435,15 +435,7 @@ def contact_known(database: Database, account_id: UUID) -> bool:
 
 def held_rows(database: Database, account_id: UUID) -> int:
     """Rows that still hold anything personal about the account (address, notices)."""
-    with database.transaction(commit=False) as cursor:
-        total = 0
-        for table in ("contacts", "mail_outbox"):
-            row = cursor.execute(
-                f"SELECT count(*) FROM {database.table(table)} WHERE account_id = %s",
-                (str(account_id),),
-            ).fetchone()
-            total += int(row[0]) if row else 0
-    return total
+    return count_rows(database, ("contacts", "mail_outbox"), account_id)
 
 
 def suppression(database: Database, account_id: UUID) -> dict[str, object] | None:

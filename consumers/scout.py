@@ -13,17 +13,15 @@ from consumers.kit import (
     AccountWithdrawnError,
     Handler,
     HandlerResult,
-    erasure_confirmation,
+    erase_on_withdrawal,
 )
 from consumers.store import create_lock_table, lock_key
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
     Envelope,
-    PurgedV1,
     ScoutReceivedV1,
     TopicNames,
-    WithdrawalRequestedV1,
 )
 
 SERVICE = "scout"
@@ -66,16 +64,10 @@ class ScoutHandler(Handler):
                 log.warning("scout.refused", account_id=str(data.account_id), ce_id=envelope.id)
                 return HandlerResult(outcome="refused")
             return HandlerResult(outcome="scout_recorded")
-        if isinstance(data, WithdrawalRequestedV1):
-            removed = erase(self.database, cursor, data.account_id)
-            return HandlerResult(
-                (erasure_confirmation(self.topics, data.account_id, SERVICE, removed),),
-                outcome="erased",
-            )
-        if isinstance(data, PurgedV1):
-            erase(self.database, cursor, data.account_id)
-            return HandlerResult(outcome="purged")
-        return HandlerResult(outcome="ignored")
+        erased = erase_on_withdrawal(
+            data, lambda account_id: erase(self.database, cursor, account_id), self.topics, SERVICE
+        )
+        return erased or HandlerResult(outcome="ignored")
 
 
 def record_scout(database: Database, cursor: Cursor, scout: ScoutReceivedV1) -> bool:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from lifecycle.storage import Cursor, Database
 from schemas.contract import Record
@@ -80,6 +81,19 @@ def lock_key(database: Database, cursor: Cursor, key: str) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
     else:
         cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
+
+
+def count_rows(database: Database, tables: Iterable[str], account_id: UUID) -> int:
+    """How many rows of the given tables still name the account."""
+    with database.transaction(commit=False) as cursor:
+        total = 0
+        for table in tables:
+            row = cursor.execute(
+                f"SELECT count(*) FROM {database.table(table)} WHERE account_id = %s",
+                (str(account_id),),
+            ).fetchone()
+            total += int(row[0]) if row else 0
+    return total
 
 
 class ConsumerStore:
