@@ -7,8 +7,15 @@ from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Transcoding
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate
+from eventsourcing.persistence import (
+    IntegrityError,
+    JSONTranscoder,
+    Mapper,
+    Recording,
+    Transcoding,
+)
 
 from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
 from lifecycle.domain import (
@@ -23,9 +30,11 @@ from lifecycle.errors import (
     AccountPurgedError,
     ConcurrentUpdateError,
 )
+from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
 from lifecycle.storage import Database
 
 T = TypeVar("T")
+Savable = MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID]
 
 # A retry fails only when another writer committed to the same aggregate in between, so each
 # failure is someone else's progress: N writers racing on one account need at most N attempts.
@@ -49,9 +58,31 @@ class Accounts(Application[UUID]):
     name = "Accounts"
     env = {"ORIGINATOR_ID_TYPE": "uuid"}  # noqa: RUF012 - the library's own class attribute
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, *, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> None:
         super().__init__(env)
         self.vault.create_schema()
+        self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[UUID]]:
+        """Concurrent callers' saves share one transaction (see lifecycle.group_commit)."""
+        if kwargs:
+            return self._save_now(*objs, **kwargs)
+        collected: ProcessingEvent[UUID] = ProcessingEvent()
+        collected.collect_events(*objs)
+        return self.group_commit.save(collected.events, list(collected.aggregates.values()))
+
+    def _save_now(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[UUID]]:
+        return super().save(*objs, **kwargs)
 
     def construct_mapper(self) -> Mapper[UUID]:
         self.database = Database.of(self.factory, self.name)

@@ -15,15 +15,15 @@ from eventsourcing.persistence import IntegrityError
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
 from lifecycle.errors import EmailAlreadyClaimedError, KeyDestroyedError
-from lifecycle.group_commit import GroupCommitAccounts, GroupCommitWriter
+from lifecycle.group_commit import GroupCommitWriter
 from lifecycle.settings import Settings
 
 DEADLINE = 60.0
 
 
 @pytest.fixture
-def gc_accounts(settings: Settings) -> Iterator[GroupCommitAccounts]:
-    app = GroupCommitAccounts(env=settings.application_env())
+def gc_accounts(settings: Settings) -> Iterator[Accounts]:
+    app = Accounts(env=settings.application_env())
     yield app
     app.close()
 
@@ -131,11 +131,11 @@ def test_batches_are_bounded() -> None:
         GroupCommitWriter(store.save, max_batch=0)
 
 
-# Through GroupCommitAccounts, on the real stores
+# Through Accounts, on the real stores
 
 
 def test_concurrent_registrations_all_land_and_are_durable_on_return(
-    gc_accounts: GroupCommitAccounts, settings: Settings
+    gc_accounts: Accounts, settings: Settings
 ) -> None:
     held_first_batch(gc_accounts.group_commit, waiting=7)
     results = run_all(lambda i: register(gc_accounts, i), 8)
@@ -152,7 +152,7 @@ def test_concurrent_registrations_all_land_and_are_durable_on_return(
 
 
 def test_a_conflict_in_a_batch_costs_only_the_caller_that_lost(
-    gc_accounts: GroupCommitAccounts,
+    gc_accounts: Accounts,
 ) -> None:
     account_id = register(gc_accounts)
     # Two stale copies of one account, each with an edit at the same next version.
@@ -177,7 +177,7 @@ def test_a_conflict_in_a_batch_costs_only_the_caller_that_lost(
 
 
 def test_racing_commands_on_one_account_all_succeed_through_retries(
-    gc_accounts: GroupCommitAccounts,
+    gc_accounts: Accounts,
 ) -> None:
     account_id = register(gc_accounts)
     results = run_all(
@@ -191,7 +191,7 @@ def test_racing_commands_on_one_account_all_succeed_through_retries(
 
 
 def test_the_same_address_registered_in_one_batch_is_claimed_once(
-    gc_accounts: GroupCommitAccounts,
+    gc_accounts: Accounts,
 ) -> None:
     held_first_batch(gc_accounts.group_commit, waiting=4)
     email = f"twice-{uuid4().hex[:8]}@example.jp"
@@ -208,7 +208,7 @@ def test_the_same_address_registered_in_one_batch_is_claimed_once(
 
 
 def test_a_domain_error_in_a_batch_stays_with_its_caller(
-    gc_accounts: GroupCommitAccounts,
+    gc_accounts: Accounts,
 ) -> None:
     doomed_id = register(gc_accounts)
     doomed = gc_accounts.get_account(doomed_id)
