@@ -132,3 +132,38 @@ def wait_until(condition: Callable[[], bool], what: str = "", timeout_s: float =
     while not condition():
         assert time.monotonic() < deadline, f"not met before the deadline: {what or condition}"
         pause.wait(0.05)
+
+
+class Running:
+    """A consumer (or anything with `run(stop)`) on a thread of its own; `stop()` joins it
+    and `error` is what ended it when it crashed."""
+
+    def __init__(self, runnable: Any) -> None:
+        self.runnable = runnable
+        self.consumer = getattr(runnable, "consumer", runnable)
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._target)
+        self.thread.start()
+
+    def _target(self) -> None:
+        try:
+            self.runnable.run(self.stop_event)
+        except BaseException as error:
+            self.error = error
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+@contextmanager
+def running_consumers() -> Iterator[list[Running]]:
+    """Everything appended is stopped at the end."""
+    started: list[Running] = []
+    try:
+        yield started
+    finally:
+        for item in started:
+            item.stop()

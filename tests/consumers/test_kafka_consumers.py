@@ -15,7 +15,15 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from support import SmtpSink, read_topic, smtp_sink, unique_topics, wait_until
+from support import (
+    Running,
+    SmtpSink,
+    read_topic,
+    running_consumers,
+    smtp_sink,
+    unique_topics,
+    wait_until,
+)
 
 from consumers import mail, scout
 from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
@@ -25,7 +33,7 @@ from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from lifecycle.transport import KafkaPublisher
-from lifecycle.workers import ConsumerRun, kafka_consumer
+from lifecycle.workers import kafka_consumer
 from schemas.contract import (
     ContractModel,
     Envelope,
@@ -75,35 +83,10 @@ def kafka_settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> I
             conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
 
 
-class Running:
-    """A consumer process, as a thread; `error` is what ended it when it crashed."""
-
-    def __init__(self, run: ConsumerRun) -> None:
-        self.run = run
-        self.consumer = run.consumer
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._target)
-        self.thread.start()
-
-    def _target(self) -> None:
-        try:
-            self.run.run(self.stop_event)
-        except BaseException as error:
-            self.error = error
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture
 def running() -> Iterator[list[Running]]:
-    started: list[Running] = []
-    yield started
-    for item in started:
-        item.stop()
+    with running_consumers() as started:
+        yield started
 
 
 def start(

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import OperationalError
-from support import StoreFactory, service_stores, wait_until
+from support import Running, StoreFactory, running_consumers, service_stores, wait_until
 
 from consumers.kit import (
     DLQ_ERROR_CODE,
@@ -100,28 +100,6 @@ class RecordingHandler(Handler):
         return [row[0] for row in rows]
 
 
-class Running:
-    """A consumer on a thread of its own; `stop()` joins it and re-raises what ended it."""
-
-    def __init__(self, consumer: Consumer) -> None:
-        self.consumer = consumer
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.consumer.run(self.stop_event)
-        except BaseException as error:
-            self.error = error
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture
 def log() -> InProcessPublisher:
     return InProcessPublisher()
@@ -134,10 +112,8 @@ def database(service_store: Callable[[str], Database]) -> Database:
 
 @pytest.fixture
 def running() -> Iterator[list[Running]]:
-    started: list[Running] = []
-    yield started
-    for item in started:
-        item.stop()
+    with running_consumers() as started:
+        yield started
 
 
 def make_consumer(

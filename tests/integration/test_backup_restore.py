@@ -43,6 +43,17 @@ def restore_schema(postgres_url: str, schema: str, source: Path) -> None:
     )
 
 
+def reshred(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lifecycle", "audit", "reshred"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def fresh_read(settings: Settings, account_id: uuid.UUID) -> tuple[str, AccountStatus]:
     """Read through a new application, so no key cache hides what the database holds."""
     app = Accounts(env=settings.application_env())
@@ -95,27 +106,13 @@ def test_reshred_after_restoring_a_dump_taken_before_the_purge(
         "LIFECYCLE_TOPIC_PREFIX": settings.topic_prefix,
         "LIFECYCLE_LOG_FORMAT": "json",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "lifecycle", "audit", "reshred"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = reshred(env)
     assert result.returncode == 0, result.stderr
     assert "purges recorded again: 1, keys destroyed again: 1" in result.stdout
     assert MEMBER["email"] not in result.stdout + result.stderr
     assert fresh_read(settings, account_id) == (REDACTED, AccountStatus.PURGED)
 
-    again = subprocess.run(
-        [sys.executable, "-m", "lifecycle", "audit", "reshred"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = reshred(env)
     assert "purges recorded again: 0, keys destroyed again: 0" in again.stdout
 
 
@@ -126,13 +123,6 @@ def test_reshred_on_the_embedded_default_reports_nothing_to_do(tmp_path: Path) -
         "LIFECYCLE_LOG_FORMAT": "json",
     }
     env.pop("LIFECYCLE_KAFKA_BOOTSTRAP", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "lifecycle", "audit", "reshred"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = reshred(env)
     assert result.returncode == 0, result.stderr
     assert "purges recorded again: 0, keys destroyed again: 0" in result.stdout
