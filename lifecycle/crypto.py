@@ -91,7 +91,7 @@ class KeyVault:
     ) -> None:
         self.database = database
         self._wrapping_key = derive_key(master_key, "lifecycle/data-key-wrapping")
-        self._cache: OrderedDict[UUID, tuple[float, bytes]] = OrderedDict()
+        self._cache: OrderedDict[UUID, tuple[float, bytes | None]] = OrderedDict()
         self._cache_seconds = cache_seconds
         self._cache_size = 10_000
         self._lock = threading.Lock()
@@ -158,6 +158,7 @@ class KeyVault:
             if "key_destroyed" in str(error):
                 raise KeyDestroyedError() from None
             raise
+        self.forget(account_id)
         found = self.find_key(account_id)
         if found is None:
             raise KeyDestroyedError()
@@ -165,27 +166,53 @@ class KeyVault:
 
     def find_key(self, account_id: UUID) -> bytes | None:
         """The account's data key, or None once it was destroyed."""
-        now = time.monotonic()
         with self._lock:
             cached = self._cache.get(account_id)
-            if cached and cached[0] > now:
+            if cached and cached[0] > time.monotonic():
                 self._cache.move_to_end(account_id)
                 return cached[1]
-        db = self.database
-        with db.transaction(commit=False) as cursor:
-            row = cursor.execute(
-                f"SELECT wrapped_key FROM {db.table('account_keys')} WHERE account_id = %s",
-                (db.id_param(account_id),),
-            ).fetchone()
-        if row is None:
-            self.forget(account_id)
-            return None
-        key = _open(self._wrapping_key, bytes(row[0]), account_id.bytes)
+        return self.prefetch([account_id]).get(account_id)
+
+    def prefetch(self, account_ids: Iterable[UUID]) -> dict[UUID, bytes | None]:
+        """Look up many keys in one query (a relay batch, a replay page) into the cache;
+        returns those it looked up (not those still cached).
+
+        An id without a key is cached as None too: a key exists before its account's first
+        event is stored, so a missing one was destroyed and cannot come back.
+        """
+        now = time.monotonic()
         with self._lock:
-            self._cache[account_id] = (now + self._cache_seconds, key)
-            if len(self._cache) > self._cache_size:
+            wanted = {
+                account_id
+                for account_id in account_ids
+                if not ((cached := self._cache.get(account_id)) and cached[0] > now)
+            }
+        if not wanted:
+            return {}
+        db = self.database
+        params = [db.id_param(account_id) for account_id in wanted]
+        with db.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                f"SELECT account_id, wrapped_key FROM {db.table('account_keys')} "
+                f"WHERE account_id IN ({', '.join(['%s'] * len(params))})",
+                params,
+            ).fetchall()
+        wrapped = {db.to_uuid(row[0]): bytes(row[1]) for row in rows}
+        keys = {
+            account_id: (
+                _open(self._wrapping_key, wrapped[account_id], account_id.bytes)
+                if account_id in wrapped
+                else None
+            )
+            for account_id in wanted
+        }
+        with self._lock:
+            for account_id, key in keys.items():
+                self._cache[account_id] = (now + self._cache_seconds, key)
+                self._cache.move_to_end(account_id)
+            while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return key
+        return keys
 
     def forget(self, account_id: UUID) -> None:
         with self._lock:

@@ -490,3 +490,33 @@ def test_a_purge_by_another_process_is_seen_at_once_despite_the_key_cache(
     account = accounts.load_for_audit(account_id)
     assert account.status is AccountStatus.PURGED
     assert account.email == REDACTED
+
+
+def test_prefetch_reads_a_batch_of_keys_in_one_query(
+    accounts: Accounts, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [
+        accounts.register(email=f"batch{n}@example.jp", display_name="B", consent_version="v1")
+        for n in range(3)
+    ]
+    accounts.request_withdrawal(ids[0], reason="other")
+    accounts.purge(ids[0])
+    fresh = Accounts(env=settings.application_env())  # nothing cached yet
+    try:
+        queries = 0
+        transaction = fresh.vault.database.transaction
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal queries
+            queries += 1
+            return transaction(*args, **kwargs)
+
+        monkeypatch.setattr(fresh.vault.database, "transaction", counting)
+        keys = fresh.vault.prefetch(ids)
+        assert queries == 1
+        assert keys[ids[0]] is None  # destroyed with Purged
+        assert all(isinstance(keys[i], bytes) for i in ids[1:])
+        assert [fresh.vault.find_key(i) for i in ids] == [keys[i] for i in ids]
+        assert queries == 1  # served from the cache
+    finally:
+        fresh.close()
