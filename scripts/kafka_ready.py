@@ -2,8 +2,9 @@
 
 Usage: python scripts/kafka_ready.py BOOTSTRAP DEADLINE_SECONDS
 
-Makes real metadata requests (DescribeCluster, then Metadata) with kafka-python until the
-broker answers with an unfenced broker, retrying until the deadline.
+Makes real requests (DescribeCluster, Metadata, then a consumer-group request) with
+kafka-python until the broker answers with an unfenced broker and a group coordinator,
+retrying until the deadline.
 
 Exit codes: 0 ready; 1 not ready by the deadline (last error on stderr);
 3 kafka-python is not importable (the caller falls back to a port check).
@@ -55,6 +56,9 @@ def main(argv: list[str]) -> int:
                 last_error = f"no unfenced broker yet: {cluster!r}"
             else:
                 admin.list_topics()
+                # A fresh broker creates __consumer_offsets on the first group request and
+                # answers COORDINATOR_NOT_AVAILABLE meanwhile: ready means groups work too.
+                admin.list_group_offsets({"lifecycle-services-probe": None})
                 return 0
         except (KafkaConfigurationError, TypeError) as exc:
             # A bug in this probe, not a broker that is still starting: no point retrying.
