@@ -184,7 +184,9 @@ class Relay:
             return 0
         published = 0
         # One key query for the batch instead of one per sealed event.
-        self.accounts.vault.prefetch({n.originator_id for n in notifications})
+        self.accounts.vault.prefetch(
+            {n.originator_id for n in notifications if isinstance(n.originator_id, UUID)}
+        )
         for notification in notifications:
             for topic, record in self._records_for(notification):
                 self.publisher.publish(topic, record.key, record.headers, record.value)
