@@ -255,14 +255,14 @@ class Relay:
                 event.notifications,
             )
         elif isinstance(event, Account.PreferencesEdited) and event.notifications is not None:
-            account: Any = self.accounts.repository.get(
-                event.originator_id, version=event.originator_version
-            )
-            assert isinstance(account, Account)
+            # The edit carries the whole merged notification settings; the address and name
+            # are never edited, so the Registered event alone has them (no full replay).
+            registered = next(iter(self.accounts.events.get(event.originator_id, lte=1)))
+            assert isinstance(registered, Account.Registered)
             email, display_name, notifications = (
-                account.email,
-                account.display_name,
-                account.notifications,
+                registered.email,
+                registered.display_name,
+                event.notifications,
             )
         else:
             return None

@@ -149,9 +149,8 @@ def test_publishes_account_events_keyed_ordered_and_without_personal_values(
     tag = uuid.uuid4().hex[:8]
     members = [person(n, tag) for n in range(4)]
     ids = [accounts.register(**member) for member in members]
-    accounts.edit_preferences(
-        ids[0], notifications={"scouts": False, "recommendations": False, "notices": True}
-    )
+    # A partial edit: the profile record still carries every category.
+    accounts.edit_preferences(ids[0], notifications={"scouts": False, "recommendations": False})
     accounts.edit_preferences(ids[1], desired={"locations": ["fukuoka"]})
     accounts.receive_scout(ids[2], scout_id="s1", company_id="c1", job_id="j1")
     accounts.claim_gift(ids[2], company_id="c1", start_date=date(2026, 6, 1))
