@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from aiosmtpd.controller import Controller
@@ -28,6 +28,8 @@ from consumers.store import open_database
 from lifecycle.kafka_topics import TopicSettings, ensure_topics, read_from_start
 from lifecycle.storage import Database
 from schemas.contract import TopicNames
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -167,3 +169,29 @@ def running_consumers() -> Iterator[list[Running]]:
     finally:
         for item in started:
             item.stop()
+
+
+RACE_DEADLINE_S = 60.0  # seconds any one race may take, far above what it needs
+
+
+def race(work: Callable[[int], T], n: int = 8) -> list[T | BaseException]:
+    """Run work(0..n-1) in n threads released together; each slot holds a result or an error."""
+    barrier = threading.Barrier(n, timeout=RACE_DEADLINE_S)
+    pending = object()
+    results: list[Any] = [pending] * n
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except BaseException as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=RACE_DEADLINE_S)
+    assert not any(thread.is_alive() for thread in threads), "a racer missed the deadline"
+    assert pending not in results
+    return results

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
+
+from support import race
 
 from lifecycle.application import MAX_ATTEMPTS, Accounts
 from lifecycle.domain import Account, EmailClaim
 from lifecycle.errors import EmailAlreadyClaimedError, GiftAlreadyClaimedError
 
-N = 8
-DEADLINE = 60.0  # seconds any one race may take, far above what it needs
-T = TypeVar("T")
-
-
-def race(work: Callable[[int], T], n: int = N) -> list[T | BaseException]:
-    """Run work(0..n-1) in n threads released together; each slot holds a result or an error."""
-    barrier = threading.Barrier(n, timeout=DEADLINE)
-    pending = object()
-    results: list[Any] = [pending] * n
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=DEADLINE)
-    assert not any(thread.is_alive() for thread in threads), "a racer missed the deadline"
-    assert pending not in results
-    return results
+N = 8  # racers in each race: support.race's default
 
 
 def stored(accounts: Accounts, event_type: type[Any]) -> list[Any]:

@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.persistence import IntegrityError
+from support import race
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
@@ -26,27 +27,6 @@ def gc_accounts(settings: Settings) -> Iterator[Accounts]:
     app = Accounts(env=settings.application_env())
     yield app
     app.close()
-
-
-def run_all(work: Callable[[int], Any], n: int) -> list[Any]:
-    """work(0..n-1) on n threads released together; each slot holds a result or an error."""
-    barrier = threading.Barrier(n, timeout=DEADLINE)
-    results: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=DEADLINE)
-    assert not any(thread.is_alive() for thread in threads)
-    return results
 
 
 def held_first_batch(writer: GroupCommitWriter, waiting: int) -> Callable[..., Any]:
@@ -103,7 +83,7 @@ def test_waiting_callers_share_one_save_and_each_gets_its_own_recordings() -> No
     store = FakeStore()
     writer = GroupCommitWriter(store.save)
     held_first_batch(writer, waiting=7)
-    results = run_all(lambda i: writer.save([f"e{i}-1", f"e{i}-2"]), 8)  # type: ignore[list-item]
+    results = race(lambda i: writer.save([f"e{i}-1", f"e{i}-2"]), 8)  # type: ignore[list-item]
     assert results == [[f"recorded:e{i}-1", f"recorded:e{i}-2"] for i in range(8)]
     # The first caller leads alone; the seven that queued meanwhile share the next save.
     assert len(store.calls) == 2
@@ -115,7 +95,7 @@ def test_an_infrastructure_failure_reaches_every_caller_of_the_batch() -> None:
     store = FakeStore(fail_with=RuntimeError("database unreachable"))
     writer = GroupCommitWriter(store.save)
     held_first_batch(writer, waiting=3)
-    results = run_all(lambda i: writer.save([f"e{i}"]), 4)  # type: ignore[list-item]
+    results = race(lambda i: writer.save([f"e{i}"]), 4)  # type: ignore[list-item]
     assert all(isinstance(r, RuntimeError) for r in results)
     assert len(store.calls) == 2  # no retry of anything on its own
 
@@ -124,7 +104,7 @@ def test_batches_are_bounded() -> None:
     store = FakeStore()
     writer = GroupCommitWriter(store.save, max_batch=3)
     held_first_batch(writer, waiting=7)
-    results = run_all(lambda i: writer.save([f"e{i}"]), 8)  # type: ignore[list-item]
+    results = race(lambda i: writer.save([f"e{i}"]), 8)  # type: ignore[list-item]
     assert all(isinstance(r, list) for r in results)
     assert max(len(call) for call in store.calls) <= 3
     with pytest.raises(ValueError, match="max_batch"):
@@ -138,7 +118,7 @@ def test_concurrent_registrations_all_land_and_are_durable_on_return(
     gc_accounts: Accounts, settings: Settings
 ) -> None:
     held_first_batch(gc_accounts.group_commit, waiting=7)
-    results = run_all(lambda i: register(gc_accounts, i), 8)
+    results = race(lambda i: register(gc_accounts, i), 8)
     assert all(isinstance(r, UUID) for r in results), results
     assert gc_accounts.group_commit.batches < gc_accounts.group_commit.saved_requests
     # Committed: another application on the same store reads every one at once.
@@ -167,7 +147,7 @@ def test_a_conflict_in_a_batch_costs_only_the_caller_that_lost(
     writer = gc_accounts.group_commit
     held_first_batch(writer, waiting=3)
     work: list[Any] = [blocker, first, second, bystander]
-    results = run_all(lambda i: gc_accounts.save(work[i]), 4)
+    results = race(lambda i: gc_accounts.save(work[i]), 4)
     outcomes = [isinstance(r, IntegrityError) for r in results[1:3]]
     assert sorted(outcomes) == [False, True], results
     assert not isinstance(results[3], BaseException)
@@ -180,7 +160,7 @@ def test_racing_commands_on_one_account_all_succeed_through_retries(
     gc_accounts: Accounts,
 ) -> None:
     account_id = register(gc_accounts)
-    results = run_all(
+    results = race(
         lambda i: gc_accounts.receive_scout(
             account_id, scout_id=f"s{i}", company_id="acme", job_id=f"j{i}"
         ),
@@ -201,7 +181,7 @@ def test_the_same_address_registered_in_one_batch_is_claimed_once(
             return register(gc_accounts, 99)
         return gc_accounts.register(email=email, display_name=f"M{i}", consent_version="v1")
 
-    results = run_all(attempt, 5)
+    results = race(attempt, 5)
     winners = [r for r in results[1:] if isinstance(r, UUID)]
     losers = [r for r in results[1:] if isinstance(r, EmailAlreadyClaimedError)]
     assert (len(winners), len(losers)) == (1, 3), results
@@ -223,7 +203,7 @@ def test_a_domain_error_in_a_batch_stays_with_its_caller(
     blocker.edit_preferences(desired={"min_salary": 3})
     held_first_batch(writer, waiting=2)
     work: list[Any] = [blocker, doomed, fine]
-    results = run_all(lambda i: gc_accounts.save(work[i]), 3)
+    results = race(lambda i: gc_accounts.save(work[i]), 3)
     assert isinstance(results[1], (KeyDestroyedError, IntegrityError)), results
     assert not isinstance(results[2], BaseException), results
     assert gc_accounts.get_account(fine.id).job_title == "Alive"
