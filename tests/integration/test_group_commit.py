@@ -19,8 +19,6 @@ from lifecycle.errors import EmailAlreadyClaimedError, KeyDestroyedError
 from lifecycle.group_commit import GroupCommitWriter
 from lifecycle.settings import Settings
 
-DEADLINE = 60.0
-
 
 @pytest.fixture
 def gc_accounts(settings: Settings) -> Iterator[Accounts]:
