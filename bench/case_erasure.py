@@ -37,13 +37,12 @@ from bench.workload import (
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
 from lifecycle.kafka_topics import ensure_topics
-from schemas.contract import TopicNames
+from schemas.contract import ERASING_SERVICES, TopicNames
 
 WITHDRAWALS_PER_S = 20.0
 REGISTRATIONS_PER_S = 20.0
 SCOUTS_PER_S = 40.0
 TARGET_P99_MS = Target("at_most", 500.0)
-SERVICES = ("scout", "chat", "mail")
 DRAIN_TIMEOUT_S = 90.0
 
 
@@ -63,7 +62,7 @@ class Pipeline:
         self.logs: dict[str, IO[bytes]] = {}
 
     def start(self) -> None:
-        for kind in ("relay", "erasure", *SERVICES):
+        for kind in ("relay", "erasure", *ERASING_SERVICES):
             # Kept open for the worker's life; closed in stop().
             self.logs[kind] = tempfile.TemporaryFile()  # noqa: SIM115
             self.processes[kind] = subprocess.Popen(
@@ -300,7 +299,7 @@ def run(ctx: Context) -> list[Row]:
                     registered_only=True,
                 ).account_ids
                 withdraw, scouted = pool[:wanted], pool[wanted:]
-                log(f"erasure: {len(pool)} members; starting relay, erasure, {SERVICES}")
+                log(f"erasure: {len(pool)} members; starting relay, erasure, {ERASING_SERVICES}")
                 pipeline.start()
                 wait_idle(ctx, accounts, topics, pipeline)
                 log(f"erasure: warm-up ({warmup:g} s)")
@@ -327,7 +326,7 @@ def run(ctx: Context) -> list[Row]:
                 pipeline.stop()
                 accounts.close()
                 with psycopg.connect(ctx.database_url, autocommit=True) as conn:
-                    for name in SERVICES:
+                    for name in ERASING_SERVICES:
                         conn.execute(f"DROP SCHEMA IF EXISTS {schema}_{name} CASCADE")
     finally:
         from bench.case_relay import delete_topics

@@ -11,8 +11,8 @@ from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
+from schemas.contract import ERASING_SERVICES
 
-ERASING_SERVICES = ("scout", "chat", "mail")
 CONFIRMED = "confirmed"
 FAILED = "failed"
 

@@ -36,10 +36,14 @@ from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Cursor, Database
 from lifecycle.transport import InProcessPublisher, KafkaPublisher, Publisher
-from schemas.contract import Envelope, ErasureConfirmedV1, TopicNames
+from schemas.contract import (
+    ERASING_SERVICES,
+    ERASURE_GROUP,
+    Envelope,
+    ErasureConfirmedV1,
+    TopicNames,
+)
 
-SERVICES = ("scout", "chat", "mail")
-ERASURE_GROUP = "lifecycle-erasure"
 # The erasure consumer keeps its marks in the lifecycle database, beside the event store.
 ERASURE_TABLE_PREFIX = "erasure_"
 
@@ -111,9 +115,9 @@ def service_handler(
 
 
 def _check_service(name: str) -> None:
-    if name not in SERVICES:
+    if name not in ERASING_SERVICES:
         raise StartupError(
-            detail=f"unknown consumer {name!r}: expected one of {', '.join(SERVICES)}"
+            detail=f"unknown consumer {name!r}: expected one of {', '.join(ERASING_SERVICES)}"
         )
 
 
@@ -121,11 +125,6 @@ def mailer_for(settings: Settings) -> mail.Mailer:
     if settings.smtp_host:
         return mail.SmtpMailer(settings.smtp_host, settings.smtp_port)
     return mail.DiscardingMailer()
-
-
-def group_id(topics: TopicNames, name: str) -> str:
-    """Consumer groups are named after the service; a topic prefix keeps tenants apart."""
-    return f"{topics.prefix}{name}"
 
 
 @dataclass
@@ -174,9 +173,9 @@ def kafka_consumer(
         handler, subscribed = service_handler(
             name, database, topics, mailer or mailer_for(settings)
         )
-        publisher = KafkaPublisher(bootstrap, client_id=f"{group_id(topics, name)}-outbox")
+        publisher = KafkaPublisher(bootstrap, client_id=f"{topics.group_id(name)}-outbox")
         closers.append(publisher.close)
-        source = KafkaSource(bootstrap, subscribed, group_id(topics, name))
+        source = KafkaSource(bootstrap, subscribed, topics.group_id(name))
     except BaseException:
         _close_all(closers)
         raise
@@ -204,9 +203,9 @@ def kafka_erasure_consumer(
     """The erasure process reading confirmations from Kafka (the caller owns `accounts`)."""
     bootstrap = _require_kafka(settings, "erasure")
     topics = topics or settings.topics
-    publisher = KafkaPublisher(bootstrap, client_id=f"{group_id(topics, ERASURE_GROUP)}-dlq")
+    publisher = KafkaPublisher(bootstrap, client_id=f"{topics.group_id(ERASURE_GROUP)}-dlq")
     try:
-        source = KafkaSource(bootstrap, [topics.erasure_confirmed], group_id(topics, ERASURE_GROUP))
+        source = KafkaSource(bootstrap, [topics.erasure_confirmed], topics.group_id(ERASURE_GROUP))
     except BaseException:
         publisher.close()
         raise
@@ -362,7 +361,7 @@ def start_workers(
         )
         workers.relay = relay
         runners: list[tuple[str, Callable[[threading.Event], None]]] = [("relay", relay.run)]
-        for name in SERVICES:
+        for name in ERASING_SERVICES:
             database = service_database(settings, name)
             workers.stores[name] = database
             handler, subscribed = service_handler(

@@ -16,9 +16,10 @@ from typing import Any, Literal
 from uuid import UUID
 
 from lifecycle.domain import Account
-from lifecycle.erasure import CONFIRMED, ERASING_SERVICES, FAILED
+from lifecycle.erasure import CONFIRMED, FAILED
 from lifecycle.storage import Database
 from projections.base import ReadModel, Statement, as_uuid, parse_ts, table_exists, topics_of
+from schemas.contract import ERASING_SERVICES
 
 ErasureFilter = Literal["open", "pending", "errored", "overdue", "purged", "all"]
 ERASURE_FILTERS: tuple[str, ...] = ("open", "pending", "errored", "overdue", "purged", "all")

@@ -6,6 +6,8 @@
 
 from schemas.contract import (
     CONSUMER_GROUPS,
+    ERASING_SERVICES,
+    ERASURE_GROUP,
     MODELS,
     ContractError,
     ContractModel,
@@ -28,6 +30,8 @@ from schemas.contract import (
 
 __all__ = [
     "CONSUMER_GROUPS",
+    "ERASING_SERVICES",
+    "ERASURE_GROUP",
     "MODELS",
     "ContractError",
     "ContractModel",

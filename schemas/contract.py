@@ -29,7 +29,12 @@ SCHEMA_BASE_URI = "https://schemas.jobchange.jp/lifecycle/"
 LIFECYCLE_TOPIC = "account.lifecycle.v1"
 PROFILE_TOPIC = "account.profile.v1"
 ERASURE_CONFIRMED_TOPIC = "account.erasure-confirmed.v1"
-CONSUMER_GROUPS: tuple[str, ...] = ("scout", "chat", "mail", "lifecycle-erasure")
+# The one list of services that hold personal data and must confirm erasure before `Purged`.
+ERASING_SERVICES: tuple[str, ...] = ("scout", "chat", "mail")
+# The lifecycle service's own group, which turns their confirmations into `Purged`.
+ERASURE_GROUP = "lifecycle-erasure"
+# Consumer groups are named after the consuming service.
+CONSUMER_GROUPS: tuple[str, ...] = (*ERASING_SERVICES, ERASURE_GROUP)
 
 
 class ContractError(ValueError):
@@ -54,6 +59,10 @@ class TopicNames:
     @property
     def erasure_confirmed(self) -> str:
         return self.prefix + ERASURE_CONFIRMED_TOPIC
+
+    def group_id(self, group: str) -> str:
+        """A consumer group's id on the broker: the prefix keeps tenants and tests apart."""
+        return self.prefix + group
 
     def dlq(self, group: str) -> str:
         """The dead-letter topic of one consumer group: `<group>.dlq.v1`."""

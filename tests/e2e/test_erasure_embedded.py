@@ -21,7 +21,8 @@ from lifecycle.crypto import new_master_key
 from lifecycle.domain import AccountStatus
 from lifecycle.erasure import erasure_process
 from lifecycle.settings import Settings
-from lifecycle.workers import ERASURE_GROUP, Workers, start_workers
+from lifecycle.workers import Workers, start_workers
+from schemas.contract import ERASURE_GROUP
 
 
 @pytest.fixture

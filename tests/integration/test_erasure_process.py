@@ -19,8 +19,8 @@ from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess, e
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.settings import Settings
 from lifecycle.transport import InProcessPublisher
-from lifecycle.workers import ERASURE_GROUP, ErasureHandler
-from schemas.contract import ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
+from lifecycle.workers import ErasureHandler
+from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
 
 TOPICS = TopicNames()
 

@@ -28,7 +28,7 @@ from lifecycle.api.routes import AccountsDep
 from lifecycle.api.routes.accounts import AccountId
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.erasure import CONFIRMED, ERASING_SERVICES, ErasureProcess
+from lifecycle.erasure import CONFIRMED, ErasureProcess
 from lifecycle.errors import AccountNotFoundError, ConflictError, InvalidCommandError
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
@@ -39,7 +39,7 @@ from projections.erasure import ERASURE_FILTERS, ErasureQuery, ErasureRetries, E
 from projections.registry import read_model_classes
 from projections.runner import Projector
 from projections.statistics import GiftClaims, ScoutsPerCompany, WithdrawalReasons
-from schemas.contract import TopicNames
+from schemas.contract import ERASING_SERVICES, TopicNames
 
 log = get_logger(__name__)
 M = TypeVar("M", bound=ReadModel)
