@@ -26,9 +26,9 @@ from eventsourcing.utils import resolve_topic
 
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
+from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
 from lifecycle.storage import Database
-from lifecycle.transport import Publisher, PublishError
 from schemas.contract import (
     ContractModel,
     GiftClaimedV1,
