@@ -32,7 +32,8 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from consumers.store import ConsumerStore, Outgoing
-from lifecycle.kafka.producer import InProcessPublisher, Publisher
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import Publisher
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor
 from schemas.contract import (

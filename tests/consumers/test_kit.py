@@ -26,7 +26,7 @@ from consumers.kit import (
     erasure_confirmation,
 )
 from consumers.store import ConsumerStore, Outgoing
-from lifecycle.kafka.producer import InProcessPublisher
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
     Envelope,

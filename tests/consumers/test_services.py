@@ -25,7 +25,7 @@ from consumers.kit import (
     RetryPolicy,
 )
 from consumers.store import ConsumerStore
-from lifecycle.kafka.producer import InProcessPublisher
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.storage import Database
 from schemas.contract import (
     ContractModel,

@@ -21,7 +21,8 @@ from support import read_topic, wait_until
 
 from lifecycle.application import Accounts
 from lifecycle.kafka.admin import ensure_topics
-from lifecycle.kafka.producer import Headers, InProcessPublisher, KafkaPublisher, PublishError
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import Headers, KafkaPublisher, PublishError
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from schemas.contract import (
