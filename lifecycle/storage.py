@@ -16,13 +16,15 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from lifecycle.errors import LifecycleError
-
 Dialect = Literal["postgres", "sqlite"]
 
 
-class DatabaseUrlError(LifecycleError):
-    code = "database_url_invalid"
+class DatabaseUrlError(ValueError):
+    """A database URL this service cannot use; the message says what was expected.
+
+    A `ValueError`, so Settings validation reports it as a bad value of LIFECYCLE_DATABASE_URL.
+    The message never repeats the URL, which may hold a password.
+    """
 
 
 def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]:
@@ -30,7 +32,7 @@ def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]
     parts = urlsplit(database_url)
     if parts.scheme in ("postgresql", "postgres"):
         if not parts.hostname or not parts.path.strip("/"):
-            raise DatabaseUrlError(detail="expected postgresql://user:password@host:port/dbname")
+            raise DatabaseUrlError("expected postgresql://user:password@host:port/dbname")
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")),
@@ -46,9 +48,9 @@ def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]
     if parts.scheme == "sqlite":
         path = database_url.removeprefix("sqlite:///")
         if not path:
-            raise DatabaseUrlError(detail="expected sqlite:///path/to/file.sqlite3")
+            raise DatabaseUrlError("expected sqlite:///path/to/file.sqlite3")
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
-    raise DatabaseUrlError(detail="database URL must start with postgresql:// or sqlite:///")
+    raise DatabaseUrlError("database URL must start with postgresql:// or sqlite:///")
 
 
 class Database:
@@ -76,7 +78,7 @@ class Database:
         datastore = getattr(factory, "datastore", None)
         if isinstance(datastore, PostgresDatastore | SQLiteDatastore):
             return cls(datastore, application_name)
-        raise DatabaseUrlError(detail="the service needs PostgreSQL or SQLite persistence")
+        raise DatabaseUrlError("the service needs PostgreSQL or SQLite persistence")
 
     @classmethod
     def open(cls, database_url: str, schema: str = "public", *, pool_size: int = 2) -> Database:
