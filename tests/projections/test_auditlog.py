@@ -12,8 +12,9 @@ from eventsourcing.persistence import StoredEvent
 from projection_history import COMMENT, PERSONAL, History, account, history_fixture
 
 from lifecycle.application import Accounts
+from lifecycle.audit.export import export_log, parse_bound
+from lifecycle.audit.replay import replay
 from lifecycle.domain import Account
-from projections.auditlog import export_log, parse_bound, replay
 from projections.base import JST
 
 history = pytest.fixture(history_fixture, name="history")
