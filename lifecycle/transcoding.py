@@ -49,6 +49,6 @@ class OrjsonTranscoder(JSONTranscoder):
                         break  # the library's decoder decides (and names what is wrong)
                     decoded[name] = transcoding.decode(value["_data_"])
                     found += 1
-            if found == marks:
-                return decoded
+                    if found == marks:
+                        return decoded  # every mark accounted for (timestamp comes first)
         return super().decode(data)
