@@ -311,7 +311,7 @@ def _key_rules(
     if not folded:
         return
     purged = [account.id for account in folded if account.status is AccountStatus.PURGED]
-    tombstones = _existing(database, "destroyed_keys", "account_id", purged)
+    tombstones = _tombstones(database, purged)
     for account in folded:
         has_key = keys.get(account.id, False)
         if account.status is AccountStatus.PURGED:
@@ -336,8 +336,7 @@ def _holder_rules(database: Database, held: dict[UUID, UUID]) -> Iterator[Violat
     if not held:
         return
     table = database.events_table
-    holders = sorted(set(held.values()), key=str)
-    params = [database.id_param(account_id) for account_id in holders]
+    params = [database.id_param(account_id) for account_id in set(held.values())]
     with database.transaction(commit=False) as cursor:
         rows = cursor.execute(
             f"SELECT e.originator_id, e.topic FROM {table} e "
@@ -359,14 +358,15 @@ def _holder_rules(database: Database, held: dict[UUID, UUID]) -> Iterator[Violat
             )
 
 
-def _existing(database: Database, base: str, column: str, ids: list[UUID]) -> set[UUID]:
+def _tombstones(database: Database, ids: list[UUID]) -> set[UUID]:
+    """Which of these accounts' keys were destroyed (in `destroyed_keys`)."""
     if not ids:
         return set()
     params = [database.id_param(account_id) for account_id in ids]
     with database.transaction(commit=False) as cursor:
         rows = cursor.execute(
-            f"SELECT {column} FROM {database.table(base)} "
-            f"WHERE {column} IN ({', '.join(['%s'] * len(params))})",
+            f"SELECT account_id FROM {database.table('destroyed_keys')} "
+            f"WHERE account_id IN ({', '.join(['%s'] * len(params))})",
             params,
         ).fetchall()
     return {database.to_uuid(row[0]) for row in rows}
