@@ -327,7 +327,6 @@ class Account(Aggregate):
 
     @property
     def gift_forfeited_by_withdrawal(self) -> bool:
-        """Withdrawing now gives up a gift the member could still claim."""
         return self.gift is None and self.gift_eligible
 
     def check_account_is_not_purged(self) -> None:
