@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from lifecycle.kafka_topics import read_from_start
+from lifecycle.kafka.admin import read_from_start
 from schemas.contract import ContractError, PurgedV1, decode_record
 
 

@@ -17,8 +17,8 @@ from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess, erasure_process
 from lifecycle.errors import AccountNotFoundError
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.settings import Settings
-from lifecycle.transport import InProcessPublisher
 from lifecycle.workers import ErasureHandler
 from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
 
