@@ -33,6 +33,31 @@ def _services_env() -> dict[str, str]:
     return found
 
 
+# What marks a test as needing a server: a fixture it requests (directly or through others)
+# or the value of a parameter. `pytest -m "not postgres and not kafka"` then runs without any.
+SERVER_FIXTURES = {"postgres_url": "postgres", "pg_schema": "postgres", "kafka_bootstrap": "kafka"}
+SERVER_PARAMS = {("backend", "postgres"): "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs PostgreSQL or Kafka, so the fast tier can leave them out."""
+    for item in items:
+        needs = {
+            SERVER_FIXTURES[name]
+            for name in getattr(item, "fixturenames", ())
+            if name in SERVER_FIXTURES
+        }
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            needs |= {
+                marker
+                for (param, value), marker in SERVER_PARAMS.items()
+                if callspec.params.get(param) == value
+            }
+        for marker in sorted(needs - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(marker)
+
+
 @pytest.fixture(autouse=True)
 def _default_logging() -> Iterator[None]:
     """A CLI run in-process configures logging for the whole process; undo it per test."""
