@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/ruff check $(PACKAGES) tests bench
 	$(BIN)/ruff format --check $(PACKAGES) tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install services
 	$(BIN)/python -m bench
