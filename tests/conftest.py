@@ -1,4 +1,8 @@
-"""Shared fixtures: every backend-dependent test runs on SQLite and on the real PostgreSQL."""
+"""Fixtures every tier shares: the servers, the backend (every backend-dependent test runs on
+SQLite and on the real PostgreSQL), settings, the application, an SMTP sink, per-test topics.
+
+Each tier's own fixtures live in its folder's conftest.py; helpers live in support.py.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,15 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog
+from support import TOKENS, SmtpSink, smtp_sink, unique_topics
 
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
+from schemas.contract import TopicNames
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".services" / "env"
-
-TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
 
 
 def _services_env() -> dict[str, str]:
@@ -124,5 +128,14 @@ def accounts(settings: Settings) -> Iterator[Accounts]:
     app.close()
 
 
-def auth(role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKENS[role]}"}
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_sink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
+    """Topics of this test alone on the shared broker, deleted afterwards."""
+    with unique_topics(kafka_bootstrap) as names:
+        yield names

@@ -1,8 +1,9 @@
-"""Helpers for the consumer tests: an SMTP sink, service stores, per-test topics, waiting.
+"""The one home of test helpers: API tokens, an SMTP sink, service stores, per-test topics,
+reading a topic, waiting on a condition, consumer threads, races.
 
-Not a conftest: a second `conftest` module would shadow the root one for `from conftest
-import ...` in directories collected later. Test modules wrap these in three-line fixtures.
-It sits beside the root conftest, whose folder pytest puts on sys.path.
+Test modules import from here, never from a conftest: every tier has its own `conftest.py`,
+and they all share the module name `conftest`. The fixtures wrapping these helpers live in
+the conftests. It sits beside the root conftest, whose folder pytest puts on sys.path.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from lifecycle.storage import Database
 from schemas.contract import TopicNames
 
 T = TypeVar("T")
+
+# One known bearer token per role; the `settings` fixture accepts them.
+TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
+
+
+def auth(role: str) -> dict[str, str]:
+    """The Authorization header of that role's token."""
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
 
 
 @dataclass

@@ -19,9 +19,6 @@ from support import (
     Running,
     SmtpSink,
     read_topic,
-    running_consumers,
-    smtp_sink,
-    unique_topics,
     wait_until,
 )
 
@@ -54,18 +51,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    with unique_topics(kafka_bootstrap) as names:
-        yield names
-
-
 # Fixtures and helpers
 
 
@@ -81,12 +66,6 @@ def kafka_settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> I
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in ("scout", "chat", "mail"):
             conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
-
-
-@pytest.fixture
-def running() -> Iterator[list[Running]]:
-    with running_consumers() as started:
-        yield started
 
 
 def start(

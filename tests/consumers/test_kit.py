@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import OperationalError
-from support import Running, StoreFactory, running_consumers, service_stores, wait_until
+from support import Running, wait_until
 
 from consumers.kit import (
     DLQ_ERROR_CODE,
@@ -40,15 +39,6 @@ from schemas.contract import (
 
 TOPICS = TopicNames()
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
-
-
-@pytest.fixture
-def service_store(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[StoreFactory]:
-    url = str(request.getfixturevalue("postgres_url")) if backend == "postgres" else ""
-    with service_stores(backend, tmp_path, url) as make:
-        yield make
 
 
 def scout_record(account_id: UUID, version: int, scout_id: str = "s") -> Record:
@@ -108,12 +98,6 @@ def log() -> InProcessPublisher:
 @pytest.fixture
 def database(service_store: Callable[[str], Database]) -> Database:
     return service_store("kit")
-
-
-@pytest.fixture
-def running() -> Iterator[list[Running]]:
-    with running_consumers() as started:
-        yield started
 
 
 def make_consumer(

@@ -10,11 +10,10 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from pathlib import Path
 from uuid import UUID
 
 import pytest
-from support import SmtpSink, StoreFactory, service_stores, smtp_sink, wait_until
+from support import SmtpSink, StoreFactory, wait_until
 
 from consumers import chat, mail, scout
 from consumers.kit import (
@@ -46,21 +45,6 @@ from schemas.contract import (
 
 TOPICS = TopicNames()
 FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
-
-
-@pytest.fixture
-def service_store(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[StoreFactory]:
-    url = str(request.getfixturevalue("postgres_url")) if backend == "postgres" else ""
-    with service_stores(backend, tmp_path, url) as make:
-        yield make
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
 
 
 NOTIFY_ALL = {"scouts": True, "recommendations": True, "notices": True}

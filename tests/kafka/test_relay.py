@@ -15,12 +15,10 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from kafka.admin import KafkaAdminClient
 from structlog.testing import capture_logs
 from support import read_topic, wait_until
 
 from lifecycle.application import Accounts
-from lifecycle.kafka_topics import ensure_topics
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.transport import Headers, InProcessPublisher, KafkaPublisher, PublishError
@@ -53,18 +51,6 @@ CE_HEADERS = {
 
 
 # Fixtures and helpers
-
-
-@pytest.fixture
-def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, names)
-    yield names
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics(list(names.all()))
-    finally:
-        admin.close()
 
 
 @dataclass(frozen=True)

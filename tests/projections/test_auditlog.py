@@ -9,14 +9,12 @@ from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from projection_history import COMMENT, PERSONAL, History, account, history_fixture
+from projection_history import COMMENT, PERSONAL, History, account
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
 from projections.auditlog import export_log, parse_bound, replay
 from projections.base import JST
-
-history = pytest.fixture(history_fixture, name="history")
 
 
 def exported(accounts: Accounts, **bounds: object) -> list[dict[str, object]]:
