@@ -5,12 +5,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import OperationalError
-from support import Running, wait_until
+from support import Running, scout_received, wait_until
 
 from consumers.kit import (
     DLQ_ERROR_CODE,
@@ -31,10 +30,8 @@ from schemas.contract import (
     Envelope,
     ErasureConfirmedV1,
     Record,
-    ScoutReceivedV1,
     TopicNames,
     decode_record,
-    encode_record,
 )
 
 TOPICS = TopicNames()
@@ -42,18 +39,7 @@ FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 
 
 def scout_record(account_id: UUID, version: int, scout_id: str = "s") -> Record:
-    return encode_record(
-        ScoutReceivedV1(
-            account_id=account_id,
-            scout_id=scout_id,
-            company_id="c1",
-            job_id="j1",
-            received_at=datetime.now(UTC),
-        ),
-        ce_id=f"{account_id}:{version}",
-        subject=str(account_id),
-        time=datetime.now(UTC),
-    )
+    return scout_received(TOPICS, account_id, version, scout_id)[1]
 
 
 def put(log: InProcessPublisher, topic: str, *records: Record) -> None:
