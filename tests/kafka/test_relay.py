@@ -36,8 +36,6 @@ from schemas.contract import (
     decode_record,
 )
 
-pytestmark = pytest.mark.kafka
-
 CE_HEADERS = {
     "ce_specversion",
     "ce_id",
