@@ -108,8 +108,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Service settings on the requested backend, with one known token per role."""
-    common = {
+    """Service settings on the requested backend, with one known token per role. Embedded
+    (no Kafka, no topic prefix) even when the shell exports the services' LIFECYCLE_* lines."""
+    common: dict[str, object] = {
+        "kafka_bootstrap": None,
+        "topic_prefix": "",
         "master_key": new_master_key(),
         "api_tokens": {token_digest(token): role for role, token in TOKENS.items()},
         "log_format": "json",
