@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
 import pytest
-from conftest import auth
 from fastapi.testclient import TestClient
+from support import auth
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
@@ -17,12 +16,6 @@ from lifecycle.domain import MAX_COMMENT_LENGTH, WithdrawalReason
 from lifecycle.settings import Settings
 
 SERVICE = auth("service")
-
-
-@pytest.fixture
-def client(settings: Settings, accounts: Accounts) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, accounts)) as client:
-        yield client
 
 
 def new_email() -> str:

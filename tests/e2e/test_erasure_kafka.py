@@ -22,7 +22,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from support import SmtpSink, read_topic, smtp_sink, unique_topics, wait_until
+from support import SmtpSink, read_topic, unique_topics, wait_until
 
 from consumers import chat, mail, scout
 from consumers.store import open_database
@@ -46,18 +46,6 @@ SERVICES = ("scout", "chat", "mail")
 
 
 # Topics, settings, stores
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    with unique_topics(kafka_bootstrap) as names:
-        yield names
 
 
 @pytest.fixture

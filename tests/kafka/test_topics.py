@@ -11,8 +11,6 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from lifecycle.kafka.admin import TopicSettings, ensure_topics, topic_specs
 from schemas.contract import TopicNames
 
-pytestmark = pytest.mark.kafka
-
 SMALL = TopicSettings(
     profile_segment_ms=60_000,
     profile_max_compaction_lag_ms=120_000,

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from projection_history import COMMENT, PERSONAL, History, account, history_fixture
+from projection_history import COMMENT, PERSONAL, History, account
 
 from lifecycle.application import Accounts
 from lifecycle.audit.export import export_log, parse_bound
@@ -17,8 +17,6 @@ from lifecycle.audit.replay import replay
 from lifecycle.crypto import SEALED_FIELD
 from lifecycle.domain import Account
 from projections.base import JST
-
-history = pytest.fixture(history_fixture, name="history")
 
 
 def exported(accounts: Accounts, **bounds: object) -> list[dict[str, object]]:
