@@ -55,6 +55,11 @@ EDITABLE_PARTS = ("profile", "job_title", "work_history", "desired", "notificati
 MERGED_PARTS = ("profile", "desired", "notifications")
 
 
+# Unicode categories of characters that render as nothing: format (Cf: ZWSP, ZWJ, RLM, BOM,
+# soft hyphen), control, surrogate, private use and unassigned code points.
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Cs", "Co", "Cn"})
+
+
 def normalise_email(email: str) -> str:
     """Compare addresses as people mean them: NFKC, trimmed, case-folded."""
     return unicodedata.normalize("NFKC", email).strip().casefold()
@@ -371,6 +376,11 @@ class Account(Aggregate):
         local, at, domain = normalised.rpartition("@")
         # Whitespace is judged after NFKC: U+3000 and friends become plain spaces there.
         if not (at and local and "." in domain and not any(c.isspace() for c in normalised)):
+            raise InvalidCommandError("email_invalid")
+        # Invisible and bidirectional characters (zero-width space and joiner, RLM, BOM, soft
+        # hyphen, controls) are refused rather than stripped: an address nobody can see the
+        # difference in must not open a second account, and no mail system delivers to one.
+        if any(unicodedata.category(c) in INVISIBLE_CATEGORIES for c in normalised):
             raise InvalidCommandError("email_invalid")
 
 
