@@ -10,6 +10,8 @@ from uuid import UUID, uuid4
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate
 from eventsourcing.persistence import (
+    ApplicationRecorder,
+    InfrastructureFactory,
     IntegrityError,
     JSONTranscoder,
     Mapper,
@@ -31,6 +33,7 @@ from lifecycle.errors import (
     ConcurrentUpdateError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
+from lifecycle.recorders import recorder_topic
 from lifecycle.storage import Database
 
 T = TypeVar("T")
@@ -91,6 +94,14 @@ class Accounts(Application[UUID]):
         self._claim_key = derive_key(master_key, "lifecycle/email-claim-id")
         return PersonalDataMapper(transcoder=self.construct_transcoder(), vault=self.vault)
 
+    def construct_recorder(self) -> ApplicationRecorder:
+        # New accounts' keys are written by the recorder, in the events' transaction.
+        env = self.factory.env
+        topic = recorder_topic(self.factory)
+        if topic and not env.get(InfrastructureFactory.APPLICATION_RECORDER_TOPIC):
+            env[InfrastructureFactory.APPLICATION_RECORDER_TOPIC] = topic
+        return super().construct_recorder()
+
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
@@ -99,12 +110,20 @@ class Accounts(Application[UUID]):
 
     def register(self, **fields: Any) -> UUID:
         account_id = uuid4()
+        attempts = 0
 
         def attempt() -> UUID:
+            nonlocal attempts
+            attempts += 1
             # Built afresh each time: a failed save has already taken the pending events.
             account = Account.register(account_id=account_id, **fields)
             claim_id = keyed_id(self._claim_key, account.email)
-            claim = self._find_claim(claim_id) or EmailClaim.open(claim_id)
+            # Most addresses were never claimed: the first attempt opens the claim without
+            # looking (one round trip less); if it exists, opening it again conflicts on its
+            # first version and the retry looks it up. The store's unique key decides races.
+            claim = (self._find_claim(claim_id) if attempts > 1 else None) or EmailClaim.open(
+                claim_id
+            )
             claim.claim(account.id)
             self.save(account, claim)
             return account.id
