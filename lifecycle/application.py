@@ -8,7 +8,12 @@ from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate
+from eventsourcing.domain import (
+    Aggregate,
+    DomainEvent,
+    DomainEventProtocol,
+    MutableOrImmutableAggregate,
+)
 from eventsourcing.persistence import (
     ApplicationRecorder,
     InfrastructureFactory,
@@ -44,6 +49,21 @@ Savable = MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID]
 MAX_ATTEMPTS = 16
 
 
+def _collect(objs: Iterable[Savable | None]) -> ProcessingEvent[UUID]:
+    """`ProcessingEvent.collect_events`, with plain class checks for our own aggregates
+    and events before the library's slower runtime protocol checks."""
+    processing: ProcessingEvent[UUID] = ProcessingEvent()
+    for obj in objs:
+        if isinstance(obj, Aggregate):
+            processing.events.extend(obj.collect_events())
+            processing.aggregates[obj.id] = obj
+        elif isinstance(obj, DomainEvent):
+            processing.events.append(obj)
+        elif obj is not None:
+            processing.collect_events(obj)
+    return processing
+
+
 class DateAsISO(Transcoding):
     type = date
     name = "date_iso"
@@ -76,8 +96,7 @@ class Accounts(Application[UUID]):
         """Concurrent callers' saves share one transaction (see lifecycle.group_commit)."""
         if kwargs:
             return self._save_now(*objs, **kwargs)
-        collected: ProcessingEvent[UUID] = ProcessingEvent()
-        collected.collect_events(*objs)
+        collected = _collect(objs)
         return self.group_commit.save(collected.events, list(collected.aggregates.values()))
 
     def _save_now(
@@ -85,7 +104,15 @@ class Accounts(Application[UUID]):
         *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
         **kwargs: Any,
     ) -> list[Recording[UUID]]:
-        return super().save(*objs, **kwargs)
+        # Application.save, without its second pass over the objects through runtime
+        # protocol checks (about a third of a registration's Python time).
+        processing = _collect(objs)
+        processing.saved_kwargs.update(kwargs)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        self.notify(processing.events)  # The library's deprecated hook, as save calls it.
+        return recordings
 
     def construct_mapper(self) -> Mapper[UUID]:
         self.database = Database.of(self.factory, self.name)
