@@ -38,7 +38,7 @@ from lifecycle.errors import (
     ConcurrentUpdateError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
-from lifecycle.recorders import recorder_topic
+from lifecycle.recorders import PostgresKeyRecorder, recorder_topic
 from lifecycle.storage import Database
 
 T = TypeVar("T")
@@ -86,6 +86,8 @@ class Accounts(Application[UUID]):
     ) -> None:
         super().__init__(env)
         self.vault.create_schema()
+        if isinstance(self.recorder, PostgresKeyRecorder):
+            self.recorder.key_seen = self.vault.remember_wrapped
         self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)
 
     def save(

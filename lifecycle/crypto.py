@@ -190,6 +190,11 @@ class KeyVault:
             raise KeyDestroyedError()
         return found
 
+    def remember_wrapped(self, account_id: UUID, wrapped: bytes | None) -> None:
+        """Cache a key read along with its account's events (None: it has none)."""
+        key = None if wrapped is None else _open(self._wrapping_key, wrapped, account_id.bytes)
+        self._remember(account_id, key)
+
     def _remember(self, account_id: UUID, key: bytes | None) -> None:
         with self._lock:
             self._cache[account_id] = (time.monotonic() + self._cache_seconds, key)
