@@ -27,8 +27,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
+from psycopg.abc import Query
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Composed, Identifier
 
 from lifecycle.crypto import KEY_DESTROYED, StoredEventWithKey
 from lifecycle.errors import KeyDestroyedError
@@ -60,13 +61,39 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         if datastore.enable_db_functions:
             raise ValueError(DB_FUNCTIONS_REFUSED)
         super().__init__(datastore, events_table_name=events_table_name)
-        self.insert_keys_statement = SQL(
-            "INSERT INTO {schema}.{table} (account_id, wrapped_key) "
-            "SELECT * FROM unnest(%s::uuid[], %s::bytea[])"
-        ).format(schema=Identifier(datastore.schema), table=Identifier(KEYS_TABLE))
-        self.select_key_statement = SQL(
-            "SELECT wrapped_key FROM {schema}.{table} WHERE account_id = %s"
-        ).format(schema=Identifier(datastore.schema), table=Identifier(KEYS_TABLE))
+        keys = SQL("{schema}.{table}").format(
+            schema=Identifier(datastore.schema), table=Identifier(KEYS_TABLE)
+        )
+        # Statements rendered to text once: psycopg renders a composed statement again
+        # on every execute (the library's write runs four of them per transaction).
+        self.insert_keys_statement = _text(
+            SQL(
+                "INSERT INTO {keys} (account_id, wrapped_key) "
+                "SELECT * FROM unnest(%s::uuid[], %s::bytea[])"
+            ).format(keys=keys)
+        )
+        self.select_key_statement = _text(
+            SQL("SELECT wrapped_key FROM {keys} WHERE account_id = %s").format(keys=keys)
+        )
+        self.insert_events_statement = Composed([SQL(_text(self.insert_events_statement))])
+        self.lock_table_statements = [_text(q) for q in self.lock_table_statements]
+        self.notify_statement = _text(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
+        self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
+
+    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
+        curs.execute(self.notify_statement, prepare=True)
+
+    def _select_statement(self, gt: bool, lte: bool, desc: bool, limit: bool) -> str:
+        shape = (gt, lte, desc, limit)
+        if (found := self._select_statements.get(shape)) is not None:
+            return found
+        statement = _text(self.select_events_statement)
+        statement += " AND originator_version > %s" if gt else ""
+        statement += " AND originator_version <= %s" if lte else ""
+        statement += f" ORDER BY originator_version {'DESC' if desc else 'ASC'}"
+        statement += " LIMIT %s" if limit else ""
+        self._select_statements[shape] = statement
+        return statement
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def select_events(
@@ -87,20 +114,8 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
                 originator_id, gt=gt, lte=lte, desc=desc, limit=limit
             )
             return found
-        statement = self.select_events_statement
-        params: list[Any] = [originator_id]
-        if gt is not None:
-            params.append(gt)
-            statement += SQL(" AND originator_version > %s")
-        if lte is not None:
-            params.append(lte)
-            statement += SQL(" AND originator_version <= %s")
-        statement += SQL(
-            " ORDER BY originator_version DESC" if desc else " ORDER BY originator_version ASC"
-        )
-        if limit is not None:
-            params.append(limit)
-            statement += SQL(" LIMIT %s")
+        statement = self._select_statement(gt is not None, lte is not None, desc, limit is not None)
+        params = [value for value in (originator_id, gt, lte, limit) if value is not None]
         with (
             self.datastore.get_connection() as conn,
             conn.pipeline(),
@@ -173,6 +188,14 @@ class SQLiteKeyRecorder(SQLiteApplicationRecorder):
 def _text_id(originator_id: UUID | str) -> str:
     """Ids as the SQLite recorder stores them: hex text."""
     return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+def _text(statement: Query) -> str:
+    if isinstance(statement, str | bytes):
+        return statement if isinstance(statement, str) else statement.decode()
+    if isinstance(statement, Composable):
+        return statement.as_string(None)
+    raise TypeError(f"cannot render {type(statement).__name__} once")
 
 
 def recorder_topic(factory: InfrastructureFactory[Any]) -> str | None:
