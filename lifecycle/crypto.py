@@ -44,6 +44,7 @@ SEALED_FIELD = "sealed"
 PURGED_TOPIC = get_topic(Account.Purged)
 # What the refusing trigger raises, on both backends.
 KEY_DESTROYED = "key_destroyed"
+KEYS_TABLE = "account_keys"
 
 
 class MasterKeyError(LifecycleError):
@@ -118,7 +119,7 @@ class KeyVault:
 
     def _schema_statements(self) -> list[str]:
         db = self.database
-        keys, destroyed = db.table("account_keys"), db.table("destroyed_keys")
+        keys, destroyed = db.table(KEYS_TABLE), db.table("destroyed_keys")
         destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
         tables = [
             f"CREATE TABLE IF NOT EXISTS {keys} (account_id {db.id_type} PRIMARY KEY, "
@@ -173,7 +174,7 @@ class KeyVault:
         try:
             with db.transaction() as cursor:
                 inserted = cursor.execute(
-                    f"INSERT INTO {db.table('account_keys')} (account_id, wrapped_key) "
+                    f"INSERT INTO {db.table(KEYS_TABLE)} (account_id, wrapped_key) "
                     "VALUES (%s, %s) ON CONFLICT (account_id) DO NOTHING",
                     (db.id_param(account_id), wrapped),
                 ).rowcount
@@ -215,8 +216,8 @@ class KeyVault:
         """Look up many keys in one query (a relay batch, a replay page) into the cache;
         returns those it looked up (not those still cached).
 
-        An id without a key is cached as None too: a key exists before its account's first
-        event is stored, so a missing one was destroyed and cannot come back.
+        An id without a key is cached as None too: a key commits with its account's first
+        event, so a missing one was destroyed and cannot come back.
         """
         now = time.monotonic()
         with self._lock:
@@ -231,7 +232,7 @@ class KeyVault:
         params = [db.id_param(account_id) for account_id in wanted]
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
-                f"SELECT account_id, wrapped_key FROM {db.table('account_keys')} "
+                f"SELECT account_id, wrapped_key FROM {db.table(KEYS_TABLE)} "
                 f"WHERE account_id IN ({', '.join(['%s'] * len(params))})",
                 params,
             ).fetchall()
@@ -276,7 +277,7 @@ class KeyVault:
             destroyed = 0
             for account_id in sorted(purged, key=str):
                 cursor.execute(
-                    f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s", (account_id,)
+                    f"DELETE FROM {db.table(KEYS_TABLE)} WHERE account_id = %s", (account_id,)
                 )
                 destroyed += cursor.rowcount
                 cursor.execute(

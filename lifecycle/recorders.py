@@ -31,10 +31,9 @@ from psycopg.abc import Query
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composable, Composed, Identifier
 
-from lifecycle.crypto import KEY_DESTROYED, StoredEventWithKey
+from lifecycle.crypto import KEY_DESTROYED, KEYS_TABLE, StoredEventWithKey
 from lifecycle.errors import KeyDestroyedError
 
-KEYS_TABLE = "account_keys"
 # Measured (bench commands, both ways in one sitting): no gain over the pipelined
 # transaction, and the library's function inserts without the table lock that keeps the
 # notification log in commit order, which the relay relies on to miss nothing.
