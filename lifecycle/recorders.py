@@ -29,7 +29,7 @@ from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
 from psycopg.abc import Query
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composable, Composed, Identifier
+from psycopg.sql import SQL, Composable, Identifier
 
 from lifecycle.crypto import KEY_DESTROYED, KEYS_TABLE, StoredEventWithKey
 from lifecycle.errors import KeyDestroyedError
@@ -63,24 +63,70 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         keys = SQL("{schema}.{table}").format(
             schema=Identifier(datastore.schema), table=Identifier(KEYS_TABLE)
         )
-        # Statements rendered to text once: psycopg renders a composed statement again
-        # on every execute (the library's write runs four of them per transaction).
-        self.insert_keys_statement = _text(
-            SQL(
-                "INSERT INTO {keys} (account_id, wrapped_key) "
-                "SELECT * FROM unnest(%s::uuid[], %s::bytea[])"
-            ).format(keys=keys)
-        )
         self.select_key_statement = _text(
             SQL("SELECT wrapped_key FROM {keys} WHERE account_id = %s").format(keys=keys)
         )
-        self.insert_events_statement = Composed([SQL(_text(self.insert_events_statement))])
-        self.lock_table_statements = [_text(q) for q in self.lock_table_statements]
-        self.notify_statement = _text(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
         self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
+        # The write in one statement (inside the library's pipelined transaction) instead
+        # of five: key rows, then the library's own lock, notify and insert, in its order.
+        function = SQL("{schema}.{name}").format(
+            schema=Identifier(datastore.schema),
+            name=Identifier(f"lifecycle_insert_events_{datastore.originator_id_type}"),
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {function}(events {schema}.{event}[], "
+                "key_ids uuid[], wrapped_keys bytea[]) RETURNS SETOF bigint "
+                "LANGUAGE plpgsql AS $BODY$ BEGIN "
+                "INSERT INTO {keys} (account_id, wrapped_key) "
+                "SELECT * FROM unnest(key_ids, wrapped_keys); "
+                "SET LOCAL lock_timeout = '{lock_timeout}s'; "
+                "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "NOTIFY {channel}; "
+                "RETURN QUERY INSERT INTO {schema}.{table} AS t "
+                "(originator_id, originator_version, topic, state) "
+                "SELECT originator_id, originator_version, topic, state FROM unnest(events) "
+                "RETURNING notification_id; "
+                "END $BODY$"
+            ).format(
+                function=function,
+                schema=Identifier(datastore.schema),
+                event=Identifier(self.stored_event_type_name),
+                keys=keys,
+                lock_timeout=datastore.lock_timeout,
+                table=Identifier(self.events_table_name),
+                channel=Identifier(self.channel_name),
+            )
+        )
+        self.insert_function_call = _text(
+            SQL(
+                "SELECT * FROM {function}(%s::{schema}.{event}[], %s::uuid[], %s::bytea[]) "
+                "AS notification_id"
+            ).format(
+                function=function,
+                schema=Identifier(datastore.schema),
+                event=Identifier(self.stored_event_type_name),
+            )
+        )
 
-    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
-        curs.execute(self.notify_statement, prepare=True)
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> None:
+        keys = _keys(stored_events)
+        events = [
+            self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic, s.state)
+            for s in stored_events
+        ]
+        curs.execute(
+            self.insert_function_call,
+            (events, [s.originator_id for s in keys], [s.wrapped_key for s in keys]),
+            prepare=True,
+        )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> Sequence[int] | None:
+        return [row["notification_id"] for row in curs.fetchall()]
 
     def _select_statement(self, gt: bool, lte: bool, desc: bool, limit: bool) -> str:
         shape = (gt, lte, desc, limit)
@@ -146,16 +192,6 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
                 raise KeyDestroyedError() from None
             raise
         return ids
-
-    def _insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        if keys := _keys(stored_events):
-            curs.execute(
-                self.insert_keys_statement,
-                ([s.originator_id for s in keys], [s.wrapped_key for s in keys]),
-                prepare=True,
-            )
 
 
 class SQLiteKeyRecorder(SQLiteApplicationRecorder):
