@@ -66,16 +66,22 @@ def serve(
     import uvicorn
 
     from lifecycle.api.app import create_app, with_generated_tokens
+    from lifecycle.bootstrap import build_erasure
     from lifecycle.workers import start_workers
 
     settings = with_generated_tokens(load_settings())
     accounts = open_accounts(settings)
-    # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
-    workers = start_workers(settings, accounts)
     try:
-        uvicorn.run(
-            create_app(settings, accounts), host=host, port=port, log_config=None, access_log=False
-        )
+        erasure = build_erasure(accounts, settings)  # its tables now, not on a first request
+    except LifecycleError as error:
+        accounts.close()
+        fail(error.detail)
+    # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
+    workers = start_workers(settings, accounts, process=erasure)
+    try:
+        app = create_app(settings, accounts)
+        app.state.erasure = erasure  # the process the API's erasure routes use
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         workers.stop()
         accounts.close()
@@ -175,12 +181,11 @@ def erasure_proof(
 ) -> None:
     """Prove erasure: confirmations, key destroyed, and a search for the former values."""
     import json
-    from datetime import timedelta
     from uuid import UUID
 
     from lifecycle.audit import database_dump, topic_dump
     from lifecycle.audit import erasure_proof as prove
-    from lifecycle.erasure import ErasureProcess
+    from lifecycle.bootstrap import build_erasure
 
     settings = load_settings()
     digests = {d.strip().lower() for d in (digest or []) if d.strip()}
@@ -193,7 +198,7 @@ def erasure_proof(
     except ValueError:
         fail("account id must be a UUID")
     accounts = open_accounts(settings)
-    erasure = ErasureProcess(accounts, timedelta(hours=settings.erasure_deadline_hours))
+    erasure = build_erasure(accounts, settings)
     places: dict[str, Any] = {
         "database": database_dump(accounts, None if settings.is_embedded else settings.database_url)
     }

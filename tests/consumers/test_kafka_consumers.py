@@ -28,12 +28,12 @@ from support import (
 from consumers import mail, scout
 from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import kafka_consumer
 from lifecycle.crypto import new_master_key
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from lifecycle.transport import KafkaPublisher
-from lifecycle.workers import kafka_consumer
 from schemas.contract import (
     ContractModel,
     Envelope,
