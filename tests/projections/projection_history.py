@@ -66,7 +66,7 @@ def make_history(accounts: Accounts) -> History:
 
 
 def history_fixture(accounts: Accounts) -> History:
-    ErasureProcess(accounts)  # the confirmations table the erasure read model joins
+    ErasureProcess(accounts).create_tables()  # the confirmations table the erasure read model joins
     return make_history(accounts)
 
 
