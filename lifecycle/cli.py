@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from lifecycle.errors import LifecycleError
 from lifecycle.logs import configure_logging
 from lifecycle.settings import Settings
+from schemas.contract import ERASING_SERVICES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -124,7 +125,7 @@ def relay() -> None:
 
 @cli.command()
 def consume(
-    service: Annotated[str, typer.Argument(help="scout, chat or mail")],
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(ERASING_SERVICES)}.")],
 ) -> None:
     """Run one downstream reference service's erasure consumer."""
     from lifecycle.workers import run_consumer
@@ -135,7 +136,7 @@ def consume(
 
 @cli.command()
 def erasure() -> None:
-    """Turn erasure confirmations into Purged once scout, chat and mail all confirmed."""
+    """Turn erasure confirmations into Purged once every erasing service confirmed."""
     from lifecycle.workers import run_erasure
 
     settings = load_settings()

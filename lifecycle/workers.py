@@ -71,6 +71,7 @@ def run_erasure(
     settings: Settings, stop: threading.Event, *, topics: TopicNames | None = None
 ) -> None:
     """`lifecycle erasure`: confirmations in, `Purged` out."""
+    require_kafka(settings, "erasure")  # before any connection
     accounts = build_accounts(settings)
     try:
         kafka_erasure_consumer(settings, accounts, topics=topics).run(stop)
