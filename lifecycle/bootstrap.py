@@ -1,9 +1,9 @@
-"""The one place that builds the service's parts from Settings; nothing heavy at import.
+"""Builders: the service's parts made from Settings, so entrypoints only start or serve them.
 
-The application (`build_accounts`), the erasure process (`build_erasure`, which also creates
+Here: the application (`build_accounts`), the erasure process (`build_erasure`, which creates
 its tables at start-up), the reference services' stores and handlers, and the consumers that
-run them, over Kafka or over the in-process log. Entrypoints (`lifecycle.workers`, the CLI and
-the API) call these and only start or serve what they get.
+run the services and the erasure process, over Kafka or over the in-process log. Nothing heavy
+happens at import.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def serve(
         accounts.close()
         fail(error.detail)
     # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
-    workers = start_workers(settings, accounts, process=erasure)
+    workers = start_workers(settings, accounts, erasure=erasure)
     try:
         app = create_app(settings, accounts)
         app.state.erasure = erasure  # the process the API's erasure routes use

@@ -138,11 +138,11 @@ def start_workers(
     mailer: mail.Mailer | None = None,
     retry: RetryPolicy | None = None,
     poll_interval_s: float = 0.2,
-    process: ErasureProcess | None = None,
+    erasure: ErasureProcess | None = None,
 ) -> Workers:
     """For `lifecycle serve`: with Kafka configured, nothing (each worker is its own process);
     with Kafka off, the relay, the three services and the erasure consumer, in threads.
-    `process` is the erasure process to run (built here when not given)."""
+    `erasure` is the erasure process to run (built here when not given)."""
     workers = Workers()
     if settings.kafka_bootstrap:
         return workers
@@ -174,16 +174,16 @@ def start_workers(
             )
             workers.consumers[name] = consumer
             runners.append((name, consumer.run))
-        erasure = erasure_consumer(
-            process or build_erasure(accounts, settings),
+        confirmations = erasure_consumer(
+            erasure or build_erasure(accounts, settings),
             InProcessSource(publisher, [topics.erasure_confirmed]),
             publisher,
             topics,
             retry=retry,
             poll_timeout_s=poll_interval_s,
         )
-        workers.consumers[ERASURE_GROUP] = erasure
-        runners.append((ERASURE_GROUP, erasure.run))
+        workers.consumers[ERASURE_GROUP] = confirmations
+        runners.append((ERASURE_GROUP, confirmations.run))
     except BaseException:
         workers.stop()
         raise
