@@ -54,10 +54,7 @@ def build_accounts(settings: Settings) -> Accounts:
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
     except Exception as error:
-        # Name the kind of failure without echoing credentials from the URL.
-        raise StartupError(
-            detail=f"database unusable ({type(error).__name__}): {_first_line(error)}"
-        ) from None
+        raise _database_unusable(error) from None
 
 
 @contextmanager
@@ -78,16 +75,21 @@ def _schema_setup_turn(settings: Settings) -> Iterator[None]:
         yield
 
 
-def _first_line(error: Exception) -> str:
+def _database_unusable(error: Exception) -> StartupError:
+    """Name the kind of failure without echoing credentials from the URL."""
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    first_line = text[0] if text else type(error).__name__
+    return StartupError(detail=f"database unusable ({type(error).__name__}): {first_line}")
 
 
 def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
     """The erasure process as configured (its deadline from settings), its tables created now,
     at start-up, so that no request and no confirmation ever runs DDL."""
     process = ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
-    process.create_tables()
+    try:
+        process.create_tables()
+    except Exception as error:
+        raise _database_unusable(error) from None
     return process
 
 
