@@ -19,7 +19,7 @@ from uuid import UUID
 
 from lifecycle.application import Accounts
 from lifecycle.erasure import ErasureProcess
-from lifecycle.kafka_topics import read_from_start
+from lifecycle.kafka.admin import read_from_start
 from schemas.contract import ContractError, PurgedV1, decode_record
 
 # Runs of up to this many words are hashed, so "Hanako Yamada" is found as one value.

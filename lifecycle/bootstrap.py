@@ -9,13 +9,10 @@ happens at import.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-
-import psycopg
 
 from consumers import chat, mail, scout
 from consumers.kit import (
@@ -31,10 +28,11 @@ from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.erasure import ErasureHandler, ErasureProcess
 from lifecycle.errors import LifecycleError, StartupError
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import KafkaPublisher, Publisher
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
-from lifecycle.storage import Database
-from lifecycle.transport import InProcessPublisher, KafkaPublisher, Publisher
+from lifecycle.storage import Database, schema_setup_turn
 from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
 
 # The erasure consumer keeps its marks in the lifecycle database, beside the event store.
@@ -49,30 +47,12 @@ log = get_logger(__name__)
 def build_accounts(settings: Settings) -> Accounts:
     try:
         env = settings.application_env()  # configuration errors first, before any connection
-        with _schema_setup_turn(settings):
+        with schema_setup_turn(settings.database_url, settings.database_schema):
             return Accounts(env=env)
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
     except Exception as error:
         raise _database_unusable(error) from None
-
-
-@contextmanager
-def _schema_setup_turn(settings: Settings) -> Iterator[None]:
-    """Processes starting together (API, relay, erasure) create tables one at a time.
-
-    The library's own CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION fail when two
-    sessions run them at once; a session-level advisory lock makes them take turns.
-    """
-    if settings.is_embedded:
-        yield
-        return
-    with psycopg.connect(settings.database_url, connect_timeout=5, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_advisory_lock(hashtextextended(%s, 0))",
-            (f"lifecycle-setup:{settings.database_schema}",),
-        )
-        yield
 
 
 def _database_unusable(error: Exception) -> StartupError:

@@ -102,7 +102,7 @@ def run_until_signalled(work: Callable[[threading.Event], None]) -> None:
 @cli.command()
 def topics() -> None:
     """Create the Kafka topics with their partitions and configs (idempotent)."""
-    from lifecycle.kafka_topics import ensure_topics
+    from lifecycle.kafka.admin import ensure_topics
 
     settings = load_settings()
     if not settings.kafka_bootstrap:

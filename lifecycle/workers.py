@@ -28,11 +28,12 @@ from lifecycle.bootstrap import (
     service_database,
 )
 from lifecycle.erasure import ErasureProcess
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.logs import get_logger
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.transport import InProcessPublisher, KafkaPublisher
 from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
 
 log = get_logger(__name__)

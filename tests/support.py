@@ -25,7 +25,7 @@ from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
 
 from consumers.store import open_database
-from lifecycle.kafka_topics import TopicSettings, ensure_topics, read_from_start
+from lifecycle.kafka.admin import TopicSettings, ensure_topics, read_from_start
 from lifecycle.storage import Database
 from schemas.contract import TopicNames
 

@@ -378,7 +378,7 @@ def test_metrics_and_health_need_no_token(client: TestClient) -> None:
 def names(kafka_bootstrap: str) -> Iterator[TopicNames]:
     from kafka.admin import KafkaAdminClient
 
-    from lifecycle.kafka_topics import TopicSettings, ensure_topics
+    from lifecycle.kafka.admin import TopicSettings, ensure_topics
 
     names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
     ensure_topics(kafka_bootstrap, names, TopicSettings(partitions=2))
@@ -422,7 +422,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Any]
 
 
 def dead_letter(bootstrap: str, names: TopicNames, group: str, ce_id: str) -> None:
-    from lifecycle.transport import KafkaPublisher
+    from lifecycle.kafka.producer import KafkaPublisher
 
     publisher = KafkaPublisher(bootstrap, client_id="test-dlq")
     try:
@@ -492,7 +492,7 @@ def test_consumer_group_lag_per_service(
     from kafka.admin import KafkaAdminClient
     from kafka.structs import OffsetAndMetadata
 
-    from lifecycle.transport import KafkaPublisher
+    from lifecycle.kafka.producer import KafkaPublisher
 
     publisher = KafkaPublisher(kafka_bootstrap, client_id="test-lag")
     for n in range(5):

@@ -30,10 +30,10 @@ from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, Retry
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import kafka_consumer
 from lifecycle.crypto import new_master_key
+from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.transport import KafkaPublisher
 from schemas.contract import (
     ContractModel,
     Envelope,

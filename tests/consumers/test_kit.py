@@ -26,8 +26,8 @@ from consumers.kit import (
     erasure_confirmation,
 )
 from consumers.store import ConsumerStore, Outgoing
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.storage import Cursor, Database
-from lifecycle.transport import InProcessPublisher
 from schemas.contract import (
     Envelope,
     ErasureConfirmedV1,

@@ -25,8 +25,8 @@ from consumers.kit import (
     RetryPolicy,
 )
 from consumers.store import ConsumerStore
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.storage import Database
-from lifecycle.transport import InProcessPublisher
 from schemas.contract import (
     ContractModel,
     Envelope,

@@ -31,10 +31,10 @@ from lifecycle.audit import value_digest
 from lifecycle.bootstrap import build_erasure
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
-from lifecycle.kafka_topics import TopicSettings
+from lifecycle.kafka.admin import TopicSettings
+from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.transport import KafkaPublisher
 from lifecycle.workers import run_consumer, run_erasure, run_relay
 from projections.registry import open_read_models
 from projections.runner import Projector

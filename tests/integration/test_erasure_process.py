@@ -25,8 +25,8 @@ from lifecycle.erasure import (
     ErasureProcess,
 )
 from lifecycle.errors import AccountNotFoundError
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.settings import Settings
-from lifecycle.transport import InProcessPublisher
 from projections.base import table_exists
 from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
 

@@ -20,10 +20,11 @@ from structlog.testing import capture_logs
 from support import read_topic, wait_until
 
 from lifecycle.application import Accounts
-from lifecycle.kafka_topics import ensure_topics
+from lifecycle.kafka.admin import ensure_topics
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import Headers, KafkaPublisher, PublishError
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
-from lifecycle.transport import Headers, InProcessPublisher, KafkaPublisher, PublishError
 from schemas.contract import (
     ContractModel,
     Envelope,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from lifecycle.kafka_topics import TopicSettings, ensure_topics, topic_specs
+from lifecycle.kafka.admin import TopicSettings, ensure_topics, topic_specs
 from schemas.contract import TopicNames
 
 pytestmark = pytest.mark.kafka
