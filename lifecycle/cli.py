@@ -154,7 +154,7 @@ def reshred(
     ] = True,
 ) -> None:
     """After a backup restore: every account known purged is purged again and loses its key."""
-    from lifecycle.audit import purged_ids_on_topic
+    from lifecycle.audit.reshred import purged_ids_on_topic
 
     settings = load_settings()
     accounts = open_accounts(settings)
@@ -184,8 +184,8 @@ def erasure_proof(
     import json
     from uuid import UUID
 
-    from lifecycle.audit import database_dump, topic_dump
-    from lifecycle.audit import erasure_proof as prove
+    from lifecycle.audit.proof import database_dump, topic_dump
+    from lifecycle.audit.proof import erasure_proof as prove
     from lifecycle.bootstrap import build_erasure
 
     settings = load_settings()
@@ -247,7 +247,7 @@ def audit_export(
     ] = None,
 ) -> None:
     """Stream the whole event log as JSON Lines, as stored (personal fields stay sealed)."""
-    from projections.auditlog import export_log, parse_bound
+    from lifecycle.audit.export import export_log, parse_bound
 
     try:
         bounds = [None if text is None else parse_bound(text) for text in (since, until)]
@@ -272,7 +272,7 @@ def audit_replay() -> None:
     """Rebuild every aggregate from the log and check every rule; exit 1 on any violation."""
     import json
 
-    from projections.auditlog import replay
+    from lifecycle.audit.replay import replay
 
     accounts = open_accounts(load_settings())
     try:
@@ -288,7 +288,8 @@ def audit_verify() -> None:
     """Recompute the hash chain over the stored events; name the first that does not match."""
     import json
 
-    from projections.hashchain import HashChain, verify
+    from lifecycle.audit.verify import verify
+    from projections.hashchain import HashChain
 
     accounts = open_accounts(load_settings())
     try:

@@ -27,7 +27,7 @@ from support import SmtpSink, read_topic, smtp_sink, unique_topics, wait_until
 from consumers import chat, mail, scout
 from consumers.store import open_database
 from lifecycle.application import Accounts
-from lifecycle.audit import value_digest
+from lifecycle.audit.proof import value_digest
 from lifecycle.bootstrap import build_erasure
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus

@@ -10,8 +10,9 @@ from eventsourcing.persistence import Notification
 from projection_history import History, catch_up, history_fixture
 
 from lifecycle.application import Accounts
+from lifecycle.audit.verify import verify
 from lifecycle.erasure import Confirmation, ErasureProcess
-from projections.hashchain import GENESIS, ChainMismatchError, HashChain, link, verify
+from projections.hashchain import GENESIS, ChainMismatchError, HashChain, link
 from projections.runner import rebuild
 
 history = pytest.fixture(history_fixture, name="history")
