@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 
 from lifecycle.api.problems import NotReadyError
 from lifecycle.application import Accounts
-from lifecycle.erasure import ErasureProcess, erasure_process
+from lifecycle.bootstrap import build_erasure as erasure_process
+from lifecycle.erasure import ErasureProcess
 
 
 def get_accounts(request: Request) -> Accounts:

@@ -28,14 +28,14 @@ from lifecycle.api.routes import AccountsDep
 from lifecycle.api.routes.accounts import AccountId
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.erasure import CONFIRMED, ErasureProcess
+from lifecycle.erasure import CONFIRMED, ErasureProcess, ErasureRetries
 from lifecycle.errors import AccountNotFoundError, ConflictError, InvalidCommandError
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from projections.base import SHADOW_SUFFIX, ReadModel, facts_mapper
 from projections.directory import AccountDirectory
-from projections.erasure import ERASURE_FILTERS, ErasureQuery, ErasureRetries, ErasureStatus
+from projections.erasure import ERASURE_FILTERS, ErasureQuery, ErasureStatusView
 from projections.registry import read_model_classes
 from projections.runner import Projector
 from projections.statistics import GiftClaims, ScoutsPerCompany, WithdrawalReasons
@@ -745,7 +745,7 @@ def withdrawal_record(
 def _erasure_query(admin: AdminState) -> ErasureQuery:
     admin.erasure_process()
     return ErasureQuery(
-        admin.model(ErasureStatus), timedelta(hours=admin.settings.erasure_deadline_hours)
+        admin.model(ErasureStatusView), timedelta(hours=admin.settings.erasure_deadline_hours)
     )
 
 
