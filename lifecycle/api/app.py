@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.api.auth import with_generated_tokens
+from lifecycle.api.deps import ApiState
 from lifecycle.api.metrics import install_metrics
 from lifecycle.api.problems import (
     install_problem_handlers,
@@ -59,6 +60,7 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.token_roles = dict(settings.api_tokens)
     app.state.accounts = accounts
+    app.state.api = None  # built in the lifespan (`ApiState.start`)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(accounts_routes.router)
@@ -78,15 +80,18 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     log = get_logger("lifecycle.api")
+    settings: Settings = app.state.settings
     built: Accounts | None = None
     if app.state.accounts is None:
-        settings: Settings = app.state.settings
         built = await run_in_threadpool(build_accounts, settings)
         app.state.accounts = built
-    log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
     try:
+        # Every table the routes use is made here, once: no request runs DDL.
+        app.state.api = await run_in_threadpool(ApiState.start, app.state.accounts, settings)
+        log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
         yield
     finally:
+        app.state.api = None
         if built is not None:
             app.state.accounts = None
             await run_in_threadpool(built.close)

@@ -349,20 +349,20 @@ class WithdrawalAccepted(BaseModel):
     erasure: str = Field(description="where the erasure of this account can be followed")
 
 
-class ServiceErasure(BaseModel):
+class ServiceErasureOut(BaseModel):
     state: Literal["pending", "confirmed", "failed"]
     rows_removed: int | None
     error_code: str | None
 
 
-class ErasureStatus(BaseModel):
+class ErasureOut(BaseModel):
     account_id: UUID
     state: Literal["not_requested", "requested", "purged"]
     requested_at: datetime | None
     purged_at: datetime | None
     deadline_at: datetime | None
     overdue: bool
-    services: dict[str, ServiceErasure]
+    services: dict[str, ServiceErasureOut]
 
 
 class WithdrawalPreview(BaseModel):

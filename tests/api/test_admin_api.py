@@ -14,9 +14,9 @@ from conftest import TOKENS, auth
 from fastapi.testclient import TestClient
 
 from lifecycle.api import create_app
-from lifecycle.api.routes.admin import KafkaAdapter
 from lifecycle.application import Accounts
 from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
+from lifecycle.kafka.inspector import KafkaInspectorClient
 from lifecycle.settings import Settings
 from projections.registry import READ_MODELS, open_read_models
 from projections.runner import Projector
@@ -392,7 +392,7 @@ def kafka_client(
     settings: Settings, accounts: Accounts, kafka_bootstrap: str, names: TopicNames
 ) -> Iterator[TestClient]:
     app = create_app(settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap}), accounts)
-    app.state.kafka = KafkaAdapter(kafka_bootstrap, names)
+    app.state.kafka = KafkaInspectorClient(kafka_bootstrap, names)
     with TestClient(app) as client:
         yield client
 
@@ -542,7 +542,7 @@ def test_readyz_checks_kafka_when_configured(
     app = create_app(with_kafka, accounts)
     with TestClient(app) as client:
         ready = client.get("/readyz")
-        app.state.kafka = KafkaAdapter("127.0.0.1:1", names, timeout_s=1.0)
+        app.state.kafka = KafkaInspectorClient("127.0.0.1:1", names, timeout_s=1.0)
         unreachable = client.get("/readyz")
 
     assert ready.status_code == 200
