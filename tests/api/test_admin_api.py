@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
 from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
-from lifecycle.kafka.inspector import KafkaInspectorClient
+from lifecycle.kafka.inspector import KafkaInspectorClient, NoKafka
 from lifecycle.settings import Settings
 from projections.registry import READ_MODELS, open_read_models
 from projections.runner import Projector
-from schemas.contract import TopicNames
+from schemas.contract import CONSUMER_GROUPS, TopicNames
 
 OPS = auth("ops")
 SECRET_NAME = "Zephyrine Okonkwo"
@@ -286,6 +286,25 @@ def test_retry_after_purge_is_409(client: TestClient, accounts: Accounts) -> Non
     assert response.json()["reason"] == "erasure_complete"
 
 
+class RefusingKafka(NoKafka):
+    """Kafka configured, but every record is refused."""
+
+    configured = True
+
+
+def test_retry_when_kafka_refuses_the_record_is_503(settings: Settings, accounts: Accounts) -> None:
+    account_id = member(accounts, withdraw=True)
+    project(accounts)
+    app = create_app(settings, accounts)
+    app.state.kafka = RefusingKafka(settings.topics)
+
+    with TestClient(app) as client:
+        response = client.post(f"/admin/v1/erasures/{account_id}/services/mail/retry", headers=OPS)
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "kafka_unavailable"
+
+
 # Statistics and projections
 
 
@@ -391,9 +410,11 @@ def names(kafka_bootstrap: str) -> Iterator[TopicNames]:
 def kafka_client(
     settings: Settings, accounts: Accounts, kafka_bootstrap: str, names: TopicNames
 ) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap}), accounts)
-    app.state.kafka = KafkaInspectorClient(kafka_bootstrap, names)
-    with TestClient(app) as client:
+    """The app as configured for Kafka with this test's topic prefix (nothing injected)."""
+    with_kafka = settings.model_copy(
+        update={"kafka_bootstrap": kafka_bootstrap, "topic_prefix": names.prefix}
+    )
+    with TestClient(create_app(with_kafka, accounts)) as client:
         yield client
 
 
@@ -479,6 +500,22 @@ def test_dead_letters_listed_redriven_and_discarded(
     assert headers["ce_id"] == b"dead-1"
     assert not any(name.startswith("dlq_") for name in headers)
     assert republished[0].key == b"account-key"
+
+
+@pytest.mark.kafka
+def test_with_a_topic_prefix_the_admin_surfaces_read_the_prefixed_topics_and_groups(
+    kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames
+) -> None:
+    assert names.prefix and names.dlq("mail").startswith(names.prefix)
+    dead_letter(kafka_bootstrap, names, "mail", "prefixed-1")
+
+    listed = kafka_client.get("/admin/v1/dead-letters/mail", headers=OPS).json()
+    groups = kafka_client.get("/admin/v1/consumers", headers=OPS).json()
+
+    assert [(d["ce_id"], d["topic"]) for d in listed] == [("prefixed-1", names.dlq("mail"))]
+    assert {g["service"]: g["group"] for g in groups} == {
+        name: names.group_id(name) for name in CONSUMER_GROUPS
+    }
 
 
 @pytest.mark.kafka
