@@ -18,6 +18,7 @@ from lifecycle.application import Accounts
 from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
 from lifecycle.kafka.inspector import KafkaInspectorClient, NoKafka
 from lifecycle.settings import Settings
+from lifecycle.storage import Database
 from projections.registry import READ_MODELS, open_read_models
 from projections.runner import Projector
 from schemas.contract import CONSUMER_GROUPS, TopicNames
@@ -136,6 +137,32 @@ def test_with_the_ops_role_every_admin_route_answers(
     response = call(client, route, account_id, OPS)
 
     assert response.status_code == route[2], response.text
+
+
+def test_no_request_runs_ddl(
+    settings: Settings, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account_id = member(accounts)
+    decrypting = settings.model_copy(update={"audit_decrypt_roles": ["auditor"]})
+
+    def refuse(database: Database) -> None:
+        raise AssertionError("DDL while answering a request")
+
+    with TestClient(create_app(decrypting, accounts)) as client:
+        monkeypatch.setattr(Database, "ddl", refuse)
+        admin = [call(client, route, account_id, OPS).status_code for route in ADMIN_ROUTES]
+        audit = [
+            client.get(path, headers=auth("auditor")).status_code
+            for path in (
+                f"/audit/v1/accounts/{account_id}/events?personal=decrypted",
+                "/audit/v1/hash-chain",
+            )
+        ]
+        erasure = client.get(f"/v1/accounts/{account_id}/erasure", headers=auth("service"))
+
+    assert admin == [expected for _, _, expected in ADMIN_ROUTES]
+    assert audit == [200, 200]
+    assert erasure.status_code == 200
 
 
 # Accounts
