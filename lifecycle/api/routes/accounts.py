@@ -11,11 +11,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Response, status
 
+from lifecycle.api.account_view import AccountOut
 from lifecycle.api.auth import require_role
 from lifecycle.api.deps import AccountId, AccountsDep, ErasureDep
 from lifecycle.api.models import (
     AccountCreated,
-    AccountOut,
     ErasureOut,
     Gift,
     GiftClaimRequest,
