@@ -235,7 +235,7 @@ class KafkaInspectorClient:
             consumer.close()
 
     def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
-        from lifecycle.transport import KafkaPublisher, PublishError
+        from lifecycle.kafka.producer import KafkaPublisher, PublishError
 
         publisher = KafkaPublisher(self.bootstrap, client_id=CLIENT_ID)
         try:
