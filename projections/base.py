@@ -6,9 +6,11 @@ A read model is a `Projection` whose view is the library's tracking recorder for
 model keeps its position in a `<name>_tracking` table beside its own tables. `record()` applies
 a batch of notifications and upserts the tracking row in the same database transaction: both
 commit or neither does. Before writing, it checks that the stored position is the one the
-batch starts from (a compare-and-set on the tracking row); the library's own upsert then
-refuses a position that is not newer. A batch delivered twice, or by two runners at once,
-therefore changes nothing the second time.
+batch starts from (a compare-and-set on the tracking row, locked `FOR UPDATE` on PostgreSQL);
+the library's own upsert then refuses a position that is not newer. The row is seeded at 0
+when the read model is created, so there is always a row to lock: followers started at the
+same instant on a fresh log queue on it like every later batch. A batch delivered twice, or
+by two runners at once, therefore changes nothing the second time.
 
 Read models hold no personal values at all: events reach them through `FactsMapper`, which
 drops the sealed personal fields without asking the key vault, so a read model has nothing to
@@ -181,6 +183,7 @@ class ReadModel(Projection[TrackingRecorder]):
                 create_tracking()  # inside the DDL turn that `ddl()` takes
             for statement in self.create_statements():
                 cursor.execute(statement)
+            self._seed_position(cursor)
 
     def drop(self) -> None:
         with self.database.ddl() as cursor:
@@ -230,13 +233,33 @@ class ReadModel(Projection[TrackingRecorder]):
         self.record([Item(notification, domain_event if wanted else None)], tracking, expected)
 
     def _locked_position(self, cursor: Cursor) -> int:
+        """The stored position, its row locked until the transaction ends (PostgreSQL).
+
+        The row always exists (seeded at 0), so the first batches of followers started
+        together queue on it like every later batch. Tables made before the seeding get
+        their row here: a concurrent seeder's uncommitted row makes the INSERT wait for
+        that transaction, and the SELECT after it then sees the position it committed.
+        On SQLite one writer at a time serialises the batches anyway.
+        """
         lock = " FOR UPDATE" if self.database.dialect == "postgres" else ""
-        row = cursor.execute(
+        select = (
             f"SELECT notification_id FROM {self.database.table(self.tracking_table)} "
-            f"WHERE application_name = %s{lock}",
-            (self.application_name,),
-        ).fetchone()
+            f"WHERE application_name = %s{lock}"
+        )
+        row = cursor.execute(select, (self.application_name,)).fetchone()
+        if row is None:
+            self._seed_position(cursor)
+            row = cursor.execute(select, (self.application_name,)).fetchone()
         return 0 if row is None or row[0] is None else int(row[0])
+
+    def _seed_position(self, cursor: Cursor) -> None:
+        """The tracking row at position 0, when there is none yet."""
+        cursor.execute(
+            f"INSERT INTO {self.database.table(self.tracking_table)} "
+            "(application_name, notification_id) VALUES (%s, 0) "
+            "ON CONFLICT (application_name) DO NOTHING",
+            (self.application_name,),
+        )
 
     def position(self) -> int:
         """The last notification id this read model has applied (0: none)."""
