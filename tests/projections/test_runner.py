@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -13,8 +14,10 @@ import psycopg
 import pytest
 from projection_history import History, catch_up, history_fixture, table_rows
 from support import race
+from typer.testing import CliRunner
 
 from lifecycle.application import Accounts
+from lifecycle.cli import cli
 from lifecycle.domain import Account
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
@@ -284,3 +287,13 @@ def test_followers_started_together_on_a_fresh_log_count_each_event_once(
                 app.close()
             with psycopg.connect(postgres_url, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_the_cli_takes_the_registry_names() -> None:
+    """One name per read model: the registry's, which `lifecycle project --help` lists."""
+    result = CliRunner().invoke(cli, ["project", "--help"], env={"COLUMNS": "400"})
+
+    assert result.exit_code == 0
+    listed = re.search(r"Projections \(default: all\): ([a-z_, ]+)\.", result.output)
+    assert listed is not None, result.output
+    assert listed.group(1).split(", ") == list(READ_MODELS)
