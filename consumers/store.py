@@ -133,36 +133,51 @@ class ConsumerStore:
             yield cursor
 
     def is_processed(self, ce_id: str) -> bool:
+        return bool(self.processed_among([ce_id]))
+
+    def processed_among(self, ce_ids: Sequence[str]) -> set[str]:
+        """Which of these `ce_id`s are marked already (one query for a whole batch)."""
+        if not ce_ids:
+            return set()
         with self.database.transaction(commit=False) as cursor:
-            row = cursor.execute(
-                f"SELECT 1 FROM {self.processed_table} WHERE ce_id = %s", (ce_id,)
-            ).fetchone()
-        return row is not None
+            rows = cursor.execute(
+                f"SELECT ce_id FROM {self.processed_table} WHERE ce_id IN ({_marks(ce_ids)})",
+                list(ce_ids),
+            ).fetchall()
+        return {row[0] for row in rows}
 
     def mark_processed(self, cursor: Cursor, ce_id: str) -> bool:
-        """Insert the mark first: False when it was there already (a duplicate).
+        """Insert the mark first: False when it was there already (a duplicate)."""
+        return bool(self.mark_all_processed(cursor, [ce_id]))
 
-        Written first, the mark also takes the write lock (SQLite) or the key's index lock
+    def mark_all_processed(self, cursor: Cursor, ce_ids: Sequence[str]) -> set[str]:
+        """Insert the marks first, in one statement: returns those that were new.
+
+        Written first, a mark also takes the write lock (SQLite) or the key's index lock
         (PostgreSQL), so two deliveries of one record cannot both apply their effect.
         """
-        cursor.execute(
-            f"INSERT INTO {self.processed_table} (ce_id) VALUES (%s) ON CONFLICT DO NOTHING",
-            (ce_id,),
-        )
-        return cursor.rowcount == 1
+        unique = sorted(set(ce_ids))  # one lock order for every member
+        if not unique:
+            return set()
+        rows = cursor.execute(
+            f"INSERT INTO {self.processed_table} (ce_id) "
+            f"VALUES {', '.join(['(%s)'] * len(unique))} ON CONFLICT DO NOTHING RETURNING ce_id",
+            unique,
+        ).fetchall()
+        return {row[0] for row in rows}
 
     def add_outgoing(self, cursor: Cursor, outgoing: Sequence[Outgoing]) -> None:
+        if not outgoing:
+            return
+        values: list[object] = []
         for item in outgoing:
-            cursor.execute(
-                f"INSERT INTO {self.outbox_table} (topic, record_key, headers, record_value) "
-                "VALUES (%s, %s, %s, %s)",
-                (
-                    item.topic,
-                    item.record.key,
-                    _encode_headers(item.record.headers),
-                    item.record.value,
-                ),
-            )
+            record = item.record
+            values += [item.topic, record.key, _encode_headers(record.headers), record.value]
+        cursor.execute(
+            f"INSERT INTO {self.outbox_table} (topic, record_key, headers, record_value) "
+            f"VALUES {', '.join(['(%s, %s, %s, %s)'] * len(outgoing))}",
+            values,
+        )
 
     def pending_outgoing(self, limit: int = 100) -> list[PendingOutgoing]:
         with self.database.transaction(commit=False) as cursor:
@@ -186,13 +201,18 @@ class ConsumerStore:
         if not row_ids:
             return
         with self.database.transaction() as cursor:
-            for row_id in row_ids:
-                cursor.execute(f"DELETE FROM {self.outbox_table} WHERE id = %s", (row_id,))
+            cursor.execute(
+                f"DELETE FROM {self.outbox_table} WHERE id IN ({_marks(row_ids)})", list(row_ids)
+            )
 
     def processed_count(self) -> int:
         with self.database.transaction(commit=False) as cursor:
             row = cursor.execute(f"SELECT count(*) FROM {self.processed_table}").fetchone()
         return int(row[0]) if row else 0
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:

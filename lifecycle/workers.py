@@ -20,17 +20,15 @@ from consumers.kit import (
     Handler,
     HandlerResult,
     Hooks,
-    InProcessSource,
-    KafkaSource,
     PoisonRecord,
     RetryPolicy,
-    Source,
 )
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import StartupError, build_accounts
 from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess, erasure_process
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError
+from lifecycle.kafka.source import InProcessSource, KafkaSource, Source
 from lifecycle.logs import get_logger
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings

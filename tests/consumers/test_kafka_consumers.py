@@ -26,9 +26,10 @@ from support import (
 )
 
 from consumers import mail, scout
-from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
+from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, RetryPolicy
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
+from lifecycle.kafka.source import Incoming
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database

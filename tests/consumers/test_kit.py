@@ -20,12 +20,12 @@ from consumers.kit import (
     Handler,
     HandlerResult,
     Hooks,
-    InProcessSource,
     PoisonRecord,
     RetryPolicy,
     erasure_confirmation,
 )
 from consumers.store import ConsumerStore, Outgoing
+from lifecycle.kafka.source import InProcessSource
 from lifecycle.storage import Cursor, Database
 from lifecycle.transport import InProcessPublisher
 from schemas.contract import (
@@ -181,13 +181,14 @@ def test_a_failing_effect_rolls_back_with_its_mark_and_is_retried(
     assert len(confirmations(log)) == 1
 
 
-def test_exhausted_retries_and_poison_go_to_the_dead_letters_and_the_consumer_moves_on(
+def test_unknown_errors_after_their_retries_and_poison_go_to_the_dead_letters_and_the_consumer_moves_on(
     log: InProcessPublisher, database: Database, running: list[Running]
 ) -> None:
     account = uuid.uuid4()
     handler = RecordingHandler(database)
     secret = "tanaka.hanako@example.jp"
-    handler.failures[f"{account}:1"] = [OperationalError(secret)] * 3
+    # One failure for the batch's shared transaction, then three attempts of its own.
+    handler.failures[f"{account}:1"] = [RuntimeError(secret)] * 4
     handler.failures[f"{account}:2"] = [PoisonRecord("scout_unknown_company")]
     garbage = Record(b"k", [("x-note", b"\xff\xfe")], b"\x00not json at all")
     put(log, TOPICS.lifecycle, scout_record(account, 1), scout_record(account, 2, "t"))
@@ -201,7 +202,7 @@ def test_exhausted_retries_and_poison_go_to_the_dead_letters_and_the_consumer_mo
     dead = log.read(TOPICS.dlq("scout"), max_records=10)
     headers = [dict(item.record.headers) for item in dead]
     assert [(h[DLQ_ERROR_TYPE], h[DLQ_ERROR_CODE]) for h in headers] == [
-        (b"OperationalError", b"retries_exhausted"),
+        (b"RuntimeError", b"retries_exhausted"),
         (b"PoisonRecord", b"scout_unknown_company"),
         (b"ContractError", b"contract_violation"),
     ]

@@ -21,10 +21,10 @@ from consumers.kit import (
     AccountWithdrawnError,
     Consumer,
     Handler,
-    InProcessSource,
     RetryPolicy,
 )
 from consumers.store import ConsumerStore
+from lifecycle.kafka.source import InProcessSource
 from lifecycle.storage import Database
 from lifecycle.transport import InProcessPublisher
 from schemas.contract import (

@@ -11,12 +11,13 @@ from uuid import UUID
 
 import pytest
 
-from consumers.kit import DLQ_ERROR_CODE, Consumer, InProcessSource, RetryPolicy
+from consumers.kit import DLQ_ERROR_CODE, Consumer, RetryPolicy
 from consumers.store import ConsumerStore
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess, erasure_process
 from lifecycle.errors import AccountNotFoundError
+from lifecycle.kafka.source import InProcessSource
 from lifecycle.settings import Settings
 from lifecycle.transport import InProcessPublisher
 from lifecycle.workers import ErasureHandler
