@@ -181,7 +181,7 @@ def test_a_failing_effect_rolls_back_with_its_mark_and_is_retried(
     assert len(confirmations(log)) == 1
 
 
-def test_unknown_errors_after_their_retries_and_poison_go_to_the_dead_letters_and_the_consumer_moves_on(
+def test_unknown_errors_after_retries_and_poison_are_dead_lettered_and_the_consumer_moves_on(
     log: InProcessPublisher, database: Database, running: list[Running]
 ) -> None:
     account = uuid.uuid4()
