@@ -7,7 +7,8 @@ off). For each poll batch:
 2. skip those whose `ce_id` is in `processed_events` (delivery is at least once), one query;
 3. `handler.prepare(envelope)` for each: idempotent steps that cannot share a transaction
    (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
-4. one transaction: the `ce_id` marks, `handler.handle(envelope, cursor)` for each, and the
+4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` (by default
+   `handle` for each), and the
    records they want sent (confirmations) into the `outbox`: effects, marks and confirmations
    commit together or not at all;
 5. publish the outbox and delete what the broker acknowledged;
@@ -121,6 +122,11 @@ class Handler(Protocol):
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         """The effect, inside the transaction that also marks the record processed."""
         ...
+
+    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """The effects of a batch's records, in order, in one transaction: override it to
+        write many records in one statement; by default `handle` for each."""
+        return [self.handle(envelope, cursor) for envelope in envelopes]
 
 
 def erasure_confirmation(
@@ -463,13 +469,14 @@ class Consumer:
         applied: list[tuple[Envelope, HandlerResult]] = []
         with self.store.transaction() as cursor:
             fresh = self.store.mark_all_processed(cursor, [e.id for e in envelopes])
-            outgoing: list[Outgoing] = []
-            for envelope in envelopes:
-                if envelope.id in fresh:
-                    result = self.handler.handle(envelope, cursor)
-                    outgoing += result.outgoing
-                    applied.append((envelope, result))
-            self.store.add_outgoing(cursor, outgoing)
+            todo = [envelope for envelope in envelopes if envelope.id in fresh]
+            handle_many = getattr(self.handler, "handle_many", None)
+            if handle_many is not None:
+                results: list[HandlerResult] = handle_many(todo, cursor)
+            else:
+                results = [self.handler.handle(envelope, cursor) for envelope in todo]
+            applied = list(zip(todo, results, strict=True))
+            self.store.add_outgoing(cursor, [item for r in results for item in r.outgoing])
         for _ in range(len(envelopes) - len(applied)):
             self._count(duplicate=True)  # another member marked it since the dedupe check
         for envelope, result in applied:

@@ -83,6 +83,54 @@ def lock_key(database: Database, cursor: Cursor, key: str) -> None:
         cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
 
 
+def lock_keys(database: Database, cursor: Cursor, keys: Iterable[str]) -> None:
+    """`lock_key` for many keys in one statement (a batch), taken in one order by everyone."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return
+    if database.dialect == "postgres":
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+            "FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS keys",
+            (ordered,),
+        )
+    else:
+        cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
+
+
+def insert_rows(
+    database: Database,
+    cursor: Cursor,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[object]],
+    *,
+    suffix: str = "",
+) -> Cursor:
+    """Many rows in one statement. `columns` are (name, PostgreSQL type) pairs.
+
+    PostgreSQL: one array per column through `unnest`, so the statement's text (and psycopg's
+    parse of it) does not grow with the batch; SQLite: a multi-row VALUES.
+    """
+    names = ", ".join(name for name, _ in columns)
+    if database.dialect == "postgres":
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+        source = f"SELECT * FROM unnest({arrays})"
+        params: list[object] = [[row[i] for row in rows] for i in range(len(columns))]
+    else:
+        source = "VALUES " + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+        params = [value for row in rows for value in row]
+    return cursor.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
+
+
+def any_of(database: Database, column: str, values: Sequence[object]) -> tuple[str, list[object]]:
+    """`column` equal to any of `values`: a condition and its parameters (one array on
+    PostgreSQL, so the text stays the same for any batch)."""
+    if database.dialect == "postgres":
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({_marks(values)})", list(values)
+
+
 def count_rows(database: Database, tables: Iterable[str], account_id: UUID) -> int:
     """How many rows of the given tables still name the account."""
     with database.transaction(commit=False) as cursor:
@@ -140,9 +188,9 @@ class ConsumerStore:
         if not ce_ids:
             return set()
         with self.database.transaction(commit=False) as cursor:
+            condition, params = any_of(self.database, "ce_id", ce_ids)
             rows = cursor.execute(
-                f"SELECT ce_id FROM {self.processed_table} WHERE ce_id IN ({_marks(ce_ids)})",
-                list(ce_ids),
+                f"SELECT ce_id FROM {self.processed_table} WHERE {condition}", params
             ).fetchall()
         return {row[0] for row in rows}
 
@@ -159,24 +207,34 @@ class ConsumerStore:
         unique = sorted(set(ce_ids))  # one lock order for every member
         if not unique:
             return set()
-        rows = cursor.execute(
-            f"INSERT INTO {self.processed_table} (ce_id) "
-            f"VALUES {', '.join(['(%s)'] * len(unique))} ON CONFLICT DO NOTHING RETURNING ce_id",
-            unique,
+        rows = insert_rows(
+            self.database,
+            cursor,
+            self.processed_table,
+            [("ce_id", "text")],
+            [(ce_id,) for ce_id in unique],
+            suffix="ON CONFLICT DO NOTHING RETURNING ce_id",
         ).fetchall()
         return {row[0] for row in rows}
 
     def add_outgoing(self, cursor: Cursor, outgoing: Sequence[Outgoing]) -> None:
         if not outgoing:
             return
-        values: list[object] = []
-        for item in outgoing:
-            record = item.record
-            values += [item.topic, record.key, _encode_headers(record.headers), record.value]
-        cursor.execute(
-            f"INSERT INTO {self.outbox_table} (topic, record_key, headers, record_value) "
-            f"VALUES {', '.join(['(%s, %s, %s, %s)'] * len(outgoing))}",
-            values,
+        blob = self.database.blob_type
+        insert_rows(
+            self.database,
+            cursor,
+            self.outbox_table,
+            [("topic", "text"), ("record_key", blob), ("headers", "text"), ("record_value", blob)],
+            [
+                (
+                    item.topic,
+                    item.record.key,
+                    _encode_headers(item.record.headers),
+                    item.record.value,
+                )
+                for item in outgoing
+            ],
         )
 
     def pending_outgoing(self, limit: int = 100) -> list[PendingOutgoing]:
