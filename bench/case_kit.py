@@ -120,16 +120,14 @@ def raw_pass(ctx: Context, topics: TopicNames, count: int) -> float:
         max_poll_records=500,
     )
     try:
-        seen, first_at = 0, 0.0
+        seen, first_at, first_count = 0, 0.0, 0
         deadline = time.monotonic() + 120
         while seen < count and time.monotonic() < deadline:
             batches = consumer.poll(timeout_ms=200)
-            got = sum(len(batch) for batch in batches.values())
-            if got and not first_at:
-                first_at = time.monotonic()
-                got = 0  # count from the first record on, as the kit pass does
-            seen += got
-        return seen / max(time.monotonic() - first_at, 1e-6)
+            seen += sum(len(batch) for batch in batches.values())
+            if seen and not first_at:
+                first_at, first_count = time.monotonic(), seen  # from the first record on
+        return (seen - first_count) / max(time.monotonic() - first_at, 1e-6)
     finally:
         consumer.close()
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
+import psycopg
 import pytest
 from eventsourcing.persistence import OperationalError
 from support import Running, StoreFactory, running_consumers, service_stores, wait_until
@@ -282,3 +283,46 @@ def test_outbox_rows_keep_topic_key_headers_and_value(database: Database) -> Non
     assert store.pending_outgoing() == []
     assert store.is_processed("a:1")
     assert not store.is_processed("a:2")
+
+
+def cut_connections(postgres_url: str, application_name: str) -> int:
+    """`pg_terminate_backend` on every backend of that application name."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application_name,),
+        ).fetchall()
+    return len(rows)
+
+
+def test_cut_database_connections_are_waited_out_and_every_record_applies_once(
+    postgres_url: str,
+    tmp_path: Path,
+    log: InProcessPublisher,
+    running: list[Running],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    application_name = f"kit-cut-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PGAPPNAME", application_name)  # libpq names the store's connections
+    with service_stores("postgres", tmp_path, postgres_url) as make:
+        database = make("kit")
+        handler = RecordingHandler(database)
+        consumer = make_consumer(log, database, handler)
+        running.append(Running(consumer))
+        accounts = [uuid.uuid4() for _ in range(1_500)]
+        cuts = []
+        for chunk in range(0, len(accounts), 300):  # five rounds: records in flight, then a cut
+            put(log, TOPICS.lifecycle, *(scout_record(a, 1) for a in accounts[chunk : chunk + 300]))
+            cuts.append(cut_connections(postgres_url, application_name))
+            wait_until(lambda n=chunk + 300: consumer.stats.applied == n, "the round applied")
+        wait_until(lambda: consumer.healthy and ConsumerStore(database).pending_outgoing() == [])
+        assert all(cuts), cuts  # each round terminated the store's connections
+        assert consumer.stats.waits >= 1  # it did meet a cut connection, and waited
+        assert consumer.stats.dead_lettered == 0
+        assert log.read(TOPICS.dlq("scout"), max_records=10) == []
+        assert handler.effects() == sorted(f"{a}:1" for a in accounts)  # each exactly once
+        published = log.read(TOPICS.erasure_confirmed, max_records=10_000)
+        confirmed = {decode_record(i.record.headers, i.record.value).account_id for i in published}
+        assert confirmed == set(accounts)
+        running.pop().stop()
