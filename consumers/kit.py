@@ -7,23 +7,17 @@ off). For each poll batch:
 2. skip those whose `ce_id` is in `processed_events` (delivery is at least once), one query;
 3. `handler.prepare(envelope)` for each: idempotent steps that cannot share a transaction
    (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
-4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` (by default
-   `handle` for each), and the
-   records they want sent (confirmations) into the `outbox`: effects, marks and confirmations
-   commit together or not at all;
+4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` and the records
+   they want sent (confirmations) into the `outbox`: all commit together or not at all;
 5. publish the outbox and delete what the broker acknowledged;
 6. only then commit, once per partition, the offset after the batch's last record.
 
 A crash anywhere repeats at most steps 2-6 for that batch: the marks turn repeats into skips,
 and the outbox left over is published on the next start with the same `ce_id`s.
 
-Whose fault (`consumers.faults`): a dependency that is down (database, broker, SMTP relay) is
-waited out with capped exponential backoff and no attempt limit, while `waiting_for` names it
+A dependency that is down is waited out, with no attempt limit, while `waiting_for` names it
 (readiness reads `healthy`). When a record fails for any other reason, the batch is retried
-record by record, so the culprit is isolated: a contract violation, a validation error or a
-`PoisonRecord` goes to `<group>.dlq.v1` at once; an unknown error after `max_attempts`. A dead
-letter keeps the original key, value and headers plus `dlq_*` headers naming the error's class
-and a code (never the error's text, which may quote personal values), and the consumer moves on.
+record by record, so only the culprit goes to `<group>.dlq.v1` (`consumers.faults`).
 Stopping (SIGTERM sets the event) finishes the batch in hand and commits it; only a wait for a
 dependency is cut short, and then just the records finished are committed.
 """
@@ -34,145 +28,31 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Protocol, TypeVar
-from uuid import UUID
+from typing import TypeVar
 
-from pydantic import ValidationError
-
-from consumers.faults import infrastructure_fault
-from consumers.store import ConsumerStore, Outgoing
-from lifecycle.kafka.source import Incoming, Source, TopicPartitionKey, next_offsets
+from consumers.faults import (
+    RetryPolicy,
+    dead_letter_headers,
+    infrastructure_fault,
+    record_fault_code,
+)
+from consumers.handler import Handler, HandlerResult
+from consumers.store import ConsumerStore
+from lifecycle.kafka.source import (
+    Incoming,
+    Source,
+    TopicPartitionKey,
+    finished_prefix,
+    next_offsets,
+)
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor
 from lifecycle.transport import Publisher
-from schemas.contract import (
-    ContractError,
-    Envelope,
-    ErasureConfirmedV1,
-    PurgedV1,
-    TopicNames,
-    WithdrawalRequestedV1,
-    decode_record,
-    encode_erasure_confirmed,
-)
-
-DLQ_ERROR_TYPE = "dlq_error_type"
-DLQ_ERROR_CODE = "dlq_error_code"
-DLQ_HEADERS = (
-    DLQ_ERROR_TYPE,
-    DLQ_ERROR_CODE,
-    "dlq_consumer_group",
-    "dlq_source_topic",
-    "dlq_source_partition",
-    "dlq_source_offset",
-    "dlq_attempts",
-    "dlq_failed_at",
-)
+from schemas.contract import ContractError, Envelope, decode_record
 
 T = TypeVar("T")
 
 
-# What handlers see and return
-
-
-class PoisonRecord(Exception):  # noqa: N818 - the kit's published name
-    """The record can never be handled; `code` is a stable, data-free reason for the DLQ."""
-
-    is_record_fault = True
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class TransientError(Exception):
-    """Not now, maybe later: the kit retries the record with backoff."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class AccountWithdrawnError(Exception):
-    """A write path refused: the account is withdrawn, so nothing new is kept about it."""
-
-    code = "account_withdrawn"
-
-
-@dataclass(frozen=True)
-class HandlerResult:
-    outgoing: tuple[Outgoing, ...] = ()
-    outcome: str = "applied"
-
-
-class Handler(Protocol):
-    """A service's reaction to one record. Subclass it to inherit the no-op `prepare`."""
-
-    def prepare(self, envelope: Envelope) -> None:
-        """Idempotent steps before the transaction (may run again after a crash or retry)."""
-        return None
-
-    def commits_before_prepare(self, envelope: Envelope) -> bool:
-        """True when this record's `prepare` must see every earlier record's effect committed
-        (it reads what they write), so the batch's transaction is cut before it. By default:
-        whenever the handler has a `prepare` of its own."""
-        return type(self).prepare is not Handler.prepare
-
-    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
-        """The effect, inside the transaction that also marks the record processed."""
-        ...
-
-    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
-        """The effects of a batch's records, in order, in one transaction: override it to
-        write many records in one statement; by default `handle` for each."""
-        return [self.handle(envelope, cursor) for envelope in envelopes]
-
-
-def erasure_confirmation(
-    topics: TopicNames, account_id: UUID, service: str, rows_removed: int
-) -> Outgoing:
-    """The record that tells the lifecycle service this one holds nothing more (ids only)."""
-    return Outgoing(
-        topics.erasure_confirmed,
-        encode_erasure_confirmed(
-            ErasureConfirmedV1(
-                account_id=account_id,
-                service=service,
-                rows_removed=rows_removed,
-                confirmed_at=datetime.now(UTC),
-            )
-        ),
-    )
-
-
-def erase_on_withdrawal(
-    data: object, erase: Callable[[UUID], int], topics: TopicNames, service: str
-) -> HandlerResult | None:
-    """The erasing part of a downstream handler: on WithdrawalRequested erase and confirm,
-    on Purged erase whatever arrived since; None for any other event."""
-    if isinstance(data, WithdrawalRequestedV1):
-        removed = erase(data.account_id)
-        return HandlerResult(
-            (erasure_confirmation(topics, data.account_id, service, removed),), outcome="erased"
-        )
-    if isinstance(data, PurgedV1):
-        erase(data.account_id)
-        return HandlerResult(outcome="purged")
-    return None
-
-
 # The loop
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff for every wait; `max_attempts` bounds only failures of unknown cause (a bug
-    the record triggers): a dependency that is down is waited out without a limit."""
-
-    max_attempts: int = 5
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 5.0
 
 
 @dataclass
@@ -498,17 +378,7 @@ class Consumer:
         attempts: int,
         stop: threading.Event,
     ) -> None:
-        headers = [
-            *incoming.headers,
-            (DLQ_ERROR_TYPE, type(error).__name__.encode()),
-            (DLQ_ERROR_CODE, code.encode()),
-            ("dlq_consumer_group", self.name.encode()),
-            ("dlq_source_topic", incoming.topic.encode()),
-            ("dlq_source_partition", str(incoming.partition).encode()),
-            ("dlq_source_offset", str(incoming.offset).encode()),
-            ("dlq_attempts", str(attempts).encode()),
-            ("dlq_failed_at", datetime.now(UTC).isoformat().encode()),
-        ]
+        headers = dead_letter_headers(incoming, error, code, attempts, self.name)
 
         def publish() -> None:
             self.publisher.publish(self.dlq_topic, incoming.key or b"", headers, incoming.value)
@@ -575,27 +445,3 @@ class Consumer:
                 "retries": self.stats.retries,
                 "waits": self.stats.waits,
             }
-
-
-def record_fault_code(error: BaseException) -> str | None:
-    """The DLQ code of a failure the record itself causes; None for any other failure."""
-    if isinstance(error, PoisonRecord):
-        return error.code
-    if isinstance(error, ContractError):
-        return "contract_violation"
-    if isinstance(error, ValidationError):
-        return "validation_failed"
-    return None
-
-
-def finished_prefix(batch: Sequence[Incoming], finished: set[int]) -> list[Incoming]:
-    """Per partition, the records before the first unfinished one: what may be committed."""
-    blocked: set[TopicPartitionKey] = set()
-    done: list[Incoming] = []
-    for index, incoming in enumerate(batch):
-        key = (incoming.topic, incoming.partition)
-        if index not in finished:
-            blocked.add(key)
-        elif key not in blocked:
-            done.append(incoming)
-    return done

@@ -37,7 +37,7 @@ from email.utils import formataddr, formatdate
 from typing import Protocol
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
-from consumers.kit import (
+from consumers.handler import (
     AccountWithdrawnError,
     Handler,
     HandlerResult,

@@ -10,12 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from consumers.kit import (
-    AccountWithdrawnError,
-    Handler,
-    HandlerResult,
-    erase_on_withdrawal,
-)
+from consumers.handler import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
 from consumers.store import any_of, create_lock_table, insert_rows, lock_key, lock_keys
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database

@@ -15,14 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consumers import chat, mail, scout
-from consumers.kit import (
-    Consumer,
-    Handler,
-    HandlerResult,
-    Hooks,
-    PoisonRecord,
-    RetryPolicy,
-)
+from consumers.faults import RetryPolicy
+from consumers.handler import Handler, HandlerResult, PoisonRecord
+from consumers.kit import Consumer, Hooks
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import StartupError, build_accounts

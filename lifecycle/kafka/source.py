@@ -46,6 +46,19 @@ def next_offsets(records: Sequence[Incoming]) -> dict[TopicPartitionKey, int]:
     return offsets
 
 
+def finished_prefix(batch: Sequence[Incoming], finished: set[int]) -> list[Incoming]:
+    """Per partition, the records before the first unfinished one: what may be committed."""
+    blocked: set[TopicPartitionKey] = set()
+    done: list[Incoming] = []
+    for index, incoming in enumerate(batch):
+        key = (incoming.topic, incoming.partition)
+        if index not in finished:
+            blocked.add(key)
+        elif key not in blocked:
+            done.append(incoming)
+    return done
+
+
 class KafkaSource:
     """A group member: manual offset commits, earliest offset for a group that has none.
 
@@ -110,6 +123,10 @@ class KafkaSource:
                     for (topic, partition), offset in offsets.items()
                 }
             )
+
+    def assigned(self) -> set[TopicPartitionKey]:
+        """The partitions this member holds now (shared with the group's other members)."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def lag(self) -> dict[TopicPartitionKey, int]:
         """Per assigned partition: end offset minus the group's committed position."""

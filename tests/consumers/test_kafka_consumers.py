@@ -26,10 +26,11 @@ from support import (
 )
 
 from consumers import mail, scout
-from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, RetryPolicy
+from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
+from consumers.kit import Hooks
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
-from lifecycle.kafka.source import Incoming
+from lifecycle.kafka.source import Incoming, KafkaSource
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
@@ -226,6 +227,32 @@ def test_a_poison_record_lands_in_the_dead_letters_and_the_next_record_is_handle
     # Lag: end offset minus committed position, per partition of the lifecycle topic.
     wait_until(lambda: consumer.total_lag() == 0 and len(consumer.lag()) == 3, timeout_s=15)
     assert {topic for topic, _ in consumer.lag()} == {topics.lifecycle}
+
+
+def test_two_members_of_one_group_share_the_partitions_and_apply_each_record_once(
+    kafka_settings: Settings, topics: TopicNames, running: list[Running]
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    members = [start(running, "scout", kafka_settings, topics) for _ in range(2)]
+    sources = [member.consumer.source for member in members]
+    assert all(isinstance(source, KafkaSource) for source in sources)
+
+    def shared() -> bool:
+        held = [source.assigned() for source in sources if isinstance(source, KafkaSource)]
+        return all(held) and len(held[0] | held[1]) == 3 and not held[0] & held[1]
+
+    wait_until(shared, "both members hold partitions", timeout_s=60)
+    accounts = [uuid.uuid4() for _ in range(60)]
+    produce(bootstrap, [scout_received(topics, account, 2) for account in accounts])
+    wait_until(lambda: sum(m.consumer.stats.applied for m in members) == len(accounts))
+    assert all(member.consumer.stats.applied > 0 for member in members)
+    assert sum(member.consumer.stats.duplicates for member in members) == 0
+    database = store(kafka_settings, "scout")
+    try:
+        assert all(scout.scouts_of(database, account) == ["scout-2"] for account in accounts)
+    finally:
+        database.close()
 
 
 # Kill and restart

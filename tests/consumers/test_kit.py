@@ -14,17 +14,9 @@ import pytest
 from eventsourcing.persistence import OperationalError
 from support import Running, StoreFactory, running_consumers, service_stores, wait_until
 
-from consumers.kit import (
-    DLQ_ERROR_CODE,
-    DLQ_ERROR_TYPE,
-    Consumer,
-    Handler,
-    HandlerResult,
-    Hooks,
-    PoisonRecord,
-    RetryPolicy,
-    erasure_confirmation,
-)
+from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
+from consumers.handler import Handler, HandlerResult, PoisonRecord, erasure_confirmation
+from consumers.kit import Consumer, Hooks
 from consumers.store import ConsumerStore, Outgoing
 from lifecycle.kafka.source import InProcessSource
 from lifecycle.storage import Cursor, Database

@@ -18,12 +18,9 @@ from eventsourcing.persistence import OperationalError
 from support import SmtpSink, StoreFactory, service_stores, smtp_sink, wait_until
 
 from consumers import chat, mail, scout
-from consumers.kit import (
-    AccountWithdrawnError,
-    Consumer,
-    Handler,
-    RetryPolicy,
-)
+from consumers.faults import RetryPolicy
+from consumers.handler import AccountWithdrawnError, Handler
+from consumers.kit import Consumer
 from consumers.store import ConsumerStore
 from lifecycle.kafka.source import InProcessSource
 from lifecycle.storage import Database

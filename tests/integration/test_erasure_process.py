@@ -11,7 +11,8 @@ from uuid import UUID
 
 import pytest
 
-from consumers.kit import DLQ_ERROR_CODE, Consumer, RetryPolicy
+from consumers.faults import DLQ_ERROR_CODE, RetryPolicy
+from consumers.kit import Consumer
 from consumers.store import ConsumerStore
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
