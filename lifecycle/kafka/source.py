@@ -81,20 +81,21 @@ class KafkaSource:
         from kafka import KafkaConsumer
 
         self.group_id = group_id
-        static = {"group_instance_id": group_instance_id} if group_instance_id else {}
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group_id,
-            client_id=client_id or group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            allow_auto_create_topics=False,
-            max_poll_records=max_poll_records,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            **static,
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "group_id": group_id,
+            "client_id": client_id or group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "allow_auto_create_topics": False,
+            "max_poll_records": max_poll_records,
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 1_000,
             **overrides,
-        )
+        }
+        if group_instance_id:
+            config["group_instance_id"] = group_instance_id
+        self._consumer = KafkaConsumer(**config)
         self._consumer.subscribe(list(topics))
 
     def poll(self, timeout_s: float) -> list[Incoming]:

@@ -6,6 +6,7 @@ Every test has topics, consumer groups and schemas of its own.
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -256,6 +257,49 @@ def test_two_members_of_one_group_share_the_partitions_and_apply_each_record_onc
 
 
 # Kill and restart
+
+MEMBER = """
+import sys
+from lifecycle.kafka.source import KafkaSource
+bootstrap, topic, group, instance = sys.argv[1:]
+source = KafkaSource(
+    bootstrap, [topic], group, group_instance_id=instance, session_timeout_ms=60_000
+)
+while not source.assigned():
+    source.poll(0.2)
+print("assigned", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_static_member_killed_rejoins_at_once_without_waiting_out_its_session(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    group, instance = topics.group_id("static"), "scout-static-1"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", MEMBER, kafka_bootstrap, topics.lifecycle, group, instance],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert killed.stdout is not None
+        assert killed.stdout.readline().strip() == "assigned"
+    finally:
+        killed.kill()  # no LeaveGroup: its session (60 s) stays open on the broker
+        killed.wait(timeout=30)
+    source = KafkaSource(
+        kafka_bootstrap,
+        [topics.lifecycle],
+        group,
+        group_instance_id=instance,
+        session_timeout_ms=60_000,
+    )
+    try:
+        wait_until(lambda: bool(source.poll(0.2) or source.assigned()), timeout_s=30)
+        assert len(source.assigned()) == 3  # well inside the 60 s a new member would wait
+    finally:
+        source.close()
 
 
 def test_relay_killed_mid_stream_then_restarted_every_event_arrives_repeats_are_skipped(
