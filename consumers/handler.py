@@ -37,7 +37,9 @@ class PoisonRecord(Exception):  # noqa: N818 - the kit's published name
 
 
 class TransientError(Exception):
-    """Not now, maybe later: the kit retries the record with backoff."""
+    """Not now, maybe later: retried with backoff up to `max_attempts`, then dead-lettered.
+
+    A dependency that is down needs no such error: the kit recognises it and waits."""
 
     def __init__(self, code: str) -> None:
         super().__init__(code)
