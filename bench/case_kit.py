@@ -1,18 +1,20 @@
 """The consumer kit's throughput: the scout service over Kafka, with one and two group members.
 
 Scout records for many accounts are produced to a topic of several partitions, then one or two
-members of a fresh group (a fresh store schema each repetition) consume them to the end. The
-rate counts from the first record applied to the last, so the group's join is not measured;
-per member is the group's rate divided by its members. The baseline is raw kafka-python
-reading the same records with no effect, from a group of one.
+members of a fresh group (a fresh store schema each repetition), each in a process of its own,
+consume them to the end. The rate counts from the first record applied to the last, so the
+group's join is not measured; per member is the group's rate divided by its members. The
+baseline is raw kafka-python reading the same records with no effect, from a group of one.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
@@ -22,6 +24,7 @@ from consumers.kit import Consumer
 from consumers.store import ConsumerStore, open_database
 from lifecycle.kafka.source import KafkaSource
 from lifecycle.kafka_topics import TopicSettings, ensure_topics
+from lifecycle.logs import configure_logging
 from lifecycle.transport import KafkaPublisher
 from schemas.contract import ScoutReceivedV1, TopicNames, encode_record
 
@@ -54,40 +57,80 @@ def produce(bootstrap: str, topics: TopicNames, count: int) -> None:
         publisher.close()
 
 
+def member(
+    *,
+    bootstrap: str,
+    database_url: str,
+    schema: str,
+    prefix: str,
+    group: str,
+    applied: Any,
+    ready: Any,
+    stop: Any,
+) -> None:
+    """One group member in a process of its own (as `lifecycle consume scout` runs)."""
+    configure_logging("json", "WARNING")
+    topics = TopicNames(prefix=prefix)
+    database = open_database(database_url, schema)
+    publisher = KafkaPublisher(bootstrap, client_id=f"{group}-outbox")
+    source = KafkaSource(bootstrap, [topics.lifecycle], group)
+    consumer = Consumer(
+        "scout",
+        source,
+        ConsumerStore(database),
+        scout.ScoutHandler(database, topics),
+        publisher,
+        dlq_topic=topics.dlq("scout"),
+        poll_timeout_s=0.2,
+    )
+    halt = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(halt,))
+    ready.wait(60)  # every member polls (joins the group) at the same moment
+    thread.start()
+    while not stop.wait(0.002):
+        applied.value = consumer.stats.applied + consumer.stats.duplicates
+    applied.value = consumer.stats.applied + consumer.stats.duplicates
+    halt.set()
+    thread.join(timeout=30)
+    publisher.close()
+    database.close()
+
+
 def kit_pass(ctx: Context, topics: TopicNames, count: int, members: int) -> float:
-    """Records per second of a group of `members` scout consumers, first to last record."""
+    """Records per second of a group of `members` scout consumers, one process each, from the
+    first record applied to the last."""
     assert ctx.kafka_bootstrap
     tag = uuid.uuid4().hex[:8]
     schema = f"bench_kit_{tag}"
     group = topics.group_id(f"bench-kit-{tag}")
-    database = open_database(ctx.database_url, schema)
-    stop = threading.Event()
-    consumers: list[Consumer] = []
-    threads: list[threading.Thread] = []
-    publisher = KafkaPublisher(ctx.kafka_bootstrap, client_id="bench-kit-outbox")
+    open_database(ctx.database_url, schema).close()
+    spawn = multiprocessing.get_context("spawn")
+    ready, stop = spawn.Barrier(members + 1), spawn.Event()
+    counters = [spawn.Value("q", 0) for _ in range(members)]
+    processes = [
+        spawn.Process(
+            target=member,
+            kwargs={
+                "bootstrap": ctx.kafka_bootstrap,
+                "database_url": ctx.database_url,
+                "schema": schema,
+                "prefix": topics.prefix,
+                "group": group,
+                "applied": counter,
+                "ready": ready,
+                "stop": stop,
+            },
+        )
+        for counter in counters
+    ]
     try:
-        handler = scout.ScoutHandler(database, topics)
-        for n in range(members):
-            source = KafkaSource(
-                ctx.kafka_bootstrap, [topics.lifecycle], group, client_id=f"{group}-{n}"
-            )
-            consumer = Consumer(
-                "scout",
-                source,
-                ConsumerStore(database),
-                handler,
-                publisher,
-                dlq_topic=topics.dlq("scout"),
-                poll_timeout_s=0.2,
-            )
-            consumers.append(consumer)
-            threads.append(threading.Thread(target=consumer.run, args=(stop,)))
-        for thread in threads:
-            thread.start()
+        for process in processes:
+            process.start()
+        ready.wait(120)  # each process imported and built its member
         first_at, first_count = 0.0, 0
         deadline = time.monotonic() + 120
         while True:
-            applied = sum(c.stats.applied + c.stats.duplicates for c in consumers)
+            applied = sum(counter.value for counter in counters)
             now = time.monotonic()
             if applied and not first_at:
                 first_at, first_count = now, applied
@@ -99,10 +142,8 @@ def kit_pass(ctx: Context, topics: TopicNames, count: int, members: int) -> floa
         return (count - first_count) / max(now - first_at, 1e-6)
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        publisher.close()
-        database.close()
+        for process in processes:
+            process.join(timeout=30)
         with psycopg.connect(ctx.database_url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
