@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.api.auth import with_generated_tokens
 from lifecycle.api.metrics import install_metrics
+from lifecycle.api.openapi import install_problem_openapi
 from lifecycle.api.problems import (
     install_problem_handlers,
     problem_response,
@@ -65,6 +66,7 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(audit.router)
     install_metrics(app)
+    install_problem_openapi(app)
     # Routes FastAPI adds itself (docs, OpenAPI) do not record their route in the scope.
     fixed_paths = frozenset(
         path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))

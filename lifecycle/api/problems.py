@@ -110,7 +110,7 @@ class ProblemResponse(JSONResponse):
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries documenting the problems a route may return."""
-    return {status: {"model": Problem, "description": _title(status)} for status in statuses}
+    return {status: {"model": Problem, "description": title_for(status)} for status in statuses}
 
 
 def request_id_of(request: Request) -> str | None:
@@ -130,7 +130,7 @@ def problem_response(
 ) -> Response:
     body: dict[str, Any] = {
         "type": f"{PROBLEM_TYPE_PREFIX}{code}",
-        "title": _title(status),
+        "title": title_for(status),
         "status": status,
         "detail": detail,
         "code": code,
@@ -182,7 +182,7 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
-    detail = exc.detail if isinstance(exc.detail, str) else _title(status)
+    detail = exc.detail if isinstance(exc.detail, str) else title_for(status)
     return problem_response(
         request, status, _code_for_status(status), detail, headers=exc.headers or None
     )
@@ -213,7 +213,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unhandled_error_handler)
 
 
-def _title(status: int) -> str:
+def title_for(status: int) -> str:
     if status in CURRENT_TITLES:
         return CURRENT_TITLES[status]
     try:
@@ -227,7 +227,7 @@ def _code_for_status(status: int) -> str:
         return AuthenticationError.code
     if status == 403:
         return PermissionDeniedError.code
-    return _title(status).lower().replace(" ", "_").replace("-", "_")
+    return title_for(status).lower().replace(" ", "_").replace("-", "_")
 
 
 def _issue(error: Any) -> dict[str, Any]:
