@@ -16,7 +16,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lifecycle.api.auth import with_generated_tokens
+from lifecycle.api.auth import AuthenticationMiddleware, with_generated_tokens
 from lifecycle.api.metrics import install_metrics
 from lifecycle.api.openapi import install_problem_openapi
 from lifecycle.api.problems import (
@@ -71,8 +71,10 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     fixed_paths = frozenset(
         path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))
     )
-    # The last added runs first: request id and access log wrap everything else.
+    # The last added runs first: request id and access log wrap everything else, then
+    # authentication, before the body is read or limited.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AuthenticationMiddleware)
     app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
     return app
 

@@ -153,6 +153,11 @@ def status_for(error: LifecycleError) -> int:
 
 async def lifecycle_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LifecycleError)
+    return error_response(request, exc)
+
+
+def error_response(request: Request, exc: LifecycleError) -> Response:
+    """The problem document for one of the service's errors."""
     status = status_for(exc)
     if status >= 500 and not isinstance(exc, NotReadyError):
         # An error of ours that no client input explains (configuration, startup).
