@@ -34,6 +34,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Problem types are URNs: stable identifiers that never depend on where the service runs.
 PROBLEM_TYPE_PREFIX = "urn:lifecycle:problem:"
 REQUEST_URN_PREFIX = "urn:lifecycle:request:"
+# A problem stays a few kilobytes whatever the request: at most this many validation issues.
+MAX_ISSUES = 20
 
 
 class AuthenticationError(LifecycleError):
@@ -100,7 +102,12 @@ class Problem(BaseModel):
         examples=["company_not_scouted"],
     )
     errors: list[ValidationIssue] | None = Field(
-        default=None, description="For 422 from request validation: where and what, no values."
+        default=None,
+        description="For 422 from request validation: where and what, no values, "
+        f"at most {MAX_ISSUES}.",
+    )
+    errors_omitted: int | None = Field(
+        default=None, description="How many more issues were found than `errors` lists."
     )
 
 
@@ -127,6 +134,7 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     reason: str | None = None,
     errors: list[dict[str, Any]] | None = None,
+    errors_omitted: int | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": f"{PROBLEM_TYPE_PREFIX}{code}",
@@ -140,6 +148,8 @@ def problem_response(
         body["reason"] = reason
     if errors is not None:
         body["errors"] = errors
+    if errors_omitted is not None:
+        body["errors_omitted"] = errors_omitted
     return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
 
 
@@ -174,13 +184,14 @@ def error_response(request: Request, exc: LifecycleError) -> Response:
 
 async def validation_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    issues = [_issue(error) for error in exc.errors()]
+    found = exc.errors()
     return problem_response(
         request,
         422,
         "invalid_request",
         "the request is not valid; see errors",
-        errors=issues,
+        errors=[_issue(error) for error in found[:MAX_ISSUES]],
+        errors_omitted=max(0, len(found) - MAX_ISSUES) or None,
     )
 
 
@@ -236,10 +247,13 @@ def _code_for_status(status: int) -> str:
 
 
 def _issue(error: Any) -> dict[str, Any]:
-    """Where and what, never the value: no `input`, no `ctx`, and no message quoting input."""
+    """Where and what, never the value: no `input`, no `ctx`, no message quoting input, and no
+    unknown key's name (a client may send anything as a key)."""
     loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
     kind = str(error.get("type", "value_error"))
     msg = str(error.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        return {"loc": loc[:-1], "msg": "unknown field", "type": kind}
     value = error.get("input")
     if isinstance(value, str) and len(value) >= 3 and value in msg:
         msg = f"invalid value ({kind})"

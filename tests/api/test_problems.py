@@ -476,3 +476,15 @@ def test_no_client_input_causes_a_server_error(
     assert response.status_code in (200, 201, 202) or (
         response.headers["content-type"] == PROBLEM_MEDIA_TYPE
     )
+
+
+def test_a_problem_stays_small_and_names_no_unknown_key(client: TestClient) -> None:
+    body = {f"k{index}-hanako@example.jp": index for index in range(8_000)}
+
+    response = client.post("/v1/accounts", json=body, headers=SERVICE)
+
+    problem = problem_of(response, 422)
+    assert len(response.content) < 4096
+    assert len(problem["errors"]) == 20
+    assert problem["errors_omitted"] > 0
+    assert "hanako" not in response.text
