@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from uuid import uuid4
 
 import structlog
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
@@ -56,6 +59,7 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url="/docs",
         redoc_url=None,
+        dependencies=[Depends(reject_unknown_query_parameters)],
     )
     app.state.settings = settings
     app.state.token_roles = dict(settings.api_tokens)
@@ -186,6 +190,24 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, receive_within_limit, send)
+
+
+def reject_unknown_query_parameters(request: Request) -> None:
+    """A query parameter the route does not declare is refused (422), as the OpenAPI says:
+    a misspelt filter must not silently return everything."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    if set(request.query_params) - set(_query_names(route.dependant)):
+        raise RequestValidationError(
+            [{"loc": ("query",), "msg": "unknown query parameter", "type": "extra_forbidden"}]
+        )
+
+
+def _query_names(dependant: Dependant) -> Iterator[str]:
+    yield from (field.alias for field in dependant.query_params)
+    for dependency in dependant.dependencies:
+        yield from _query_names(dependency)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
