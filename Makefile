@@ -1,4 +1,5 @@
 # The two entry points of the README: `make run` (embedded default) and `make test` (everything).
+# `make test-fast`: the tests that need no PostgreSQL and no Kafka (no services started).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,13 +7,16 @@ PACKAGES := lifecycle projections consumers schemas
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install services services-down lint bench clean
+.PHONY: run test test-fast install services services-down lint bench clean
 
 run: install
 	$(BIN)/lifecycle serve --host $(HOST) --port $(PORT)
 
 test: install services lint
 	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not postgres and not kafka"
 
 install: $(VENV)/.installed
 
@@ -32,6 +36,7 @@ lint: install
 	$(BIN)/ruff check $(PACKAGES) tests bench
 	$(BIN)/ruff format --check $(PACKAGES) tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install services
 	$(BIN)/python -m bench

@@ -36,7 +36,7 @@ from bench.workload import (
 )
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
-from lifecycle.kafka_topics import ensure_topics
+from lifecycle.kafka.admin import ensure_topics
 from schemas.contract import ERASING_SERVICES, TopicNames
 
 WITHDRAWALS_PER_S = 20.0

@@ -23,9 +23,9 @@ from typing import Any
 
 from bench.core import ROOT, Context, Row, Target, fresh_schema, log
 from bench.workload import bench_settings, generate_log, open_accounts
-from lifecycle.kafka_topics import TopicSettings, ensure_topics
+from lifecycle.kafka.admin import TopicSettings, ensure_topics
+from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.relay import Relay
-from lifecycle.transport import KafkaPublisher
 from schemas.contract import TopicNames
 
 TARGET = Target("ratio_at_least", 0.7)

@@ -4,13 +4,16 @@ The log grows through the sizes (10k, 100k, 1M events; `--quick` stops at 100k),
 fast by bench.workload.generate_log. At each size every variant runs in a subprocess of its
 own, so its peak RSS (VmHWM) is its own:
 
-- `replay`: every aggregate rebuilt from the log, one at a time, in (id, version) order:
-  each stored event goes through the application's mapper (per-account key from the vault,
-  AES-GCM open of the personal fields, JSON decoding, upcasting) and is folded
-  (`event.mutate`). Nothing is kept but a count per status, so memory should not grow.
+- `replay`: `lifecycle audit replay` itself (`lifecycle.audit.replay.replay`): every
+  aggregate rebuilt from the log, one at a time, in (id, version) order, a page at a time:
+  each stored event goes through the application's mapper (the page's keys fetched in one
+  query, AES-GCM open of the personal fields, JSON decoding, upcasting), is checked against
+  the domain's rules and folded (`event.mutate`). Nothing is kept but counts, so memory
+  should not grow.
 - `rebuild`: `projections.runner.rebuild(accounts, AccountDirectory)`, when that package is
   present: the directory read model replayed from position 0 into shadow tables, swapped in.
-- baseline `raw`: the same rows, same query and cursor, read with psycopg, no decoding.
+- baseline `raw`: the same rows in the same order, read with psycopg through one
+  server-side cursor, no decoding.
 
     python -m bench.case_replay worker MODE SCHEMA   (MASTER_KEY in LIFECYCLE_MASTER_KEY)
 """
@@ -22,15 +25,14 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
-from uuid import UUID
 
 import psycopg
 
 from bench.core import Context, Row, Target, bench_env, fresh_schema, log, peak_rss_mib
 from bench.workload import bench_settings, generate_log, open_accounts
+from lifecycle.audit.pages import STREAM_PAGE
 
 TARGET = Target("ratio_at_least", 0.5)
 # "Memory flat in log size": peak RSS at the largest log at most this times that at the smallest.
@@ -59,33 +61,17 @@ def raw_read(database_url: str, table: str) -> int:
     return count
 
 
-def decrypt_and_fold(database_url: str, schema: str, master_key: str) -> tuple[int, Counter[str]]:
-    from eventsourcing.persistence import StoredEvent
+def audit_replay(database_url: str, schema: str, master_key: str) -> tuple[int, dict[str, int]]:
+    from lifecycle.audit.replay import replay
 
     accounts = open_accounts(bench_settings(database_url, schema, master_key))
-    mapper = accounts.mapper
-    statuses: Counter[str] = Counter()
-    count = 0
-    current: Any = None
-    current_id: UUID | None = None
     try:
-        for originator_id, version, topic, state in stream_rows(
-            database_url, accounts.database.events_table
-        ):
-            event: Any = mapper.to_domain_event(
-                StoredEvent(originator_id, version, topic, bytes(state))
-            )
-            if originator_id != current_id:
-                if current is not None:
-                    statuses[str(getattr(current, "status", type(current).__name__))] += 1
-                current, current_id = None, originator_id
-            current = event.mutate(current)
-            count += 1
-        if current is not None:
-            statuses[str(getattr(current, "status", type(current).__name__))] += 1
+        report = replay(accounts)
     finally:
         accounts.close()
-    return count, statuses
+    if not report.ok:
+        raise SystemExit(f"replay found violations in the generated log: {report.by_rule}")
+    return report.events, {**report.accounts, "email_claims": report.email_claims}
 
 
 def rebuild_directory(database_url: str, schema: str, master_key: str) -> int:
@@ -113,8 +99,7 @@ def worker(mode: str, schema: str) -> None:
     if mode == "raw":
         events = raw_read(database_url, table)
     elif mode == "replay":
-        events, statuses = decrypt_and_fold(database_url, schema, master_key)
-        extra["aggregates"] = dict(statuses)
+        events, extra["aggregates"] = audit_replay(database_url, schema, master_key)
     elif mode == "rebuild":
         events = rebuild_directory(database_url, schema, master_key)
     else:
@@ -217,8 +202,10 @@ def run(ctx: Context) -> list[Row]:
     ctx.note(
         "replay",
         "each variant is its own subprocess (peak RSS = its VmHWM, interpreter and imports "
-        "included); raw and replay read the same query through the same server-side cursor "
-        f"(itersize {FETCH}); the log mixes 6 events per member (see generate_log)",
+        "included); raw reads every row through one server-side cursor "
+        f"(itersize {FETCH}), replay (lifecycle audit replay) pages of "
+        f"{STREAM_PAGE} in the same order; the log mixes 6 events per member "
+        "(see generate_log)",
     )
     return rows
 

@@ -150,9 +150,11 @@ def rebuild_child(url: str, schema: str, master_key: str, projection: str) -> No
 
 def audit_child(url: str, schema: str, master_key: str, what: str) -> None:
     """One audit pass over the whole log in a fresh process: export, replay or verify."""
+    from lifecycle.audit.export import export_log
+    from lifecycle.audit.replay import replay
+    from lifecycle.audit.verify import verify
     from lifecycle.logs import configure_logging
-    from projections.auditlog import export_log, replay
-    from projections.hashchain import HashChain, verify
+    from projections.hashchain import HashChain
     from projections.runner import Projector
 
     configure_logging("json", "WARNING")

@@ -32,9 +32,10 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from consumers.store import ConsumerStore, Outgoing
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import Publisher
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor
-from lifecycle.transport import InProcessPublisher, Publisher
 from schemas.contract import (
     ContractError,
     Envelope,

@@ -42,9 +42,9 @@ from consumers.kit import (
     TransientError,
     erasure_confirmation,
 )
-from consumers.store import count_rows, create_lock_table, lock_key
+from consumers.store import count_rows
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database
+from lifecycle.storage import Cursor, Database, create_lock_table, lock_key
 from schemas.contract import (
     Envelope,
     ProfileV1,

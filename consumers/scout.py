@@ -15,9 +15,8 @@ from consumers.kit import (
     HandlerResult,
     erase_on_withdrawal,
 )
-from consumers.store import create_lock_table, lock_key
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database
+from lifecycle.storage import Cursor, Database, create_lock_table, lock_key
 from schemas.contract import (
     Envelope,
     ScoutReceivedV1,

@@ -63,26 +63,6 @@ def check_identifier(name: str) -> str:
     return name
 
 
-def create_lock_table(database: Database) -> None:
-    """SQLite only: the table `lock_key` writes to (PostgreSQL needs none)."""
-    if database.dialect == "sqlite":
-        with database.ddl() as cursor:
-            cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
-
-
-def lock_key(database: Database, cursor: Cursor, key: str) -> None:
-    """Serialise transactions about one key (e.g. one account) until this one ends.
-
-    Call it before the transaction reads anything. PostgreSQL: a transaction-scoped advisory
-    lock on the key. SQLite: a no-op write, which takes the database's one write lock now
-    rather than failing later to upgrade a read snapshot another writer made stale.
-    """
-    if database.dialect == "postgres":
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-    else:
-        cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
-
-
 def count_rows(database: Database, tables: Iterable[str], account_id: UUID) -> int:
     """How many rows of the given tables still name the account."""
     with database.transaction(commit=False) as cursor:

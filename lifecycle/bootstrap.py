@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import psycopg
-
 from lifecycle.application import Accounts
 from lifecycle.errors import LifecycleError
 from lifecycle.settings import Settings
+from lifecycle.storage import schema_setup_turn
 
 
 class StartupError(LifecycleError):
@@ -21,7 +17,7 @@ class StartupError(LifecycleError):
 def build_accounts(settings: Settings) -> Accounts:
     try:
         env = settings.application_env()  # configuration errors first, before any connection
-        with _schema_setup_turn(settings):
+        with schema_setup_turn(settings.database_url, settings.database_schema):
             return Accounts(env=env)
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
@@ -30,24 +26,6 @@ def build_accounts(settings: Settings) -> Accounts:
         raise StartupError(
             detail=f"database unusable ({type(error).__name__}): {_first_line(error)}"
         ) from None
-
-
-@contextmanager
-def _schema_setup_turn(settings: Settings) -> Iterator[None]:
-    """Processes starting together (API, relay, erasure) create tables one at a time.
-
-    The library's own CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION fail when two
-    sessions run them at once; a session-level advisory lock makes them take turns.
-    """
-    if settings.is_embedded:
-        yield
-        return
-    with psycopg.connect(settings.database_url, connect_timeout=5, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_advisory_lock(hashtextextended(%s, 0))",
-            (f"lifecycle-setup:{settings.database_schema}",),
-        )
-        yield
 
 
 def _first_line(error: Exception) -> str:

@@ -95,7 +95,7 @@ def run_until_signalled(work: Callable[[threading.Event], None]) -> None:
 @cli.command()
 def topics() -> None:
     """Create the Kafka topics with their partitions and configs (idempotent)."""
-    from lifecycle.kafka_topics import ensure_topics
+    from lifecycle.kafka.admin import ensure_topics
 
     settings = load_settings()
     if not settings.kafka_bootstrap:
@@ -147,7 +147,7 @@ def reshred(
     ] = True,
 ) -> None:
     """After a backup restore: every account known purged is purged again and loses its key."""
-    from lifecycle.audit import purged_ids_on_topic
+    from lifecycle.audit.reshred import purged_ids_on_topic
 
     settings = load_settings()
     accounts = open_accounts(settings)
@@ -178,8 +178,8 @@ def erasure_proof(
     from datetime import timedelta
     from uuid import UUID
 
-    from lifecycle.audit import database_dump, topic_dump
-    from lifecycle.audit import erasure_proof as prove
+    from lifecycle.audit.proof import database_dump, topic_dump
+    from lifecycle.audit.proof import erasure_proof as prove
     from lifecycle.erasure import ErasureProcess
 
     settings = load_settings()
@@ -241,7 +241,7 @@ def audit_export(
     ] = None,
 ) -> None:
     """Stream the whole event log as JSON Lines, as stored (personal fields stay sealed)."""
-    from projections.auditlog import export_log, parse_bound
+    from lifecycle.audit.export import export_log, parse_bound
 
     try:
         bounds = [None if text is None else parse_bound(text) for text in (since, until)]
@@ -266,7 +266,7 @@ def audit_replay() -> None:
     """Rebuild every aggregate from the log and check every rule; exit 1 on any violation."""
     import json
 
-    from projections.auditlog import replay
+    from lifecycle.audit.replay import replay
 
     accounts = open_accounts(load_settings())
     try:
@@ -282,7 +282,8 @@ def audit_verify() -> None:
     """Recompute the hash chain over the stored events; name the first that does not match."""
     import json
 
-    from projections.hashchain import HashChain, verify
+    from lifecycle.audit.verify import verify
+    from projections.hashchain import HashChain
 
     accounts = open_accounts(load_settings())
     try:

@@ -55,6 +55,11 @@ EDITABLE_PARTS = ("profile", "job_title", "work_history", "desired", "notificati
 MERGED_PARTS = ("profile", "desired", "notifications")
 
 
+# Unicode categories of characters that render as nothing: format (Cf: ZWSP, ZWJ, RLM, BOM,
+# soft hyphen), control, surrogate, private use and unassigned code points.
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Cs", "Co", "Cn"})
+
+
 def normalise_email(email: str) -> str:
     """Compare addresses as people mean them: NFKC, trimmed, case-folded."""
     return unicodedata.normalize("NFKC", email).strip().casefold()
@@ -276,10 +281,8 @@ class Account(Aggregate):
 
     def claim_gift(self, *, company_id: str, start_date: date) -> None:
         self.check_account_is_active()
-        if self.gift is not None:
-            raise GiftAlreadyClaimedError("gift_already_claimed")
-        if company_id not in self.scouting_companies:
-            raise GiftNotEligibleError("company_not_scouted")
+        self.check_gift_is_unclaimed()
+        self.check_company_scouted(company_id)
         self.trigger_event(
             self.GiftClaimed,
             company_id=company_id,
@@ -295,24 +298,16 @@ class Account(Aggregate):
         self.check_account_is_not_purged()
         if self.status is AccountStatus.WITHDRAWING:
             return False
-        try:
-            reason_code = WithdrawalReason(reason)
-        except ValueError:
-            raise InvalidCommandError("unknown_withdrawal_reason") from None
+        self.check_withdrawal_reason_is_known(reason)
         if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
             raise InvalidCommandError("comment_too_long")
-        if (
-            reason_code is WithdrawalReason.HIRED_VIA_PLATFORM
-            and self.gift is None
-            and not acknowledge_gift_loss
-        ):
-            raise GiftUnclaimedError("gift_unclaimed")
+        self.check_gift_loss_is_acknowledged(reason, acknowledge_gift_loss)
         self.trigger_event(
             self.WithdrawalRequested,
-            reason=reason_code.value,
+            reason=WithdrawalReason(reason).value,
             comment=comment,
             acknowledged_gift_loss=acknowledge_gift_loss,
-            gift_forfeited=self.gift is None and self.gift_eligible,
+            gift_forfeited=self.gift_forfeited_by_withdrawal,
         )
         return True
 
@@ -320,8 +315,7 @@ class Account(Aggregate):
         """Terminal step of erasure; returns False when already purged (idempotent)."""
         if self.status is AccountStatus.PURGED:
             return False
-        if self.status is not AccountStatus.WITHDRAWING:
-            raise AccountNotWithdrawingError("account_not_withdrawing")
+        self.check_account_is_withdrawing()
         self.trigger_event(self.Purged)
         return True
 
@@ -336,6 +330,10 @@ class Account(Aggregate):
         """A gift can still be claimed: active, unclaimed, and scouted at least once."""
         return self.status is AccountStatus.ACTIVE and self.gift is None and bool(self.scouts)
 
+    @property
+    def gift_forfeited_by_withdrawal(self) -> bool:
+        return self.gift is None and self.gift_eligible
+
     def check_account_is_not_purged(self) -> None:
         if self.status is AccountStatus.PURGED:
             raise AccountPurgedError("account_purged")
@@ -345,12 +343,44 @@ class Account(Aggregate):
         if self.status is AccountStatus.WITHDRAWING:
             raise AccountWithdrawingError("account_withdrawing")
 
+    def check_account_is_withdrawing(self) -> None:
+        if self.status is not AccountStatus.WITHDRAWING:
+            raise AccountNotWithdrawingError("account_not_withdrawing")
+
+    def check_gift_is_unclaimed(self) -> None:
+        if self.gift is not None:
+            raise GiftAlreadyClaimedError("gift_already_claimed")
+
+    def check_company_scouted(self, company_id: str) -> None:
+        if company_id not in self.scouting_companies:
+            raise GiftNotEligibleError("company_not_scouted")
+
+    @staticmethod
+    def check_gift_terms(gift_kind: str, amount_jpy: int) -> None:
+        if gift_kind != GIFT_KIND or amount_jpy != GIFT_AMOUNT_JPY:
+            raise InvalidCommandError("gift_terms")
+
+    @staticmethod
+    def check_withdrawal_reason_is_known(reason: str) -> None:
+        if reason not in tuple(WithdrawalReason):
+            raise InvalidCommandError("unknown_withdrawal_reason")
+
+    def check_gift_loss_is_acknowledged(self, reason: str, acknowledged: bool) -> None:
+        """Hired via the platform with the gift unclaimed: the member must accept losing it."""
+        if reason == WithdrawalReason.HIRED_VIA_PLATFORM and self.gift is None and not acknowledged:
+            raise GiftUnclaimedError("gift_unclaimed")
+
     @staticmethod
     def check_email_is_plausible(email: str) -> None:
         normalised = normalise_email(email)
         local, at, domain = normalised.rpartition("@")
         # Whitespace is judged after NFKC: U+3000 and friends become plain spaces there.
         if not (at and local and "." in domain and not any(c.isspace() for c in normalised)):
+            raise InvalidCommandError("email_invalid")
+        # Invisible and bidirectional characters (zero-width space and joiner, RLM, BOM, soft
+        # hyphen, controls) are refused rather than stripped: an address nobody can see the
+        # difference in must not open a second account, and no mail system delivers to one.
+        if any(unicodedata.category(c) in INVISIBLE_CATEGORIES for c in normalised):
             raise InvalidCommandError("email_invalid")
 
 
@@ -404,11 +434,17 @@ class EmailClaim(Aggregate):
                 self.account_id = None
 
     def claim(self, account_id: UUID) -> None:
-        if self.account_id is not None and self.account_id != account_id:
-            raise EmailAlreadyClaimedError("email_in_use")
+        self.check_claimable_by(account_id)
         if self.account_id is None:
             self.trigger_event(self.Claimed, account_id=account_id)
 
     def release(self, account_id: UUID) -> None:
-        if self.account_id == account_id:
+        if self.is_held_by(account_id):
             self.trigger_event(self.Released, account_id=account_id)
+
+    def check_claimable_by(self, account_id: UUID) -> None:
+        if self.account_id is not None and self.account_id != account_id:
+            raise EmailAlreadyClaimedError("email_in_use")
+
+    def is_held_by(self, account_id: UUID) -> bool:
+        return self.account_id == account_id

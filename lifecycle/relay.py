@@ -11,24 +11,18 @@ own for as long as it runs; on SQLite an exclusive `flock` on a file beside the 
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
-import zlib
 from collections.abc import Iterator
-from typing import Any, Protocol
 from uuid import UUID
 
-import psycopg
 from eventsourcing.persistence import Notification
-from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.utils import resolve_topic
 
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
+from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
-from lifecycle.storage import Database
-from lifecycle.transport import Publisher, PublishError
+from lifecycle.storage import Database, single_active_lock
 from schemas.contract import (
     ContractModel,
     GiftClaimedV1,
@@ -45,9 +39,6 @@ from schemas.contract import (
     lifecycle_event_id,
     profile_event_id,
 )
-
-# First half of the two-key advisory lock: "LCRY"; the second half names schema and relay.
-ADVISORY_LOCK_CLASS = 0x4C435259
 
 
 class Relay:
@@ -76,7 +67,7 @@ class Relay:
         self._db: Database = accounts.database
         self._table = self._db.table("relay_position")
         self._log = get_logger(__name__).bind(relay=name)
-        self._lock = _lock_for(self._db, name)
+        self._lock = single_active_lock(self._db, "relay", name)
         self._create_table()
         self._position = self._load_position()
 
@@ -364,122 +355,3 @@ def _int_or_none(value: object) -> int | None:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-# Who may publish
-
-
-class RelayLock(Protocol):
-    held: bool
-
-    def try_acquire(self) -> bool: ...
-
-    def alive(self) -> bool: ...
-
-    def release(self) -> None: ...
-
-
-def _lock_for(database: Database, name: str) -> RelayLock:
-    datastore = database.datastore
-    if isinstance(datastore, PostgresDatastore):
-        key = zlib.crc32(f"{datastore.schema}:{name}".encode())
-        return PostgresAdvisoryLock(datastore, ADVISORY_LOCK_CLASS, key - (1 << 32) * (key >> 31))
-    pool = datastore.pool
-    if pool.is_sqlite_memory_mode:
-        return ProcessLock(f"{pool.db_name}:{name}")
-    return FileLock(f"{pool.db_name}.relay-{name}.lock")
-
-
-class PostgresAdvisoryLock:
-    """A session advisory lock on a connection of its own; it ends with that connection."""
-
-    def __init__(self, datastore: PostgresDatastore, class_id: int, object_id: int) -> None:
-        configured = datastore.pool.kwargs
-        kwargs: dict[str, Any] = dict(configured() if callable(configured) else configured or {})
-        kwargs.pop("row_factory", None)
-        self._connect_kwargs = kwargs
-        self._key = (class_id, object_id)
-        self._conn: psycopg.Connection[Any] | None = None
-        self.held = False
-
-    def try_acquire(self) -> bool:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(
-                **self._connect_kwargs,
-                autocommit=True,
-                application_name="lifecycle-relay",
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-            )
-        row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key).fetchone()
-        self.held = bool(row and row[0])
-        return self.held
-
-    def alive(self) -> bool:
-        if self._conn is None:
-            return False
-        try:
-            self._conn.execute("SELECT 1")
-        except psycopg.Error:
-            return False
-        return True
-
-    def release(self) -> None:
-        conn, self._conn, self.held = self._conn, None, False
-        if conn is not None and not conn.closed:
-            conn.close()  # ends the session, and with it the lock
-
-
-class FileLock:
-    """An exclusive `flock` on a file beside the SQLite database."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self.held = False
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd, self.held = fd, True
-        return True
-
-    def alive(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        fd, self._fd, self.held = self._fd, None, False
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
-_process_locks: dict[str, threading.Lock] = {}
-_process_locks_guard = threading.Lock()
-
-
-class ProcessLock:
-    """For an in-memory SQLite database, which only this process can see anyway."""
-
-    def __init__(self, key: str) -> None:
-        with _process_locks_guard:
-            self._lock = _process_locks.setdefault(key, threading.Lock())
-        self.held = False
-
-    def try_acquire(self) -> bool:
-        self.held = self._lock.acquire(blocking=False)
-        return self.held
-
-    def alive(self) -> bool:
-        return self.held
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._lock.release()

@@ -22,7 +22,10 @@ EMBEDDED_DATA_DIR = Path("data")
 class Settings(BaseSettings):
     """Defaults are the embedded first run: SQLite under ./data, Kafka off."""
 
-    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore")
+    # Errors never repeat a value: a database URL may hold a password.
+    model_config = SettingsConfigDict(
+        env_prefix="LIFECYCLE_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = f"sqlite:///{EMBEDDED_DATA_DIR / 'lifecycle.sqlite3'}"
     # PostgreSQL schema holding the service's tables (tests use one per test).

@@ -1,28 +1,38 @@
-"""The one adapter over the application's SQL database, PostgreSQL or SQLite.
+"""The one adapter over the application's SQL database, PostgreSQL or SQLite, and every lock.
 
 Everything the service keeps beside the event store (keys, relay position, read models)
-goes through `Database`, so each piece of SQL is written once with `%s` placeholders.
+goes through `Database`, so each piece of SQL is written once with `%s` placeholders. Every
+lock is here too: the active-process lock (the relay), the turn-taking of schema setup, and
+the per-key transaction lock the consumers take; advisory locks on PostgreSQL, a file lock or
+the database's write lock on SQLite.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from lifecycle.errors import LifecycleError
-
 Dialect = Literal["postgres", "sqlite"]
 
 
-class DatabaseUrlError(LifecycleError):
-    code = "database_url_invalid"
+class DatabaseUrlError(ValueError):
+    """A database URL this service cannot use; the message says what was expected.
+
+    A `ValueError`, so Settings validation reports it as a bad value of LIFECYCLE_DATABASE_URL.
+    The message never repeats the URL, which may hold a password.
+    """
 
 
 def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]:
@@ -30,7 +40,7 @@ def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]
     parts = urlsplit(database_url)
     if parts.scheme in ("postgresql", "postgres"):
         if not parts.hostname or not parts.path.strip("/"):
-            raise DatabaseUrlError(detail="expected postgresql://user:password@host:port/dbname")
+            raise DatabaseUrlError("expected postgresql://user:password@host:port/dbname")
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")),
@@ -46,9 +56,9 @@ def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]
     if parts.scheme == "sqlite":
         path = database_url.removeprefix("sqlite:///")
         if not path:
-            raise DatabaseUrlError(detail="expected sqlite:///path/to/file.sqlite3")
+            raise DatabaseUrlError("expected sqlite:///path/to/file.sqlite3")
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
-    raise DatabaseUrlError(detail="database URL must start with postgresql:// or sqlite:///")
+    raise DatabaseUrlError("database URL must start with postgresql:// or sqlite:///")
 
 
 class Database:
@@ -76,7 +86,7 @@ class Database:
         datastore = getattr(factory, "datastore", None)
         if isinstance(datastore, PostgresDatastore | SQLiteDatastore):
             return cls(datastore, application_name)
-        raise DatabaseUrlError(detail="the service needs PostgreSQL or SQLite persistence")
+        raise DatabaseUrlError("the service needs PostgreSQL or SQLite persistence")
 
     @classmethod
     def open(cls, database_url: str, schema: str = "public", *, pool_size: int = 2) -> Database:
@@ -177,3 +187,179 @@ def _as_tuple(row: Any) -> tuple[Any, ...]:
     if isinstance(row, dict):
         return tuple(row.values())
     return tuple(row)
+
+
+# Locks: every lock the service and its consumers take, in either dialect.
+
+LockKind = Literal["relay"]
+
+# First half of the two-key advisory lock, one per kind ("LCRY": the relay); the second
+# half names schema and holder. The values are kept as they were, so processes of an older
+# release and this one still exclude each other during a rolling deploy.
+_LOCK_CLASSES: dict[LockKind, int] = {"relay": 0x4C435259}
+
+
+class SingleActiveLock(Protocol):
+    """Held by one process at a time; the others stand by and try again."""
+
+    held: bool
+
+    def try_acquire(self) -> bool: ...
+
+    def alive(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+def single_active_lock(database: Database, kind: LockKind, name: str) -> SingleActiveLock:
+    """The lock that makes one `kind` process named `name` the active one for this database.
+
+    PostgreSQL: a session advisory lock on a connection of its own. SQLite: an exclusive
+    `flock` on a file beside the database (a process lock for an in-memory database).
+    """
+    datastore = database.datastore
+    if isinstance(datastore, PostgresDatastore):
+        key = zlib.crc32(f"{datastore.schema}:{name}".encode())
+        return PostgresAdvisoryLock(
+            datastore, _LOCK_CLASSES[kind], key - (1 << 32) * (key >> 31), f"lifecycle-{kind}"
+        )
+    pool = datastore.pool
+    if pool.is_sqlite_memory_mode:
+        return ProcessLock(f"{pool.db_name}:{kind}-{name}")
+    return FileLock(f"{pool.db_name}.{kind}-{name}.lock")
+
+
+class PostgresAdvisoryLock:
+    """A session advisory lock on a connection of its own; it ends with that connection."""
+
+    def __init__(
+        self, datastore: PostgresDatastore, class_id: int, object_id: int, application_name: str
+    ) -> None:
+        configured = datastore.pool.kwargs
+        kwargs: dict[str, Any] = dict(configured() if callable(configured) else configured or {})
+        kwargs.pop("row_factory", None)
+        self._connect_kwargs = kwargs
+        self._application_name = application_name
+        self._key = (class_id, object_id)
+        self._conn: psycopg.Connection[Any] | None = None
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(
+                **self._connect_kwargs,
+                autocommit=True,
+                application_name=self._application_name,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            )
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key).fetchone()
+        self.held = bool(row and row[0])
+        return self.held
+
+    def alive(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def release(self) -> None:
+        conn, self._conn, self.held = self._conn, None, False
+        if conn is not None and not conn.closed:
+            conn.close()  # ends the session, and with it the lock
+
+
+class FileLock:
+    """An exclusive `flock` on a file beside the SQLite database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd, self.held = fd, True
+        return True
+
+    def alive(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        fd, self._fd, self.held = self._fd, None, False
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+class ProcessLock:
+    """For an in-memory SQLite database, which only this process can see anyway."""
+
+    def __init__(self, key: str) -> None:
+        with _process_locks_guard:
+            self._lock = _process_locks.setdefault(key, threading.Lock())
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        self.held = self._lock.acquire(blocking=False)
+        return self.held
+
+    def alive(self) -> bool:
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._lock.release()
+
+
+@contextmanager
+def schema_setup_turn(database_url: str, schema: str) -> Iterator[None]:
+    """Processes starting together (API, relay, erasure) create tables one at a time.
+
+    The library's own CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION fail when two
+    sessions run them at once; a session-level advisory lock on PostgreSQL makes them take
+    turns for as long as the block runs. SQLite needs none (one process owns the file).
+    """
+    if urlsplit(database_url).scheme == "sqlite":
+        yield
+        return
+    with psycopg.connect(database_url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"lifecycle-setup:{schema}",)
+        )
+        yield
+
+
+def create_lock_table(database: Database) -> None:
+    """SQLite only: the table `lock_key` writes to (PostgreSQL needs none)."""
+    if database.dialect == "sqlite":
+        with database.ddl() as cursor:
+            cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
+
+
+def lock_key(database: Database, cursor: Cursor, key: str) -> None:
+    """Serialise transactions about one key (e.g. one account) until this one ends.
+
+    Call it before the transaction reads anything. PostgreSQL: a transaction-scoped advisory
+    lock on the key. SQLite: a no-op write, which takes the database's one write lock now
+    rather than failing later to upgrade a read snapshot another writer made stale.
+    """
+    if database.dialect == "postgres":
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+    else:
+        cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")

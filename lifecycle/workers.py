@@ -31,11 +31,12 @@ from lifecycle.application import Accounts
 from lifecycle.bootstrap import StartupError, build_accounts
 from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess, erasure_process
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import KafkaPublisher, Publisher
 from lifecycle.logs import get_logger
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Cursor, Database
-from lifecycle.transport import InProcessPublisher, KafkaPublisher, Publisher
 from schemas.contract import (
     ERASING_SERVICES,
     ERASURE_GROUP,

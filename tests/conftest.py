@@ -1,4 +1,8 @@
-"""Shared fixtures: every backend-dependent test runs on SQLite and on the real PostgreSQL."""
+"""Fixtures every tier shares: the servers, the backend (every backend-dependent test runs on
+SQLite and on the real PostgreSQL), settings, the application, an SMTP sink, per-test topics.
+
+Each tier's own fixtures live in its folder's conftest.py; helpers live in support.py.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,15 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog
+from support import TOKENS, SmtpSink, smtp_sink, unique_topics
 
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
+from schemas.contract import TopicNames
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".services" / "env"
-
-TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
 
 
 def _services_env() -> dict[str, str]:
@@ -31,6 +35,31 @@ def _services_env() -> dict[str, str]:
                 found[name.strip()] = value.strip().strip("'\"")
     found.update({k: v for k, v in os.environ.items() if k.startswith("LIFECYCLE_")})
     return found
+
+
+# What marks a test as needing a server: a fixture it requests (directly or through others)
+# or the value of a parameter. `pytest -m "not postgres and not kafka"` then runs without any.
+SERVER_FIXTURES = {"postgres_url": "postgres", "pg_schema": "postgres", "kafka_bootstrap": "kafka"}
+SERVER_PARAMS = {("backend", "postgres"): "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs PostgreSQL or Kafka, so the fast tier can leave them out."""
+    for item in items:
+        needs = {
+            SERVER_FIXTURES[name]
+            for name in getattr(item, "fixturenames", ())
+            if name in SERVER_FIXTURES
+        }
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            needs |= {
+                marker
+                for (param, value), marker in SERVER_PARAMS.items()
+                if callspec.params.get(param) == value
+            }
+        for marker in sorted(needs - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)
@@ -79,8 +108,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Service settings on the requested backend, with one known token per role."""
-    common = {
+    """Service settings on the requested backend, with one known token per role. Embedded
+    (no Kafka, no topic prefix) even when the shell exports the services' LIFECYCLE_* lines."""
+    common: dict[str, object] = {
+        "kafka_bootstrap": None,
+        "topic_prefix": "",
         "master_key": new_master_key(),
         "api_tokens": {token_digest(token): role for role, token in TOKENS.items()},
         "log_format": "json",
@@ -99,5 +131,14 @@ def accounts(settings: Settings) -> Iterator[Accounts]:
     app.close()
 
 
-def auth(role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKENS[role]}"}
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_sink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
+    """Topics of this test alone on the shared broker, deleted afterwards."""
+    with unique_topics(kafka_bootstrap) as names:
+        yield names

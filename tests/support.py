@@ -1,8 +1,9 @@
-"""Helpers for the consumer tests: an SMTP sink, service stores, per-test topics, waiting.
+"""The one home of test helpers: API tokens, contract records, an SMTP sink, service stores,
+per-test topics, reading a topic, waiting on a condition, consumer threads, races.
 
-Not a conftest: a second `conftest` module would shadow the root one for `from conftest
-import ...` in directories collected later. Test modules wrap these in three-line fixtures.
-It sits beside the root conftest, whose folder pytest puts on sys.path.
+Test modules import from here, never from a conftest: every tier has its own `conftest.py`,
+and they all share the module name `conftest`. The fixtures wrapping these helpers live in
+the conftests. It sits beside the root conftest, whose folder pytest puts on sys.path.
 """
 
 from __future__ import annotations
@@ -16,20 +17,125 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import psycopg
 from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
 
 from consumers.store import open_database
-from lifecycle.kafka_topics import TopicSettings, ensure_topics, read_from_start
+from lifecycle.kafka.admin import TopicSettings, ensure_topics, read_from_start
 from lifecycle.storage import Database
-from schemas.contract import TopicNames
+from schemas.contract import (
+    ContractModel,
+    ProfileV1,
+    PurgedV1,
+    Record,
+    ScoutReceivedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+    encode_record,
+    encode_tombstone,
+    lifecycle_event_id,
+    profile_event_id,
+)
 
 T = TypeVar("T")
+
+# One known bearer token per role; the `settings` fixture accepts them.
+TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
+
+
+def auth(role: str) -> dict[str, str]:
+    """The Authorization header of that role's token."""
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+# Records as the relay writes them: (topic, record) pairs ready to publish.
+
+NOTIFY_ALL = {"scouts": True, "recommendations": True, "notices": True}
+
+
+def lifecycle_record(
+    topics: TopicNames, data: ContractModel, account_id: UUID, version: int
+) -> tuple[str, Record]:
+    record = encode_record(
+        data,
+        ce_id=lifecycle_event_id(account_id, version),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return topics.lifecycle, record
+
+
+def scout_received(
+    topics: TopicNames, account_id: UUID, version: int, scout_id: str | None = None
+) -> tuple[str, Record]:
+    """A scout from `company-<scout id>`; the scout id defaults to `scout-<version>`."""
+    scout_id = scout_id or f"scout-{version}"
+    data = ScoutReceivedV1(
+        account_id=account_id,
+        scout_id=scout_id,
+        company_id=f"company-{scout_id}",
+        job_id="job-1",
+        received_at=datetime.now(UTC),
+    )
+    return lifecycle_record(topics, data, account_id, version)
+
+
+def withdrawal(topics: TopicNames, account_id: UUID, version: int) -> tuple[str, Record]:
+    data = WithdrawalRequestedV1(
+        account_id=account_id,
+        reason="hired_elsewhere",
+        requested_at=datetime.now(UTC),
+        gift_forfeited=False,
+    )
+    return lifecycle_record(topics, data, account_id, version)
+
+
+def purged(topics: TopicNames, account_id: UUID, version: int) -> tuple[str, Record]:
+    data = PurgedV1(account_id=account_id, purged_at=datetime.now(UTC))
+    return lifecycle_record(topics, data, account_id, version)
+
+
+def profile(
+    topics: TopicNames,
+    account_id: UUID,
+    version: int,
+    email: str,
+    name: str,
+    notifications: dict[str, bool] | None = None,
+) -> tuple[str, Record]:
+    data = ProfileV1(
+        account_id=account_id,
+        email=email,
+        display_name=name,
+        notifications=notifications or NOTIFY_ALL,
+    )
+    record = encode_record(
+        data,
+        ce_id=profile_event_id(account_id, version),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return topics.profile, record
+
+
+def profile_tombstone(topics: TopicNames, account_id: UUID, version: int) -> tuple[str, Record]:
+    record = encode_tombstone(
+        ProfileV1,
+        ce_id=profile_event_id(account_id, version),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+    return topics.profile, record
+
+
+# Sinks, stores, topics
 
 
 @dataclass

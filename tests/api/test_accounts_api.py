@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
 import pytest
-from conftest import auth
 from fastapi.testclient import TestClient
+from support import auth
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
@@ -17,12 +16,6 @@ from lifecycle.domain import MAX_COMMENT_LENGTH, WithdrawalReason
 from lifecycle.settings import Settings
 
 SERVICE = auth("service")
-
-
-@pytest.fixture
-def client(settings: Settings, accounts: Accounts) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, accounts)) as client:
-        yield client
 
 
 def new_email() -> str:
@@ -164,6 +157,20 @@ def test_register_with_an_address_in_use_is_409(client: TestClient) -> None:
     )
 
     assert_problem(response, 409, "email_in_use")
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200d", "\u200f", "\ufeff", "\u00ad"])
+def test_an_invisible_character_variant_of_an_address_opens_no_second_account(
+    client: TestClient, invisible: str
+) -> None:
+    email = new_email()
+    register(client, email=email)
+    variant = email[:3] + invisible + email[3:]
+
+    response = client.post("/v1/accounts", json=registration(email=variant), headers=SERVICE)
+
+    assert response.status_code == 422, response.text
+    assert variant not in response.text and invisible not in response.text
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -10,8 +9,8 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from conftest import TOKENS, auth
 from fastapi.testclient import TestClient
+from support import TOKENS, auth, read_topic, unique_topics
 
 from lifecycle.api import create_app
 from lifecycle.api.routes.admin import KafkaAdapter
@@ -25,12 +24,6 @@ from schemas.contract import TopicNames
 OPS = auth("ops")
 SECRET_NAME = "Zephyrine Okonkwo"
 SECRET_COMMENT = "chrysanthemum collection"
-
-
-@pytest.fixture
-def client(settings: Settings, accounts: Accounts) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, accounts)) as client:
-        yield client
 
 
 @pytest.fixture
@@ -373,18 +366,10 @@ def test_metrics_and_health_need_no_token(client: TestClient) -> None:
 
 @pytest.fixture
 def names(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    from kafka.admin import KafkaAdminClient
+    from lifecycle.kafka.admin import TopicSettings
 
-    from lifecycle.kafka_topics import TopicSettings, ensure_topics
-
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, names, TopicSettings(partitions=2))
-    yield names
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15_000)
-    try:
-        admin.delete_topics(list(names.all()))
-    finally:
-        admin.close()
+    with unique_topics(kafka_bootstrap, TopicSettings(partitions=2)) as names:
+        yield names
 
 
 @pytest.fixture
@@ -397,29 +382,8 @@ def kafka_client(
         yield client
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Any]:
-    """Every record on the topic, from offset 0 to its end offsets (deadline, no sleep)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        found: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            assert time.monotonic() < deadline, "topic not read to its end in time"
-            for records in consumer.poll(timeout_ms=200).values():
-                found.extend(records)
-        return found
-    finally:
-        consumer.close()
-
-
 def dead_letter(bootstrap: str, names: TopicNames, group: str, ce_id: str) -> None:
-    from lifecycle.transport import KafkaPublisher
+    from lifecycle.kafka.producer import KafkaPublisher
 
     publisher = KafkaPublisher(bootstrap, client_id="test-dlq")
     try:
@@ -489,7 +453,7 @@ def test_consumer_group_lag_per_service(
     from kafka.admin import KafkaAdminClient
     from kafka.structs import OffsetAndMetadata
 
-    from lifecycle.transport import KafkaPublisher
+    from lifecycle.kafka.producer import KafkaPublisher
 
     publisher = KafkaPublisher(kafka_bootstrap, client_id="test-lag")
     for n in range(5):

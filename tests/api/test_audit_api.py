@@ -10,8 +10,8 @@ from uuid import UUID
 
 import pytest
 import structlog
-from conftest import auth
 from fastapi.testclient import TestClient
+from support import auth
 
 from lifecycle.api import create_app
 from lifecycle.api.routes.audit import PersonalDataReads
@@ -25,12 +25,6 @@ AUDITOR = auth("auditor")
 NAME = "Bartholomew Quince"
 PHONE = "070-5555-0199"
 COMMENT = "moved to Reykjavik"
-
-
-@pytest.fixture
-def client(settings: Settings, accounts: Accounts) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, accounts)) as client:
-        yield client
 
 
 @pytest.fixture

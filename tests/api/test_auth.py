@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 import structlog
-from conftest import TOKENS, auth
 from fastapi.testclient import TestClient
+from support import TOKENS, auth
 
 from lifecycle.api import create_app, with_generated_tokens
 from lifecycle.api.auth import role_for_token
 from lifecycle.application import Accounts
 from lifecycle.settings import ROLES, Settings, token_digest
-
-
-@pytest.fixture
-def client(settings: Settings, accounts: Accounts) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, accounts)) as client:
-        yield client
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ from uuid import uuid4
 
 import pytest
 import structlog
-from conftest import auth
 from eventsourcing.persistence import OperationalError
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from support import auth
 
 from lifecycle.api import create_app
 from lifecycle.api.problems import PROBLEM_MEDIA_TYPE

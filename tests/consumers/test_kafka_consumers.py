@@ -9,61 +9,35 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import psycopg
 import pytest
-from support import (
-    Running,
-    SmtpSink,
-    read_topic,
-    running_consumers,
-    smtp_sink,
-    unique_topics,
-    wait_until,
-)
+from support import Running, SmtpSink, profile, read_topic, scout_received, wait_until, withdrawal
 
 from consumers import mail, scout
 from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
+from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.transport import KafkaPublisher
 from lifecycle.workers import kafka_consumer
 from schemas.contract import (
-    ContractModel,
     Envelope,
     ErasureConfirmedV1,
-    ProfileV1,
     Record,
     ScoutReceivedV1,
     TopicNames,
     WithdrawalRequestedV1,
     decode_record,
-    encode_record,
     lifecycle_event_id,
-    profile_event_id,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    with unique_topics(kafka_bootstrap) as names:
-        yield names
 
 
 # Fixtures and helpers
@@ -81,12 +55,6 @@ def kafka_settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> I
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in ("scout", "chat", "mail"):
             conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
-
-
-@pytest.fixture
-def running() -> Iterator[list[Running]]:
-    with running_consumers() as started:
-        yield started
 
 
 def start(
@@ -136,55 +104,6 @@ def confirmations(bootstrap: str, topics: TopicNames) -> list[ErasureConfirmedV1
         assert isinstance(envelope.data, ErasureConfirmedV1)
         found.append(envelope.data)
     return found
-
-
-def on_lifecycle(
-    topics: TopicNames, data: ContractModel, account_id: UUID, version: int
-) -> tuple[str, Record]:
-    record = encode_record(
-        data,
-        ce_id=lifecycle_event_id(account_id, version),
-        subject=str(account_id),
-        time=datetime.now(UTC),
-    )
-    return topics.lifecycle, record
-
-
-def scout_received(topics: TopicNames, account_id: UUID, version: int) -> tuple[str, Record]:
-    data = ScoutReceivedV1(
-        account_id=account_id,
-        scout_id=f"scout-{version}",
-        company_id="company-1",
-        job_id="job-1",
-        received_at=datetime.now(UTC),
-    )
-    return on_lifecycle(topics, data, account_id, version)
-
-
-def withdrawal(topics: TopicNames, account_id: UUID, version: int) -> tuple[str, Record]:
-    data = WithdrawalRequestedV1(
-        account_id=account_id,
-        reason="too_many_notifications",
-        requested_at=datetime.now(UTC),
-        gift_forfeited=False,
-    )
-    return on_lifecycle(topics, data, account_id, version)
-
-
-def profile(topics: TopicNames, account_id: UUID, email: str) -> tuple[str, Record]:
-    data = ProfileV1(
-        account_id=account_id,
-        email=email,
-        display_name="Kafka Member",
-        notifications={"scouts": True, "recommendations": True, "notices": True},
-    )
-    record = encode_record(
-        data,
-        ce_id=profile_event_id(account_id, 1),
-        subject=str(account_id),
-        time=datetime.now(UTC),
-    )
-    return topics.profile, record
 
 
 # Dead letters and lag
@@ -332,7 +251,7 @@ def test_a_consumer_killed_between_its_effect_and_the_offset_commit_does_not_rep
     produce(
         bootstrap,
         [
-            profile(topics, member, address),
+            profile(topics, member, 1, address, "Kafka Member"),
             scout_received(topics, member, 2),
             scout_received(topics, member, 3),
         ],

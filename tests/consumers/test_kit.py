@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable
 from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import OperationalError
-from support import Running, StoreFactory, running_consumers, service_stores, wait_until
+from support import Running, scout_received, wait_until
 
 from consumers.kit import (
     DLQ_ERROR_CODE,
@@ -26,44 +24,22 @@ from consumers.kit import (
     erasure_confirmation,
 )
 from consumers.store import ConsumerStore, Outgoing
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.storage import Cursor, Database
-from lifecycle.transport import InProcessPublisher
 from schemas.contract import (
     Envelope,
     ErasureConfirmedV1,
     Record,
-    ScoutReceivedV1,
     TopicNames,
     decode_record,
-    encode_record,
 )
 
 TOPICS = TopicNames()
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 
 
-@pytest.fixture
-def service_store(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[StoreFactory]:
-    url = str(request.getfixturevalue("postgres_url")) if backend == "postgres" else ""
-    with service_stores(backend, tmp_path, url) as make:
-        yield make
-
-
 def scout_record(account_id: UUID, version: int, scout_id: str = "s") -> Record:
-    return encode_record(
-        ScoutReceivedV1(
-            account_id=account_id,
-            scout_id=scout_id,
-            company_id="c1",
-            job_id="j1",
-            received_at=datetime.now(UTC),
-        ),
-        ce_id=f"{account_id}:{version}",
-        subject=str(account_id),
-        time=datetime.now(UTC),
-    )
+    return scout_received(TOPICS, account_id, version, scout_id)[1]
 
 
 def put(log: InProcessPublisher, topic: str, *records: Record) -> None:
@@ -108,12 +84,6 @@ def log() -> InProcessPublisher:
 @pytest.fixture
 def database(service_store: Callable[[str], Database]) -> Database:
     return service_store("kit")
-
-
-@pytest.fixture
-def running() -> Iterator[list[Running]]:
-    with running_consumers() as started:
-        yield started
 
 
 def make_consumer(

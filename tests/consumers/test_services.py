@@ -8,13 +8,19 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from email.message import EmailMessage
-from pathlib import Path
-from uuid import UUID
 
 import pytest
-from support import SmtpSink, StoreFactory, service_stores, smtp_sink, wait_until
+from support import (
+    SmtpSink,
+    StoreFactory,
+    profile,
+    profile_tombstone,
+    purged,
+    scout_received,
+    wait_until,
+    withdrawal,
+)
 
 from consumers import chat, mail, scout
 from consumers.kit import (
@@ -25,117 +31,19 @@ from consumers.kit import (
     RetryPolicy,
 )
 from consumers.store import ConsumerStore
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.storage import Database
-from lifecycle.transport import InProcessPublisher
 from schemas.contract import (
-    ContractModel,
     Envelope,
     ErasureConfirmedV1,
-    ProfileV1,
-    PurgedV1,
     Record,
-    ScoutReceivedV1,
     TopicNames,
-    WithdrawalRequestedV1,
     decode_record,
-    encode_record,
-    encode_tombstone,
     lifecycle_event_id,
-    profile_event_id,
 )
 
 TOPICS = TopicNames()
 FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
-
-
-@pytest.fixture
-def service_store(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[StoreFactory]:
-    url = str(request.getfixturevalue("postgres_url")) if backend == "postgres" else ""
-    with service_stores(backend, tmp_path, url) as make:
-        yield make
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
-
-
-NOTIFY_ALL = {"scouts": True, "recommendations": True, "notices": True}
-
-
-# Records as the relay writes them
-
-
-def lifecycle(data: ContractModel, account_id: UUID, version: int) -> tuple[str, Record]:
-    record = encode_record(
-        data,
-        ce_id=lifecycle_event_id(account_id, version),
-        subject=str(account_id),
-        time=datetime.now(UTC),
-    )
-    return TOPICS.lifecycle, record
-
-
-def scout_received(account_id: UUID, version: int, scout_id: str) -> tuple[str, Record]:
-    data = ScoutReceivedV1(
-        account_id=account_id,
-        scout_id=scout_id,
-        company_id=f"company-{scout_id}",
-        job_id="job-1",
-        received_at=datetime.now(UTC),
-    )
-    return lifecycle(data, account_id, version)
-
-
-def withdrawal(account_id: UUID, version: int) -> tuple[str, Record]:
-    data = WithdrawalRequestedV1(
-        account_id=account_id,
-        reason="hired_elsewhere",
-        requested_at=datetime.now(UTC),
-        gift_forfeited=False,
-    )
-    return lifecycle(data, account_id, version)
-
-
-def purged(account_id: UUID, version: int) -> tuple[str, Record]:
-    return lifecycle(
-        PurgedV1(account_id=account_id, purged_at=datetime.now(UTC)), account_id, version
-    )
-
-
-def profile(
-    account_id: UUID,
-    version: int,
-    email: str,
-    name: str,
-    notifications: dict[str, bool] | None = None,
-) -> tuple[str, Record]:
-    data = ProfileV1(
-        account_id=account_id,
-        email=email,
-        display_name=name,
-        notifications=notifications or NOTIFY_ALL,
-    )
-    record = encode_record(
-        data,
-        ce_id=profile_event_id(account_id, version),
-        subject=str(account_id),
-        time=datetime.now(UTC),
-    )
-    return TOPICS.profile, record
-
-
-def profile_tombstone(account_id: UUID, version: int) -> tuple[str, Record]:
-    record = encode_tombstone(
-        ProfileV1,
-        ce_id=profile_event_id(account_id, version),
-        subject=str(account_id),
-        time=datetime.now(UTC),
-    )
-    return TOPICS.profile, record
 
 
 # Running a service
@@ -209,15 +117,15 @@ def test_scout_keeps_scouts_erases_them_on_withdrawal_and_refuses_new_ones(
     )
     member, other = uuid.uuid4(), uuid.uuid4()
     service.send(
-        scout_received(member, 2, "s1"),
-        scout_received(member, 3, "s2"),
-        scout_received(member, 4, "s2"),  # same scout again under a new event: kept once
-        scout_received(other, 2, "s1"),
+        scout_received(TOPICS, member, 2, "s1"),
+        scout_received(TOPICS, member, 3, "s2"),
+        scout_received(TOPICS, member, 4, "s2"),  # same scout again under a new event: kept once
+        scout_received(TOPICS, other, 2, "s1"),
     )
     wait_until(service.settled)
     assert scout.scouts_of(database, member) == ["s1", "s2"]
 
-    service.send(withdrawal(member, 5), scout_received(member, 6, "s3"))
+    service.send(withdrawal(TOPICS, member, 5), scout_received(TOPICS, member, 6, "s3"))
     wait_until(service.settled)
     assert scout.scouts_of(database, member) == []
     assert scout.is_withdrawn(database, member)
@@ -230,7 +138,7 @@ def test_scout_keeps_scouts_erases_them_on_withdrawal_and_refuses_new_ones(
     )
     assert scout.scouts_of(database, other) == ["s1"]
 
-    service.send(purged(member, 7))
+    service.send(purged(TOPICS, member, 7))
     wait_until(service.settled)
     assert len(service.confirmations()) == 1  # Purged erases again but confirms nothing new
 
@@ -255,7 +163,7 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
     kept = chat.open_thread(database, other, "company-1")
     assert chat.held_rows(database, member) == 5
 
-    service.send(withdrawal(member, 2))
+    service.send(withdrawal(TOPICS, member, 2))
     wait_until(service.settled)
     assert chat.held_rows(database, member) == 0
     [confirmation] = service.confirmations()
@@ -291,7 +199,10 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
     database = service.database
     member, other = uuid.uuid4(), uuid.uuid4()
     address, name = f"hanako.{member.hex[:6]}@example.jp", "Hanako Yamada"
-    service.send(profile(member, 1, address, name), profile(other, 1, "other@example.jp", "Ken"))
+    service.send(
+        profile(TOPICS, member, 1, address, name),
+        profile(TOPICS, other, 1, "other@example.jp", "Ken"),
+    )
     wait_until(lambda: mail.contact_known(database, member) and mail.contact_known(database, other))
 
     mail.queue_notice(database, member, kind="notices", subject="New postings", body="3 new")
@@ -302,7 +213,7 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 
     mail.queue_notice(database, member, kind="notices", subject="Reminder", body="Come back")
     mail.queue_notice(database, member, kind="scouts", subject="A scout", body="Company X")
-    service.send(withdrawal(member, 4))
+    service.send(withdrawal(TOPICS, member, 4))
     wait_until(lambda: len(service.confirmations()) == 1)
 
     [confirmation] = sent_after(smtp, before)
@@ -323,13 +234,13 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
         mail.queue_notice(database, member, kind="notices", subject="Late", body="late")
     mail.queue_notice(database, other, kind="notices", subject="Still here", body="yes")
     assert mail.deliver_queued(database, mailer) == 1
-    service.send(profile(member, 5, address, name), withdrawal(member, 4))
+    service.send(profile(TOPICS, member, 5, address, name), withdrawal(TOPICS, member, 4))
     wait_until(service.settled)
     assert not mail.contact_known(database, member)
     recipients = [r.recipients[0] for r in smtp.messages()[before:]]
     assert recipients == [address, "other@example.jp"]
 
-    service.send(profile_tombstone(other, 2))
+    service.send(profile_tombstone(TOPICS, other, 2))
     wait_until(lambda: not mail.contact_known(database, other))
 
 
@@ -339,14 +250,14 @@ def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stor
     service = mail_service(service_store, services, mail.SmtpMailer(smtp.host, smtp.port))
     member = uuid.uuid4()
     address = f"late.{member.hex[:6]}@example.jp"
-    service.send(withdrawal(member, 3))
+    service.send(withdrawal(TOPICS, member, 3))
     wait_until(service.settled)
     state = mail.suppression(service.database, member)
     assert state is not None and state["awaiting_address"]
     assert smtp.messages() == []
     assert service.confirmations() == []  # not confirmed until the member got the mail
 
-    service.send(profile(member, 1, address, "Late Profile"))
+    service.send(profile(TOPICS, member, 1, address, "Late Profile"))
     wait_until(lambda: len(service.confirmations()) == 1)
     [received] = smtp.messages()
     assert received.recipients == [address]
@@ -362,7 +273,7 @@ def test_notices_of_a_kind_switched_off_are_dropped(
     service = mail_service(service_store, services, mailer)
     member = uuid.uuid4()
     choices = {"scouts": True, "recommendations": False, "notices": True}
-    service.send(profile(member, 1, "quiet@example.jp", "Quiet", choices))
+    service.send(profile(TOPICS, member, 1, "quiet@example.jp", "Quiet", choices))
     wait_until(lambda: mail.contact_known(service.database, member))
     mail.queue_notice(service.database, member, kind="recommendations", subject="r", body="r")
     mail.queue_notice(service.database, member, kind="scouts", subject="s", body="s")
@@ -395,7 +306,9 @@ def test_an_unreachable_smtp_server_is_retried_and_mails_once(
     flaky = FlakyMailer(mail.SmtpMailer(smtp.host, smtp.port), refuse=2)
     service = mail_service(service_store, services, flaky)
     member = uuid.uuid4()
-    service.send(profile(member, 1, "retry@example.jp", "Retry"), withdrawal(member, 2))
+    service.send(
+        profile(TOPICS, member, 1, "retry@example.jp", "Retry"), withdrawal(TOPICS, member, 2)
+    )
     wait_until(lambda: len(service.confirmations()) == 1)
     assert service.consumer.stats.retries == 2
     assert len(smtp.messages()) == 1
@@ -409,7 +322,9 @@ def test_the_documented_window_a_lost_send_record_mails_again_with_the_same_mess
     flaky = FlakyMailer(mail.SmtpMailer(smtp.host, smtp.port), crash_after_send=1)
     service = mail_service(service_store, services, flaky)
     member = uuid.uuid4()
-    service.send(profile(member, 1, "window@example.jp", "Window"), withdrawal(member, 2))
+    service.send(
+        profile(TOPICS, member, 1, "window@example.jp", "Window"), withdrawal(TOPICS, member, 2)
+    )
     wait_until(lambda: len(service.confirmations()) == 1)
     ids = {r.message["Message-ID"] for r in smtp.messages()}
     assert len(smtp.messages()) == 2

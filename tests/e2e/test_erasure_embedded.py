@@ -13,7 +13,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from support import SmtpSink, smtp_sink, wait_until
+from support import SmtpSink, wait_until
 
 from consumers import chat, mail, scout
 from lifecycle.application import Accounts
@@ -23,12 +23,6 @@ from lifecycle.erasure import erasure_process
 from lifecycle.settings import Settings
 from lifecycle.workers import Workers, start_workers
 from schemas.contract import ERASURE_GROUP
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
 
 
 @pytest.fixture

@@ -22,19 +22,19 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from support import SmtpSink, read_topic, smtp_sink, unique_topics, wait_until
+from support import SmtpSink, read_topic, unique_topics, wait_until
 
 from consumers import chat, mail, scout
 from consumers.store import open_database
 from lifecycle.application import Accounts
-from lifecycle.audit import value_digest
+from lifecycle.audit.proof import value_digest
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.erasure import erasure_process
-from lifecycle.kafka_topics import TopicSettings
+from lifecycle.kafka.admin import TopicSettings
+from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.transport import KafkaPublisher
 from lifecycle.workers import run_consumer, run_erasure, run_relay
 from projections.registry import open_read_models
 from projections.runner import Projector
@@ -46,18 +46,6 @@ SERVICES = ("scout", "chat", "mail")
 
 
 # Topics, settings, stores
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    with unique_topics(kafka_bootstrap) as names:
-        yield names
 
 
 @pytest.fixture

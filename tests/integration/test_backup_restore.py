@@ -13,10 +13,10 @@ import psycopg
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
-from lifecycle.kafka_topics import ensure_topics
+from lifecycle.kafka.admin import ensure_topics
+from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
-from lifecycle.transport import KafkaPublisher
 
 MEMBER = {
     "email": "restore.probe.7731@example.jp",

@@ -6,10 +6,10 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 import pytest
+from support import wait_until
 
 from consumers.kit import DLQ_ERROR_CODE, Consumer, InProcessSource, RetryPolicy
 from consumers.store import ConsumerStore
@@ -17,8 +17,8 @@ from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess, erasure_process
 from lifecycle.errors import AccountNotFoundError
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.settings import Settings
-from lifecycle.transport import InProcessPublisher
 from lifecycle.workers import ErasureHandler
 from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
 
@@ -202,14 +202,6 @@ def settled(consumer: Consumer, count: int) -> bool:
     return stats.applied + stats.duplicates + stats.dead_lettered >= count
 
 
-def wait_for(condition: Any, timeout_s: float = 30.0) -> None:
-    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
-    pause = threading.Event()
-    while not condition():
-        assert datetime.now(UTC) < deadline, "condition not met before the deadline"
-        pause.wait(0.05)
-
-
 def test_duplicate_confirmation_records_lead_to_one_purged(
     accounts: Accounts, log: InProcessPublisher, erasure_consumer: Consumer
 ) -> None:
@@ -217,7 +209,7 @@ def test_duplicate_confirmation_records_lead_to_one_purged(
     for service, rows in (("scout", 2), ("scout", 2), ("chat", 4), ("mail", 3), ("mail", 3)):
         confirm(log, account_id, service, rows)
     confirm(log, account_id, "chat", 4)
-    wait_for(lambda: settled(erasure_consumer, 6))
+    wait_until(lambda: settled(erasure_consumer, 6))
     assert erasure_consumer.stats.applied == 3
     assert erasure_consumer.stats.duplicates == 3
     assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
@@ -231,7 +223,7 @@ def test_confirmations_the_process_cannot_accept_go_to_the_dead_letters(
     for service in ("scout", "chat", "mail"):
         confirm(log, active, service, 0)  # never asked to erase: the third cannot purge
     confirm(log, uuid.uuid4(), "scout", 0)  # no such account: recorded, nothing to purge
-    wait_for(lambda: settled(erasure_consumer, 4))
+    wait_until(lambda: settled(erasure_consumer, 4))
     dead = log.read(TOPICS.dlq(ERASURE_GROUP))
     assert [dict(item.record.headers)[DLQ_ERROR_CODE] for item in dead] == [
         b"account_not_withdrawing"

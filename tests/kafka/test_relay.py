@@ -15,15 +15,14 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from kafka.admin import KafkaAdminClient
 from structlog.testing import capture_logs
 from support import read_topic, wait_until
 
 from lifecycle.application import Accounts
-from lifecycle.kafka_topics import ensure_topics
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import Headers, KafkaPublisher, PublishError
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
-from lifecycle.transport import Headers, InProcessPublisher, KafkaPublisher, PublishError
 from schemas.contract import (
     ContractModel,
     Envelope,
@@ -38,8 +37,6 @@ from schemas.contract import (
     decode_record,
 )
 
-pytestmark = pytest.mark.kafka
-
 CE_HEADERS = {
     "ce_specversion",
     "ce_id",
@@ -53,18 +50,6 @@ CE_HEADERS = {
 
 
 # Fixtures and helpers
-
-
-@pytest.fixture
-def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, names)
-    yield names
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics(list(names.all()))
-    finally:
-        admin.close()
 
 
 @dataclass(frozen=True)

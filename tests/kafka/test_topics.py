@@ -8,10 +8,8 @@ from collections.abc import Iterator
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from lifecycle.kafka_topics import TopicSettings, ensure_topics, topic_specs
+from lifecycle.kafka.admin import TopicSettings, ensure_topics, topic_specs
 from schemas.contract import TopicNames
-
-pytestmark = pytest.mark.kafka
 
 SMALL = TopicSettings(
     profile_segment_ms=60_000,

@@ -1,4 +1,5 @@
-"""A known event history and helpers shared by the read-model tests (imported, not a conftest)."""
+"""A known event history and helpers shared by the read-model tests (the `history` fixture is
+in this folder's conftest)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from uuid import UUID, uuid4
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
-from lifecycle.erasure import ErasureProcess
 from lifecycle.storage import Database
 from projections.base import ReadModel
 from projections.runner import Projector
@@ -63,11 +63,6 @@ def make_history(accounts: Accounts) -> History:
 
     quiet = register(emails[3])
     return History(active, purged, withdrawing, quiet, emails)
-
-
-def history_fixture(accounts: Accounts) -> History:
-    ErasureProcess(accounts)  # the confirmations table the erasure read model joins
-    return make_history(accounts)
 
 
 def catch_up(accounts: Accounts, model: ReadModel, batch_size: int = 500) -> int:

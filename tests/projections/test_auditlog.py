@@ -9,14 +9,14 @@ from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from projection_history import COMMENT, PERSONAL, History, account, history_fixture
+from projection_history import COMMENT, PERSONAL, History, account
 
 from lifecycle.application import Accounts
+from lifecycle.audit.export import export_log, parse_bound
+from lifecycle.audit.replay import replay
+from lifecycle.crypto import SEALED_FIELD
 from lifecycle.domain import Account
-from projections.auditlog import export_log, parse_bound, replay
 from projections.base import JST
-
-history = pytest.fixture(history_fixture, name="history")
 
 
 def exported(accounts: Accounts, **bounds: object) -> list[dict[str, object]]:
@@ -143,3 +143,55 @@ def test_replay_reports_a_lost_key(accounts: Accounts, history: History) -> None
     report = replay(accounts)
 
     assert report.by_rule == {"key_present": 1}
+
+
+def test_replay_asks_the_domain_about_withdrawal_and_purge(
+    accounts: Accounts, history: History
+) -> None:
+    # Hired via the platform, scouted, gift unclaimed: the loss must be acknowledged and the
+    # gift recorded as forfeited; and only a withdrawing account may be purged.
+    append_raw(
+        accounts,
+        event_after(
+            accounts,
+            history.active,
+            Account.WithdrawalRequested,
+            reason="hired_via_platform",
+            comment=None,
+            acknowledged_gift_loss=False,
+            gift_forfeited=False,
+        ),
+    )
+    append_raw(accounts, event_after(accounts, history.quiet, Account.Purged))
+
+    report = replay(accounts)
+
+    assert report.by_rule == {
+        "gift_loss_acknowledged": 1,
+        "gift_forfeited_flag": 1,
+        "purge_after_withdrawal": 1,
+        "claim_released_on_purge": 1,  # the raw Purged did not release the e-mail either
+    }
+
+
+def test_replay_reports_a_sealed_field_that_does_not_open(
+    accounts: Accounts, history: History
+) -> None:
+    db = accounts.database
+    where = "WHERE originator_id = %s AND originator_version = 1"
+    subject = (db.id_param(history.active),)
+    with db.transaction() as cursor:
+        row = cursor.execute(f"SELECT state FROM {db.events_table} {where}", subject).fetchone()
+        assert row is not None
+        state = json.loads(bytes(row[0]))
+        sealed = state[SEALED_FIELD]["data"]
+        state[SEALED_FIELD]["data"] = ("A" if sealed[0] != "A" else "B") + sealed[1:]
+        cursor.execute(
+            f"UPDATE {db.events_table} SET state = %s {where}",
+            (json.dumps(state).encode(), *subject),
+        )
+
+    report = replay(accounts)
+
+    assert report.by_rule == {"decodes": 1}
+    assert f"{history.active} v1: decodes" in report.first[0].describe()

@@ -7,14 +7,13 @@ from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import Notification
-from projection_history import History, catch_up, history_fixture
+from projection_history import History, catch_up
 
 from lifecycle.application import Accounts
+from lifecycle.audit.verify import verify
 from lifecycle.erasure import Confirmation, ErasureProcess
-from projections.hashchain import GENESIS, ChainMismatchError, HashChain, link, verify
+from projections.hashchain import GENESIS, ChainMismatchError, HashChain, link
 from projections.runner import rebuild
-
-history = pytest.fixture(history_fixture, name="history")
 
 
 def notification_of(accounts: Accounts, account_id: UUID, version: int) -> Notification:

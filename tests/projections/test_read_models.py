@@ -13,7 +13,6 @@ from projection_history import (
     History,
     account,
     catch_up,
-    history_fixture,
     table_rows,
 )
 
@@ -34,8 +33,6 @@ from projections.erasure import ErasureQuery, ErasureRetries, ErasureStatus
 from projections.registry import READ_MODELS
 from projections.runner import Projector
 from projections.statistics import GiftClaims, ScoutsPerCompany, WithdrawalReasons
-
-history = pytest.fixture(history_fixture, name="history")
 
 
 def test_account_directory_has_status_and_dates(accounts: Accounts, history: History) -> None:

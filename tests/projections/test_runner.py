@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
-from projection_history import History, catch_up, history_fixture, table_rows
+from projection_history import History, catch_up, table_rows
 
 from lifecycle.application import Accounts
 from projections.base import APPLICATION_NAME, SHADOW_SUFFIX, table_exists
@@ -16,8 +16,6 @@ from projections.hashchain import HashChain
 from projections.registry import READ_MODELS, UnknownReadModelError, read_model_classes
 from projections.runner import Progress, ProgressPrinter, Projector, rebuild
 from projections.statistics import ScoutsPerCompany
-
-history = pytest.fixture(history_fixture, name="history")
 
 DEADLINE_S = 30.0
 

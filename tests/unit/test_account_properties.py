@@ -32,7 +32,7 @@ from lifecycle.domain import (
     default_notifications,
     normalise_email,
 )
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import InvalidCommandError, LifecycleError
 
 SCOUT_IDS = [f"scout-{n}" for n in range(6)]
 COMPANIES = ["acme", "globex", "initech"]
@@ -329,6 +329,36 @@ def test_case_and_space_variants_normalise_alike(
     assert normalise_email(normalise_email(variant)) == normalise_email(variant)
     registered = Account.register(email=variant, display_name="x", consent_version="v")
     assert registered.email == address
+
+
+# Zero-width space, non-joiner and joiner, LRM, RLM, word joiner, BOM, soft hyphen, RLO.
+INVISIBLE = [
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u200e",
+    "\u200f",
+    "\u2060",
+    "\ufeff",
+    "\u00ad",
+    "\u202e",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(local=local_parts, domain=domains, invisible=st.sampled_from(INVISIBLE), data=st.data())
+def test_invisible_character_variants_are_refused(
+    local: str, domain: str, invisible: str, data: st.DataObject
+) -> None:
+    """A registered address with an invisible or bidirectional character inserted anywhere reads
+    the same to a person; it is refused, so it can never claim a second account."""
+    address = f"{local}@{domain}"
+    at = data.draw(st.integers(min_value=0, max_value=len(address)))
+    variant = address[:at] + invisible + address[at:]
+    Account.register(email=address, display_name="x", consent_version="v")
+    with pytest.raises(InvalidCommandError) as refused:
+        Account.register(email=variant, display_name="x", consent_version="v")
+    assert refused.value.code == "email_invalid"
 
 
 @settings(max_examples=200, deadline=None)

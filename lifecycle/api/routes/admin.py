@@ -325,7 +325,7 @@ class KafkaAdapter:
             consumer.close()
 
     def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
-        from lifecycle.transport import KafkaPublisher, PublishError
+        from lifecycle.kafka.producer import KafkaPublisher, PublishError
 
         publisher = KafkaPublisher(self.bootstrap, client_id="lifecycle-admin-api")
         try:

@@ -19,8 +19,7 @@ from uuid import UUID
 
 from lifecycle.application import Accounts
 from lifecycle.erasure import ErasureProcess
-from lifecycle.kafka_topics import read_from_start
-from schemas.contract import ContractError, PurgedV1, decode_record
+from lifecycle.kafka.admin import read_from_start
 
 # Runs of up to this many words are hashed, so "Hanako Yamada" is found as one value.
 MAX_WORDS = 4
@@ -86,19 +85,6 @@ def topic_dump(bootstrap: str, topics: Iterable[str]) -> Iterator[str]:
     """Keys, headers and values of every record still on the given topics, from offset 0."""
     for record in read_from_start(bootstrap, topics):
         yield _record_text(record)
-
-
-def purged_ids_on_topic(bootstrap: str, topic: str) -> set[UUID]:
-    """Accounts whose Purged event is still on the lifecycle topic: a ledger outside the DB."""
-    purged: set[UUID] = set()
-    for record in read_from_start(bootstrap, [topic]):
-        try:
-            envelope = decode_record(record.headers or [], record.value)
-        except ContractError:
-            continue
-        if envelope.type == PurgedV1.ce_type():
-            purged.add(envelope.account_id)
-    return purged
 
 
 def _record_text(record: Any) -> str:

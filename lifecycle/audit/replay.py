@@ -1,0 +1,372 @@
+"""`lifecycle audit replay`: every aggregate rebuilt from the log, each event checked against
+the rule its command enforces, asked of the domain itself (`Account.check_*`), so the replay
+and the commands cannot drift apart.
+
+Events are decoded by the application's own mapper (parsing with orjson, see
+lifecycle.transcoding), so every sealed personal field must still open under its account's
+key (a failure is a `decodes` violation); no value leaves the process.
+
+The log is read a page at a time: the page's keys come in one query (`KeyVault.prefetch`),
+key and claim-holder rules take one query per page, and memory stays flat in log size.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
+from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
+from eventsourcing.utils import get_topic, resolve_topic
+
+from lifecycle.application import Accounts
+from lifecycle.audit.pages import stream_pages
+from lifecycle.domain import Account, AccountStatus, EmailClaim
+from lifecycle.errors import LifecycleError
+from lifecycle.storage import Database
+from lifecycle.transcoding import OrjsonTranscoder
+
+PURGED_TOPIC = get_topic(Account.Purged)
+REGISTERED_TOPIC = get_topic(Account.Registered)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Violation:
+    originator_id: str
+    version: int | None
+    rule: str
+    detail: str
+
+    def describe(self) -> str:
+        at = f" v{self.version}" if self.version is not None else ""
+        return f"{self.originator_id}{at}: {self.rule}: {self.detail}"
+
+
+@dataclass
+class ReplayReport:
+    events: int = 0
+    aggregates: int = 0
+    accounts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in AccountStatus})
+    email_claims: int = 0
+    violations: int = 0
+    first: list[Violation] = field(default_factory=list)
+    by_rule: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.violations == 0
+
+    def add(self, violation: Violation, keep: int) -> None:
+        self.violations += 1
+        self.by_rule[violation.rule] = self.by_rule.get(violation.rule, 0) + 1
+        if len(self.first) < keep:
+            self.first.append(violation)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "aggregates": self.aggregates,
+            "accounts": self.accounts,
+            "email_claims": self.email_claims,
+            "violations": self.violations,
+            "violations_by_rule": self.by_rule,
+            "first_violations": [v.describe() for v in self.first],
+        }
+
+
+# Rule name -> the domain's check, asked of the state before the event; a raise is a violation.
+Rule = tuple[str, Callable[[Account, Any], object]]
+RULES: dict[type, tuple[Rule, ...]] = {
+    Account.PreferencesEdited: (("active_only", lambda a, e: a.check_account_is_active()),),
+    Account.ScoutReceived: (("active_only", lambda a, e: a.check_account_is_active()),),
+    Account.GiftClaimed: (
+        ("active_only", lambda a, e: a.check_account_is_active()),
+        ("one_gift", lambda a, e: a.check_gift_is_unclaimed()),
+        ("gift_company_scouted", lambda a, e: a.check_company_scouted(e.company_id)),
+        ("gift_terms", lambda a, e: a.check_gift_terms(e.gift_kind, e.amount_jpy)),
+    ),
+    Account.WithdrawalRequested: (
+        ("withdraw_once", lambda a, e: a.check_account_is_active()),
+        ("reason_known", lambda a, e: a.check_withdrawal_reason_is_known(e.reason)),
+        (
+            "gift_loss_acknowledged",
+            lambda a, e: a.check_gift_loss_is_acknowledged(e.reason, e.acknowledged_gift_loss),
+        ),
+    ),
+    Account.Purged: (("purge_after_withdrawal", lambda a, e: a.check_account_is_withdrawing()),),
+}
+
+
+def replay(
+    accounts: Accounts, *, progress: ProgressCallback | None = None, keep: int = 100
+) -> ReplayReport:
+    """Rebuild every aggregate from the log and check every rule on the way."""
+    database = accounts.database
+    report = ReplayReport()
+    with database.transaction(commit=False) as cursor:
+        row = cursor.execute(f"SELECT COUNT(*) FROM {database.events_table}").fetchone()
+    total = int(row[0]) if row else 0
+    mapper = faster_mapper(accounts.mapper)
+    for streams in stream_pages(database):
+        _replay_page(accounts, mapper, streams, report, keep)
+        if progress is not None:
+            progress(report.events, max(total, report.events))
+    if progress is not None:
+        progress(report.events, max(total, report.events))
+    return report
+
+
+def faster_mapper(mapper: Mapper[UUID]) -> Mapper[UUID]:
+    """The application's mapper (same keys, same transcodings), parsing with orjson."""
+    if not isinstance(mapper.transcoder, JSONTranscoder) or isinstance(
+        mapper.transcoder, OrjsonTranscoder
+    ):
+        return mapper
+    faster = copy.copy(mapper)
+    faster.transcoder = OrjsonTranscoder.like(mapper.transcoder)
+    return faster
+
+
+def _replay_page(
+    accounts: Accounts,
+    mapper: Mapper[UUID],
+    streams: list[list[StoredEvent]],
+    report: ReplayReport,
+    keep: int,
+) -> None:
+    """Fold each complete stream of one page; the page's facts kept elsewhere come in bulk."""
+    keys = _fresh_keys(accounts, streams)
+    folded: list[Account] = []
+    held: dict[UUID, UUID] = {}  # claim id -> the account holding it
+    for stream in streams:
+        report.aggregates += 1
+        report.events += len(stream)
+        kind = _kind_of(stream[0].topic)
+        if kind is Account:
+            found, account = _fold_account(mapper, stream)
+            if account is not None:
+                folded.append(account)
+        elif kind is EmailClaim:
+            found, claim = _fold_claim(mapper, stream)
+            report.email_claims += claim is not None
+            if claim is not None and claim.account_id is not None:
+                held[claim.id] = claim.account_id
+        else:
+            subject = str(stream[0].originator_id)
+            found = [Violation(subject, None, "known_aggregate", stream[0].topic)]
+        for violation in found:
+            report.add(violation, keep)
+    for account in folded:
+        report.accounts[account.status.value] += 1
+    for violation in [
+        *_key_rules(accounts.database, keys, folded),
+        *_holder_rules(accounts.database, held),
+    ]:
+        report.add(violation, keep)
+
+
+def _kind_of(topic: str) -> type | None:
+    try:
+        cls = resolve_topic(topic)
+    except Exception:
+        return None
+    if isinstance(cls, type) and issubclass(cls, Account.Event):
+        return Account
+    if isinstance(cls, type) and issubclass(cls, EmailClaim.Event):
+        return EmailClaim
+    return None
+
+
+def _decoded(mapper: Mapper[UUID], stream: list[StoredEvent]) -> Iterator[Any]:
+    """Each stored event decoded; a Violation in its place when it does not decode."""
+    for stored in stream:
+        try:
+            yield mapper.to_domain_event(stored)
+        except Exception as error:
+            yield Violation(
+                str(stored.originator_id),
+                stored.originator_version,
+                "decodes",
+                f"{stored.topic} does not decode ({type(error).__name__})",
+            )
+
+
+def _fold_account(
+    mapper: Mapper[UUID], stream: list[StoredEvent]
+) -> tuple[list[Violation], Account | None]:
+    subject = str(stream[0].originator_id)
+    found: list[Violation] = []
+    account: Account | None = None
+    previous_time: datetime | None = None
+    for event in _decoded(mapper, stream):
+        if isinstance(event, Violation):
+            return [*found, event], None
+        version = event.originator_version
+        if account is None:
+            if not isinstance(event, Account.Registered) or version != 1:
+                found.append(Violation(subject, version, "starts_registered", type(event).__name__))
+                return found, None
+        else:
+            found += [Violation(subject, version, *v) for v in _account_rules(account, event)]
+        if previous_time is not None and event.timestamp < previous_time:
+            found.append(
+                Violation(subject, version, "timestamps_ordered", "earlier than the one before")
+            )
+        previous_time = event.timestamp
+        try:
+            mutated = event.mutate(account)
+        except (OriginatorVersionError, OriginatorIDError, AssertionError) as error:
+            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+            return found, None
+        assert isinstance(mutated, Account)
+        account = mutated
+    return found, account
+
+
+def _account_rules(account: Account, event: Any) -> Iterator[tuple[str, str]]:
+    """What the aggregate's commands would have refused, asked of the state before the event."""
+    name = type(event).__name__
+    if isinstance(event, Account.Registered):
+        yield "registered_once", "a second Registered"
+        return
+    try:
+        account.check_account_is_not_purged()
+    except LifecycleError:
+        yield "nothing_after_purge", f"{name} after Purged"
+        return
+    for rule, check in RULES.get(type(event), ()):
+        try:
+            check(account, event)
+        except LifecycleError as error:
+            yield rule, f"{name} while {account.status.value}: {error.code}"
+    if isinstance(event, Account.ScoutReceived) and event.scout_id in account.scouts:
+        yield "scout_once", "a scout id recorded twice"
+    if (
+        isinstance(event, Account.WithdrawalRequested)
+        and event.gift_forfeited != account.gift_forfeited_by_withdrawal
+    ):
+        yield "gift_forfeited_flag", f"gift_forfeited={event.gift_forfeited} does not follow"
+
+
+def _fold_claim(
+    mapper: Mapper[UUID], stream: list[StoredEvent]
+) -> tuple[list[Violation], EmailClaim | None]:
+    subject = str(stream[0].originator_id)
+    found: list[Violation] = []
+    claim: EmailClaim | None = None
+    for event in _decoded(mapper, stream):
+        if isinstance(event, Violation):
+            return [*found, event], None
+        version = event.originator_version
+        if claim is None and not isinstance(event, EmailClaim.Created):
+            found.append(Violation(subject, version, "claim_starts_created", type(event).__name__))
+            return found, None
+        if claim is not None:
+            if isinstance(event, EmailClaim.Claimed):
+                try:
+                    claim.check_claimable_by(event.account_id)
+                except LifecycleError:
+                    found.append(
+                        Violation(subject, version, "one_account_per_email", "claimed while held")
+                    )
+            if isinstance(event, EmailClaim.Released) and not claim.is_held_by(event.account_id):
+                found.append(
+                    Violation(subject, version, "release_by_holder", "released by another")
+                )
+        try:
+            mutated = event.mutate(claim)
+        except (OriginatorVersionError, OriginatorIDError, AssertionError) as error:
+            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+            return found, None
+        assert isinstance(mutated, EmailClaim)
+        claim = mutated
+    return found, claim
+
+
+def _fresh_keys(accounts: Accounts, streams: list[list[StoredEvent]]) -> dict[UUID, bool]:
+    """Which of the page's accounts have a key, looked up now in one query (not taken from the
+    vault's short cache); the mapper then finds each key cached."""
+    ids = {
+        first.originator_id
+        for first in (stream[0] for stream in streams)
+        if isinstance(first.originator_id, UUID) and first.topic == REGISTERED_TOPIC
+    }
+    for account_id in ids:
+        accounts.vault.forget(account_id)
+    return {account_id: key is not None for account_id, key in accounts.vault.prefetch(ids).items()}
+
+
+def _key_rules(
+    database: Database, keys: dict[UUID, bool], folded: list[Account]
+) -> Iterator[Violation]:
+    """A live account has its key; a purged one has none and a tombstone (one query for the
+    page's purged accounts)."""
+    if not folded:
+        return
+    purged = [account.id for account in folded if account.status is AccountStatus.PURGED]
+    tombstones = _tombstones(database, purged)
+    for account in folded:
+        has_key = keys.get(account.id, False)
+        if account.status is AccountStatus.PURGED:
+            if has_key or account.id not in tombstones:
+                yield Violation(
+                    str(account.id),
+                    None,
+                    "key_destroyed_on_purge",
+                    "a purged account's key still exists",
+                )
+        elif not has_key:
+            yield Violation(
+                str(account.id),
+                None,
+                "key_present",
+                "a live account's key is missing (its personal values are lost)",
+            )
+
+
+def _holder_rules(database: Database, held: dict[UUID, UUID]) -> Iterator[Violation]:
+    """A held claim's account exists and is not purged: one query for the page's holders."""
+    if not held:
+        return
+    table = database.events_table
+    params = [database.id_param(account_id) for account_id in set(held.values())]
+    with database.transaction(commit=False) as cursor:
+        rows = cursor.execute(
+            f"SELECT e.originator_id, e.topic FROM {table} e "
+            f"WHERE e.originator_id IN ({', '.join(['%s'] * len(params))}) "
+            "AND e.originator_version = (SELECT MAX(m.originator_version) "
+            f"FROM {table} m WHERE m.originator_id = e.originator_id)",
+            params,
+        ).fetchall()
+    last_topic = {database.to_uuid(raw_id): str(topic) for raw_id, topic in rows}
+    for claim_id, account_id in held.items():
+        topic = last_topic.get(account_id)
+        if topic is None:
+            yield Violation(
+                str(claim_id), None, "claim_holder_exists", "held by an unknown account"
+            )
+        elif topic == PURGED_TOPIC:
+            yield Violation(
+                str(claim_id), None, "claim_released_on_purge", "held by a purged account"
+            )
+
+
+def _tombstones(database: Database, ids: list[UUID]) -> set[UUID]:
+    """Which of these accounts' keys were destroyed (in `destroyed_keys`)."""
+    if not ids:
+        return set()
+    params = [database.id_param(account_id) for account_id in ids]
+    with database.transaction(commit=False) as cursor:
+        rows = cursor.execute(
+            f"SELECT account_id FROM {database.table('destroyed_keys')} "
+            f"WHERE account_id IN ({', '.join(['%s'] * len(params))})",
+            params,
+        ).fetchall()
+    return {database.to_uuid(row[0]) for row in rows}

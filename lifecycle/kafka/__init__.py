@@ -1,0 +1,1 @@
+"""Kafka adapters: producer, in-process log, consumer sources, topic admin, inspector."""
