@@ -15,13 +15,13 @@ import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.generation.modes import GenerationMode
+from support import TOKENS
 
 from lifecycle.api import create_app
 from lifecycle.api.auth import role_for_path
 from lifecycle.application import Accounts
 from lifecycle.settings import Settings
 
-TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
 EXAMPLES = int(os.environ.get("LIFECYCLE_FUZZ_EXAMPLES", "10"))
 # Rules across fields that no JSON Schema can state (`to` not before `from` in a work history,
 # a birth year not in the future): a schema-valid body may still break them, and gets 422.
