@@ -101,13 +101,13 @@ class _PreparedKeys:
         self.keys: dict[UUID, bytes] = {}
         self.new_rows: list[tuple[UUID, bytes]] = []
 
-    def create_key(self, account_id: UUID) -> bytes:
+    def new_key(self, account_id: UUID) -> tuple[bytes, bytes]:
         key = AESGCM.generate_key(bit_length=256)
         # The vault's own wrapping (private on purpose: only a bulk loader needs it).
         wrapped = _seal(self.vault._wrapping_key, key, account_id.bytes)
         self.keys[account_id] = key
         self.new_rows.append((account_id, wrapped))
-        return key
+        return key, wrapped
 
     def find_key(self, account_id: UUID) -> bytes | None:
         return self.keys.get(account_id)

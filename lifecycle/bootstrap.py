@@ -1,17 +1,47 @@
-"""The one place that builds the service's parts from Settings; nothing heavy at import."""
+"""Builders: the service's parts made from Settings, so entrypoints only start or serve them.
+
+Here: the application (`build_accounts`), the erasure process (`build_erasure`, which creates
+its tables at start-up), the reference services' stores and handlers, and the consumers that
+run the services and the erasure process, over Kafka or over the in-process log. Nothing heavy
+happens at import.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from consumers import chat, mail, scout
+from consumers.kit import (
+    Consumer,
+    Handler,
+    Hooks,
+    InProcessSource,
+    KafkaSource,
+    RetryPolicy,
+    Source,
+)
+from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
-from lifecycle.errors import LifecycleError
+from lifecycle.erasure import ErasureHandler, ErasureProcess
+from lifecycle.errors import LifecycleError, StartupError
+from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.producer import KafkaPublisher, Publisher
+from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
-from lifecycle.storage import schema_setup_turn
+from lifecycle.storage import Database, schema_setup_turn
+from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
+
+# The erasure consumer keeps its marks in the lifecycle database, beside the event store.
+ERASURE_TABLE_PREFIX = "erasure_"
+
+log = get_logger(__name__)
 
 
-class StartupError(LifecycleError):
-    """Configuration or a dependency is unusable; the CLI prints one line and exits."""
-
-    code = "startup_failed"
+# The application and the erasure process
 
 
 def build_accounts(settings: Settings) -> Accounts:
@@ -22,12 +52,240 @@ def build_accounts(settings: Settings) -> Accounts:
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
     except Exception as error:
-        # Name the kind of failure without echoing credentials from the URL.
-        raise StartupError(
-            detail=f"database unusable ({type(error).__name__}): {_first_line(error)}"
-        ) from None
+        raise _database_unusable(error) from None
 
 
-def _first_line(error: Exception) -> str:
+def _database_unusable(error: Exception) -> StartupError:
+    """Name the kind of failure without echoing credentials from the URL."""
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    first_line = text[0] if text else type(error).__name__
+    return StartupError(detail=f"database unusable ({type(error).__name__}): {first_line}")
+
+
+def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
+    """The erasure process as configured (its deadline from settings), its tables created now,
+    at start-up, so that no request and no confirmation ever runs DDL."""
+    process = ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
+    try:
+        process.create_tables()
+    except Exception as error:
+        raise _database_unusable(error) from None
+    return process
+
+
+# The reference services' parts
+
+
+def service_database(settings: Settings, name: str, schema: str | None = None) -> Database:
+    """A service's own store: schema `name` on the PostgreSQL server, or `<name>.sqlite3`
+    beside the embedded lifecycle database."""
+    if settings.is_embedded:
+        lifecycle_file = Path(settings.database_url.removeprefix("sqlite:///"))
+        return open_database(f"sqlite:///{lifecycle_file.parent / f'{name}.sqlite3'}", name)
+    return open_database(settings.database_url, schema or name)
+
+
+def service_handler(
+    name: str, database: Database, topics: TopicNames, mailer: mail.Mailer | None = None
+) -> tuple[Handler, list[str]]:
+    """The handler of one reference service and the topics it reads."""
+    if name == "scout":
+        return scout.ScoutHandler(database, topics), scout.subscribed_topics(topics)
+    if name == "chat":
+        return chat.ChatHandler(database, topics), chat.subscribed_topics(topics)
+    if name == "mail":
+        handler = mail.MailHandler(database, topics, mailer or mail.DiscardingMailer())
+        return handler, mail.subscribed_topics(topics)
+    _check_service(name)
+    raise AssertionError(name)
+
+
+def _check_service(name: str) -> None:
+    if name not in ERASING_SERVICES:
+        raise StartupError(
+            detail=f"unknown consumer {name!r}: expected one of {', '.join(ERASING_SERVICES)}"
+        )
+
+
+def mailer_for(settings: Settings) -> mail.Mailer:
+    if settings.smtp_host:
+        return mail.SmtpMailer(settings.smtp_host, settings.smtp_port)
+    return mail.DiscardingMailer()
+
+
+def _service_consumer(
+    name: str,
+    settings: Settings,
+    database: Database,
+    *,
+    topics: TopicNames,
+    publisher: Publisher,
+    source_of: Callable[[list[str]], Source],
+    mailer: mail.Mailer | None,
+    retry: RetryPolicy | None,
+    hooks: Hooks | None = None,
+    poll_timeout_s: float = 0.5,
+) -> Consumer:
+    handler, subscribed = service_handler(name, database, topics, mailer or mailer_for(settings))
+    return Consumer(
+        name,
+        source_of(subscribed),
+        ConsumerStore(database),
+        handler,
+        publisher,
+        dlq_topic=topics.dlq(name),
+        retry=retry,
+        hooks=hooks,
+        poll_timeout_s=poll_timeout_s,
+    )
+
+
+def erasure_consumer(
+    process: ErasureProcess,
+    source: Source,
+    publisher: Publisher,
+    topics: TopicNames,
+    *,
+    retry: RetryPolicy | None = None,
+    hooks: Hooks | None = None,
+    poll_timeout_s: float = 0.5,
+) -> Consumer:
+    """The erasure process behind the consumer kit: confirmations from `source`."""
+    return Consumer(
+        ERASURE_GROUP,
+        source,
+        ConsumerStore(process.database, table_prefix=ERASURE_TABLE_PREFIX),
+        ErasureHandler(process),
+        publisher,
+        dlq_topic=topics.dlq(ERASURE_GROUP),
+        retry=retry,
+        hooks=hooks,
+        poll_timeout_s=poll_timeout_s,
+    )
+
+
+# Kafka configured: one consumer per process
+
+
+@dataclass
+class ConsumerRun:
+    """A built consumer and what to close after its run."""
+
+    consumer: Consumer
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            self.consumer.run(stop)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        closers, self.closers = self.closers, []
+        _close_all(closers)
+
+
+def _close_all(closers: list[Callable[[], None]]) -> None:
+    for close in reversed(closers):
+        try:
+            close()
+        except Exception as error:
+            log.warning("workers.close_failed", error=type(error).__name__)
+
+
+def kafka_consumer(
+    name: str,
+    settings: Settings,
+    *,
+    topics: TopicNames | None = None,
+    schema: str | None = None,
+    mailer: mail.Mailer | None = None,
+    retry: RetryPolicy | None = None,
+    hooks: Hooks | None = None,
+) -> ConsumerRun:
+    """One reference service (`scout`, `chat`, `mail`) reading Kafka, in its own store."""
+    bootstrap = require_kafka(settings, f"consume {name}")
+    _check_service(name)
+    topics = topics or settings.topics
+    group = topics.group_id(name)
+    database = service_database(settings, name, schema)
+    closers: list[Callable[[], None]] = [database.close]
+    try:
+        publisher = KafkaPublisher(bootstrap, client_id=f"{group}-outbox")
+        closers.append(publisher.close)
+        consumer = _service_consumer(
+            name,
+            settings,
+            database,
+            topics=topics,
+            publisher=publisher,
+            source_of=lambda subscribed: KafkaSource(bootstrap, subscribed, group),
+            mailer=mailer,
+            retry=retry,
+            hooks=hooks,
+        )
+    except BaseException:
+        _close_all(closers)
+        raise
+    return ConsumerRun(consumer, closers)
+
+
+def kafka_erasure_consumer(
+    settings: Settings,
+    accounts: Accounts,
+    *,
+    topics: TopicNames | None = None,
+    retry: RetryPolicy | None = None,
+    hooks: Hooks | None = None,
+) -> ConsumerRun:
+    """The erasure process reading confirmations from Kafka (the caller owns `accounts`)."""
+    bootstrap = require_kafka(settings, "erasure")
+    topics = topics or settings.topics
+    process = build_erasure(accounts, settings)
+    group = topics.group_id(ERASURE_GROUP)
+    publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq")
+    try:
+        source = KafkaSource(bootstrap, [topics.erasure_confirmed], group)
+    except BaseException:
+        publisher.close()
+        raise
+    consumer = erasure_consumer(process, source, publisher, topics, retry=retry, hooks=hooks)
+    return ConsumerRun(consumer, [publisher.close])
+
+
+def require_kafka(settings: Settings, command: str) -> str:
+    """The Kafka bootstrap servers, or a start-up error naming the command that needs them."""
+    if not settings.kafka_bootstrap:
+        raise StartupError(
+            detail=f"`{command}` needs LIFECYCLE_KAFKA_BOOTSTRAP; with Kafka off, "
+            "`lifecycle serve` runs it in-process"
+        )
+    return settings.kafka_bootstrap
+
+
+# Kafka off: a reference service over the in-process log
+
+
+def in_process_consumer(
+    name: str,
+    settings: Settings,
+    database: Database,
+    publisher: InProcessPublisher,
+    topics: TopicNames,
+    *,
+    mailer: mail.Mailer | None = None,
+    retry: RetryPolicy | None = None,
+    poll_timeout_s: float = 0.5,
+) -> Consumer:
+    """One reference service reading the in-process log (the caller owns `database`)."""
+    return _service_consumer(
+        name,
+        settings,
+        database,
+        topics=topics,
+        publisher=publisher,
+        source_of=lambda subscribed: InProcessSource(publisher, subscribed),
+        mailer=mailer,
+        retry=retry,
+        poll_timeout_s=poll_timeout_s,
+    )

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from lifecycle.errors import LifecycleError
 from lifecycle.logs import configure_logging
 from lifecycle.settings import Settings
+from schemas.contract import ERASING_SERVICES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,16 +67,21 @@ def serve(
     import uvicorn
 
     from lifecycle.api.app import create_app, with_generated_tokens
+    from lifecycle.bootstrap import build_erasure
     from lifecycle.workers import start_workers
 
     settings = with_generated_tokens(load_settings())
     accounts = open_accounts(settings)
-    # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
-    workers = start_workers(settings, accounts)
     try:
-        uvicorn.run(
-            create_app(settings, accounts), host=host, port=port, log_config=None, access_log=False
-        )
+        erasure = build_erasure(accounts, settings)  # its tables now, not on a first request
+    except LifecycleError as error:
+        accounts.close()
+        fail(error.detail)
+    # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
+    workers = start_workers(settings, accounts, erasure=erasure)
+    try:
+        app = create_app(settings, accounts, erasure)
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         workers.stop()
         accounts.close()
@@ -118,7 +124,7 @@ def relay() -> None:
 
 @cli.command()
 def consume(
-    service: Annotated[str, typer.Argument(help="scout, chat or mail")],
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(ERASING_SERVICES)}.")],
 ) -> None:
     """Run one downstream reference service's erasure consumer."""
     from lifecycle.workers import run_consumer
@@ -129,7 +135,7 @@ def consume(
 
 @cli.command()
 def erasure() -> None:
-    """Turn erasure confirmations into Purged once scout, chat and mail all confirmed."""
+    """Turn erasure confirmations into Purged once every erasing service confirmed."""
     from lifecycle.workers import run_erasure
 
     settings = load_settings()
@@ -175,12 +181,11 @@ def erasure_proof(
 ) -> None:
     """Prove erasure: confirmations, key destroyed, and a search for the former values."""
     import json
-    from datetime import timedelta
     from uuid import UUID
 
     from lifecycle.audit.proof import database_dump, topic_dump
     from lifecycle.audit.proof import erasure_proof as prove
-    from lifecycle.erasure import ErasureProcess
+    from lifecycle.bootstrap import build_erasure
 
     settings = load_settings()
     digests = {d.strip().lower() for d in (digest or []) if d.strip()}
@@ -193,7 +198,7 @@ def erasure_proof(
     except ValueError:
         fail("account id must be a UUID")
     accounts = open_accounts(settings)
-    erasure = ErasureProcess(accounts, timedelta(hours=settings.erasure_deadline_hours))
+    erasure = build_erasure(accounts, settings)
     places: dict[str, Any] = {
         "database": database_dump(accounts, None if settings.is_embedded else settings.database_url)
     }

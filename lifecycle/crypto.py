@@ -1,8 +1,11 @@
 """Crypto-shredding: personal fields sealed with a per-account key that `Purged` destroys.
 
-The key table lives in the event store's own database. A trigger on the events table
-deletes an account's key in the same transaction that inserts its `Purged` event, so the
-two cannot be separated by a crash; a tombstone table refuses to bring a key back.
+The key table lives in the event store's own database. A new account's key is written in
+the transaction that stores its `Registered` event (the mapper hands it over on the stored
+event, lifecycle.recorders inserts it), so a failed registration leaves no key behind. A
+trigger on the events table deletes an account's key in the same transaction that inserts
+its `Purged` event, so the two cannot be separated by a crash; a tombstone table refuses to
+bring a key back.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +42,9 @@ from lifecycle.storage import Database
 NONCE_BYTES = 12
 SEALED_FIELD = "sealed"
 PURGED_TOPIC = get_topic(Account.Purged)
+# What the refusing trigger raises, on both backends.
+KEY_DESTROYED = "key_destroyed"
+KEYS_TABLE = "account_keys"
 
 
 class MasterKeyError(LifecycleError):
@@ -79,6 +86,14 @@ def _open(key: bytes, sealed: bytes, associated: bytes) -> bytes:
     return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
 
 
+@dataclass(frozen=True)
+class StoredEventWithKey(StoredEvent):
+    """A `Registered` event with its account's new data key, wrapped: the recorder inserts
+    the key row in the transaction that stores the event (see lifecycle.recorders)."""
+
+    wrapped_key: bytes
+
+
 class KeyVault:
     """Per-account data keys, wrapped by the master key, cached briefly in memory."""
 
@@ -104,7 +119,7 @@ class KeyVault:
 
     def _schema_statements(self) -> list[str]:
         db = self.database
-        keys, destroyed = db.table("account_keys"), db.table("destroyed_keys")
+        keys, destroyed = db.table(KEYS_TABLE), db.table("destroyed_keys")
         destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
         tables = [
             f"CREATE TABLE IF NOT EXISTS {keys} (account_id {db.id_type} PRIMARY KEY, "
@@ -142,27 +157,51 @@ class KeyVault:
             "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END",
         ]
 
-    def create_key(self, account_id: UUID) -> bytes:
-        """Give a new account its data key; refuses an id whose key was ever destroyed."""
+    def new_key(self, account_id: UUID) -> tuple[bytes, bytes]:
+        """A new account's data key and its wrapped form, to be stored with its first event.
+
+        The key is cached at once: the id is new, so no other process can know it yet."""
         key = AESGCM.generate_key(bit_length=256)
         wrapped = _seal(self._wrapping_key, key, account_id.bytes)
+        self._remember(account_id, key)
+        return key, wrapped
+
+    def create_key(self, account_id: UUID) -> bytes:
+        """Store a data key on its own (a repair tool's path; registrations use `new_key`);
+        refuses an id whose key was ever destroyed, keeps a key that already exists."""
+        key, wrapped = self.new_key(account_id)
         db = self.database
         try:
             with db.transaction() as cursor:
-                cursor.execute(
-                    f"INSERT INTO {db.table('account_keys')} (account_id, wrapped_key) "
+                inserted = cursor.execute(
+                    f"INSERT INTO {db.table(KEYS_TABLE)} (account_id, wrapped_key) "
                     "VALUES (%s, %s) ON CONFLICT (account_id) DO NOTHING",
                     (db.id_param(account_id), wrapped),
-                )
+                ).rowcount
         except Exception as error:
-            if "key_destroyed" in str(error):
+            self.forget(account_id)
+            if KEY_DESTROYED in str(error):
                 raise KeyDestroyedError() from None
             raise
+        if inserted:
+            return key
         self.forget(account_id)
         found = self.find_key(account_id)
         if found is None:
             raise KeyDestroyedError()
         return found
+
+    def remember_wrapped(self, account_id: UUID, wrapped: bytes | None) -> None:
+        """Cache a key read along with its account's events (None: it has none)."""
+        key = None if wrapped is None else _open(self._wrapping_key, wrapped, account_id.bytes)
+        self._remember(account_id, key)
+
+    def _remember(self, account_id: UUID, key: bytes | None) -> None:
+        with self._lock:
+            self._cache[account_id] = (time.monotonic() + self._cache_seconds, key)
+            self._cache.move_to_end(account_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
 
     def find_key(self, account_id: UUID) -> bytes | None:
         """The account's data key, or None once it was destroyed."""
@@ -177,8 +216,8 @@ class KeyVault:
         """Look up many keys in one query (a relay batch, a replay page) into the cache;
         returns those it looked up (not those still cached).
 
-        An id without a key is cached as None too: a key exists before its account's first
-        event is stored, so a missing one was destroyed and cannot come back.
+        An id without a key is cached as None too: a key commits with its account's first
+        event, so a missing one was destroyed and cannot come back.
         """
         now = time.monotonic()
         with self._lock:
@@ -193,7 +232,7 @@ class KeyVault:
         params = [db.id_param(account_id) for account_id in wanted]
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
-                f"SELECT account_id, wrapped_key FROM {db.table('account_keys')} "
+                f"SELECT account_id, wrapped_key FROM {db.table(KEYS_TABLE)} "
                 f"WHERE account_id IN ({', '.join(['%s'] * len(params))})",
                 params,
             ).fetchall()
@@ -238,7 +277,7 @@ class KeyVault:
             destroyed = 0
             for account_id in sorted(purged, key=str):
                 cursor.execute(
-                    f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s", (account_id,)
+                    f"DELETE FROM {db.table(KEYS_TABLE)} WHERE account_id = %s", (account_id,)
                 )
                 destroyed += cursor.rowcount
                 cursor.execute(
@@ -278,19 +317,28 @@ class PersonalDataMapper(Mapper[UUID]):
             return super().to_stored_event(domain_event)
         account_id: UUID = state["originator_id"]
         personal = {name: state.pop(name) for name in present}
-        key = (
-            self.vault.create_key(account_id)
-            if isinstance(domain_event, Account.Registered)
-            else self.vault.find_key(account_id)
-        )
-        if key is None:
+        wrapped_key: bytes | None = None
+        if isinstance(domain_event, Account.Registered):
+            key, wrapped_key = self.vault.new_key(account_id)
+        elif (found := self.vault.find_key(account_id)) is not None:
+            key = found
+        else:
             raise KeyDestroyedError()
         associated = _associated_data(account_id, state["originator_version"], present)
         sealed = _seal(key, self.transcoder.encode(personal), associated)
         state[SEALED_FIELD] = {"fields": present, "data": base64.b64encode(sealed).decode()}
         shell = object.__new__(type(domain_event))
         object.__setattr__(shell, "__dict__", state)
-        return super().to_stored_event(shell)
+        stored = super().to_stored_event(shell)
+        if wrapped_key is None:
+            return stored
+        return StoredEventWithKey(
+            stored.originator_id,
+            stored.originator_version,
+            stored.topic,
+            stored.state,
+            wrapped_key=wrapped_key,
+        )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         domain_event = super().to_domain_event(stored_event)

@@ -1,4 +1,12 @@
-"""The erasure process: downstream confirmations in, `Purged` out once every service confirmed."""
+"""The erasure process, whole: confirmations in, `Purged` out, the deadline, ops' retries.
+
+An erasure is complete when every service in `schemas.contract.ERASING_SERVICES` confirmed
+it; the confirmation that completes it records `Purged` through the application. Confirmations
+arrive from the consumer kit through `ErasureHandler`; ops' retry requests are kept by
+`ErasureRetries`. Both tables live beside the event store and are created once at start-up by
+`create_tables` (the guarded `Database.ddl()` path), which `lifecycle.bootstrap.build_erasure`
+calls: building an `ErasureProcess` itself runs no DDL.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from consumers.kit import Handler, HandlerResult, PoisonRecord
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
+from lifecycle.errors import ConcurrentUpdateError, LifecycleError
 from lifecycle.logs import get_logger
-from lifecycle.settings import Settings
-from schemas.contract import ERASING_SERVICES
+from lifecycle.storage import Cursor, Database
+from schemas.contract import ERASING_SERVICES, Envelope, ErasureConfirmedV1
 
 CONFIRMED = "confirmed"
 FAILED = "failed"
+# The two tables beside the event store; the erasure read model joins them at query time.
+CONFIRMATIONS_TABLE = "erasure_confirmations"
+RETRIES_TABLE = "erasure_retries"
 
 log = get_logger(__name__)
 
@@ -44,10 +57,11 @@ class ErasureProcess:
         self.database = accounts.database
         self.deadline = deadline
         self.services = services
-        self.table = self.database.table("erasure_confirmations")
-        self._create_table()
+        self.table = self.database.table(CONFIRMATIONS_TABLE)
+        self.retries = ErasureRetries(self.database)
 
-    def _create_table(self) -> None:
+    def create_tables(self) -> None:
+        """Start-up DDL for the confirmations and retries tables (idempotent, guarded)."""
         db = self.database
         with db.ddl() as cursor:
             cursor.execute(
@@ -58,6 +72,11 @@ class ErasureProcess:
                 f"recorded_at {db.timestamp_type} NOT NULL DEFAULT {db.now}, "
                 "PRIMARY KEY (account_id, service))"
             )
+        self.retries.create_table()
+
+    def is_complete(self, confirmed: set[str]) -> bool:
+        """What completes an erasure: every erasing service confirmed."""
+        return confirmed == set(self.services)
 
     def handle(self, confirmation: Confirmation) -> bool:
         """Record one confirmation; returns True when this one completed the erasure."""
@@ -91,7 +110,7 @@ class ErasureProcess:
             outcome=confirmation.outcome,
             rows_removed=confirmation.rows_removed,
         )
-        if self._confirmed_services(confirmation.account_id) != set(self.services):
+        if not self.is_complete(self._confirmed_services(confirmation.account_id)):
             return False
         purged = self.accounts.purge(confirmation.account_id)
         if purged:
@@ -160,6 +179,70 @@ def _state_of(status: AccountStatus, requested_at: datetime | None) -> str:
     return "not_requested"
 
 
-def erasure_process(accounts: Accounts, settings: Settings) -> ErasureProcess:
-    """The erasure process as configured: its deadline comes from settings."""
-    return ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
+class ErasureHandler(Handler):
+    """Confirmations in; `ErasureProcess` records them and purges once all services confirmed.
+
+    The process writes in transactions of its own (the purge goes through the event store), so
+    it runs in `prepare`; it is idempotent, so a repeat after a crash changes nothing.
+    """
+
+    def __init__(self, process: ErasureProcess) -> None:
+        self.process = process
+
+    def prepare(self, envelope: Envelope) -> None:
+        data = envelope.data
+        if not isinstance(data, ErasureConfirmedV1):
+            return
+        confirmation = Confirmation(
+            account_id=data.account_id,
+            service=data.service,
+            outcome=CONFIRMED,
+            rows_removed=data.rows_removed,
+            confirmation_id=envelope.id,
+        )
+        try:
+            self.process.handle(confirmation)
+        except ConcurrentUpdateError:
+            raise  # someone else's progress: retried
+        except LifecycleError as error:
+            raise PoisonRecord(error.code) from None
+
+    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
+        if isinstance(envelope.data, ErasureConfirmedV1):
+            return HandlerResult(outcome="confirmation_recorded")
+        return HandlerResult(outcome="ignored")
+
+
+class ErasureRetries:
+    """Ops' requests to ask a service again for an erasure. Not events of an account, so they
+    are kept in a table of their own, beside the confirmations."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.table = database.table(RETRIES_TABLE)
+
+    def create_table(self) -> None:
+        db = self.database
+        with db.ddl() as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                f"account_id {db.id_type} NOT NULL, service TEXT NOT NULL, "
+                f"requested_at {db.timestamp_type} NOT NULL, attempts INTEGER NOT NULL, "
+                "PRIMARY KEY (account_id, service))"
+            )
+
+    def request(self, account_id: UUID, service: str, now: datetime | None = None) -> int:
+        """Record one more retry request; returns how many there have been."""
+        db = self.database
+        at = (now or datetime.now(UTC)).astimezone(UTC)
+        when: datetime | str = at if db.dialect == "postgres" else at.isoformat()
+        with db.transaction() as cursor:
+            row = cursor.execute(
+                f"INSERT INTO {self.table} AS saved (account_id, service, requested_at, attempts) "
+                "VALUES (%s, %s, %s, 1) ON CONFLICT (account_id, service) DO UPDATE SET "
+                "requested_at = excluded.requested_at, attempts = saved.attempts + 1 "
+                "RETURNING attempts",
+                (db.id_param(account_id), service, when),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])

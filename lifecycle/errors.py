@@ -1,4 +1,4 @@
-"""The service's one error hierarchy; the HTTP edge maps each class to a status."""
+"""Every error class the service raises, one hierarchy; the HTTP edge maps each to a status."""
 
 from __future__ import annotations
 
@@ -62,3 +62,9 @@ class KeyDestroyedError(LifecycleError):
     """A data key was destroyed; nothing may create or restore it again."""
 
     code = "key_destroyed"
+
+
+class StartupError(LifecycleError):
+    """Configuration or a dependency is unusable; the CLI prints one line and exits."""
+
+    code = "startup_failed"

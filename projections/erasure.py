@@ -1,10 +1,10 @@
-"""Erasure status per account and per service, with overdue detection.
+"""Erasure status per account and per service, with overdue detection: read model and query.
 
 The read model keeps, per withdrawn account, when erasure was requested (and why) and when it
 completed (`Purged`). Per-service state is not in the event log: it comes at query time from
-`erasure_confirmations`, which the erasure process writes as confirmations arrive, and from
-`erasure_retries`, where ops' retry requests are kept. The deadline is applied at query time,
-so changing it changes what is overdue without a rebuild.
+the two tables the erasure process (`lifecycle.erasure`) keeps, its confirmations and ops'
+retry requests. The deadline is applied at query time, so changing it changes what is overdue
+without a rebuild.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from lifecycle.domain import Account
-from lifecycle.erasure import CONFIRMED, FAILED
+from lifecycle.erasure import CONFIRMATIONS_TABLE, CONFIRMED, FAILED, RETRIES_TABLE
 from lifecycle.storage import Database
 from projections.base import ReadModel, Statement, as_uuid, parse_ts, table_exists, topics_of
 from schemas.contract import ERASING_SERVICES
@@ -27,7 +27,9 @@ PENDING = "pending"
 RETRY_REQUESTED = "retry_requested"
 
 
-class ErasureStatus(ReadModel):
+class ErasureStatusView(ReadModel):
+    """When each withdrawn account's erasure was requested, and when it was purged."""
+
     name = "erasure_status"
     topics = topics_of(Account.WithdrawalRequested, Account.Purged)
     tables = ("erasure_requests",)
@@ -60,9 +62,9 @@ class ErasureStatus(ReadModel):
 
 @dataclass(frozen=True)
 class ErasureQuery:
-    """Reads the read model together with the confirmation and retry tables."""
+    """Reads the read model with the erasure process's confirmations and retry requests."""
 
-    model: ErasureStatus
+    model: ErasureStatusView
     deadline: timedelta
     services: tuple[str, ...] = ERASING_SERVICES
 
@@ -139,10 +141,10 @@ class ErasureQuery:
 
     def _failed_clause(self) -> str:
         """`r` has a failed confirmation (takes the outcome as its one parameter)."""
-        if not table_exists(self.database, "erasure_confirmations"):
+        if not table_exists(self.database, CONFIRMATIONS_TABLE):
             return "CAST(%s AS TEXT) IS NULL"  # no erasure process ran here: nothing failed
         return (
-            f"EXISTS (SELECT 1 FROM {self.database.table('erasure_confirmations')} c "
+            f"EXISTS (SELECT 1 FROM {self.database.table(CONFIRMATIONS_TABLE)} c "
             "WHERE c.account_id = r.account_id AND c.outcome = %s)"
         )
 
@@ -168,14 +170,14 @@ class ErasureQuery:
 
     def _services(self, account_id: UUID) -> dict[str, dict[str, Any]]:
         db = self.database
-        if not table_exists(db, "erasure_confirmations"):
+        if not table_exists(db, CONFIRMATIONS_TABLE):
             return self._services_from({}, account_id)
         with db.transaction(commit=False) as cursor:
             confirmed = {
                 service: (outcome, rows_removed, error_code, parse_ts(recorded_at))
                 for service, outcome, rows_removed, error_code, recorded_at in cursor.execute(
                     "SELECT service, outcome, rows_removed, error_code, recorded_at "
-                    f"FROM {db.table('erasure_confirmations')} WHERE account_id = %s",
+                    f"FROM {db.table(CONFIRMATIONS_TABLE)} WHERE account_id = %s",
                     (db.id_param(account_id),),
                 ).fetchall()
             }
@@ -184,7 +186,7 @@ class ErasureQuery:
     def _services_from(
         self, confirmed: dict[str, tuple[Any, ...]], account_id: UUID
     ) -> dict[str, dict[str, Any]]:
-        retries = ErasureRetries(self.database).of(account_id)
+        retries = self._retries(account_id)
         services: dict[str, dict[str, Any]] = {}
         for service in self.services:
             outcome, rows_removed, error_code, recorded_at = confirmed.get(
@@ -206,48 +208,14 @@ class ErasureQuery:
             }
         return services
 
-
-class ErasureRetries:
-    """Ops' requests to ask a service again for an erasure. Not a read model: these requests
-    are not events of an account, so they are kept here, beside the confirmations."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-        self.table = database.table("erasure_retries")
-
-    def create_table(self) -> None:
+    def _retries(self, account_id: UUID) -> dict[str, dict[str, Any]]:
         db = self.database
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                f"account_id {db.id_type} NOT NULL, service TEXT NOT NULL, "
-                f"requested_at {db.timestamp_type} NOT NULL, attempts INTEGER NOT NULL, "
-                "PRIMARY KEY (account_id, service))"
-            )
-
-    def request(self, account_id: UUID, service: str, now: datetime | None = None) -> int:
-        """Record one more retry request; returns how many there have been."""
-        db = self.database
-        at = (now or datetime.now(UTC)).astimezone(UTC)
-        when: datetime | str = at if db.dialect == "postgres" else at.isoformat()
-        with db.transaction() as cursor:
-            row = cursor.execute(
-                f"INSERT INTO {self.table} AS saved (account_id, service, requested_at, attempts) "
-                "VALUES (%s, %s, %s, 1) ON CONFLICT (account_id, service) DO UPDATE SET "
-                "requested_at = excluded.requested_at, attempts = saved.attempts + 1 "
-                "RETURNING attempts",
-                (db.id_param(account_id), service, when),
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    def of(self, account_id: UUID) -> dict[str, dict[str, Any]]:
-        db = self.database
-        if not table_exists(db, "erasure_retries"):
+        if not table_exists(db, RETRIES_TABLE):
             return {}
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
-                f"SELECT service, requested_at, attempts FROM {self.table} WHERE account_id = %s",
+                "SELECT service, requested_at, attempts "
+                f"FROM {db.table(RETRIES_TABLE)} WHERE account_id = %s",
                 (db.id_param(account_id),),
             ).fetchall()
         return {

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from lifecycle.storage import Database
 from projections.base import ReadModel
 from projections.directory import AccountDirectory
-from projections.erasure import ErasureStatus
+from projections.erasure import ErasureStatusView
 from projections.hashchain import HashChain
 from projections.statistics import GiftClaims, ScoutsPerCompany, WithdrawalReasons
 
@@ -19,7 +19,7 @@ READ_MODELS: dict[str, type[ReadModel]] = {
     model.name: model
     for model in (
         AccountDirectory,
-        ErasureStatus,
+        ErasureStatusView,
         WithdrawalReasons,
         GiftClaims,
         ScoutsPerCompany,

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.api.auth import AuthenticationMiddleware, with_generated_tokens
+from lifecycle.api.deps import ApiState
 from lifecycle.api.metrics import install_metrics
 from lifecycle.api.openapi import install_problem_openapi
 from lifecycle.api.problems import (
@@ -31,6 +32,7 @@ from lifecycle.api.routes import accounts as accounts_routes
 from lifecycle.api.routes import admin, audit, health
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
+from lifecycle.erasure import ErasureProcess
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
 
@@ -44,10 +46,13 @@ MAX_BODY_BYTES = 256 * 1024
 TOO_LARGE_DETAIL = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
 
 
-def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, accounts: Accounts | None = None, erasure: ErasureProcess | None = None
+) -> FastAPI:
     """The member-facing HTTP API.
 
-    With `accounts` given, the app uses it and leaves closing it to the caller. Without,
+    With `accounts` given (and `erasure`, the process the workers run), the app uses them and
+    leaves closing them to the caller. Without,
     the app builds its own from `settings` when it starts (lifespan) and closes it when
     it stops. Settings without API tokens get generated ones (see `with_generated_tokens`).
     """
@@ -64,6 +69,8 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.token_roles = dict(settings.api_tokens)
     app.state.accounts = accounts
+    app.state.erasure = erasure
+    app.state.api = None  # built in the lifespan (`ApiState.start`)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(accounts_routes.router)
@@ -86,15 +93,20 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     log = get_logger("lifecycle.api")
+    settings: Settings = app.state.settings
     built: Accounts | None = None
     if app.state.accounts is None:
-        settings: Settings = app.state.settings
         built = await run_in_threadpool(build_accounts, settings)
         app.state.accounts = built
-    log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
     try:
+        # Every table the routes use is made here, once: no request runs DDL.
+        app.state.api = await run_in_threadpool(
+            ApiState.start, app.state.accounts, settings, app.state.erasure
+        )
+        log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
         yield
     finally:
+        app.state.api = None
         if built is not None:
             app.state.accounts = None
             await run_in_threadpool(built.close)

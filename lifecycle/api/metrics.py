@@ -135,7 +135,7 @@ class StateCollector(Collector):
         yield from families
 
     def _families(self, accounts: Any) -> Iterator[Any]:
-        from projections.erasure import ErasureQuery, ErasureStatus
+        from projections.erasure import ErasureQuery, ErasureStatusView
         from projections.registry import read_model_classes
 
         head = accounts.recorder.max_notification_id() or 0
@@ -189,7 +189,7 @@ class StateCollector(Collector):
         settings = getattr(self.app.state, "settings", None)
         hours = getattr(settings, "erasure_deadline_hours", 72.0)
         try:
-            counts = ErasureQuery(ErasureStatus(db), timedelta(hours=hours)).counts()
+            counts = ErasureQuery(ErasureStatusView(db), timedelta(hours=hours)).counts()
         except Exception as error:
             self.log.warning("metrics.erasures_unreadable", error_type=type(error).__name__)
             counts = {}

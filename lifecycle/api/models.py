@@ -1,7 +1,8 @@
 """Request and response bodies of the member-facing API, and their mapping to the domain.
 
 The API nests `job_title` in `profile`; the domain keeps it as a part of its own, because
-it is personal and sealed separately. Request models reject unknown fields.
+it is personal and sealed separately. Request models reject unknown fields. The account
+itself, as `GET /v1/accounts/{id}` shows it, is `lifecycle.api.account_view.AccountOut`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from lifecycle.domain import (
     GIFT_AMOUNT_JPY,
     GIFT_KIND,
     MAX_COMMENT_LENGTH,
-    Account,
     Channel,
     WithdrawalReason,
-    default_notifications,
 )
 
 T = TypeVar("T")
@@ -278,29 +277,6 @@ def api_parts(domain_parts: list[str]) -> list[str]:
     return [part for part in API_PARTS if part in reported]
 
 
-# Normalised views of the account's parts (accounts registered elsewhere may lack keys).
-
-
-def profile_of(account: Account) -> dict[str, Any]:
-    return {
-        "birth_year": account.profile.get("birth_year"),
-        "prefecture": account.profile.get("prefecture"),
-    }
-
-
-def desired_of(account: Account) -> dict[str, Any]:
-    return {
-        "locations": list(account.desired.get("locations", [])),
-        "industries": list(account.desired.get("industries", [])),
-        "job_types": list(account.desired.get("job_types", [])),
-        "min_salary": account.desired.get("min_salary"),
-    }
-
-
-def notifications_of(account: Account) -> dict[str, bool]:
-    return {**default_notifications(), **account.notifications}
-
-
 # Scouts, gift, withdrawal
 
 
@@ -343,20 +319,20 @@ class WithdrawalAccepted(BaseModel):
     erasure: str = Field(description="where the erasure of this account can be followed")
 
 
-class ServiceErasure(BaseModel):
+class ServiceErasureOut(BaseModel):
     state: Literal["pending", "confirmed", "failed"]
     rows_removed: int | None
     error_code: str | None
 
 
-class ErasureStatus(BaseModel):
+class ErasureOut(BaseModel):
     account_id: UUID
     state: Literal["not_requested", "requested", "purged"]
     requested_at: datetime | None
     purged_at: datetime | None
     deadline_at: datetime | None
     overdue: bool
-    services: dict[str, ServiceErasure]
+    services: dict[str, ServiceErasureOut]
 
 
 class WithdrawalPreview(BaseModel):
@@ -367,91 +343,3 @@ class WithdrawalPreview(BaseModel):
     scouts_received: int
     re_registration_starts_from_nothing: bool
     reasons: list[WithdrawalReason]
-
-
-# The account as a member sees it
-
-
-class ProfileOut(BaseModel):
-    birth_year: int | None
-    prefecture: str | None
-    job_title: str | None
-
-
-class WorkHistoryOut(BaseModel):
-    company: str
-    title: str
-    from_: date = Field(alias="from")
-    to: date | None = None
-
-
-class DesiredOut(BaseModel):
-    locations: list[str]
-    industries: list[str]
-    job_types: list[str]
-    min_salary: int | None
-
-
-class NotificationsOut(BaseModel):
-    scouts: bool
-    recommendations: bool
-    notices: bool
-
-
-class AccountGift(Gift):
-    claimed_at: datetime
-
-
-class WithdrawalOut(BaseModel):
-    reason: WithdrawalReason
-    requested_at: datetime
-
-
-class AccountOut(BaseModel):
-    account_id: UUID
-    email: str
-    display_name: str
-    phone: str | None
-    profile: ProfileOut
-    work_history: list[WorkHistoryOut]
-    desired: DesiredOut
-    notifications: NotificationsOut
-    consent_version: str
-    channel: Channel
-    status: str
-    registered_at: datetime
-    scouts_received: int
-    gift: AccountGift | None
-    withdrawal: WithdrawalOut | None
-
-    @classmethod
-    def of(cls, account: Account) -> AccountOut:
-        gift = account.gift
-        withdrawal = account.withdrawal
-        return cls(
-            account_id=account.id,
-            email=account.email,
-            display_name=account.display_name,
-            phone=account.phone,
-            profile=ProfileOut(job_title=account.job_title, **profile_of(account)),
-            work_history=[WorkHistoryOut.model_validate(item) for item in account.work_history],
-            desired=DesiredOut(**desired_of(account)),
-            notifications=NotificationsOut(**notifications_of(account)),
-            consent_version=account.consent_version,
-            channel=Channel(account.channel),
-            status=account.status.value,
-            registered_at=account.registered_at,
-            scouts_received=len(account.scouts),
-            gift=None
-            if gift is None
-            else AccountGift(
-                kind=gift["gift_kind"],
-                amount_jpy=gift["amount_jpy"],
-                company_id=gift["company_id"],
-                start_date=gift["start_date"],
-                claimed_at=gift["claimed_at"],
-            ),
-            withdrawal=None
-            if withdrawal is None or account.withdrawn_at is None
-            else WithdrawalOut(reason=withdrawal["reason"], requested_at=account.withdrawn_at),
-        )

@@ -28,6 +28,7 @@ from lifecycle.errors import (
     KeyDestroyedError,
     LifecycleError,
 )
+from lifecycle.kafka.inspector import BrokerUnavailableError
 from lifecycle.logs import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -61,6 +62,12 @@ class NotReadyError(LifecycleError):
     """The service cannot serve requests yet (or any more): its database does not answer."""
 
     code = "not_ready"
+
+
+class KafkaUnavailableError(NotReadyError):
+    """Kafka is needed for this request and does not answer (or is not configured)."""
+
+    code = "kafka_unavailable"
 
 
 # Most specific first is not required: the lookup walks each error's MRO.
@@ -182,6 +189,12 @@ def error_response(request: Request, exc: LifecycleError) -> Response:
     return problem_response(request, status, code, exc.detail, headers=headers, reason=reason)
 
 
+async def broker_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """The Kafka adapter's own exception, answered as the API's 503 problem."""
+    assert isinstance(exc, BrokerUnavailableError)
+    return await lifecycle_error_handler(request, KafkaUnavailableError(detail=str(exc)))
+
+
 async def validation_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     found = exc.errors()
@@ -224,6 +237,7 @@ def unexpected_error_response(request: Request, exc: BaseException) -> Response:
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LifecycleError, lifecycle_error_handler)
+    app.add_exception_handler(BrokerUnavailableError, broker_unavailable_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)

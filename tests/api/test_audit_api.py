@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from support import auth
 
 from lifecycle.api import create_app
-from lifecycle.api.routes.audit import PersonalDataReads
+from lifecycle.api.tables import PersonalDataReads
 from lifecycle.application import Accounts
 from lifecycle.erasure import Confirmation, ErasureProcess
 from lifecycle.settings import Settings
@@ -161,6 +161,7 @@ def test_after_purge_even_an_allowed_role_gets_redacted_values(
     decrypting_client: TestClient, accounts: Accounts, account_id: UUID
 ) -> None:
     process = ErasureProcess(accounts)
+    process.create_tables()
     for service in process.services:
         process.handle(Confirmation(account_id, service, "confirmed", 1, f"c-{service}"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def test_help_lists_every_subcommand() -> None:
         ),
         (("topics",), {"LIFECYCLE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "Kafka unusable"),
         (("relay",), {}, "needs LIFECYCLE_KAFKA_BOOTSTRAP"),
+        (("erasure",), {}, "needs LIFECYCLE_KAFKA_BOOTSTRAP"),
         (("consume", "billing"), {"LIFECYCLE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "billing"),
     ],
 )
@@ -126,6 +128,10 @@ def test_first_run_registers_and_erases_in_one_process(
     embedded_server: tuple[str, str, Path],
 ) -> None:
     base, token, cwd = embedded_server
+    # The erasure process's tables come from start-up, before any request needs them.
+    with sqlite3.connect(cwd / "data" / "lifecycle.sqlite3") as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert {"erasure_confirmations", "erasure_retries"} <= tables
     status, created = call(
         base,
         token,

@@ -18,12 +18,12 @@ from support import Running, SmtpSink, profile, read_topic, scout_received, wait
 from consumers import mail, scout
 from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import kafka_consumer
 from lifecycle.crypto import new_master_key
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.workers import kafka_consumer
 from schemas.contract import (
     Envelope,
     ErasureConfirmedV1,

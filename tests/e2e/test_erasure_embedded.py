@@ -17,9 +17,9 @@ from support import SmtpSink, wait_until
 
 from consumers import chat, mail, scout
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import build_erasure
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import AccountStatus
-from lifecycle.erasure import erasure_process
 from lifecycle.settings import Settings
 from lifecycle.workers import Workers, start_workers
 from schemas.contract import ERASURE_GROUP
@@ -98,7 +98,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[address]]
     assert after[0].message[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
-    status = erasure_process(app, embedded).status(member_id)
+    status = build_erasure(app, embedded).status(member_id)
     assert status["state"] == "purged"
     assert {name: s["rows_removed"] for name, s in status["services"].items()} == {
         "scout": 2,

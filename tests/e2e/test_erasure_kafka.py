@@ -28,9 +28,9 @@ from consumers import chat, mail, scout
 from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
+from lifecycle.bootstrap import build_erasure
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
-from lifecycle.erasure import erasure_process
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings
@@ -170,7 +170,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     [confirmation] = after
     assert confirmation.message[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
 
-    status = erasure_process(accounts, settings).status(member_id)
+    status = build_erasure(accounts, settings).status(member_id)
     assert status["state"] == "purged"
     assert status["overdue"] is False
     assert {name: s["state"] for name, s in status["services"].items()} == dict.fromkeys(

@@ -51,6 +51,26 @@ def test_one_of_many_simultaneous_registrations_of_an_address_wins(accounts: Acc
     assert claimed.account_id == winner
     assert len(stored(accounts, EmailClaim.Created)) == 1
     assert accounts.repository.get(claimed.originator_id).account_id == winner
+    # The losers' keys went down with their transactions: only the winner has one.
+    assert key_owners(accounts) == [winner]
+
+
+def test_a_refused_registration_leaves_no_key_behind(accounts: Accounts) -> None:
+    first = accounts.register(email="sora@example.jp", display_name="Sora", consent_version="v1")
+    try:
+        accounts.register(email="SORA@example.jp", display_name="Sora 2", consent_version="v1")
+    except EmailAlreadyClaimedError:
+        pass
+    else:
+        raise AssertionError("a second registration of one address was accepted")
+    assert key_owners(accounts) == [first]
+
+
+def key_owners(accounts: Accounts) -> list[UUID]:
+    db = accounts.database
+    with db.transaction(commit=False) as cursor:
+        rows = cursor.execute(f"SELECT account_id FROM {db.table('account_keys')}").fetchall()
+    return [db.to_uuid(row[0]) for row in rows]
 
 
 def test_simultaneous_registrations_of_distinct_addresses_all_succeed(accounts: Accounts) -> None:

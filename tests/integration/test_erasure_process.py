@@ -12,14 +12,22 @@ import pytest
 from support import wait_until
 
 from consumers.kit import DLQ_ERROR_CODE, Consumer, InProcessSource, RetryPolicy
-from consumers.store import ConsumerStore
+from lifecycle import bootstrap
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import build_erasure
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.erasure import CONFIRMED, FAILED, Confirmation, ErasureProcess, erasure_process
+from lifecycle.erasure import (
+    CONFIRMATIONS_TABLE,
+    CONFIRMED,
+    FAILED,
+    RETRIES_TABLE,
+    Confirmation,
+    ErasureProcess,
+)
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.settings import Settings
-from lifecycle.workers import ErasureHandler
+from projections.base import table_exists
 from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
 
 TOPICS = TopicNames()
@@ -48,10 +56,23 @@ def purged_events(accounts: Accounts, account_id: UUID) -> int:
     return sum(isinstance(e, Account.Purged) and e.originator_id == account_id for e in events)
 
 
-def test_purges_once_when_every_service_confirmed_and_repeats_change_nothing(
-    accounts: Accounts,
+def test_building_runs_no_ddl_the_builder_creates_both_tables_at_start_up(
+    accounts: Accounts, settings: Settings
 ) -> None:
-    process = ErasureProcess(accounts)
+    ErasureProcess(accounts)
+    assert not table_exists(accounts.database, CONFIRMATIONS_TABLE)
+    assert not table_exists(accounts.database, RETRIES_TABLE)
+    process = build_erasure(accounts, settings)
+    assert table_exists(accounts.database, CONFIRMATIONS_TABLE)
+    assert table_exists(accounts.database, RETRIES_TABLE)
+    assert process.deadline == timedelta(hours=settings.erasure_deadline_hours)
+    build_erasure(accounts, settings)  # a second start changes nothing
+
+
+def test_purges_once_when_every_service_confirmed_and_repeats_change_nothing(
+    accounts: Accounts, settings: Settings
+) -> None:
+    process = build_erasure(accounts, settings)
     account_id = withdrawn_member(accounts)
     assert not process.handle(confirmation(account_id, "scout", 3))
     assert not process.handle(confirmation(account_id, "scout", 3, n=1))
@@ -72,9 +93,9 @@ def test_purges_once_when_every_service_confirmed_and_repeats_change_nothing(
 
 
 def test_a_failure_is_replaced_by_a_later_confirmation_never_the_reverse(
-    accounts: Accounts,
+    accounts: Accounts, settings: Settings
 ) -> None:
-    process = ErasureProcess(accounts)
+    process = build_erasure(accounts, settings)
     account_id = withdrawn_member(accounts)
     failed = Confirmation(account_id, "chat", FAILED, 0, "f1", error_code="db_unreachable")
     process.handle(failed)
@@ -96,6 +117,7 @@ def test_status_reports_requested_per_service_overdue_and_purged(
     accounts: Accounts, settings: Settings
 ) -> None:
     process = ErasureProcess(accounts, deadline=timedelta(hours=72))
+    process.create_tables()
     active = member(accounts)
     assert process.status(active)["state"] == "not_requested"
     assert process.status(active)["overdue"] is False
@@ -124,17 +146,19 @@ def test_status_reports_requested_per_service_overdue_and_purged(
     assert done["overdue"] is False
     assert done["purged_at"] is not None
 
-    # The process the API route builds from settings.
-    shown = erasure_process(accounts, settings).status(
+    # The process as built from settings (the API's, the workers').
+    shown = build_erasure(accounts, settings).status(
         account_id, now=requested_at + timedelta(days=30)
     )
     assert shown == done
     with pytest.raises(AccountNotFoundError):
-        erasure_process(accounts, settings).status(uuid.uuid4())
+        build_erasure(accounts, settings).status(uuid.uuid4())
 
 
-def test_concurrent_last_confirmations_record_one_purged(accounts: Accounts) -> None:
-    process = ErasureProcess(accounts)
+def test_concurrent_last_confirmations_record_one_purged(
+    accounts: Accounts, settings: Settings
+) -> None:
+    process = build_erasure(accounts, settings)
     account_id = withdrawn_member(accounts)
     process.handle(confirmation(account_id, "scout"))
     barrier = threading.Barrier(2)
@@ -166,13 +190,11 @@ def log() -> InProcessPublisher:
 def erasure_consumer(
     accounts: Accounts, settings: Settings, log: InProcessPublisher
 ) -> Iterator[Consumer]:
-    consumer = Consumer(
-        ERASURE_GROUP,
+    consumer = bootstrap.erasure_consumer(
+        build_erasure(accounts, settings),
         InProcessSource(log, [TOPICS.erasure_confirmed]),
-        ConsumerStore(accounts.database, table_prefix="erasure_"),
-        ErasureHandler(erasure_process(accounts, settings)),
         log,
-        dlq_topic=TOPICS.dlq(ERASURE_GROUP),
+        TOPICS,
         retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01),
         poll_timeout_s=0.05,
     )

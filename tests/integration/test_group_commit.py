@@ -3,9 +3,13 @@ outcome, durable when it returns; on SQLite and the real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -205,3 +209,56 @@ def test_a_domain_error_in_a_batch_stays_with_its_caller(
     assert isinstance(results[1], (KeyDestroyedError, IntegrityError)), results
     assert not isinstance(results[2], BaseException), results
     assert gc_accounts.get_account(fine.id).job_title == "Alive"
+
+
+# Durability across a crash
+
+WRITER = """
+import json, sys, threading
+from lifecycle.application import Accounts
+
+accounts = Accounts(env=json.loads(sys.stdin.readline()))
+lock = threading.Lock()
+
+def work(caller):
+    for n in range(100_000):
+        account_id = accounts.register(
+            email=f"crash-{caller}-{n}@example.jp", display_name="M", consent_version="v1",
+            job_title="Engineer",
+        )
+        with lock:  # only ids whose register() returned: their events were committed
+            print(account_id, flush=True)
+
+for caller in range(8):
+    threading.Thread(target=work, args=(caller,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_a_caller_that_got_its_id_finds_its_events_after_a_kill_9(settings: Settings) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    writer.stdin.write(json.dumps(dict(settings.application_env())) + "\n")
+    writer.stdin.flush()
+    returned: list[UUID] = []
+    deadline = time.monotonic() + 60.0
+    while len(returned) < 40 and time.monotonic() < deadline:
+        line = writer.stdout.readline()
+        if not line:
+            break
+        returned.append(UUID(line.strip()))
+    writer.kill()  # SIGKILL, mid-stream: concurrent batches are in flight
+    writer.wait()
+    assert len(returned) >= 40, "the writer process stopped early"
+    restarted = Accounts(env=settings.application_env())
+    try:
+        for account_id in returned:
+            assert restarted.get_account(account_id).job_title == "Engineer"
+    finally:
+        restarted.close()

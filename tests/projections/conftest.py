@@ -11,5 +11,5 @@ from lifecycle.erasure import ErasureProcess
 
 @pytest.fixture
 def history(accounts: Accounts) -> History:
-    ErasureProcess(accounts)  # the confirmations table the erasure read model joins
+    ErasureProcess(accounts).create_tables()  # the confirmations table the erasure read model joins
     return make_history(accounts)

@@ -18,7 +18,7 @@ from projection_history import (
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
-from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
+from lifecycle.erasure import FAILED, Confirmation, ErasureProcess, ErasureRetries
 from projections.base import (
     APPLICATION_NAME,
     Item,
@@ -29,7 +29,7 @@ from projections.base import (
     jst_week_start,
 )
 from projections.directory import AccountDirectory
-from projections.erasure import ErasureQuery, ErasureRetries, ErasureStatus
+from projections.erasure import ErasureQuery, ErasureStatusView
 from projections.registry import READ_MODELS
 from projections.runner import Projector
 from projections.statistics import GiftClaims, ScoutsPerCompany, WithdrawalReasons
@@ -93,9 +93,10 @@ def test_account_directory_pages_by_id(accounts: Accounts, history: History) -> 
 
 
 def test_erasure_status_per_account_and_service(accounts: Accounts, history: History) -> None:
-    model = ErasureStatus(accounts.database)
+    model = ErasureStatusView(accounts.database)
     catch_up(accounts, model)
     process = ErasureProcess(accounts)
+    process.create_tables()
     process.handle(Confirmation(history.withdrawing, "scout", "confirmed", 3, "c-1"))
     process.handle(Confirmation(history.withdrawing, "chat", FAILED, 0, "c-2", "timeout"))
     ErasureRetries(accounts.database).create_table()
@@ -142,7 +143,7 @@ def test_erasure_status_per_account_and_service(accounts: Accounts, history: His
 
 
 def test_erasure_overdue_and_filters(accounts: Accounts, history: History) -> None:
-    model = ErasureStatus(accounts.database)
+    model = ErasureStatusView(accounts.database)
     catch_up(accounts, model)
     ErasureRetries(accounts.database).create_table()
     query = ErasureQuery(model, timedelta(hours=72))

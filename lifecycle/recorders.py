@@ -1,0 +1,242 @@
+"""Event-store recorders that write a new account's data key in its events' transaction.
+
+The mapper hands each `Registered` event over with its wrapped key (`StoredEventWithKey`);
+the library's `_insert_events` hook runs inside the transaction that inserts the events, so
+the key row and the events commit or roll back together: a registration is one transaction,
+and one that loses (a concurrent claim of its e-mail) leaves no orphan key. The database's
+own trigger refuses a destroyed key; that refusal reaches callers as `KeyDestroyedError`.
+
+`Accounts` picks the recorder for its persistence module (`recorder_topic`), unless
+`APPLICATION_RECORDER_TOPIC` names another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
+from eventsourcing.utils import get_topic, retry
+from psycopg import Cursor
+from psycopg.abc import Query
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composable, Identifier
+
+from lifecycle.crypto import KEY_DESTROYED, KEYS_TABLE, StoredEventWithKey
+from lifecycle.errors import KeyDestroyedError
+
+# Measured (bench commands, both ways in one sitting): no gain over the pipelined
+# transaction, and the library's function inserts without the table lock that keeps the
+# notification log in commit order, which the relay relies on to miss nothing.
+DB_FUNCTIONS_REFUSED = (
+    "POSTGRES_ENABLE_DB_FUNCTIONS is not supported: its insert skips the table lock that keeps "
+    "the notification log in commit order, and it has no place for the key rows"
+)
+
+
+def _keys(stored_events: Sequence[StoredEvent]) -> list[StoredEventWithKey]:
+    return [s for s in stored_events if isinstance(s, StoredEventWithKey)]
+
+
+class PostgresKeyRecorder(PostgresApplicationRecorder):
+    """Inserts the batch's new keys in the pipelined event transaction, before the events;
+    reads an aggregate's events and its key in one round trip (see `select_events`)."""
+
+    # Told each wrapped key (None: no key) read with an aggregate's events.
+    key_seen: Callable[[UUID, bytes | None], None] | None = None
+
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
+    ) -> None:
+        if datastore.enable_db_functions:
+            raise ValueError(DB_FUNCTIONS_REFUSED)
+        super().__init__(datastore, events_table_name=events_table_name)
+        keys = SQL("{schema}.{table}").format(
+            schema=Identifier(datastore.schema), table=Identifier(KEYS_TABLE)
+        )
+        self.select_key_statement = _text(
+            SQL("SELECT wrapped_key FROM {keys} WHERE account_id = %s").format(keys=keys)
+        )
+        self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
+        # The write in one statement (inside the library's pipelined transaction) instead
+        # of five: key rows, then the library's own lock, notify and insert, in its order.
+        function = SQL("{schema}.{name}").format(
+            schema=Identifier(datastore.schema),
+            name=Identifier(f"lifecycle_insert_events_{datastore.originator_id_type}"),
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {function}(events {schema}.{event}[], "
+                "key_ids uuid[], wrapped_keys bytea[]) RETURNS SETOF bigint "
+                "LANGUAGE plpgsql AS $BODY$ BEGIN "
+                "INSERT INTO {keys} (account_id, wrapped_key) "
+                "SELECT * FROM unnest(key_ids, wrapped_keys); "
+                "SET LOCAL lock_timeout = '{lock_timeout}s'; "
+                "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "NOTIFY {channel}; "
+                "RETURN QUERY INSERT INTO {schema}.{table} AS t "
+                "(originator_id, originator_version, topic, state) "
+                "SELECT originator_id, originator_version, topic, state FROM unnest(events) "
+                "RETURNING notification_id; "
+                "END $BODY$"
+            ).format(
+                function=function,
+                schema=Identifier(datastore.schema),
+                event=Identifier(self.stored_event_type_name),
+                keys=keys,
+                lock_timeout=datastore.lock_timeout,
+                table=Identifier(self.events_table_name),
+                channel=Identifier(self.channel_name),
+            )
+        )
+        self.insert_function_call = _text(
+            SQL(
+                "SELECT * FROM {function}(%s::{schema}.{event}[], %s::uuid[], %s::bytea[]) "
+                "AS notification_id"
+            ).format(
+                function=function,
+                schema=Identifier(datastore.schema),
+                event=Identifier(self.stored_event_type_name),
+            )
+        )
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> None:
+        keys = _keys(stored_events)
+        events = [
+            self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic, s.state)
+            for s in stored_events
+        ]
+        curs.execute(
+            self.insert_function_call,
+            (events, [s.originator_id for s in keys], [s.wrapped_key for s in keys]),
+            prepare=True,
+        )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> Sequence[int] | None:
+        return [row["notification_id"] for row in curs.fetchall()]
+
+    def _select_statement(self, gt: bool, lte: bool, desc: bool, limit: bool) -> str:
+        shape = (gt, lte, desc, limit)
+        if (found := self._select_statements.get(shape)) is not None:
+            return found
+        statement = _text(self.select_events_statement)
+        statement += " AND originator_version > %s" if gt else ""
+        statement += " AND originator_version <= %s" if lte else ""
+        statement += f" ORDER BY originator_version {'DESC' if desc else 'ASC'}"
+        statement += " LIMIT %s" if limit else ""
+        self._select_statements[shape] = statement
+        return statement
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        """The library's query, pipelined after the aggregate's key lookup: loading an
+        account for a command then costs one round trip, not three (events, then the key
+        in a transaction of its own). The key is read first, as the mapper would after."""
+        key_seen = self.key_seen
+        if key_seen is None or not isinstance(originator_id, UUID):
+            found: Sequence[StoredEvent] = super().select_events(
+                originator_id, gt=gt, lte=lte, desc=desc, limit=limit
+            )
+            return found
+        statement = self._select_statement(gt is not None, lte is not None, desc, limit is not None)
+        params = [value for value in (originator_id, gt, lte, limit) if value is not None]
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.cursor() as key_cursor,
+            conn.cursor() as cursor,
+        ):
+            key_cursor.execute(self.select_key_statement, (originator_id,), prepare=True)
+            cursor.execute(statement, params, prepare=True)
+            key_row = key_cursor.fetchone()
+            rows = cursor.fetchall()
+        key_seen(originator_id, bytes(key_row["wrapped_key"]) if key_row else None)
+        return [
+            StoredEvent(
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            for row in rows
+        ]
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        try:
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        except PersistenceError as error:
+            if KEY_DESTROYED in str(error):
+                raise KeyDestroyedError() from None
+            raise
+        return ids
+
+
+class SQLiteKeyRecorder(SQLiteApplicationRecorder):
+    """Inserts the batch's new keys in the event transaction, before the events."""
+
+    insert_keys_statement = f"INSERT INTO {KEYS_TABLE} (account_id, wrapped_key) VALUES (?, ?)"
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        try:
+            return super().insert_events(stored_events, **kwargs)
+        except PersistenceError as error:
+            if KEY_DESTROYED in str(error):
+                raise KeyDestroyedError() from None
+            raise
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if keys := _keys(stored_events):
+            c.executemany(
+                self.insert_keys_statement,
+                [(_text_id(s.originator_id), s.wrapped_key) for s in keys],
+            )
+        return super()._insert_events(c, stored_events, **kwargs)
+
+
+def _text_id(originator_id: UUID | str) -> str:
+    """Ids as the SQLite recorder stores them: hex text."""
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+def _text(statement: Query) -> str:
+    if isinstance(statement, str | bytes):
+        return statement if isinstance(statement, str) else statement.decode()
+    if isinstance(statement, Composable):
+        return statement.as_string(None)
+    raise TypeError(f"cannot render {type(statement).__name__} once")
+
+
+def recorder_topic(factory: InfrastructureFactory[Any]) -> str | None:
+    """The key-writing recorder for this persistence module (None: not one we know)."""
+    if isinstance(factory, PostgresFactory):
+        return get_topic(PostgresKeyRecorder)
+    if isinstance(factory, SQLiteFactory):
+        return get_topic(SQLiteKeyRecorder)
+    return None
