@@ -100,6 +100,11 @@ class KafkaInspector(Protocol):
         """The record at that offset, or None when it is gone (compacted, past retention)."""
         ...
 
+    def superseded(self, record: SourceRecord) -> bool:
+        """True when a later record of the same key follows it on its partition (on a
+        compacted topic, re-publishing the older one would make it the key's latest)."""
+        ...
+
     def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
         """Publish one record and wait for the broker's acknowledgement."""
 
@@ -126,6 +131,9 @@ class NoKafka:
 
     def source_record(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
         return None
+
+    def superseded(self, record: SourceRecord) -> bool:
+        return False
 
     def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
         raise BrokerUnavailableError("Kafka is not configured")
@@ -271,6 +279,23 @@ class KafkaInspectorClient:
             headers=list(record.headers or []),
             value=record.value,
         )
+
+    def superseded(self, record: SourceRecord) -> bool:
+        from kafka import TopicPartition
+
+        consumer = self._consumer()
+        try:
+            tp = TopicPartition(record.topic, record.partition)
+            consumer.assign([tp])
+            end = consumer.end_offsets([tp])[tp]
+            consumer.seek(tp, record.offset + 1)
+            later = self._read(consumer, [tp], {tp: end})
+            found = any(other.key == record.key for other in later)
+            if not found and consumer.position(tp) < end:
+                raise BrokerUnavailableError("the partition could not be read in time")
+            return found
+        finally:
+            consumer.close()
 
     def _record_at(self, topic: str, partition: int, offset: int) -> Any:
         """The record at exactly that offset; None when the partition does not hold it (any

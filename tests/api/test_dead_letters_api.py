@@ -162,3 +162,30 @@ def test_redrive_for_an_erased_account_answers_410(
     assert answers["mail"].json()["reason"] == "account_withdrawing"
     assert SECRET_EMAIL_DOMAIN not in answers["mail"].text
     assert len(read_topic(kafka_bootstrap, names.profile)) == 1  # not published again
+
+
+def test_a_profile_record_is_redriven_only_while_it_is_the_accounts_latest(
+    kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames, accounts: Accounts
+) -> None:
+    account_id = member(accounts)
+    older = publish(kafka_bootstrap, *profile(names, account_id, 1, "old@example.jp", "Z"))
+    newer = publish(kafka_bootstrap, *profile(names, account_id, 2, "new@example.jp", "Z"))
+    for source in (older, newer):
+        dead_letter_of(kafka_bootstrap, names, "mail", source)
+    listed = kafka_client.get("/admin/v1/dead-letters/mail", headers=OPS).json()
+    by_offset = {letter["source_offset"]: letter for letter in listed}
+
+    def redrive(source: Any) -> Any:
+        letter = by_offset[source.offset]
+        return kafka_client.post(
+            f"/admin/v1/dead-letters/mail/{letter['partition']}/{letter['offset']}/redrive",
+            headers=OPS,
+        )
+
+    superseded, latest = redrive(older), redrive(newer)
+
+    assert superseded.status_code == 410
+    assert superseded.json()["reason"] == "source_record_superseded"
+    assert latest.status_code == 200, latest.text
+    on_topic = read_topic(kafka_bootstrap, names.profile)
+    assert [r.value for r in on_topic if r.offset > newer.offset] == [newer.value]

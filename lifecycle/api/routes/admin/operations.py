@@ -6,8 +6,9 @@ they stand for carry the configured prefix.
 A dead letter refers to its source record and carries no copy of it (`consumers.faults`):
 re-drive reads the original at its source offset and publishes it again. When the source
 topic's compaction or retention erased it, or the account is purged (or, for a profile
-record, withdrawing), re-drive answers 410 `dead_letter_source_gone`: the member's values
-are gone, as promised, and nothing brings them back. Discard only hides the reference."""
+record, withdrawing; or superseded by a later profile record of the account), re-drive
+answers 410 `dead_letter_source_gone` (`reason` says which): the member's values are gone, as
+promised, and nothing brings them back. Discard only hides the reference."""
 
 from __future__ import annotations
 
@@ -260,12 +261,19 @@ def _source_to_redrive(
         raise DeadLetterSourceGoneError(
             "source_record_erased", detail="the source offset holds another record"
         )
-    if topic == kafka.topics.profile and status not in (None, AccountStatus.ACTIVE):
-        # Published after the purge's tombstone, contact data would outlive compaction.
-        raise DeadLetterSourceGoneError(
-            "account_withdrawing",
-            detail="the account is withdrawing: its contact data is not published again",
-        )
+    if topic == kafka.topics.profile:
+        if status not in (None, AccountStatus.ACTIVE):
+            # Published after the purge's tombstone, contact data would outlive compaction.
+            raise DeadLetterSourceGoneError(
+                "account_withdrawing",
+                detail="the account is withdrawing: its contact data is not published again",
+            )
+        if kafka.superseded(original):
+            # Published again, the older contact data would become the key's latest.
+            raise DeadLetterSourceGoneError(
+                "source_record_superseded",
+                detail="a later profile record of the account replaced this one",
+            )
     return original
 
 
@@ -288,7 +296,8 @@ def _account_status(accounts: Accounts, letter: DeadLetter) -> AccountStatus | N
     "/dead-letters/{group}/{partition}/{offset}/redrive",
     summary="Publish the record a dead letter refers to again, read from its source offset",
     description="410 `dead_letter_source_gone` when the source record is erased (compaction "
-    "or retention) or belongs to a purged account (or, for a profile record, a withdrawing one).",
+    "or retention) or belongs to a purged account; for a profile record also when the account "
+    "is withdrawing or a later profile record replaced it (`reason` says which).",
     responses=problem_responses(404, 409, 410, 422, 503),
 )
 def redrive_dead_letter(
