@@ -217,11 +217,14 @@ REGISTRY: tuple[RestingPlace, ...] = (
         for group in CONSUMER_GROUPS
     ),
     # Outside the stores
-    _none(
+    RestingPlace(
         "log",
         LIFECYCLE,
         "stdout/stderr JSON logs of every process (serve, relay, consume, erasure)",
+        "",
+        "none_held",
         "never logged: ids, codes, counts only (tests search captured logs for the values)",
+        (),
     ),
     RestingPlace(
         "backup",
@@ -240,10 +243,10 @@ REGISTRY: tuple[RestingPlace, ...] = (
         "backups of the services' schemas",
         "rows as the services held them when it was taken (contacts, messages)",
         "deleted",
-        "a restored service re-reads the lifecycle topic from its committed offsets and "
-        "erases again on WithdrawalRequested/Purged still within the topic's retention",
+        "an operator step: after restoring a service's schema, reset its consumer group to the "
+        "backup's time, so it handles again the WithdrawalRequested/Purged records since",
         (),
-        "the lifecycle topic's retention (7 d)",
+        "the lifecycle topic's retention (7 d) bounds the records it can handle again",
     ),
     RestingPlace(
         "memory",
