@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from uuid import uuid4
 
 import structlog
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lifecycle.api.auth import with_generated_tokens
+from lifecycle.api.auth import AuthenticationMiddleware, with_generated_tokens
 from lifecycle.api.deps import ApiState
 from lifecycle.api.metrics import install_metrics
+from lifecycle.api.openapi import install_problem_openapi
 from lifecycle.api.problems import (
     install_problem_handlers,
     problem_response,
@@ -60,6 +64,7 @@ def create_app(
         lifespan=_lifespan,
         docs_url="/docs",
         redoc_url=None,
+        dependencies=[Depends(reject_unknown_query_parameters)],
     )
     app.state.settings = settings
     app.state.token_roles = dict(settings.api_tokens)
@@ -72,12 +77,15 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(audit.router)
     install_metrics(app)
+    install_problem_openapi(app)
     # Routes FastAPI adds itself (docs, OpenAPI) do not record their route in the scope.
     fixed_paths = frozenset(
         path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))
     )
-    # The last added runs first: request id and access log wrap everything else.
+    # The last added runs first: request id and access log wrap everything else, then
+    # authentication, before the body is read or limited.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AuthenticationMiddleware)
     app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
     return app
 
@@ -194,6 +202,24 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, receive_within_limit, send)
+
+
+def reject_unknown_query_parameters(request: Request) -> None:
+    """A query parameter the route does not declare is refused (422), as the OpenAPI says:
+    a misspelt filter must not silently return everything."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    if set(request.query_params) - set(_query_names(route.dependant)):
+        raise RequestValidationError(
+            [{"loc": ("query",), "msg": "unknown query parameter", "type": "extra_forbidden"}]
+        )
+
+
+def _query_names(dependant: Dependant) -> Iterator[str]:
+    yield from (field.alias for field in dependant.query_params)
+    for dependency in dependant.dependencies:
+        yield from _query_names(dependency)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

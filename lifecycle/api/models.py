@@ -15,6 +15,7 @@ from uuid import UUID
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -41,52 +42,46 @@ MAX_SALARY_JPY = 1_000_000_000
 # A simple plausibility check; the domain normalises the address (NFKC, case-folded).
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-CONTROL_CHARACTERS_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Rules in the schema itself (patterns), so the OpenAPI says what is accepted: single-line text
+# has no control character and is not only white space; a comment may hold tabs and line breaks.
+SINGLE_LINE = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _single_line(value: str) -> str:
-    if CONTROL_CHARACTERS.search(value):
-        raise ValueError("control characters are not allowed")
+def _iso_date_text(value: object) -> object:
+    # JSON has no date type: a date is `YYYY-MM-DD` text, never a number read as a timestamp.
+    if isinstance(value, date):
+        return value
+    if not (isinstance(value, str) and ISO_DATE.fullmatch(value)):
+        raise ValueError("expected a date as YYYY-MM-DD")
     return value
 
 
-def _multi_line(value: str) -> str:
-    if CONTROL_CHARACTERS_BUT_LINE_BREAKS.search(value):
-        raise ValueError("control characters other than tabs and line breaks are not allowed")
-    return value
+# A calendar date, as the OpenAPI `format: date` says: only `YYYY-MM-DD` text is accepted.
+IsoDate = Annotated[date, BeforeValidator(_iso_date_text)]
 
 
 Email = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL_PATTERN)
 ]
 DisplayName = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=SINGLE_LINE)
 ]
 Phone = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=24, pattern=r"^\+?[0-9][0-9 \-]{5,22}$"),
 ]
 ShortText = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=SINGLE_LINE)
 ]
 CompanyText = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=SINGLE_LINE)
 ]
 Prefecture = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=32),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32, pattern=SINGLE_LINE)
 ]
-Comment = Annotated[
-    str, StringConstraints(max_length=MAX_COMMENT_LENGTH), AfterValidator(_multi_line)
-]
+Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_LENGTH, pattern=MULTI_LINE)]
 ConsentVersion = Annotated[
     str, StringConstraints(max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 ]
@@ -103,15 +98,14 @@ def _not_in_the_future(year: int) -> int:
 BirthYear = Annotated[StrictInt, Field(ge=MIN_BIRTH_YEAR), AfterValidator(_not_in_the_future)]
 
 
-def _reject_null(value: T | None) -> T | None:
-    # Runs only on values the client sent; an omitted field keeps its default None.
-    if value is None:
-        raise ValueError("may be omitted, but not null")
-    return value
+def omitted() -> Any:
+    """A PATCH field that may be left out (it keeps its value). Its type has no null, so null
+    is refused (it cannot be cleared) and the schema says so; the None default is internal."""
+    return Field(default=None, json_schema_extra=_without_default)
 
 
-# In a PATCH body: leave the field out to keep it; null is refused (it cannot be cleared).
-Omittable = Annotated[T | None, AfterValidator(_reject_null)]
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 class RequestModel(BaseModel):
@@ -124,8 +118,8 @@ class RequestModel(BaseModel):
 class WorkHistoryItem(RequestModel):
     company: CompanyText
     title: CompanyText
-    from_: date = Field(alias="from")
-    to: date | None = None
+    from_: IsoDate = Field(alias="from")
+    to: IsoDate | None = None
 
     @model_validator(mode="after")
     def _ends_after_it_starts(self) -> WorkHistoryItem:
@@ -211,20 +205,20 @@ class AccountCreated(BaseModel):
 class ProfilePatch(RequestModel):
     birth_year: BirthYear | None = None
     prefecture: Prefecture | None = None
-    job_title: Omittable[ShortText] = None
+    job_title: ShortText = omitted()
 
 
 class DesiredPatch(RequestModel):
-    locations: Omittable[Choices] = None
-    industries: Omittable[Choices] = None
-    job_types: Omittable[Choices] = None
+    locations: Choices = omitted()
+    industries: Choices = omitted()
+    job_types: Choices = omitted()
     min_salary: Salary | None = None
 
 
 class NotificationsPatch(RequestModel):
-    scouts: Omittable[StrictBool] = None
-    recommendations: Omittable[StrictBool] = None
-    notices: Omittable[StrictBool] = None
+    scouts: StrictBool = omitted()
+    recommendations: StrictBool = omitted()
+    notices: StrictBool = omitted()
 
 
 # Parts of the API body, in the order changes are reported.
@@ -244,10 +238,10 @@ class PreferencesPatch(RequestModel):
     out keep their value and `null` clears a field that may be empty (birth_year, prefecture,
     min_salary); lists such as `work_history` are replaced as a whole."""
 
-    profile: Omittable[ProfilePatch] = None
-    work_history: Omittable[WorkHistory] = None
-    desired: Omittable[DesiredPatch] = None
-    notifications: Omittable[NotificationsPatch] = None
+    profile: ProfilePatch = omitted()
+    work_history: WorkHistory = omitted()
+    desired: DesiredPatch = omitted()
+    notifications: NotificationsPatch = omitted()
 
     def domain_parts(self) -> dict[str, Any]:
         """Keyword arguments for `Accounts.edit_preferences`: only the fields sent.
@@ -299,14 +293,14 @@ class ScoutRecorded(BaseModel):
 
 class GiftClaimRequest(RequestModel):
     company_id: ExternalId
-    start_date: date
+    start_date: IsoDate
 
 
 class Gift(BaseModel):
     kind: str = Field(examples=[GIFT_KIND])
     amount_jpy: int = Field(examples=[GIFT_AMOUNT_JPY])
     company_id: str
-    start_date: date
+    start_date: IsoDate
 
 
 class WithdrawalRequest(RequestModel):

@@ -356,7 +356,7 @@ def test_a_send_whose_record_failed_on_a_cut_connection_is_not_mailed_again(
     handler = mail.MailHandler(database, TOPICS, mailer)
     service = start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
     member = uuid.uuid4()
-    service.send(profile(member, 1, "cut@example.jp", "Cut"), withdrawal(member, 2))
+    service.send(profile(TOPICS, member, 1, "cut@example.jp", "Cut"), withdrawal(TOPICS, member, 2))
     wait_until(lambda: len(service.confirmations()) == 1)
     assert len(smtp.messages()) == 1
     assert service.consumer.stats.dead_lettered == 0

@@ -116,21 +116,24 @@ def get_erasure(account_id: AccountId, api: StateDep) -> Erasure:
 def retry_erasure(
     account_id: AccountId,
     *,
-    service: Annotated[str, Path(description=f"One of {', '.join(ERASING_SERVICES)}.")],
+    service: Annotated[
+        str,
+        Path(description="An erasing service.", json_schema_extra={"enum": [*ERASING_SERVICES]}),
+    ],
     api: StateDep,
     kafka: KafkaDep,
     caller: OpsCaller,
     request: Request,
 ) -> RetryRequested:
     if service not in ERASING_SERVICES:
-        raise InvalidCommandError("unknown_service", detail=f"unknown service {service!r}")
+        raise InvalidCommandError("unknown_service", detail="not an erasing service")
     erasure = _erasure_query(api).get(account_id)
     if erasure is None:
         raise AccountNotFoundError(detail="no erasure was requested for this account")
     if erasure["purged_at"] is not None:
         raise ConflictError("erasure_complete", detail="the account is already purged")
     if erasure["services"][service]["state"] == CONFIRMED:
-        raise ConflictError("service_confirmed", detail=f"{service} already confirmed")
+        raise ConflictError("service_confirmed", detail="this service already confirmed")
     attempts = api.erasure.retries.request(account_id, service)
     redelivered = False
     if kafka.configured:

@@ -13,10 +13,10 @@ promised, and nothing brings them back. Discard only hides the reference."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
 from lifecycle.api.deps import AccountsDep, KafkaDep, Limit
@@ -167,6 +167,12 @@ def consumers(kafka: KafkaDep) -> list[GroupLag]:
     return [GroupLag(**group) for group in kafka.group_lag()]
 
 
+# A consumer group named in a path: the enum documents the groups; the check refuses others.
+GroupParam = Annotated[
+    str, Path(description="A consumer group.", json_schema_extra={"enum": [*CONSUMER_GROUPS]})
+]
+
+
 def _known_group(group: str) -> str:
     if group not in CONSUMER_GROUPS:
         raise InvalidCommandError(
@@ -181,7 +187,7 @@ def _known_group(group: str) -> str:
     responses=problem_responses(422),
 )
 def dead_letters(
-    group: str, kafka: KafkaDep, accounts: AccountsDep, limit: Limit = 100
+    group: GroupParam, kafka: KafkaDep, accounts: AccountsDep, limit: Limit = 100
 ) -> list[DeadLetterOut]:
     _known_group(group)
     handled = DeadLetterActions(accounts.database).done(kafka.topics.dlq(group))
@@ -192,7 +198,7 @@ def _handle_dead_letter(
     kafka: KafkaInspector,
     *,
     accounts: Accounts,
-    group: str,
+    group: GroupParam,
     partition: int,
     offset: int,
     action: Literal["redriven", "discarded"],
@@ -301,7 +307,7 @@ def _account_status(accounts: Accounts, letter: DeadLetter) -> AccountStatus | N
     responses=problem_responses(404, 409, 410, 422, 503),
 )
 def redrive_dead_letter(
-    group: str,
+    group: GroupParam,
     *,
     partition: int,
     offset: int,
@@ -327,7 +333,7 @@ def redrive_dead_letter(
     responses=problem_responses(404, 409, 422),
 )
 def discard_dead_letter(
-    group: str,
+    group: GroupParam,
     *,
     partition: int,
     offset: int,

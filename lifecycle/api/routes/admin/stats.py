@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from lifecycle.api.deps import Limit, StateDep
+from lifecycle.api.models import IsoDate
 from projections.statistics import GiftClaims, ScoutsPerCompany, WithdrawalReasons
 
 router = APIRouter(prefix="/admin/v1")
@@ -39,8 +40,8 @@ class CompanyScouts(BaseModel):
 @router.get("/stats/withdrawal-reasons", summary="Withdrawals per reason per week (JST)")
 def withdrawal_reasons(
     api: StateDep,
-    since: Annotated[date | None, Query(description="First week (inclusive).")] = None,
-    until: Annotated[date | None, Query(description="End (exclusive).")] = None,
+    since: Annotated[IsoDate | None, Query(description="First week (inclusive).")] = None,
+    until: Annotated[IsoDate | None, Query(description="End (exclusive).")] = None,
 ) -> list[WeeklyReasons]:
     rows = api.model(WithdrawalReasons).weekly(_iso(since), _iso(until))
     return [WeeklyReasons(**row) for row in rows]
