@@ -3,10 +3,17 @@
 A database cut, a broker away or an SMTP relay refusing connections says nothing about the
 record: the consumer waits with backoff, with no attempt limit, and goes on when it returns.
 Only what the record itself causes (a broken contract, a rule it breaks) is dead-lettered.
+
+A dead letter is a reference, never a copy: the source record's key (the account id), the
+`dlq_*` headers naming where it rests (topic, partition, offset) and why it failed, and the
+original `ce_id`, `ce_type` and `ce_subject`; its value is null. Re-drive reads the original
+from its source topic, so the source topic's own compaction (profile) or retention (lifecycle)
+erases the only copy of a purged member's values, dead letters included.
 """
 
 from __future__ import annotations
 
+import re
 import smtplib
 import sqlite3
 from dataclasses import dataclass
@@ -20,7 +27,7 @@ from pydantic import ValidationError
 from consumers.handler import PoisonRecord
 from lifecycle.kafka.producer import PublishError
 from lifecycle.kafka.source import Incoming
-from schemas.contract import ContractError
+from schemas.contract import ContractError, Record
 
 DATABASE_FAULTS = (
     psycopg.OperationalError,  # includes a pool timeout, a deadlock, a serialization failure
@@ -33,34 +40,72 @@ RECORD_FAULTS = (ContractError, ValidationError)
 
 DLQ_ERROR_TYPE = "dlq_error_type"
 DLQ_ERROR_CODE = "dlq_error_code"
+DLQ_SOURCE_TOPIC = "dlq_source_topic"
+DLQ_SOURCE_PARTITION = "dlq_source_partition"
+DLQ_SOURCE_OFFSET = "dlq_source_offset"
 DLQ_HEADERS = (
     DLQ_ERROR_TYPE,
     DLQ_ERROR_CODE,
     "dlq_consumer_group",
-    "dlq_source_topic",
-    "dlq_source_partition",
-    "dlq_source_offset",
+    DLQ_SOURCE_TOPIC,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_OFFSET,
     "dlq_attempts",
     "dlq_failed_at",
 )
+
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# The original headers a dead letter keeps, each only in the shape the contract gives it
+# (ids and types): a record that breaks the contract may carry anything in any header.
+REFERENCE_HEADERS: dict[str, re.Pattern[str]] = {
+    "ce_id": re.compile(rf"{_UUID}(:[a-z0-9-]{{1,40}}){{0,2}}"),
+    "ce_type": re.compile(r"[a-z0-9]+(\.[a-z0-9-]+){1,8}"),
+    "ce_subject": re.compile(_UUID),
+}
+KEY_SHAPE = re.compile(_UUID)
+
+
+def _shaped(pattern: re.Pattern[str], raw: bytes | None) -> bool:
+    if raw is None or len(raw) > 200:
+        return False
+    try:
+        return pattern.fullmatch(raw.decode("ascii")) is not None
+    except UnicodeDecodeError:
+        return False
 
 
 def dead_letter_headers(
     incoming: Incoming, error: BaseException, code: str, attempts: int, group: str
 ) -> list[tuple[str, bytes]]:
-    """The original headers plus `dlq_*` ones: the error's class and code, never its text
-    (which may quote personal values)."""
+    """The original `ce_id`/`ce_type`/`ce_subject` (when shaped as ids) plus `dlq_*` headers:
+    the error's class and code, never its text (which may quote personal values)."""
+    kept = [
+        (name, value)
+        for name, value in incoming.headers
+        if name in REFERENCE_HEADERS and _shaped(REFERENCE_HEADERS[name], value)
+    ]
     return [
-        *incoming.headers,
+        *kept,
         (DLQ_ERROR_TYPE, type(error).__name__.encode()),
         (DLQ_ERROR_CODE, code.encode()),
         ("dlq_consumer_group", group.encode()),
-        ("dlq_source_topic", incoming.topic.encode()),
-        ("dlq_source_partition", str(incoming.partition).encode()),
-        ("dlq_source_offset", str(incoming.offset).encode()),
+        (DLQ_SOURCE_TOPIC, incoming.topic.encode()),
+        (DLQ_SOURCE_PARTITION, str(incoming.partition).encode()),
+        (DLQ_SOURCE_OFFSET, str(incoming.offset).encode()),
         ("dlq_attempts", str(attempts).encode()),
         ("dlq_failed_at", datetime.now(UTC).isoformat().encode()),
     ]
+
+
+def dead_letter_record(
+    incoming: Incoming, error: BaseException, code: str, attempts: int, group: str
+) -> Record:
+    """The dead letter of `incoming`: a reference to it, with a null value (never a copy).
+
+    The key is the source's (the account id, so the dead letter is found by account) when it
+    is shaped as one; anything else is dropped, as the source record keeps it."""
+    key = incoming.key if _shaped(KEY_SHAPE, incoming.key) else None
+    return Record(key or b"", dead_letter_headers(incoming, error, code, attempts, group), None)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ and the outbox left over is published on the next start with the same `ce_id`s.
 
 A dependency that is down is waited out, with no attempt limit, while `waiting_for` names it
 (readiness reads `healthy`). When a record fails for any other reason, the batch is retried
-record by record, so only the culprit goes to `<group>.dlq.v1` (`consumers.faults`).
+record by record, so only the culprit goes to `<group>.dlq.v1` (`consumers.faults`) as a
+reference to the source record (topic, partition, offset, error), never a copy of its value.
 Stopping (SIGTERM sets the event) finishes the batch in hand and commits it; only a wait for a
 dependency is cut short, and then just the records finished are committed.
 """
@@ -32,7 +33,7 @@ from typing import TypeVar
 
 from consumers.faults import (
     RetryPolicy,
-    dead_letter_headers,
+    dead_letter_record,
     infrastructure_fault,
     record_fault_code,
 )
@@ -378,10 +379,11 @@ class Consumer:
         attempts: int,
         stop: threading.Event,
     ) -> None:
-        headers = dead_letter_headers(incoming, error, code, attempts, self.name)
+        """A reference to `incoming` on the dead-letter topic, never a copy of its value."""
+        letter = dead_letter_record(incoming, error, code, attempts, self.name)
 
         def publish() -> None:
-            self.publisher.publish(self.dlq_topic, incoming.key or b"", headers, incoming.value)
+            self.publisher.publish(self.dlq_topic, letter.key, letter.headers, letter.value)
             self.publisher.flush()
 
         self._until_done(publish, stop, "dead_letter", always=True)

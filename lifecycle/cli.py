@@ -178,12 +178,19 @@ def erasure_proof(
     digests_file: Annotated[
         typer.FileText | None, typer.Option(help="A file of SHA-256 hex digests, one a line.")
     ] = None,
+    service_schema: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SERVICE=SCHEMA where a reference service keeps its tables (repeatable); "
+            "by default each at the schema named after it, when it exists."
+        ),
+    ] = None,
 ) -> None:
-    """Prove erasure: confirmations, key destroyed, and a search for the former values."""
+    """Prove erasure: walk the registry of resting places, search each, check each."""
     import json
     from uuid import UUID
 
-    from lifecycle.audit.proof import database_dump, topic_dump
+    from lifecycle.audit.proof import Stores
     from lifecycle.audit.proof import erasure_proof as prove
     from lifecycle.bootstrap import build_erasure
 
@@ -197,19 +204,52 @@ def erasure_proof(
         subject = UUID(account_id)
     except ValueError:
         fail("account id must be a UUID")
+    schemas = dict.fromkeys(ERASING_SERVICES, "")
+    for item in service_schema or []:
+        name, _, schema = item.partition("=")
+        if name not in schemas or not schema:
+            fail(f"--service-schema takes SERVICE=SCHEMA, SERVICE one of {', '.join(schemas)}")
+        schemas[name] = schema
     accounts = open_accounts(settings)
     erasure = build_erasure(accounts, settings)
-    places: dict[str, Any] = {
-        "database": database_dump(accounts, None if settings.is_embedded else settings.database_url)
-    }
-    if settings.kafka_bootstrap:
-        places["kafka"] = topic_dump(settings.kafka_bootstrap, settings.topics.all())
+    databases = {"lifecycle": accounts.database, **_service_stores(settings, accounts, schemas)}
+    stores = Stores(databases, settings.topics, settings.kafka_bootstrap)
     try:
-        report = prove(accounts, erasure, subject, digests, places)
+        report = prove(accounts, erasure, subject, digests, stores)
     except LifecycleError as error:
         fail(error.detail)
+    finally:
+        for name, database in databases.items():
+            if name != "lifecycle":
+                database.close()
     typer.echo(json.dumps(report, default=str, indent=2))
     raise typer.Exit(code=0 if report["erased"] else 1)
+
+
+def _service_stores(
+    settings: Settings, accounts: Accounts, schemas: dict[str, str]
+) -> dict[str, Any]:
+    """The reference services' stores that exist (none is created by looking)."""
+    from pathlib import Path
+
+    from lifecycle.bootstrap import service_database
+
+    found = {}
+    for name, schema in schemas.items():
+        if settings.is_embedded:
+            lifecycle_file = Path(settings.database_url.removeprefix("sqlite:///"))
+            exists = (lifecycle_file.parent / f"{name}.sqlite3").exists()
+        else:
+            with accounts.database.transaction(commit=False) as cursor:
+                exists = bool(
+                    cursor.execute(
+                        "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                        (schema or name,),
+                    ).fetchone()
+                )
+        if exists:
+            found[name] = service_database(settings, name, schema or None)
+    return found
 
 
 def _progress_to_stderr(what: str, interval_s: float = 2.0) -> Callable[[int, int], None]:

@@ -1,5 +1,9 @@
 """What operators look at on Kafka: consumer-group lag and dead letters, and re-publishing one.
 
+A dead letter is a reference (`consumers.faults`): re-drive reads the original record at its
+source topic, partition and offset (`source_record`), which is None once the source topic's
+compaction or retention erased it. No value read here is ever handed to a listing.
+
 Every topic and group name comes from the `TopicNames` given (so from the configured prefix);
 the groups are the contract's `CONSUMER_GROUPS`. Failures to reach the brokers are raised as
 `BrokerUnavailableError`, which the HTTP API answers with 503.
@@ -21,9 +25,18 @@ class BrokerUnavailableError(Exception):
     """The brokers did not answer, refused a record, or Kafka is not configured."""
 
 
+def header_of(headers: list[tuple[str, bytes]], name: str) -> str | None:
+    """A header's value as text (the first of that name), or None."""
+    for key, value in headers:
+        if key == name and value is not None:
+            return value.decode(errors="replace")
+    return None
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """One record on a dead-letter topic, as read (the value is never shown to operators)."""
+    """One record on a dead-letter topic, as listed: its value is never kept, only its size
+    (dead letters written since they became references have none)."""
 
     group: str
     topic: str
@@ -32,13 +45,36 @@ class DeadLetter:
     timestamp_ms: int | None
     key: bytes | None
     headers: list[tuple[str, bytes]]
+    value_bytes: int
+
+    def header(self, name: str) -> str | None:
+        return header_of(self.headers, name)
+
+    def source(self) -> tuple[str, int, int] | None:
+        """The source record it refers to: (topic, partition, offset), when its headers say."""
+        topic = self.header("dlq_source_topic")
+        partition = self.header("dlq_source_partition")
+        offset = self.header("dlq_source_offset")
+        if not topic or not partition or not offset:
+            return None
+        if not partition.isdigit() or not offset.isdigit():
+            return None
+        return topic, int(partition), int(offset)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """The original record a dead letter refers to, read back for re-drive."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
     value: bytes | None
 
     def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name and value is not None:
-                return value.decode(errors="replace")
-        return None
+        return header_of(self.headers, name)
 
 
 class KafkaInspector(Protocol):
@@ -59,6 +95,15 @@ class KafkaInspector(Protocol):
         ...
 
     def dead_letter(self, group: str, partition: int, offset: int) -> DeadLetter | None: ...
+
+    def source_record(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        """The record at that offset, or None when it is gone (compacted, past retention)."""
+        ...
+
+    def superseded(self, record: SourceRecord) -> bool:
+        """True when a later record of the same key follows it on its partition (on a
+        compacted topic, re-publishing the older one would make it the key's latest)."""
+        ...
 
     def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
         """Publish one record and wait for the broker's acknowledgement."""
@@ -83,6 +128,12 @@ class NoKafka:
 
     def dead_letter(self, group: str, partition: int, offset: int) -> DeadLetter | None:
         return None
+
+    def source_record(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        return None
+
+    def superseded(self, record: SourceRecord) -> bool:
+        return False
 
     def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
         raise BrokerUnavailableError("Kafka is not configured")
@@ -213,9 +264,44 @@ class KafkaInspectorClient:
             consumer.close()
 
     def dead_letter(self, group: str, partition: int, offset: int) -> DeadLetter | None:
+        record = self._record_at(self.topics.dlq(group), partition, offset)
+        return None if record is None else _dead_letter(group, record)
+
+    def source_record(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        record = self._record_at(topic, partition, offset)
+        if record is None:
+            return None
+        return SourceRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            headers=list(record.headers or []),
+            value=record.value,
+        )
+
+    def superseded(self, record: SourceRecord) -> bool:
         from kafka import TopicPartition
 
-        topic = self.topics.dlq(group)
+        consumer = self._consumer()
+        try:
+            tp = TopicPartition(record.topic, record.partition)
+            consumer.assign([tp])
+            end = consumer.end_offsets([tp])[tp]
+            consumer.seek(tp, record.offset + 1)
+            later = self._read(consumer, [tp], {tp: end})
+            found = any(other.key == record.key for other in later)
+            if not found and consumer.position(tp) < end:
+                raise BrokerUnavailableError("the partition could not be read in time")
+            return found
+        finally:
+            consumer.close()
+
+    def _record_at(self, topic: str, partition: int, offset: int) -> Any:
+        """The record at exactly that offset; None when the partition does not hold it (any
+        more): before the first offset (retention), or skipped over (compaction)."""
+        from kafka import TopicPartition
+
         consumer = self._consumer()
         try:
             if partition not in (consumer.partitions_for_topic(topic) or ()):
@@ -229,7 +315,7 @@ class KafkaInspectorClient:
             consumer.seek(tp, offset)
             for record in self._read(consumer, [tp], {tp: offset + 1}):
                 if record.offset == offset:
-                    return _dead_letter(group, record)
+                    return record
             return None
         finally:
             consumer.close()
@@ -256,5 +342,5 @@ def _dead_letter(group: str, record: Any) -> DeadLetter:
         timestamp_ms=record.timestamp if record.timestamp and record.timestamp > 0 else None,
         key=record.key,
         headers=list(record.headers or []),
-        value=record.value,
+        value_bytes=len(record.value or b""),
     )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import date
 from typing import Any
 from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
-from support import TOKENS, auth, read_topic, unique_topics
+from support import TOKENS, auth, read_topic
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
@@ -20,7 +19,7 @@ from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from projections.registry import READ_MODELS, open_read_models
 from projections.runner import Projector
-from schemas.contract import CONSUMER_GROUPS, TopicNames
+from schemas.contract import TopicNames
 
 OPS = auth("ops")
 SECRET_NAME = "Zephyrine Okonkwo"
@@ -411,105 +410,6 @@ def test_metrics_and_health_need_no_token(client: TestClient) -> None:
 
 
 # With the real Kafka
-
-
-@pytest.fixture
-def names(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    from lifecycle.kafka.admin import TopicSettings
-
-    with unique_topics(kafka_bootstrap, TopicSettings(partitions=2)) as names:
-        yield names
-
-
-@pytest.fixture
-def kafka_client(
-    settings: Settings, accounts: Accounts, kafka_bootstrap: str, names: TopicNames
-) -> Iterator[TestClient]:
-    """The app as configured for Kafka with this test's topic prefix (nothing injected)."""
-    with_kafka = settings.model_copy(
-        update={"kafka_bootstrap": kafka_bootstrap, "topic_prefix": names.prefix}
-    )
-    with TestClient(create_app(with_kafka, accounts)) as client:
-        yield client
-
-
-def dead_letter(bootstrap: str, names: TopicNames, group: str, ce_id: str) -> None:
-    from lifecycle.kafka.producer import KafkaPublisher
-
-    publisher = KafkaPublisher(bootstrap, client_id="test-dlq")
-    try:
-        publisher.publish(
-            names.dlq(group),
-            b"account-key",
-            [
-                ("ce_id", ce_id.encode()),
-                ("ce_type", b"jp.example.account.withdrawal-requested.v1"),
-                ("dlq_error_type", b"OperationalError"),
-                ("dlq_error_code", b"retries_exhausted"),
-                ("dlq_consumer_group", group.encode()),
-                ("dlq_source_topic", names.lifecycle.encode()),
-                ("dlq_attempts", b"5"),
-            ],
-            b'{"secret": "Zephyrine"}',
-        )
-        publisher.flush()
-    finally:
-        publisher.close()
-
-
-@pytest.mark.kafka
-def test_dead_letters_listed_redriven_and_discarded(
-    kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames
-) -> None:
-    dead_letter(kafka_bootstrap, names, "scout", "dead-1")
-    dead_letter(kafka_bootstrap, names, "scout", "dead-2")
-
-    listed = kafka_client.get("/admin/v1/dead-letters/scout", headers=OPS).json()
-    assert [d["ce_id"] for d in listed] == ["dead-1", "dead-2"]
-    assert listed[0]["error_code"] == "retries_exhausted"
-    assert listed[0]["source_topic"] == names.lifecycle
-    assert listed[0]["attempts"] == 5
-    assert "Zephyrine" not in repr(listed) and listed[0]["value_bytes"] > 0
-    first, second = listed
-    base = "/admin/v1/dead-letters/scout"
-
-    redriven = kafka_client.post(
-        f"{base}/{first['partition']}/{first['offset']}/redrive", headers=OPS
-    )
-    again = kafka_client.post(f"{base}/{first['partition']}/{first['offset']}/redrive", headers=OPS)
-    discarded = kafka_client.post(
-        f"{base}/{second['partition']}/{second['offset']}/discard", headers=OPS
-    )
-    missing = kafka_client.post(f"{base}/{first['partition']}/999/discard", headers=OPS)
-
-    assert redriven.status_code == 200, redriven.text
-    assert redriven.json()["republished_to"] == names.lifecycle
-    assert again.status_code == 409
-    assert discarded.status_code == 200 and discarded.json()["action"] == "discarded"
-    assert missing.status_code == 404
-    assert kafka_client.get(base, headers=OPS).json() == []
-    republished = read_topic(kafka_bootstrap, names.lifecycle)
-    assert len(republished) == 1
-    headers = dict(republished[0].headers)
-    assert headers["ce_id"] == b"dead-1"
-    assert not any(name.startswith("dlq_") for name in headers)
-    assert republished[0].key == b"account-key"
-
-
-@pytest.mark.kafka
-def test_with_a_topic_prefix_the_admin_surfaces_read_the_prefixed_topics_and_groups(
-    kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames
-) -> None:
-    assert names.prefix and names.dlq("mail").startswith(names.prefix)
-    dead_letter(kafka_bootstrap, names, "mail", "prefixed-1")
-
-    listed = kafka_client.get("/admin/v1/dead-letters/mail", headers=OPS).json()
-    groups = kafka_client.get("/admin/v1/consumers", headers=OPS).json()
-
-    assert [(d["ce_id"], d["topic"]) for d in listed] == [("prefixed-1", names.dlq("mail"))]
-    assert {g["service"]: g["group"] for g in groups} == {
-        name: names.group_id(name) for name in CONSUMER_GROUPS
-    }
 
 
 @pytest.mark.kafka

@@ -172,10 +172,15 @@ def test_unknown_errors_after_retries_and_poison_are_dead_lettered_and_the_consu
     ]
     assert [h["dlq_attempts"] for h in headers] == [b"3", b"1", b"1"]
     assert [h["dlq_source_offset"] for h in headers] == [b"0", b"1", b"2"]
-    # The original record travels unchanged, headers included; the error's text does not.
-    assert dead[2].record.value == garbage.value
-    assert dead[2].record.headers[: len(garbage.headers)] == garbage.headers
+    # A reference, never a copy: no value, the source's ids, no other original header, and
+    # not the error's text.
+    assert [item.record.value for item in dead] == [None, None, None]
+    assert [h["dlq_source_topic"] for h in headers] == [TOPICS.lifecycle.encode()] * 3
+    assert [h["dlq_source_partition"] for h in headers] == [b"0"] * 3
     assert headers[0]["ce_id"] == f"{account}:1".encode()
+    assert headers[0]["ce_subject"] == str(account).encode()
+    assert dead[0].record.key == str(account).encode()
+    assert "x-note" not in headers[2] and dead[2].record.key == b""
     for item in dead:
         assert all(secret.encode() not in value for _, value in item.record.headers)
     # Dead letters are not marked processed: a replay after a fix is handled.

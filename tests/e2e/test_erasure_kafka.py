@@ -351,6 +351,7 @@ def test_after_purge_no_personal_value_survives_anywhere(
             "erasure-proof",
             str(member_id),
             *(arg for value in values for arg in ("--digest", value_digest(value))),
+            *service_schemas(settings),
         ],
         env={**os.environ, **cli_env(settings, topics)},
         capture_output=True,
@@ -364,6 +365,9 @@ def test_after_purge_no_personal_value_survives_anywhere(
     assert report["key_destroyed"] is True
     assert report["values_found_anywhere"] == 0
     assert {s["state"] for s in report["services"].values()} == {"confirmed"}
+    assert report["unregistered"] == [] and report["schemas_not_reached"] == []
+    walked = {place["place"] for place in report["places"]}
+    assert {"mail:contacts", "chat:chat_messages", topics.dlq("mail"), topics.profile} <= walked
     for value in values:
         assert value not in proof.stdout + proof.stderr
 
@@ -458,6 +462,15 @@ def roll_profile_segment(publisher: KafkaPublisher, topics: TopicNames, account_
     publisher.publish(topics.profile, str(account_id).encode(), [], None)
     publisher.flush()
     return True
+
+
+def service_schemas(settings: Settings) -> list[str]:
+    """The proof's options naming where this test's services keep their tables."""
+    return [
+        arg
+        for name in SERVICES
+        for arg in ("--service-schema", f"{name}={settings.database_schema}_{name}")
+    ]
 
 
 def cli_env(settings: Settings, topics: TopicNames) -> dict[str, str]:

@@ -1,12 +1,20 @@
 """Operations: read models' positions, consumer-group lag, and dead letters (list, re-drive,
 discard). Kafka is reached through `lifecycle.kafka.inspector`; without Kafka configured the
 lists are empty. Group names in paths are the contract's (`mail`); the topics and group ids
-they stand for carry the configured prefix."""
+they stand for carry the configured prefix.
+
+A dead letter refers to its source record and carries no copy of it (`consumers.faults`):
+re-drive reads the original at its source offset and publishes it again. When the source
+topic's compaction or retention erased it, or the account is purged (or, for a profile
+record, withdrawing; or superseded by a later profile record of the account), re-drive
+answers 410 `dead_letter_source_gone` (`reason` says which): the member's values are gone, as
+promised, and nothing brings them back. Discard only hides the reference."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
@@ -15,8 +23,14 @@ from lifecycle.api.deps import AccountsDep, KafkaDep, Limit
 from lifecycle.api.problems import problem_responses, request_id_of
 from lifecycle.api.tables import DeadLetterActions
 from lifecycle.application import Accounts
-from lifecycle.errors import ConflictError, InvalidCommandError
-from lifecycle.kafka.inspector import DeadLetter, KafkaInspector
+from lifecycle.domain import AccountStatus
+from lifecycle.errors import (
+    AccountNotFoundError,
+    AccountPurgedError,
+    ConflictError,
+    InvalidCommandError,
+)
+from lifecycle.kafka.inspector import DeadLetter, KafkaInspector, SourceRecord
 from lifecycle.logs import get_logger
 from projections.base import SHADOW_SUFFIX, ReadModel
 from projections.registry import read_model_classes
@@ -27,6 +41,13 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/admin/v1")
 
 DLQ_PREFIX = "dlq_"
+
+
+class DeadLetterSourceGoneError(AccountPurgedError):
+    """410: the record a dead letter refers to is erased (compacted, past retention) or
+    belongs to an erased account; `reason` says which."""
+
+    code = "dead_letter_source_gone"
 
 
 class ProjectionState(BaseModel):
@@ -68,15 +89,22 @@ class DeadLetterOut(BaseModel):
     key: str | None
     ce_id: str | None
     ce_type: str | None
+    ce_subject: str | None
     error_type: str | None
     error_code: str | None
     source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
     attempts: int | None
-    value_bytes: int = Field(description="Size of the value; the value itself is never shown.")
+    value_bytes: int = Field(
+        description="Size of the dead letter's value: 0, as a dead letter refers to its source "
+        "record and carries no copy (older ones may); a value is never shown."
+    )
 
     @classmethod
     def of(cls, record: DeadLetter) -> DeadLetterOut:
         attempts = record.header("dlq_attempts")
+        source = record.source()
         return cls(
             group=record.group,
             topic=record.topic,
@@ -88,11 +116,14 @@ class DeadLetterOut(BaseModel):
             key=record.key.decode(errors="replace") if record.key else None,
             ce_id=record.header("ce_id"),
             ce_type=record.header("ce_type"),
+            ce_subject=record.header("ce_subject"),
             error_type=record.header("dlq_error_type"),
             error_code=record.header("dlq_error_code"),
             source_topic=record.header("dlq_source_topic"),
+            source_partition=source[1] if source else None,
+            source_offset=source[2] if source else None,
             attempts=int(attempts) if attempts and attempts.isdigit() else None,
-            value_bytes=len(record.value or b""),
+            value_bytes=record.value_bytes,
         )
 
 
@@ -178,16 +209,20 @@ def _handle_dead_letter(
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such dead letter")
     actions = DeadLetterActions(accounts.database)
-    source = record.header("dlq_source_topic")
-    if action == "redriven" and not source:
-        raise InvalidCommandError("no_source_topic", detail="the record names no source topic")
+    source = record.source()
+    original: SourceRecord | None = None
+    if action == "redriven":
+        if source is None:
+            raise InvalidCommandError(
+                "no_source_record", detail="the dead letter names no source record"
+            )
+        original = _source_to_redrive(kafka, accounts, record, source)
     if not actions.claim(record.topic, partition, offset, action):
         raise ConflictError("dead_letter_handled", detail="this dead letter was already handled")
-    if action == "redriven":
-        assert source is not None
-        headers = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+    if original is not None:
+        headers = [(k, v) for k, v in original.headers if not k.startswith(DLQ_PREFIX)]
         try:
-            kafka.publish(source, record.key or b"", headers, record.value)
+            kafka.publish(original.topic, original.key or b"", headers, original.value)
         except BaseException:
             actions.release(record.topic, partition, offset)
             raise
@@ -204,14 +239,72 @@ def _handle_dead_letter(
         partition=partition,
         offset=offset,
         action=action,
-        republished_to=source if action == "redriven" else None,
+        republished_to=original.topic if original is not None else None,
     )
+
+
+def _source_to_redrive(
+    kafka: KafkaInspector,
+    accounts: Accounts,
+    letter: DeadLetter,
+    source: tuple[str, int, int],
+) -> SourceRecord:
+    """The original record, read at its source offset, when it may be published again."""
+    topic, partition, offset = source
+    status = _account_status(accounts, letter)
+    if status is AccountStatus.PURGED:
+        raise DeadLetterSourceGoneError(
+            "account_purged", detail="the account is purged: its records are not re-driven"
+        )
+    original = kafka.source_record(topic, partition, offset)
+    if original is None:
+        raise DeadLetterSourceGoneError(
+            "source_record_erased",
+            detail="the source record is gone (compaction or retention erased it)",
+        )
+    ce_id = letter.header("ce_id")
+    if ce_id is not None and original.header("ce_id") != ce_id:
+        raise DeadLetterSourceGoneError(
+            "source_record_erased", detail="the source offset holds another record"
+        )
+    if topic == kafka.topics.profile:
+        if status not in (None, AccountStatus.ACTIVE):
+            # Published after the purge's tombstone, contact data would outlive compaction.
+            raise DeadLetterSourceGoneError(
+                "account_withdrawing",
+                detail="the account is withdrawing: its contact data is not published again",
+            )
+        if kafka.superseded(original):
+            # Published again, the older contact data would become the key's latest.
+            raise DeadLetterSourceGoneError(
+                "source_record_superseded",
+                detail="a later profile record of the account replaced this one",
+            )
+    return original
+
+
+def _account_status(accounts: Accounts, letter: DeadLetter) -> AccountStatus | None:
+    """The status of the account the dead letter names (key or `ce_subject`); None when it
+    names none the service knows."""
+    for text in (letter.header("ce_subject"), (letter.key or b"").decode(errors="replace")):
+        try:
+            account_id = UUID(text or "")
+        except ValueError:
+            continue
+        try:
+            return accounts.load_for_audit(account_id).status
+        except AccountNotFoundError:
+            return None
+    return None
 
 
 @router.post(
     "/dead-letters/{group}/{partition}/{offset}/redrive",
-    summary="Publish one dead letter again to its source topic (without dlq_* headers)",
-    responses=problem_responses(404, 409, 422, 503),
+    summary="Publish the record a dead letter refers to again, read from its source offset",
+    description="410 `dead_letter_source_gone` when the source record is erased (compaction "
+    "or retention) or belongs to a purged account; for a profile record also when the account "
+    "is withdrawing or a later profile record replaced it (`reason` says which).",
+    responses=problem_responses(404, 409, 410, 422, 503),
 )
 def redrive_dead_letter(
     group: GroupParam,
@@ -235,7 +328,8 @@ def redrive_dead_letter(
 
 @router.post(
     "/dead-letters/{group}/{partition}/{offset}/discard",
-    summary="Mark one dead letter discarded (it leaves the list; retention removes it)",
+    summary="Mark one dead letter discarded (it leaves the list; retention removes it; it "
+    "holds ids and the error only)",
     responses=problem_responses(404, 409, 422),
 )
 def discard_dead_letter(
