@@ -22,8 +22,21 @@ class AccountNotFoundError(LifecycleError):
     code = "account_not_found"
 
 
-class AccountPurgedError(LifecycleError):
+class GoneError(LifecycleError):
+    """Something that existed is erased for good (410)."""
+
+    code = "gone"
+
+
+class AccountPurgedError(GoneError):
     code = "account_purged"
+
+
+class DeadLetterSourceGoneError(GoneError):
+    """The record a dead letter refers to is erased (compacted, past retention) or belongs
+    to an erased account; `reason` says which."""
+
+    code = "dead_letter_source_gone"
 
 
 class ConflictError(LifecycleError):

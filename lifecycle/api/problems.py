@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifecycle.errors import (
     AccountNotFoundError,
-    AccountPurgedError,
     ConflictError,
     GiftNotEligibleError,
+    GoneError,
     InvalidCommandError,
     KeyDestroyedError,
     LifecycleError,
@@ -73,7 +73,7 @@ class KafkaUnavailableError(NotReadyError):
 # Most specific first is not required: the lookup walks each error's MRO.
 STATUS_BY_ERROR: dict[type[LifecycleError], int] = {
     AccountNotFoundError: 404,
-    AccountPurgedError: 410,
+    GoneError: 410,
     KeyDestroyedError: 410,
     ConflictError: 409,
     InvalidCommandError: 422,

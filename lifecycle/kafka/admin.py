@@ -5,8 +5,8 @@ actually remove the older values: compaction never touches the active segment, s
 `segment.ms` rolls it, `max.compaction.lag.ms` forces the cleaner to run on it, and
 `delete.retention.ms` bounds how long the tombstone itself stays. Worst case a purged profile
 is gone after about segment_ms + max_compaction_lag_ms (25 h with the defaults), inside the
-72 h erasure deadline. Dead letters may hold copies of profile records, so their retention
-(plus one segment) is also kept under the deadline.
+72 h erasure deadline. Dead letters hold references to source records, never copies; their
+retention only bounds how long those ids stay listed.
 """
 
 from __future__ import annotations

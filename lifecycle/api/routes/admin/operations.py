@@ -26,8 +26,8 @@ from lifecycle.application import Accounts
 from lifecycle.domain import AccountStatus
 from lifecycle.errors import (
     AccountNotFoundError,
-    AccountPurgedError,
     ConflictError,
+    DeadLetterSourceGoneError,
     InvalidCommandError,
 )
 from lifecycle.kafka.inspector import DeadLetter, KafkaInspector, SourceRecord
@@ -41,13 +41,6 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/admin/v1")
 
 DLQ_PREFIX = "dlq_"
-
-
-class DeadLetterSourceGoneError(AccountPurgedError):
-    """410: the record a dead letter refers to is erased (compacted, past retention) or
-    belongs to an erased account; `reason` says which."""
-
-    code = "dead_letter_source_gone"
 
 
 class ProjectionState(BaseModel):
