@@ -488,3 +488,28 @@ def test_a_problem_stays_small_and_names_no_unknown_key(client: TestClient) -> N
     assert len(problem["errors"]) == 20
     assert problem["errors_omitted"] > 0
     assert "hanako" not in response.text
+
+
+PLANTED = "planted-hanako@example.jp"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "role"),
+    [
+        ("POST", f"/admin/v1/erasures/{uuid4()}/services/{PLANTED}/retry", "ops"),
+        ("GET", f"/admin/v1/dead-letters/{PLANTED}", "ops"),
+        ("POST", f"/admin/v1/dead-letters/{PLANTED}/0/0/discard", "ops"),
+        ("GET", f"/admin/v1/stats/withdrawal-reasons?until={PLANTED}", "ops"),
+        ("GET", f"/admin/v1/accounts?{PLANTED}=1", "ops"),
+        ("GET", f"/v1/accounts/{PLANTED}", "service"),
+        ("GET", f"/v1/accounts/{uuid4()}?{PLANTED}=1", "service"),
+    ],
+)
+def test_no_problem_echoes_a_path_or_query_value(
+    client: TestClient, method: str, path: str, role: str
+) -> None:
+    response = client.request(method, path, headers=auth(role))
+
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    assert "planted" not in response.text and "hanako" not in response.text
