@@ -24,7 +24,7 @@ from lifecycle.api.problems import (
     unexpected_error_response,
 )
 from lifecycle.api.routes import accounts as accounts_routes
-from lifecycle.api.routes import admin, audit, health
+from lifecycle.api.routes import admin, audit, health, scouts
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
 from lifecycle.logs import get_logger
@@ -62,6 +62,7 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(accounts_routes.router)
+    app.include_router(scouts.router)
     app.include_router(admin.router)
     app.include_router(audit.router)
     install_metrics(app)
