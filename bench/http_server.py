@@ -22,6 +22,8 @@ from uuid import uuid4
 
 import uvicorn
 
+from lifecycle.workers import run_server_processes
+
 ROW_TOPIC = "lifecycle.domain:Account.Registered"
 SCOUT_TOPIC = "lifecycle.domain:Account.ScoutReceived"
 # The parsed command line, for the factory that runs in each worker process.
@@ -128,15 +130,17 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=30)
     args = parser.parse_args()
     os.environ[ARGS_VARIABLE] = json.dumps(vars(args))
-    uvicorn.run(
-        "bench.http_server:factory",
-        factory=True,
-        workers=args.workers,
-        host="127.0.0.1",
-        port=args.port,
-        log_config=None,
-        access_log=False,
-    )
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": args.port,
+        "log_config": None,
+        "access_log": False,
+    }
+    if args.workers == 1:
+        uvicorn.run("bench.http_server:factory", factory=True, **options)
+    else:
+        # As `lifecycle serve --workers N` runs them (TCP_NODELAY on every connection).
+        run_server_processes("bench.http_server:factory", args.workers, **options)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ def serve(
     import uvicorn
 
     from lifecycle.api.app import with_generated_tokens
+    from lifecycle.workers import run_server_processes
 
     settings = with_generated_tokens(load_settings())
     count = workers or (1 if settings.is_embedded else os.cpu_count() or 1)
@@ -97,7 +98,7 @@ def serve(
     accounts.close()
     # Each worker builds its own app from the same settings, generated tokens included.
     os.environ["LIFECYCLE_API_TOKENS"] = json.dumps(settings.api_tokens)
-    uvicorn.run(WORKER_APP, factory=True, workers=count, **options)
+    run_server_processes(WORKER_APP, count, **options)
 
 
 def worker_app() -> FastAPI:

@@ -12,12 +12,15 @@ only starts and stops it.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from consumers import mail
 from consumers.kit import Consumer, InProcessSource, RetryPolicy
@@ -287,6 +290,25 @@ class ElectedWorkers:
             raise
         self._standing_by = False
         log.info("workers.elected", pid=os.getpid(), workers=self.workers.running)
+
+
+class _TcpConfig(uvicorn.Config):
+    """uvicorn binds the shared socket of `workers=N` without naming TCP as its protocol, so
+    asyncio never sets TCP_NODELAY on the connections it accepts; a response then written in
+    two sends waits for the client's delayed ACK: 40 ms a request on a keep-alive connection
+    (20 req/s on one connection instead of hundreds). The same socket, its protocol named."""
+
+    def bind_socket(self) -> socket.socket:
+        sock = super().bind_socket()
+        tcp = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        tcp.set_inheritable(True)
+        return tcp
+
+
+def run_server_processes(factory: str, workers: int, **options: Any) -> None:
+    """`uvicorn.run(factory, factory=True, workers=N, ...)`, with TCP_NODELAY on connections."""
+    config = _TcpConfig(factory, factory=True, workers=workers, **options)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 def log_with_pid() -> None:
