@@ -15,7 +15,7 @@ from test_accounts_api import assert_problem, register, scout, withdraw
 from lifecycle.api.routes.scouts import MAX_BULK_SCOUTS
 from lifecycle.application import Accounts, ScoutItem
 from lifecycle.domain import Account
-from lifecycle.errors import AccountNotFoundError, AccountWithdrawingError
+from lifecycle.errors import AccountNotFoundError, AccountWithdrawingError, LifecycleError
 
 SERVICE = auth("service")
 
@@ -178,20 +178,18 @@ def test_a_conflict_on_one_account_retries_that_account_only(
     raced, calm = (
         accounts.register(email=f"m-{uuid4().hex[:8]}@example.com", **fields) for _ in range(2)
     )
-    loads: list[UUID] = []
-    get_account = accounts.get_account
+    loads: list[list[UUID]] = []
+    load_accounts = accounts._load_accounts
 
-    def racing_get_account(account_id: UUID) -> Account:
-        account = get_account(account_id)
-        loads.append(account_id)
-        if loads == [raced]:
-            # Another writer moves the account on after this load: the bulk save conflicts.
-            monkeypatch.setattr(accounts, "get_account", get_account)
+    def racing_load(account_ids: list[UUID]) -> dict[UUID, Account | LifecycleError]:
+        loaded = load_accounts(account_ids)
+        loads.append(account_ids)
+        if len(loads) == 1:
+            # Another writer moves one account on after this load: the bulk save conflicts.
             accounts.receive_scout(raced, scout_id="other", company_id="c", job_id="j")
-            monkeypatch.setattr(accounts, "get_account", racing_get_account)
-        return account
+        return loaded
 
-    monkeypatch.setattr(accounts, "get_account", racing_get_account)
+    monkeypatch.setattr(accounts, "_load_accounts", racing_load)
     saved_before = accounts.group_commit.saved_requests
 
     outcomes = accounts.receive_scouts(
@@ -204,9 +202,9 @@ def test_a_conflict_on_one_account_retries_that_account_only(
 
     assert outcomes[:2] == [True, True]
     assert isinstance(outcomes[2], AccountNotFoundError)
-    assert loads == [raced, calm, raced]  # only the raced account was loaded again
-    assert set(get_account(raced).scouts) == {"other", "s-1"}
-    assert set(get_account(calm).scouts) == {"s-1"}
+    assert loads == [[raced, calm], [raced]]  # only the raced account was loaded again
+    assert set(accounts.get_account(raced).scouts) == {"other", "s-1"}
+    assert set(accounts.get_account(calm).scouts) == {"s-1"}
     # The concurrent scout, the failed batch, the two alone, the retry.
     assert accounts.group_commit.saved_requests - saved_before == 5
 
