@@ -89,7 +89,8 @@ class BulkScoutsRecorded(BaseModel):
         "route), `duplicate` (200), or `refused` with the problem the single route gives: "
         "`account_not_found` (404), `account_withdrawing` (409), `account_purged` (410). "
         "Every recorded scout is durable before the answer; sending the same items again "
-        "records nothing new. A body that is not valid as a whole is refused with 422."
+        "records nothing new. A body that is not valid as a whole is refused with 422, one "
+        "over the API's body limit (256 KiB: 1,000 items with ids of typical length) with 413."
     ),
     responses=problem_responses(413, 422),
 )
