@@ -127,8 +127,7 @@ def served_app(settings: Settings, accounts: Accounts) -> FastAPI:
     except LifecycleError as error:
         accounts.close()
         fail(error.detail)
-    app = create_app(settings, accounts)
-    app.state.erasure = erasure  # the process the API's erasure routes use
+    app = create_app(settings, accounts, erasure)  # the erasure process the workers run
     serving = app.router.lifespan_context
 
     @asynccontextmanager

@@ -160,7 +160,7 @@ def test_openapi_documents_the_route_its_results_and_problems(client: TestClient
     assert set(operation["responses"]) >= {"200", "401", "403", "413", "422"}
     problem = "#/components/schemas/Problem"
     for status in ("401", "403", "413", "422"):
-        content = operation["responses"][status]["content"]["application/json"]["schema"]
+        content = operation["responses"][status]["content"]["application/problem+json"]["schema"]
         assert content["$ref"] == problem
     request = spec["components"]["schemas"]["BulkScoutsRequest"]["properties"]["scouts"]
     assert request["maxItems"] == MAX_BULK_SCOUTS

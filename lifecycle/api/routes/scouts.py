@@ -8,7 +8,6 @@ One item's refusal never fails the others; every recorded scout is durable befor
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Literal
 from uuid import UUID
 
@@ -16,14 +15,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from lifecycle.api.auth import require_role
+from lifecycle.api.deps import AccountsDep
 from lifecycle.api.models import ExternalId, RequestModel
-from lifecycle.api.problems import (
-    CURRENT_TITLES,
-    PROBLEM_TYPE_PREFIX,
-    problem_responses,
-    status_for,
-)
-from lifecycle.api.routes import AccountsDep
+from lifecycle.api.problems import PROBLEM_TYPE_PREFIX, problem_responses, status_for, title_for
 from lifecycle.application import ScoutItem, ScoutOutcome
 from lifecycle.errors import LifecycleError
 
@@ -123,7 +117,7 @@ def _result(item: BulkScout, outcome: ScoutOutcome) -> BulkScoutResult:
         code = type(outcome).code
         problem = ItemProblem(
             type=f"{PROBLEM_TYPE_PREFIX}{code}",
-            title=CURRENT_TITLES.get(status) or HTTPStatus(status).phrase,
+            title=title_for(status),
             status=status,
             detail=outcome.detail,
             code=code,
