@@ -7,7 +7,7 @@ PACKAGES := lifecycle projections consumers schemas
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-fast install services services-down lint bench clean
+.PHONY: run test test-fast install services services-down lint bench wrk clean
 
 run: install
 	$(BIN)/lifecycle serve --host $(HOST) --port $(PORT)
@@ -38,8 +38,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install services
+bench: install services wrk
 	$(BIN)/python -m bench
+
+# The HTTP case's load generator (Debian's package); stops with one line where it cannot.
+wrk:
+	@bench/install-wrk
 
 clean: services-down
 	rm -rf $(VENV) data .services

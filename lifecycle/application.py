@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import (
     Aggregate,
+    CanMutateProtocol,
     DomainEvent,
     DomainEventProtocol,
     MutableOrImmutableAggregate,
@@ -36,6 +38,7 @@ from lifecycle.errors import (
     AccountNotFoundError,
     AccountPurgedError,
     ConcurrentUpdateError,
+    LifecycleError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
 from lifecycle.recorders import PostgresKeyRecorder, recorder_topic
@@ -62,6 +65,32 @@ def _collect(objs: Iterable[Savable | None]) -> ProcessingEvent[UUID]:
         elif obj is not None:
             processing.collect_events(obj)
     return processing
+
+
+@dataclass(frozen=True)
+class ScoutItem:
+    """One scout of a bulk request; `account_id` None: the caller's id was no UUID."""
+
+    account_id: UUID | None
+    scout_id: str
+    company_id: str
+    job_id: str
+
+
+# A bulk item's outcome: True recorded, False already recorded, else why it was refused.
+ScoutOutcome = bool | LifecycleError
+
+
+def _scout_outcome(account: Account, item: ScoutItem, received_at: datetime) -> ScoutOutcome:
+    try:
+        return account.receive_scout(
+            scout_id=item.scout_id,
+            company_id=item.company_id,
+            job_id=item.job_id,
+            received_at=received_at,
+        )
+    except LifecycleError as error:
+        return error
 
 
 class DateAsISO(Transcoding):
@@ -183,6 +212,100 @@ class Accounts(Application[UUID]):
             return recorded
 
         return self._retrying(attempt)
+
+    def receive_scouts(self, items: Sequence[ScoutItem]) -> list[ScoutOutcome]:
+        """Each item as `receive_scout` would record it, in order; all durable on return.
+
+        The new events of every account go to the store together (one transaction through
+        the group-commit writer). An item's own refusal touches no other item; if the
+        batch conflicts (another writer moved an account on), each account is saved alone
+        and only those that conflicted are reloaded and tried again.
+        """
+        outcomes: list[ScoutOutcome] = [False] * len(items)
+        pending: dict[UUID, list[int]] = {}
+        for index, item in enumerate(items):
+            if item.account_id is None:
+                outcomes[index] = AccountNotFoundError()
+            else:
+                pending.setdefault(item.account_id, []).append(index)
+        received_at = datetime.now(UTC)
+        for _ in range(MAX_ATTEMPTS):
+            if not pending:
+                return outcomes
+            changed: list[tuple[UUID, Account, Sequence[DomainEventProtocol[UUID]]]] = []
+            loaded = self._load_accounts(list(pending))
+            for account_id, indexes in pending.items():
+                account = loaded[account_id]
+                if isinstance(account, LifecycleError):
+                    for index in indexes:
+                        outcomes[index] = account
+                    continue
+                for index in indexes:
+                    outcomes[index] = _scout_outcome(account, items[index], received_at)
+                if events := account.collect_events():
+                    changed.append((account_id, account, events))
+            conflicted = self._save_accounts(changed, outcomes, pending)
+            pending = {account_id: pending[account_id] for account_id in conflicted}
+        for indexes in pending.values():
+            for index in indexes:
+                outcomes[index] = ConcurrentUpdateError()
+        return outcomes
+
+    def _load_accounts(self, account_ids: list[UUID]) -> dict[UUID, Account | LifecycleError]:
+        """Each account as `get_account` gives it (or its error); on PostgreSQL all of them
+        with their keys in one round trip instead of one each."""
+        select_many = getattr(self.recorder, "select_events_of_many", None)
+        if select_many is None:
+            return {account_id: self._account_or_error(account_id) for account_id in account_ids}
+        found: dict[UUID, list[Any]] = select_many(account_ids)
+        loaded: dict[UUID, Account | LifecycleError] = {}
+        for account_id in account_ids:
+            account: Aggregate | None = None
+            for stored in found.get(account_id, ()):
+                # The library's projector, without its runtime protocol check per event.
+                event = cast(CanMutateProtocol[Aggregate], self.mapper.to_domain_event(stored))
+                account = event.mutate(account)
+            if not isinstance(account, Account):
+                loaded[account_id] = AccountNotFoundError()
+            elif account.status is AccountStatus.PURGED:
+                loaded[account_id] = self._account_or_error(account_id)  # as load_for_audit
+            else:
+                loaded[account_id] = account
+        return loaded
+
+    def _account_or_error(self, account_id: UUID) -> Account | LifecycleError:
+        try:
+            return self.get_account(account_id)
+        except LifecycleError as error:
+            return error
+
+    def _save_accounts(
+        self,
+        changed: list[tuple[UUID, Account, Sequence[DomainEventProtocol[UUID]]]],
+        outcomes: list[ScoutOutcome],
+        pending: dict[UUID, list[int]],
+    ) -> list[UUID]:
+        """Save all, or else each alone; returns the accounts that conflicted (to retry).
+        An account whose save failed with an error of ours refuses its items with it."""
+        if len(changed) > 1:
+            try:
+                self.group_commit.save(
+                    [event for _, _, events in changed for event in events],
+                    [account for _, account, _ in changed],
+                )
+                return []
+            except (IntegrityError, LifecycleError):
+                pass  # Nothing of it was stored: each account alone finds out which failed.
+        conflicted: list[UUID] = []
+        for account_id, account, events in changed:
+            try:
+                self.group_commit.save(events, [account])
+            except IntegrityError:
+                conflicted.append(account_id)
+            except LifecycleError as error:
+                for index in pending[account_id]:
+                    outcomes[index] = error
+        return conflicted
 
     def claim_gift(self, account_id: UUID, *, company_id: str, start_date: date) -> None:
         def attempt() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import threading
@@ -16,7 +18,9 @@ from lifecycle.settings import Settings
 from schemas.contract import ERASING_SERVICES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
+
+    from fastapi import FastAPI
 
     from lifecycle.application import Accounts
 
@@ -58,33 +62,86 @@ def open_accounts(settings: Settings) -> Accounts:
         fail(error.detail)
 
 
+# uvicorn imports this in every worker process of `serve --workers N` (N > 1).
+WORKER_APP = "lifecycle.cli:worker_app"
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Server processes. Default: one per CPU core on PostgreSQL, one embedded "
+            "(SQLite). Relay, consumers and erasure still run once, in one of them.",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API (members' routes, admin, audit)."""
     import uvicorn
 
-    from lifecycle.api.app import create_app, with_generated_tokens
-    from lifecycle.bootstrap import build_erasure
-    from lifecycle.workers import start_workers
+    from lifecycle.api.app import with_generated_tokens
+    from lifecycle.workers import run_server_processes
 
     settings = with_generated_tokens(load_settings())
-    accounts = open_accounts(settings)
+    count = workers or (1 if settings.is_embedded else os.cpu_count() or 1)
+    if count > 1 and ":memory:" in settings.database_url:
+        fail("--workers above 1 needs a database the processes share, not an in-memory one")
+    accounts = open_accounts(settings)  # fails here, in one line, if the database is unusable
+    app = served_app(settings, accounts)  # and the erasure tables are made once, here
+    options: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False}
+    if count == 1:
+        uvicorn.run(app, **options)
+        return
+    accounts.close()
+    # Each worker builds its own app from the same settings, generated tokens included.
+    os.environ["LIFECYCLE_API_TOKENS"] = json.dumps(settings.api_tokens)
+    run_server_processes(WORKER_APP, count, **options)
+
+
+def worker_app() -> FastAPI:
+    """uvicorn's app factory for `serve --workers N`: one app per worker, from Settings."""
+    from lifecycle.workers import log_with_pid
+
+    settings = load_settings()
+    log_with_pid()
+    return served_app(settings, open_accounts(settings))
+
+
+def served_app(settings: Settings, accounts: Accounts) -> FastAPI:
+    """The API as `serve` runs it: the erasure tables made now (not on a first request);
+    while it serves, relay, consumers and erasure run in whichever process holds the
+    workers lock (Kafka off; on, each is a process of its own). Closes `accounts` at the end."""
+    from contextlib import asynccontextmanager
+
+    from starlette.concurrency import run_in_threadpool
+
+    from lifecycle.api.app import create_app
+    from lifecycle.bootstrap import build_erasure
+    from lifecycle.workers import ElectedWorkers
+
     try:
-        erasure = build_erasure(accounts, settings)  # its tables now, not on a first request
+        erasure = build_erasure(accounts, settings)
     except LifecycleError as error:
         accounts.close()
         fail(error.detail)
-    # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
-    workers = start_workers(settings, accounts, erasure=erasure)
-    try:
-        app = create_app(settings, accounts, erasure)
-        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
-    finally:
-        workers.stop()
-        accounts.close()
+    app = create_app(settings, accounts, erasure)  # the erasure process the workers run
+    serving = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        elected = await run_in_threadpool(ElectedWorkers(settings, accounts, erasure).start)
+        try:
+            async with serving(app):
+                yield
+        finally:
+            await run_in_threadpool(elected.stop)
+            await run_in_threadpool(accounts.close)
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def run_until_signalled(work: Callable[[threading.Event], None]) -> None:
@@ -309,7 +366,6 @@ def audit_export(
 @audit.command("replay")
 def audit_replay() -> None:
     """Rebuild every aggregate from the log and check every rule; exit 1 on any violation."""
-    import json
 
     from lifecycle.audit.replay import replay
 
@@ -325,7 +381,6 @@ def audit_replay() -> None:
 @audit.command("verify")
 def audit_verify() -> None:
     """Recompute the hash chain over the stored events; name the first that does not match."""
-    import json
 
     from lifecycle.audit.verify import verify
     from projections.hashchain import HashChain

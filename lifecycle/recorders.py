@@ -66,6 +66,17 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         self.select_key_statement = _text(
             SQL("SELECT wrapped_key FROM {keys} WHERE account_id = %s").format(keys=keys)
         )
+        self.select_keys_of_many_statement = _text(
+            SQL("SELECT account_id, wrapped_key FROM {keys} WHERE account_id = ANY(%s)").format(
+                keys=keys
+            )
+        )
+        self.select_events_of_many_statement = _text(
+            SQL(
+                "SELECT * FROM {schema}.{table} WHERE originator_id = ANY(%s) "
+                "ORDER BY originator_id, originator_version"
+            ).format(schema=Identifier(datastore.schema), table=Identifier(self.events_table_name))
+        )
         self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
         # The write in one statement (inside the library's pipelined transaction) instead
         # of five: key rows, then the library's own lock, notify and insert, in its order.
@@ -181,6 +192,38 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
             )
             for row in rows
         ]
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_events_of_many(
+        self, originator_ids: Sequence[UUID]
+    ) -> dict[UUID, list[StoredEvent]]:
+        """Every event of each aggregate, in version order, and their keys (told to `key_seen`
+        as `select_events` does): one round trip for a bulk command's hundreds of accounts."""
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.cursor() as key_cursor,
+            conn.cursor() as cursor,
+        ):
+            ids = list(originator_ids)
+            key_cursor.execute(self.select_keys_of_many_statement, (ids,), prepare=True)
+            cursor.execute(self.select_events_of_many_statement, (ids,), prepare=True)
+            keys = {row["account_id"]: bytes(row["wrapped_key"]) for row in key_cursor.fetchall()}
+            rows = cursor.fetchall()
+        if self.key_seen is not None:
+            for originator_id in ids:
+                self.key_seen(originator_id, keys.get(originator_id))
+        found: dict[UUID, list[StoredEvent]] = {}
+        for row in rows:
+            found.setdefault(row["originator_id"], []).append(
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+            )
+        return found
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any

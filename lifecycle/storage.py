@@ -191,12 +191,13 @@ def _as_tuple(row: Any) -> tuple[Any, ...]:
 
 # Locks: every lock the service and its consumers take, in either dialect.
 
-LockKind = Literal["relay"]
+LockKind = Literal["relay", "workers"]
 
-# First half of the two-key advisory lock, one per kind ("LCRY": the relay); the second
-# half names schema and holder. The values are kept as they were, so processes of an older
-# release and this one still exclude each other during a rolling deploy.
-_LOCK_CLASSES: dict[LockKind, int] = {"relay": 0x4C435259}
+# First half of the two-key advisory lock, one per kind ("LCRY": the relay, "LCWK": the
+# in-process workers of `serve`); the second half names schema and holder. The values are
+# kept as they were, so processes of an older release and this one still exclude each
+# other during a rolling deploy.
+_LOCK_CLASSES: dict[LockKind, int] = {"relay": 0x4C435259, "workers": 0x4C43574B}
 
 
 class SingleActiveLock(Protocol):

@@ -4,15 +4,23 @@ With Kafka configured each runs as its own process (`lifecycle relay`, `lifecycl
 scout|chat|mail`, `lifecycle erasure`): `run_relay`, `run_consumer`, `run_erasure` below, each
 until its `stop` event is set. With Kafka off (the embedded default), `start_workers` runs all
 of them as threads inside `lifecycle serve`, over an in-process log, so a withdrawal completes
-to `Purged` in one process. What runs is built by `lifecycle.bootstrap`; this module only
-starts and stops it.
+to `Purged` in one process; `ElectedWorkers` keeps that set to one process of `serve
+--workers N` (a lock picks it). What runs is built by `lifecycle.bootstrap`; this module
+only starts and stops it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from consumers import mail
 from consumers.faults import RetryPolicy
@@ -35,7 +43,7 @@ from lifecycle.kafka.source import InProcessSource
 from lifecycle.logs import get_logger
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
-from lifecycle.storage import Database
+from lifecycle.storage import Database, single_active_lock
 from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
 
 log = get_logger(__name__)
@@ -199,6 +207,122 @@ def start_workers(
         thread.start()
     log.info("workers.started", workers=[name for name, _ in runners])
     return workers
+
+
+class ElectedWorkers:
+    """`start_workers` in exactly one process, however many `lifecycle serve --workers N` runs.
+
+    With Kafka configured each worker is a process of its own (the relay holds its lock,
+    consumers share partitions through their group): nothing to elect. With Kafka off every
+    serving process stands by for the `workers` lock and runs the relay, the three services
+    and the erasure consumer only while it holds it. If the holder dies (or loses its lock's
+    connection), a standby takes over within `retry_s`; its relay republishes the log from the
+    start into its own in-process log, and consumers skip what they already handled.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: Accounts,
+        erasure: ErasureProcess,
+        *,
+        retry_s: float = 2.0,
+    ) -> None:
+        self.settings = settings
+        self.accounts = accounts
+        self.erasure = erasure
+        self.retry_s = retry_s
+        self.workers: Workers | None = None
+        self._lock = single_active_lock(accounts.database, "workers", "in-process")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._standing_by = False
+
+    @property
+    def active(self) -> bool:
+        """This process runs the workers."""
+        return self.workers is not None
+
+    def start(self) -> ElectedWorkers:
+        """Take the first turn now (a lone server starts its workers before serving), then
+        stand by on a thread of its own."""
+        if self.settings.kafka_bootstrap:
+            return self
+        self._turn()
+        self._thread = threading.Thread(target=self._watch, name="worker-election", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
+        self._lock.release()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.retry_s):
+            self._turn()
+
+    def _turn(self) -> None:
+        try:
+            self._elect()
+        except Exception as error:  # the database is away: try again next turn
+            log.warning("workers.election_failed", pid=os.getpid(), error=type(error).__name__)
+
+    def _elect(self) -> None:
+        if self.workers is not None:
+            if self._lock.alive():
+                return
+            log.warning("workers.lock_lost", pid=os.getpid())
+            self.workers.stop()
+            self.workers = None
+            self._lock.release()
+        if not self._lock.try_acquire():
+            if not self._standing_by:
+                log.info("workers.standby", pid=os.getpid())
+                self._standing_by = True
+            return
+        try:
+            self.workers = start_workers(self.settings, self.accounts, erasure=self.erasure)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._standing_by = False
+        log.info("workers.elected", pid=os.getpid(), workers=self.workers.running)
+
+
+class _TcpConfig(uvicorn.Config):
+    """uvicorn binds the shared socket of `workers=N` without naming TCP as its protocol, so
+    asyncio never sets TCP_NODELAY on the connections it accepts; a response then written in
+    two sends waits for the client's delayed ACK: 40 ms a request on a keep-alive connection
+    (20 req/s on one connection instead of hundreds). The same socket, its protocol named."""
+
+    def bind_socket(self) -> socket.socket:
+        sock = super().bind_socket()
+        tcp = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        tcp.set_inheritable(True)
+        return tcp
+
+
+def run_server_processes(factory: str, workers: int, **options: Any) -> None:
+    """`uvicorn.run(factory, factory=True, workers=N, ...)`, with TCP_NODELAY on connections."""
+    config = _TcpConfig(factory, factory=True, workers=workers, **options)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def log_with_pid() -> None:
+    """Every structlog line of this process names its pid: the processes of `serve
+    --workers N` share one stderr."""
+
+    def add_pid(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.setdefault("pid", os.getpid())
+        return event
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[add_pid, *processors])
 
 
 def _guarded(

@@ -29,7 +29,7 @@ from lifecycle.api.problems import (
     unexpected_error_response,
 )
 from lifecycle.api.routes import accounts as accounts_routes
-from lifecycle.api.routes import admin, audit, health
+from lifecycle.api.routes import admin, audit, health, scouts
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
 from lifecycle.erasure import ErasureProcess
@@ -74,6 +74,7 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(accounts_routes.router)
+    app.include_router(scouts.router)
     app.include_router(admin.router)
     app.include_router(audit.router)
     install_metrics(app)

@@ -52,6 +52,12 @@ V1_ROUTES: list[tuple[str, str, Any, int]] = [
     ),
     (
         "POST",
+        "/v1/scouts",
+        {"scouts": [{"account_id": "a", "scout_id": "s-1", "company_id": "c-1", "job_id": "j"}]},
+        200,
+    ),
+    (
+        "POST",
         "/v1/accounts/{account_id}/gift-claim",
         {"company_id": "company-1", "start_date": "2025-04-01"},
         201,

@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 from support import read_topic, wait_until
 
-from lifecycle.application import Accounts
+from lifecycle.application import Accounts, ScoutItem
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import Headers, KafkaPublisher, PublishError
 from lifecycle.relay import Relay
@@ -464,6 +464,54 @@ def test_only_one_relay_publishes_at_a_time(
     envelopes = decoded(read_topic(bus.bootstrap, bus.topics.lifecycle))
     assert len(envelopes) == 3
     assert len({e.id for e in envelopes}) == 3
+
+
+def test_bulk_scouts_publish_the_same_records_as_single_scouts(
+    accounts: Accounts, bus: Bus, relays: list[Relay]
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    single, first, second = (accounts.register(**person(n, tag)) for n in range(3))
+    accounts.receive_scout(single, scout_id="s1", company_id="c1", job_id="j1")
+    outcomes = accounts.receive_scouts(
+        [
+            ScoutItem(first, "s1", "c1", "j1"),
+            ScoutItem(second, "s1", "c1", "j1"),
+            ScoutItem(first, "s1", "c1", "j1"),  # a duplicate publishes nothing
+            ScoutItem(uuid.uuid4(), "s1", "c1", "j1"),  # nor does a refusal
+        ]
+    )
+    assert outcomes[:3] == [True, True, False]
+
+    relay = Relay(accounts, bus.publisher, topics=bus.topics)
+    relays.append(relay)
+    drain(relay)
+
+    records = read_topic(bus.bootstrap, bus.topics.lifecycle)
+    scouts = {
+        envelope.account_id: (record, envelope)
+        for record, envelope in zip(records, decoded(records), strict=True)
+        if isinstance(envelope.data, ScoutReceivedV1)
+    }
+    assert set(scouts) == {single, first, second}
+    single_record, single_envelope = scouts[single]
+    for account_id in (first, second):
+        record, envelope = scouts[account_id]
+        assert record.key == str(account_id).encode()
+        assert {name for name, _ in record.headers} == CE_HEADERS
+        assert dict(record.headers)["content-type"] == dict(single_record.headers)["content-type"]
+        assert (envelope.type, envelope.source, envelope.dataschema, envelope.id) == (
+            single_envelope.type,
+            single_envelope.source,
+            single_envelope.dataschema,
+            f"{account_id}:2",
+        )
+        assert single_envelope.id == f"{single}:2"
+        assert isinstance(envelope.data, ScoutReceivedV1)
+        assert envelope.data.model_dump(exclude={"account_id", "received_at"}) == (
+            single_envelope.data.model_dump(exclude={"account_id", "received_at"})
+        )
+        assert envelope.data.account_id == account_id
+    assert len(by_account(decoded(records))[first]) == 2  # Registered, one ScoutReceived
 
 
 # Kafka off: the embedded default

@@ -1,0 +1,137 @@
+"""Bulk scouts, for the platform's own services (role `service`): a company scouts hundreds
+of members at once, so one request records up to `MAX_BULK_SCOUTS` scouts.
+
+Each item has the outcome the single route (`POST /v1/accounts/{id}/scouts`) would give it,
+in the order sent: recorded, already recorded, or refused with that route's problem `code`.
+One item's refusal never fails the others; every recorded scout is durable before the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from lifecycle.api.auth import require_role
+from lifecycle.api.deps import AccountsDep
+from lifecycle.api.models import ExternalId, RequestModel
+from lifecycle.api.problems import PROBLEM_TYPE_PREFIX, problem_responses, status_for, title_for
+from lifecycle.application import ScoutItem, ScoutOutcome
+from lifecycle.errors import LifecycleError
+
+# A request's body stays under the API's body limit (256 KiB) with ids of typical length.
+MAX_BULK_SCOUTS = 1000
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["accounts"],
+    dependencies=[Depends(require_role("service"))],
+    responses=problem_responses(401, 403),
+)
+
+
+class BulkScout(RequestModel):
+    account_id: str = Field(
+        max_length=64,
+        description="The member's account id (a UUID); anything else names no account.",
+        json_schema_extra={"format": "uuid"},
+    )
+    scout_id: ExternalId
+    company_id: ExternalId
+    job_id: ExternalId
+
+
+class BulkScoutsRequest(RequestModel):
+    scouts: list[BulkScout] = Field(min_length=1, max_length=MAX_BULK_SCOUTS)
+
+
+class ItemProblem(BaseModel):
+    """The problem the single route would have answered for this item (without `instance`:
+    the request as a whole has the id)."""
+
+    type: str = Field(examples=[f"{PROBLEM_TYPE_PREFIX}account_withdrawing"])
+    title: str = Field(examples=["Conflict"])
+    status: int = Field(examples=[409])
+    detail: str = Field(examples=["account withdrawing"])
+    code: str = Field(examples=["account_withdrawing"])
+
+
+class BulkScoutResult(BaseModel):
+    account_id: str
+    scout_id: str
+    result: Literal["recorded", "duplicate", "refused"] = Field(
+        description="`duplicate`: this scout id had already been recorded for the account"
+    )
+    status: int = Field(
+        description="What the single route would answer: 201, 200, or the problem's status",
+        examples=[201],
+    )
+    problem: ItemProblem | None = Field(default=None, description="Only when refused")
+
+
+class BulkScoutsRecorded(BaseModel):
+    results: list[BulkScoutResult] = Field(description="One per item, in the order sent")
+
+
+@router.post(
+    "/scouts",
+    summary=f"Record up to {MAX_BULK_SCOUTS} scouts at once (once per scout id and account)",
+    description=(
+        "Answers 200 with one result per item, in order: `recorded` (201 on the single "
+        "route), `duplicate` (200), or `refused` with the problem the single route gives: "
+        "`account_not_found` (404), `account_withdrawing` (409), `account_purged` (410). "
+        "Every recorded scout is durable before the answer; sending the same items again "
+        "records nothing new. A body that is not valid as a whole is refused with 422, one "
+        "over the API's body limit (256 KiB: 1,000 items with ids of typical length) with 413."
+    ),
+    responses=problem_responses(413, 422),
+)
+def receive_scouts(body: BulkScoutsRequest, accounts: AccountsDep) -> BulkScoutsRecorded:
+    outcomes = accounts.receive_scouts(
+        [
+            ScoutItem(
+                account_id=_uuid_or_none(item.account_id),
+                scout_id=item.scout_id,
+                company_id=item.company_id,
+                job_id=item.job_id,
+            )
+            for item in body.scouts
+        ]
+    )
+    pairs = zip(body.scouts, outcomes, strict=True)
+    return BulkScoutsRecorded(results=[_result(item, outcome) for item, outcome in pairs])
+
+
+def _uuid_or_none(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+def _result(item: BulkScout, outcome: ScoutOutcome) -> BulkScoutResult:
+    if isinstance(outcome, LifecycleError):
+        status = status_for(outcome)
+        code = type(outcome).code
+        problem = ItemProblem(
+            type=f"{PROBLEM_TYPE_PREFIX}{code}",
+            title=title_for(status),
+            status=status,
+            detail=outcome.detail,
+            code=code,
+        )
+        return BulkScoutResult(
+            account_id=item.account_id,
+            scout_id=item.scout_id,
+            result="refused",
+            status=status,
+            problem=problem,
+        )
+    return BulkScoutResult(
+        account_id=item.account_id,
+        scout_id=item.scout_id,
+        result="recorded" if outcome else "duplicate",
+        status=201 if outcome else 200,
+    )
