@@ -81,6 +81,7 @@ def serve(
     workers = start_workers(settings, accounts, erasure=erasure)
     try:
         app = create_app(settings, accounts, erasure)
+        app.state.workers = workers  # readiness and metrics say when one waits
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         workers.stop()
