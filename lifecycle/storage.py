@@ -186,7 +186,7 @@ def harden_pool(pool: ConnectionPool[Any]) -> None:
                 owner.drain()
             raise
 
-    pool._check = check_or_drain  # noqa: SLF001 - psycopg_pool's `check` argument, set late
+    pool._check = check_or_drain
     pool.reconnect_timeout = POOL_RECONNECT_TIMEOUT_S
 
 

@@ -4,7 +4,8 @@ Counted in this process: HTTP requests (by method, route template and status, wi
 durations) and commands (the state-changing routes, by outcome). Read from the database at
 each scrape, so every replica reports the same values: events appended (the notification
 log's head), relay position and lag, each projection's position and lag, and erasures by
-state. And, without the database, which of this process's workers wait for a dependency. Labels are route templates and names, never ids or anything a member typed.
+state. And, without the database, which of this process's workers wait for a dependency.
+Labels are route templates and names, never ids or anything a member typed.
 
 `/metrics` needs no token, like `/healthz`: it holds counts only; keep it on the internal
 network.

@@ -7,6 +7,7 @@ shared servers: other tests run against those meanwhile. Each server runs until 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import random
@@ -39,7 +40,7 @@ def kafka_libs() -> Path:
 def free_port() -> int:
     """A port that nothing listens on, below the kernel's ephemeral range (32768 and up)."""
     for _ in range(200):
-        port = random.randint(20000, 32000)  # noqa: S311 - not a secret
+        port = random.randint(20000, 32000)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -129,10 +130,8 @@ class ThrowawayPostgres:
         return int(row[0]) if row else 0
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        except subprocess.CalledProcessError:
-            pass  # not running
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
