@@ -98,8 +98,10 @@ class Pipeline:
 
     # Processes
 
-    def start(self, name: str) -> None:
-        log: IO[bytes] = open(self.logs / f"{name}.{next(self._runs)}.log", "wb")  # noqa: SIM115
+    def start(self, name: str) -> Path:
+        """Start the process `name`; its log file."""
+        path = self.logs / f"{name}.{next(self._runs)}.log"
+        log: IO[bytes] = open(path, "wb")  # noqa: SIM115
         with log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "lifecycle", *COMMANDS[name]],
@@ -110,6 +112,17 @@ class Pipeline:
             )
         self.processes[name] = process
         self.started[name] = process.pid
+        return path
+
+    @staticmethod
+    def wait_logged(path: Path, event: str, timeout_s: float = 60.0) -> float:
+        """Seconds until the log at `path` has a line naming `event`."""
+        began = time.monotonic()
+        pause = threading.Event()
+        while f'"{event}"' not in path.read_text(errors="replace"):
+            assert time.monotonic() - began < timeout_s, f"no {event} in {path.name}"
+            pause.wait(0.05)
+        return time.monotonic() - began
 
     def terminate(self, name: str, timeout_s: float = 30.0) -> float:
         """SIGTERM, then wait for the exit; how long the process took to drain and leave."""

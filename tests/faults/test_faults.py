@@ -74,20 +74,27 @@ def test_kafka_broker_stopped_and_started(pipeline: Pipeline) -> None:
 
 @pytest.mark.parametrize("name", ["scout", "chat", "mail", "erasure"])
 def test_sigterm_and_restart(pipeline: Pipeline, name: str) -> None:
+    """The in-flight erasures complete within seconds of the new process starting to consume
+    (`consumer.started`); the time from the restart command includes the interpreter's start,
+    which on a loaded machine is several seconds by itself."""
     with Load(pipeline.accounts) as load:
         pause(WARM_UP_S)
         drained = pipeline.terminate(name)
-        pipeline.start(name)
         restarted = time.monotonic()
+        log = pipeline.start(name)
         in_flight = list(load.withdrawn)
+        started_s = pipeline.wait_logged(log, "consumer.started")
+        consuming = time.monotonic()
         pipeline.wait_caught_up(in_flight)
-        in_flight_s = time.monotonic() - restarted
+        in_flight_s = time.monotonic() - consuming
     seconds = pipeline.wait_caught_up(load.withdrawn)
     report(
         f"SIGTERM {name}",
         seconds,
         drain_s=f"{drained:.2f}",
-        in_flight_purged_after_restart_s=f"{in_flight_s:.2f}",
+        process_start_s=f"{started_s:.2f}",
+        in_flight_purged_after_start_s=f"{in_flight_s:.2f}",
+        from_restart_s=f"{time.monotonic() - restarted:.2f}",
     )
-    assert in_flight_s < 15.0, "the erasures in flight took long after the restart"
+    assert in_flight_s < 10.0, "the erasures in flight took long after the restart"
     pipeline.check(load, restarted=(name,))
