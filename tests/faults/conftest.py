@@ -37,3 +37,13 @@ def pipeline(
     postgres, kafka = servers
     with Pipeline.running(postgres, kafka, fault_smtp, tmp_path_factory.mktemp("logs")) as found:
         yield found
+
+
+@pytest.fixture(scope="module")
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL cluster of the module's own, without a broker."""
+    postgres = ThrowawayPostgres()
+    try:
+        yield postgres
+    finally:
+        postgres.close()
