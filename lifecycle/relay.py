@@ -185,7 +185,8 @@ class Relay:
             # Resume from what is recorded: whatever happened since was not acknowledged.
             self._position = self._load_position()
         except Exception as error:
-            self._log.error("relay.position_unreadable", error=type(error).__name__)
+            # The database is still away: the next attempt reads it again.
+            self._log.warning("relay.position_unreadable", error=type(error).__name__)
         return min(backoff * 2, self.max_backoff_s)
 
     def _hold_lock(self) -> bool:
