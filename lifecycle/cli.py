@@ -133,6 +133,7 @@ def served_app(settings: Settings, accounts: Accounts) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         elected = await run_in_threadpool(ElectedWorkers(settings, accounts, erasure).start)
+        app.state.workers = elected  # readiness and metrics say when one of them waits
         try:
             async with serving(app):
                 yield

@@ -16,6 +16,7 @@ own for as long as it runs; on SQLite an exclusive `flock` on a file beside the 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from uuid import UUID
@@ -23,6 +24,7 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import resolve_topic
 
+from consumers.faults import infrastructure_fault
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.producer import Publisher, PublishError
@@ -60,7 +62,7 @@ class Relay:
         batch_size: int = 200,
         poll_interval_s: float = 0.5,
         initial_backoff_s: float = 0.5,
-        max_backoff_s: float = 30.0,
+        max_backoff_s: float = 5.0,
         observe_ack_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.accounts = accounts
@@ -72,6 +74,9 @@ class Relay:
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.observe_ack_latency = observe_ack_latency
+        # The dependency this relay is waiting for ("database", "broker"), None when working.
+        self.waiting_for: str | None = None
+        self._waiting_since = 0.0
         self._db: Database = accounts.database
         self._table = self._db.table("relay_position")
         self._log = get_logger(__name__).bind(relay=name)
@@ -122,35 +127,53 @@ class Relay:
                         if not standby:
                             self._log.info("relay.standby", position=self._position)
                             standby = True
+                        self._recovered()
                         stop.wait(self.poll_interval_s)
                         continue
                     standby = False
                     processed = self._relay_batch()
+                    self._recovered()
                     backoff = self.initial_backoff_s
                     if processed < self.batch_size:
                         waiter.wait()
-                except PublishError as error:
-                    self._log.warning(
-                        "relay.kafka_unreachable",
-                        error=error.cause,
-                        position=self._position,
-                        retry_in_s=backoff,
-                    )
-                    backoff = self._back_off(stop, backoff)
-                    waiter.reset()
                 except Exception as error:
-                    self._log.error(
-                        "relay.failed",
-                        error=type(error).__name__,
-                        position=self._position,
-                        retry_in_s=backoff,
-                    )
+                    self._waiting(error, backoff)
                     backoff = self._back_off(stop, backoff)
                     waiter.reset()
         finally:
             waiter.close()
             self._lock.release()
             self._log.info("relay.stopped", position=self._position)
+
+    def _waiting(self, error: Exception, backoff: float) -> None:
+        """A dependency down is waited out (`waiting_for` names it, for readiness); anything
+        else is a bug, logged as a failure and retried the same way."""
+        if isinstance(error, PublishError):
+            dependency: str | None = "broker"
+            event, cause = "relay.kafka_unreachable", error.cause
+        else:
+            dependency = infrastructure_fault(error)
+            event, cause = "relay.database_unreachable", type(error).__name__
+        if dependency is None:
+            self._log.error(
+                "relay.failed",
+                error=type(error).__name__,
+                position=self._position,
+                retry_in_s=backoff,
+            )
+            return
+        if self.waiting_for is None:
+            self._waiting_since = time.monotonic()
+        self.waiting_for = dependency
+        self._log.warning(
+            event, dependency=dependency, error=cause, position=self._position, retry_in_s=backoff
+        )
+
+    def _recovered(self) -> None:
+        if self.waiting_for is not None:
+            waited = round(time.monotonic() - self._waiting_since, 3)
+            self._log.info("relay.recovered", dependency=self.waiting_for, waited_s=waited)
+            self.waiting_for = None
 
     def close(self) -> None:
         """Give up the lock (a standby relay takes over); the publisher stays the caller's."""
@@ -162,7 +185,8 @@ class Relay:
             # Resume from what is recorded: whatever happened since was not acknowledged.
             self._position = self._load_position()
         except Exception as error:
-            self._log.error("relay.position_unreadable", error=type(error).__name__)
+            # The database is still away: the next attempt reads it again.
+            self._log.warning("relay.position_unreadable", error=type(error).__name__)
         return min(backoff * 2, self.max_backoff_s)
 
     def _hold_lock(self) -> bool:

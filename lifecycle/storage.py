@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import psycopg
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
+from psycopg_pool import ConnectionPool
 
 Dialect = Literal["postgres", "sqlite"]
 
@@ -51,6 +53,8 @@ def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]
             "POSTGRES_CONNECT_TIMEOUT": "5",
             "POSTGRES_POOL_SIZE": "10",
             "POSTGRES_MAX_OVERFLOW": "20",
+            # Checked before use; `harden_pool` then makes one failed check replace them all.
+            "POSTGRES_PRE_PING": "y",
             "POSTGRES_SCHEMA": schema,
         }
     if parts.scheme == "sqlite":
@@ -69,6 +73,7 @@ class Database:
     ) -> None:
         self.datastore = datastore
         if isinstance(datastore, PostgresDatastore):
+            harden_pool(datastore.pool)
             self.dialect: Dialect = "postgres"
             self.schema: str | None = datastore.schema
             self.events_table = self.table(f"{application_name.lower()}_events")
@@ -103,6 +108,7 @@ class Database:
                 connect_timeout=float(env["POSTGRES_CONNECT_TIMEOUT"]),
                 pool_size=pool_size,
                 max_overflow=pool_size,
+                pre_ping=True,
                 schema=schema,
             )
         else:
@@ -153,6 +159,35 @@ class Database:
     @property
     def now(self) -> str:
         return "now()" if self.dialect == "postgres" else "CURRENT_TIMESTAMP"
+
+
+# How long the pool goes on reconnecting in the background before it gives up and lets the
+# next request start afresh: short, so a server back after an outage is used within a request
+# rather than after the pool's exponential reconnect delay (1, 2, 4, 8 s ...) has run out.
+POOL_RECONNECT_TIMEOUT_S = 2.0
+
+
+def harden_pool(pool: ConnectionPool[Any]) -> None:
+    """Make a connection pool recover from a cut or a server restart in one attempt.
+
+    A connection is checked before it is handed out (`SELECT ''`, one round trip); when that
+    check fails the whole pool is drained: a cut or a restart kills every connection at once,
+    so the next attempt gets a new connection instead of the next dead one. Connections in use
+    are replaced when they come back. Idempotent; the pool may already be open.
+    """
+    ref = weakref.ref(pool)  # the pool holds its check: no reference cycle
+
+    def check_or_drain(conn: Any) -> None:
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            owner = ref()
+            if owner is not None:
+                owner.drain()
+            raise
+
+    pool._check = check_or_drain
+    pool.reconnect_timeout = POOL_RECONNECT_TIMEOUT_S
 
 
 class Cursor:

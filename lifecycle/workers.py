@@ -243,6 +243,15 @@ class ElectedWorkers:
         """This process runs the workers."""
         return self.workers is not None
 
+    @property
+    def relay(self) -> Relay | None:
+        """The relay this process runs (None on a standby), for readiness and metrics."""
+        return None if self.workers is None else self.workers.relay
+
+    @property
+    def consumers(self) -> dict[str, Consumer]:
+        return {} if self.workers is None else dict(self.workers.consumers)
+
     def start(self) -> ElectedWorkers:
         """Take the first turn now (a lone server starts its workers before serving), then
         stand by on a thread of its own."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 
+from consumers.faults import infrastructure_fault
 from lifecycle.application import Accounts
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
@@ -38,6 +39,9 @@ from projections.base import (
 log = get_logger(__name__)
 
 DEFAULT_BATCH = 500
+# Waiting for the database: the first pause, and the longest.
+INITIAL_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 5.0
 
 
 # Progress
@@ -130,6 +134,9 @@ class Projector:
         self.mapper = facts_mapper(accounts.mapper)
         self._topics = frozenset(model.topics)
         self._position = model.position()
+        # "database" while the database is down and this projector waits for it; else None.
+        self.waiting_for: str | None = None
+        self._waiting_since = 0.0
         self._log = log.bind(projection=model.name + model.suffix)
 
     @property
@@ -199,32 +206,59 @@ class Projector:
         return progress.done
 
     def run(self, stop: threading.Event, poll_interval_s: float = 1.0) -> None:
-        """Catch up, then follow the log live until `stop` is set."""
+        """Catch up, then follow the log live until `stop` is set; a database that is down
+        is waited out with capped backoff (`waiting_for` says so), then it goes on."""
         waiter = waiter_for(self.recorder, stop, poll_interval_s)
-        backoff = 0.5
+        backoff = INITIAL_BACKOFF_S
         self._log.info("projection.started", position=self._position)
         try:
             while not stop.is_set():
                 try:
                     applied = self.catch_up(stop)
-                    backoff = 0.5
+                    self._recovered()
+                    backoff = INITIAL_BACKOFF_S
                     if applied:
                         self._log.info("projection.caught_up", position=self._position)
                     waiter.wait()
                 except Exception as error:
-                    self._log.error(
-                        "projection.failed",
-                        error=type(error).__name__,
-                        position=self._position,
-                        retry_in_s=backoff,
-                    )
+                    self._waiting(error, backoff)
                     stop.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                    self._position = self.model.position()
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
                     waiter.reset()
+                    try:
+                        self._position = self.model.position()
+                    except Exception as reload_error:
+                        self._waiting(reload_error, backoff)
         finally:
             waiter.close()
             self._log.info("projection.stopped", position=self._position)
+
+    def _waiting(self, error: Exception, backoff: float) -> None:
+        dependency = infrastructure_fault(error)
+        if dependency is None:
+            self._log.error(
+                "projection.failed",
+                error=type(error).__name__,
+                position=self._position,
+                retry_in_s=backoff,
+            )
+            return
+        if self.waiting_for is None:
+            self._waiting_since = time.monotonic()
+        self.waiting_for = dependency
+        self._log.warning(
+            "projection.waiting",
+            dependency=dependency,
+            error=type(error).__name__,
+            position=self._position,
+            retry_in_s=backoff,
+        )
+
+    def _recovered(self) -> None:
+        if self.waiting_for is not None:
+            waited = round(time.monotonic() - self._waiting_since, 3)
+            self._log.info("projection.recovered", dependency=self.waiting_for, waited_s=waited)
+            self.waiting_for = None
 
 
 def run_all(

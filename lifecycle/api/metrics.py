@@ -4,7 +4,8 @@ Counted in this process: HTTP requests (by method, route template and status, wi
 durations) and commands (the state-changing routes, by outcome). Read from the database at
 each scrape, so every replica reports the same values: events appended (the notification
 log's head), relay position and lag, each projection's position and lag, and erasures by
-state. Labels are route templates and names, never ids or anything a member typed.
+state. And, without the database, which of this process's workers wait for a dependency.
+Labels are route templates and names, never ids or anything a member typed.
 
 `/metrics` needs no token, like `/healthz`: it holds counts only; keep it on the internal
 network.
@@ -115,6 +116,7 @@ class StateCollector(Collector):
         self.log = get_logger(__name__)
 
     def collect(self) -> Iterator[Any]:
+        yield self._waiting()
         accounts = getattr(self.app.state, "accounts", None)
         up = GaugeMetricFamily(
             "lifecycle_metrics_database_up", "1 when the last scrape could read the database."
@@ -133,6 +135,18 @@ class StateCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from families
+
+    def _waiting(self) -> GaugeMetricFamily:
+        """Read before the database, as it matters most when the database is down."""
+        waiting = GaugeMetricFamily(
+            "lifecycle_waiting_for_dependency",
+            "1 for each worker of this process waiting for a dependency that is down, by "
+            "worker and dependency (database, broker, network); absent when none waits.",
+            labels=["worker", "dependency"],
+        )
+        for worker, dependency in sorted(waiting_workers(self.app).items()):
+            waiting.add_metric([worker, dependency], 1)
+        return waiting
 
     def _families(self, accounts: Any) -> Iterator[Any]:
         from projections.erasure import ErasureQuery, ErasureStatusView
@@ -196,6 +210,26 @@ class StateCollector(Collector):
         for state, count in counts.items():
             erasures.add_metric([state], count)
         yield erasures
+
+
+def waiting_workers(app: FastAPI) -> dict[str, str]:
+    """The dependency each worker of this process waits for, by worker name.
+
+    The workers are those `lifecycle serve` runs in threads when Kafka is off (the relay, the
+    reference services, the erasure consumer), found in `app.state.workers`; with Kafka each
+    runs as a process of its own and says it in its log (`*.waiting`, `*_unreachable`).
+    """
+    workers = getattr(app.state, "workers", None)
+    if workers is None:
+        return {}
+    found: dict[str, str] = {}
+    relay = getattr(workers, "relay", None)
+    if relay is not None and relay.waiting_for is not None:
+        found["relay"] = str(relay.waiting_for)
+    for name, consumer in dict(getattr(workers, "consumers", {})).items():
+        if consumer.waiting_for is not None:
+            found[str(name)] = str(consumer.waiting_for)
+    return found
 
 
 def _optional_rows(database: Any, statement: str) -> list[tuple[Any, ...]]:

@@ -59,6 +59,8 @@ class KafkaPublisher:
             "linger_ms": 5,
             "retries": 2_147_483_647,
             "retry_backoff_ms": 100,
+            # Not kafka-python's 30 s: a broker back after an outage is used within a second.
+            "reconnect_backoff_max_ms": 1_000,
             "request_timeout_ms": 10_000,
             "delivery_timeout_ms": 25_000,
             "max_block_ms": 10_000,

@@ -91,6 +91,9 @@ class KafkaSource:
             "max_poll_records": max_poll_records,
             "session_timeout_ms": 10_000,
             "heartbeat_interval_ms": 1_000,
+            # kafka-python backs off reconnecting up to 30 s: a broker back after an outage
+            # would wait that long, and the group would drop the member meanwhile.
+            "reconnect_backoff_max_ms": 1_000,
             **overrides,
         }
         if group_instance_id:

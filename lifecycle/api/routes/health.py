@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from lifecycle.api.deps import get_accounts, kafka_inspector
+from lifecycle.api.metrics import waiting_workers
 from lifecycle.api.problems import NotReadyError, problem_responses
 from lifecycle.logs import get_logger
 
@@ -18,10 +19,16 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="The database answers, and Kafka too when configured",
+    summary="The database answers, Kafka too when configured, and no worker waits for either",
     responses=problem_responses(503),
 )
 def readyz(request: Request) -> dict[str, str]:
+    waiting = waiting_workers(request.app)
+    if waiting:
+        # The workers this process runs (Kafka off) wait out a dependency that is down.
+        get_logger("lifecycle.api").warning("not_ready", waiting=waiting)
+        dependencies = ", ".join(sorted(set(waiting.values())))
+        raise NotReadyError(detail=f"waiting for the {dependencies}")
     accounts = get_accounts(request)
     try:
         with accounts.database.transaction(commit=False) as cursor:

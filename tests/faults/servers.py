@@ -1,0 +1,236 @@
+"""Throwaway PostgreSQL and Kafka servers of the fault tier, which may be stopped and cut freely.
+
+The same recipe as `scripts/services` (initdb into a temporary directory, a single-node KRaft
+broker formatted from the jars in `.services/kafka-libs`), on free ports below 32768, never the
+shared servers: other tests run against those meanwhile. Each server runs until `close()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_TEMPLATE = ROOT / "scripts" / "kafka" / "server.properties.template"
+KAFKA_LOG4J = ROOT / "scripts" / "kafka" / "log4j2.properties"
+
+
+def kafka_libs() -> Path:
+    """The broker's jars: the clone's own `.services/kafka-libs` (a link to the main checkout's
+    in a worktree), as `scripts/services up` leaves them."""
+    found = ROOT / ".services" / "kafka-libs"
+    if not any(found.glob("kafka_*.jar")):
+        raise FileNotFoundError(f"no Kafka jars in {found}: run `scripts/services up` once")
+    return found
+
+
+def free_port() -> int:
+    """A port that nothing listens on, below the kernel's ephemeral range (32768 and up)."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32768")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(condition: object, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout_s}s")
+        time.sleep(0.1)
+
+
+def _pgbin() -> Path:
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if all(os.access(f"{candidate}/{tool}", os.X_OK) for tool in ("initdb", "pg_ctl")):
+            return Path(candidate)
+    raise FileNotFoundError("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+
+
+class ThrowawayPostgres:
+    """A cluster in a temporary directory; `stop()`, `start()` and `cut()` at will."""
+
+    def __init__(self) -> None:
+        self.bin = _pgbin()
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="lifecycle-faults-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        self.url = f"postgresql://lifecycle:lifecycle@127.0.0.1:{self.port}/lifecycle"
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            user = "postgres"
+            subprocess.run(["id", "-u", user], check=True, capture_output=True)
+            shutil.chown(self.dir, user)
+            os.chmod(self.dir, 0o755)
+            self._as_user = ["runuser", "-u", user, "--"]
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "--locale=C", "--no-sync",
+        )  # fmt: skip
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                "unix_socket_directories = ''\nmax_connections = 200\nfsync = off\n"
+            )
+        self.start()
+        admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE ROLE lifecycle LOGIN SUPERUSER PASSWORD 'lifecycle'")
+            conn.execute("CREATE DATABASE lifecycle OWNER lifecycle")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self._as_user, str(self.bin / tool), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def cut(self, application_name: str | None = None) -> int:
+        """`pg_terminate_backend` on every client backend but this one's; how many."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                "AND datname = 'lifecycle'"
+                + (" AND application_name = %s" if application_name else ""),
+                (application_name,) if application_name else (),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ThrowawayKafka:
+    """A single-node KRaft broker (broker and controller) formatted into a temporary directory."""
+
+    def __init__(self) -> None:
+        self.libs = kafka_libs()
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="lifecycle-faults-kafka-"))
+        for sub in ("data", "logs", "tmp"):
+            (self.dir / sub).mkdir()
+        self.props = self.dir / "server.properties"
+        self.props.write_text(
+            KAFKA_TEMPLATE.read_text()
+            .replace("@BROKER_PORT@", str(self.port))
+            .replace("@CONTROLLER_PORT@", str(self.controller_port))
+            .replace("@DATA_DIR@", str(self.dir / "data"))
+        )
+        self._java = [
+            "java",
+            "-Djava.awt.headless=true",
+            f"-DZstdTempFolder={self.dir / 'tmp'}",
+            f"-Dorg.xerial.snappy.tempdir={self.dir / 'tmp'}",
+            "-cp",
+            f"{self.libs}/*",
+        ]
+        cluster = subprocess.run(
+            [*self._java, "kafka.tools.StorageTool", "random-uuid"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout.strip()
+        subprocess.run(
+            [*self._java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+             str(self.props), "--standalone", "--ignore-formatted"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        out = open(self.dir / "kafka.out", "ab")  # noqa: SIM115 - the broker keeps it
+        self._process = subprocess.Popen(
+            [
+                *self._java[:1],
+                "-Xmx384M", "-Xms128M", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+                f"-Dkafka.logs.dir={self.dir / 'logs'}",
+                *self._java[1:],
+                "kafka.Kafka",
+                str(self.props),
+            ],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+        out.close()
+        wait_for(self.ready, "the throwaway Kafka broker", 120)
+
+    def ready(self) -> bool:
+        if self._process is None or self._process.poll() is not None:
+            raise RuntimeError(f"the throwaway broker exited; see {self.dir / 'kafka.out'}")
+        if not port_open(self.port):
+            return False
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "kafka_ready.py"), self.bootstrap, "20"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        return result.returncode == 0
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def throwaway_servers() -> Iterator[tuple[ThrowawayPostgres, ThrowawayKafka]]:
+    """Both servers, started together (the broker is the slower), stopped at the end."""
+    postgres = ThrowawayPostgres()
+    try:
+        kafka = ThrowawayKafka()
+        try:
+            yield postgres, kafka
+        finally:
+            kafka.close()
+    finally:
+        postgres.close()
