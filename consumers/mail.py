@@ -110,7 +110,7 @@ def confirmation_message(
         f"{display_name} 様\n\n"
         "退会手続きが完了しました。今後、お知らせやスカウトのメールは届きません。\n"
         "ご登録の情報はすべてのサービスから削除されます。\n"
-        f"削除の証明書（署名付き）の番号: {receipt_id}\n\n"
+        f"署名付き削除証明書の番号: {receipt_id}\n\n"
         "Your withdrawal is complete. No further notices or scouts will be mailed to you,\n"
         "and your data is being erased from every service.\n"
         f"Signed erasure receipt id: {receipt_id}\n"

@@ -169,6 +169,52 @@ def reshred(
     )
 
 
+@audit.command("verify-receipt")
+def verify_receipt(
+    receipt: Annotated[
+        str, typer.Argument(help="A receipt file (JSON), or a receipt id or account id.")
+    ],
+) -> None:
+    """Check an erasure receipt: its signature, and that the hash chain still holds the purge."""
+    import json
+    from pathlib import Path
+    from uuid import UUID
+
+    from lifecycle.audit.receipt import verify_receipt as check
+    from lifecycle.bootstrap import build_erasure, receipts_of
+    from schemas.contract import erasure_receipt_id
+
+    settings = load_settings()
+    document: dict[str, Any] | None = None
+    wanted: UUID | None = None
+    path = Path(receipt)
+    if path.is_file():
+        try:
+            document = dict(json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            fail(f"{receipt} is not a JSON receipt")
+    else:
+        try:
+            wanted = UUID(receipt)
+        except ValueError:
+            fail("give a receipt file, a receipt id or an account id")
+    accounts = open_accounts(settings)
+    try:
+        receipts = receipts_of(build_erasure(accounts, settings))
+        if wanted is not None:
+            document = receipts.get(wanted) or receipts.get(erasure_receipt_id(wanted))
+            if document is None:
+                fail(f"no erasure receipt {wanted}")
+        assert document is not None
+        report = check(document, receipts)
+    finally:
+        accounts.close()
+    typer.echo(json.dumps(report, indent=2))
+    if not report["ok"]:
+        typer.echo(f"lifecycle: receipt does not verify: {report['problems'][0]}", err=True)
+    raise typer.Exit(code=0 if report["ok"] else 1)
+
+
 @audit.command("erasure-proof")
 def erasure_proof(
     account_id: Annotated[str, typer.Argument(help="The purged account's id.")],

@@ -24,7 +24,7 @@ from lifecycle.api.problems import (
     unexpected_error_response,
 )
 from lifecycle.api.routes import accounts as accounts_routes
-from lifecycle.api.routes import admin, audit, health
+from lifecycle.api.routes import admin, audit, health, receipts
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
 from lifecycle.logs import get_logger
@@ -64,6 +64,9 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     app.include_router(accounts_routes.router)
     app.include_router(admin.router)
     app.include_router(audit.router)
+    app.include_router(receipts.ops_router)
+    app.include_router(receipts.audit_router)
+    app.include_router(receipts.public_router)
     install_metrics(app)
     # Routes FastAPI adds itself (docs, OpenAPI) do not record their route in the scope.
     fixed_paths = frozenset(

@@ -29,7 +29,9 @@ class ChainPoint:
     link: str
 
 
-def chain_point(chain: HashChain, recorder: ApplicationRecorder, position: int) -> ChainPoint | None:
+def chain_point(
+    chain: HashChain, recorder: ApplicationRecorder, position: int
+) -> ChainPoint | None:
     """The link at notification `position`: the chained row, or recomputed from the log from
     the last chained link before it when the read model lags. None: no such notification."""
     table = chain.table("hash_chain")
