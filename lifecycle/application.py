@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -73,6 +74,21 @@ class DateAsISO(Transcoding):
 
     def decode(self, data: str) -> date:
         return date.fromisoformat(data)
+
+
+@dataclass(frozen=True)
+class KnownErasure:
+    """What outlives a restore about one purged account (the lifecycle topic's records):
+    the withdrawal's reason and time and the purge's time, each None when no longer known."""
+
+    purged_at: datetime | None = None
+    reason: str | None = None
+    requested_at: datetime | None = None
+
+
+def _not_before(moment: datetime | None, floor: datetime) -> datetime:
+    """A re-recorded event's time: as known, but never before the event it follows."""
+    return max(moment or datetime.now(UTC), floor)
 
 
 class Accounts(Application[UUID]):
@@ -227,21 +243,52 @@ class Accounts(Application[UUID]):
         self.vault.forget(account_id)
         return purged
 
-    def reshred(self, also_purged: Iterable[UUID] = ()) -> dict[str, int]:
-        """After a restore: purge again what is known purged elsewhere, destroy every such key."""
-        known = set(also_purged)
-        recorded = 0
-        for account_id in sorted(known):
+    def reshred(self, known: Mapping[UUID, KnownErasure] | Iterable[UUID] = ()) -> dict[str, int]:
+        """After a restore: bring every account known purged elsewhere back to `Purged`,
+        whatever state the backup caught it in, then destroy every such key.
+
+        Purges are recorded first, while the keys still open the e-mail address, so each
+        account's e-mail claim is released as on any purge."""
+        facts = known if isinstance(known, Mapping) else dict.fromkeys(known, KnownErasure())
+        recorded = sum(
+            self._purge_again(account_id, facts[account_id]) for account_id in sorted(facts)
+        )
+        destroyed = self.vault.destroy_keys_of_purged_accounts(facts)
+        # Each Purged recorded again took its key with it, through the same trigger.
+        return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
+
+    def _purge_again(self, account_id: UUID, facts: KnownErasure) -> bool:
+        """Record what the restore lost: the withdrawal (if caught active) and the purge, at
+        their known times (never before the account's last event)."""
+
+        def attempt() -> bool:
             try:
                 account = self.load_for_audit(account_id)
             except AccountNotFoundError:
-                continue
-            # A restore from between withdrawal and purge brings the account back withdrawing.
-            if account.status is AccountStatus.WITHDRAWING and self.purge(account_id):
-                recorded += 1
-        destroyed = self.vault.destroy_keys_of_purged_accounts(known)
-        # Each Purged recorded again took its key with it, through the same trigger.
-        return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
+                return False  # registered after the backup: nothing of it was restored
+            if account.status is AccountStatus.PURGED:
+                return False
+            if account.status is AccountStatus.ACTIVE:
+                reason = facts.reason if facts.reason in tuple(WithdrawalReason) else None
+                reason = reason or WithdrawalReason.OTHER.value
+                account.request_withdrawal(
+                    reason=reason,
+                    # The command succeeded once, so what it demanded was given.
+                    acknowledge_gift_loss=(
+                        reason == WithdrawalReason.HIRED_VIA_PLATFORM and account.gift is None
+                    ),
+                    at=_not_before(facts.requested_at or facts.purged_at, account.modified_on),
+                )
+            account.purge(at=_not_before(facts.purged_at, account.modified_on))
+            claim = self._find_claim(keyed_id(self._claim_key, account.email))
+            if claim is not None:
+                claim.release(account.id)
+            self.save(account, claim)
+            return True
+
+        recorded = self._retrying(attempt)
+        self.vault.forget(account_id)
+        return recorded
 
     # Queries
 

@@ -153,16 +153,22 @@ def reshred(
         bool, typer.Option(help="Also take purged ids from the lifecycle topic (if configured).")
     ] = True,
 ) -> None:
-    """After a backup restore: every account known purged is purged again and loses its key."""
-    from lifecycle.audit.reshred import purged_ids_on_topic
+    """After a backup restore: every account known purged is brought back to Purged (whatever
+    state the backup caught it in) and loses its key."""
+    from lifecycle.application import KnownErasure
+    from lifecycle.audit.reshred import known_erasures_on_topic
 
     settings = load_settings()
     accounts = open_accounts(settings)
-    ledger: set[Any] = set()
-    if from_kafka and settings.kafka_bootstrap:
-        ledger = purged_ids_on_topic(settings.kafka_bootstrap, settings.topics.lifecycle)
-    result = accounts.reshred(ledger)
-    accounts.close()
+    ledger: dict[Any, KnownErasure] = {}
+    try:
+        if from_kafka and settings.kafka_bootstrap:
+            ledger = known_erasures_on_topic(settings.kafka_bootstrap, settings.topics.lifecycle)
+        result = accounts.reshred(ledger)
+    except LifecycleError as error:
+        fail(error.detail)
+    finally:
+        accounts.close()
     typer.echo(
         f"purges recorded again: {result['purges_recorded_again']}, "
         f"keys destroyed again: {result['keys_destroyed']}"
