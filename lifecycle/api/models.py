@@ -27,6 +27,7 @@ from lifecycle.domain import (
     GIFT_AMOUNT_JPY,
     GIFT_KIND,
     MAX_COMMENT_LENGTH,
+    REDACTED,
     Account,
     Channel,
     WithdrawalReason,
@@ -375,7 +376,17 @@ class WithdrawalPreview(BaseModel):
     reasons: list[WithdrawalReason]
 
 
-# The account as a member sees it
+# The account as a member sees it. A personal value whose key is gone reads as `[redacted]`
+# (lifecycle.domain.REDACTED), whatever its type was: a read view takes the marker in place of
+# the value rather than failing validation (which would answer 500).
+
+Redacted = Literal["[redacted]"]
+REDACTED_OUT: Redacted = "[redacted]"  # lifecycle.domain.REDACTED, as a type a schema can name
+
+
+def is_redacted(value: object) -> bool:
+    """The domain types a sealed value as what it was; after shredding it is the marker."""
+    return value == REDACTED
 
 
 class ProfileOut(BaseModel):
@@ -419,7 +430,9 @@ class AccountOut(BaseModel):
     display_name: str
     phone: str | None
     profile: ProfileOut
-    work_history: list[WorkHistoryOut]
+    work_history: list[WorkHistoryOut] | Redacted = Field(
+        description="`[redacted]` when the account's key was destroyed."
+    )
     desired: DesiredOut
     notifications: NotificationsOut
     consent_version: str
@@ -440,7 +453,9 @@ class AccountOut(BaseModel):
             display_name=account.display_name,
             phone=account.phone,
             profile=ProfileOut(job_title=account.job_title, **profile_of(account)),
-            work_history=[WorkHistoryOut.model_validate(item) for item in account.work_history],
+            work_history=REDACTED_OUT
+            if is_redacted(account.work_history)
+            else [WorkHistoryOut.model_validate(item) for item in account.work_history],
             desired=DesiredOut(**desired_of(account)),
             notifications=NotificationsOut(**notifications_of(account)),
             consent_version=account.consent_version,
