@@ -141,7 +141,8 @@ class Receipts:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 f"receipt_id {db.id_type} PRIMARY KEY, account_id {db.id_type} NOT NULL UNIQUE, "
-                f"issued_at {db.timestamp_type} NOT NULL DEFAULT {db.now}, body TEXT NOT NULL)"
+                f"issued_at {db.timestamp_type} NOT NULL DEFAULT {db.now}, "
+                "chain_position BIGINT NOT NULL, chain_link TEXT NOT NULL, body TEXT NOT NULL)"
             )
         self.chain.create()
 
@@ -157,11 +158,14 @@ class Receipts:
         db = self.database
         with db.transaction() as cursor:
             cursor.execute(
-                f"INSERT INTO {self.table} (receipt_id, account_id, body) VALUES (%s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
+                f"INSERT INTO {self.table} "
+                "(receipt_id, account_id, chain_position, chain_link, body) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (
                     db.id_param(erasure_receipt_id(account_id)),
                     db.id_param(account_id),
+                    receipt["hash_chain"]["position"],
+                    receipt["hash_chain"]["link"],
                     json.dumps(receipt, sort_keys=True),
                 ),
             )
@@ -185,7 +189,10 @@ class Receipts:
         account_id = account.id
         assert account.purged_at is not None
         position, version = self._purge_notification(account_id)
-        point = chain_point(self.chain, self.accounts.recorder, position)
+        # Without a running chain projection, the last receipt's link saves a walk from genesis.
+        point = chain_point(
+            self.chain, self.accounts.recorder, position, known=self._link_before(position)
+        )
         assert point is not None, "the Purged event is stored, so the log has its notification"
         rows = self.erasure.service_rows(account_id)
         bound = timedelta(
@@ -222,6 +229,16 @@ class Receipts:
                 "last_copy_gone_by": _iso(account.purged_at + bound),
             },
         }
+
+    def _link_before(self, position: int) -> tuple[int, str] | None:
+        """The nearest link an earlier receipt computed before `position`."""
+        with self.database.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                f"SELECT chain_position, chain_link FROM {self.table} WHERE chain_position < %s "
+                "ORDER BY chain_position DESC LIMIT 1",
+                (position,),
+            ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     def _purge_notification(self, account_id: UUID) -> tuple[int, int]:
         """The notification id and version of the account's stored `Purged` event."""

@@ -30,10 +30,14 @@ class ChainPoint:
 
 
 def chain_point(
-    chain: HashChain, recorder: ApplicationRecorder, position: int
+    chain: HashChain,
+    recorder: ApplicationRecorder,
+    position: int,
+    known: tuple[int, str] | None = None,
 ) -> ChainPoint | None:
     """The link at notification `position`: the chained row, or recomputed from the log from
-    the last chained link before it when the read model lags. None: no such notification."""
+    the last chained link before it when the read model lags (or from `known`, a link
+    computed earlier, when that is nearer). None: no such notification."""
     table = chain.table("hash_chain")
     with chain.database.transaction(commit=False) as cursor:
         row = cursor.execute(
@@ -49,6 +53,8 @@ def chain_point(
             (position,),
         ).fetchone()
     after, previous = (0, GENESIS) if below is None else (int(below[0]), bytes.fromhex(below[1]))
+    if known is not None and after < known[0] < position:
+        after, previous = known[0], bytes.fromhex(known[1])
     for event in notifications(recorder, after=after):
         if event.id > position:
             return None
