@@ -157,6 +157,7 @@ def reshred(
     state the backup caught it in) and loses its key."""
     from lifecycle.application import KnownErasure
     from lifecycle.audit.reshred import known_erasures_on_topic
+    from lifecycle.bootstrap import build_erasure, receipts_of
 
     settings = load_settings()
     accounts = open_accounts(settings)
@@ -165,13 +166,16 @@ def reshred(
         if from_kafka and settings.kafka_bootstrap:
             ledger = known_erasures_on_topic(settings.kafka_bootstrap, settings.topics.lifecycle)
         result = accounts.reshred(ledger)
+        # A receipt the restore lost is signed again, for the purge as now recorded.
+        receipts = receipts_of(build_erasure(accounts, settings))
+        issued = sum(receipts.get_or_issue(account_id)[1] for account_id in sorted(ledger))
     except LifecycleError as error:
         fail(error.detail)
     finally:
         accounts.close()
     typer.echo(
         f"purges recorded again: {result['purges_recorded_again']}, "
-        f"keys destroyed again: {result['keys_destroyed']}"
+        f"keys destroyed again: {result['keys_destroyed']}, receipts issued again: {issued}"
     )
 
 

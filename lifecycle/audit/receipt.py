@@ -33,6 +33,7 @@ from lifecycle.audit.verify import chain_point, verify
 from lifecycle.crypto import KEYS_TABLE, decode_master_key, derive_key
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.erasure import ErasureProcess
+from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.logs import get_logger
 from projections.hashchain import HashChain
@@ -148,12 +149,19 @@ class Receipts:
 
     def issue(self, account_id: UUID) -> dict[str, Any] | None:
         """The account's receipt, signed and stored once; None while it is not purged."""
+        return self.get_or_issue(account_id)[0]
+
+    def get_or_issue(self, account_id: UUID) -> tuple[dict[str, Any] | None, bool]:
+        """The account's receipt, and whether this call signed it."""
         found = self.get(erasure_receipt_id(account_id))
         if found is not None:
-            return found
-        account = self.accounts.load_for_audit(account_id)
+            return found, False
+        try:
+            account = self.accounts.load_for_audit(account_id)
+        except AccountNotFoundError:
+            return None, False
         if account.status is not AccountStatus.PURGED or account.purged_at is None:
-            return None
+            return None, False
         receipt = self.signer.sign(self._body(account))
         db = self.database
         with db.transaction() as cursor:
@@ -175,7 +183,7 @@ class Receipts:
             receipt_id=receipt["receipt_id"],
             chain_position=receipt["hash_chain"]["position"],
         )
-        return self.get(erasure_receipt_id(account_id))
+        return self.get(erasure_receipt_id(account_id)), True
 
     def get(self, receipt_id: UUID) -> dict[str, Any] | None:
         db = self.database

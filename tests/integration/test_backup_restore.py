@@ -16,12 +16,15 @@ from support import TOKENS, auth
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
+from lifecycle.audit.receipt import verify_receipt
+from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings, token_digest
+from schemas.contract import erasure_receipt_id
 
 MEMBER = {
     "email": "restore.probe.7731@example.jp",
@@ -205,6 +208,8 @@ def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_cau
     assert result.returncode == 0, result.stderr
     again = 0 if caught == "purged" else 1
     assert f"purges recorded again: {again}, keys destroyed again: {again}" in result.stdout
+    # No receipt was in the dump (purged here without the erasure process): signed now.
+    assert "receipts issued again: 1" in result.stdout
     replayed = reshred(cli_env(settings), "replay")
     assert replayed.returncode == 0, replayed.stdout
     assert MEMBER["email"] not in result.stdout + result.stderr + replayed.stdout
@@ -226,6 +231,10 @@ def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_cau
             ).fetchone()
         assert keys == (0,)
         assert app.vault.is_destroyed(account_id)
+        receipts = receipts_of(build_erasure(app, settings))
+        receipt = receipts.get(erasure_receipt_id(account_id))
+        assert receipt is not None and verify_receipt(receipt, receipts)["ok"] is True
+        assert receipt["purged_at"] is not None and receipt["key"]["destroyed"] is True
         # A live member still decrypts.
         assert app.get_account(live_id).email == LIVE["email"]
         with TestClient(create_app(settings, app)) as client:
