@@ -233,10 +233,7 @@ class Accounts(Application[UUID]):
             account = self.load_for_audit(account_id)
             if not account.purge():
                 return False
-            claim = self._find_claim(keyed_id(self._claim_key, account.email))
-            if claim is not None:
-                claim.release(account.id)
-            self.save(account, claim)
+            self._save_purged(account)
             return True
 
         purged = self._retrying(attempt)
@@ -280,15 +277,20 @@ class Accounts(Application[UUID]):
                     at=_not_before(facts.requested_at or facts.purged_at, account.modified_on),
                 )
             account.purge(at=_not_before(facts.purged_at, account.modified_on))
-            claim = self._find_claim(keyed_id(self._claim_key, account.email))
-            if claim is not None:
-                claim.release(account.id)
-            self.save(account, claim)
+            self._save_purged(account)
             return True
 
         recorded = self._retrying(attempt)
         self.vault.forget(account_id)
         return recorded
+
+    def _save_purged(self, account: Account) -> None:
+        """Save a purge with its e-mail claim's release, in one transaction (the key goes
+        with them, through the trigger on Purged)."""
+        claim = self._find_claim(keyed_id(self._claim_key, account.email))
+        if claim is not None:
+            claim.release(account.id)
+        self.save(account, claim)
 
     # Queries
 
