@@ -24,6 +24,7 @@ from eventsourcing.persistence import (
     Recording,
     Transcoding,
 )
+from eventsourcing.utils import get_topic
 
 from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
 from lifecycle.domain import (
@@ -287,10 +288,32 @@ class Accounts(Application[UUID]):
     def _save_purged(self, account: Account) -> None:
         """Save a purge with its e-mail claim's release, in one transaction (the key goes
         with them, through the trigger on Purged)."""
-        claim = self._find_claim(keyed_id(self._claim_key, account.email))
-        if claim is not None:
+        if account.email == REDACTED:  # key gone before the purge (an old reshred's doing)
+            claims = self._claims_held_by(account.id)
+        else:
+            claim = self._find_claim(keyed_id(self._claim_key, account.email))
+            claims = [] if claim is None else [claim]
+        for claim in claims:
             claim.release(account.id)
-        self.save(account, claim)
+        self.save(account, *claims)
+
+    def _claims_held_by(self, account_id: UUID) -> list[EmailClaim]:
+        """Claims this account holds, found without its address: a walk over every claim
+        event (rare: only an account whose key went before its purge needs it)."""
+        topic = get_topic(EmailClaim.Claimed)
+        found: set[UUID] = set()
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start=start, limit=1000, topics=[topic])
+            for notification in page:
+                event = self.mapper.to_domain_event(notification)
+                if isinstance(event, EmailClaim.Claimed) and event.account_id == account_id:
+                    found.add(event.originator_id)
+            if len(page) < 1000:
+                break
+            start = page[-1].id + 1
+        claims = [self._find_claim(claim_id) for claim_id in sorted(found)]
+        return [claim for claim in claims if claim is not None and claim.is_held_by(account_id)]
 
     # Queries
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -15,8 +16,9 @@ from fastapi.testclient import TestClient
 from support import TOKENS, auth
 
 from lifecycle.api import create_app
-from lifecycle.application import Accounts
+from lifecycle.application import Accounts, KnownErasure
 from lifecycle.audit.receipt import verify_receipt
+from lifecycle.audit.replay import replay
 from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
@@ -246,3 +248,35 @@ def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_cau
             assert client.get(f"/v1/accounts/{live_id}", headers=auth("service")).status_code == 200
     finally:
         app.close()
+
+
+def test_reshred_purges_an_account_an_older_reshred_left_active_without_its_key(
+    accounts: Accounts,
+) -> None:
+    """The older reshred destroyed the keys of restored accounts but left them active: the
+    address no longer opens, yet the account is purged, its claim released, and replay holds."""
+    account_id = accounts.register(**MEMBER)
+    live_id = accounts.register(**LIVE)
+    requested = datetime.now(UTC) + timedelta(seconds=1)
+    assert accounts.vault.destroy_keys_of_purged_accounts([account_id]) == 1
+
+    result = accounts.reshred(
+        {
+            account_id: KnownErasure(
+                purged_at=requested + timedelta(hours=1),
+                reason="hired_via_platform",
+                requested_at=requested,
+            )
+        }
+    )
+
+    assert result == {"purges_recorded_again": 1, "keys_destroyed": 1}
+    account = accounts.load_for_audit(account_id)
+    assert account.status is AccountStatus.PURGED
+    assert account.withdrawn_at == requested
+    assert account.purged_at == requested + timedelta(hours=1)
+    report = replay(accounts)
+    assert report.ok, report.as_dict()
+    # The address is free again: re-registration starts from nothing.
+    assert accounts.register(**MEMBER) != account_id
+    assert accounts.get_account(live_id).email == LIVE["email"]
