@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay]`."""
+"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit]`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from bench.core import (
 )
 from lifecycle.logs import configure_logging
 
-CASES = ("commands", "http", "relay", "erasure", "replay")
+CASES = ("commands", "http", "relay", "erasure", "replay", "kit")
 
 
 def case_runner(name: str) -> Callable[[Context], list[Row]]:
@@ -46,6 +46,10 @@ def case_runner(name: str) -> Callable[[Context], list[Row]]:
         from bench import case_replay
 
         return case_replay.run
+    if name == "kit":
+        from bench import case_kit
+
+        return case_kit.run
     raise ValueError(f"unknown case {name!r}")
 
 

@@ -7,6 +7,11 @@ until its position reaches the end of the log. Baseline: kafka-python's producer
 same settings (the KafkaPublisher's own config) sending the very records the relay sent, with
 one flush at the end. For context, Kafka's own `ProducerPerformance` (Java) sends the same
 number of records of the same mean size with the same acks/idempotence/linger settings.
+
+Latency: a relay running live (`Relay.run`, idle between commits) while members register at
+a steady rate; each event's time from its commit (its timestamp) to Kafka's acknowledgement,
+as the relay reports it. Once woken by NOTIFY (the default on PostgreSQL), once with the
+poll-only fallback the relay used before (sleep `poll_interval_s` between polls).
 """
 
 from __future__ import annotations
@@ -15,16 +20,20 @@ import re
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.core import ROOT, Context, Row, Target, fresh_schema, log
-from bench.workload import bench_settings, generate_log, open_accounts
+import lifecycle.relay
+from bench.core import ROOT, Context, Row, Target, fresh_schema, log, percentile
+from bench.workload import bench_settings, generate_log, open_accounts, registration_kwargs
 from lifecycle.kafka.admin import TopicSettings, ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
+from lifecycle.notify import LogWaiter
 from lifecycle.relay import Relay
 from schemas.contract import TopicNames
 
@@ -90,6 +99,84 @@ def relay_pass(ctx: Context, settings: Any, topics: TopicNames, keep: bool) -> t
         publisher.inner.close()
         accounts.close()
     return seconds, publisher
+
+
+@contextmanager
+def poll_only() -> Iterator[None]:
+    """The relay as it was before NOTIFY: it sleeps the poll interval whenever idle."""
+    wake = lifecycle.relay.waiter_for
+    lifecycle.relay.waiter_for = lambda _recorder, stop, poll: LogWaiter(stop, poll)
+    try:
+        yield
+    finally:
+        lifecycle.relay.waiter_for = wake
+
+
+def latency_pass(ctx: Context, topics: TopicNames, seconds: float, rate: float) -> list[float]:
+    """A live relay over a fresh log while members register at `rate`/s: each event's
+    commit-to-ack seconds."""
+    with fresh_schema(ctx.database_url, "relay_live") as schema:
+        return _latency_pass(ctx, bench_settings(ctx.database_url, schema), topics, seconds, rate)
+
+
+def _latency_pass(
+    ctx: Context, settings: Any, topics: TopicNames, seconds: float, rate: float
+) -> list[float]:
+    accounts = open_accounts(settings)
+    publisher = KafkaPublisher(ctx.kafka_bootstrap)
+    waits: list[float] = []
+    relay = Relay(
+        accounts,
+        publisher,
+        name=f"bench-live-{uuid.uuid4().hex[:8]}",
+        topics=topics,
+        observe_ack_latency=waits.append,
+    )
+    stop = threading.Event()
+    try:
+        runner = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+        runner.start()
+        pause = threading.Event()
+        started = time.monotonic()
+        written = 0
+        while time.monotonic() - started < seconds:
+            accounts.register(**registration_kwargs(f"live-{uuid.uuid4().hex}@example.jp"))
+            written += 1
+            pause.wait(max(0.0, started + written / rate - time.monotonic()))
+        head = accounts.recorder.max_notification_id() or 0
+        deadline = time.monotonic() + 30
+        while relay.position < head and time.monotonic() < deadline:
+            pause.wait(0.01)
+    finally:
+        stop.set()
+        relay.close()
+        publisher.close()
+        accounts.close()
+    return waits
+
+
+def latency_rows(ctx: Context, topics: TopicNames) -> tuple[list[Row], list[float], list[float]]:
+    """Commit-to-ack percentiles, woken by NOTIFY against the poll-only fallback."""
+    live_s, rate = (3.0, 20.0) if ctx.quick else (10.0, 20.0)
+    log(f"relay: live latency, {rate:.0f} registrations/s for {live_s:.0f}s, NOTIFY")
+    notified = latency_pass(ctx, topics, live_s, rate)
+    log("relay: live latency, poll only (the fallback, as before)")
+    with poll_only():
+        polled = latency_pass(ctx, topics, live_s, rate)
+    rows = [
+        Row(
+            case="relay",
+            variant=f"commit -> Kafka ack p{share * 100:.0f}",
+            unit="ms",
+            samples=[1000 * percentile(notified, share)],
+            baseline=[1000 * percentile(polled, share)],
+            baseline_name="poll only (0.5 s)",
+            lower_is_better=True,
+            note=f"{len(notified)} events at {rate:.0f}/s, woken by NOTIFY",
+        )
+        for share in (0.5, 0.99)
+    ]
+    return rows, notified, polled
 
 
 def raw_pass(ctx: Context, records: list[Captured]) -> float:
@@ -269,6 +356,8 @@ def run(ctx: Context) -> list[Row]:
                 note=f"{len(records)} records, mean {mean_size} B incl. key+headers",
             )
         )
+        latency, notified, polled = latency_rows(ctx, topics)
+        rows.extend(latency)
         ctx.extra["relay"] = {
             "events": generated.events,
             "account_events": count,
@@ -277,6 +366,8 @@ def run(ctx: Context) -> list[Row]:
             "relay_seconds": relay_seconds,
             "raw_seconds": raw_seconds,
             "java_records_per_s": java,
+            "ack_latency_notify_s": notified,
+            "ack_latency_poll_s": polled,
         }
         ctx.note(
             "relay",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from uuid import UUID, uuid4
 
-from consumers.kit import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
+from consumers.handler import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
 from consumers.store import count_rows
 from lifecycle.storage import Cursor, Database, create_lock_table, lock_key
 from schemas.contract import Envelope, TopicNames

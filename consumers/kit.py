@@ -1,300 +1,58 @@
 """The consumer kit: what any downstream service needs to honour the lifecycle contract.
 
-One loop, two sources (Kafka, or the in-process log when Kafka is off). For each record:
+One loop, two sources (`lifecycle.kafka.source`: Kafka, or the in-process log when Kafka is
+off). For each poll batch:
 
-1. decode the CloudEvent; a record that breaks the contract goes to the dead letters at once;
-2. skip it when its `ce_id` is in `processed_events` (delivery is at least once);
-3. `handler.prepare(envelope)`: idempotent steps that cannot share a transaction (a mail);
-4. one transaction: insert the `ce_id` mark, `handler.handle(envelope, cursor)`, and the
-   records it wants sent (confirmations) into the `outbox`: effect, mark and confirmation
-   commit together or not at all;
+1. decode each CloudEvent; a record that breaks the contract goes to the dead letters at once;
+2. skip those whose `ce_id` is in `processed_events` (delivery is at least once), one query;
+3. `handler.prepare(envelope)` for each: idempotent steps that cannot share a transaction
+   (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
+4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` and the records
+   they want sent (confirmations) into the `outbox`: all commit together or not at all;
 5. publish the outbox and delete what the broker acknowledged;
-6. only then commit the offset.
+6. only then commit, once per partition, the offset after the batch's last record.
 
-A crash anywhere repeats at most steps 2-6 for that record: the mark turns a repeat into a
-skip, and the outbox left over is published on the next start with the same `ce_id`s.
-Failures other than contract violations are retried with capped exponential backoff, a
-bounded number of times; then the record goes to `<group>.dlq.v1` with its original key,
-value and headers plus `dlq_*` headers naming the error's class and a code (never the
-error's text, which may quote personal values), and the consumer moves on.
+A crash anywhere repeats at most steps 2-6 for that batch: the marks turn repeats into skips,
+and the outbox left over is published on the next start with the same `ce_id`s.
+
+A dependency that is down is waited out, with no attempt limit, while `waiting_for` names it
+(readiness reads `healthy`). When a record fails for any other reason, the batch is retried
+record by record, so only the culprit goes to `<group>.dlq.v1` (`consumers.faults`).
+Stopping (SIGTERM sets the event) finishes the batch in hand and commits it; only a wait for a
+dependency is cut short, and then just the records finished are committed.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
-from uuid import UUID
+from typing import TypeVar
 
-from pydantic import ValidationError
-
-from consumers.store import ConsumerStore, Outgoing
-from lifecycle.kafka.inprocess import InProcessPublisher
+from consumers.faults import (
+    RetryPolicy,
+    dead_letter_headers,
+    infrastructure_fault,
+    record_fault_code,
+)
+from consumers.handler import Handler, HandlerResult
+from consumers.store import ConsumerStore
 from lifecycle.kafka.producer import Publisher
+from lifecycle.kafka.source import (
+    Incoming,
+    Source,
+    TopicPartitionKey,
+    finished_prefix,
+    next_offsets,
+)
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor
-from schemas.contract import (
-    ContractError,
-    Envelope,
-    ErasureConfirmedV1,
-    PurgedV1,
-    TopicNames,
-    WithdrawalRequestedV1,
-    decode_record,
-    encode_erasure_confirmed,
-)
+from schemas.contract import ContractError, Envelope, decode_record
 
-DLQ_ERROR_TYPE = "dlq_error_type"
-DLQ_ERROR_CODE = "dlq_error_code"
-DLQ_HEADERS = (
-    DLQ_ERROR_TYPE,
-    DLQ_ERROR_CODE,
-    "dlq_consumer_group",
-    "dlq_source_topic",
-    "dlq_source_partition",
-    "dlq_source_offset",
-    "dlq_attempts",
-    "dlq_failed_at",
-)
-
-TopicPartitionKey = tuple[str, int]
-
-
-# What handlers see and return
-
-
-class PoisonRecord(Exception):  # noqa: N818 - the kit's published name
-    """The record can never be handled; `code` is a stable, data-free reason for the DLQ."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class TransientError(Exception):
-    """Not now, maybe later: the kit retries the record with backoff."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class AccountWithdrawnError(Exception):
-    """A write path refused: the account is withdrawn, so nothing new is kept about it."""
-
-    code = "account_withdrawn"
-
-
-@dataclass(frozen=True)
-class HandlerResult:
-    outgoing: tuple[Outgoing, ...] = ()
-    outcome: str = "applied"
-
-
-class Handler(Protocol):
-    """A service's reaction to one record. Subclass it to inherit the no-op `prepare`."""
-
-    def prepare(self, envelope: Envelope) -> None:
-        """Idempotent steps before the transaction (may run again after a crash or retry)."""
-        return None
-
-    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
-        """The effect, inside the transaction that also marks the record processed."""
-        ...
-
-
-def erasure_confirmation(
-    topics: TopicNames, account_id: UUID, service: str, rows_removed: int
-) -> Outgoing:
-    """The record that tells the lifecycle service this one holds nothing more (ids only)."""
-    return Outgoing(
-        topics.erasure_confirmed,
-        encode_erasure_confirmed(
-            ErasureConfirmedV1(
-                account_id=account_id,
-                service=service,
-                rows_removed=rows_removed,
-                confirmed_at=datetime.now(UTC),
-            )
-        ),
-    )
-
-
-def erase_on_withdrawal(
-    data: object, erase: Callable[[UUID], int], topics: TopicNames, service: str
-) -> HandlerResult | None:
-    """The erasing part of a downstream handler: on WithdrawalRequested erase and confirm,
-    on Purged erase whatever arrived since; None for any other event."""
-    if isinstance(data, WithdrawalRequestedV1):
-        removed = erase(data.account_id)
-        return HandlerResult(
-            (erasure_confirmation(topics, data.account_id, service, removed),), outcome="erased"
-        )
-    if isinstance(data, PurgedV1):
-        erase(data.account_id)
-        return HandlerResult(outcome="purged")
-    return None
-
-
-# Sources
-
-
-@dataclass(frozen=True)
-class Incoming:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    value: bytes | None
-
-
-class Source(Protocol):
-    def poll(self, timeout_s: float) -> list[Incoming]: ...
-
-    def commit(self, incoming: Incoming) -> None: ...
-
-    def lag(self) -> dict[TopicPartitionKey, int]: ...
-
-    def close(self) -> None: ...
-
-
-class KafkaSource:
-    """A group member: manual offset commits, earliest offset for a group that has none."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        topics: Sequence[str],
-        group_id: str,
-        *,
-        client_id: str | None = None,
-        **overrides: Any,
-    ) -> None:
-        from kafka import KafkaConsumer
-
-        self.group_id = group_id
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group_id,
-            client_id=client_id or group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            allow_auto_create_topics=False,
-            max_poll_records=100,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            **overrides,
-        )
-        self._consumer.subscribe(list(topics))
-
-    def poll(self, timeout_s: float) -> list[Incoming]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
-        return [
-            Incoming(
-                record.topic,
-                record.partition,
-                record.offset,
-                record.key,
-                list(record.headers or []),
-                record.value,
-            )
-            for batch in batches.values()
-            for record in batch
-        ]
-
-    def commit(self, incoming: Incoming) -> None:
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        self._consumer.commit(
-            {
-                TopicPartition(incoming.topic, incoming.partition): OffsetAndMetadata(
-                    incoming.offset + 1, "", -1
-                )
-            }
-        )
-
-    def lag(self) -> dict[TopicPartitionKey, int]:
-        """Per assigned partition: end offset minus the group's committed position."""
-        partitions = list(self._consumer.assignment())
-        if not partitions:
-            return {}
-        ends = self._consumer.end_offsets(partitions)
-        beginnings = self._consumer.beginning_offsets(partitions)
-        lag: dict[TopicPartitionKey, int] = {}
-        for tp in partitions:
-            committed = self._consumer.committed(tp)
-            position = beginnings[tp] if committed is None else committed
-            lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
-        return lag
-
-    def close(self) -> None:
-        self._consumer.close(autocommit=False)
-
-
-class InProcessSource:
-    """Kafka off: reads the in-process log of the same topics, one partition each."""
-
-    def __init__(
-        self, publisher: InProcessPublisher, topics: Sequence[str], *, max_records: int = 100
-    ) -> None:
-        self.publisher = publisher
-        self.topics = list(topics)
-        self.max_records = max_records
-        self._next = dict.fromkeys(self.topics, 0)
-        self._committed = dict.fromkeys(self.topics, 0)
-
-    def poll(self, timeout_s: float) -> list[Incoming]:
-        delivered = [
-            item
-            for topic in self.topics
-            for item in self.publisher.read(topic, self._next[topic], max_records=self.max_records)
-        ]
-        if not delivered:
-            first = self.topics[0]
-            wait = timeout_s if len(self.topics) == 1 else min(timeout_s, 0.1)
-            delivered = self.publisher.read(
-                first, self._next[first], max_records=self.max_records, timeout_s=wait
-            )
-        for item in delivered:
-            self._next[item.topic] = item.offset + 1
-        return [
-            Incoming(
-                item.topic,
-                0,
-                item.offset,
-                item.record.key,
-                list(item.record.headers),
-                item.record.value,
-            )
-            for item in delivered
-        ]
-
-    def commit(self, incoming: Incoming) -> None:
-        self._committed[incoming.topic] = incoming.offset + 1
-
-    def lag(self) -> dict[TopicPartitionKey, int]:
-        return {
-            (topic, 0): max(0, self.publisher.end_offset(topic) - self._committed[topic])
-            for topic in self.topics
-        }
-
-    def close(self) -> None:
-        return None
+T = TypeVar("T")
 
 
 # The loop
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 5
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 5.0
 
 
 @dataclass
@@ -312,7 +70,13 @@ class Stats:
     dead_lettered: int = 0
     retries: int = 0
     published: int = 0
+    batches: int = 0
+    waits: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Stopped(Exception):  # noqa: N818 - control flow, never leaves the loop
+    """The stop event was set while waiting for a dependency."""
 
 
 class Consumer:
@@ -343,12 +107,19 @@ class Consumer:
         self.poll_timeout_s = poll_timeout_s
         self.lag_interval_s = lag_interval_s
         self.stats = Stats()
+        self.waiting_for: str | None = None
+        self._waiting_since = 0.0
         self._lag: dict[TopicPartitionKey, int] = {}
         self._lag_at = 0.0
         self._stats_lock = threading.Lock()
         self._log = get_logger(__name__).bind(consumer=name)
 
-    # Metrics
+    # Health and metrics
+
+    @property
+    def healthy(self) -> bool:
+        """False while a dependency is down (`waiting_for` names it): for readiness probes."""
+        return self.waiting_for is None
 
     def lag(self) -> dict[TopicPartitionKey, int]:
         """Records behind, per topic partition, as of the loop's last refresh (thread-safe)."""
@@ -361,65 +132,148 @@ class Consumer:
     # Running
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until `stop` is set; an exception from a hook ends the run like a crash."""
+        """Consume until `stop` is set; the batch in hand is finished and committed first.
+
+        An exception from a hook ends the run like a crash."""
         self._log.info("consumer.started")
         try:
-            if not self.flush_outbox(stop):
-                return
+            self._until_done(self.flush_outbox, stop, "outbox", always=True)
             while not stop.is_set():
-                try:
-                    batch = self.source.poll(self.poll_timeout_s)
-                except Exception as error:
-                    self._log.error("consumer.poll_failed", error=type(error).__name__)
-                    stop.wait(self.retry.initial_backoff_s)
-                    continue
-                for incoming in batch:
-                    if stop.is_set() or not self.process(incoming, stop):
-                        return
-                    if self.hooks.before_offset_commit is not None:
-                        self.hooks.before_offset_commit(incoming)
-                    self._commit(incoming)
+                batch = self._until_done(
+                    lambda: self.source.poll(self.poll_timeout_s), stop, "poll", always=True
+                )
+                if batch:
+                    self.process_batch(batch, stop)
                 self._refresh_lag()
+        except Stopped:
+            pass
         finally:
             try:
                 self.source.close()
             finally:
                 self._log.info("consumer.stopped", **self._counts())
 
-    def process(self, incoming: Incoming, stop: threading.Event) -> bool:
-        """Handle one record completely; False when stopped before it was done."""
-        try:
-            envelope = decode_record(incoming.headers, incoming.value)
-        except ContractError as error:
-            return self._dead_letter(incoming, error, "contract_violation", 1, stop)
-        outcome = self._apply_with_retries(incoming, envelope, stop)
-        if outcome is None:
-            return False
-        if outcome == "applied" and self.hooks.after_commit is not None:
-            self.hooks.after_commit(envelope)
-        return self.flush_outbox(stop)
+    def process_batch(self, batch: Sequence[Incoming], stop: threading.Event) -> None:
+        """Handle a poll's records, then commit each partition's offset once, for what is done.
 
-    def _apply_with_retries(
+        Interrupted by `stop` while waiting for a dependency, it commits the records finished
+        so far (offsets never pass an effect) and raises `Stopped`."""
+        finished: set[int] = set()
+        try:
+            self._handle_batch(batch, finished, stop)
+        except Stopped:
+            self._commit_finished(batch, finished, stop)
+            raise
+        self._commit_finished(batch, finished, stop)
+
+    def _commit_finished(
+        self, batch: Sequence[Incoming], finished: set[int], stop: threading.Event
+    ) -> None:
+        done = finished_prefix(batch, finished)
+        with self._stats_lock:
+            self.stats.batches += 1
+        if not done:
+            return
+        self._until_done(self.flush_outbox, stop, "outbox", always=True)
+        for incoming in done:
+            if self.hooks.before_offset_commit is not None:
+                self.hooks.before_offset_commit(incoming)
+        self._commit(done)
+
+    def _handle_batch(
+        self, batch: Sequence[Incoming], finished: set[int], stop: threading.Event
+    ) -> None:
+        """Adds to `finished` the index of each record once it is handled completely."""
+        decoded: list[tuple[int, Envelope | ContractError]] = []
+        for index, incoming in enumerate(batch):
+            try:
+                decoded.append((index, decode_record(incoming.headers, incoming.value)))
+            except ContractError as error:
+                decoded.append((index, error))
+        known = self._until_done(
+            lambda: self.store.processed_among(
+                [e.id for _, e in decoded if isinstance(e, Envelope)]
+            ),
+            stop,
+            "dedupe",
+        )
+        todo: list[tuple[int, Envelope | ContractError]] = []
+        for index, item in decoded:
+            if isinstance(item, Envelope) and item.id in known:
+                self._count(duplicate=True)
+                finished.add(index)
+            else:
+                if isinstance(item, Envelope):
+                    known.add(item.id)
+                todo.append((index, item))
+        for segment in self._segments(todo):
+            first, item = segment[0]
+            if isinstance(item, ContractError):
+                self._dead_letter(batch[first], item, "contract_violation", 1, stop)
+                finished.add(first)
+                continue
+            envelopes = [e for _, e in segment if isinstance(e, Envelope)]
+            applied = self._apply_segment(envelopes, stop)
+            if applied is None:
+                applied = []
+                for index, envelope in zip((i for i, _ in segment), envelopes, strict=True):
+                    applied += self._apply_one(batch[index], envelope, stop)  # poison alone
+                    finished.add(index)
+            finished.update(index for index, _ in segment)
+            if self.hooks.after_commit is not None:
+                for envelope in applied:
+                    self.hooks.after_commit(envelope)
+
+    def _segments(
+        self, todo: list[tuple[int, Envelope | ContractError]]
+    ) -> Iterator[list[tuple[int, Envelope | ContractError]]]:
+        """Runs of records, in order, that share a transaction. A new run starts at a record
+        whose `prepare` must see the records before it committed; a record that breaks the
+        contract is a run of its own (dead-lettered in its place)."""
+        wants_commit = getattr(self.handler, "commits_before_prepare", None)
+        segment: list[tuple[int, Envelope | ContractError]] = []
+        for index, item in todo:
+            alone = isinstance(item, ContractError)
+            cut = alone or wants_commit is None or wants_commit(item)
+            if segment and (cut or isinstance(segment[0][1], ContractError)):
+                yield segment
+                segment = []
+            segment.append((index, item))
+        if segment:
+            yield segment
+
+    def _apply_segment(
+        self, envelopes: list[Envelope], stop: threading.Event
+    ) -> list[Envelope] | None:
+        """Prepare each, then one transaction for every mark, effect and confirmation.
+
+        The records applied; None when one failed for a reason of its own (the caller then
+        retries them singly)."""
+        try:
+            return self._until_done(lambda: self._apply(envelopes), stop, "apply")
+        except Stopped:
+            raise
+        except Exception as error:
+            self._log.warning(
+                "consumer.batch_failed", records=len(envelopes), error=type(error).__name__
+            )
+            return None
+
+    def _apply_one(
         self, incoming: Incoming, envelope: Envelope, stop: threading.Event
-    ) -> str | None:
-        """'applied', 'duplicate' or 'dead-lettered'; None when stopped first."""
-        backoff = self.retry.initial_backoff_s
+    ) -> list[Envelope]:
+        """One record in its own transaction; retried, then dead-lettered if it is at fault."""
         attempt = 0
+        backoff = self.retry.initial_backoff_s
         while True:
             attempt += 1
-            failure: tuple[BaseException, str] | None = None
             try:
-                return "applied" if self._apply(envelope) else "duplicate"
-            except PoisonRecord as error:
-                failure = (error, error.code)
-            except ContractError as error:
-                failure = (error, "contract_violation")
-            except ValidationError as error:
-                failure = (error, "validation_failed")
+                return self._until_done(lambda: self._apply([envelope]), stop, "apply")
+            except Stopped:
+                raise
             except Exception as error:
-                if attempt >= self.retry.max_attempts:
-                    failure = (error, "retries_exhausted")
-                else:
+                code = record_fault_code(error)
+                if code is None and attempt < self.retry.max_attempts:
                     self._log.warning(
                         "consumer.retry",
                         ce_id=envelope.id,
@@ -428,66 +282,93 @@ class Consumer:
                         attempt=attempt,
                         retry_in_s=backoff,
                     )
-                    with self._stats_lock:
-                        self.stats.retries += 1
-            if failure is not None:
-                done = self._dead_letter(incoming, failure[0], failure[1], attempt, stop)
-                return "dead-lettered" if done else None
-            if stop.wait(backoff):
-                return None
-            backoff = min(backoff * 2, self.retry.max_backoff_s)
+                    self._count(retry=True)
+                    if stop.wait(backoff):
+                        raise Stopped() from None
+                    backoff = min(backoff * 2, self.retry.max_backoff_s)
+                    continue
+                self._dead_letter(incoming, error, code or "retries_exhausted", attempt, stop)
+                return []
 
-    def flush_outbox(self, stop: threading.Event) -> bool:
-        """Publish what committed transactions left to send; retried until done or stopped."""
+    def _until_done(
+        self, work: Callable[[], T], stop: threading.Event, step: str, *, always: bool = False
+    ) -> T:
+        """`work()`, repeated with backoff while a dependency is unavailable, for as long as
+        it takes; `Stopped` when `stop` is set meanwhile. Any other failure is raised, unless
+        `always` (a step with no record to blame: polling, publishing)."""
         backoff = self.retry.initial_backoff_s
         while True:
             try:
-                pending = self.store.pending_outgoing()
-                if not pending:
-                    return True
-                for item in pending:
-                    record = item.record
-                    self.publisher.publish(item.topic, record.key, record.headers, record.value)
-                self.publisher.flush()
-                self.store.delete_outgoing([item.row_id for item in pending])
-                with self._stats_lock:
-                    self.stats.published += len(pending)
-                self._log.info("consumer.outbox_published", records=len(pending))
-                backoff = self.retry.initial_backoff_s
+                result = work()
             except Exception as error:
-                self._log.warning(
-                    "consumer.outbox_unpublished", error=type(error).__name__, retry_in_s=backoff
-                )
+                dependency = infrastructure_fault(error) or ("broker" if always else None)
+                if dependency is None:
+                    raise
+                self._wait_for(dependency, error, step, backoff)
                 if stop.wait(backoff):
-                    return False
+                    raise Stopped() from None
                 backoff = min(backoff * 2, self.retry.max_backoff_s)
+                continue
+            if self.waiting_for is not None:
+                waited = time.monotonic() - self._waiting_since
+                self._log.info("consumer.recovered", dependency=self.waiting_for, waited_s=waited)
+                self.waiting_for = None
+            return result
 
-    # One record
-
-    def _apply(self, envelope: Envelope) -> bool:
-        if self.store.is_processed(envelope.id):
-            self._count(duplicate=True)
-            return False
-        self.handler.prepare(envelope)
-        with self.store.transaction() as cursor:
-            if not self.store.mark_processed(cursor, envelope.id):
-                duplicate = True
-            else:
-                duplicate = False
-                result = self.handler.handle(envelope, cursor)
-                self.store.add_outgoing(cursor, result.outgoing)
-        if duplicate:
-            self._count(duplicate=True)
-            return False
-        self._count(outcome=result.outcome)
-        self._log.info(
-            "consumer.applied",
-            ce_id=envelope.id,
-            ce_type=envelope.type,
-            outcome=result.outcome,
-            outgoing=len(result.outgoing),
+    def _wait_for(self, dependency: str, error: BaseException, step: str, backoff: float) -> None:
+        if self.waiting_for is None:
+            self._waiting_since = time.monotonic()
+        self.waiting_for = dependency
+        self._count(retry=True, wait=True)
+        self._log.warning(
+            "consumer.waiting",
+            dependency=dependency,
+            step=step,
+            error=type(error).__name__,
+            retry_in_s=backoff,
         )
-        return True
+
+    def flush_outbox(self) -> None:
+        """Publish what committed transactions left to send, then delete it."""
+        while pending := self.store.pending_outgoing(limit=500):
+            for item in pending:
+                record = item.record
+                self.publisher.publish(item.topic, record.key, record.headers, record.value)
+            self.publisher.flush()
+            self.store.delete_outgoing([item.row_id for item in pending])
+            with self._stats_lock:
+                self.stats.published += len(pending)
+            self._log.info("consumer.outbox_published", records=len(pending))
+
+    # The transaction
+
+    def _apply(self, envelopes: list[Envelope]) -> list[Envelope]:
+        """Prepare, then mark, handle and keep the confirmations in one transaction."""
+        for envelope in envelopes:
+            self.handler.prepare(envelope)
+        applied: list[tuple[Envelope, HandlerResult]] = []
+        with self.store.transaction() as cursor:
+            fresh = self.store.mark_all_processed(cursor, [e.id for e in envelopes])
+            todo = [envelope for envelope in envelopes if envelope.id in fresh]
+            handle_many = getattr(self.handler, "handle_many", None)
+            if handle_many is not None:
+                results: list[HandlerResult] = handle_many(todo, cursor)
+            else:
+                results = [self.handler.handle(envelope, cursor) for envelope in todo]
+            applied = list(zip(todo, results, strict=True))
+            self.store.add_outgoing(cursor, [item for r in results for item in r.outgoing])
+        for _ in range(len(envelopes) - len(applied)):
+            self._count(duplicate=True)  # another member marked it since the dedupe check
+        for envelope, result in applied:
+            self._count(outcome=result.outcome)
+            self._log.debug(
+                "consumer.applied",
+                ce_id=envelope.id,
+                ce_type=envelope.type,
+                outcome=result.outcome,
+                outgoing=len(result.outgoing),
+            )
+        return [envelope for envelope, _ in applied]
 
     def _dead_letter(
         self,
@@ -496,33 +377,14 @@ class Consumer:
         code: str,
         attempts: int,
         stop: threading.Event,
-    ) -> bool:
-        headers = [
-            *incoming.headers,
-            (DLQ_ERROR_TYPE, type(error).__name__.encode()),
-            (DLQ_ERROR_CODE, code.encode()),
-            ("dlq_consumer_group", self.name.encode()),
-            ("dlq_source_topic", incoming.topic.encode()),
-            ("dlq_source_partition", str(incoming.partition).encode()),
-            ("dlq_source_offset", str(incoming.offset).encode()),
-            ("dlq_attempts", str(attempts).encode()),
-            ("dlq_failed_at", datetime.now(UTC).isoformat().encode()),
-        ]
-        backoff = self.retry.initial_backoff_s
-        while True:
-            try:
-                self.publisher.publish(self.dlq_topic, incoming.key or b"", headers, incoming.value)
-                self.publisher.flush()
-                break
-            except Exception as failure:
-                self._log.warning(
-                    "consumer.dead_letter_unpublished",
-                    error=type(failure).__name__,
-                    retry_in_s=backoff,
-                )
-                if stop.wait(backoff):
-                    return False
-                backoff = min(backoff * 2, self.retry.max_backoff_s)
+    ) -> None:
+        headers = dead_letter_headers(incoming, error, code, attempts, self.name)
+
+        def publish() -> None:
+            self.publisher.publish(self.dlq_topic, incoming.key or b"", headers, incoming.value)
+            self.publisher.flush()
+
+        self._until_done(publish, stop, "dead_letter", always=True)
         with self._stats_lock:
             self.stats.dead_lettered += 1
         self._log.error(
@@ -534,19 +396,16 @@ class Consumer:
             code=code,
             attempts=attempts,
         )
-        return True
 
-    def _commit(self, incoming: Incoming) -> None:
+    def _commit(self, records: Sequence[Incoming]) -> None:
+        offsets = next_offsets(records)
         try:
-            self.source.commit(incoming)
+            self.source.commit(offsets)
         except Exception as error:
-            # Lost the partition (rebalance) or the broker: the record comes again, as a skip.
+            # Lost the partition (rebalance) or the broker: the records come again, as skips,
+            # unless a later batch's commit covers them first.
             self._log.warning(
-                "consumer.commit_failed",
-                error=type(error).__name__,
-                topic=incoming.topic,
-                partition=incoming.partition,
-                offset=incoming.offset,
+                "consumer.commit_failed", error=type(error).__name__, partitions=len(offsets)
             )
 
     def _refresh_lag(self) -> None:
@@ -561,10 +420,18 @@ class Consumer:
         with self._stats_lock:
             self._lag, self._lag_at = lag, now
 
-    def _count(self, *, duplicate: bool = False, outcome: str | None = None) -> None:
+    def _count(
+        self,
+        *,
+        duplicate: bool = False,
+        outcome: str | None = None,
+        retry: bool = False,
+        wait: bool = False,
+    ) -> None:
         with self._stats_lock:
-            if duplicate:
-                self.stats.duplicates += 1
+            self.stats.duplicates += duplicate
+            self.stats.retries += retry
+            self.stats.waits += wait
             if outcome is not None:
                 self.stats.applied += 1
                 self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
@@ -576,4 +443,5 @@ class Consumer:
                 "duplicates": self.stats.duplicates,
                 "dead_lettered": self.stats.dead_lettered,
                 "retries": self.stats.retries,
+                "waits": self.stats.waits,
             }

@@ -14,9 +14,11 @@ On WithdrawalRequested, in this order:
 3. one transaction (the kit's): the address and any remaining notices deleted, and the erasure
    confirmation (with the rows removed) written to the kit's outbox with the processed mark.
 
-At-least-once window: a crash after the SMTP server accepted the mail and before step 2's
-record commits sends the confirmation again on restart, with the same Message-ID, so a
-receiving system can drop the copy. Everything else is exactly once by the kit's mark.
+At-least-once window: a crash of the process after the SMTP server accepted the mail and before
+step 2's record commits sends the confirmation again on restart, with the same Message-ID, so a
+receiving system can drop the copy. A record that fails while the process lives (a cut database
+connection) does not: the handler remembers the send and only records it on the retry.
+Everything else is exactly once by the kit's mark.
 
 Two topics carry no order between them. When the withdrawal is handled before the member's
 profile record, the address is unknown: steps 1 and 3 still run at once (nothing more is sent,
@@ -35,7 +37,7 @@ from email.utils import formataddr, formatdate
 from typing import Protocol
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
-from consumers.kit import (
+from consumers.handler import (
     AccountWithdrawnError,
     Handler,
     HandlerResult,
@@ -180,7 +182,12 @@ class MailHandler(Handler):
         self.database = database
         self.topics = topics
         self.mailer = mailer
+        self._sent_unrecorded: dict[UUID, str] = {}  # account -> Message-ID sent, not yet recorded
         create_tables(database)
+
+    def commits_before_prepare(self, envelope: Envelope) -> bool:
+        # A withdrawal's prepare reads the address an earlier profile record stores.
+        return isinstance(envelope.data, WithdrawalRequestedV1)
 
     def prepare(self, envelope: Envelope) -> None:
         data = envelope.data
@@ -253,8 +260,13 @@ class MailHandler(Handler):
     def _send_confirmation(
         self, account_id: UUID, withdrawal_ce_id: str, email: str, display_name: str
     ) -> None:
-        message = confirmation_message(withdrawal_ce_id, email, display_name, account_id)
-        self.mailer.send(message)
+        message_id = message_id_for(withdrawal_ce_id)
+        if self._sent_unrecorded.get(account_id) != message_id:
+            self.mailer.send(
+                confirmation_message(withdrawal_ce_id, email, display_name, account_id)
+            )
+            self._sent_unrecorded[account_id] = message_id
+            log.info("mail.confirmation_sent", account_id=str(account_id), message_id=message_id)
         db = self.database
         with db.transaction() as cursor:
             self._lock(cursor, account_id)
@@ -262,11 +274,9 @@ class MailHandler(Handler):
                 f"UPDATE {db.table('suppressions')} SET confirmation_message_id = %s, "
                 f"confirmation_sent_at = {db.now} "
                 "WHERE account_id = %s AND confirmation_sent_at IS NULL",
-                (message["Message-ID"], str(account_id)),
+                (message_id, str(account_id)),
             )
-        log.info(
-            "mail.confirmation_sent", account_id=str(account_id), message_id=message["Message-ID"]
-        )
+        del self._sent_unrecorded[account_id]
 
     # Step 3: erase and confirm (inside the kit's transaction)
 

@@ -6,17 +6,14 @@ which is not personal, kept so that a late scout for a withdrawn account is refu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from consumers.kit import (
-    AccountWithdrawnError,
-    Handler,
-    HandlerResult,
-    erase_on_withdrawal,
-)
+from consumers.handler import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
+from consumers.store import any_of, insert_rows
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database, create_lock_table, lock_key
+from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
 from schemas.contract import (
     Envelope,
     ScoutReceivedV1,
@@ -24,6 +21,14 @@ from schemas.contract import (
 )
 
 SERVICE = "scout"
+SCOUT_COLUMNS = (
+    ("account_id", "text"),
+    ("scout_id", "text"),
+    ("company_id", "text"),
+    ("job_id", "text"),
+    ("received_at", "timestamptz"),
+)
+ON_CONFLICT = "ON CONFLICT DO NOTHING"
 
 log = get_logger(__name__)
 
@@ -68,6 +73,28 @@ class ScoutHandler(Handler):
         )
         return erased or HandlerResult(outcome="ignored")
 
+    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """Runs of scouts in three statements each; anything else in its place, one by one."""
+        results: list[HandlerResult] = []
+        run: list[Envelope] = []
+        for envelope in [*envelopes, None]:
+            if envelope is not None and isinstance(envelope.data, ScoutReceivedV1):
+                run.append(envelope)
+                continue
+            if run:
+                scouts = [e.data for e in run if isinstance(e.data, ScoutReceivedV1)]
+                kept = record_scouts(self.database, cursor, scouts)
+                for item, recorded in zip(run, kept, strict=True):
+                    if not recorded:
+                        log.warning("scout.refused", account_id=item.subject, ce_id=item.id)
+                    results.append(
+                        HandlerResult(outcome="scout_recorded" if recorded else "refused")
+                    )
+                run = []
+            if envelope is not None:
+                results.append(self.handle(envelope, cursor))
+        return results
+
 
 def record_scout(database: Database, cursor: Cursor, scout: ScoutReceivedV1) -> bool:
     """Keep one scout; refuses (AccountWithdrawnError) for a withdrawn account."""
@@ -82,6 +109,39 @@ def record_scout(database: Database, cursor: Cursor, scout: ScoutReceivedV1) -> 
         (account, scout.scout_id, scout.company_id, scout.job_id, _timestamp(database, scout)),
     )
     return cursor.rowcount == 1
+
+
+def record_scouts(
+    database: Database, cursor: Cursor, scouts: Sequence[ScoutReceivedV1]
+) -> list[bool]:
+    """`record_scout` for many: per scout, False when refused (its account is withdrawn)."""
+    accounts = sorted({str(scout.account_id) for scout in scouts})
+    lock_keys(database, cursor, [f"scout:{account}" for account in accounts])
+    condition, params = any_of(database, "account_id", accounts)
+    withdrawn = {
+        row[0]
+        for row in cursor.execute(
+            f"SELECT account_id FROM {database.table('withdrawn_accounts')} WHERE {condition}",
+            params,
+        ).fetchall()
+    }
+    kept = [str(scout.account_id) not in withdrawn for scout in scouts]
+    rows = [
+        (
+            str(scout.account_id),
+            scout.scout_id,
+            scout.company_id,
+            scout.job_id,
+            _timestamp(database, scout),
+        )
+        for scout, keep in zip(scouts, kept, strict=True)
+        if keep
+    ]
+    if rows:
+        insert_rows(
+            database, cursor, database.table("scouts"), SCOUT_COLUMNS, rows, suffix=ON_CONFLICT
+        )
+    return kept
 
 
 def erase(database: Database, cursor: Cursor, account_id: UUID) -> int:

@@ -63,6 +63,39 @@ def check_identifier(name: str) -> str:
     return name
 
 
+def insert_rows(
+    database: Database,
+    cursor: Cursor,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[object]],
+    *,
+    suffix: str = "",
+) -> Cursor:
+    """Many rows in one statement. `columns` are (name, PostgreSQL type) pairs.
+
+    PostgreSQL: one array per column through `unnest`, so the statement's text (and psycopg's
+    parse of it) does not grow with the batch; SQLite: a multi-row VALUES.
+    """
+    names = ", ".join(name for name, _ in columns)
+    if database.dialect == "postgres":
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+        source = f"SELECT * FROM unnest({arrays})"
+        params: list[object] = [[row[i] for row in rows] for i in range(len(columns))]
+    else:
+        source = "VALUES " + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+        params = [value for row in rows for value in row]
+    return cursor.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
+
+
+def any_of(database: Database, column: str, values: Sequence[object]) -> tuple[str, list[object]]:
+    """`column` equal to any of `values`: a condition and its parameters (one array on
+    PostgreSQL, so the text stays the same for any batch)."""
+    if database.dialect == "postgres":
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({_marks(values)})", list(values)
+
+
 def count_rows(database: Database, tables: Iterable[str], account_id: UUID) -> int:
     """How many rows of the given tables still name the account."""
     with database.transaction(commit=False) as cursor:
@@ -113,36 +146,61 @@ class ConsumerStore:
             yield cursor
 
     def is_processed(self, ce_id: str) -> bool:
+        return bool(self.processed_among([ce_id]))
+
+    def processed_among(self, ce_ids: Sequence[str]) -> set[str]:
+        """Which of these `ce_id`s are marked already (one query for a whole batch)."""
+        if not ce_ids:
+            return set()
         with self.database.transaction(commit=False) as cursor:
-            row = cursor.execute(
-                f"SELECT 1 FROM {self.processed_table} WHERE ce_id = %s", (ce_id,)
-            ).fetchone()
-        return row is not None
+            condition, params = any_of(self.database, "ce_id", ce_ids)
+            rows = cursor.execute(
+                f"SELECT ce_id FROM {self.processed_table} WHERE {condition}", params
+            ).fetchall()
+        return {row[0] for row in rows}
 
     def mark_processed(self, cursor: Cursor, ce_id: str) -> bool:
-        """Insert the mark first: False when it was there already (a duplicate).
+        """Insert the mark first: False when it was there already (a duplicate)."""
+        return bool(self.mark_all_processed(cursor, [ce_id]))
 
-        Written first, the mark also takes the write lock (SQLite) or the key's index lock
+    def mark_all_processed(self, cursor: Cursor, ce_ids: Sequence[str]) -> set[str]:
+        """Insert the marks first, in one statement: returns those that were new.
+
+        Written first, a mark also takes the write lock (SQLite) or the key's index lock
         (PostgreSQL), so two deliveries of one record cannot both apply their effect.
         """
-        cursor.execute(
-            f"INSERT INTO {self.processed_table} (ce_id) VALUES (%s) ON CONFLICT DO NOTHING",
-            (ce_id,),
-        )
-        return cursor.rowcount == 1
+        unique = sorted(set(ce_ids))  # one lock order for every member
+        if not unique:
+            return set()
+        rows = insert_rows(
+            self.database,
+            cursor,
+            self.processed_table,
+            [("ce_id", "text")],
+            [(ce_id,) for ce_id in unique],
+            suffix="ON CONFLICT DO NOTHING RETURNING ce_id",
+        ).fetchall()
+        return {row[0] for row in rows}
 
     def add_outgoing(self, cursor: Cursor, outgoing: Sequence[Outgoing]) -> None:
-        for item in outgoing:
-            cursor.execute(
-                f"INSERT INTO {self.outbox_table} (topic, record_key, headers, record_value) "
-                "VALUES (%s, %s, %s, %s)",
+        if not outgoing:
+            return
+        blob = self.database.blob_type
+        insert_rows(
+            self.database,
+            cursor,
+            self.outbox_table,
+            [("topic", "text"), ("record_key", blob), ("headers", "text"), ("record_value", blob)],
+            [
                 (
                     item.topic,
                     item.record.key,
                     _encode_headers(item.record.headers),
                     item.record.value,
-                ),
-            )
+                )
+                for item in outgoing
+            ],
+        )
 
     def pending_outgoing(self, limit: int = 100) -> list[PendingOutgoing]:
         with self.database.transaction(commit=False) as cursor:
@@ -166,13 +224,18 @@ class ConsumerStore:
         if not row_ids:
             return
         with self.database.transaction() as cursor:
-            for row_id in row_ids:
-                cursor.execute(f"DELETE FROM {self.outbox_table} WHERE id = %s", (row_id,))
+            cursor.execute(
+                f"DELETE FROM {self.outbox_table} WHERE id IN ({_marks(row_ids)})", list(row_ids)
+            )
 
     def processed_count(self) -> int:
         with self.database.transaction(commit=False) as cursor:
             row = cursor.execute(f"SELECT count(*) FROM {self.processed_table}").fetchone()
         return int(row[0]) if row else 0
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:

@@ -15,15 +15,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from consumers import chat, mail, scout
-from consumers.kit import (
-    Consumer,
-    Handler,
-    Hooks,
-    InProcessSource,
-    KafkaSource,
-    RetryPolicy,
-    Source,
-)
+from consumers.faults import RetryPolicy
+from consumers.handler import Handler
+from consumers.kit import Consumer, Hooks
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
@@ -31,6 +25,7 @@ from lifecycle.erasure import ErasureHandler, ErasureProcess
 from lifecycle.errors import LifecycleError, StartupError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher, Publisher
+from lifecycle.kafka.source import InProcessSource, KafkaSource, Source
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, schema_setup_turn

@@ -80,8 +80,7 @@ def serve(
     # Kafka off: relay, consumers and erasure run here in threads; on: each is its own process.
     workers = start_workers(settings, accounts, erasure=erasure)
     try:
-        app = create_app(settings, accounts)
-        app.state.erasure = erasure  # the process the API's erasure routes use
+        app = create_app(settings, accounts, erasure)
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         workers.stop()

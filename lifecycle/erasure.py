@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
-from consumers.kit import Handler, HandlerResult, PoisonRecord
+from consumers.handler import Handler, HandlerResult, PoisonRecord
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError

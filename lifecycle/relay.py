@@ -5,6 +5,10 @@ after the publisher's flush succeeded: a restart resumes from it, so nothing is 
 nothing is reordered. Delivery is at least once; a crash between flush and position write
 republishes that batch with the same `ce_id`s, which consumers dedupe.
 
+Idle, it waits for the next commit (`lifecycle.notify`: PostgreSQL's NOTIFY, the poll interval
+as fallback), and each `relay.published` line says how long the batch's events waited from
+commit to Kafka's acknowledgement (`commit_to_ack_ms`, newest event; `..._max_ms`, oldest).
+
 One relay publishes at a time: on PostgreSQL it holds an advisory lock on a connection of its
 own for as long as it runs; on SQLite an exclusive `flock` on a file beside the database.
 """
@@ -12,7 +16,8 @@ own for as long as it runs; on SQLite an exclusive `flock` on a file beside the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
@@ -22,6 +27,7 @@ from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
+from lifecycle.notify import waiter_for
 from lifecycle.storage import Database, single_active_lock
 from schemas.contract import (
     ContractModel,
@@ -55,6 +61,7 @@ class Relay:
         poll_interval_s: float = 0.5,
         initial_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        observe_ack_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.accounts = accounts
         self.publisher = publisher
@@ -64,6 +71,7 @@ class Relay:
         self.poll_interval_s = poll_interval_s
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
+        self.observe_ack_latency = observe_ack_latency
         self._db: Database = accounts.database
         self._table = self._db.table("relay_position")
         self._log = get_logger(__name__).bind(relay=name)
@@ -102,9 +110,11 @@ class Relay:
         return self._relay_batch()
 
     def run(self, stop: threading.Event) -> None:
-        """Relay until `stop` is set: short waits when idle, capped backoff on failures."""
+        """Relay until `stop` is set: woken by each commit when idle (PostgreSQL NOTIFY,
+        the poll interval as fallback), capped backoff on failures."""
         backoff = self.initial_backoff_s
         standby = False
+        waiter = waiter_for(self.accounts.recorder, stop, self.poll_interval_s)
         try:
             while not stop.is_set():
                 try:
@@ -118,7 +128,7 @@ class Relay:
                     processed = self._relay_batch()
                     backoff = self.initial_backoff_s
                     if processed < self.batch_size:
-                        stop.wait(self.poll_interval_s)
+                        waiter.wait()
                 except PublishError as error:
                     self._log.warning(
                         "relay.kafka_unreachable",
@@ -127,6 +137,7 @@ class Relay:
                         retry_in_s=backoff,
                     )
                     backoff = self._back_off(stop, backoff)
+                    waiter.reset()
                 except Exception as error:
                     self._log.error(
                         "relay.failed",
@@ -135,7 +146,9 @@ class Relay:
                         retry_in_s=backoff,
                     )
                     backoff = self._back_off(stop, backoff)
+                    waiter.reset()
         finally:
+            waiter.close()
             self._lock.release()
             self._log.info("relay.stopped", position=self._position)
 
@@ -174,33 +187,63 @@ class Relay:
         if not notifications:
             return 0
         published = 0
+        stamps: list[datetime] = []
         # One key query for the batch instead of one per sealed event.
         self.accounts.vault.prefetch(
             {n.originator_id for n in notifications if isinstance(n.originator_id, UUID)}
         )
         for notification in notifications:
-            for topic, record in self._records_for(notification):
+            event = self._account_event(notification)
+            if event is None:
+                continue
+            stamps.append(event.timestamp)
+            for topic, record in self._records_for(event, notification.id):
                 self.publisher.publish(topic, record.key, record.headers, record.value)
                 published += 1
         self.publisher.flush()
+        acked = datetime.now(UTC)
         last = notifications[-1].id
         self._save_position(last)
         self._position = last
+        latency = self._ack_latency(stamps, acked)
         self._log.info(
             "relay.published",
             first=notifications[0].id,
             position=last,
             notifications=len(notifications),
             records=published,
+            **latency,
         )
         return len(notifications)
 
-    def _records_for(self, notification: Notification) -> Iterator[tuple[str, Record]]:
+    def _ack_latency(self, stamps: list[datetime], acked: datetime) -> dict[str, float]:
+        """From each event's commit (its timestamp, taken just before the commit) to Kafka's
+        acknowledgement of its records: the batch's newest and oldest, in milliseconds."""
+        if not stamps:
+            return {}
+        waits = [max(0.0, (acked - stamp).total_seconds()) for stamp in stamps]
+        if self.observe_ack_latency is not None:
+            for wait in waits:
+                self.observe_ack_latency(wait)
+        return {
+            "commit_to_ack_ms": round(min(waits) * 1000, 1),
+            "commit_to_ack_max_ms": round(max(waits) * 1000, 1),
+        }
+
+    def _account_event(self, notification: Notification) -> Account.Event | None:
+        """The decoded Account event; None for EmailClaim and anything else that is not
+        the public account stream."""
         event_class = resolve_topic(notification.topic)
         if not (isinstance(event_class, type) and issubclass(event_class, Account.Event)):
-            return  # EmailClaim and anything else that is not the public account stream
+            return None
         event = self.accounts.mapper.to_domain_event(notification)
         assert isinstance(event, Account.Event)
+        return event
+
+    def _records_for(
+        self, event: Account.Event, notification_id: int
+    ) -> Iterator[tuple[str, Record]]:
+        event_class = type(event)
         account_id: UUID = event.originator_id
         version = event.originator_version
         subject = str(account_id)
@@ -209,7 +252,7 @@ class Relay:
             self._log.error(
                 "relay.event_not_in_contract",
                 event=event_class.__qualname__,
-                notification=notification.id,
+                notification=notification_id,
             )
             return
         yield (

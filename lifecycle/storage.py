@@ -13,7 +13,7 @@ import fcntl
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
@@ -361,5 +361,20 @@ def lock_key(database: Database, cursor: Cursor, key: str) -> None:
     """
     if database.dialect == "postgres":
         cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+    else:
+        cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
+
+
+def lock_keys(database: Database, cursor: Cursor, keys: Iterable[str]) -> None:
+    """`lock_key` for many keys in one statement (a batch), taken in one order by everyone."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return
+    if database.dialect == "postgres":
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+            "FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS keys",
+            (ordered,),
+        )
     else:
         cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")

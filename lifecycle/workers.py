@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from consumers import mail
-from consumers.kit import Consumer, InProcessSource, RetryPolicy
+from consumers.faults import RetryPolicy
+from consumers.kit import Consumer
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_accounts,
@@ -30,6 +31,7 @@ from lifecycle.bootstrap import (
 from lifecycle.erasure import ErasureProcess
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher
+from lifecycle.kafka.source import InProcessSource
 from lifecycle.logs import get_logger
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings

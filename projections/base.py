@@ -6,9 +6,11 @@ A read model is a `Projection` whose view is the library's tracking recorder for
 model keeps its position in a `<name>_tracking` table beside its own tables. `record()` applies
 a batch of notifications and upserts the tracking row in the same database transaction: both
 commit or neither does. Before writing, it checks that the stored position is the one the
-batch starts from (a compare-and-set on the tracking row); the library's own upsert then
-refuses a position that is not newer. A batch delivered twice, or by two runners at once,
-therefore changes nothing the second time.
+batch starts from (a compare-and-set on the tracking row, locked `FOR UPDATE` on PostgreSQL);
+the library's own upsert then refuses a position that is not newer. The row is seeded at 0
+when the read model is created, so there is always a row to lock: followers started at the
+same instant on a fresh log queue on it like every later batch. A batch delivered twice, or
+by two runners at once, therefore changes nothing the second time.
 
 Read models hold no personal values at all: events reach them through `FactsMapper`, which
 drops the sealed personal fields without asking the key vault, so a read model has nothing to
@@ -40,7 +42,7 @@ from eventsourcing.utils import get_topic
 
 from lifecycle.crypto import SEALED_FIELD
 from lifecycle.domain import REDACTED, Account
-from lifecycle.storage import Cursor, Database
+from lifecycle.storage import Cursor, Database, Dialect
 
 APPLICATION_NAME = "Accounts"
 # Tables of a read model being rebuilt carry this suffix until they replace the live ones.
@@ -89,6 +91,43 @@ def tracking_recorder_for(database: Database, table: str) -> TrackingRecorder:
         return PostgresTrackingRecorder(datastore, tracking_table_name=table)
     assert isinstance(datastore, SQLiteDatastore)
     return NamedSQLiteTrackingRecorder(datastore, tracking_table_name=table)
+
+
+# Writing a batch
+
+
+class BatchCursor(Cursor):
+    """A `Cursor` that also writes many rows per statement: one batch of a read model costs
+    about one round trip to PostgreSQL instead of one per event."""
+
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
+        super().__init__(raw, dialect)
+        self._raw = raw
+        self._is_postgres = dialect == "postgres"
+
+    def executemany(self, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not self._is_postgres:
+            statement = statement.replace("%s", "?")
+        self._raw.executemany(statement, rows)
+
+    def run(self, statements: Iterable[Statement]) -> None:
+        """Run the statements in order: consecutive ones with the same SQL as one
+        `executemany`, all of them pipelined on PostgreSQL (one wait for the results)."""
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for statement, params in statements:
+            if runs and runs[-1][0] == statement:
+                runs[-1][1].append(params)
+            else:
+                runs.append((statement, [params]))
+        if not runs:
+            return
+        if not self._is_postgres:
+            for statement, rows in runs:
+                self.executemany(statement, rows)
+            return
+        with self._raw.connection.pipeline():
+            for statement, rows in runs:
+                self.executemany(statement, rows)
 
 
 # Decoding without personal values
@@ -181,6 +220,7 @@ class ReadModel(Projection[TrackingRecorder]):
                 create_tracking()  # inside the DDL turn that `ddl()` takes
             for statement in self.create_statements():
                 cursor.execute(statement)
+            self._seed_position(cursor)
 
     def drop(self) -> None:
         with self.database.ddl() as cursor:
@@ -193,11 +233,13 @@ class ReadModel(Projection[TrackingRecorder]):
         """The statements one decoded event makes; read models that need more override apply."""
         return ()
 
-    def apply(self, cursor: Cursor, items: Sequence[Item]) -> None:
-        for item in items:
-            if item.event is not None:
-                for statement, params in self.changes(item.event):
-                    cursor.execute(statement, params)
+    def apply(self, cursor: BatchCursor, items: Sequence[Item]) -> None:
+        cursor.run(
+            statement
+            for item in items
+            if item.event is not None
+            for statement in self.changes(item.event)
+        )
 
     def record(self, items: Sequence[Item], tracking: Tracking, expected_position: int) -> None:
         """Apply a batch and move the position to `tracking`, in one transaction.
@@ -207,7 +249,7 @@ class ReadModel(Projection[TrackingRecorder]):
         """
         view = self.view
         with self.database.datastore.transaction(commit=True) as raw:
-            cursor = Cursor(raw, self.database.dialect)
+            cursor = BatchCursor(raw, self.database.dialect)
             stored = self._locked_position(cursor)
             if stored != expected_position:
                 raise PositionMovedError(
@@ -230,13 +272,33 @@ class ReadModel(Projection[TrackingRecorder]):
         self.record([Item(notification, domain_event if wanted else None)], tracking, expected)
 
     def _locked_position(self, cursor: Cursor) -> int:
+        """The stored position, its row locked until the transaction ends (PostgreSQL).
+
+        The row always exists (seeded at 0), so the first batches of followers started
+        together queue on it like every later batch. Tables made before the seeding get
+        their row here: a concurrent seeder's uncommitted row makes the INSERT wait for
+        that transaction, and the SELECT after it then sees the position it committed.
+        On SQLite one writer at a time serialises the batches anyway.
+        """
         lock = " FOR UPDATE" if self.database.dialect == "postgres" else ""
-        row = cursor.execute(
+        select = (
             f"SELECT notification_id FROM {self.database.table(self.tracking_table)} "
-            f"WHERE application_name = %s{lock}",
-            (self.application_name,),
-        ).fetchone()
+            f"WHERE application_name = %s{lock}"
+        )
+        row = cursor.execute(select, (self.application_name,)).fetchone()
+        if row is None:
+            self._seed_position(cursor)
+            row = cursor.execute(select, (self.application_name,)).fetchone()
         return 0 if row is None or row[0] is None else int(row[0])
+
+    def _seed_position(self, cursor: Cursor) -> None:
+        """The tracking row at position 0, when there is none yet."""
+        cursor.execute(
+            f"INSERT INTO {self.database.table(self.tracking_table)} "
+            "(application_name, notification_id) VALUES (%s, 0) "
+            "ON CONFLICT (application_name) DO NOTHING",
+            (self.application_name,),
+        )
 
     def position(self) -> int:
         """The last notification id this read model has applied (0: none)."""

@@ -3,8 +3,8 @@
 A `Projector` reads the application's notification log in batches (`select_notifications`,
 never more than one batch in memory), decodes only the topics its read model reads, and
 hands each batch to the read model's `record()`, which writes the view and the tracking
-position in one transaction. Live, it waits for PostgreSQL's NOTIFY on the events table's
-channel (the library's LISTEN/NOTIFY signal) or polls on SQLite.
+position in one transaction. Live, it waits with `lifecycle.notify` (PostgreSQL's NOTIFY on
+commit, the poll as fallback; polling only on SQLite), as the relay does.
 
 `rebuild()` replays one read model from position 0 into shadow tables while everything else
 keeps running (writers, the live projector of the same read model), then swaps the shadow
@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
-from eventsourcing.postgres import PostgresDatastore
-from psycopg.sql import SQL, Identifier
 
 from lifecycle.application import Accounts
 from lifecycle.logs import get_logger
+from lifecycle.notify import waiter_for
 from lifecycle.storage import Cursor, Database
 from projections.base import (
     APPLICATION_NAME,
@@ -201,7 +200,7 @@ class Projector:
 
     def run(self, stop: threading.Event, poll_interval_s: float = 1.0) -> None:
         """Catch up, then follow the log live until `stop` is set."""
-        waiter = _waiter_for(self.accounts, stop, poll_interval_s)
+        waiter = waiter_for(self.recorder, stop, poll_interval_s)
         backoff = 0.5
         self._log.info("projection.started", position=self._position)
         try:
@@ -226,70 +225,6 @@ class Projector:
         finally:
             waiter.close()
             self._log.info("projection.stopped", position=self._position)
-
-
-class _Waiter:
-    """Blocks until the log may have grown: a NOTIFY, the poll interval, or stop."""
-
-    def __init__(self, stop: threading.Event, poll_interval_s: float) -> None:
-        self.stop = stop
-        self.poll_interval_s = poll_interval_s
-
-    def wait(self) -> None:
-        self.stop.wait(self.poll_interval_s)
-
-    def reset(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-class _ListeningWaiter(_Waiter):
-    """LISTEN on the events table's channel, on a connection of its own."""
-
-    def __init__(
-        self, datastore: PostgresDatastore, channel: str, stop: threading.Event, poll: float
-    ) -> None:
-        super().__init__(stop, poll)
-        self.datastore = datastore
-        self.channel = channel
-        self._conn: Any = None
-
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            import psycopg
-
-            configured = self.datastore.pool.kwargs
-            kwargs = dict(configured() if callable(configured) else configured or {})
-            kwargs.pop("row_factory", None)
-            self._conn = psycopg.connect(**kwargs, autocommit=True)
-            self._conn.execute(SQL("LISTEN {0}").format(Identifier(self.channel)))
-        return self._conn
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + self.poll_interval_s
-        conn = self._connection()
-        # Short slices, so that stop is noticed promptly.
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            for _ in conn.notifies(timeout=0.1, stop_after=1):
-                return
-
-    def reset(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
-            conn.close()
-
-
-def _waiter_for(accounts: Accounts, stop: threading.Event, poll_interval_s: float) -> _Waiter:
-    datastore = accounts.database.datastore
-    channel = getattr(accounts.recorder, "channel_name", None)
-    if isinstance(datastore, PostgresDatastore) and isinstance(channel, str):
-        return _ListeningWaiter(datastore, channel, stop, poll_interval_s)
-    return _Waiter(stop, poll_interval_s)
 
 
 def run_all(

@@ -5,15 +5,17 @@ Weeks start on Monday and months begin, both in Japan time (JST, no daylight sav
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
+from uuid import UUID
 
 from lifecycle.domain import Account
-from lifecycle.storage import Cursor
 from projections.base import (
+    BatchCursor,
     Item,
     ReadModel,
-    Statement,
     jst_month,
     jst_week_start,
     parse_ts,
@@ -21,8 +23,33 @@ from projections.base import (
     upsert_adding,
 )
 
+# (table, key columns, counts to add) for one event
+Count = tuple[str, dict[str, Any], dict[str, int]]
 
-class WithdrawalReasons(ReadModel):
+
+class CountingReadModel(ReadModel):
+    """Counts per key: a batch's counts are added up in memory first, then written as one
+    upsert per key (all keys in one `executemany`), not one statement per event."""
+
+    @abstractmethod
+    def counts(self, event: Any) -> Iterable[Count]:
+        """What one decoded event adds, per table and key."""
+
+    def apply(self, cursor: BatchCursor, items: Sequence[Item]) -> None:
+        totals: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, int]] = {}
+        for item in items:
+            if item.event is None:
+                continue
+            for table, keys, counts in self.counts(item.event):
+                total = totals.setdefault((table, tuple(keys.items())), dict.fromkeys(counts, 0))
+                for name, value in counts.items():
+                    total[name] += value
+        cursor.run(
+            upsert_adding(table, dict(keys), total) for (table, keys), total in totals.items()
+        )
+
+
+class WithdrawalReasons(CountingReadModel):
     """Withdrawals per reason per week: why members leave."""
 
     name = "withdrawal_reasons"
@@ -36,9 +63,9 @@ class WithdrawalReasons(ReadModel):
             "gifts_forfeited INTEGER NOT NULL, PRIMARY KEY (week_start, reason))"
         ]
 
-    def changes(self, event: Any) -> Iterable[Statement]:
+    def counts(self, event: Any) -> Iterable[Count]:
         if isinstance(event, Account.WithdrawalRequested):
-            yield upsert_adding(
+            yield (
                 self.table("withdrawal_reasons_weekly"),
                 {"week_start": jst_week_start(event.timestamp), "reason": event.reason},
                 {"withdrawals": 1, "gifts_forfeited": int(event.gift_forfeited)},
@@ -65,7 +92,7 @@ class WithdrawalReasons(ReadModel):
         ]
 
 
-class GiftClaims(ReadModel):
+class GiftClaims(CountingReadModel):
     """Gifts claimed per month and company, with the amount paid out."""
 
     name = "gift_claims"
@@ -79,9 +106,9 @@ class GiftClaims(ReadModel):
             "amount_jpy BIGINT NOT NULL, PRIMARY KEY (month, company_id))"
         ]
 
-    def changes(self, event: Any) -> Iterable[Statement]:
+    def counts(self, event: Any) -> Iterable[Count]:
         if isinstance(event, Account.GiftClaimed):
-            yield upsert_adding(
+            yield (
                 self.table("gift_claims_monthly"),
                 {"month": jst_month(event.timestamp), "company_id": event.company_id},
                 {"claims": 1, "amount_jpy": int(event.amount_jpy)},
@@ -121,27 +148,60 @@ class ScoutsPerCompany(ReadModel):
             "PRIMARY KEY (company_id, account_id))",
         ]
 
-    def apply(self, cursor: Cursor, items: Sequence[Item]) -> None:
-        companies = self.table("scouts_per_company")
+    def apply(self, cursor: BatchCursor, items: Sequence[Item]) -> None:
+        """A batch's scouts per company added up first: which members are new comes from
+        one insert of the batch's (company, member) pairs, then one upsert per company."""
+        scouts: dict[str, list[Any]] = {}  # company -> [scouts, first at, last at]
+        pairs: dict[tuple[str, UUID | str], None] = {}
         for item in items:
             event = item.event
             if not isinstance(event, Account.ScoutReceived):
                 continue
-            cursor.execute(
-                f"INSERT INTO {self.table('scouted_members')} (company_id, account_id) "
-                "VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (event.company_id, self.id(event.originator_id)),
-            )
-            new_member = 1 if cursor.rowcount > 0 else 0
             at = self.ts(event.timestamp)
+            seen = scouts.setdefault(event.company_id, [0, at, at])
+            seen[0] += 1
+            seen[2] = at
+            pairs[(event.company_id, self.id(event.originator_id))] = None
+        if not scouts:
+            return
+        new_members = self._insert_members(cursor, list(pairs))
+        cursor.executemany(
+            f"INSERT INTO {self.table('scouts_per_company')} AS saved "
+            "(company_id, scouts, members, first_scout_at, last_scout_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (company_id) DO UPDATE SET "
+            "scouts = saved.scouts + excluded.scouts, "
+            "members = saved.members + excluded.members, "
+            "last_scout_at = excluded.last_scout_at",
+            [
+                (company, count, new_members[company], first, last)
+                for company, (count, first, last) in scouts.items()
+            ],
+        )
+
+    def _insert_members(
+        self, cursor: BatchCursor, pairs: list[tuple[str, UUID | str]]
+    ) -> Counter[str]:
+        """Adds the pairs not yet there; how many were new, per company."""
+        table = self.table("scouted_members")
+        new: Counter[str] = Counter()
+        if self.database.dialect == "postgres":
+            companies, members = zip(*pairs, strict=True)
+            rows = cursor.execute(
+                f"INSERT INTO {table} (company_id, account_id) "
+                "SELECT * FROM unnest(%s::text[], %s::uuid[]) ON CONFLICT DO NOTHING "
+                "RETURNING company_id",
+                (list(companies), list(members)),
+            ).fetchall()
+            new.update(company for (company,) in rows)
+            return new
+        for company, member in pairs:  # in-process SQLite: no round trips to save
             cursor.execute(
-                f"INSERT INTO {companies} AS saved "
-                "(company_id, scouts, members, first_scout_at, last_scout_at) "
-                "VALUES (%s, 1, %s, %s, %s) ON CONFLICT (company_id) DO UPDATE SET "
-                "scouts = saved.scouts + 1, members = saved.members + excluded.members, "
-                "last_scout_at = excluded.last_scout_at",
-                (event.company_id, new_member, at, at),
+                f"INSERT INTO {table} (company_id, account_id) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (company, member),
             )
+            new[company] += 1 if cursor.rowcount > 0 else 0
+        return new
 
     def companies(self, limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
         where, params = ("WHERE company_id > %s ", [after]) if after else ("", [])

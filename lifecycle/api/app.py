@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from uuid import uuid4
 
 import structlog
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lifecycle.api.auth import with_generated_tokens
+from lifecycle.api.auth import AuthenticationMiddleware, with_generated_tokens
+from lifecycle.api.deps import ApiState
 from lifecycle.api.metrics import install_metrics
+from lifecycle.api.openapi import install_problem_openapi
 from lifecycle.api.problems import (
     install_problem_handlers,
     problem_response,
@@ -27,6 +32,7 @@ from lifecycle.api.routes import accounts as accounts_routes
 from lifecycle.api.routes import admin, audit, health, receipts
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
+from lifecycle.erasure import ErasureProcess
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
 
@@ -40,10 +46,13 @@ MAX_BODY_BYTES = 256 * 1024
 TOO_LARGE_DETAIL = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
 
 
-def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, accounts: Accounts | None = None, erasure: ErasureProcess | None = None
+) -> FastAPI:
     """The member-facing HTTP API.
 
-    With `accounts` given, the app uses it and leaves closing it to the caller. Without,
+    With `accounts` given (and `erasure`, the process the workers run), the app uses them and
+    leaves closing them to the caller. Without,
     the app builds its own from `settings` when it starts (lifespan) and closes it when
     it stops. Settings without API tokens get generated ones (see `with_generated_tokens`).
     """
@@ -55,10 +64,13 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url="/docs",
         redoc_url=None,
+        dependencies=[Depends(reject_unknown_query_parameters)],
     )
     app.state.settings = settings
     app.state.token_roles = dict(settings.api_tokens)
     app.state.accounts = accounts
+    app.state.erasure = erasure
+    app.state.api = None  # built in the lifespan (`ApiState.start`)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(accounts_routes.router)
@@ -68,12 +80,15 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
     app.include_router(receipts.audit_router)
     app.include_router(receipts.public_router)
     install_metrics(app)
+    install_problem_openapi(app)
     # Routes FastAPI adds itself (docs, OpenAPI) do not record their route in the scope.
     fixed_paths = frozenset(
         path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))
     )
-    # The last added runs first: request id and access log wrap everything else.
+    # The last added runs first: request id and access log wrap everything else, then
+    # authentication, before the body is read or limited.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AuthenticationMiddleware)
     app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
     return app
 
@@ -81,15 +96,20 @@ def create_app(settings: Settings, accounts: Accounts | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     log = get_logger("lifecycle.api")
+    settings: Settings = app.state.settings
     built: Accounts | None = None
     if app.state.accounts is None:
-        settings: Settings = app.state.settings
         built = await run_in_threadpool(build_accounts, settings)
         app.state.accounts = built
-    log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
     try:
+        # Every table the routes use is made here, once: no request runs DDL.
+        app.state.api = await run_in_threadpool(
+            ApiState.start, app.state.accounts, settings, app.state.erasure
+        )
+        log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
         yield
     finally:
+        app.state.api = None
         if built is not None:
             app.state.accounts = None
             await run_in_threadpool(built.close)
@@ -185,6 +205,24 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, receive_within_limit, send)
+
+
+def reject_unknown_query_parameters(request: Request) -> None:
+    """A query parameter the route does not declare is refused (422), as the OpenAPI says:
+    a misspelt filter must not silently return everything."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    if set(request.query_params) - set(_query_names(route.dependant)):
+        raise RequestValidationError(
+            [{"loc": ("query",), "msg": "unknown query parameter", "type": "extra_forbidden"}]
+        )
+
+
+def _query_names(dependant: Dependant) -> Iterator[str]:
+    yield from (field.alias for field in dependant.query_params)
+    for dependency in dependant.dependencies:
+        yield from _query_names(dependency)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

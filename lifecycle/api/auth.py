@@ -15,8 +15,11 @@ from typing import Annotated, TextIO
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lifecycle.api.problems import AuthenticationError, PermissionDeniedError
+from lifecycle.api.problems import AuthenticationError, PermissionDeniedError, error_response
+from lifecycle.errors import LifecycleError
 from lifecycle.logs import get_logger
 from lifecycle.settings import ROLES, Role, Settings, generate_tokens, token_digest
 
@@ -44,8 +47,54 @@ def role_for_token(token: str, token_roles: Mapping[str, Role]) -> Role | None:
     return found
 
 
+# The role each protected surface needs: the routers and the middleware both read it here.
+ROLE_BY_PREFIX: dict[str, Role] = {"/v1/": "service", "/admin/v1/": "ops", "/audit/v1/": "auditor"}
+
+
+def role_for_path(path: str) -> Role | None:
+    """The role a path needs; None for the open routes (health, metrics, docs)."""
+    for prefix, role in ROLE_BY_PREFIX.items():
+        if path.startswith(prefix):
+            return role
+    return None
+
+
+def authenticate(authorization: str | None, token_roles: Mapping[str, Role], role: Role) -> Role:
+    """The caller's role from an `Authorization` header; 401 or 403 unless it is `role`."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("a bearer token is required")
+    found = role_for_token(token.strip(), token_roles)
+    if found is None:
+        raise AuthenticationError("the bearer token is not valid", invalid_token=True)
+    if found != role:
+        raise PermissionDeniedError(detail=f"this route needs the {role} role")
+    return found
+
+
+class AuthenticationMiddleware:
+    """Authenticates every protected request before anything else reads it: an anonymous
+    caller gets 401 whatever the body, and so learns nothing about validation rules."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        role = role_for_path(scope["path"]) if scope["type"] == "http" else None
+        if role is not None:
+            try:
+                caller = authenticate(
+                    Headers(scope=scope).get("authorization"), scope["app"].state.token_roles, role
+                )
+            except LifecycleError as error:
+                await error_response(Request(scope), error)(scope, receive, send)
+                return
+            scope.setdefault("state", {})["caller_role"] = caller
+        await self.app(scope, receive, send)
+
+
 def require_role(role: Role) -> Callable[..., Awaitable[Caller]]:
-    """A dependency admitting only callers whose token has `role`; 401 or 403 otherwise."""
+    """The caller the middleware admitted for this route's `role` (documents bearer auth)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
 
@@ -53,15 +102,11 @@ def require_role(role: Role) -> Callable[..., Awaitable[Caller]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     ) -> Caller:
-        if credentials is None:
-            raise AuthenticationError("a bearer token is required")
-        token_roles: Mapping[str, Role] = request.app.state.token_roles
-        found = role_for_token(credentials.credentials, token_roles)
-        if found is None:
-            raise AuthenticationError("the bearer token is not valid", invalid_token=True)
-        if found != role:
-            raise PermissionDeniedError(detail=f"this route needs the {role} role")
-        return Caller(role=found)
+        found = getattr(request.state, "caller_role", None)
+        if found != role:  # a route outside the middleware's prefixes: check here
+            header = f"Bearer {credentials.credentials}" if credentials else None
+            found = authenticate(header, request.app.state.token_roles, role)
+        return Caller(role=role)
 
     dependency.__name__ = f"require_{role}_role"
     return dependency

@@ -1,7 +1,8 @@
 """Request and response bodies of the member-facing API, and their mapping to the domain.
 
 The API nests `job_title` in `profile`; the domain keeps it as a part of its own, because
-it is personal and sealed separately. Request models reject unknown fields.
+it is personal and sealed separately. Request models reject unknown fields. The account
+itself, as `GET /v1/accounts/{id}` shows it, is `lifecycle.api.account_view.AccountOut`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from uuid import UUID
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -27,11 +29,8 @@ from lifecycle.domain import (
     GIFT_AMOUNT_JPY,
     GIFT_KIND,
     MAX_COMMENT_LENGTH,
-    REDACTED,
-    Account,
     Channel,
     WithdrawalReason,
-    default_notifications,
 )
 
 T = TypeVar("T")
@@ -43,52 +42,46 @@ MAX_SALARY_JPY = 1_000_000_000
 # A simple plausibility check; the domain normalises the address (NFKC, case-folded).
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-CONTROL_CHARACTERS_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Rules in the schema itself (patterns), so the OpenAPI says what is accepted: single-line text
+# has no control character and is not only white space; a comment may hold tabs and line breaks.
+SINGLE_LINE = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _single_line(value: str) -> str:
-    if CONTROL_CHARACTERS.search(value):
-        raise ValueError("control characters are not allowed")
+def _iso_date_text(value: object) -> object:
+    # JSON has no date type: a date is `YYYY-MM-DD` text, never a number read as a timestamp.
+    if isinstance(value, date):
+        return value
+    if not (isinstance(value, str) and ISO_DATE.fullmatch(value)):
+        raise ValueError("expected a date as YYYY-MM-DD")
     return value
 
 
-def _multi_line(value: str) -> str:
-    if CONTROL_CHARACTERS_BUT_LINE_BREAKS.search(value):
-        raise ValueError("control characters other than tabs and line breaks are not allowed")
-    return value
+# A calendar date, as the OpenAPI `format: date` says: only `YYYY-MM-DD` text is accepted.
+IsoDate = Annotated[date, BeforeValidator(_iso_date_text)]
 
 
 Email = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL_PATTERN)
 ]
 DisplayName = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=SINGLE_LINE)
 ]
 Phone = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=24, pattern=r"^\+?[0-9][0-9 \-]{5,22}$"),
 ]
 ShortText = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=SINGLE_LINE)
 ]
 CompanyText = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=SINGLE_LINE)
 ]
 Prefecture = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=32),
-    AfterValidator(_single_line),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32, pattern=SINGLE_LINE)
 ]
-Comment = Annotated[
-    str, StringConstraints(max_length=MAX_COMMENT_LENGTH), AfterValidator(_multi_line)
-]
+Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_LENGTH, pattern=MULTI_LINE)]
 ConsentVersion = Annotated[
     str, StringConstraints(max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 ]
@@ -105,15 +98,14 @@ def _not_in_the_future(year: int) -> int:
 BirthYear = Annotated[StrictInt, Field(ge=MIN_BIRTH_YEAR), AfterValidator(_not_in_the_future)]
 
 
-def _reject_null(value: T | None) -> T | None:
-    # Runs only on values the client sent; an omitted field keeps its default None.
-    if value is None:
-        raise ValueError("may be omitted, but not null")
-    return value
+def omitted() -> Any:
+    """A PATCH field that may be left out (it keeps its value). Its type has no null, so null
+    is refused (it cannot be cleared) and the schema says so; the None default is internal."""
+    return Field(default=None, json_schema_extra=_without_default)
 
 
-# In a PATCH body: leave the field out to keep it; null is refused (it cannot be cleared).
-Omittable = Annotated[T | None, AfterValidator(_reject_null)]
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 class RequestModel(BaseModel):
@@ -126,8 +118,8 @@ class RequestModel(BaseModel):
 class WorkHistoryItem(RequestModel):
     company: CompanyText
     title: CompanyText
-    from_: date = Field(alias="from")
-    to: date | None = None
+    from_: IsoDate = Field(alias="from")
+    to: IsoDate | None = None
 
     @model_validator(mode="after")
     def _ends_after_it_starts(self) -> WorkHistoryItem:
@@ -213,20 +205,20 @@ class AccountCreated(BaseModel):
 class ProfilePatch(RequestModel):
     birth_year: BirthYear | None = None
     prefecture: Prefecture | None = None
-    job_title: Omittable[ShortText] = None
+    job_title: ShortText = omitted()
 
 
 class DesiredPatch(RequestModel):
-    locations: Omittable[Choices] = None
-    industries: Omittable[Choices] = None
-    job_types: Omittable[Choices] = None
+    locations: Choices = omitted()
+    industries: Choices = omitted()
+    job_types: Choices = omitted()
     min_salary: Salary | None = None
 
 
 class NotificationsPatch(RequestModel):
-    scouts: Omittable[StrictBool] = None
-    recommendations: Omittable[StrictBool] = None
-    notices: Omittable[StrictBool] = None
+    scouts: StrictBool = omitted()
+    recommendations: StrictBool = omitted()
+    notices: StrictBool = omitted()
 
 
 # Parts of the API body, in the order changes are reported.
@@ -246,10 +238,10 @@ class PreferencesPatch(RequestModel):
     out keep their value and `null` clears a field that may be empty (birth_year, prefecture,
     min_salary); lists such as `work_history` are replaced as a whole."""
 
-    profile: Omittable[ProfilePatch] = None
-    work_history: Omittable[WorkHistory] = None
-    desired: Omittable[DesiredPatch] = None
-    notifications: Omittable[NotificationsPatch] = None
+    profile: ProfilePatch = omitted()
+    work_history: WorkHistory = omitted()
+    desired: DesiredPatch = omitted()
+    notifications: NotificationsPatch = omitted()
 
     def domain_parts(self) -> dict[str, Any]:
         """Keyword arguments for `Accounts.edit_preferences`: only the fields sent.
@@ -285,29 +277,6 @@ def api_parts(domain_parts: list[str]) -> list[str]:
     return [part for part in API_PARTS if part in reported]
 
 
-# Normalised views of the account's parts (accounts registered elsewhere may lack keys).
-
-
-def profile_of(account: Account) -> dict[str, Any]:
-    return {
-        "birth_year": account.profile.get("birth_year"),
-        "prefecture": account.profile.get("prefecture"),
-    }
-
-
-def desired_of(account: Account) -> dict[str, Any]:
-    return {
-        "locations": list(account.desired.get("locations", [])),
-        "industries": list(account.desired.get("industries", [])),
-        "job_types": list(account.desired.get("job_types", [])),
-        "min_salary": account.desired.get("min_salary"),
-    }
-
-
-def notifications_of(account: Account) -> dict[str, bool]:
-    return {**default_notifications(), **account.notifications}
-
-
 # Scouts, gift, withdrawal
 
 
@@ -324,14 +293,14 @@ class ScoutRecorded(BaseModel):
 
 class GiftClaimRequest(RequestModel):
     company_id: ExternalId
-    start_date: date
+    start_date: IsoDate
 
 
 class Gift(BaseModel):
     kind: str = Field(examples=[GIFT_KIND])
     amount_jpy: int = Field(examples=[GIFT_AMOUNT_JPY])
     company_id: str
-    start_date: date
+    start_date: IsoDate
 
 
 class WithdrawalRequest(RequestModel):
@@ -350,20 +319,20 @@ class WithdrawalAccepted(BaseModel):
     erasure: str = Field(description="where the erasure of this account can be followed")
 
 
-class ServiceErasure(BaseModel):
+class ServiceErasureOut(BaseModel):
     state: Literal["pending", "confirmed", "failed"]
     rows_removed: int | None
     error_code: str | None
 
 
-class ErasureStatus(BaseModel):
+class ErasureOut(BaseModel):
     account_id: UUID
     state: Literal["not_requested", "requested", "purged"]
     requested_at: datetime | None
     purged_at: datetime | None
     deadline_at: datetime | None
     overdue: bool
-    services: dict[str, ServiceErasure]
+    services: dict[str, ServiceErasureOut]
 
 
 class WithdrawalPreview(BaseModel):
@@ -374,105 +343,3 @@ class WithdrawalPreview(BaseModel):
     scouts_received: int
     re_registration_starts_from_nothing: bool
     reasons: list[WithdrawalReason]
-
-
-# The account as a member sees it. A personal value whose key is gone reads as `[redacted]`
-# (lifecycle.domain.REDACTED), whatever its type was: a read view takes the marker in place of
-# the value rather than failing validation (which would answer 500).
-
-Redacted = Literal["[redacted]"]
-REDACTED_OUT: Redacted = "[redacted]"  # lifecycle.domain.REDACTED, as a type a schema can name
-
-
-def is_redacted(value: object) -> bool:
-    """The domain types a sealed value as what it was; after shredding it is the marker."""
-    return value == REDACTED
-
-
-class ProfileOut(BaseModel):
-    birth_year: int | None
-    prefecture: str | None
-    job_title: str | None
-
-
-class WorkHistoryOut(BaseModel):
-    company: str
-    title: str
-    from_: date = Field(alias="from")
-    to: date | None = None
-
-
-class DesiredOut(BaseModel):
-    locations: list[str]
-    industries: list[str]
-    job_types: list[str]
-    min_salary: int | None
-
-
-class NotificationsOut(BaseModel):
-    scouts: bool
-    recommendations: bool
-    notices: bool
-
-
-class AccountGift(Gift):
-    claimed_at: datetime
-
-
-class WithdrawalOut(BaseModel):
-    reason: WithdrawalReason
-    requested_at: datetime
-
-
-class AccountOut(BaseModel):
-    account_id: UUID
-    email: str
-    display_name: str
-    phone: str | None
-    profile: ProfileOut
-    work_history: list[WorkHistoryOut] | Redacted = Field(
-        description="`[redacted]` when the account's key was destroyed."
-    )
-    desired: DesiredOut
-    notifications: NotificationsOut
-    consent_version: str
-    channel: Channel
-    status: str
-    registered_at: datetime
-    scouts_received: int
-    gift: AccountGift | None
-    withdrawal: WithdrawalOut | None
-
-    @classmethod
-    def of(cls, account: Account) -> AccountOut:
-        gift = account.gift
-        withdrawal = account.withdrawal
-        return cls(
-            account_id=account.id,
-            email=account.email,
-            display_name=account.display_name,
-            phone=account.phone,
-            profile=ProfileOut(job_title=account.job_title, **profile_of(account)),
-            work_history=REDACTED_OUT
-            if is_redacted(account.work_history)
-            else [WorkHistoryOut.model_validate(item) for item in account.work_history],
-            desired=DesiredOut(**desired_of(account)),
-            notifications=NotificationsOut(**notifications_of(account)),
-            consent_version=account.consent_version,
-            channel=Channel(account.channel),
-            status=account.status.value,
-            registered_at=account.registered_at,
-            scouts_received=len(account.scouts),
-            gift=None
-            if gift is None
-            else AccountGift(
-                kind=gift["gift_kind"],
-                amount_jpy=gift["amount_jpy"],
-                company_id=gift["company_id"],
-                start_date=gift["start_date"],
-                claimed_at=gift["claimed_at"],
-            ),
-            withdrawal=None
-            if withdrawal is None or account.withdrawn_at is None
-            else WithdrawalOut(reason=withdrawal["reason"], requested_at=account.withdrawn_at),
-        )

@@ -28,12 +28,15 @@ from lifecycle.errors import (
     KeyDestroyedError,
     LifecycleError,
 )
+from lifecycle.kafka.inspector import BrokerUnavailableError
 from lifecycle.logs import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Problem types are URNs: stable identifiers that never depend on where the service runs.
 PROBLEM_TYPE_PREFIX = "urn:lifecycle:problem:"
 REQUEST_URN_PREFIX = "urn:lifecycle:request:"
+# A problem stays a few kilobytes whatever the request: at most this many validation issues.
+MAX_ISSUES = 20
 
 
 class AuthenticationError(LifecycleError):
@@ -59,6 +62,12 @@ class NotReadyError(LifecycleError):
     """The service cannot serve requests yet (or any more): its database does not answer."""
 
     code = "not_ready"
+
+
+class KafkaUnavailableError(NotReadyError):
+    """Kafka is needed for this request and does not answer (or is not configured)."""
+
+    code = "kafka_unavailable"
 
 
 # Most specific first is not required: the lookup walks each error's MRO.
@@ -100,7 +109,12 @@ class Problem(BaseModel):
         examples=["company_not_scouted"],
     )
     errors: list[ValidationIssue] | None = Field(
-        default=None, description="For 422 from request validation: where and what, no values."
+        default=None,
+        description="For 422 from request validation: where and what, no values, "
+        f"at most {MAX_ISSUES}.",
+    )
+    errors_omitted: int | None = Field(
+        default=None, description="How many more issues were found than `errors` lists."
     )
 
 
@@ -110,7 +124,7 @@ class ProblemResponse(JSONResponse):
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries documenting the problems a route may return."""
-    return {status: {"model": Problem, "description": _title(status)} for status in statuses}
+    return {status: {"model": Problem, "description": title_for(status)} for status in statuses}
 
 
 def request_id_of(request: Request) -> str | None:
@@ -127,10 +141,11 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     reason: str | None = None,
     errors: list[dict[str, Any]] | None = None,
+    errors_omitted: int | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": f"{PROBLEM_TYPE_PREFIX}{code}",
-        "title": _title(status),
+        "title": title_for(status),
         "status": status,
         "detail": detail,
         "code": code,
@@ -140,6 +155,8 @@ def problem_response(
         body["reason"] = reason
     if errors is not None:
         body["errors"] = errors
+    if errors_omitted is not None:
+        body["errors_omitted"] = errors_omitted
     return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
 
 
@@ -153,6 +170,11 @@ def status_for(error: LifecycleError) -> int:
 
 async def lifecycle_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LifecycleError)
+    return error_response(request, exc)
+
+
+def error_response(request: Request, exc: LifecycleError) -> Response:
+    """The problem document for one of the service's errors."""
     status = status_for(exc)
     if status >= 500 and not isinstance(exc, NotReadyError):
         # An error of ours that no client input explains (configuration, startup).
@@ -167,22 +189,29 @@ async def lifecycle_error_handler(request: Request, exc: Exception) -> Response:
     return problem_response(request, status, code, exc.detail, headers=headers, reason=reason)
 
 
+async def broker_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """The Kafka adapter's own exception, answered as the API's 503 problem."""
+    assert isinstance(exc, BrokerUnavailableError)
+    return await lifecycle_error_handler(request, KafkaUnavailableError(detail=str(exc)))
+
+
 async def validation_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    issues = [_issue(error) for error in exc.errors()]
+    found = exc.errors()
     return problem_response(
         request,
         422,
         "invalid_request",
         "the request is not valid; see errors",
-        errors=issues,
+        errors=[_issue(error) for error in found[:MAX_ISSUES]],
+        errors_omitted=max(0, len(found) - MAX_ISSUES) or None,
     )
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
-    detail = exc.detail if isinstance(exc.detail, str) else _title(status)
+    detail = exc.detail if isinstance(exc.detail, str) else title_for(status)
     return problem_response(
         request, status, _code_for_status(status), detail, headers=exc.headers or None
     )
@@ -208,12 +237,13 @@ def unexpected_error_response(request: Request, exc: BaseException) -> Response:
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LifecycleError, lifecycle_error_handler)
+    app.add_exception_handler(BrokerUnavailableError, broker_unavailable_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
 
 
-def _title(status: int) -> str:
+def title_for(status: int) -> str:
     if status in CURRENT_TITLES:
         return CURRENT_TITLES[status]
     try:
@@ -227,14 +257,17 @@ def _code_for_status(status: int) -> str:
         return AuthenticationError.code
     if status == 403:
         return PermissionDeniedError.code
-    return _title(status).lower().replace(" ", "_").replace("-", "_")
+    return title_for(status).lower().replace(" ", "_").replace("-", "_")
 
 
 def _issue(error: Any) -> dict[str, Any]:
-    """Where and what, never the value: no `input`, no `ctx`, and no message quoting input."""
+    """Where and what, never the value: no `input`, no `ctx`, no message quoting input, and no
+    unknown key's name (a client may send anything as a key)."""
     loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
     kind = str(error.get("type", "value_error"))
     msg = str(error.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        return {"loc": loc[:-1], "msg": "unknown field", "type": kind}
     value = error.get("input")
     if isinstance(value, str) and len(value) >= 3 and value in msg:
         msg = f"invalid value ({kind})"

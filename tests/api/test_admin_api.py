@@ -13,13 +13,14 @@ from fastapi.testclient import TestClient
 from support import TOKENS, auth, read_topic, unique_topics
 
 from lifecycle.api import create_app
-from lifecycle.api.routes.admin import KafkaAdapter
 from lifecycle.application import Accounts
 from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
+from lifecycle.kafka.inspector import KafkaInspectorClient, NoKafka
 from lifecycle.settings import Settings
+from lifecycle.storage import Database
 from projections.registry import READ_MODELS, open_read_models
 from projections.runner import Projector
-from schemas.contract import TopicNames
+from schemas.contract import CONSUMER_GROUPS, TopicNames
 
 OPS = auth("ops")
 SECRET_NAME = "Zephyrine Okonkwo"
@@ -130,6 +131,32 @@ def test_with_the_ops_role_every_admin_route_answers(
     response = call(client, route, account_id, OPS)
 
     assert response.status_code == route[2], response.text
+
+
+def test_no_request_runs_ddl(
+    settings: Settings, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account_id = member(accounts)
+    decrypting = settings.model_copy(update={"audit_decrypt_roles": ["auditor"]})
+
+    def refuse(database: Database) -> None:
+        raise AssertionError("DDL while answering a request")
+
+    with TestClient(create_app(decrypting, accounts)) as client:
+        monkeypatch.setattr(Database, "ddl", refuse)
+        admin = [call(client, route, account_id, OPS).status_code for route in ADMIN_ROUTES]
+        audit = [
+            client.get(path, headers=auth("auditor")).status_code
+            for path in (
+                f"/audit/v1/accounts/{account_id}/events?personal=decrypted",
+                "/audit/v1/hash-chain",
+            )
+        ]
+        erasure = client.get(f"/v1/accounts/{account_id}/erasure", headers=auth("service"))
+
+    assert admin == [expected for _, _, expected in ADMIN_ROUTES]
+    assert audit == [200, 200]
+    assert erasure.status_code == 200
 
 
 # Accounts
@@ -283,6 +310,25 @@ def test_retry_after_purge_is_409(client: TestClient, accounts: Accounts) -> Non
     assert response.json()["reason"] == "erasure_complete"
 
 
+class RefusingKafka(NoKafka):
+    """Kafka configured, but every record is refused."""
+
+    configured = True
+
+
+def test_retry_when_kafka_refuses_the_record_is_503(settings: Settings, accounts: Accounts) -> None:
+    account_id = member(accounts, withdraw=True)
+    project(accounts)
+    app = create_app(settings, accounts)
+    app.state.kafka = RefusingKafka(settings.topics)
+
+    with TestClient(app) as client:
+        response = client.post(f"/admin/v1/erasures/{account_id}/services/mail/retry", headers=OPS)
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "kafka_unavailable"
+
+
 # Statistics and projections
 
 
@@ -380,9 +426,11 @@ def names(kafka_bootstrap: str) -> Iterator[TopicNames]:
 def kafka_client(
     settings: Settings, accounts: Accounts, kafka_bootstrap: str, names: TopicNames
 ) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap}), accounts)
-    app.state.kafka = KafkaAdapter(kafka_bootstrap, names)
-    with TestClient(app) as client:
+    """The app as configured for Kafka with this test's topic prefix (nothing injected)."""
+    with_kafka = settings.model_copy(
+        update={"kafka_bootstrap": kafka_bootstrap, "topic_prefix": names.prefix}
+    )
+    with TestClient(create_app(with_kafka, accounts)) as client:
         yield client
 
 
@@ -450,6 +498,22 @@ def test_dead_letters_listed_redriven_and_discarded(
 
 
 @pytest.mark.kafka
+def test_with_a_topic_prefix_the_admin_surfaces_read_the_prefixed_topics_and_groups(
+    kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames
+) -> None:
+    assert names.prefix and names.dlq("mail").startswith(names.prefix)
+    dead_letter(kafka_bootstrap, names, "mail", "prefixed-1")
+
+    listed = kafka_client.get("/admin/v1/dead-letters/mail", headers=OPS).json()
+    groups = kafka_client.get("/admin/v1/consumers", headers=OPS).json()
+
+    assert [(d["ce_id"], d["topic"]) for d in listed] == [("prefixed-1", names.dlq("mail"))]
+    assert {g["service"]: g["group"] for g in groups} == {
+        name: names.group_id(name) for name in CONSUMER_GROUPS
+    }
+
+
+@pytest.mark.kafka
 def test_consumer_group_lag_per_service(
     kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames
 ) -> None:
@@ -510,7 +574,7 @@ def test_readyz_checks_kafka_when_configured(
     app = create_app(with_kafka, accounts)
     with TestClient(app) as client:
         ready = client.get("/readyz")
-        app.state.kafka = KafkaAdapter("127.0.0.1:1", names, timeout_s=1.0)
+        app.state.kafka = KafkaInspectorClient("127.0.0.1:1", names, timeout_s=1.0)
         unreachable = client.get("/readyz")
 
     assert ready.status_code == 200

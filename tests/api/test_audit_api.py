@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from support import auth
 
 from lifecycle.api import create_app
-from lifecycle.api.routes.audit import PersonalDataReads
+from lifecycle.api.tables import PersonalDataReads
 from lifecycle.application import Accounts
 from lifecycle.erasure import Confirmation, ErasureProcess
 from lifecycle.settings import Settings

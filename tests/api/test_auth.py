@@ -255,3 +255,27 @@ def test_generated_settings_do_not_generate_again(settings: Settings) -> None:
     assert again is generated
     assert second_out.getvalue() == ""
     assert set(generated.api_tokens.values()) == set(ROLES)
+
+
+def test_every_protected_route_is_401_before_it_reads_a_malformed_body(
+    client: TestClient, account_id: UUID
+) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    protected = [
+        (method.upper(), path)
+        for path, operations in paths.items()
+        if path.startswith(("/v1/", "/admin/", "/audit/"))
+        for method in operations
+    ]
+    assert len(protected) > 20
+
+    for method, path in protected:
+        url = path.format(
+            account_id=account_id, service="mail", group="mail", partition=0, offset=0
+        )
+        for body in (b"{not json", b"\xff\xfe\x00", b'{"unknown": 1}'):
+            response = client.request(
+                method, url, content=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 401, (method, path, body, response.text)
+            assert response.json()["code"] == "unauthenticated"

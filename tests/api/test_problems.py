@@ -367,14 +367,24 @@ def test_a_body_growing_past_the_limit_is_413(client: TestClient) -> None:
     assert problem_of(response, 413)["code"] == "content_too_large"
 
 
-def test_a_body_declared_too_large_is_413_before_anything_else(client: TestClient) -> None:
+def test_a_body_declared_too_large_is_413_before_it_is_read(client: TestClient) -> None:
+    response = client.post(
+        "/v1/accounts",
+        content=b"{}" + b" " * 300_000,
+        headers={"Content-Type": "application/json", **SERVICE},
+    )
+
+    assert problem_of(response, 413)["code"] == "content_too_large"
+
+
+def test_authentication_comes_before_the_body_limit(client: TestClient) -> None:
     response = client.post(
         "/v1/accounts",
         content=b"{}" + b" " * 300_000,
         headers={"Content-Type": "application/json"},
     )
 
-    assert problem_of(response, 413)["code"] == "content_too_large"
+    assert problem_of(response, 401)["code"] == "unauthenticated"
 
 
 # Never a 500 for anything a client sends
@@ -466,3 +476,15 @@ def test_no_client_input_causes_a_server_error(
     assert response.status_code in (200, 201, 202) or (
         response.headers["content-type"] == PROBLEM_MEDIA_TYPE
     )
+
+
+def test_a_problem_stays_small_and_names_no_unknown_key(client: TestClient) -> None:
+    body = {f"k{index}-hanako@example.jp": index for index in range(8_000)}
+
+    response = client.post("/v1/accounts", json=body, headers=SERVICE)
+
+    problem = problem_of(response, 422)
+    assert len(response.content) < 4096
+    assert len(problem["errors"]) == 20
+    assert problem["errors_omitted"] > 0
+    assert "hanako" not in response.text

@@ -6,6 +6,7 @@ Every test has topics, consumer groups and schemas of its own.
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -16,11 +17,13 @@ import pytest
 from support import Running, SmtpSink, profile, read_topic, scout_received, wait_until, withdrawal
 
 from consumers import mail, scout
-from consumers.kit import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, Hooks, Incoming, RetryPolicy
+from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
+from consumers.kit import Hooks
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import kafka_consumer
 from lifecycle.crypto import new_master_key
 from lifecycle.kafka.producer import KafkaPublisher
+from lifecycle.kafka.source import Incoming, KafkaSource
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
@@ -146,7 +149,76 @@ def test_a_poison_record_lands_in_the_dead_letters_and_the_next_record_is_handle
     assert {topic for topic, _ in consumer.lag()} == {topics.lifecycle}
 
 
+def test_two_members_of_one_group_share_the_partitions_and_apply_each_record_once(
+    kafka_settings: Settings, topics: TopicNames, running: list[Running]
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    members = [start(running, "scout", kafka_settings, topics) for _ in range(2)]
+    sources = [member.consumer.source for member in members]
+    assert all(isinstance(source, KafkaSource) for source in sources)
+
+    def shared() -> bool:
+        held = [source.assigned() for source in sources if isinstance(source, KafkaSource)]
+        return all(held) and len(held[0] | held[1]) == 3 and not held[0] & held[1]
+
+    wait_until(shared, "both members hold partitions", timeout_s=60)
+    accounts = [uuid.uuid4() for _ in range(60)]
+    produce(bootstrap, [scout_received(topics, account, 2) for account in accounts])
+    wait_until(lambda: sum(m.consumer.stats.applied for m in members) == len(accounts))
+    assert all(member.consumer.stats.applied > 0 for member in members)
+    assert sum(member.consumer.stats.duplicates for member in members) == 0
+    database = store(kafka_settings, "scout")
+    try:
+        assert all(scout.scouts_of(database, account) == ["scout-2"] for account in accounts)
+    finally:
+        database.close()
+
+
 # Kill and restart
+
+MEMBER = """
+import sys
+from lifecycle.kafka.source import KafkaSource
+bootstrap, topic, group, instance = sys.argv[1:]
+source = KafkaSource(
+    bootstrap, [topic], group, group_instance_id=instance, session_timeout_ms=60_000
+)
+while not source.assigned():
+    source.poll(0.2)
+print("assigned", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_static_member_killed_rejoins_at_once_without_waiting_out_its_session(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    group, instance = topics.group_id("static"), "scout-static-1"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", MEMBER, kafka_bootstrap, topics.lifecycle, group, instance],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert killed.stdout is not None
+        assert killed.stdout.readline().strip() == "assigned"
+    finally:
+        killed.kill()  # no LeaveGroup: its session (60 s) stays open on the broker
+        killed.wait(timeout=30)
+    source = KafkaSource(
+        kafka_bootstrap,
+        [topics.lifecycle],
+        group,
+        group_instance_id=instance,
+        session_timeout_ms=60_000,
+    )
+    try:
+        wait_until(lambda: bool(source.poll(0.2) or source.assigned()), timeout_s=30)
+        assert len(source.assigned()) == 3  # well inside the 60 s a new member would wait
+    finally:
+        source.close()
 
 
 def test_relay_killed_mid_stream_then_restarted_every_event_arrives_repeats_are_skipped(

@@ -5,26 +5,20 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from uuid import UUID
 
+import psycopg
 import pytest
 from eventsourcing.persistence import OperationalError
-from support import Running, scout_received, wait_until
+from support import Running, scout_received, service_stores, wait_until
 
-from consumers.kit import (
-    DLQ_ERROR_CODE,
-    DLQ_ERROR_TYPE,
-    Consumer,
-    Handler,
-    HandlerResult,
-    Hooks,
-    InProcessSource,
-    PoisonRecord,
-    RetryPolicy,
-    erasure_confirmation,
-)
+from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
+from consumers.handler import Handler, HandlerResult, PoisonRecord, erasure_confirmation
+from consumers.kit import Consumer, Hooks
 from consumers.store import ConsumerStore, Outgoing
 from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.source import InProcessSource
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
     Envelope,
@@ -151,13 +145,14 @@ def test_a_failing_effect_rolls_back_with_its_mark_and_is_retried(
     assert len(confirmations(log)) == 1
 
 
-def test_exhausted_retries_and_poison_go_to_the_dead_letters_and_the_consumer_moves_on(
+def test_unknown_errors_after_retries_and_poison_are_dead_lettered_and_the_consumer_moves_on(
     log: InProcessPublisher, database: Database, running: list[Running]
 ) -> None:
     account = uuid.uuid4()
     handler = RecordingHandler(database)
     secret = "tanaka.hanako@example.jp"
-    handler.failures[f"{account}:1"] = [OperationalError(secret)] * 3
+    # One failure for the batch's shared transaction, then three attempts of its own.
+    handler.failures[f"{account}:1"] = [RuntimeError(secret)] * 4
     handler.failures[f"{account}:2"] = [PoisonRecord("scout_unknown_company")]
     garbage = Record(b"k", [("x-note", b"\xff\xfe")], b"\x00not json at all")
     put(log, TOPICS.lifecycle, scout_record(account, 1), scout_record(account, 2, "t"))
@@ -171,7 +166,7 @@ def test_exhausted_retries_and_poison_go_to_the_dead_letters_and_the_consumer_mo
     dead = log.read(TOPICS.dlq("scout"), max_records=10)
     headers = [dict(item.record.headers) for item in dead]
     assert [(h[DLQ_ERROR_TYPE], h[DLQ_ERROR_CODE]) for h in headers] == [
-        (b"OperationalError", b"retries_exhausted"),
+        (b"RuntimeError", b"retries_exhausted"),
         (b"PoisonRecord", b"scout_unknown_company"),
         (b"ContractError", b"contract_violation"),
     ]
@@ -251,3 +246,46 @@ def test_outbox_rows_keep_topic_key_headers_and_value(database: Database) -> Non
     assert store.pending_outgoing() == []
     assert store.is_processed("a:1")
     assert not store.is_processed("a:2")
+
+
+def cut_connections(postgres_url: str, application_name: str) -> int:
+    """`pg_terminate_backend` on every backend of that application name."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application_name,),
+        ).fetchall()
+    return len(rows)
+
+
+def test_cut_database_connections_are_waited_out_and_every_record_applies_once(
+    postgres_url: str,
+    tmp_path: Path,
+    log: InProcessPublisher,
+    running: list[Running],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    application_name = f"kit-cut-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PGAPPNAME", application_name)  # libpq names the store's connections
+    with service_stores("postgres", tmp_path, postgres_url) as make:
+        database = make("kit")
+        handler = RecordingHandler(database)
+        consumer = make_consumer(log, database, handler)
+        running.append(Running(consumer))
+        accounts = [uuid.uuid4() for _ in range(1_500)]
+        cuts = []
+        for chunk in range(0, len(accounts), 300):  # five rounds: records in flight, then a cut
+            put(log, TOPICS.lifecycle, *(scout_record(a, 1) for a in accounts[chunk : chunk + 300]))
+            cuts.append(cut_connections(postgres_url, application_name))
+            wait_until(lambda n=chunk + 300: consumer.stats.applied == n, "the round applied")
+        wait_until(lambda: consumer.healthy and ConsumerStore(database).pending_outgoing() == [])
+        assert all(cuts), cuts  # each round terminated the store's connections
+        assert consumer.stats.waits >= 1  # it did meet a cut connection, and waited
+        assert consumer.stats.dead_lettered == 0
+        assert log.read(TOPICS.dlq("scout"), max_records=10) == []
+        assert handler.effects() == sorted(f"{a}:1" for a in accounts)  # each exactly once
+        published = log.read(TOPICS.erasure_confirmed, max_records=10_000)
+        confirmed = {decode_record(i.record.headers, i.record.value).account_id for i in published}
+        assert confirmed == set(accounts)
+        running.pop().stop()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
+from eventsourcing.persistence import OperationalError
 from support import (
     SmtpSink,
     StoreFactory,
@@ -23,15 +24,12 @@ from support import (
 )
 
 from consumers import chat, mail, scout
-from consumers.kit import (
-    AccountWithdrawnError,
-    Consumer,
-    Handler,
-    InProcessSource,
-    RetryPolicy,
-)
+from consumers.faults import RetryPolicy
+from consumers.handler import AccountWithdrawnError, Handler
+from consumers.kit import Consumer
 from consumers.store import ConsumerStore
 from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.source import InProcessSource
 from lifecycle.storage import Database
 from schemas.contract import (
     Envelope,
@@ -333,3 +331,39 @@ def test_the_documented_window_a_lost_send_record_mails_again_with_the_same_mess
     assert len(smtp.messages()) == 2
     assert ids == {mail.message_id_for(lifecycle_event_id(member, 2))}
     assert len(service.confirmations()) == 1
+
+
+class CutAfterSend:
+    """Sends, then the store's next transaction fails as on a connection cut mid-flight."""
+
+    def __init__(self, inner: mail.Mailer, database: Database) -> None:
+        self.inner = inner
+        self.database = database
+
+    def send(self, message: EmailMessage) -> None:
+        self.inner.send(message)
+        original = self.database.transaction
+
+        def cut(*args: object, **kwargs: object) -> object:
+            setattr(self.database, "transaction", original)  # noqa: B010 - once
+            raise OperationalError("server closed the connection unexpectedly")
+
+        setattr(self.database, "transaction", cut)  # noqa: B010 - a test seam
+
+
+def test_a_send_whose_record_failed_on_a_cut_connection_is_not_mailed_again(
+    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+) -> None:
+    database = service_store("mail")
+    mailer = CutAfterSend(mail.SmtpMailer(smtp.host, smtp.port), database)
+    handler = mail.MailHandler(database, TOPICS, mailer)
+    service = start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
+    member = uuid.uuid4()
+    service.send(profile(TOPICS, member, 1, "cut@example.jp", "Cut"), withdrawal(TOPICS, member, 2))
+    wait_until(lambda: len(service.confirmations()) == 1)
+    assert len(smtp.messages()) == 1
+    assert service.consumer.stats.dead_lettered == 0
+    assert service.consumer.stats.waits >= 1
+    recorded = mail.suppression(database, member)
+    assert recorded is not None
+    assert recorded["confirmation_message_id"] == mail.message_id_for(lifecycle_event_id(member, 2))

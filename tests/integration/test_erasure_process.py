@@ -11,7 +11,8 @@ from uuid import UUID
 import pytest
 from support import wait_until
 
-from consumers.kit import DLQ_ERROR_CODE, Consumer, InProcessSource, RetryPolicy
+from consumers.faults import DLQ_ERROR_CODE, RetryPolicy
+from consumers.kit import Consumer
 from lifecycle import bootstrap
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure
@@ -26,6 +27,7 @@ from lifecycle.erasure import (
 )
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.source import InProcessSource
 from lifecycle.settings import Settings
 from projections.base import table_exists
 from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed

@@ -499,3 +499,43 @@ def test_in_process_publisher_carries_the_same_records(
     assert isinstance(envelope.data, RegisteredV1)
     assert [type(e.data) for e in received] == [ProfileV1]
     assert in_process.end_offset(TopicNames().lifecycle) == 1
+
+
+# Waking on commit
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_an_idle_relay_wakes_on_commit_and_reports_commit_to_ack_latency(
+    accounts: Accounts, bus: Bus, relays: list[Relay]
+) -> None:
+    """A poll interval far longer than the deadline: only the commit's NOTIFY can wake it."""
+    waits: list[float] = []
+    relay = Relay(
+        accounts,
+        bus.publisher,
+        topics=bus.topics,
+        poll_interval_s=3600.0,
+        observe_ack_latency=waits.append,
+    )
+    relays.append(relay)
+    stop = threading.Event()
+    with capture_logs() as logs:
+        runner = threading.Thread(target=relay.run, args=(stop,))
+        runner.start()
+        try:
+            wait_until(lambda: relay.is_active, "relay active", timeout_s=30)
+            for n in range(3):
+                accounts.register(**person(n, uuid.uuid4().hex[:8]))
+                newest = accounts.recorder.max_notification_id()
+                wait_until(
+                    lambda head=newest: relay.position == head, "woken by commit", timeout_s=30
+                )
+        finally:
+            stop.set()
+            runner.join(timeout=30)
+    assert not runner.is_alive()
+
+    assert len(waits) == 3
+    assert all(0 <= wait < 30 for wait in waits)
+    published = [line for line in logs if line["event"] == "relay.published"]
+    assert published and all("commit_to_ack_ms" in line for line in published)

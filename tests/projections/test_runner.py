@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from collections import Counter
 from collections.abc import Iterator
-from uuid import uuid4
+from datetime import UTC, date, datetime
+from typing import Any
+from uuid import UUID, uuid4
 
+import psycopg
 import pytest
 from projection_history import History, catch_up, table_rows
+from support import race
+from typer.testing import CliRunner
 
 from lifecycle.application import Accounts
-from projections.base import APPLICATION_NAME, SHADOW_SUFFIX, table_exists
+from lifecycle.cli import cli
+from lifecycle.domain import Account
+from lifecycle.settings import Settings
+from lifecycle.storage import Database
+from projections.base import (
+    APPLICATION_NAME,
+    SHADOW_SUFFIX,
+    jst_month,
+    jst_week_start,
+    table_exists,
+)
 from projections.directory import AccountDirectory
 from projections.hashchain import HashChain
 from projections.registry import READ_MODELS, UnknownReadModelError, read_model_classes
 from projections.runner import Progress, ProgressPrinter, Projector, rebuild
-from projections.statistics import ScoutsPerCompany
+from projections.statistics import GiftClaims, ScoutsPerCompany, WithdrawalReasons
 
 DEADLINE_S = 30.0
 
@@ -149,3 +166,132 @@ def test_names_select_read_models() -> None:
     assert read_model_classes() == list(READ_MODELS.values())
     with pytest.raises(UnknownReadModelError):
         read_model_classes(["nope"])
+
+
+# Followers started together
+
+
+COUNTING = (WithdrawalReasons, GiftClaims, ScoutsPerCompany)
+FOLLOWERS = 4
+ROUNDS = 5
+
+
+def write_log(accounts: Accounts, members: int = 30) -> None:
+    """Members scouted by overlapping companies, some gifted, some withdrawn (with and
+    without forfeiting the gift), saved a few aggregates at a time."""
+    saved: list[Account] = []
+    for n in range(members):
+        member = Account.register(
+            email=f"f-{uuid4().hex[:10]}@example.jp", display_name="N", consent_version="1"
+        )
+        for s in range(1 + n % 3):
+            member.receive_scout(
+                scout_id=f"s-{s}",
+                company_id=f"company-{(n + s) % 4}",
+                job_id="j",
+                received_at=datetime.now(UTC),
+            )
+        if n % 3 == 0:
+            member.claim_gift(company_id=f"company-{n % 4}", start_date=date(2026, 7, 1))
+        if n % 2 == 0:
+            reason = ("hired_elsewhere", "too_many_notifications", "other")[n % 3]
+            member.request_withdrawal(reason=reason, acknowledge_gift_loss=True)
+        saved.append(member)
+        if len(saved) == 5:
+            accounts.save(*saved)
+            saved = []
+    accounts.save(*saved)
+
+
+def counts_from_the_log(accounts: Accounts) -> dict[str, Any]:
+    """What the counting read models must hold, computed straight from the events."""
+    weekly: Counter[tuple[str, str, str]] = Counter()
+    monthly: Counter[tuple[str, str, str]] = Counter()
+    scouts: Counter[str] = Counter()
+    members: dict[str, set[UUID]] = {}
+    for notification in accounts.recorder.select_notifications(start=1, limit=1_000_000):
+        event = accounts.mapper.to_domain_event(notification)
+        if isinstance(event, Account.WithdrawalRequested):
+            week = jst_week_start(event.timestamp)
+            weekly[(week, event.reason, "withdrawals")] += 1
+            weekly[(week, event.reason, "gifts_forfeited")] += int(event.gift_forfeited)
+        elif isinstance(event, Account.GiftClaimed):
+            month = jst_month(event.timestamp)
+            monthly[(month, event.company_id, "claims")] += 1
+            monthly[(month, event.company_id, "amount_jpy")] += event.amount_jpy
+        elif isinstance(event, Account.ScoutReceived):
+            scouts[event.company_id] += 1
+            members.setdefault(event.company_id, set()).add(event.originator_id)
+    return {
+        "withdrawal_reasons": +weekly,
+        "gift_claims": +monthly,
+        "scouts_per_company": {
+            company: (count, len(members[company])) for company, count in scouts.items()
+        },
+    }
+
+
+def counts_in_the_read_models(database: Database) -> dict[str, Any]:
+    weekly: Counter[tuple[str, str, str]] = Counter()
+    for row in WithdrawalReasons(database).weekly():
+        for column in ("withdrawals", "gifts_forfeited"):
+            weekly[(row["week_start"], row["reason"], column)] += row[column]
+    monthly: Counter[tuple[str, str, str]] = Counter()
+    for row in GiftClaims(database).monthly():
+        for column in ("claims", "amount_jpy"):
+            monthly[(row["month"], row["company_id"], column)] += row[column]
+    return {
+        "withdrawal_reasons": +weekly,
+        "gift_claims": +monthly,
+        "scouts_per_company": {
+            row["company_id"]: (row["scouts"], row["members"])
+            for row in ScoutsPerCompany(database).companies()
+        },
+    }
+
+
+def follow(accounts: Accounts) -> int:
+    """What a `lifecycle project` follower does first: create the tables, catch up."""
+    models = [model_class(accounts.database) for model_class in COUNTING]
+    for model in models:
+        model.create()
+    return sum(Projector(accounts, model, batch_size=4).catch_up() for model in models)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_followers_started_together_on_a_fresh_log_count_each_event_once(
+    settings: Settings, postgres_url: str
+) -> None:
+    """`lifecycle project` run as an HA group: every follower opens the counting read models
+    (creating their tables) and follows the log, all released at the same instant, before
+    any of them has committed a position."""
+    for _ in range(ROUNDS):
+        schema = f"t_{uuid4().hex[:12]}"
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        fresh = settings.model_copy(update={"database_schema": schema})
+        writer = Accounts(env=fresh.application_env())
+        followers = [Accounts(env=fresh.application_env()) for _ in range(FOLLOWERS)]
+        try:
+            write_log(writer)
+
+            results = race(lambda i, apps=followers: follow(apps[i]), FOLLOWERS)
+
+            assert not [r for r in results if isinstance(r, BaseException)], results
+            assert sum(r for r in results if isinstance(r, int)) >= len(COUNTING)
+            assert counts_in_the_read_models(writer.database) == counts_from_the_log(writer)
+        finally:
+            for app in (writer, *followers):
+                app.close()
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_the_cli_takes_the_registry_names() -> None:
+    """One name per read model: the registry's, which `lifecycle project --help` lists."""
+    result = CliRunner().invoke(cli, ["project", "--help"], env={"COLUMNS": "400"})
+
+    assert result.exit_code == 0
+    listed = re.search(r"Projections \(default: all\): ([a-z_, ]+)\.", result.output)
+    assert listed is not None, result.output
+    assert listed.group(1).split(", ") == list(READ_MODELS)

@@ -7,16 +7,16 @@ documents by `lifecycle.api.problems`.
 
 from __future__ import annotations
 
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
+from lifecycle.api.account_view import AccountOut
 from lifecycle.api.auth import require_role
+from lifecycle.api.deps import AccountId, AccountsDep, ErasureDep
 from lifecycle.api.models import (
     AccountCreated,
-    AccountOut,
-    ErasureStatus,
+    ErasureOut,
     Gift,
     GiftClaimRequest,
     PreferencesChanged,
@@ -30,9 +30,7 @@ from lifecycle.api.models import (
     api_parts,
 )
 from lifecycle.api.problems import problem_responses
-from lifecycle.api.routes import AccountsDep, ErasureDep
 from lifecycle.domain import GIFT_AMOUNT_JPY, GIFT_KIND
-from lifecycle.errors import AccountNotFoundError
 
 router = APIRouter(
     prefix="/v1",
@@ -41,24 +39,6 @@ router = APIRouter(
     responses=problem_responses(401, 403),
 )
 
-
-def account_id_param(
-    account_id: Annotated[
-        str,
-        Path(
-            description="The account's id (a UUID).",
-            json_schema_extra={"format": "uuid"},
-        ),
-    ],
-) -> UUID:
-    """An id that is no UUID names no account: 404, like any other unknown id."""
-    try:
-        return UUID(account_id)
-    except ValueError:
-        raise AccountNotFoundError() from None
-
-
-AccountId = Annotated[UUID, Depends(account_id_param)]
 
 # What any route on an existing account may answer besides its own outcomes.
 ON_ACCOUNT = (404, 410, 422)
@@ -180,5 +160,5 @@ def request_withdrawal(
     summary="Where erasure stands: requested, each service's confirmation, purged, overdue",
     responses=problem_responses(404),
 )
-def erasure_status(account_id: AccountId, erasure: ErasureDep) -> ErasureStatus:
-    return ErasureStatus.model_validate(erasure.status(account_id))
+def erasure_status(account_id: AccountId, erasure: ErasureDep) -> ErasureOut:
+    return ErasureOut.model_validate(erasure.status(account_id))

@@ -18,14 +18,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from lifecycle.api.auth import AuditorCaller, require_role
+from lifecycle.api.deps import AccountId, AccountsDep, get_settings
 from lifecycle.api.problems import PermissionDeniedError, problem_responses, request_id_of
-from lifecycle.api.routes import AccountsDep
-from lifecycle.api.routes.accounts import AccountId
+from lifecycle.api.tables import PersonalDataReads
 from lifecycle.domain import REDACTED, Account
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.logs import get_logger
-from lifecycle.settings import Settings
-from lifecycle.storage import Database
 from projections.hashchain import HashChain
 
 log = get_logger(__name__)
@@ -66,38 +64,6 @@ class ChainHead(BaseModel):
     lag: int
 
 
-class PersonalDataReads:
-    """The durable record of every decrypted audit read (ids and counts only)."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-        self.table = database.table("personal_data_reads")
-        with database.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                f"read_at {database.timestamp_type} NOT NULL DEFAULT {database.now}, "
-                f"account_id {database.id_type} NOT NULL, role TEXT NOT NULL, "
-                "request_id TEXT, events INTEGER NOT NULL)"
-            )
-
-    def record(self, account_id: UUID, role: str, request_id: str | None, events: int) -> None:
-        with self.database.transaction() as cursor:
-            cursor.execute(
-                f"INSERT INTO {self.table} (account_id, role, request_id, events) "
-                "VALUES (%s, %s, %s, %s)",
-                (self.database.id_param(account_id), role, request_id, events),
-            )
-
-    def of(self, account_id: UUID) -> list[tuple[str, str | None, int]]:
-        with self.database.transaction(commit=False) as cursor:
-            rows = cursor.execute(
-                f"SELECT role, request_id, events FROM {self.table} WHERE account_id = %s "
-                "ORDER BY read_at",
-                (self.database.id_param(account_id),),
-            ).fetchall()
-        return [(str(role), request_id, int(events)) for role, request_id, events in rows]
-
-
 @router.get(
     "/accounts/{account_id}/events",
     summary="An account's events as stored: versions, times, topics, every attribute",
@@ -115,7 +81,7 @@ def account_events(
 ) -> AuditStream:
     from projections.base import facts_mapper
 
-    settings: Settings = request.app.state.settings
+    settings = get_settings(request)
     decrypt = personal == "decrypted"
     if decrypt and caller.role not in settings.audit_decrypt_roles:
         raise PermissionDeniedError(detail="this role may not read personal values")
@@ -168,8 +134,6 @@ def account_events(
 
 @router.get("/hash-chain", summary="The tamper-evidence chain's head and how far behind it is")
 def hash_chain(accounts: AccountsDep) -> ChainHead:
-    chain = HashChain(accounts.database)
-    chain.create()
-    position, link = chain.head()
+    position, link = HashChain(accounts.database).head()
     head = accounts.recorder.max_notification_id() or 0
     return ChainHead(position=position, link=link, log_head=head, lag=max(0, head - position))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from lifecycle.api.deps import get_accounts, kafka_inspector
 from lifecycle.api.problems import NotReadyError, problem_responses
-from lifecycle.api.routes import get_accounts
-from lifecycle.api.routes.admin import kafka_inspector
 from lifecycle.logs import get_logger
 
 router = APIRouter(tags=["health"])

@@ -14,9 +14,8 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
 
 from lifecycle.api.auth import require_role
+from lifecycle.api.deps import AccountId, AccountsDep, ErasureDep
 from lifecycle.api.problems import problem_responses
-from lifecycle.api.routes import AccountsDep, ErasureDep
-from lifecycle.api.routes.accounts import AccountId
 from lifecycle.audit.receipt import ReceiptSigner
 from lifecycle.bootstrap import receipts_of
 from lifecycle.errors import AccountNotFoundError

@@ -1,0 +1,114 @@
+"""What a service writes to use the kit: its `Handler`, the errors it raises, its results.
+
+A handler reacts to one record inside the kit's transaction (`handle`, or `handle_many` for a
+batch), with idempotent steps before it (`prepare`). It raises `PoisonRecord` for a record
+that can never be handled; any failure of a dependency (database, broker, SMTP) is the kit's
+to wait out (`consumers.faults`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+from consumers.store import Outgoing
+from lifecycle.storage import Cursor
+from schemas.contract import (
+    Envelope,
+    ErasureConfirmedV1,
+    PurgedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+    encode_erasure_confirmed,
+)
+
+
+class PoisonRecord(Exception):  # noqa: N818 - the kit's published name
+    """The record can never be handled; `code` is a stable, data-free reason for the DLQ."""
+
+    is_record_fault = True
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class TransientError(Exception):
+    """Not now, maybe later: retried with backoff up to `max_attempts`, then dead-lettered.
+
+    A dependency that is down needs no such error: the kit recognises it and waits."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class AccountWithdrawnError(Exception):
+    """A write path refused: the account is withdrawn, so nothing new is kept about it."""
+
+    code = "account_withdrawn"
+
+
+@dataclass(frozen=True)
+class HandlerResult:
+    outgoing: tuple[Outgoing, ...] = ()
+    outcome: str = "applied"
+
+
+class Handler(Protocol):
+    """A service's reaction to one record. Subclass it to inherit the no-op `prepare`."""
+
+    def prepare(self, envelope: Envelope) -> None:
+        """Idempotent steps before the transaction (may run again after a crash or retry)."""
+        return None
+
+    def commits_before_prepare(self, envelope: Envelope) -> bool:
+        """True when this record's `prepare` must see every earlier record's effect committed
+        (it reads what they write), so the batch's transaction is cut before it. By default:
+        whenever the handler has a `prepare` of its own."""
+        return type(self).prepare is not Handler.prepare
+
+    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
+        """The effect, inside the transaction that also marks the record processed."""
+        ...
+
+    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """The effects of a batch's records, in order, in one transaction: override it to
+        write many records in one statement; by default `handle` for each."""
+        return [self.handle(envelope, cursor) for envelope in envelopes]
+
+
+def erasure_confirmation(
+    topics: TopicNames, account_id: UUID, service: str, rows_removed: int
+) -> Outgoing:
+    """The record that tells the lifecycle service this one holds nothing more (ids only)."""
+    return Outgoing(
+        topics.erasure_confirmed,
+        encode_erasure_confirmed(
+            ErasureConfirmedV1(
+                account_id=account_id,
+                service=service,
+                rows_removed=rows_removed,
+                confirmed_at=datetime.now(UTC),
+            )
+        ),
+    )
+
+
+def erase_on_withdrawal(
+    data: object, erase: Callable[[UUID], int], topics: TopicNames, service: str
+) -> HandlerResult | None:
+    """The erasing part of a downstream handler: on WithdrawalRequested erase and confirm,
+    on Purged erase whatever arrived since; None for any other event."""
+    if isinstance(data, WithdrawalRequestedV1):
+        removed = erase(data.account_id)
+        return HandlerResult(
+            (erasure_confirmation(topics, data.account_id, service, removed),), outcome="erased"
+        )
+    if isinstance(data, PurgedV1):
+        erase(data.account_id)
+        return HandlerResult(outcome="purged")
+    return None

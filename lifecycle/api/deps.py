@@ -1,0 +1,135 @@
+"""What the routes share, in one place: settings, the application, the state built at start-up
+(erasure process, live read models) and the Kafka inspector, each as a FastAPI dependency."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Annotated, TypeVar
+from uuid import UUID
+
+from fastapi import Depends, Path, Query, Request
+
+from lifecycle.api.problems import NotReadyError
+from lifecycle.api.tables import prepare_tables
+from lifecycle.application import Accounts
+from lifecycle.bootstrap import build_erasure
+from lifecycle.erasure import ErasureProcess
+from lifecycle.errors import AccountNotFoundError
+from lifecycle.kafka.inspector import KafkaInspector, KafkaInspectorClient, NoKafka
+from lifecycle.settings import Settings
+from projections.base import ReadModel
+from projections.registry import read_model_classes
+from projections.runner import Projector
+
+M = TypeVar("M", bound=ReadModel)
+
+# How many items one page of a listing holds.
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def account_id_param(
+    account_id: Annotated[
+        str,
+        Path(
+            description="The account's id (a UUID).",
+            json_schema_extra={"format": "uuid"},
+        ),
+    ],
+) -> UUID:
+    """An id that is no UUID names no account: 404, like any other unknown id."""
+    try:
+        return UUID(account_id)
+    except ValueError:
+        raise AccountNotFoundError() from None
+
+
+AccountId = Annotated[UUID, Depends(account_id_param)]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_accounts(request: Request) -> Accounts:
+    """The application the app was created with (or built in its lifespan)."""
+    accounts: Accounts | None = getattr(request.app.state, "accounts", None)
+    if accounts is None:
+        raise NotReadyError(detail="the service is starting or stopping")
+    return accounts
+
+
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
+
+
+@dataclass
+class ApiState:
+    """What the routes use beyond the application, built once at start-up (`start`)."""
+
+    accounts: Accounts
+    settings: Settings
+    erasure: ErasureProcess
+    models: dict[str, ReadModel] = field(default_factory=dict)
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls, accounts: Accounts, settings: Settings, erasure: ErasureProcess | None = None
+    ) -> ApiState:
+        """Create every table the routes use; the erasure process (the one the workers use,
+        when given) and the live read models."""
+        prepare_tables(accounts)
+        models = {model.name: model(accounts.database) for model in read_model_classes()}
+        return cls(
+            accounts,
+            settings,
+            erasure=erasure or build_erasure(accounts, settings),
+            models=models,
+            locks={name: threading.Lock() for name in models},
+        )
+
+    def model(self, model_class: type[M]) -> M:
+        """The live read model; on the embedded default, first brought up to date."""
+        model = self.models[model_class.name]
+        assert isinstance(model, model_class)
+        if self.settings.is_embedded:
+            # Nothing else projects on the embedded default: bring it up to date first.
+            with self.locks[model_class.name]:
+                Projector(self.accounts, model).catch_up()
+        return model
+
+
+def get_state(request: Request) -> ApiState:
+    state: ApiState | None = getattr(request.app.state, "api", None)
+    if state is None:
+        raise NotReadyError(detail="the service is starting or stopping")
+    return state
+
+
+StateDep = Annotated[ApiState, Depends(get_state)]
+
+
+def get_erasure(state: StateDep) -> ErasureProcess:
+    return state.erasure
+
+
+ErasureDep = Annotated[ErasureProcess, Depends(get_erasure)]
+
+
+def kafka_inspector(request: Request) -> KafkaInspector:
+    """The app's Kafka inspector (tests may set `app.state.kafka`), or NoKafka; topic and
+    group names come from the settings, so they carry the configured prefix."""
+    found: KafkaInspector | None = getattr(request.app.state, "kafka", None)
+    if found is not None:
+        return found
+    settings = get_settings(request)
+    if not settings.kafka_bootstrap:
+        return NoKafka(settings.topics)
+    return KafkaInspectorClient(settings.kafka_bootstrap, settings.topics)
+
+
+KafkaDep = Annotated[KafkaInspector, Depends(kafka_inspector)]

@@ -1,0 +1,135 @@
+"""Accounts for ops: the directory by status, a page at a time, and one account's timeline."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from lifecycle.api.deps import AccountId, AccountsDep, Limit, StateDep
+from lifecycle.api.problems import problem_responses
+from lifecycle.domain import Account, AccountStatus
+from lifecycle.errors import AccountNotFoundError
+from projections.base import facts_mapper
+from projections.directory import AccountDirectory
+
+router = APIRouter(prefix="/admin/v1")
+
+
+class StatusCounts(BaseModel):
+    active: int
+    withdrawing: int
+    purged: int
+
+
+class DirectoryEntry(BaseModel):
+    account_id: UUID
+    status: str
+    registered_at: datetime
+    channel: str
+    consent_version: str
+    version: int
+    updated_at: datetime
+    scouts_received: int
+    gift_claimed_at: datetime | None
+    withdrawn_at: datetime | None
+    withdrawal_reason: str | None
+    purged_at: datetime | None
+
+
+class AccountPage(BaseModel):
+    counts: StatusCounts
+    items: list[DirectoryEntry]
+    next_after: UUID | None = Field(description="Pass as `after` for the next page.")
+
+
+class TimelineEntry(BaseModel):
+    version: int
+    event: str
+    timestamp: datetime
+    facts: dict[str, Any] = Field(description="Lifecycle facts only, never personal values.")
+
+
+class Timeline(BaseModel):
+    account_id: UUID
+    status: str
+    events: list[TimelineEntry]
+
+
+@router.get("/accounts", summary="Accounts by status (read model), a page at a time")
+def list_accounts(
+    api: StateDep,
+    status_: Annotated[AccountStatus | None, Query(alias="status")] = None,
+    after: UUID | None = None,
+    limit: Limit = 100,
+) -> AccountPage:
+    directory = api.model(AccountDirectory)
+    items = directory.page(
+        status=None if status_ is None else status_.value, after=after, limit=limit
+    )
+    return AccountPage(
+        counts=StatusCounts(**directory.counts_by_status()),
+        items=[DirectoryEntry(**item) for item in items],
+        next_after=items[-1]["account_id"] if len(items) == limit else None,
+    )
+
+
+@router.get(
+    "/accounts/{account_id}/timeline",
+    summary="One account's events: versions, times and facts, no personal values",
+    responses=problem_responses(404),
+)
+def account_timeline(account_id: AccountId, accounts: AccountsDep) -> Timeline:
+    mapper = facts_mapper(accounts.mapper)
+    stored = accounts.recorder.select_events(account_id)
+    events: list[Any] = [mapper.to_domain_event(event) for event in stored]
+    if not events or not isinstance(events[0], Account.Registered):
+        raise AccountNotFoundError()
+    status_ = AccountStatus.ACTIVE
+    entries = []
+    for event in events:
+        if isinstance(event, Account.WithdrawalRequested):
+            status_ = AccountStatus.WITHDRAWING
+        elif isinstance(event, Account.Purged):
+            status_ = AccountStatus.PURGED
+        entries.append(
+            TimelineEntry(
+                version=event.originator_version,
+                event=type(event).__name__,
+                timestamp=event.timestamp,
+                facts=timeline_facts(event),
+            )
+        )
+    return Timeline(account_id=account_id, status=status_.value, events=entries)
+
+
+def timeline_facts(event: Any) -> dict[str, Any]:
+    match event:
+        case Account.Registered():
+            return {"channel": event.channel, "consent_version": event.consent_version}
+        case Account.PreferencesEdited():
+            return {"changed_parts": event.changed_parts}
+        case Account.ScoutReceived():
+            return {
+                "scout_id": event.scout_id,
+                "company_id": event.company_id,
+                "job_id": event.job_id,
+            }
+        case Account.GiftClaimed():
+            return {
+                "company_id": event.company_id,
+                "start_date": event.start_date,
+                "gift_kind": event.gift_kind,
+                "amount_jpy": event.amount_jpy,
+            }
+        case Account.WithdrawalRequested():
+            return {
+                "reason": event.reason,
+                "gift_forfeited": event.gift_forfeited,
+                "acknowledged_gift_loss": event.acknowledged_gift_loss,
+                "comment_given": event.comment is not None,
+            }
+    return {}

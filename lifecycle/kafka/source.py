@@ -1,0 +1,199 @@
+"""Where a consumer's records come from: a Kafka group member, or the in-process log.
+
+Both hand out batches of `Incoming` records and take commits as the next offset to read per
+partition (the highest offset handled + 1), so a consumer commits once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lifecycle.kafka.inprocess import InProcessPublisher
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    value: bytes | None
+
+
+class Source(Protocol):
+    def poll(self, timeout_s: float) -> list[Incoming]: ...
+
+    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """Store, per partition, the next offset to read (everything before it is done)."""
+        ...
+
+    def lag(self) -> dict[TopicPartitionKey, int]: ...
+
+    def close(self) -> None: ...
+
+
+def next_offsets(records: Sequence[Incoming]) -> dict[TopicPartitionKey, int]:
+    """Per partition, the highest offset among `records` plus one: what to commit after them."""
+    offsets: dict[TopicPartitionKey, int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        offsets[key] = max(offsets.get(key, 0), record.offset + 1)
+    return offsets
+
+
+def finished_prefix(batch: Sequence[Incoming], finished: set[int]) -> list[Incoming]:
+    """Per partition, the records before the first unfinished one: what may be committed."""
+    blocked: set[TopicPartitionKey] = set()
+    done: list[Incoming] = []
+    for index, incoming in enumerate(batch):
+        key = (incoming.topic, incoming.partition)
+        if index not in finished:
+            blocked.add(key)
+        elif key not in blocked:
+            done.append(incoming)
+    return done
+
+
+class KafkaSource:
+    """A group member: manual offset commits, earliest offset for a group that has none.
+
+    With `group_instance_id` (unique per process, stable across its restarts) the member is
+    static: a restart within the session timeout gets its partitions back at once, without a
+    rebalance. Without it, `close()` leaves the group, so the others take over at once.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        client_id: str | None = None,
+        group_instance_id: str | None = None,
+        max_poll_records: int = 500,
+        **overrides: Any,
+    ) -> None:
+        from kafka import KafkaConsumer
+
+        self.group_id = group_id
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "group_id": group_id,
+            "client_id": client_id or group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "allow_auto_create_topics": False,
+            "max_poll_records": max_poll_records,
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 1_000,
+            **overrides,
+        }
+        if group_instance_id:
+            config["group_instance_id"] = group_instance_id
+        self._consumer = KafkaConsumer(**config)
+        self._consumer.subscribe(list(topics))
+
+    def poll(self, timeout_s: float) -> list[Incoming]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        return [
+            Incoming(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                list(record.headers or []),
+                record.value,
+            )
+            for batch in batches.values()
+            for record in batch
+        ]
+
+    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if offsets:
+            self._consumer.commit(
+                {
+                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                    for (topic, partition), offset in offsets.items()
+                }
+            )
+
+    def assigned(self) -> set[TopicPartitionKey]:
+        """The partitions this member holds now (shared with the group's other members)."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        """Per assigned partition: end offset minus the group's committed position."""
+        partitions = list(self._consumer.assignment())
+        if not partitions:
+            return {}
+        ends = self._consumer.end_offsets(partitions)
+        beginnings = self._consumer.beginning_offsets(partitions)
+        lag: dict[TopicPartitionKey, int] = {}
+        for tp in partitions:
+            committed = self._consumer.committed(tp)
+            position = beginnings[tp] if committed is None else committed
+            lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
+        return lag
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class InProcessSource:
+    """Kafka off: reads the in-process log of the same topics, one partition each."""
+
+    def __init__(
+        self, publisher: InProcessPublisher, topics: Sequence[str], *, max_records: int = 500
+    ) -> None:
+        self.publisher = publisher
+        self.topics = list(topics)
+        self.max_records = max_records
+        self._next = dict.fromkeys(self.topics, 0)
+        self._committed = dict.fromkeys(self.topics, 0)
+
+    def poll(self, timeout_s: float) -> list[Incoming]:
+        delivered = [
+            item
+            for topic in self.topics
+            for item in self.publisher.read(topic, self._next[topic], max_records=self.max_records)
+        ]
+        if not delivered:
+            first = self.topics[0]
+            wait = timeout_s if len(self.topics) == 1 else min(timeout_s, 0.1)
+            delivered = self.publisher.read(
+                first, self._next[first], max_records=self.max_records, timeout_s=wait
+            )
+        for item in delivered:
+            self._next[item.topic] = item.offset + 1
+        return [
+            Incoming(
+                item.topic,
+                0,
+                item.offset,
+                item.record.key,
+                list(item.record.headers),
+                item.record.value,
+            )
+            for item in delivered
+        ]
+
+    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        for (topic, _partition), offset in offsets.items():
+            self._committed[topic] = max(self._committed[topic], offset)
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        return {
+            (topic, 0): max(0, self.publisher.end_offset(topic) - self._committed[topic])
+            for topic in self.topics
+        }
+
+    def close(self) -> None:
+        return None
