@@ -53,6 +53,7 @@ from schemas.contract import (
     PurgedV1,
     TopicNames,
     WithdrawalRequestedV1,
+    erasure_receipt_id,
 )
 
 SERVICE = "mail"
@@ -100,15 +101,21 @@ def message_id_for(source_id: str) -> str:
     return f"<{uuid5(NAMESPACE_URL, f'jobchange-mail:{source_id}')}@{MESSAGE_ID_DOMAIN}>"
 
 
-def confirmation_message(withdrawal_ce_id: str, email: str, display_name: str) -> EmailMessage:
+def confirmation_message(
+    withdrawal_ce_id: str, email: str, display_name: str, account_id: UUID
+) -> EmailMessage:
+    """The withdrawal-complete mail; it names the erasure receipt by id (ids only, no values)."""
     message = _message(email, display_name, message_id_for(withdrawal_ce_id), CONFIRMATION_KIND)
     message["Subject"] = "退会手続きが完了しました / Your withdrawal is complete"
+    receipt_id = erasure_receipt_id(account_id)
     message.set_content(
         f"{display_name} 様\n\n"
         "退会手続きが完了しました。今後、お知らせやスカウトのメールは届きません。\n"
-        "ご登録の情報はすべてのサービスから削除されます。\n\n"
+        "ご登録の情報はすべてのサービスから削除されます。\n"
+        f"署名付き削除証明書の番号: {receipt_id}\n\n"
         "Your withdrawal is complete. No further notices or scouts will be mailed to you,\n"
         "and your data is being erased from every service.\n"
+        f"Signed erasure receipt id: {receipt_id}\n"
     )
     return message
 
@@ -255,7 +262,9 @@ class MailHandler(Handler):
     ) -> None:
         message_id = message_id_for(withdrawal_ce_id)
         if self._sent_unrecorded.get(account_id) != message_id:
-            self.mailer.send(confirmation_message(withdrawal_ce_id, email, display_name))
+            self.mailer.send(
+                confirmation_message(withdrawal_ce_id, email, display_name, account_id)
+            )
             self._sent_unrecorded[account_id] = message_id
             log.info("mail.confirmation_sent", account_id=str(account_id), message_id=message_id)
         db = self.database

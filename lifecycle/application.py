@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import (
     Aggregate,
-    CanMutateProtocol,
     DomainEvent,
     DomainEventProtocol,
     MutableOrImmutableAggregate,
@@ -25,7 +24,9 @@ from eventsourcing.persistence import (
     Recording,
     Transcoding,
 )
+from eventsourcing.utils import get_topic
 
+from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
 from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
 from lifecycle.domain import (
     REDACTED,
@@ -38,11 +39,12 @@ from lifecycle.errors import (
     AccountNotFoundError,
     AccountPurgedError,
     ConcurrentUpdateError,
-    LifecycleError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
 from lifecycle.recorders import PostgresKeyRecorder, recorder_topic
 from lifecycle.storage import Database
+
+__all__ = ["Accounts", "KnownErasure", "ScoutItem", "ScoutOutcome"]
 
 T = TypeVar("T")
 Savable = MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID]
@@ -67,32 +69,6 @@ def _collect(objs: Iterable[Savable | None]) -> ProcessingEvent[UUID]:
     return processing
 
 
-@dataclass(frozen=True)
-class ScoutItem:
-    """One scout of a bulk request; `account_id` None: the caller's id was no UUID."""
-
-    account_id: UUID | None
-    scout_id: str
-    company_id: str
-    job_id: str
-
-
-# A bulk item's outcome: True recorded, False already recorded, else why it was refused.
-ScoutOutcome = bool | LifecycleError
-
-
-def _scout_outcome(account: Account, item: ScoutItem, received_at: datetime) -> ScoutOutcome:
-    try:
-        return account.receive_scout(
-            scout_id=item.scout_id,
-            company_id=item.company_id,
-            job_id=item.job_id,
-            received_at=received_at,
-        )
-    except LifecycleError as error:
-        return error
-
-
 class DateAsISO(Transcoding):
     type = date
     name = "date_iso"
@@ -104,10 +80,26 @@ class DateAsISO(Transcoding):
         return date.fromisoformat(data)
 
 
+@dataclass(frozen=True)
+class KnownErasure:
+    """What outlives a restore about one purged account (the lifecycle topic's records):
+    the withdrawal's reason and time and the purge's time, each None when no longer known."""
+
+    purged_at: datetime | None = None
+    reason: str | None = None
+    requested_at: datetime | None = None
+
+
+def _not_before(moment: datetime | None, floor: datetime) -> datetime:
+    """A re-recorded event's time: as known, but never before the event it follows."""
+    return max(moment or datetime.now(UTC), floor)
+
+
 class Accounts(Application[UUID]):
     """Owns every member account's life, from registration to erasure."""
 
     name = "Accounts"
+    max_attempts = MAX_ATTEMPTS
     env = {"ORIGINATOR_ID_TYPE": "uuid"}  # noqa: RUF012 - the library's own class attribute
 
     def __init__(
@@ -214,98 +206,9 @@ class Accounts(Application[UUID]):
         return self._retrying(attempt)
 
     def receive_scouts(self, items: Sequence[ScoutItem]) -> list[ScoutOutcome]:
-        """Each item as `receive_scout` would record it, in order; all durable on return.
-
-        The new events of every account go to the store together (one transaction through
-        the group-commit writer). An item's own refusal touches no other item; if the
-        batch conflicts (another writer moved an account on), each account is saved alone
-        and only those that conflicted are reloaded and tried again.
-        """
-        outcomes: list[ScoutOutcome] = [False] * len(items)
-        pending: dict[UUID, list[int]] = {}
-        for index, item in enumerate(items):
-            if item.account_id is None:
-                outcomes[index] = AccountNotFoundError()
-            else:
-                pending.setdefault(item.account_id, []).append(index)
-        received_at = datetime.now(UTC)
-        for _ in range(MAX_ATTEMPTS):
-            if not pending:
-                return outcomes
-            changed: list[tuple[UUID, Account, Sequence[DomainEventProtocol[UUID]]]] = []
-            loaded = self._load_accounts(list(pending))
-            for account_id, indexes in pending.items():
-                account = loaded[account_id]
-                if isinstance(account, LifecycleError):
-                    for index in indexes:
-                        outcomes[index] = account
-                    continue
-                for index in indexes:
-                    outcomes[index] = _scout_outcome(account, items[index], received_at)
-                if events := account.collect_events():
-                    changed.append((account_id, account, events))
-            conflicted = self._save_accounts(changed, outcomes, pending)
-            pending = {account_id: pending[account_id] for account_id in conflicted}
-        for indexes in pending.values():
-            for index in indexes:
-                outcomes[index] = ConcurrentUpdateError()
-        return outcomes
-
-    def _load_accounts(self, account_ids: list[UUID]) -> dict[UUID, Account | LifecycleError]:
-        """Each account as `get_account` gives it (or its error); on PostgreSQL all of them
-        with their keys in one round trip instead of one each."""
-        select_many = getattr(self.recorder, "select_events_of_many", None)
-        if select_many is None:
-            return {account_id: self._account_or_error(account_id) for account_id in account_ids}
-        found: dict[UUID, list[Any]] = select_many(account_ids)
-        loaded: dict[UUID, Account | LifecycleError] = {}
-        for account_id in account_ids:
-            account: Aggregate | None = None
-            for stored in found.get(account_id, ()):
-                # The library's projector, without its runtime protocol check per event.
-                event = cast(CanMutateProtocol[Aggregate], self.mapper.to_domain_event(stored))
-                account = event.mutate(account)
-            if not isinstance(account, Account):
-                loaded[account_id] = AccountNotFoundError()
-            elif account.status is AccountStatus.PURGED:
-                loaded[account_id] = self._account_or_error(account_id)  # as load_for_audit
-            else:
-                loaded[account_id] = account
-        return loaded
-
-    def _account_or_error(self, account_id: UUID) -> Account | LifecycleError:
-        try:
-            return self.get_account(account_id)
-        except LifecycleError as error:
-            return error
-
-    def _save_accounts(
-        self,
-        changed: list[tuple[UUID, Account, Sequence[DomainEventProtocol[UUID]]]],
-        outcomes: list[ScoutOutcome],
-        pending: dict[UUID, list[int]],
-    ) -> list[UUID]:
-        """Save all, or else each alone; returns the accounts that conflicted (to retry).
-        An account whose save failed with an error of ours refuses its items with it."""
-        if len(changed) > 1:
-            try:
-                self.group_commit.save(
-                    [event for _, _, events in changed for event in events],
-                    [account for _, account, _ in changed],
-                )
-                return []
-            except (IntegrityError, LifecycleError):
-                pass  # Nothing of it was stored: each account alone finds out which failed.
-        conflicted: list[UUID] = []
-        for account_id, account, events in changed:
-            try:
-                self.group_commit.save(events, [account])
-            except IntegrityError:
-                conflicted.append(account_id)
-            except LifecycleError as error:
-                for index in pending[account_id]:
-                    outcomes[index] = error
-        return conflicted
+        """Each item as `receive_scout` would record it, in order; all durable on return
+        (see lifecycle.bulk_scouts)."""
+        return BulkScouts(self).receive(items)
 
     def claim_gift(self, account_id: UUID, *, company_id: str, start_date: date) -> None:
         def attempt() -> None:
@@ -340,31 +243,86 @@ class Accounts(Application[UUID]):
             account = self.load_for_audit(account_id)
             if not account.purge():
                 return False
-            claim = self._find_claim(keyed_id(self._claim_key, account.email))
-            if claim is not None:
-                claim.release(account.id)
-            self.save(account, claim)
+            self._save_purged(account)
             return True
 
         purged = self._retrying(attempt)
         self.vault.forget(account_id)
         return purged
 
-    def reshred(self, also_purged: Iterable[UUID] = ()) -> dict[str, int]:
-        """After a restore: purge again what is known purged elsewhere, destroy every such key."""
-        known = set(also_purged)
-        recorded = 0
-        for account_id in sorted(known):
+    def reshred(self, known: Mapping[UUID, KnownErasure] | Iterable[UUID] = ()) -> dict[str, int]:
+        """After a restore: bring every account known purged elsewhere back to `Purged`,
+        whatever state the backup caught it in, then destroy every such key.
+
+        Purges are recorded first, while the keys still open the e-mail address, so each
+        account's e-mail claim is released as on any purge."""
+        facts = known if isinstance(known, Mapping) else dict.fromkeys(known, KnownErasure())
+        recorded = sum(
+            self._purge_again(account_id, facts[account_id]) for account_id in sorted(facts)
+        )
+        destroyed = self.vault.destroy_keys_of_purged_accounts(facts)
+        # Each Purged recorded again took its key with it, through the same trigger.
+        return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
+
+    def _purge_again(self, account_id: UUID, facts: KnownErasure) -> bool:
+        """Record what the restore lost: the withdrawal (if caught active) and the purge, at
+        their known times (never before the account's last event)."""
+
+        def attempt() -> bool:
             try:
                 account = self.load_for_audit(account_id)
             except AccountNotFoundError:
-                continue
-            # A restore from between withdrawal and purge brings the account back withdrawing.
-            if account.status is AccountStatus.WITHDRAWING and self.purge(account_id):
-                recorded += 1
-        destroyed = self.vault.destroy_keys_of_purged_accounts(known)
-        # Each Purged recorded again took its key with it, through the same trigger.
-        return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
+                return False  # registered after the backup: nothing of it was restored
+            if account.status is AccountStatus.PURGED:
+                return False
+            if account.status is AccountStatus.ACTIVE:
+                reason = facts.reason if facts.reason in tuple(WithdrawalReason) else None
+                reason = reason or WithdrawalReason.OTHER.value
+                account.request_withdrawal(
+                    reason=reason,
+                    # The command succeeded once, so what it demanded was given.
+                    acknowledge_gift_loss=(
+                        reason == WithdrawalReason.HIRED_VIA_PLATFORM and account.gift is None
+                    ),
+                    at=_not_before(facts.requested_at or facts.purged_at, account.modified_on),
+                )
+            account.purge(at=_not_before(facts.purged_at, account.modified_on))
+            self._save_purged(account)
+            return True
+
+        recorded = self._retrying(attempt)
+        self.vault.forget(account_id)
+        return recorded
+
+    def _save_purged(self, account: Account) -> None:
+        """Save a purge with its e-mail claim's release, in one transaction (the key goes
+        with them, through the trigger on Purged)."""
+        if account.email == REDACTED:  # key gone before the purge (an old reshred's doing)
+            claims = self._claims_held_by(account.id)
+        else:
+            claim = self._find_claim(keyed_id(self._claim_key, account.email))
+            claims = [] if claim is None else [claim]
+        for claim in claims:
+            claim.release(account.id)
+        self.save(account, *claims)
+
+    def _claims_held_by(self, account_id: UUID) -> list[EmailClaim]:
+        """Claims this account holds, found without its address: a walk over every claim
+        event (rare: only an account whose key went before its purge needs it)."""
+        topic = get_topic(EmailClaim.Claimed)
+        found: set[UUID] = set()
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start=start, limit=1000, topics=[topic])
+            for notification in page:
+                event = self.mapper.to_domain_event(notification)
+                if isinstance(event, EmailClaim.Claimed) and event.account_id == account_id:
+                    found.add(event.originator_id)
+            if len(page) < 1000:
+                break
+            start = page[-1].id + 1
+        claims = [self._find_claim(claim_id) for claim_id in sorted(found)]
+        return [claim for claim in claims if claim is not None and claim.is_held_by(account_id)]
 
     # Queries
 

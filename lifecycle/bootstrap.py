@@ -20,6 +20,7 @@ from consumers.handler import Handler
 from consumers.kit import Consumer, Hooks
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
+from lifecycle.audit.receipt import Receipts
 from lifecycle.erasure import ErasureHandler, ErasureProcess
 from lifecycle.errors import LifecycleError, StartupError
 from lifecycle.kafka.inprocess import InProcessPublisher
@@ -58,14 +59,24 @@ def _database_unusable(error: Exception) -> StartupError:
 
 
 def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
-    """The erasure process as configured (its deadline from settings), its tables created now,
-    at start-up, so that no request and no confirmation ever runs DDL."""
+    """The erasure process as configured (its deadline from settings), with its signed
+    receipts; its tables and the receipts' are created now, at start-up, so that no request
+    and no confirmation ever runs DDL."""
     process = ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
+    receipts = Receipts(process, topics=settings.topics)
+    process.receipts = receipts
     try:
         process.create_tables()
+        receipts.create_tables()
     except Exception as error:
         raise _database_unusable(error) from None
     return process
+
+
+def receipts_of(process: ErasureProcess) -> Receipts:
+    """The receipts a built erasure process issues (see `build_erasure`)."""
+    assert isinstance(process.receipts, Receipts), "built by build_erasure"
+    return process.receipts
 
 
 # The reference services' parts

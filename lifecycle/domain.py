@@ -292,9 +292,16 @@ class Account(Aggregate):
         )
 
     def request_withdrawal(
-        self, *, reason: str, comment: str | None = None, acknowledge_gift_loss: bool = False
+        self,
+        *,
+        reason: str,
+        comment: str | None = None,
+        acknowledge_gift_loss: bool = False,
+        at: datetime | None = None,
     ) -> bool:
-        """Start erasure; returns False when withdrawal was already requested (idempotent)."""
+        """Start erasure; returns False when withdrawal was already requested (idempotent).
+
+        `at` (default: now) is for re-recording a withdrawal known from elsewhere (reshred)."""
         self.check_account_is_not_purged()
         if self.status is AccountStatus.WITHDRAWING:
             return False
@@ -308,15 +315,16 @@ class Account(Aggregate):
             comment=comment,
             acknowledged_gift_loss=acknowledge_gift_loss,
             gift_forfeited=self.gift_forfeited_by_withdrawal,
+            timestamp=at,
         )
         return True
 
-    def purge(self) -> bool:
+    def purge(self, at: datetime | None = None) -> bool:
         """Terminal step of erasure; returns False when already purged (idempotent)."""
         if self.status is AccountStatus.PURGED:
             return False
         self.check_account_is_withdrawing()
-        self.trigger_event(self.Purged)
+        self.trigger_event(self.Purged, timestamp=at)
         return True
 
     # Rules and derived facts

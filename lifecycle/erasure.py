@@ -6,13 +6,18 @@ arrive from the consumer kit through `ErasureHandler`; ops' retry requests are k
 `ErasureRetries`. Both tables live beside the event store and are created once at start-up by
 `create_tables` (the guarded `Database.ddl()` path), which `lifecycle.bootstrap.build_erasure`
 calls: building an `ErasureProcess` itself runs no DDL.
+
+Once `Purged` is recorded, the process hands the account to its `receipts` (a signed erasure
+receipt, see lifecycle.audit.receipt; the builder attaches it, as the receipt reads the hash
+chain, a read model above this layer). The hand-over runs on every repeat of the completing
+confirmation too, so a crash between the purge and the receipt is mended by the redelivery.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from consumers.handler import Handler, HandlerResult, PoisonRecord
@@ -44,6 +49,12 @@ class Confirmation:
     error_code: str | None = None
 
 
+class PurgeReceipts(Protocol):
+    """What is told of each purge: `issue` is idempotent (a repeat returns what was issued)."""
+
+    def issue(self, account_id: UUID) -> object: ...
+
+
 class ErasureProcess:
     """Tracks per-service confirmations beside the event store and records `Purged`."""
 
@@ -52,11 +63,13 @@ class ErasureProcess:
         accounts: Accounts,
         deadline: timedelta = timedelta(hours=72),
         services: tuple[str, ...] = ERASING_SERVICES,
+        receipts: PurgeReceipts | None = None,
     ) -> None:
         self.accounts = accounts
         self.database = accounts.database
         self.deadline = deadline
         self.services = services
+        self.receipts = receipts
         self.table = self.database.table(CONFIRMATIONS_TABLE)
         self.retries = ErasureRetries(self.database)
 
@@ -115,20 +128,24 @@ class ErasureProcess:
         purged = self.accounts.purge(confirmation.account_id)
         if purged:
             log.info("erasure.purged", account_id=str(confirmation.account_id))
+        if self.receipts is not None:
+            # Also on a repeat (purged False): a receipt lost to a crash is issued now.
+            self.receipts.issue(confirmation.account_id)
         return purged
 
     def _confirmed_services(self, account_id: UUID) -> set[str]:
         return {
             service
-            for service, state in self._service_rows(account_id).items()
+            for service, state in self.service_rows(account_id).items()
             if state["outcome"] == CONFIRMED
         }
 
-    def _service_rows(self, account_id: UUID) -> dict[str, dict[str, Any]]:
+    def service_rows(self, account_id: UUID) -> dict[str, dict[str, Any]]:
+        """Each service's recorded word on the account (services that said nothing are absent)."""
         db = self.database
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
-                "SELECT service, outcome, rows_removed, error_code, recorded_at "
+                "SELECT service, outcome, rows_removed, error_code, recorded_at, confirmation_id "
                 f"FROM {self.table} WHERE account_id = %s",
                 (db.id_param(account_id),),
             ).fetchall()
@@ -138,14 +155,15 @@ class ErasureProcess:
                 "rows_removed": rows_removed,
                 "error_code": error_code,
                 "recorded_at": recorded_at,
+                "confirmation_id": confirmation_id,
             }
-            for service, outcome, rows_removed, error_code, recorded_at in rows
+            for service, outcome, rows_removed, error_code, recorded_at, confirmation_id in rows
         }
 
     def status(self, account_id: UUID, now: datetime | None = None) -> dict[str, Any]:
         """Requested, per-service confirmed / failed / pending, purged, overdue."""
         account: Account = self.accounts.load_for_audit(account_id)
-        rows = self._service_rows(account_id)
+        rows = self.service_rows(account_id)
         now = now or datetime.now(UTC)
         requested_at = account.withdrawn_at
         overdue = (

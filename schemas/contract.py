@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Literal, NamedTuple
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -227,6 +227,16 @@ def profile_event_id(account_id: UUID, version: int) -> str:
 
 def erasure_confirmed_event_id(account_id: UUID, service: str) -> str:
     return f"{account_id}:{service}:erasure-confirmed"
+
+
+# Erasure receipts: the id follows from the account id alone, so the withdrawal-confirmation
+# mail can name the receipt before it exists, and an auditor can find it from the account id.
+ERASURE_RECEIPT_NAMESPACE = UUID("5b0c6c1e-3f7d-5e0a-9a53-6c1f2d7e8a41")
+
+
+def erasure_receipt_id(account_id: UUID) -> UUID:
+    """The id of the signed erasure receipt of one account (a UUIDv5 of its id)."""
+    return uuid5(ERASURE_RECEIPT_NAMESPACE, f"erasure-receipt:{account_id}")
 
 
 # Envelope

@@ -1,15 +1,29 @@
-"""`AccountOut`: the account as a member sees it, from the aggregate's current state."""
+"""`AccountOut`: the account as a member sees it, from the aggregate's current state.
+
+A personal value whose key is gone reads as `[redacted]` (lifecycle.domain.REDACTED), whatever
+its type was: the view takes the marker in place of the value rather than failing validation
+(which would answer 500).
+"""
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
 from lifecycle.api.models import Gift
-from lifecycle.domain import Account, Channel, WithdrawalReason, default_notifications
+from lifecycle.domain import REDACTED, Account, Channel, WithdrawalReason, default_notifications
+
+Redacted = Literal["[redacted]"]
+REDACTED_OUT: Redacted = "[redacted]"  # lifecycle.domain.REDACTED, as a type a schema can name
+
+
+def is_redacted(value: object) -> bool:
+    """The domain types a sealed value as what it was; after shredding it is the marker."""
+    return value == REDACTED
+
 
 # Normalised views of the account's parts (accounts registered elsewhere may lack keys).
 
@@ -78,7 +92,9 @@ class AccountOut(BaseModel):
     display_name: str
     phone: str | None
     profile: ProfileOut
-    work_history: list[WorkHistoryOut]
+    work_history: list[WorkHistoryOut] | Redacted = Field(
+        description="`[redacted]` when the account's key was destroyed."
+    )
     desired: DesiredOut
     notifications: NotificationsOut
     consent_version: str
@@ -99,7 +115,9 @@ class AccountOut(BaseModel):
             display_name=account.display_name,
             phone=account.phone,
             profile=ProfileOut(job_title=account.job_title, **profile_of(account)),
-            work_history=[WorkHistoryOut.model_validate(item) for item in account.work_history],
+            work_history=REDACTED_OUT
+            if is_redacted(account.work_history)
+            else [WorkHistoryOut.model_validate(item) for item in account.work_history],
             desired=DesiredOut(**desired_of(account)),
             notifications=NotificationsOut(**notifications_of(account)),
             consent_version=account.consent_version,

@@ -29,7 +29,7 @@ from lifecycle.api.problems import (
     unexpected_error_response,
 )
 from lifecycle.api.routes import accounts as accounts_routes
-from lifecycle.api.routes import admin, audit, health, scouts
+from lifecycle.api.routes import admin, audit, health, receipts, scouts
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
 from lifecycle.erasure import ErasureProcess
@@ -77,6 +77,9 @@ def create_app(
     app.include_router(scouts.router)
     app.include_router(admin.router)
     app.include_router(audit.router)
+    app.include_router(receipts.ops_router)
+    app.include_router(receipts.audit_router)
+    app.include_router(receipts.public_router)
     install_metrics(app)
     install_problem_openapi(app)
     # Routes FastAPI adds itself (docs, OpenAPI) do not record their route in the scope.

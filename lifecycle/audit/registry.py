@@ -121,6 +121,7 @@ REGISTRY: tuple[RestingPlace, ...] = (
             "relay_position",
             "erasure_confirmations",
             "erasure_retries",
+            "erasure_receipts",
             "erasure_processed_events",
             "erasure_outbox",
             "dead_letter_actions",

@@ -2,6 +2,8 @@
 
 Walks the stored events and the chain rows side by side, a page of each at a time (memory
 stays flat), and names each event that was altered, deleted or inserted since it was chained.
+`chain_point` gives the link at one notification, recomputed from the log where the chain's
+read model has not reached it yet (an erasure receipt states the link of its `Purged`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,56 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 from lifecycle.audit.pages import PAGE, notifications
 from projections.base import as_uuid
 from projections.hashchain import GENESIS, HashChain, link
+
+
+@dataclass(frozen=True)
+class ChainPoint:
+    """The chain at one notification: which event it is and its link (hex)."""
+
+    position: int
+    originator_id: str
+    originator_version: int
+    link: str
+
+
+def chain_point(
+    chain: HashChain,
+    recorder: ApplicationRecorder,
+    position: int,
+    known: tuple[int, str] | None = None,
+) -> ChainPoint | None:
+    """The link at notification `position`: the chained row, or recomputed from the log from
+    the last chained link before it when the read model lags (or from `known`, a link
+    computed earlier, when that is nearer). None: no such notification."""
+    table = chain.table("hash_chain")
+    with chain.database.transaction(commit=False) as cursor:
+        row = cursor.execute(
+            f"SELECT originator_id, originator_version, link FROM {table} "
+            "WHERE notification_id = %s",
+            (position,),
+        ).fetchone()
+        if row is not None:
+            return ChainPoint(position, str(row[0]), int(row[1]), str(row[2]))
+        below = cursor.execute(
+            f"SELECT notification_id, link FROM {table} WHERE notification_id < %s "
+            "ORDER BY notification_id DESC LIMIT 1",
+            (position,),
+        ).fetchone()
+    after, previous = (0, GENESIS) if below is None else (int(below[0]), bytes.fromhex(below[1]))
+    if known is not None and after < known[0] < position:
+        after, previous = known[0], bytes.fromhex(known[1])
+    for event in notifications(recorder, after=after):
+        if event.id > position:
+            return None
+        previous = link(previous, event)
+        if event.id == position:
+            return ChainPoint(
+                position,
+                str(as_uuid(event.originator_id)),
+                event.originator_version,
+                previous.hex(),
+            )
+    return None
 
 
 @dataclass

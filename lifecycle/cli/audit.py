@@ -33,20 +33,76 @@ def reshred(
         bool, typer.Option(help="Also take purged ids from the lifecycle topic (if configured).")
     ] = True,
 ) -> None:
-    """After a backup restore: every account known purged is purged again and loses its key."""
-    from lifecycle.audit.reshred import purged_ids_on_topic
+    """After a backup restore: every account known purged is brought back to Purged (whatever
+    state the backup caught it in) and loses its key."""
+    from lifecycle.application import KnownErasure
+    from lifecycle.audit.reshred import known_erasures_on_topic
+    from lifecycle.bootstrap import build_erasure, receipts_of
 
     settings = load_settings()
     accounts = open_accounts(settings)
-    ledger: set[Any] = set()
-    if from_kafka and settings.kafka_bootstrap:
-        ledger = purged_ids_on_topic(settings.kafka_bootstrap, settings.topics.lifecycle)
-    result = accounts.reshred(ledger)
-    accounts.close()
+    ledger: dict[Any, KnownErasure] = {}
+    try:
+        if from_kafka and settings.kafka_bootstrap:
+            ledger = known_erasures_on_topic(settings.kafka_bootstrap, settings.topics.lifecycle)
+        result = accounts.reshred(ledger)
+        # A receipt the restore lost is signed again, for the purge as now recorded.
+        receipts = receipts_of(build_erasure(accounts, settings))
+        issued = sum(receipts.get_or_issue(account_id)[1] for account_id in sorted(ledger))
+    except LifecycleError as error:
+        fail(error.detail)
+    finally:
+        accounts.close()
     typer.echo(
         f"purges recorded again: {result['purges_recorded_again']}, "
-        f"keys destroyed again: {result['keys_destroyed']}"
+        f"keys destroyed again: {result['keys_destroyed']}, receipts issued again: {issued}"
     )
+
+
+@audit.command("verify-receipt")
+def verify_receipt(
+    receipt: Annotated[
+        str, typer.Argument(help="A receipt file (JSON), or a receipt id or account id.")
+    ],
+) -> None:
+    """Check an erasure receipt: its signature, and that the hash chain still holds the purge."""
+    import json
+    from pathlib import Path
+    from uuid import UUID
+
+    from lifecycle.audit.receipt import verify_receipt as check
+    from lifecycle.bootstrap import build_erasure, receipts_of
+    from schemas.contract import erasure_receipt_id
+
+    settings = load_settings()
+    document: dict[str, Any] | None = None
+    wanted: UUID | None = None
+    path = Path(receipt)
+    if path.is_file():
+        try:
+            document = dict(json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            fail(f"{receipt} is not a JSON receipt")
+    else:
+        try:
+            wanted = UUID(receipt)
+        except ValueError:
+            fail("give a receipt file, a receipt id or an account id")
+    accounts = open_accounts(settings)
+    try:
+        receipts = receipts_of(build_erasure(accounts, settings))
+        if wanted is not None:
+            document = receipts.get(wanted) or receipts.get(erasure_receipt_id(wanted))
+            if document is None:
+                fail(f"no erasure receipt {wanted}")
+        assert document is not None
+        report = check(document, receipts)
+    finally:
+        accounts.close()
+    typer.echo(json.dumps(report, indent=2))
+    if not report["ok"]:
+        typer.echo(f"lifecycle: receipt does not verify: {report['problems'][0]}", err=True)
+    raise typer.Exit(code=0 if report["ok"] else 1)
 
 
 @audit.command("erasure-proof")

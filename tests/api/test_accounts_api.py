@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from support import auth
 
 from lifecycle.api import create_app
+from lifecycle.api.account_view import REDACTED_OUT
 from lifecycle.application import Accounts
-from lifecycle.domain import MAX_COMMENT_LENGTH, WithdrawalReason
+from lifecycle.domain import MAX_COMMENT_LENGTH, REDACTED, WithdrawalReason
 from lifecycle.settings import Settings
 
 SERVICE = auth("service")
@@ -313,6 +314,30 @@ def test_purged_account_is_410_on_every_route(client: TestClient, accounts: Acco
 
     for response in responses:
         assert_problem(response, 410, "account_purged")
+
+
+def test_no_read_answers_5xx_because_its_values_are_redacted(
+    client: TestClient, accounts: Accounts
+) -> None:
+    """A live account whose key is gone (e.g. shredded by an old reshred after a restore)
+    reads with `[redacted]` in place of every personal value, of whatever type."""
+    account_id = register(client, **{**FULL_REGISTRATION, "email": new_email()})
+    withdrawing = register(client, **{**FULL_REGISTRATION, "email": new_email()})
+    assert withdraw(client, withdrawing, comment="a comment").status_code == 202
+    assert accounts.vault.destroy_keys_of_purged_accounts([UUID(account_id), UUID(withdrawing)])
+
+    for shredded in (account_id, withdrawing):
+        base = f"/v1/accounts/{shredded}"
+        response = client.get(base, headers=SERVICE)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["email"] == body["display_name"] == body["phone"] == REDACTED
+        assert body["work_history"] == REDACTED
+        assert body["profile"]["job_title"] == REDACTED
+        assert body["desired"]["industries"] == ["IT"]  # not personal: still there
+        for path in ("withdrawal-preview", "erasure"):
+            assert client.get(f"{base}/{path}", headers=SERVICE).status_code == 200
+    assert REDACTED_OUT == REDACTED
 
 
 # Preferences

@@ -55,6 +55,7 @@ ADMIN_ROUTES: list[tuple[str, str, int]] = [
     ("GET", "/admin/v1/accounts/{account_id}/timeline", 200),
     ("GET", "/admin/v1/erasures", 200),
     ("GET", "/admin/v1/erasures/{account_id}", 404),
+    ("GET", "/admin/v1/erasures/{account_id}/receipt", 404),
     ("POST", "/admin/v1/erasures/{account_id}/services/mail/retry", 404),
     ("GET", "/admin/v1/stats/withdrawal-reasons", 200),
     ("GET", "/admin/v1/stats/gifts", 200),

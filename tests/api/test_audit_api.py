@@ -51,6 +51,7 @@ AUDIT_ROUTES = [
     ("GET", "/audit/v1/accounts/{account_id}/events"),
     ("GET", "/audit/v1/accounts/{account_id}/events?personal=decrypted"),
     ("GET", "/audit/v1/hash-chain"),
+    ("GET", "/audit/v1/receipts/{receipt_id}"),
 ]
 ROUTE_IDS = [path for _, path in AUDIT_ROUTES]
 
@@ -73,7 +74,7 @@ def test_without_a_known_token_every_audit_route_is_401(
     decrypting_client: TestClient, account_id: UUID, method: str, path: str, headers: Any
 ) -> None:
     response = decrypting_client.request(
-        method, path.format(account_id=account_id), headers=headers
+        method, path.format(account_id=account_id, receipt_id=account_id), headers=headers
     )
 
     assert response.status_code == 401
@@ -86,7 +87,7 @@ def test_with_another_role_every_audit_route_is_403(
     decrypting_client: TestClient, account_id: UUID, method: str, path: str, role: str
 ) -> None:
     response = decrypting_client.request(
-        method, path.format(account_id=account_id), headers=auth(role)
+        method, path.format(account_id=account_id, receipt_id=account_id), headers=auth(role)
     )
 
     assert response.status_code == 403

@@ -277,7 +277,12 @@ def test_every_protected_route_is_401_before_it_reads_a_malformed_body(
 
     for method, path in protected:
         url = path.format(
-            account_id=account_id, service="mail", group="mail", partition=0, offset=0
+            account_id=account_id,
+            receipt_id=account_id,
+            service="mail",
+            group="mail",
+            partition=0,
+            offset=0,
         )
         for body in (b"{not json", b"\xff\xfe\x00", b'{"unknown": 1}'):
             response = client.request(

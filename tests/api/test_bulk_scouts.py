@@ -14,6 +14,7 @@ from test_accounts_api import assert_problem, register, scout, withdraw
 
 from lifecycle.api.routes.scouts import MAX_BULK_SCOUTS
 from lifecycle.application import Accounts, ScoutItem
+from lifecycle.bulk_scouts import BulkScouts
 from lifecycle.domain import Account
 from lifecycle.errors import AccountNotFoundError, AccountWithdrawingError, LifecycleError
 
@@ -179,17 +180,19 @@ def test_a_conflict_on_one_account_retries_that_account_only(
         accounts.register(email=f"m-{uuid4().hex[:8]}@example.com", **fields) for _ in range(2)
     )
     loads: list[list[UUID]] = []
-    load_accounts = accounts._load_accounts
+    load_accounts = BulkScouts._load
 
-    def racing_load(account_ids: list[UUID]) -> dict[UUID, Account | LifecycleError]:
-        loaded = load_accounts(account_ids)
+    def racing_load(
+        bulk: BulkScouts, account_ids: list[UUID]
+    ) -> dict[UUID, Account | LifecycleError]:
+        loaded = load_accounts(bulk, account_ids)
         loads.append(account_ids)
         if len(loads) == 1:
             # Another writer moves one account on after this load: the bulk save conflicts.
             accounts.receive_scout(raced, scout_id="other", company_id="c", job_id="j")
         return loaded
 
-    monkeypatch.setattr(accounts, "_load_accounts", racing_load)
+    monkeypatch.setattr(BulkScouts, "_load", racing_load)
     saved_before = accounts.group_commit.saved_requests
 
     outcomes = accounts.receive_scouts(

@@ -37,6 +37,7 @@ from schemas.contract import (
     Record,
     TopicNames,
     decode_record,
+    erasure_receipt_id,
     lifecycle_event_id,
 )
 
@@ -219,6 +220,8 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
     assert confirmation["Message-ID"] == mail.message_id_for(lifecycle_event_id(member, 4))
     assert confirmation[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
     assert name in confirmation.get_content()
+    # The mail names the signed erasure receipt by its id, derived from the account id alone.
+    assert str(erasure_receipt_id(member)) in confirmation.get_content()
     [confirmed] = service.confirmations()
     assert (confirmed.service, confirmed.rows_removed) == ("mail", 3)  # 2 notices + address
     assert address not in confirmed.model_dump_json()

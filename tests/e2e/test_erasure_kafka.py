@@ -28,7 +28,8 @@ from consumers import chat, mail, scout
 from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
-from lifecycle.bootstrap import build_erasure
+from lifecycle.audit.receipt import verify_receipt
+from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import TopicSettings
@@ -38,7 +39,7 @@ from lifecycle.storage import Database
 from lifecycle.workers import run_consumer, run_erasure, run_relay
 from projections.registry import open_read_models
 from projections.runner import Projector
-from schemas.contract import ErasureConfirmedV1, TopicNames, decode_record
+from schemas.contract import ErasureConfirmedV1, TopicNames, decode_record, erasure_receipt_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -181,6 +182,19 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
         "chat": 3,  # one thread, two messages
         "mail": 3,  # two queued notices, the address
     }
+    # The erasure worker signed a receipt at the purge; the confirmation mail named it.
+    receipts = receipts_of(build_erasure(accounts, settings))
+    receipt_id = erasure_receipt_id(member_id)
+    wait_until(lambda: receipts.get(receipt_id) is not None, "the erasure receipt is issued")
+    receipt = receipts.get(receipt_id)
+    assert receipt is not None
+    assert {name: s["rows_removed"] for name, s in receipt["services"].items()} == {
+        "scout": 3,
+        "chat": 3,
+        "mail": 3,
+    }
+    assert verify_receipt(receipt, receipts)["ok"] is True
+    assert str(receipt_id) in confirmation.message.get_content()
 
     bootstrap = settings.kafka_bootstrap
     assert bootstrap is not None

@@ -1,4 +1,5 @@
-"""A restored pre-purge backup brings a key back; `lifecycle audit reshred` shreds it again."""
+"""A restored pre-purge backup brings a key back; `lifecycle audit reshred` shreds it again and
+brings the account back to `Purged`, whatever state the backup caught it in."""
 
 from __future__ import annotations
 
@@ -6,17 +7,26 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from support import TOKENS, auth
 
-from lifecycle.application import Accounts
-from lifecycle.crypto import new_master_key
+from lifecycle.api import create_app
+from lifecycle.application import Accounts, KnownErasure
+from lifecycle.audit.receipt import verify_receipt
+from lifecycle.audit.replay import replay
+from lifecycle.bootstrap import build_erasure, receipts_of
+from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.relay import Relay
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, token_digest
+from schemas.contract import erasure_receipt_id
 
 MEMBER = {
     "email": "restore.probe.7731@example.jp",
@@ -43,9 +53,9 @@ def restore_schema(postgres_url: str, schema: str, source: Path) -> None:
     )
 
 
-def reshred(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def reshred(env: dict[str, str], command: str = "reshred") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lifecycle", "audit", "reshred"],
+        [sys.executable, "-m", "lifecycle", "audit", command],
         env=env,
         capture_output=True,
         text=True,
@@ -126,3 +136,147 @@ def test_reshred_on_the_embedded_default_reports_nothing_to_do(tmp_path: Path) -
     result = reshred(env)
     assert result.returncode == 0, result.stderr
     assert "purges recorded again: 0, keys destroyed again: 0" in result.stdout
+
+
+LIVE = {
+    "email": "restore.live.5520@example.jp",
+    "display_name": "Livia Keepsake",
+    "consent_version": "v1",
+}
+# Every member route, as the service calls it; each answers 410 for a purged account.
+MEMBER_ROUTES = [
+    ("GET", "/v1/accounts/{id}", None),
+    ("GET", "/v1/accounts/{id}/withdrawal-preview", None),
+    ("PATCH", "/v1/accounts/{id}/preferences", {"notifications": {"scouts": False}}),
+    ("POST", "/v1/accounts/{id}/scouts", {"scout_id": "s-9", "company_id": "acme", "job_id": "j"}),
+    ("POST", "/v1/accounts/{id}/gift-claim", {"company_id": "acme", "start_date": "2026-12-01"}),
+    ("POST", "/v1/accounts/{id}/withdrawal", {"reason": "other"}),
+]
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LIFECYCLE_DATABASE_URL": settings.database_url,
+        "LIFECYCLE_DATABASE_SCHEMA": settings.database_schema,
+        "LIFECYCLE_MASTER_KEY": settings.master_key or "",
+        "LIFECYCLE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+        "LIFECYCLE_TOPIC_PREFIX": settings.topic_prefix,
+        "LIFECYCLE_LOG_FORMAT": "json",
+    }
+
+
+@pytest.mark.parametrize("caught", ["active", "withdrawing", "purged"])
+def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_caught(
+    postgres_url: str, pg_schema: str, kafka_bootstrap: str, tmp_path: Path, caught: str
+) -> None:
+    settings = Settings(
+        database_url=postgres_url,
+        database_schema=pg_schema,
+        master_key=new_master_key(),
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        api_tokens={token_digest(token): role for role, token in TOKENS.items()},
+    )
+    ensure_topics(kafka_bootstrap, settings.topics)
+    accounts = Accounts(env=settings.application_env())
+    publisher = KafkaPublisher(kafka_bootstrap)
+    dump = tmp_path / f"caught-{caught}.sql"
+    try:
+        live_id = accounts.register(**LIVE)
+        account_id = accounts.register(**MEMBER)
+        accounts.receive_scout(account_id, scout_id="s-1", company_id="acme", job_id="j-1")
+        if caught == "active":
+            dump_schema(postgres_url, pg_schema, dump)
+        accounts.request_withdrawal(account_id, reason="postings_mismatch", comment="bye")
+        if caught == "withdrawing":
+            dump_schema(postgres_url, pg_schema, dump)
+        accounts.purge(account_id)
+        if caught == "purged":
+            dump_schema(postgres_url, pg_schema, dump)
+        original = accounts.load_for_audit(account_id)
+        relay = Relay(accounts, publisher, topics=settings.topics)
+        while relay.run_once():
+            pass
+        relay.close()
+    finally:
+        publisher.close()
+        accounts.close()
+
+    restore_schema(postgres_url, pg_schema, dump)
+    assert fresh_read(settings, account_id)[1].value == caught
+    result = reshred(cli_env(settings))
+
+    assert result.returncode == 0, result.stderr
+    again = 0 if caught == "purged" else 1
+    assert f"purges recorded again: {again}, keys destroyed again: {again}" in result.stdout
+    # No receipt was in the dump (purged here without the erasure process): signed now.
+    assert "receipts issued again: 1" in result.stdout
+    replayed = reshred(cli_env(settings), "replay")
+    assert replayed.returncode == 0, replayed.stdout
+    assert MEMBER["email"] not in result.stdout + result.stderr + replayed.stdout
+    app = Accounts(env=settings.application_env())
+    try:
+        account = app.load_for_audit(account_id)
+        # Back to Purged with the facts the lifecycle topic kept: reason and times.
+        assert account.status is AccountStatus.PURGED
+        assert (account.email, account.display_name) == (REDACTED, REDACTED)
+        assert account.withdrawal is not None
+        assert account.withdrawal["reason"] == "postings_mismatch"
+        assert account.withdrawn_at == original.withdrawn_at
+        assert account.purged_at == original.purged_at
+        db = app.database
+        with db.transaction(commit=False) as cursor:
+            keys = cursor.execute(
+                f"SELECT COUNT(*) FROM {db.table(KEYS_TABLE)} WHERE account_id = %s",
+                (db.id_param(account_id),),
+            ).fetchone()
+        assert keys == (0,)
+        assert app.vault.is_destroyed(account_id)
+        receipts = receipts_of(build_erasure(app, settings))
+        receipt = receipts.get(erasure_receipt_id(account_id))
+        assert receipt is not None and verify_receipt(receipt, receipts)["ok"] is True
+        assert receipt["purged_at"] is not None and receipt["key"]["destroyed"] is True
+        # A live member still decrypts.
+        assert app.get_account(live_id).email == LIVE["email"]
+        with TestClient(create_app(settings, app)) as client:
+            for method, path, body in MEMBER_ROUTES:
+                response = client.request(
+                    method, path.format(id=account_id), json=body, headers=auth("service")
+                )
+                assert response.status_code == 410, (method, path, response.text)
+            assert client.get(f"/v1/accounts/{live_id}", headers=auth("service")).status_code == 200
+    finally:
+        app.close()
+
+
+def test_reshred_purges_an_account_an_older_reshred_left_active_without_its_key(
+    accounts: Accounts,
+) -> None:
+    """The older reshred destroyed the keys of restored accounts but left them active: the
+    address no longer opens, yet the account is purged, its claim released, and replay holds."""
+    account_id = accounts.register(**MEMBER)
+    live_id = accounts.register(**LIVE)
+    requested = datetime.now(UTC) + timedelta(seconds=1)
+    assert accounts.vault.destroy_keys_of_purged_accounts([account_id]) == 1
+
+    result = accounts.reshred(
+        {
+            account_id: KnownErasure(
+                purged_at=requested + timedelta(hours=1),
+                reason="hired_via_platform",
+                requested_at=requested,
+            )
+        }
+    )
+
+    assert result == {"purges_recorded_again": 1, "keys_destroyed": 1}
+    account = accounts.load_for_audit(account_id)
+    assert account.status is AccountStatus.PURGED
+    assert account.withdrawn_at == requested
+    assert account.purged_at == requested + timedelta(hours=1)
+    report = replay(accounts)
+    assert report.ok, report.as_dict()
+    # The address is free again: re-registration starts from nothing.
+    assert accounts.register(**MEMBER) != account_id
+    assert accounts.get_account(live_id).email == LIVE["email"]

@@ -1,0 +1,325 @@
+"""Signed erasure receipts: what was erased, by whom, when, and where in the hash chain.
+
+When `Purged` is recorded the erasure process asks `Receipts.issue` for one receipt per account:
+the account id, requested and purged times, each service's confirmation with its counts, the
+key's destruction, the hash-chain link of the `Purged` event (recomputed from the log when the
+chain's read model lags) and when the last copy on the compacted profile topic is due to be
+gone. It holds ids, times and counts only: nothing in it identifies the person.
+
+It is signed with Ed25519; the signing key is derived from the master key (HKDF, a purpose of
+its own), so no new secret is kept, and the public key is published (`public_key_document`).
+The receipt's id follows from the account id alone (`schemas.contract.erasure_receipt_id`),
+so the withdrawal-confirmation mail can give it. `verify_receipt` checks the signature and
+that the chain still holds the purge: every link recomputes (`lifecycle.audit.verify`) and
+the link at the receipt's position is the one it states.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from eventsourcing.utils import get_topic
+
+from lifecycle.application import Accounts
+from lifecycle.audit.verify import chain_point, verify
+from lifecycle.crypto import KEYS_TABLE, decode_master_key, derive_key
+from lifecycle.domain import Account, AccountStatus
+from lifecycle.erasure import ErasureProcess
+from lifecycle.errors import AccountNotFoundError
+from lifecycle.kafka.admin import TopicSettings
+from lifecycle.logs import get_logger
+from projections.hashchain import HashChain
+from schemas.contract import TopicNames, erasure_receipt_id
+
+RECEIPTS_TABLE = "erasure_receipts"
+SIGNING_PURPOSE = "lifecycle/erasure-receipt-signing"
+ALGORITHM = "Ed25519"
+KIND = "erasure-receipt"
+VERSION = 1
+PURGED_TOPIC = get_topic(Account.Purged)
+
+log = get_logger(__name__)
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    """The bytes that are signed: the receipt without its signature, keys sorted, compact."""
+    body = {name: value for name, value in document.items() if name != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ReceiptSigner:
+    """The Ed25519 key pair of receipts, derived from the master key."""
+
+    def __init__(self, master_key: bytes) -> None:
+        seed = derive_key(master_key, SIGNING_PURPOSE)
+        self._private = Ed25519PrivateKey.from_private_bytes(seed)
+        self.public_key = self._private.public_key()
+
+    @classmethod
+    def of(cls, accounts: Accounts) -> ReceiptSigner:
+        return cls(decode_master_key(accounts.env.get("MASTER_KEY", "")))
+
+    @property
+    def public_bytes(self) -> bytes:
+        return self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def key_id(self) -> str:
+        return key_id_of(self.public_bytes)
+
+    def sign(self, body: dict[str, Any]) -> dict[str, Any]:
+        signature = self._private.sign(canonical(body))
+        return {
+            **body,
+            "signature": {
+                "algorithm": ALGORITHM,
+                "key_id": self.key_id,
+                "value": base64.b64encode(signature).decode(),
+            },
+        }
+
+    def public_key_document(self) -> dict[str, str]:
+        return {
+            "algorithm": ALGORITHM,
+            "key_id": self.key_id,
+            "public_key": base64.b64encode(self.public_bytes).decode(),
+            "pem": self.public_key.public_bytes(
+                Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+            ).decode(),
+            "signed_bytes": "the receipt without `signature`, as JSON with sorted keys, "
+            "separators ',' and ':', UTF-8",
+        }
+
+
+def key_id_of(public_bytes: bytes) -> str:
+    return hashlib.sha256(public_bytes).hexdigest()[:16]
+
+
+def signature_holds(receipt: dict[str, Any], public_bytes: bytes) -> bool:
+    signature = receipt.get("signature")
+    if not isinstance(signature, dict) or signature.get("algorithm") != ALGORITHM:
+        return False
+    try:
+        value = base64.b64decode(str(signature.get("value", "")), validate=True)
+        Ed25519PublicKey.from_public_bytes(public_bytes).verify(value, canonical(receipt))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Receipts:
+    """Issues, stores and finds the signed receipts, in the lifecycle database."""
+
+    def __init__(
+        self,
+        erasure: ErasureProcess,
+        *,
+        signer: ReceiptSigner | None = None,
+        topics: TopicNames | None = None,
+        topic_settings: TopicSettings | None = None,
+    ) -> None:
+        self.erasure = erasure
+        self.accounts = erasure.accounts
+        self.database = erasure.database
+        self.signer = signer or ReceiptSigner.of(self.accounts)
+        self.topics = topics or TopicNames()
+        self.topic_settings = topic_settings or TopicSettings()
+        self.chain = HashChain(self.database)
+        self.table = self.database.table(RECEIPTS_TABLE)
+
+    def create_tables(self) -> None:
+        """Start-up DDL (guarded): the receipts table, and the chain's for its links."""
+        db = self.database
+        with db.ddl() as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                f"receipt_id {db.id_type} PRIMARY KEY, account_id {db.id_type} NOT NULL UNIQUE, "
+                f"issued_at {db.timestamp_type} NOT NULL DEFAULT {db.now}, "
+                "chain_position BIGINT NOT NULL, chain_link TEXT NOT NULL, body TEXT NOT NULL)"
+            )
+        self.chain.create()
+
+    def issue(self, account_id: UUID) -> dict[str, Any] | None:
+        """The account's receipt, signed and stored once; None while it is not purged."""
+        return self.get_or_issue(account_id)[0]
+
+    def get_or_issue(self, account_id: UUID) -> tuple[dict[str, Any] | None, bool]:
+        """The account's receipt, and whether this call signed it."""
+        found = self.get(erasure_receipt_id(account_id))
+        if found is not None:
+            return found, False
+        try:
+            account = self.accounts.load_for_audit(account_id)
+        except AccountNotFoundError:
+            return None, False
+        if account.status is not AccountStatus.PURGED or account.purged_at is None:
+            return None, False
+        receipt = self.signer.sign(self._body(account))
+        db = self.database
+        with db.transaction() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self.table} "
+                "(receipt_id, account_id, chain_position, chain_link, body) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    db.id_param(erasure_receipt_id(account_id)),
+                    db.id_param(account_id),
+                    receipt["hash_chain"]["position"],
+                    receipt["hash_chain"]["link"],
+                    json.dumps(receipt, sort_keys=True),
+                ),
+            )
+        log.info(
+            "erasure.receipt_issued",
+            account_id=str(account_id),
+            receipt_id=receipt["receipt_id"],
+            chain_position=receipt["hash_chain"]["position"],
+        )
+        return self.get(erasure_receipt_id(account_id)), True
+
+    def get(self, receipt_id: UUID) -> dict[str, Any] | None:
+        db = self.database
+        with db.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                f"SELECT body FROM {self.table} WHERE receipt_id = %s", (db.id_param(receipt_id),)
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def _body(self, account: Account) -> dict[str, Any]:
+        account_id = account.id
+        assert account.purged_at is not None
+        position, version = self._purge_notification(account_id)
+        # Without a running chain projection, the last receipt's link saves a walk from genesis.
+        point = chain_point(
+            self.chain, self.accounts.recorder, position, known=self._link_before(position)
+        )
+        assert point is not None, "the Purged event is stored, so the log has its notification"
+        rows = self.erasure.service_rows(account_id)
+        bound = timedelta(
+            milliseconds=self.topic_settings.profile_segment_ms
+            + self.topic_settings.profile_max_compaction_lag_ms
+        )
+        return {
+            "kind": KIND,
+            "version": VERSION,
+            "receipt_id": str(erasure_receipt_id(account_id)),
+            "account_id": str(account_id),
+            "requested_at": _iso(account.withdrawn_at),
+            "purged_at": _iso(account.purged_at),
+            "issued_at": _iso(datetime.now(UTC)),
+            "services": {
+                service: {
+                    "outcome": rows[service]["outcome"],
+                    "rows_removed": rows[service]["rows_removed"],
+                    "confirmation_id": rows[service]["confirmation_id"],
+                    "recorded_at": _iso(rows[service]["recorded_at"]),
+                }
+                for service in self.erasure.services
+                if service in rows
+            },
+            "key": self._key_state(account_id),
+            "hash_chain": {
+                "position": point.position,
+                "originator_version": version,
+                "link": point.link,
+            },
+            "profile_topic": {
+                "topic": self.topics.profile,
+                "bound_ms": int(bound.total_seconds() * 1000),
+                "last_copy_gone_by": _iso(account.purged_at + bound),
+            },
+        }
+
+    def _link_before(self, position: int) -> tuple[int, str] | None:
+        """The nearest link an earlier receipt computed before `position`."""
+        with self.database.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                f"SELECT chain_position, chain_link FROM {self.table} WHERE chain_position < %s "
+                "ORDER BY chain_position DESC LIMIT 1",
+                (position,),
+            ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _purge_notification(self, account_id: UUID) -> tuple[int, int]:
+        """The notification id and version of the account's stored `Purged` event."""
+        db = self.database
+        position = "notification_id" if db.dialect == "postgres" else "rowid"
+        with db.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                f"SELECT {position}, originator_version FROM {db.events_table} "
+                "WHERE originator_id = %s AND topic = %s",
+                (db.id_param(account_id), PURGED_TOPIC),
+            ).fetchone()
+        assert row is not None, "called for purged accounts only"
+        return int(row[0]), int(row[1])
+
+    def _key_state(self, account_id: UUID) -> dict[str, Any]:
+        db = self.database
+        with db.transaction(commit=False) as cursor:
+            kept = cursor.execute(
+                f"SELECT COUNT(*) FROM {db.table(KEYS_TABLE)} WHERE account_id = %s",
+                (db.id_param(account_id),),
+            ).fetchone()
+            tombstone = cursor.execute(
+                f"SELECT destroyed_at FROM {db.table('destroyed_keys')} WHERE account_id = %s",
+                (db.id_param(account_id),),
+            ).fetchone()
+        return {
+            "destroyed": bool(tombstone) and not (kept and kept[0]),
+            "destroyed_at": _iso(tombstone[0]) if tombstone else None,
+        }
+
+
+def verify_receipt(receipt: dict[str, Any], receipts: Receipts) -> dict[str, Any]:
+    """Signature, id, and the chain: every link recomputes and the purge is where it says."""
+    problems: list[str] = []
+    if not signature_holds(receipt, receipts.signer.public_bytes):
+        problems.append("signature does not verify with this service's receipt key")
+    try:
+        account_id = UUID(str(receipt.get("account_id")))
+        if str(erasure_receipt_id(account_id)) != receipt.get("receipt_id"):
+            problems.append("receipt id does not follow from the account id")
+        chain = receipt["hash_chain"]
+        position, version, stated = (
+            int(chain["position"]),
+            int(chain["originator_version"]),
+            str(chain["link"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return {"ok": False, "problems": [*problems, "receipt is malformed"]}
+    verification = verify(receipts.chain, receipts.accounts.recorder, keep=1)
+    if not verification.ok:
+        problems.append(f"hash chain broken: {verification.first[0].describe()}")
+    point = chain_point(receipts.chain, receipts.accounts.recorder, position)
+    if point is None:
+        problems.append(f"notification {position} is no longer in the log")
+    elif (point.originator_id, point.originator_version) != (str(account_id), version):
+        problems.append(f"notification {position} is not this account's Purged event")
+    elif point.link != stated:
+        problems.append(f"the chain's link at notification {position} differs from the receipt")
+    return {
+        "ok": not problems,
+        "receipt_id": receipt.get("receipt_id"),
+        "account_id": str(account_id),
+        "chain_position": position,
+        "chain_checked": verification.checked,
+        "problems": problems,
+    }
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    """UTC RFC 3339; SQLite hands timestamps back as naive UTC text."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
