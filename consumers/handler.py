@@ -1,9 +1,9 @@
 """What a service writes to use the kit: its `Handler`, the errors it raises, its results.
 
 A handler reacts to one record inside the kit's transaction (`handle`, or `handle_many` for a
-batch), with idempotent steps before it (`prepare`, or `prepare_many` for a batch). It raises `PoisonRecord` for a record
-that can never be handled; any failure of a dependency (database, broker, SMTP) is the kit's
-to wait out (`consumers.faults`).
+batch), with idempotent steps before it (`prepare`, or `prepare_many` for a batch). It raises
+`PoisonRecord` for a record that can never be handled; any failure of a dependency (database,
+broker, SMTP) is the kit's to wait out (`consumers.faults`).
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ Tables in the service's own schema:
 - `suppressions`: one row per withdrawn account (ids, counts and times only): no notice is
   queued or delivered for it any more, and it records the confirmation mail that was sent.
 
-On WithdrawalRequested, in this order:
+On WithdrawalRequested, in this order (steps 1 and 2 for all the withdrawals of a poll at once,
+before anything else of it, so a suppression waits for no other record):
 1. one transaction: the suppression row and the deletion of every queued notice, so from this
    commit on nothing else is sent (delivery checks the suppression under the same lock);
-2. the withdrawal-complete mail through SMTP, Message-ID derived from the withdrawal's `ce_id`,
-   then its send recorded on the suppression row;
+2. the withdrawal-complete mail through SMTP (one session for the poll), Message-ID derived
+   from the withdrawal's `ce_id`, then its send recorded on the suppression row;
 3. one transaction (the kit's): the address and any remaining notices deleted, and the erasure
    confirmation (with the rows removed) written to the kit's outbox with the processed mark.
 
@@ -20,22 +21,21 @@ receiving system can drop the copy. A record that fails while the process lives 
 connection) does not: the handler remembers the send and only records it on the retry.
 Everything else is exactly once by the kit's mark.
 
-Two topics carry no order between them. When the withdrawal is handled before the member's
-profile record, the address is unknown: steps 1 and 3 still run at once (nothing more is sent,
-nothing is held), the suppression row waits for the address (`awaiting_address`), and when the
-profile record arrives the mail is sent to it without the address ever being stored; only then
-is erasure confirmed. The profile record always arrives: the relay publishes it with the
-registration, long before any withdrawal, and a compacted topic keeps the latest value.
+Two topics carry no order between them. A profile record in the same poll gives the address
+at once. When the withdrawal is handled before the member's profile record, it is unknown:
+steps 1 and 3 still run at once (nothing more is sent, nothing is held), the suppression row
+waits for the address (`awaiting_address`), and when the profile record arrives the mail is
+sent to it without the address ever being stored; only then is erasure confirmed. The
+profile record always arrives: the relay publishes it with the registration, long before any
+withdrawal, and a compacted topic keeps the latest value.
 """
 
 from __future__ import annotations
 
 import json
-import smtplib
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate
-from typing import Protocol
-from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+from collections.abc import Sequence
+from contextlib import nullcontext
+from uuid import UUID, uuid4
 
 from consumers.handler import (
     AccountWithdrawnError,
@@ -44,92 +44,18 @@ from consumers.handler import (
     TransientError,
     erasure_confirmation,
 )
-from consumers.store import count_rows
+from consumers.mailer import Mailer, confirmation_message, message_id_for, notice_message
+from consumers.store import any_of, count_rows, insert_rows
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database, create_lock_table, lock_key
-from schemas.contract import (
-    Envelope,
-    ProfileV1,
-    PurgedV1,
-    TopicNames,
-    WithdrawalRequestedV1,
-)
+from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
+from schemas.contract import Envelope, ProfileV1, PurgedV1, TopicNames, WithdrawalRequestedV1
 
 SERVICE = "mail"
-MAIL_FROM = "no-reply@jobchange.example"
-MESSAGE_ID_DOMAIN = "mail.jobchange.example"
-CONFIRMATION_KIND = "withdrawal-complete"
-KIND_HEADER = "X-Jobchange-Kind"
+
+# An address and a display name.
+Contact = tuple[str, str]
 
 log = get_logger(__name__)
-
-
-# Sending
-
-
-class Mailer(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
-
-
-class SmtpMailer:
-    """One SMTP session per message, to a configured relay."""
-
-    def __init__(self, host: str, port: int, *, timeout_s: float = 10.0) -> None:
-        self.host = host
-        self.port = port
-        self.timeout_s = timeout_s
-
-    def send(self, message: EmailMessage) -> None:
-        with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
-            smtp.send_message(message)
-
-
-class DiscardingMailer:
-    """No SMTP server configured (embedded first run): log the Message-ID, keep nothing."""
-
-    def __init__(self) -> None:
-        self.discarded = 0
-
-    def send(self, message: EmailMessage) -> None:
-        self.discarded += 1
-        log.info("mail.discarded", message_id=message["Message-ID"], kind=message[KIND_HEADER])
-
-
-def message_id_for(source_id: str) -> str:
-    """Deterministic: the same withdrawal or notice always yields the same Message-ID."""
-    return f"<{uuid5(NAMESPACE_URL, f'jobchange-mail:{source_id}')}@{MESSAGE_ID_DOMAIN}>"
-
-
-def confirmation_message(withdrawal_ce_id: str, email: str, display_name: str) -> EmailMessage:
-    message = _message(email, display_name, message_id_for(withdrawal_ce_id), CONFIRMATION_KIND)
-    message["Subject"] = "退会手続きが完了しました / Your withdrawal is complete"
-    message.set_content(
-        f"{display_name} 様\n\n"
-        "退会手続きが完了しました。今後、お知らせやスカウトのメールは届きません。\n"
-        "ご登録の情報はすべてのサービスから削除されます。\n\n"
-        "Your withdrawal is complete. No further notices or scouts will be mailed to you,\n"
-        "and your data is being erased from every service.\n"
-    )
-    return message
-
-
-def notice_message(
-    notice_id: str, *, email: str, display_name: str, kind: str, subject: str, body: str
-) -> EmailMessage:
-    message = _message(email, display_name, message_id_for(f"notice:{notice_id}"), kind)
-    message["Subject"] = subject
-    message.set_content(body)
-    return message
-
-
-def _message(email: str, display_name: str, message_id: str, kind: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = MAIL_FROM
-    message["To"] = formataddr((display_name, email))
-    message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = message_id
-    message[KIND_HEADER] = kind
-    return message
 
 
 # Tables
@@ -179,15 +105,34 @@ class MailHandler(Handler):
         create_tables(database)
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
-        # A withdrawal's prepare reads the address an earlier profile record stores.
-        return isinstance(envelope.data, WithdrawalRequestedV1)
+        # `prepare_many` takes a withdrawal's address from the batch's own profile records as
+        # well as from the stored contacts: no record needs an earlier one committed.
+        return False
 
     def prepare(self, envelope: Envelope) -> None:
-        data = envelope.data
-        if isinstance(data, WithdrawalRequestedV1):
-            self._suppress_then_mail(data.account_id, envelope.id)
-        elif isinstance(data, ProfileV1):
-            self._mail_if_awaiting(data)
+        self.prepare_many([envelope])
+
+    def prepare_many(self, envelopes: Sequence[Envelope]) -> None:
+        """Steps 1 and 2 for a batch: every withdrawal suppressed in one transaction before
+        anything else, then the confirmation mails (one SMTP session), their sends recorded
+        in one transaction; also the mail of a withdrawal that was awaiting a profile here."""
+        withdrawals: dict[UUID, str] = {}
+        profiles: dict[UUID, ProfileV1] = {}
+        for envelope in envelopes:
+            data = envelope.data
+            if isinstance(data, WithdrawalRequestedV1):
+                withdrawals.setdefault(data.account_id, envelope.id)
+            elif isinstance(data, ProfileV1):
+                profiles[data.account_id] = data
+        sends: list[tuple[UUID, str, str, str]] = []
+        for account_id, (ce_id, stored) in self._suppress(withdrawals).items():
+            late = profiles.get(account_id)
+            address = stored if stored or not late else (late.email, late.display_name)
+            if address is not None:
+                sends.append((account_id, ce_id, *address))
+        awaiting = self._awaiting([a for a in profiles if a not in withdrawals])
+        sends += [(a, ce_id, profiles[a].email, profiles[a].display_name) for a, ce_id in awaiting]
+        self._send_confirmations(sends)
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         data = envelope.data
@@ -207,67 +152,96 @@ class MailHandler(Handler):
 
     # Step 1 and 2: suppress, then mail
 
-    def _suppress_then_mail(self, account_id: UUID, ce_id: str) -> None:
+    def _suppress(self, withdrawals: dict[UUID, str]) -> dict[UUID, tuple[str, Contact | None]]:
+        """One transaction: suppression rows, queued notices deleted. Returns, per account not
+        yet mailed, the withdrawal's `ce_id` and the stored address (None: unknown)."""
+        if not withdrawals:
+            return {}
         db = self.database
-        account = str(account_id)
+        where, params = any_of(db, "account_id", [str(a) for a in withdrawals])
         with db.transaction() as cursor:
-            self._lock(cursor, account_id)
-            cursor.execute(
-                f"INSERT INTO {db.table('suppressions')} (account_id, withdrawal_ce_id) "
-                "VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (account, ce_id),
+            lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
+            insert_rows(
+                db,
+                cursor,
+                db.table("suppressions"),
+                (("account_id", "text"), ("withdrawal_ce_id", "text")),
+                [(str(a), ce_id) for a, ce_id in withdrawals.items()],
+                suffix="ON CONFLICT DO NOTHING",
             )
-            dropped = self._delete(cursor, account_id, "mail_outbox")
-            if dropped:
+            queued = cursor.execute(
+                f"SELECT account_id, count(*) FROM {db.table('mail_outbox')} WHERE {where} "
+                "GROUP BY account_id",
+                params,
+            ).fetchall()
+            if queued:
+                cursor.execute(f"DELETE FROM {db.table('mail_outbox')} WHERE {where}", params)
+            for account, dropped in queued:
                 cursor.execute(
                     f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s "
                     "WHERE account_id = %s",
                     (dropped, account),
                 )
-            suppression = cursor.execute(
-                "SELECT withdrawal_ce_id, confirmation_sent_at "
-                f"FROM {db.table('suppressions')} WHERE account_id = %s",
-                (account,),
-            ).fetchone()
-            contact = cursor.execute(
-                f"SELECT email, display_name FROM {db.table('contacts')} WHERE account_id = %s",
-                (account,),
-            ).fetchone()
-        log.info("mail.suppressed", account_id=account, notices_dropped=dropped)
-        assert suppression is not None
-        withdrawal_ce_id, sent_at = suppression
-        if contact is not None and sent_at is None:
-            self._send_confirmation(account_id, withdrawal_ce_id, contact[0], contact[1])
+            unsent = cursor.execute(
+                f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "
+                f"WHERE {where} AND confirmation_sent_at IS NULL",
+                params,
+            ).fetchall()
+            contacts = cursor.execute(
+                f"SELECT account_id, email, display_name FROM {db.table('contacts')} WHERE {where}",
+                params,
+            ).fetchall()
+        dropped_by = {UUID(account): int(count) for account, count in queued}
+        for account_id in withdrawals:
+            log.info(
+                "mail.suppressed",
+                account_id=str(account_id),
+                notices_dropped=dropped_by.get(account_id, 0),
+            )
+        known = {UUID(account): (email, name) for account, email, name in contacts}
+        return {UUID(a): (ce_id, known.get(UUID(a))) for a, ce_id in unsent}
 
-    def _mail_if_awaiting(self, profile: ProfileV1) -> None:
+    def _awaiting(self, account_ids: list[UUID]) -> list[tuple[UUID, str]]:
+        """Of these accounts, those withdrawn before their address arrived, still unmailed."""
+        if not account_ids:
+            return []
         db = self.database
+        where, params = any_of(db, "account_id", [str(a) for a in account_ids])
         with db.transaction(commit=False) as cursor:
-            row = cursor.execute(
-                "SELECT withdrawal_ce_id, awaiting_address, confirmation_sent_at "
-                f"FROM {db.table('suppressions')} WHERE account_id = %s",
-                (str(profile.account_id),),
-            ).fetchone()
-        if row is not None and row[1] and row[2] is None:
-            self._send_confirmation(profile.account_id, row[0], profile.email, profile.display_name)
+            rows = cursor.execute(
+                f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "
+                f"WHERE {where} AND awaiting_address = 1 AND confirmation_sent_at IS NULL",
+                params,
+            ).fetchall()
+        return [(UUID(account), ce_id) for account, ce_id in rows]
 
-    def _send_confirmation(
-        self, account_id: UUID, withdrawal_ce_id: str, email: str, display_name: str
-    ) -> None:
-        message_id = message_id_for(withdrawal_ce_id)
-        if self._sent_unrecorded.get(account_id) != message_id:
-            self.mailer.send(confirmation_message(withdrawal_ce_id, email, display_name))
-            self._sent_unrecorded[account_id] = message_id
-            log.info("mail.confirmation_sent", account_id=str(account_id), message_id=message_id)
+    def _send_confirmations(self, sends: list[tuple[UUID, str, str, str]]) -> None:
+        """Mail each (account, withdrawal ce_id, address, name), then record the sends."""
+        if not sends:
+            return
+        session = getattr(self.mailer, "session", None)
+        with session() if session is not None else nullcontext():
+            for account_id, withdrawal_ce_id, email, display_name in sends:
+                message_id = message_id_for(withdrawal_ce_id)
+                if self._sent_unrecorded.get(account_id) == message_id:
+                    continue  # sent before a failure to record it: only recorded now
+                self.mailer.send(confirmation_message(withdrawal_ce_id, email, display_name))
+                self._sent_unrecorded[account_id] = message_id
+                log.info(
+                    "mail.confirmation_sent", account_id=str(account_id), message_id=message_id
+                )
         db = self.database
         with db.transaction() as cursor:
-            self._lock(cursor, account_id)
-            cursor.execute(
-                f"UPDATE {db.table('suppressions')} SET confirmation_message_id = %s, "
-                f"confirmation_sent_at = {db.now} "
-                "WHERE account_id = %s AND confirmation_sent_at IS NULL",
-                (message_id, str(account_id)),
-            )
-        del self._sent_unrecorded[account_id]
+            lock_keys(db, cursor, [f"mail:{account_id}" for account_id, *_ in sends])
+            for account_id, withdrawal_ce_id, *_ in sends:
+                cursor.execute(
+                    f"UPDATE {db.table('suppressions')} SET confirmation_message_id = %s, "
+                    f"confirmation_sent_at = {db.now} "
+                    "WHERE account_id = %s AND confirmation_sent_at IS NULL",
+                    (message_id_for(withdrawal_ce_id), str(account_id)),
+                )
+        for account_id, *_ in sends:
+            self._sent_unrecorded.pop(account_id, None)
 
     # Step 3: erase and confirm (inside the kit's transaction)
 

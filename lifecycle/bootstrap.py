@@ -18,6 +18,7 @@ from consumers import chat, mail, scout
 from consumers.faults import RetryPolicy
 from consumers.handler import Handler
 from consumers.kit import Consumer, Hooks
+from consumers.mailer import DiscardingMailer, Mailer, SmtpMailer
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.erasure import ErasureHandler, ErasureProcess
@@ -81,7 +82,7 @@ def service_database(settings: Settings, name: str, schema: str | None = None) -
 
 
 def service_handler(
-    name: str, database: Database, topics: TopicNames, mailer: mail.Mailer | None = None
+    name: str, database: Database, topics: TopicNames, mailer: Mailer | None = None
 ) -> tuple[Handler, list[str]]:
     """The handler of one reference service and the topics it reads."""
     if name == "scout":
@@ -89,7 +90,7 @@ def service_handler(
     if name == "chat":
         return chat.ChatHandler(database, topics), chat.subscribed_topics(topics)
     if name == "mail":
-        handler = mail.MailHandler(database, topics, mailer or mail.DiscardingMailer())
+        handler = mail.MailHandler(database, topics, mailer or DiscardingMailer())
         return handler, mail.subscribed_topics(topics)
     _check_service(name)
     raise AssertionError(name)
@@ -102,10 +103,10 @@ def _check_service(name: str) -> None:
         )
 
 
-def mailer_for(settings: Settings) -> mail.Mailer:
+def mailer_for(settings: Settings) -> Mailer:
     if settings.smtp_host:
-        return mail.SmtpMailer(settings.smtp_host, settings.smtp_port)
-    return mail.DiscardingMailer()
+        return SmtpMailer(settings.smtp_host, settings.smtp_port)
+    return DiscardingMailer()
 
 
 def _service_consumer(
@@ -116,7 +117,7 @@ def _service_consumer(
     topics: TopicNames,
     publisher: Publisher,
     source_of: Callable[[list[str]], Source],
-    mailer: mail.Mailer | None,
+    mailer: Mailer | None,
     retry: RetryPolicy | None,
     hooks: Hooks | None = None,
     poll_timeout_s: float = 0.5,
@@ -194,7 +195,7 @@ def kafka_consumer(
     *,
     topics: TopicNames | None = None,
     schema: str | None = None,
-    mailer: mail.Mailer | None = None,
+    mailer: Mailer | None = None,
     retry: RetryPolicy | None = None,
     hooks: Hooks | None = None,
 ) -> ConsumerRun:
@@ -268,7 +269,7 @@ def in_process_consumer(
     publisher: InProcessPublisher,
     topics: TopicNames,
     *,
-    mailer: mail.Mailer | None = None,
+    mailer: Mailer | None = None,
     retry: RetryPolicy | None = None,
     poll_timeout_s: float = 0.5,
 ) -> Consumer:

@@ -22,7 +22,7 @@ from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database
+from lifecycle.storage import Cursor, Database, lock_keys
 from schemas.contract import ERASING_SERVICES, Envelope, ErasureConfirmedV1
 
 CONFIRMED = "confirmed"
@@ -114,6 +114,10 @@ class ErasureProcess:
         db = self.database
         inside = db.dialect == "postgres"
         with db.transaction() as cursor:
+            if inside:
+                # One erasure's confirmations are recorded one transaction at a time, so the
+                # last of them sees all the others (none commits before its purge ran).
+                lock_keys(db, cursor, {f"erasure:{c.account_id}" for c in confirmations})
             for confirmation in confirmations:
                 # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone.
                 cursor.execute(

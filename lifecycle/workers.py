@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consumers import mail
 from consumers.faults import RetryPolicy
 from consumers.kit import Consumer
+from consumers.mailer import Mailer
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_accounts,
@@ -138,7 +138,7 @@ def start_workers(
     accounts: Accounts,
     *,
     topics: TopicNames | None = None,
-    mailer: mail.Mailer | None = None,
+    mailer: Mailer | None = None,
     retry: RetryPolicy | None = None,
     poll_interval_s: float = 0.2,
     erasure: ErasureProcess | None = None,
