@@ -33,8 +33,8 @@ withdrawal, and a compacted topic keeps the latest value.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
-from contextlib import nullcontext
 from uuid import UUID, uuid4
 
 from consumers.handler import (
@@ -44,16 +44,14 @@ from consumers.handler import (
     TransientError,
     erasure_confirmation,
 )
-from consumers.mailer import Mailer, confirmation_message, message_id_for, notice_message
-from consumers.store import any_of, count_rows, insert_rows
+from consumers.mailer import Mailer, notice_message
+from consumers.store import any_of, count_rows
+from consumers.withdrawal_mail import WithdrawalMail
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
 from schemas.contract import Envelope, ProfileV1, PurgedV1, TopicNames, WithdrawalRequestedV1
 
 SERVICE = "mail"
-
-# An address and a display name.
-Contact = tuple[str, str]
 
 log = get_logger(__name__)
 
@@ -101,8 +99,8 @@ class MailHandler(Handler):
         self.database = database
         self.topics = topics
         self.mailer = mailer
-        self._sent_unrecorded: dict[UUID, str] = {}  # account -> Message-ID sent, not yet recorded
         create_tables(database)
+        self.withdrawal_mail = WithdrawalMail(database, mailer)
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
         # `prepare_many` takes a withdrawal's address from the batch's own profile records as
@@ -113,26 +111,7 @@ class MailHandler(Handler):
         self.prepare_many([envelope])
 
     def prepare_many(self, envelopes: Sequence[Envelope]) -> None:
-        """Steps 1 and 2 for a batch: every withdrawal suppressed in one transaction before
-        anything else, then the confirmation mails (one SMTP session), their sends recorded
-        in one transaction; also the mail of a withdrawal that was awaiting a profile here."""
-        withdrawals: dict[UUID, str] = {}
-        profiles: dict[UUID, ProfileV1] = {}
-        for envelope in envelopes:
-            data = envelope.data
-            if isinstance(data, WithdrawalRequestedV1):
-                withdrawals.setdefault(data.account_id, envelope.id)
-            elif isinstance(data, ProfileV1):
-                profiles[data.account_id] = data
-        sends: list[tuple[UUID, str, str, str]] = []
-        for account_id, (ce_id, stored) in self._suppress(withdrawals).items():
-            late = profiles.get(account_id)
-            address = stored if stored or not late else (late.email, late.display_name)
-            if address is not None:
-                sends.append((account_id, ce_id, *address))
-        awaiting = self._awaiting([a for a in profiles if a not in withdrawals])
-        sends += [(a, ce_id, profiles[a].email, profiles[a].display_name) for a, ce_id in awaiting]
-        self._send_confirmations(sends)
+        self.withdrawal_mail.prepare(envelopes)
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         data = envelope.data
@@ -150,100 +129,63 @@ class MailHandler(Handler):
             return HandlerResult(outcome="purged")
         return HandlerResult(outcome="ignored")
 
-    # Step 1 and 2: suppress, then mail
-
-    def _suppress(self, withdrawals: dict[UUID, str]) -> dict[UUID, tuple[str, Contact | None]]:
-        """One transaction: suppression rows, queued notices deleted. Returns, per account not
-        yet mailed, the withdrawal's `ce_id` and the stored address (None: unknown)."""
-        if not withdrawals:
-            return {}
-        db = self.database
-        where, params = any_of(db, "account_id", [str(a) for a in withdrawals])
-        with db.transaction() as cursor:
-            lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
-            insert_rows(
-                db,
-                cursor,
-                db.table("suppressions"),
-                (("account_id", "text"), ("withdrawal_ce_id", "text")),
-                [(str(a), ce_id) for a, ce_id in withdrawals.items()],
-                suffix="ON CONFLICT DO NOTHING",
-            )
-            queued = cursor.execute(
-                f"SELECT account_id, count(*) FROM {db.table('mail_outbox')} WHERE {where} "
-                "GROUP BY account_id",
-                params,
-            ).fetchall()
-            if queued:
-                cursor.execute(f"DELETE FROM {db.table('mail_outbox')} WHERE {where}", params)
-            for account, dropped in queued:
-                cursor.execute(
-                    f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s "
-                    "WHERE account_id = %s",
-                    (dropped, account),
-                )
-            unsent = cursor.execute(
-                f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "
-                f"WHERE {where} AND confirmation_sent_at IS NULL",
-                params,
-            ).fetchall()
-            contacts = cursor.execute(
-                f"SELECT account_id, email, display_name FROM {db.table('contacts')} WHERE {where}",
-                params,
-            ).fetchall()
-        dropped_by = {UUID(account): int(count) for account, count in queued}
-        for account_id in withdrawals:
-            log.info(
-                "mail.suppressed",
-                account_id=str(account_id),
-                notices_dropped=dropped_by.get(account_id, 0),
-            )
-        known = {UUID(account): (email, name) for account, email, name in contacts}
-        return {UUID(a): (ce_id, known.get(UUID(a))) for a, ce_id in unsent}
-
-    def _awaiting(self, account_ids: list[UUID]) -> list[tuple[UUID, str]]:
-        """Of these accounts, those withdrawn before their address arrived, still unmailed."""
-        if not account_ids:
-            return []
-        db = self.database
-        where, params = any_of(db, "account_id", [str(a) for a in account_ids])
-        with db.transaction(commit=False) as cursor:
-            rows = cursor.execute(
-                f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "
-                f"WHERE {where} AND awaiting_address = 1 AND confirmation_sent_at IS NULL",
-                params,
-            ).fetchall()
-        return [(UUID(account), ce_id) for account, ce_id in rows]
-
-    def _send_confirmations(self, sends: list[tuple[UUID, str, str, str]]) -> None:
-        """Mail each (account, withdrawal ce_id, address, name), then record the sends."""
-        if not sends:
-            return
-        session = getattr(self.mailer, "session", None)
-        with session() if session is not None else nullcontext():
-            for account_id, withdrawal_ce_id, email, display_name in sends:
-                message_id = message_id_for(withdrawal_ce_id)
-                if self._sent_unrecorded.get(account_id) == message_id:
-                    continue  # sent before a failure to record it: only recorded now
-                self.mailer.send(confirmation_message(withdrawal_ce_id, email, display_name))
-                self._sent_unrecorded[account_id] = message_id
-                log.info(
-                    "mail.confirmation_sent", account_id=str(account_id), message_id=message_id
-                )
-        db = self.database
-        with db.transaction() as cursor:
-            lock_keys(db, cursor, [f"mail:{account_id}" for account_id, *_ in sends])
-            for account_id, withdrawal_ce_id, *_ in sends:
-                cursor.execute(
-                    f"UPDATE {db.table('suppressions')} SET confirmation_message_id = %s, "
-                    f"confirmation_sent_at = {db.now} "
-                    "WHERE account_id = %s AND confirmation_sent_at IS NULL",
-                    (message_id_for(withdrawal_ce_id), str(account_id)),
-                )
-        for account_id, *_ in sends:
-            self._sent_unrecorded.pop(account_id, None)
-
     # Step 3: erase and confirm (inside the kit's transaction)
+
+    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """`handle` for each, in order, except withdrawals already mailed whose account no
+        other record of the batch names: those are erased and confirmed together first."""
+        named = Counter(envelope.subject for envelope in envelopes)
+        alone = {
+            envelope.id: envelope.data.account_id
+            for envelope in envelopes
+            if isinstance(envelope.data, WithdrawalRequestedV1) and named[envelope.subject] == 1
+        }
+        done = self._erase_and_confirm_many(cursor, list(alone.values())) if alone else {}
+        return [
+            done[alone[envelope.id]]
+            if alone.get(envelope.id) in done
+            else self.handle(envelope, cursor)
+            for envelope in envelopes
+        ]
+
+    def _erase_and_confirm_many(
+        self, cursor: Cursor, account_ids: list[UUID]
+    ) -> dict[UUID, HandlerResult]:
+        """`_erase_and_confirm` for those of the accounts whose mail is recorded, in a few
+        statements; the others are left to `handle`."""
+        db = self.database
+        suppressions = db.table("suppressions")
+        lock_keys(db, cursor, [f"mail:{account_id}" for account_id in account_ids])
+        where, params = any_of(db, "account_id", [str(a) for a in account_ids])
+        mailed = cursor.execute(
+            f"SELECT account_id FROM {suppressions} WHERE {where} "
+            "AND confirmation_sent_at IS NOT NULL",
+            params,
+        ).fetchall()
+        if not mailed:
+            return {}
+        where, params = any_of(db, "account_id", [account for (account,) in mailed])
+        held = " + ".join(
+            f"(SELECT count(*) FROM {db.table(table)} AS held WHERE held.account_id = s.account_id)"
+            for table in ("contacts", "mail_outbox")
+        )
+        cursor.execute(
+            f"UPDATE {suppressions} AS s SET rows_removed = rows_removed + {held}, "
+            f"awaiting_address = 0, confirmed_at = {db.now} WHERE {where}",
+            params,
+        )
+        for table in ("contacts", "mail_outbox"):
+            cursor.execute(f"DELETE FROM {db.table(table)} WHERE {where}", params)
+        totals = cursor.execute(
+            f"SELECT account_id, rows_removed FROM {suppressions} WHERE {where}", params
+        ).fetchall()
+        return {
+            UUID(account): HandlerResult(
+                (erasure_confirmation(self.topics, UUID(account), SERVICE, int(total)),),
+                outcome="erased",
+            )
+            for account, total in totals
+        }
 
     def _after_withdrawal(self, cursor: Cursor, account_id: UUID) -> HandlerResult:
         db = self.database

@@ -121,6 +121,7 @@ def _service_consumer(
     retry: RetryPolicy | None,
     hooks: Hooks | None = None,
     poll_timeout_s: float = 0.5,
+    lag_interval_s: float = 1.0,
 ) -> Consumer:
     handler, subscribed = service_handler(name, database, topics, mailer or mailer_for(settings))
     return Consumer(
@@ -133,6 +134,7 @@ def _service_consumer(
         retry=retry,
         hooks=hooks,
         poll_timeout_s=poll_timeout_s,
+        lag_interval_s=lag_interval_s,
     )
 
 
@@ -145,6 +147,7 @@ def erasure_consumer(
     retry: RetryPolicy | None = None,
     hooks: Hooks | None = None,
     poll_timeout_s: float = 0.5,
+    lag_interval_s: float = 1.0,
 ) -> Consumer:
     """The erasure process behind the consumer kit: confirmations from `source`."""
     return Consumer(
@@ -157,10 +160,15 @@ def erasure_consumer(
         retry=retry,
         hooks=hooks,
         poll_timeout_s=poll_timeout_s,
+        lag_interval_s=lag_interval_s,
     )
 
 
 # Kafka configured: one consumer per process
+
+# A Kafka member's lag costs a round trip to the broker per partition, between two polls: asked
+# every few seconds, not every second, so records arriving meanwhile wait less.
+KAFKA_LAG_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -219,6 +227,7 @@ def kafka_consumer(
             mailer=mailer,
             retry=retry,
             hooks=hooks,
+            lag_interval_s=KAFKA_LAG_INTERVAL_S,
         )
     except BaseException:
         _close_all(closers)
@@ -245,7 +254,15 @@ def kafka_erasure_consumer(
     except BaseException:
         publisher.close()
         raise
-    consumer = erasure_consumer(process, source, publisher, topics, retry=retry, hooks=hooks)
+    consumer = erasure_consumer(
+        process,
+        source,
+        publisher,
+        topics,
+        retry=retry,
+        hooks=hooks,
+        lag_interval_s=KAFKA_LAG_INTERVAL_S,
+    )
     return ConsumerRun(consumer, [publisher.close])
 
 
