@@ -1,6 +1,6 @@
 """Case 4, erasure latency: `WithdrawalRequested` stored to `Purged` stored, p50/p99/max.
 
-The pipeline runs as five processes, each as the CLI runs it (bench/erasure_workers.py):
+The pipeline runs as five processes, each as the CLI runs it (`bench.erasure_workers`):
 relay, the scout, chat and mail reference consumers, and the erasure consumer, on topics
 of their own. This process drives the load through `Accounts`: a steady 20 withdrawals/s
 over a background of registrations and scouts, each stream paced on its own thread.
@@ -11,23 +11,20 @@ timestamp; both are taken by the writer just before its save, on the same clock.
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 from uuid import UUID
 
 import psycopg
 
-from bench.core import Context, Row, Target, bench_env, fresh_schema, log, percentile
+from bench.core import Context, Row, Target, fresh_schema, log, percentile
 from bench.erasure_stages import Stamps, describe, stages_ms, suppression_ms
+from bench.erasure_workers import Pipeline
 from bench.workload import (
     REGISTERED_EVENTS,
     bench_settings,
@@ -47,67 +44,6 @@ SCOUTS_PER_S = 40.0
 TARGET_P99_MS = Target("at_most", 500.0)
 SUPPRESSION_TARGET_P99_MS = Target("at_most", 200.0)
 DRAIN_TIMEOUT_S = 90.0
-
-
-class Pipeline:
-    """relay, erasure and the three reference consumers, one subprocess each."""
-
-    def __init__(self, ctx: Context, schema: str, prefix: str, master_key: str) -> None:
-        self.env = bench_env()
-        self.env.update(
-            LIFECYCLE_DATABASE_URL=ctx.database_url,
-            LIFECYCLE_KAFKA_BOOTSTRAP=ctx.kafka_bootstrap,
-            LIFECYCLE_MASTER_KEY=master_key,
-        )
-        self.schema = schema
-        self.prefix = prefix
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: dict[str, IO[bytes]] = {}
-
-    def start(self) -> None:
-        keep = os.environ.get("BENCH_ERASURE_LOG_DIR")  # to read the workers' logs afterwards
-        for kind in ("relay", "erasure", *ERASING_SERVICES):
-            # Kept open for the worker's life; closed in stop().
-            self.logs[kind] = (
-                open(os.path.join(keep, f"{kind}.log"), "w+b")  # noqa: SIM115
-                if keep
-                else tempfile.TemporaryFile()  # noqa: SIM115
-            )
-            self.processes[kind] = subprocess.Popen(
-                [sys.executable, "-m", "bench.erasure_workers", kind, self.schema, self.prefix],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=self.logs[kind],
-            )
-            if kind in ("relay", "erasure"):
-                # Both build Accounts on the same schema: not at the same instant (the key
-                # vault's CREATE OR REPLACE FUNCTION races with itself).
-                time.sleep(1.0)
-        self.check()
-
-    def check(self) -> None:
-        for kind, process in self.processes.items():
-            if process.poll() is not None:
-                self.logs[kind].seek(0)
-                tail = self.logs[kind].read()[-1500:].decode(errors="replace")
-                raise RuntimeError(f"erasure pipeline: {kind} exited: {tail}")
-
-    def log_of(self, kind: str) -> bytes:
-        """What the worker logged so far (read without moving the offset it writes at)."""
-        fd = self.logs[kind].fileno()
-        return os.pread(fd, os.fstat(fd).st_size, 0)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for handle in self.logs.values():
-            handle.close()
 
 
 def paced(rate: float, seconds: float, operation: Callable[[int], object]) -> tuple[int, int]:
