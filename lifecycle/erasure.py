@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from consumers.handler import Handler, HandlerResult, PoisonRecord
+from consumers.store import insert_rows
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError
@@ -118,26 +119,37 @@ class ErasureProcess:
                 # One erasure's confirmations are recorded one transaction at a time, so the
                 # last of them sees all the others (none commits before its purge ran).
                 lock_keys(db, cursor, {f"erasure:{c.account_id}" for c in confirmations})
-            for confirmation in confirmations:
-                # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone.
-                cursor.execute(
-                    f"INSERT INTO {self.table} "
-                    "(account_id, service, outcome, rows_removed, confirmation_id, error_code) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (account_id, service) "
-                    "DO UPDATE SET outcome = excluded.outcome, "
-                    "rows_removed = excluded.rows_removed, "
-                    "confirmation_id = excluded.confirmation_id, error_code = excluded.error_code "
-                    f"WHERE {self.table}.outcome <> %s",
+            # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone
+            # (of repeats within the batch, the first counts, as one statement after another).
+            first = {(c.account_id, c.service): c for c in reversed(confirmations)}
+            insert_rows(
+                db,
+                cursor,
+                self.table,
+                (
+                    ("account_id", "uuid"),
+                    ("service", "text"),
+                    ("outcome", "text"),
+                    ("rows_removed", "int"),
+                    ("confirmation_id", "text"),
+                    ("error_code", "text"),
+                ),
+                [
                     (
-                        db.id_param(confirmation.account_id),
-                        confirmation.service,
-                        confirmation.outcome,
-                        confirmation.rows_removed,
-                        confirmation.confirmation_id,
-                        confirmation.error_code,
-                        CONFIRMED,
-                    ),
-                )
+                        db.id_param(c.account_id),
+                        c.service,
+                        c.outcome,
+                        c.rows_removed,
+                        c.confirmation_id,
+                        c.error_code,
+                    )
+                    for c in first.values()
+                ],
+                suffix="ON CONFLICT (account_id, service) DO UPDATE SET "
+                "outcome = excluded.outcome, rows_removed = excluded.rows_removed, "
+                "confirmation_id = excluded.confirmation_id, error_code = excluded.error_code "
+                f"WHERE {self.table}.outcome <> '{CONFIRMED}'",
+            )
             confirmed = self._confirmed_services_of(
                 cursor, list({c.account_id: c for c in confirmations})
             )
