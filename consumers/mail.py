@@ -45,13 +45,19 @@ from consumers.handler import (
     erasure_confirmation,
 )
 from consumers.mailer import Mailer, notice_message
-from consumers.store import any_of, count_rows
+from consumers.store import any_of, count_rows, insert_rows
 from consumers.withdrawal_mail import WithdrawalMail
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
 from schemas.contract import Envelope, ProfileV1, PurgedV1, TopicNames, WithdrawalRequestedV1
 
 SERVICE = "mail"
+CONTACT_COLUMNS = (
+    ("account_id", "text"),
+    ("email", "text"),
+    ("display_name", "text"),
+    ("notifications", "text"),
+)
 
 log = get_logger(__name__)
 
@@ -132,30 +138,71 @@ class MailHandler(Handler):
     # Step 3: erase and confirm (inside the kit's transaction)
 
     def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
-        """`handle` for each, in order, except withdrawals already mailed whose account no
-        other record of the batch names: those are erased and confirmed together first."""
+        """`handle` for each, in order, except the records whose account no other record of
+        the batch names: their withdrawals already mailed are erased and confirmed together,
+        their profiles of accounts never withdrawn saved together, first."""
         named = Counter(envelope.subject for envelope in envelopes)
-        alone = {
-            envelope.id: envelope.data.account_id
-            for envelope in envelopes
-            if isinstance(envelope.data, WithdrawalRequestedV1) and named[envelope.subject] == 1
+        withdrawals: dict[str, UUID] = {}
+        profiles: dict[str, ProfileV1] = {}
+        for envelope in envelopes:
+            data = envelope.data
+            if named[envelope.subject] == 1 and isinstance(data, WithdrawalRequestedV1):
+                withdrawals[envelope.id] = data.account_id
+            elif named[envelope.subject] == 1 and isinstance(data, ProfileV1):
+                profiles[envelope.id] = data
+        accounts = [*withdrawals.values(), *(p.account_id for p in profiles.values())]
+        lock_keys(self.database, cursor, [f"mail:{account_id}" for account_id in accounts])
+        erased = self._erase_and_confirm_many(cursor, list(withdrawals.values()))
+        saved = self._save_contacts(cursor, list(profiles.values()))
+        results = []
+        for envelope in envelopes:
+            if withdrawals.get(envelope.id) in erased:
+                results.append(erased[withdrawals[envelope.id]])
+            elif envelope.id in profiles and profiles[envelope.id].account_id in saved:
+                results.append(HandlerResult(outcome="contact_saved"))
+            else:
+                results.append(self.handle(envelope, cursor))
+        return results
+
+    def _save_contacts(self, cursor: Cursor, profiles: list[ProfileV1]) -> set[UUID]:
+        """`_on_profile` for those of the accounts never withdrawn, in one statement (their
+        locks held); returns them, the others are left to `handle`."""
+        if not profiles:
+            return set()
+        db = self.database
+        where, params = any_of(db, "account_id", [str(p.account_id) for p in profiles])
+        withdrawn = {
+            UUID(account)
+            for (account,) in cursor.execute(
+                f"SELECT account_id FROM {db.table('suppressions')} WHERE {where}", params
+            ).fetchall()
         }
-        done = self._erase_and_confirm_many(cursor, list(alone.values())) if alone else {}
-        return [
-            done[alone[envelope.id]]
-            if alone.get(envelope.id) in done
-            else self.handle(envelope, cursor)
-            for envelope in envelopes
-        ]
+        fresh = [p for p in profiles if p.account_id not in withdrawn]
+        if fresh:
+            insert_rows(
+                db,
+                cursor,
+                db.table("contacts"),
+                CONTACT_COLUMNS,
+                [
+                    (str(p.account_id), p.email, p.display_name, json.dumps(p.notifications))
+                    for p in fresh
+                ],
+                suffix="ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
+                "display_name = excluded.display_name, notifications = excluded.notifications, "
+                f"updated_at = {db.now}",
+            )
+        return {p.account_id for p in fresh}
 
     def _erase_and_confirm_many(
         self, cursor: Cursor, account_ids: list[UUID]
     ) -> dict[UUID, HandlerResult]:
         """`_erase_and_confirm` for those of the accounts whose mail is recorded, in a few
-        statements; the others are left to `handle`."""
+        statements (their locks held); the others are left to `handle`."""
+        if not account_ids:
+            return {}
         db = self.database
         suppressions = db.table("suppressions")
-        lock_keys(db, cursor, [f"mail:{account_id}" for account_id in account_ids])
         where, params = any_of(db, "account_id", [str(a) for a in account_ids])
         mailed = cursor.execute(
             f"SELECT account_id FROM {suppressions} WHERE {where} "
