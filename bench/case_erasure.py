@@ -6,7 +6,9 @@ of their own. This process drives the load through `Accounts`: a steady 20 withd
 over a background of registrations and scouts, each stream paced on its own thread.
 
 Latency of one erasure = `Purged` event's timestamp - `WithdrawalRequested` event's
-timestamp; both are taken by the writer just before its save, on the same clock.
+timestamp; both are taken by the writer just before its save, on the same clock. Suppression
+latency (its own row) = `WithdrawalRequested` stored -> the mail service's suppression
+committed; each run also logs where the time went, per stage (`bench.erasure_stages`).
 """
 
 from __future__ import annotations
@@ -325,7 +327,8 @@ def run(ctx: Context) -> list[Row]:
         "erasure",
         "pipeline: relay, erasure, scout, chat, mail as 5 processes (lifecycle.workers entry "
         "points, INFO logging); load from this process through Accounts, each stream paced on "
-        "its own thread; latency = Purged.timestamp - WithdrawalRequested.timestamp",
+        "its own thread; latency = Purged.timestamp - WithdrawalRequested.timestamp; "
+        "suppressed = the mail service's `mail.suppressed` line, logged after its commit",
     )
     return rows
 
