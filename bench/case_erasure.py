@@ -1,31 +1,32 @@
 """Case 4, erasure latency: `WithdrawalRequested` stored to `Purged` stored, p50/p99/max.
 
-The pipeline runs as five processes, each as the CLI runs it (bench/erasure_workers.py):
+The pipeline runs as five processes, each as the CLI runs it (`bench.erasure_workers`):
 relay, the scout, chat and mail reference consumers, and the erasure consumer, on topics
 of their own. This process drives the load through `Accounts`: a steady 20 withdrawals/s
 over a background of registrations and scouts, each stream paced on its own thread.
 
 Latency of one erasure = `Purged` event's timestamp - `WithdrawalRequested` event's
-timestamp; both are taken by the writer just before its save, on the same clock.
+timestamp; both are taken by the writer just before its save, on the same clock. Suppression
+latency (its own row) = `WithdrawalRequested` stored -> the mail service's suppression
+committed; each run also logs where the time went, per stage (`bench.erasure_stages`).
 """
 
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 from uuid import UUID
 
 import psycopg
 
-from bench.core import Context, Row, Target, bench_env, fresh_schema, log, percentile
+from bench.core import Context, Row, Target, fresh_schema, log, percentile
+from bench.erasure_stages import Stamps, describe, stages_ms, suppression_ms
+from bench.erasure_workers import Pipeline
 from bench.workload import (
     REGISTERED_EVENTS,
     bench_settings,
@@ -43,58 +44,8 @@ WITHDRAWALS_PER_S = 20.0
 REGISTRATIONS_PER_S = 20.0
 SCOUTS_PER_S = 40.0
 TARGET_P99_MS = Target("at_most", 500.0)
+SUPPRESSION_TARGET_P99_MS = Target("at_most", 200.0)
 DRAIN_TIMEOUT_S = 90.0
-
-
-class Pipeline:
-    """relay, erasure and the three reference consumers, one subprocess each."""
-
-    def __init__(self, ctx: Context, schema: str, prefix: str, master_key: str) -> None:
-        self.env = bench_env()
-        self.env.update(
-            LIFECYCLE_DATABASE_URL=ctx.database_url,
-            LIFECYCLE_KAFKA_BOOTSTRAP=ctx.kafka_bootstrap,
-            LIFECYCLE_MASTER_KEY=master_key,
-        )
-        self.schema = schema
-        self.prefix = prefix
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: dict[str, IO[bytes]] = {}
-
-    def start(self) -> None:
-        for kind in ("relay", "erasure", *ERASING_SERVICES):
-            # Kept open for the worker's life; closed in stop().
-            self.logs[kind] = tempfile.TemporaryFile()  # noqa: SIM115
-            self.processes[kind] = subprocess.Popen(
-                [sys.executable, "-m", "bench.erasure_workers", kind, self.schema, self.prefix],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=self.logs[kind],
-            )
-            if kind in ("relay", "erasure"):
-                # Both build Accounts on the same schema: not at the same instant (the key
-                # vault's CREATE OR REPLACE FUNCTION races with itself).
-                time.sleep(1.0)
-        self.check()
-
-    def check(self) -> None:
-        for kind, process in self.processes.items():
-            if process.poll() is not None:
-                self.logs[kind].seek(0)
-                tail = self.logs[kind].read()[-1500:].decode(errors="replace")
-                raise RuntimeError(f"erasure pipeline: {kind} exited: {tail}")
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for handle in self.logs.values():
-            handle.close()
 
 
 def paced(rate: float, seconds: float, operation: Callable[[int], object]) -> tuple[int, int]:
@@ -192,16 +143,18 @@ def purged_count(accounts: Accounts, ids: list[UUID]) -> int:
     return int(row[0]) if row else 0
 
 
-def latencies_ms(accounts: Accounts, ids: list[UUID]) -> tuple[list[float], int]:
-    found: list[float] = []
-    missing = 0
+def erasure_stamps(accounts: Accounts, ids: list[UUID]) -> tuple[Stamps, dict[UUID, datetime]]:
+    """(withdrawn_at, purged_at) of those purged; withdrawn_at of every one withdrawn."""
+    purged: Stamps = {}
+    withdrawn: dict[UUID, datetime] = {}
     for account_id in ids:
         account = accounts.load_for_audit(account_id)
-        if account.purged_at is None or account.withdrawn_at is None:
-            missing += 1
+        if account.withdrawn_at is None:
             continue
-        found.append((account.purged_at - account.withdrawn_at).total_seconds() * 1000)
-    return found, missing
+        withdrawn[account_id] = account.withdrawn_at
+        if account.purged_at is not None:
+            purged[account_id] = (account.withdrawn_at, account.purged_at)
+    return purged, withdrawn
 
 
 def one_run(
@@ -211,6 +164,8 @@ def one_run(
     scouted: list[UUID],
     seconds: float,
     *,
+    pipeline: Pipeline,
+    topics: TopicNames,
     background: bool = True,
 ) -> dict[str, Any]:
     withdrawn: list[UUID] = []
@@ -255,10 +210,16 @@ def one_run(
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while purged_count(accounts, withdrawn) < len(withdrawn) and time.monotonic() < deadline:
         time.sleep(0.25)
-    found, missing = latencies_ms(accounts, withdrawn)
+    purged, withdrawn_at = erasure_stamps(accounts, withdrawn)
+    found = [(p - w).total_seconds() * 1000 for w, p in purged.values()]
+    suppression, unsuppressed = suppression_ms(pipeline.log_of("mail"), withdrawn_at)
+    stages = stages_ms(ctx.kafka_bootstrap, topics, purged, ERASING_SERVICES)
     return {
         "latencies_ms": found,
-        "missing": missing,
+        "missing": len(withdrawn) - len(found),
+        "suppression_ms": suppression,
+        "unsuppressed": unsuppressed,
+        "stages": describe(stages),
         "elapsed_s": elapsed,
         "rates": {
             name: results[name][0] / elapsed if name in results else 0.0
@@ -303,24 +264,38 @@ def run(ctx: Context) -> list[Row]:
                 pipeline.start()
                 wait_idle(ctx, accounts, topics, pipeline)
                 log(f"erasure: warm-up ({warmup:g} s)")
-                one_run(ctx, accounts, withdraw, scouted, warmup)
+                one_run(ctx, accounts, withdraw, scouted, warmup, pipeline=pipeline, topics=topics)
                 for index in range(runs):
                     wait_idle(ctx, accounts, topics, pipeline)
                     log(f"erasure: run {index + 1}/{runs}, {seconds:g}s at 20 withdrawals/s")
-                    result = one_run(ctx, accounts, withdraw, scouted, seconds)
+                    result = one_run(
+                        ctx, accounts, withdraw, scouted, seconds, pipeline=pipeline, topics=topics
+                    )
                     pipeline.check()
                     lat = result["latencies_ms"]
+                    sup = result["suppression_ms"]
                     log(
                         f"erasure: {len(lat)} purged, {result['missing']} not within "
                         f"{DRAIN_TIMEOUT_S:g}s; p50 {percentile(lat, 0.5):.0f} ms, "
-                        f"p99 {percentile(lat, 0.99):.0f} ms; rates {result['rates']}"
+                        f"p99 {percentile(lat, 0.99):.0f} ms; suppression p50 "
+                        f"{percentile(sup, 0.5):.0f} ms, p99 {percentile(sup, 0.99):.0f} ms; "
+                        f"{result['stages']}; rates {result['rates']}"
                     )
                     measured.append(result)
                 for _ in range(quiet_runs):
                     wait_idle(ctx, accounts, topics, pipeline)
                     log(f"erasure: {seconds:g}s at 20 withdrawals/s without background load")
                     quiet.append(
-                        one_run(ctx, accounts, withdraw, scouted, seconds, background=False)
+                        one_run(
+                            ctx,
+                            accounts,
+                            withdraw,
+                            scouted,
+                            seconds,
+                            pipeline=pipeline,
+                            topics=topics,
+                            background=False,
+                        )
                     )
             finally:
                 pipeline.stop()
@@ -336,11 +311,13 @@ def run(ctx: Context) -> list[Row]:
     rows = [*_rows(measured, seconds), *_quiet_rows(quiet)]
     ctx.extra["erasure"] = {
         "runs": [
-            {k: v for k, v in r.items() if k != "latencies_ms"}
+            {k: v for k, v in r.items() if k not in ("latencies_ms", "suppression_ms")}
             | {
                 "p50_ms": percentile(r["latencies_ms"], 0.5),
                 "p99_ms": percentile(r["latencies_ms"], 0.99),
                 "max_ms": max(r["latencies_ms"], default=float("nan")),
+                "suppression_p50_ms": percentile(r["suppression_ms"], 0.5),
+                "suppression_p99_ms": percentile(r["suppression_ms"], 0.99),
             }
             for r in [*measured, *quiet]
         ],
@@ -350,17 +327,20 @@ def run(ctx: Context) -> list[Row]:
         "erasure",
         "pipeline: relay, erasure, scout, chat, mail as 5 processes (lifecycle.workers entry "
         "points, INFO logging); load from this process through Accounts, each stream paced on "
-        "its own thread; latency = Purged.timestamp - WithdrawalRequested.timestamp",
+        "its own thread; latency = Purged.timestamp - WithdrawalRequested.timestamp; "
+        "suppressed = the mail service's `mail.suppressed` line, logged after its commit",
     )
     return rows
 
 
 def _rows(measured: list[dict[str, Any]], seconds: float) -> list[Row]:
-    def stat(share: float | None) -> list[float]:
+    def stat(
+        share: float | None, key: str = "latencies_ms", absent: str = "missing"
+    ) -> list[float]:
         """Per run; an erasure that never completed counts as infinitely late."""
         values = []
         for result in measured:
-            lat = result["latencies_ms"] + [float("inf")] * result["missing"]
+            lat = result[key] + [float("inf")] * result[absent]
             values.append(max(lat) if share is None else percentile(lat, share))
         return values
 
@@ -399,6 +379,17 @@ def _rows(measured: list[dict[str, Any]], seconds: float) -> list[Row]:
             samples=stat(None),
             lower_is_better=True,
             note=f"{missing} not purged within {DRAIN_TIMEOUT_S:g}s" if missing else "",
+        ),
+        Row(
+            case="erasure",
+            variant="withdrawal->suppressed p99",
+            unit="ms",
+            samples=stat(0.99, "suppression_ms", "unsuppressed"),
+            target=SUPPRESSION_TARGET_P99_MS,
+            lower_is_better=True,
+            note="stored -> mail suppression committed; p50 "
+            + "/".join(f"{v:.0f}" for v in stat(0.5, "suppression_ms", "unsuppressed"))
+            + " ms",
         ),
     ]
     return rows

@@ -1,9 +1,9 @@
 """What a service writes to use the kit: its `Handler`, the errors it raises, its results.
 
 A handler reacts to one record inside the kit's transaction (`handle`, or `handle_many` for a
-batch), with idempotent steps before it (`prepare`). It raises `PoisonRecord` for a record
-that can never be handled; any failure of a dependency (database, broker, SMTP) is the kit's
-to wait out (`consumers.faults`).
+batch), with idempotent steps before it (`prepare`, or `prepare_many` for a batch). It raises
+`PoisonRecord` for a record that can never be handled; any failure of a dependency (database,
+broker, SMTP) is the kit's to wait out (`consumers.faults`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ class Handler(Protocol):
     def prepare(self, envelope: Envelope) -> None:
         """Idempotent steps before the transaction (may run again after a crash or retry)."""
         return None
+
+    def prepare_many(self, envelopes: Sequence[Envelope]) -> None:
+        """`prepare` for a run of records that share a transaction, in order: override it to
+        do their steps together (one statement, one round trip); by default `prepare` each."""
+        for envelope in envelopes:
+            self.prepare(envelope)
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
         """True when this record's `prepare` must see every earlier record's effect committed

@@ -5,7 +5,7 @@ off). For each poll batch:
 
 1. decode each CloudEvent; a record that breaks the contract goes to the dead letters at once;
 2. skip those whose `ce_id` is in `processed_events` (delivery is at least once), one query;
-3. `handler.prepare(envelope)` for each: idempotent steps that cannot share a transaction
+3. `handler.prepare_many(envelopes)`: idempotent steps that cannot share a transaction
    (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
 4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` and the records
    they want sent (confirmations) into the `outbox`: all commit together or not at all;
@@ -345,8 +345,11 @@ class Consumer:
 
     def _apply(self, envelopes: list[Envelope]) -> list[Envelope]:
         """Prepare, then mark, handle and keep the confirmations in one transaction."""
-        for envelope in envelopes:
-            self.handler.prepare(envelope)
+        if (prepare_many := getattr(self.handler, "prepare_many", None)) is not None:
+            prepare_many(envelopes)
+        else:
+            for envelope in envelopes:
+                self.handler.prepare(envelope)
         applied: list[tuple[Envelope, HandlerResult]] = []
         with self.store.transaction() as cursor:
             fresh = self.store.mark_all_processed(cursor, [e.id for e in envelopes])

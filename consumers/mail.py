@@ -6,11 +6,12 @@ Tables in the service's own schema:
 - `suppressions`: one row per withdrawn account (ids, counts and times only): no notice is
   queued or delivered for it any more, and it records the confirmation mail that was sent.
 
-On WithdrawalRequested, in this order:
+On WithdrawalRequested, in this order (steps 1 and 2 for all the withdrawals of a poll at once,
+before anything else of it, so a suppression waits for no other record):
 1. one transaction: the suppression row and the deletion of every queued notice, so from this
    commit on nothing else is sent (delivery checks the suppression under the same lock);
-2. the withdrawal-complete mail through SMTP, Message-ID derived from the withdrawal's `ce_id`,
-   then its send recorded on the suppression row;
+2. the withdrawal-complete mail through SMTP (one session for the poll), Message-ID derived
+   from the withdrawal's `ce_id`, then its send recorded on the suppression row;
 3. one transaction (the kit's): the address and any remaining notices deleted, and the erasure
    confirmation (with the rows removed) written to the kit's outbox with the processed mark.
 
@@ -20,22 +21,21 @@ receiving system can drop the copy. A record that fails while the process lives 
 connection) does not: the handler remembers the send and only records it on the retry.
 Everything else is exactly once by the kit's mark.
 
-Two topics carry no order between them. When the withdrawal is handled before the member's
-profile record, the address is unknown: steps 1 and 3 still run at once (nothing more is sent,
-nothing is held), the suppression row waits for the address (`awaiting_address`), and when the
-profile record arrives the mail is sent to it without the address ever being stored; only then
-is erasure confirmed. The profile record always arrives: the relay publishes it with the
-registration, long before any withdrawal, and a compacted topic keeps the latest value.
+Two topics carry no order between them. A profile record in the same poll gives the address
+at once. When the withdrawal is handled before the member's profile record, it is unknown:
+steps 1 and 3 still run at once (nothing more is sent, nothing is held), the suppression row
+waits for the address (`awaiting_address`), and when the profile record arrives the mail is
+sent to it without the address ever being stored; only then is erasure confirmed. The
+profile record always arrives: the relay publishes it with the registration, long before any
+withdrawal, and a compacted topic keeps the latest value.
 """
 
 from __future__ import annotations
 
 import json
-import smtplib
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate
-from typing import Protocol
-from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+from collections import Counter
+from collections.abc import Sequence
+from uuid import UUID, uuid4
 
 from consumers.handler import (
     AccountWithdrawnError,
@@ -44,99 +44,22 @@ from consumers.handler import (
     TransientError,
     erasure_confirmation,
 )
-from consumers.store import count_rows
+from consumers.mailer import Mailer, notice_message
+from consumers.store import any_of, count_rows, insert_rows
+from consumers.withdrawal_mail import WithdrawalMail
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database, create_lock_table, lock_key
-from schemas.contract import (
-    Envelope,
-    ProfileV1,
-    PurgedV1,
-    TopicNames,
-    WithdrawalRequestedV1,
-    erasure_receipt_id,
-)
+from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
+from schemas.contract import Envelope, ProfileV1, PurgedV1, TopicNames, WithdrawalRequestedV1
 
 SERVICE = "mail"
-MAIL_FROM = "no-reply@jobchange.example"
-MESSAGE_ID_DOMAIN = "mail.jobchange.example"
-CONFIRMATION_KIND = "withdrawal-complete"
-KIND_HEADER = "X-Jobchange-Kind"
+CONTACT_COLUMNS = (
+    ("account_id", "text"),
+    ("email", "text"),
+    ("display_name", "text"),
+    ("notifications", "text"),
+)
 
 log = get_logger(__name__)
-
-
-# Sending
-
-
-class Mailer(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
-
-
-class SmtpMailer:
-    """One SMTP session per message, to a configured relay."""
-
-    def __init__(self, host: str, port: int, *, timeout_s: float = 10.0) -> None:
-        self.host = host
-        self.port = port
-        self.timeout_s = timeout_s
-
-    def send(self, message: EmailMessage) -> None:
-        with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
-            smtp.send_message(message)
-
-
-class DiscardingMailer:
-    """No SMTP server configured (embedded first run): log the Message-ID, keep nothing."""
-
-    def __init__(self) -> None:
-        self.discarded = 0
-
-    def send(self, message: EmailMessage) -> None:
-        self.discarded += 1
-        log.info("mail.discarded", message_id=message["Message-ID"], kind=message[KIND_HEADER])
-
-
-def message_id_for(source_id: str) -> str:
-    """Deterministic: the same withdrawal or notice always yields the same Message-ID."""
-    return f"<{uuid5(NAMESPACE_URL, f'jobchange-mail:{source_id}')}@{MESSAGE_ID_DOMAIN}>"
-
-
-def confirmation_message(
-    withdrawal_ce_id: str, email: str, display_name: str, account_id: UUID
-) -> EmailMessage:
-    """The withdrawal-complete mail; it names the erasure receipt by id (ids only, no values)."""
-    message = _message(email, display_name, message_id_for(withdrawal_ce_id), CONFIRMATION_KIND)
-    message["Subject"] = "退会手続きが完了しました / Your withdrawal is complete"
-    receipt_id = erasure_receipt_id(account_id)
-    message.set_content(
-        f"{display_name} 様\n\n"
-        "退会手続きが完了しました。今後、お知らせやスカウトのメールは届きません。\n"
-        "ご登録の情報はすべてのサービスから削除されます。\n"
-        f"署名付き削除証明書の番号: {receipt_id}\n\n"
-        "Your withdrawal is complete. No further notices or scouts will be mailed to you,\n"
-        "and your data is being erased from every service.\n"
-        f"Signed erasure receipt id: {receipt_id}\n"
-    )
-    return message
-
-
-def notice_message(
-    notice_id: str, *, email: str, display_name: str, kind: str, subject: str, body: str
-) -> EmailMessage:
-    message = _message(email, display_name, message_id_for(f"notice:{notice_id}"), kind)
-    message["Subject"] = subject
-    message.set_content(body)
-    return message
-
-
-def _message(email: str, display_name: str, message_id: str, kind: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = MAIL_FROM
-    message["To"] = formataddr((display_name, email))
-    message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = message_id
-    message[KIND_HEADER] = kind
-    return message
 
 
 # Tables
@@ -182,19 +105,19 @@ class MailHandler(Handler):
         self.database = database
         self.topics = topics
         self.mailer = mailer
-        self._sent_unrecorded: dict[UUID, str] = {}  # account -> Message-ID sent, not yet recorded
         create_tables(database)
+        self.withdrawal_mail = WithdrawalMail(database, mailer)
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
-        # A withdrawal's prepare reads the address an earlier profile record stores.
-        return isinstance(envelope.data, WithdrawalRequestedV1)
+        # `prepare_many` takes a withdrawal's address from the batch's own profile records as
+        # well as from the stored contacts: no record needs an earlier one committed.
+        return False
 
     def prepare(self, envelope: Envelope) -> None:
-        data = envelope.data
-        if isinstance(data, WithdrawalRequestedV1):
-            self._suppress_then_mail(data.account_id, envelope.id)
-        elif isinstance(data, ProfileV1):
-            self._mail_if_awaiting(data)
+        self.prepare_many([envelope])
+
+    def prepare_many(self, envelopes: Sequence[Envelope]) -> None:
+        self.withdrawal_mail.prepare(envelopes)
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         data = envelope.data
@@ -212,73 +135,104 @@ class MailHandler(Handler):
             return HandlerResult(outcome="purged")
         return HandlerResult(outcome="ignored")
 
-    # Step 1 and 2: suppress, then mail
-
-    def _suppress_then_mail(self, account_id: UUID, ce_id: str) -> None:
-        db = self.database
-        account = str(account_id)
-        with db.transaction() as cursor:
-            self._lock(cursor, account_id)
-            cursor.execute(
-                f"INSERT INTO {db.table('suppressions')} (account_id, withdrawal_ce_id) "
-                "VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (account, ce_id),
-            )
-            dropped = self._delete(cursor, account_id, "mail_outbox")
-            if dropped:
-                cursor.execute(
-                    f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s "
-                    "WHERE account_id = %s",
-                    (dropped, account),
-                )
-            suppression = cursor.execute(
-                "SELECT withdrawal_ce_id, confirmation_sent_at "
-                f"FROM {db.table('suppressions')} WHERE account_id = %s",
-                (account,),
-            ).fetchone()
-            contact = cursor.execute(
-                f"SELECT email, display_name FROM {db.table('contacts')} WHERE account_id = %s",
-                (account,),
-            ).fetchone()
-        log.info("mail.suppressed", account_id=account, notices_dropped=dropped)
-        assert suppression is not None
-        withdrawal_ce_id, sent_at = suppression
-        if contact is not None and sent_at is None:
-            self._send_confirmation(account_id, withdrawal_ce_id, contact[0], contact[1])
-
-    def _mail_if_awaiting(self, profile: ProfileV1) -> None:
-        db = self.database
-        with db.transaction(commit=False) as cursor:
-            row = cursor.execute(
-                "SELECT withdrawal_ce_id, awaiting_address, confirmation_sent_at "
-                f"FROM {db.table('suppressions')} WHERE account_id = %s",
-                (str(profile.account_id),),
-            ).fetchone()
-        if row is not None and row[1] and row[2] is None:
-            self._send_confirmation(profile.account_id, row[0], profile.email, profile.display_name)
-
-    def _send_confirmation(
-        self, account_id: UUID, withdrawal_ce_id: str, email: str, display_name: str
-    ) -> None:
-        message_id = message_id_for(withdrawal_ce_id)
-        if self._sent_unrecorded.get(account_id) != message_id:
-            self.mailer.send(
-                confirmation_message(withdrawal_ce_id, email, display_name, account_id)
-            )
-            self._sent_unrecorded[account_id] = message_id
-            log.info("mail.confirmation_sent", account_id=str(account_id), message_id=message_id)
-        db = self.database
-        with db.transaction() as cursor:
-            self._lock(cursor, account_id)
-            cursor.execute(
-                f"UPDATE {db.table('suppressions')} SET confirmation_message_id = %s, "
-                f"confirmation_sent_at = {db.now} "
-                "WHERE account_id = %s AND confirmation_sent_at IS NULL",
-                (message_id, str(account_id)),
-            )
-        del self._sent_unrecorded[account_id]
-
     # Step 3: erase and confirm (inside the kit's transaction)
+
+    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """`handle` for each, in order, except the records whose account no other record of
+        the batch names: their withdrawals already mailed are erased and confirmed together,
+        their profiles of accounts never withdrawn saved together, first."""
+        named = Counter(envelope.subject for envelope in envelopes)
+        withdrawals: dict[str, UUID] = {}
+        profiles: dict[str, ProfileV1] = {}
+        for envelope in envelopes:
+            data = envelope.data
+            if named[envelope.subject] == 1 and isinstance(data, WithdrawalRequestedV1):
+                withdrawals[envelope.id] = data.account_id
+            elif named[envelope.subject] == 1 and isinstance(data, ProfileV1):
+                profiles[envelope.id] = data
+        accounts = [*withdrawals.values(), *(p.account_id for p in profiles.values())]
+        lock_keys(self.database, cursor, [f"mail:{account_id}" for account_id in accounts])
+        erased = self._erase_and_confirm_many(cursor, list(withdrawals.values()))
+        saved = self._save_contacts(cursor, list(profiles.values()))
+        results = []
+        for envelope in envelopes:
+            if withdrawals.get(envelope.id) in erased:
+                results.append(erased[withdrawals[envelope.id]])
+            elif envelope.id in profiles and profiles[envelope.id].account_id in saved:
+                results.append(HandlerResult(outcome="contact_saved"))
+            else:
+                results.append(self.handle(envelope, cursor))
+        return results
+
+    def _save_contacts(self, cursor: Cursor, profiles: list[ProfileV1]) -> set[UUID]:
+        """`_on_profile` for those of the accounts never withdrawn, in one statement (their
+        locks held); returns them, the others are left to `handle`."""
+        if not profiles:
+            return set()
+        db = self.database
+        where, params = any_of(db, "account_id", [str(p.account_id) for p in profiles])
+        withdrawn = {
+            UUID(account)
+            for (account,) in cursor.execute(
+                f"SELECT account_id FROM {db.table('suppressions')} WHERE {where}", params
+            ).fetchall()
+        }
+        fresh = [p for p in profiles if p.account_id not in withdrawn]
+        if fresh:
+            insert_rows(
+                db,
+                cursor,
+                db.table("contacts"),
+                CONTACT_COLUMNS,
+                [
+                    (str(p.account_id), p.email, p.display_name, json.dumps(p.notifications))
+                    for p in fresh
+                ],
+                suffix="ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
+                "display_name = excluded.display_name, notifications = excluded.notifications, "
+                f"updated_at = {db.now}",
+            )
+        return {p.account_id for p in fresh}
+
+    def _erase_and_confirm_many(
+        self, cursor: Cursor, account_ids: list[UUID]
+    ) -> dict[UUID, HandlerResult]:
+        """`_erase_and_confirm` for those of the accounts whose mail is recorded, in a few
+        statements (their locks held); the others are left to `handle`."""
+        if not account_ids:
+            return {}
+        db = self.database
+        suppressions = db.table("suppressions")
+        where, params = any_of(db, "account_id", [str(a) for a in account_ids])
+        mailed = cursor.execute(
+            f"SELECT account_id FROM {suppressions} WHERE {where} "
+            "AND confirmation_sent_at IS NOT NULL",
+            params,
+        ).fetchall()
+        if not mailed:
+            return {}
+        where, params = any_of(db, "account_id", [account for (account,) in mailed])
+        held = " + ".join(
+            f"(SELECT count(*) FROM {db.table(table)} AS held WHERE held.account_id = s.account_id)"
+            for table in ("contacts", "mail_outbox")
+        )
+        cursor.execute(
+            f"UPDATE {suppressions} AS s SET rows_removed = rows_removed + {held}, "
+            f"awaiting_address = 0, confirmed_at = {db.now} WHERE {where}",
+            params,
+        )
+        for table in ("contacts", "mail_outbox"):
+            cursor.execute(f"DELETE FROM {db.table(table)} WHERE {where}", params)
+        totals = cursor.execute(
+            f"SELECT account_id, rows_removed FROM {suppressions} WHERE {where}", params
+        ).fetchall()
+        return {
+            UUID(account): HandlerResult(
+                (erasure_confirmation(self.topics, UUID(account), SERVICE, int(total)),),
+                outcome="erased",
+            )
+            for account, total in totals
+        }
 
     def _after_withdrawal(self, cursor: Cursor, account_id: UUID) -> HandlerResult:
         db = self.database

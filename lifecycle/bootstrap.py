@@ -18,6 +18,7 @@ from consumers import chat, mail, scout
 from consumers.faults import RetryPolicy
 from consumers.handler import Handler
 from consumers.kit import Consumer, Hooks
+from consumers.mailer import DiscardingMailer, Mailer, SmtpMailer
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
@@ -92,7 +93,7 @@ def service_database(settings: Settings, name: str, schema: str | None = None) -
 
 
 def service_handler(
-    name: str, database: Database, topics: TopicNames, mailer: mail.Mailer | None = None
+    name: str, database: Database, topics: TopicNames, mailer: Mailer | None = None
 ) -> tuple[Handler, list[str]]:
     """The handler of one reference service and the topics it reads."""
     if name == "scout":
@@ -100,7 +101,7 @@ def service_handler(
     if name == "chat":
         return chat.ChatHandler(database, topics), chat.subscribed_topics(topics)
     if name == "mail":
-        handler = mail.MailHandler(database, topics, mailer or mail.DiscardingMailer())
+        handler = mail.MailHandler(database, topics, mailer or DiscardingMailer())
         return handler, mail.subscribed_topics(topics)
     _check_service(name)
     raise AssertionError(name)
@@ -113,10 +114,10 @@ def _check_service(name: str) -> None:
         )
 
 
-def mailer_for(settings: Settings) -> mail.Mailer:
+def mailer_for(settings: Settings) -> Mailer:
     if settings.smtp_host:
-        return mail.SmtpMailer(settings.smtp_host, settings.smtp_port)
-    return mail.DiscardingMailer()
+        return SmtpMailer(settings.smtp_host, settings.smtp_port)
+    return DiscardingMailer()
 
 
 def _service_consumer(
@@ -127,10 +128,11 @@ def _service_consumer(
     topics: TopicNames,
     publisher: Publisher,
     source_of: Callable[[list[str]], Source],
-    mailer: mail.Mailer | None,
+    mailer: Mailer | None,
     retry: RetryPolicy | None,
     hooks: Hooks | None = None,
     poll_timeout_s: float = 0.5,
+    lag_interval_s: float = 1.0,
 ) -> Consumer:
     handler, subscribed = service_handler(name, database, topics, mailer or mailer_for(settings))
     return Consumer(
@@ -143,6 +145,7 @@ def _service_consumer(
         retry=retry,
         hooks=hooks,
         poll_timeout_s=poll_timeout_s,
+        lag_interval_s=lag_interval_s,
     )
 
 
@@ -155,6 +158,7 @@ def erasure_consumer(
     retry: RetryPolicy | None = None,
     hooks: Hooks | None = None,
     poll_timeout_s: float = 0.5,
+    lag_interval_s: float = 1.0,
 ) -> Consumer:
     """The erasure process behind the consumer kit: confirmations from `source`."""
     return Consumer(
@@ -167,10 +171,15 @@ def erasure_consumer(
         retry=retry,
         hooks=hooks,
         poll_timeout_s=poll_timeout_s,
+        lag_interval_s=lag_interval_s,
     )
 
 
 # Kafka configured: one consumer per process
+
+# A Kafka member's lag costs a round trip to the broker per partition, between two polls: asked
+# every few seconds, not every second, so records arriving meanwhile wait less.
+KAFKA_LAG_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -205,7 +214,7 @@ def kafka_consumer(
     *,
     topics: TopicNames | None = None,
     schema: str | None = None,
-    mailer: mail.Mailer | None = None,
+    mailer: Mailer | None = None,
     retry: RetryPolicy | None = None,
     hooks: Hooks | None = None,
 ) -> ConsumerRun:
@@ -229,6 +238,7 @@ def kafka_consumer(
             mailer=mailer,
             retry=retry,
             hooks=hooks,
+            lag_interval_s=KAFKA_LAG_INTERVAL_S,
         )
     except BaseException:
         _close_all(closers)
@@ -255,7 +265,15 @@ def kafka_erasure_consumer(
     except BaseException:
         publisher.close()
         raise
-    consumer = erasure_consumer(process, source, publisher, topics, retry=retry, hooks=hooks)
+    consumer = erasure_consumer(
+        process,
+        source,
+        publisher,
+        topics,
+        retry=retry,
+        hooks=hooks,
+        lag_interval_s=KAFKA_LAG_INTERVAL_S,
+    )
     return ConsumerRun(consumer, [publisher.close])
 
 
@@ -279,7 +297,7 @@ def in_process_consumer(
     publisher: InProcessPublisher,
     topics: TopicNames,
     *,
-    mailer: mail.Mailer | None = None,
+    mailer: Mailer | None = None,
     retry: RetryPolicy | None = None,
     poll_timeout_s: float = 0.5,
 ) -> Consumer:

@@ -15,17 +15,20 @@ confirmation too, so a crash between the purge and the receipt is mended by the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
 from consumers.handler import Handler, HandlerResult, PoisonRecord
+from consumers.store import insert_rows
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database
+from lifecycle.storage import Cursor, Database, lock_keys
 from schemas.contract import ERASING_SERVICES, Envelope, ErasureConfirmedV1
 
 CONFIRMED = "confirmed"
@@ -33,6 +36,9 @@ FAILED = "failed"
 # The two tables beside the event store; the erasure read model joins them at query time.
 CONFIRMATIONS_TABLE = "erasure_confirmations"
 RETRIES_TABLE = "erasure_retries"
+# Purges of one batch run side by side (their saves share group commits), this many at once:
+# well below the application's connection pool (POSTGRES_POOL_SIZE, 10).
+PURGE_WORKERS = 6
 
 log = get_logger(__name__)
 
@@ -93,52 +99,132 @@ class ErasureProcess:
 
     def handle(self, confirmation: Confirmation) -> bool:
         """Record one confirmation; returns True when this one completed the erasure."""
-        if confirmation.service not in self.services:
-            log.warning("erasure.unknown_service", service=confirmation.service)
-            return False
-        db = self.database
-        with db.transaction() as cursor:
-            # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone.
-            cursor.execute(
-                f"INSERT INTO {self.table} "
-                "(account_id, service, outcome, rows_removed, confirmation_id, error_code) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (account_id, service) DO UPDATE SET "
-                "outcome = excluded.outcome, rows_removed = excluded.rows_removed, "
-                "confirmation_id = excluded.confirmation_id, error_code = excluded.error_code "
-                f"WHERE {self.table}.outcome <> %s",
-                (
-                    db.id_param(confirmation.account_id),
-                    confirmation.service,
-                    confirmation.outcome,
-                    confirmation.rows_removed,
-                    confirmation.confirmation_id,
-                    confirmation.error_code,
-                    CONFIRMED,
-                ),
-            )
-        log.info(
-            "erasure.confirmation",
-            account_id=str(confirmation.account_id),
-            service=confirmation.service,
-            outcome=confirmation.outcome,
-            rows_removed=confirmation.rows_removed,
-        )
-        if not self.is_complete(self._confirmed_services(confirmation.account_id)):
-            return False
-        purged = self.accounts.purge(confirmation.account_id)
-        if purged:
-            log.info("erasure.purged", account_id=str(confirmation.account_id))
-        if self.receipts is not None:
-            # Also on a repeat (purged False): a receipt lost to a crash is issued now.
-            self.receipts.issue(confirmation.account_id)
+        return confirmation.account_id in self.handle_many([confirmation])
+
+    def handle_many(self, confirmations: Sequence[Confirmation]) -> set[UUID]:
+        """Record confirmations, then purge every erasure they completed; returns the accounts
+        purged now.
+
+        PostgreSQL: one transaction records them all and stays open while the purges run
+        side by side (their saves share the application's group commit), so a poll's
+        erasures cost one commit, not one each; a purge that fails undoes the batch's
+        confirmations, and the kit's retry of each record alone finds the one at fault.
+        SQLite has one writer at a time: each confirmation is recorded, then acted on, alone.
+        """
+        known: list[Confirmation] = []
+        for confirmation in confirmations:
+            if confirmation.service in self.services:
+                known.append(confirmation)
+            else:
+                log.warning("erasure.unknown_service", service=confirmation.service)
+        if self.database.dialect == "postgres":
+            return self._record_and_purge(known) if known else set()
+        purged: set[UUID] = set()
+        for confirmation in known:
+            purged |= self._record_and_purge([confirmation])
         return purged
 
-    def _confirmed_services(self, account_id: UUID) -> set[str]:
-        return {
-            service
-            for service, state in self.service_rows(account_id).items()
-            if state["outcome"] == CONFIRMED
-        }
+    def _record_and_purge(self, confirmations: list[Confirmation]) -> set[UUID]:
+        db = self.database
+        inside = db.dialect == "postgres"
+        with db.transaction() as cursor:
+            if inside:
+                # One erasure's confirmations are recorded one transaction at a time, so the
+                # last of them sees all the others (none commits before its purge ran).
+                lock_keys(db, cursor, {f"erasure:{c.account_id}" for c in confirmations})
+            # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone
+            # (of repeats within the batch, the first counts, as one statement after another).
+            first = {(c.account_id, c.service): c for c in reversed(confirmations)}
+            insert_rows(
+                db,
+                cursor,
+                self.table,
+                (
+                    ("account_id", "uuid"),
+                    ("service", "text"),
+                    ("outcome", "text"),
+                    ("rows_removed", "int"),
+                    ("confirmation_id", "text"),
+                    ("error_code", "text"),
+                ),
+                [
+                    (
+                        db.id_param(c.account_id),
+                        c.service,
+                        c.outcome,
+                        c.rows_removed,
+                        c.confirmation_id,
+                        c.error_code,
+                    )
+                    for c in first.values()
+                ],
+                suffix="ON CONFLICT (account_id, service) DO UPDATE SET "
+                "outcome = excluded.outcome, rows_removed = excluded.rows_removed, "
+                "confirmation_id = excluded.confirmation_id, error_code = excluded.error_code "
+                f"WHERE {self.table}.outcome <> '{CONFIRMED}'",
+            )
+            confirmed = self._confirmed_services_of(
+                cursor, list({c.account_id: c for c in confirmations})
+            )
+            complete = [a for a, done in confirmed.items() if self.is_complete(done)]
+            purged = self._purge_all(complete) if inside else set()
+        for confirmation in confirmations:
+            log.info(
+                "erasure.confirmation",
+                account_id=str(confirmation.account_id),
+                service=confirmation.service,
+                outcome=confirmation.outcome,
+                rows_removed=confirmation.rows_removed,
+            )
+        if not inside:
+            purged = self._purge_all(complete)
+        if self.receipts is not None:
+            # Also on a repeat (already purged): a receipt lost to a crash is issued now.
+            for account_id in complete:
+                self.receipts.issue(account_id)
+        return purged
+
+    def _purge_all(self, account_ids: list[UUID]) -> set[UUID]:
+        """`Accounts.purge` for each, side by side on PostgreSQL; the first error is raised
+        after all have run (each purge is idempotent, so a retry repeats none of them)."""
+        purged: set[UUID] = set()
+        errors: list[BaseException] = []
+
+        def purge(account_id: UUID) -> None:
+            try:
+                if self.accounts.purge(account_id):
+                    purged.add(account_id)
+                    log.info("erasure.purged", account_id=str(account_id))
+            except Exception as error:
+                errors.append(error)
+
+        if len(account_ids) > 1 and self.database.dialect == "postgres":
+            with ThreadPoolExecutor(min(len(account_ids), PURGE_WORKERS)) as pool:
+                list(pool.map(purge, account_ids))
+        else:
+            for account_id in account_ids:
+                purge(account_id)
+        if errors:
+            raise errors[0]
+        return purged
+
+    def _confirmed_services_of(
+        self, cursor: Cursor, account_ids: list[UUID]
+    ) -> dict[UUID, set[str]]:
+        db = self.database
+        ids = [db.id_param(a) for a in account_ids]
+        params: list[Any] = [ids]
+        where = "account_id = ANY(%s)"
+        if db.dialect != "postgres":
+            where, params = f"account_id IN ({', '.join(['%s'] * len(ids))})", list(ids)
+        rows = cursor.execute(
+            f"SELECT account_id, service FROM {self.table} WHERE {where} AND outcome = %s",
+            [*params, CONFIRMED],
+        ).fetchall()
+        confirmed: dict[UUID, set[str]] = {a: set() for a in account_ids}
+        for account_id, service in rows:
+            confirmed[db.to_uuid(account_id)].add(service)
+        return confirmed
 
     def service_rows(self, account_id: UUID) -> dict[str, dict[str, Any]]:
         """Each service's recorded word on the account (services that said nothing are absent)."""
@@ -201,28 +287,42 @@ class ErasureHandler(Handler):
     """Confirmations in; `ErasureProcess` records them and purges once all services confirmed.
 
     The process writes in transactions of its own (the purge goes through the event store), so
-    it runs in `prepare`; it is idempotent, so a repeat after a crash changes nothing.
+    it runs in `prepare_many`, once for a poll's confirmations; it is idempotent, so a repeat
+    after a crash changes nothing.
     """
 
     def __init__(self, process: ErasureProcess) -> None:
         self.process = process
 
+    def commits_before_prepare(self, envelope: Envelope) -> bool:
+        # PostgreSQL: a poll's confirmations are prepared, and their completions purged,
+        # together (`ErasureProcess.handle_many` undoes them all if one fails). SQLite records
+        # each before acting on it, so each is a run of its own and only the culprit fails.
+        return self.process.database.dialect != "postgres"
+
     def prepare(self, envelope: Envelope) -> None:
-        data = envelope.data
-        if not isinstance(data, ErasureConfirmedV1):
+        self.prepare_many([envelope])
+
+    def prepare_many(self, envelopes: Sequence[Envelope]) -> None:
+        confirmations = [
+            Confirmation(
+                account_id=envelope.data.account_id,
+                service=envelope.data.service,
+                outcome=CONFIRMED,
+                rows_removed=envelope.data.rows_removed,
+                confirmation_id=envelope.id,
+            )
+            for envelope in envelopes
+            if isinstance(envelope.data, ErasureConfirmedV1)
+        ]
+        if not confirmations:
             return
-        confirmation = Confirmation(
-            account_id=data.account_id,
-            service=data.service,
-            outcome=CONFIRMED,
-            rows_removed=data.rows_removed,
-            confirmation_id=envelope.id,
-        )
         try:
-            self.process.handle(confirmation)
+            self.process.handle_many(confirmations)
         except ConcurrentUpdateError:
             raise  # someone else's progress: retried
         except LifecycleError as error:
+            # In a batch, the kit then prepares each record alone: only the culprit is poison.
             raise PoisonRecord(error.code) from None
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:

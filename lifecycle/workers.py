@@ -22,9 +22,9 @@ import structlog
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from consumers import mail
 from consumers.faults import RetryPolicy
 from consumers.kit import Consumer
+from consumers.mailer import Mailer
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_accounts,
@@ -146,7 +146,7 @@ def start_workers(
     accounts: Accounts,
     *,
     topics: TopicNames | None = None,
-    mailer: mail.Mailer | None = None,
+    mailer: Mailer | None = None,
     retry: RetryPolicy | None = None,
     poll_interval_s: float = 0.2,
     erasure: ErasureProcess | None = None,

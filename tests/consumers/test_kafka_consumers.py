@@ -19,6 +19,7 @@ from support import Running, SmtpSink, profile, read_topic, scout_received, wait
 from consumers import mail, scout
 from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
 from consumers.kit import Hooks
+from consumers.mailer import Mailer, SmtpMailer, message_id_for
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import kafka_consumer
 from lifecycle.crypto import new_master_key
@@ -66,7 +67,7 @@ def start(
     settings: Settings,
     topics: TopicNames,
     *,
-    mailer: mail.Mailer | None = None,
+    mailer: Mailer | None = None,
     hooks: Hooks | None = None,
 ) -> Running:
     item = Running(
@@ -323,7 +324,7 @@ def test_a_consumer_killed_between_its_effect_and_the_offset_commit_does_not_rep
 ) -> None:
     bootstrap = kafka_settings.kafka_bootstrap
     assert bootstrap is not None
-    mailer = mail.SmtpMailer(smtp.host, smtp.port)
+    mailer = SmtpMailer(smtp.host, smtp.port)
     member = uuid.uuid4()
     address = f"killed.{member.hex[:6]}@example.jp"
     produce(
@@ -368,7 +369,7 @@ def test_a_consumer_killed_between_its_effect_and_the_offset_commit_does_not_rep
     assert len(confirmations(bootstrap, topics)) == 2
     [received] = smtp.messages()
     assert received.recipients == [address]
-    assert received.message["Message-ID"] == mail.message_id_for(lifecycle_event_id(member, 4))
+    assert received.message["Message-ID"] == message_id_for(lifecycle_event_id(member, 4))
 
 
 # The envelope as other tools see it

@@ -27,6 +27,7 @@ from consumers import chat, mail, scout
 from consumers.faults import RetryPolicy
 from consumers.handler import AccountWithdrawnError, Handler
 from consumers.kit import Consumer
+from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, Mailer, SmtpMailer, message_id_for
 from consumers.store import ConsumerStore
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
@@ -178,9 +179,7 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
 # Mail
 
 
-def mail_service(
-    service_store: StoreFactory, services: list[Service], mailer: mail.Mailer
-) -> Service:
+def mail_service(service_store: StoreFactory, services: list[Service], mailer: Mailer) -> Service:
     database = service_store("mail")
     handler = mail.MailHandler(database, TOPICS, mailer)
     return start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
@@ -193,7 +192,7 @@ def sent_after(smtp: SmtpSink, count: int) -> list[EmailMessage]:
 def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
     service_store: StoreFactory, services: list[Service], smtp: SmtpSink
 ) -> None:
-    mailer = mail.SmtpMailer(smtp.host, smtp.port)
+    mailer = SmtpMailer(smtp.host, smtp.port)
     service = mail_service(service_store, services, mailer)
     database = service.database
     member, other = uuid.uuid4(), uuid.uuid4()
@@ -217,8 +216,8 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 
     [confirmation] = sent_after(smtp, before)
     assert confirmation["To"].addresses[0].addr_spec == address
-    assert confirmation["Message-ID"] == mail.message_id_for(lifecycle_event_id(member, 4))
-    assert confirmation[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
+    assert confirmation["Message-ID"] == message_id_for(lifecycle_event_id(member, 4))
+    assert confirmation[KIND_HEADER] == CONFIRMATION_KIND
     assert name in confirmation.get_content()
     # The mail names the signed erasure receipt by its id, derived from the account id alone.
     assert str(erasure_receipt_id(member)) in confirmation.get_content()
@@ -248,7 +247,7 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stores_it(
     service_store: StoreFactory, services: list[Service], smtp: SmtpSink
 ) -> None:
-    service = mail_service(service_store, services, mail.SmtpMailer(smtp.host, smtp.port))
+    service = mail_service(service_store, services, SmtpMailer(smtp.host, smtp.port))
     member = uuid.uuid4()
     address = f"late.{member.hex[:6]}@example.jp"
     service.send(withdrawal(TOPICS, member, 3))
@@ -262,7 +261,7 @@ def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stor
     wait_until(lambda: len(service.confirmations()) == 1)
     [received] = smtp.messages()
     assert received.recipients == [address]
-    assert received.message["Message-ID"] == mail.message_id_for(lifecycle_event_id(member, 3))
+    assert received.message["Message-ID"] == message_id_for(lifecycle_event_id(member, 3))
     assert not mail.contact_known(service.database, member)
     assert mail.held_rows(service.database, member) == 0
 
@@ -270,7 +269,7 @@ def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stor
 def test_notices_of_a_kind_switched_off_are_dropped(
     service_store: StoreFactory, services: list[Service], smtp: SmtpSink
 ) -> None:
-    mailer = mail.SmtpMailer(smtp.host, smtp.port)
+    mailer = SmtpMailer(smtp.host, smtp.port)
     service = mail_service(service_store, services, mailer)
     member = uuid.uuid4()
     choices = {"scouts": True, "recommendations": False, "notices": True}
@@ -286,7 +285,7 @@ def test_notices_of_a_kind_switched_off_are_dropped(
 class FlakyMailer:
     """Fails as an unreachable or crashing SMTP path would, then sends for real."""
 
-    def __init__(self, inner: mail.SmtpMailer, *, refuse: int = 0, crash_after_send: int = 0):
+    def __init__(self, inner: SmtpMailer, *, refuse: int = 0, crash_after_send: int = 0):
         self.inner = inner
         self.refuse = refuse
         self.crash_after_send = crash_after_send
@@ -304,7 +303,7 @@ class FlakyMailer:
 def test_an_unreachable_smtp_server_is_retried_and_mails_once(
     service_store: StoreFactory, services: list[Service], smtp: SmtpSink
 ) -> None:
-    flaky = FlakyMailer(mail.SmtpMailer(smtp.host, smtp.port), refuse=2)
+    flaky = FlakyMailer(SmtpMailer(smtp.host, smtp.port), refuse=2)
     service = mail_service(service_store, services, flaky)
     member = uuid.uuid4()
     service.send(
@@ -320,7 +319,7 @@ def test_the_documented_window_a_lost_send_record_mails_again_with_the_same_mess
 ) -> None:
     # The SMTP server accepted the mail but the send was not recorded (here: the reply was
     # lost). The retry sends again, with the same Message-ID, so the copy can be dropped.
-    flaky = FlakyMailer(mail.SmtpMailer(smtp.host, smtp.port), crash_after_send=1)
+    flaky = FlakyMailer(SmtpMailer(smtp.host, smtp.port), crash_after_send=1)
     service = mail_service(service_store, services, flaky)
     member = uuid.uuid4()
     service.send(
@@ -329,14 +328,14 @@ def test_the_documented_window_a_lost_send_record_mails_again_with_the_same_mess
     wait_until(lambda: len(service.confirmations()) == 1)
     ids = {r.message["Message-ID"] for r in smtp.messages()}
     assert len(smtp.messages()) == 2
-    assert ids == {mail.message_id_for(lifecycle_event_id(member, 2))}
+    assert ids == {message_id_for(lifecycle_event_id(member, 2))}
     assert len(service.confirmations()) == 1
 
 
 class CutAfterSend:
     """Sends, then the store's next transaction fails as on a connection cut mid-flight."""
 
-    def __init__(self, inner: mail.Mailer, database: Database) -> None:
+    def __init__(self, inner: Mailer, database: Database) -> None:
         self.inner = inner
         self.database = database
 
@@ -355,7 +354,7 @@ def test_a_send_whose_record_failed_on_a_cut_connection_is_not_mailed_again(
     service_store: StoreFactory, services: list[Service], smtp: SmtpSink
 ) -> None:
     database = service_store("mail")
-    mailer = CutAfterSend(mail.SmtpMailer(smtp.host, smtp.port), database)
+    mailer = CutAfterSend(SmtpMailer(smtp.host, smtp.port), database)
     handler = mail.MailHandler(database, TOPICS, mailer)
     service = start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
     member = uuid.uuid4()
@@ -366,4 +365,4 @@ def test_a_send_whose_record_failed_on_a_cut_connection_is_not_mailed_again(
     assert service.consumer.stats.waits >= 1
     recorded = mail.suppression(database, member)
     assert recorded is not None
-    assert recorded["confirmation_message_id"] == mail.message_id_for(lifecycle_event_id(member, 2))
+    assert recorded["confirmation_message_id"] == message_id_for(lifecycle_event_id(member, 2))

@@ -16,6 +16,7 @@ import pytest
 from support import SmtpSink, wait_until
 
 from consumers import chat, mail, scout
+from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure
 from lifecycle.crypto import new_master_key
@@ -80,7 +81,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     thread = chat.open_thread(stores["chat"], member_id, "c")
     chat.post_message(stores["chat"], member_id, thread, "company", "Hello")
     wait_until(lambda: mail.contact_known(stores["mail"], member_id), "address known")
-    mailer = mail.SmtpMailer("127.0.0.1", smtp.port)
+    mailer = SmtpMailer("127.0.0.1", smtp.port)
     mail.queue_notice(stores["mail"], member_id, kind="notices", subject="s", body="first")
     assert mail.deliver_queued(stores["mail"], mailer) == 1
     mail.queue_notice(stores["mail"], member_id, kind="scouts", subject="s", body="queued")
@@ -97,7 +98,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     assert mail.deliver_queued(stores["mail"], mailer) == 0
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[address]]
-    assert after[0].message[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
+    assert after[0].message[KIND_HEADER] == CONFIRMATION_KIND
     status = build_erasure(app, embedded).status(member_id)
     assert status["state"] == "purged"
     assert {name: s["rows_removed"] for name, s in status["services"].items()} == {

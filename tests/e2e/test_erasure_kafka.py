@@ -25,6 +25,7 @@ import pytest
 from support import SmtpSink, read_topic, unique_topics, wait_until
 
 from consumers import chat, mail, scout
+from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
 from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
@@ -145,7 +146,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
         ),
         "the mail service learned both addresses from the profile topic",
     )
-    mailer = mail.SmtpMailer("127.0.0.1", smtp.port)
+    mailer = SmtpMailer("127.0.0.1", smtp.port)
     mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n1")
     mail.queue_notice(stores["mail"], bystander_id, kind="notices", subject="Hi", body="b1")
     assert mail.deliver_queued(stores["mail"], mailer) == 2
@@ -169,7 +170,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[member["email"]]]
     [confirmation] = after
-    assert confirmation.message[mail.KIND_HEADER] == mail.CONFIRMATION_KIND
+    assert confirmation.message[KIND_HEADER] == CONFIRMATION_KIND
 
     status = build_erasure(accounts, settings).status(member_id)
     assert status["state"] == "purged"
@@ -299,7 +300,7 @@ def test_after_purge_no_personal_value_survives_anywhere(
         )
         wait_until(lambda: mail.contact_known(stores["mail"], member_id), "profile reached mail")
         mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n")
-        assert mail.deliver_queued(stores["mail"], mail.SmtpMailer("127.0.0.1", smtp.port)) == 1
+        assert mail.deliver_queued(stores["mail"], SmtpMailer("127.0.0.1", smtp.port)) == 1
         assert profile_values_left(bootstrap, topics, member_id) == 1
 
         project_everything(accounts)  # the read models see the member while active

@@ -253,3 +253,38 @@ def test_confirmations_the_process_cannot_accept_go_to_the_dead_letters(
         b"account_not_withdrawing"
     ]
     assert accounts.load_for_audit(active).status is AccountStatus.ACTIVE
+
+
+def test_erasures_completed_by_one_batch_are_all_purged_and_a_poison_one_alone_dead_lettered(
+    accounts: Accounts, settings: Settings, log: InProcessPublisher
+) -> None:
+    withdrawn = [withdrawn_member(accounts) for _ in range(4)]
+    active = member(accounts)  # never asked to erase: its last confirmation cannot purge
+    for account_id in [*withdrawn, active]:
+        for service in ("scout", "chat", "mail"):
+            confirm(log, account_id, service, 1)
+    # Published before the consumer starts, so its first poll holds all of them.
+    consumer = bootstrap.erasure_consumer(
+        build_erasure(accounts, settings),
+        InProcessSource(log, [TOPICS.erasure_confirmed]),
+        log,
+        TOPICS,
+        retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01),
+        poll_timeout_s=0.05,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: settled(consumer, 15))
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    for account_id in withdrawn:
+        assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
+        assert purged_events(accounts, account_id) == 1
+    assert accounts.load_for_audit(active).status is AccountStatus.ACTIVE
+    dead = log.read(TOPICS.dlq(ERASURE_GROUP))
+    assert [dict(item.record.headers)[DLQ_ERROR_CODE] for item in dead] == [
+        b"account_not_withdrawing"
+    ]

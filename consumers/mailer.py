@@ -1,0 +1,123 @@
+"""Sending mail for the mail service: the `Mailer` it sends through (SMTP, or discarding when
+no server is configured) and the messages, whose Message-IDs are derived from what caused
+them, so a repeat after a crash carries the same Message-ID and a receiver can drop it.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+from typing import Protocol
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from lifecycle.logs import get_logger
+from schemas.contract import erasure_receipt_id
+
+MAIL_FROM = "no-reply@jobchange.example"
+MESSAGE_ID_DOMAIN = "mail.jobchange.example"
+CONFIRMATION_KIND = "withdrawal-complete"
+KIND_HEADER = "X-Jobchange-Kind"
+
+log = get_logger(__name__)
+
+
+class Mailer(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+
+class SmtpMailer:
+    """One SMTP session per message, to a configured relay; inside `session()`, one for all."""
+
+    def __init__(self, host: str, port: int, *, timeout_s: float = 10.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self._session: smtplib.SMTP | None = None
+        self._batched = False
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """The sends inside share one SMTP session (opened by the first): a batch's mails
+        cost one connection and greeting, not one each."""
+        self._batched = True
+        try:
+            yield
+        finally:
+            self._batched = False
+            smtp, self._session = self._session, None
+            if smtp is not None:
+                try:
+                    smtp.quit()
+                except (smtplib.SMTPException, OSError):
+                    smtp.close()
+
+    def send(self, message: EmailMessage) -> None:
+        if not self._batched:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
+                smtp.send_message(message)
+            return
+        if self._session is None:
+            self._session = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
+        try:
+            self._session.send_message(message)
+        except BaseException:
+            smtp, self._session = self._session, None
+            smtp.close()  # the next send, or the retry, opens a new session
+            raise
+
+
+class DiscardingMailer:
+    """No SMTP server configured (embedded first run): log the Message-ID, keep nothing."""
+
+    def __init__(self) -> None:
+        self.discarded = 0
+
+    def send(self, message: EmailMessage) -> None:
+        self.discarded += 1
+        log.info("mail.discarded", message_id=message["Message-ID"], kind=message[KIND_HEADER])
+
+
+def message_id_for(source_id: str) -> str:
+    """Deterministic: the same withdrawal or notice always yields the same Message-ID."""
+    return f"<{uuid5(NAMESPACE_URL, f'jobchange-mail:{source_id}')}@{MESSAGE_ID_DOMAIN}>"
+
+
+def confirmation_message(
+    withdrawal_ce_id: str, email: str, display_name: str, account_id: UUID
+) -> EmailMessage:
+    """The withdrawal-complete mail; it names the erasure receipt by id (ids only, no values)."""
+    message = _message(email, display_name, message_id_for(withdrawal_ce_id), CONFIRMATION_KIND)
+    message["Subject"] = "退会手続きが完了しました / Your withdrawal is complete"
+    receipt_id = erasure_receipt_id(account_id)
+    message.set_content(
+        f"{display_name} 様\n\n"
+        "退会手続きが完了しました。今後、お知らせやスカウトのメールは届きません。\n"
+        "ご登録の情報はすべてのサービスから削除されます。\n"
+        f"署名付き削除証明書の番号: {receipt_id}\n\n"
+        "Your withdrawal is complete. No further notices or scouts will be mailed to you,\n"
+        "and your data is being erased from every service.\n"
+        f"Signed erasure receipt id: {receipt_id}\n"
+    )
+    return message
+
+
+def notice_message(
+    notice_id: str, *, email: str, display_name: str, kind: str, subject: str, body: str
+) -> EmailMessage:
+    message = _message(email, display_name, message_id_for(f"notice:{notice_id}"), kind)
+    message["Subject"] = subject
+    message.set_content(body)
+    return message
+
+
+def _message(email: str, display_name: str, message_id: str, kind: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = MAIL_FROM
+    message["To"] = formataddr((display_name, email))
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id
+    message[KIND_HEADER] = kind
+    return message
