@@ -21,8 +21,7 @@ from lifecycle.errors import (
     InvalidCommandError,
 )
 
-# Personal values that cannot be decrypted any more read back as this marker.
-REDACTED = "[redacted]"
+REDACTED = "[redacted]"  # what a personal value that no key opens any more reads back as
 
 GIFT_KIND = "gift_card"
 GIFT_AMOUNT_JPY = 5000
@@ -55,9 +54,9 @@ EDITABLE_PARTS = ("profile", "job_title", "work_history", "desired", "notificati
 MERGED_PARTS = ("profile", "desired", "notifications")
 
 
-# Unicode categories of characters that render as nothing: format (Cf: ZWSP, ZWJ, RLM, BOM,
-# soft hyphen), control, surrogate, private use and unassigned code points.
-INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Cs", "Co", "Cn"})
+# Unicode categories that render as nothing: format (ZWSP, ZWJ, RLM, BOM, soft hyphen), control,
+# surrogate, private use, unassigned.
+INVISIBLE = frozenset({"Cf", "Cc", "Cs", "Co", "Cn"})
 
 
 def normalise_email(email: str) -> str:
@@ -299,9 +298,7 @@ class Account(Aggregate):
         acknowledge_gift_loss: bool = False,
         at: datetime | None = None,
     ) -> bool:
-        """Start erasure; returns False when withdrawal was already requested (idempotent).
-
-        `at` (default: now) is for re-recording a withdrawal known from elsewhere (reshred)."""
+        """Start erasure (False when already requested); `at` re-records a known time (reshred)."""
         self.check_account_is_not_purged()
         if self.status is AccountStatus.WITHDRAWING:
             return False
@@ -382,13 +379,10 @@ class Account(Aggregate):
     def check_email_is_plausible(email: str) -> None:
         normalised = normalise_email(email)
         local, at, domain = normalised.rpartition("@")
-        # Whitespace is judged after NFKC: U+3000 and friends become plain spaces there.
-        if not (at and local and "." in domain and not any(c.isspace() for c in normalised)):
-            raise InvalidCommandError("email_invalid")
-        # Invisible and bidirectional characters (zero-width space and joiner, RLM, BOM, soft
-        # hyphen, controls) are refused rather than stripped: an address nobody can see the
-        # difference in must not open a second account, and no mail system delivers to one.
-        if any(unicodedata.category(c) in INVISIBLE_CATEGORIES for c in normalised):
+        # Whitespace is judged after NFKC (U+3000 becomes a space). Invisible and bidi characters
+        # are refused, not stripped: a look-alike address must not open a second account.
+        hidden = any(c.isspace() or unicodedata.category(c) in INVISIBLE for c in normalised)
+        if not (at and local and "." in domain) or hidden:
             raise InvalidCommandError("email_invalid")
 
 
@@ -402,9 +396,7 @@ def default_notifications() -> dict[str, bool]:
 
 class EmailClaim(Aggregate):
     """Which account holds an e-mail address now; saved with the account, so claims are atomic.
-
-    Its id is a keyed hash of the address (see lifecycle.application), never the address.
-    """
+    Its id is a keyed hash of the address (see lifecycle.application), never the address."""
 
     class Event(Aggregate.Event):
         personal_fields: ClassVar[tuple[str, ...]] = ()
