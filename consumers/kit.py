@@ -1,7 +1,6 @@
 """The consumer kit: what any downstream service needs to honour the lifecycle contract.
 
-One loop, two sources (`lifecycle.kafka.source`: Kafka, or the in-process log when Kafka is
-off). For each poll batch:
+One loop over a source (`lifecycle.kafka.source`: Kafka, or the in-process log). Per poll batch:
 
 1. decode each CloudEvent; a record that breaks the contract goes to the dead letters at once;
 2. skip those whose `ce_id` is in `processed_events` (delivery is at least once), one query;
@@ -19,8 +18,7 @@ A dependency that is down is waited out, with no attempt limit, while `waiting_f
 (readiness reads `healthy`). When a record fails for any other reason, the batch is retried
 record by record, so only the culprit goes to `<group>.dlq.v1` (`consumers.faults`) as a
 reference to the source record (topic, partition, offset, error), never a copy of its value.
-Stopping (SIGTERM sets the event) finishes the batch in hand and commits it; only a wait for a
-dependency is cut short, and then just the records finished are committed.
+SIGTERM finishes and commits the batch in hand (cutting short only a wait for a dependency).
 """
 
 from __future__ import annotations
