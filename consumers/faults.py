@@ -16,8 +16,10 @@ from __future__ import annotations
 import re
 import smtplib
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
@@ -159,3 +161,26 @@ def _dependency(error: BaseException) -> str | None:
     if isinstance(error, OSError):  # refused, reset, timed out, SMTP disconnected
         return "network"
     return None
+
+
+class DependencyWait:
+    """Which dependency a loop waits for, and since when; it logs entering and leaving the wait
+    (`<name>.recovered` with `waited_s`). `waiting_for` is what readiness reads."""
+
+    def __init__(self, log: Any, name: str) -> None:
+        self._log = log
+        self._name = name
+        self._since = 0.0
+        self.waiting_for: str | None = None
+
+    def waiting(self, dependency: str, event: str, **fields: Any) -> None:
+        if self.waiting_for is None:
+            self._since = time.monotonic()
+        self.waiting_for = dependency
+        self._log.warning(event, dependency=dependency, **fields)
+
+    def recovered(self) -> None:
+        if self.waiting_for is not None:
+            waited = round(time.monotonic() - self._since, 3)
+            self._log.info(f"{self._name}.recovered", dependency=self.waiting_for, waited_s=waited)
+            self.waiting_for = None

@@ -16,7 +16,6 @@ own for as long as it runs; on SQLite an exclusive `flock` on a file beside the 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from uuid import UUID
@@ -24,7 +23,7 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import resolve_topic
 
-from consumers.faults import infrastructure_fault
+from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.producer import Publisher, PublishError
@@ -74,12 +73,11 @@ class Relay:
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.observe_ack_latency = observe_ack_latency
-        # The dependency this relay is waiting for ("database", "broker"), None when working.
-        self.waiting_for: str | None = None
-        self._waiting_since = 0.0
         self._db: Database = accounts.database
         self._table = self._db.table("relay_position")
         self._log = get_logger(__name__).bind(relay=name)
+        # The dependency this relay is waiting for ("database", "broker"), None when working.
+        self._wait = DependencyWait(self._log, "relay")
         self._lock = single_active_lock(self._db, "relay", name)
         self._create_table()
         self._position = self._load_position()
@@ -127,12 +125,12 @@ class Relay:
                         if not standby:
                             self._log.info("relay.standby", position=self._position)
                             standby = True
-                        self._recovered()
+                        self._wait.recovered()
                         stop.wait(self.poll_interval_s)
                         continue
                     standby = False
                     processed = self._relay_batch()
-                    self._recovered()
+                    self._wait.recovered()
                     backoff = self.initial_backoff_s
                     if processed < self.batch_size:
                         waiter.wait()
@@ -162,18 +160,13 @@ class Relay:
                 retry_in_s=backoff,
             )
             return
-        if self.waiting_for is None:
-            self._waiting_since = time.monotonic()
-        self.waiting_for = dependency
-        self._log.warning(
-            event, dependency=dependency, error=cause, position=self._position, retry_in_s=backoff
+        self._wait.waiting(
+            dependency, event, error=cause, position=self._position, retry_in_s=backoff
         )
 
-    def _recovered(self) -> None:
-        if self.waiting_for is not None:
-            waited = round(time.monotonic() - self._waiting_since, 3)
-            self._log.info("relay.recovered", dependency=self.waiting_for, waited_s=waited)
-            self.waiting_for = None
+    @property
+    def waiting_for(self) -> str | None:
+        return self._wait.waiting_for
 
     def close(self) -> None:
         """Give up the lock (a standby relay takes over); the publisher stays the caller's."""

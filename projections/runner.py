@@ -22,7 +22,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 
-from consumers.faults import infrastructure_fault
+from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle.application import Accounts
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
@@ -134,10 +134,9 @@ class Projector:
         self.mapper = facts_mapper(accounts.mapper)
         self._topics = frozenset(model.topics)
         self._position = model.position()
-        # "database" while the database is down and this projector waits for it; else None.
-        self.waiting_for: str | None = None
-        self._waiting_since = 0.0
         self._log = log.bind(projection=model.name + model.suffix)
+        # "database" while the database is down and this projector waits for it; else None.
+        self._wait = DependencyWait(self._log, "projection")
 
     @property
     def position(self) -> int:
@@ -215,7 +214,7 @@ class Projector:
             while not stop.is_set():
                 try:
                     applied = self.catch_up(stop)
-                    self._recovered()
+                    self._wait.recovered()
                     backoff = INITIAL_BACKOFF_S
                     if applied:
                         self._log.info("projection.caught_up", position=self._position)
@@ -243,22 +242,17 @@ class Projector:
                 retry_in_s=backoff,
             )
             return
-        if self.waiting_for is None:
-            self._waiting_since = time.monotonic()
-        self.waiting_for = dependency
-        self._log.warning(
+        self._wait.waiting(
+            dependency,
             "projection.waiting",
-            dependency=dependency,
             error=type(error).__name__,
             position=self._position,
             retry_in_s=backoff,
         )
 
-    def _recovered(self) -> None:
-        if self.waiting_for is not None:
-            waited = round(time.monotonic() - self._waiting_since, 3)
-            self._log.info("projection.recovered", dependency=self.waiting_for, waited_s=waited)
-            self.waiting_for = None
+    @property
+    def waiting_for(self) -> str | None:
+        return self._wait.waiting_for
 
 
 def run_all(
