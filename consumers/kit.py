@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from consumers.faults import (
+    DependencyWait,
     RetryPolicy,
     dead_letter_record,
     infrastructure_fault,
@@ -106,14 +107,18 @@ class Consumer:
         self.poll_timeout_s = poll_timeout_s
         self.lag_interval_s = lag_interval_s
         self.stats = Stats()
-        self.waiting_for: str | None = None
-        self._waiting_since = 0.0
         self._lag: dict[TopicPartitionKey, int] = {}
         self._lag_at = 0.0
         self._stats_lock = threading.Lock()
         self._log = get_logger(__name__).bind(consumer=name)
+        self._wait = DependencyWait(self._log, "consumer")
 
     # Health and metrics
+
+    @property
+    def waiting_for(self) -> str | None:
+        """The dependency this consumer waits for (database, broker, smtp); None when working."""
+        return self._wait.waiting_for
 
     @property
     def healthy(self) -> bool:
@@ -308,20 +313,14 @@ class Consumer:
                     raise Stopped() from None
                 backoff = min(backoff * 2, self.retry.max_backoff_s)
                 continue
-            if self.waiting_for is not None:
-                waited = time.monotonic() - self._waiting_since
-                self._log.info("consumer.recovered", dependency=self.waiting_for, waited_s=waited)
-                self.waiting_for = None
+            self._wait.recovered()
             return result
 
     def _wait_for(self, dependency: str, error: BaseException, step: str, backoff: float) -> None:
-        if self.waiting_for is None:
-            self._waiting_since = time.monotonic()
-        self.waiting_for = dependency
         self._count(retry=True, wait=True)
-        self._log.warning(
+        self._wait.waiting(
+            dependency,
             "consumer.waiting",
-            dependency=dependency,
             step=step,
             error=type(error).__name__,
             retry_in_s=backoff,
