@@ -43,6 +43,7 @@ from lifecycle.errors import (
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
 from lifecycle.recorders import PostgresKeyRecorder, recorder_topic
 from lifecycle.storage import Database
+from lifecycle.transcoding import OrjsonTranscoder
 
 __all__ = ["Accounts", "KnownErasure", "ScoutItem", "ScoutOutcome"]
 
@@ -100,7 +101,11 @@ class Accounts(Application[UUID]):
 
     name = "Accounts"
     max_attempts = MAX_ATTEMPTS
-    env = {"ORIGINATOR_ID_TYPE": "uuid"}  # noqa: RUF012 - the library's own class attribute
+    # Stored events parse with orjson (lifecycle.transcoding); encoding stays the library's.
+    env = {  # noqa: RUF012 - the library's own class attribute
+        "ORIGINATOR_ID_TYPE": "uuid",
+        "TRANSCODER_TOPIC": get_topic(OrjsonTranscoder),
+    }
 
     def __init__(
         self, env: dict[str, str] | None = None, *, max_batch: int = DEFAULT_MAX_BATCH

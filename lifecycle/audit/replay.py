@@ -12,7 +12,6 @@ key and claim-holder rules take one query per page, and memory stays flat in log
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
-from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
+from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
 from lifecycle.application import Accounts
@@ -28,7 +27,6 @@ from lifecycle.audit.pages import stream_pages
 from lifecycle.domain import Account, AccountStatus, EmailClaim
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
-from lifecycle.transcoding import OrjsonTranscoder
 
 PURGED_TOPIC = get_topic(Account.Purged)
 REGISTERED_TOPIC = get_topic(Account.Registered)
@@ -113,7 +111,7 @@ def replay(
     with database.transaction(commit=False) as cursor:
         row = cursor.execute(f"SELECT COUNT(*) FROM {database.events_table}").fetchone()
     total = int(row[0]) if row else 0
-    mapper = faster_mapper(accounts.mapper)
+    mapper = accounts.mapper
     for streams in stream_pages(database):
         _replay_page(accounts, mapper, streams, report, keep)
         if progress is not None:
@@ -121,17 +119,6 @@ def replay(
     if progress is not None:
         progress(report.events, max(total, report.events))
     return report
-
-
-def faster_mapper(mapper: Mapper[UUID]) -> Mapper[UUID]:
-    """The application's mapper (same keys, same transcodings), parsing with orjson."""
-    if not isinstance(mapper.transcoder, JSONTranscoder) or isinstance(
-        mapper.transcoder, OrjsonTranscoder
-    ):
-        return mapper
-    faster = copy.copy(mapper)
-    faster.transcoder = OrjsonTranscoder.like(mapper.transcoder)
-    return faster
 
 
 def _replay_page(
