@@ -102,10 +102,10 @@ def require_role(role: Role) -> Callable[..., Awaitable[Caller]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     ) -> Caller:
-        found = getattr(request.state, "caller_role", None)
-        if found != role:  # a route outside the middleware's prefixes: check here
+        if getattr(request.state, "caller_role", None) != role:
+            # A route outside the middleware's prefixes: authenticate here (401/403 raised).
             header = f"Bearer {credentials.credentials}" if credentials else None
-            found = authenticate(header, request.app.state.token_roles, role)
+            authenticate(header, request.app.state.token_roles, role)
         return Caller(role=role)
 
     dependency.__name__ = f"require_{role}_role"
