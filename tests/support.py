@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import random
 import socket
 import threading
 import time
@@ -166,9 +167,17 @@ class SmtpSink:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free port below Linux's ephemeral range (32768 and up), so no outgoing connection
+    in TIME-WAIT can hold it when the server binds it."""
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 32768")
 
 
 @contextmanager

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import threading
@@ -18,24 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TOKENS, wait_until
+from support import TOKENS, free_port, wait_until
 from test_cli import call
 
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import token_digest
-
-
-def port_below_ephemeral() -> int:
-    """A free port under Linux's ephemeral range, so no outgoing connection takes it meanwhile."""
-    for _ in range(200):
-        port = random.randint(20000, 32767)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below 32768")
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
@@ -52,7 +37,7 @@ def pids_of(lines: list[dict[str, Any]], event: str) -> list[int]:
 
 @pytest.fixture
 def two_workers(postgres_url: str, pg_schema: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = port_below_ephemeral()
+    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
     env = {
         **clean,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_TEMPLATE = ROOT / "scripts" / "kafka" / "server.properties.template"
@@ -35,19 +35,6 @@ def kafka_libs() -> Path:
     if not any(found.glob("kafka_*.jar")):
         raise FileNotFoundError(f"no Kafka jars in {found}: run `scripts/services up` once")
     return found
-
-
-def free_port() -> int:
-    """A port that nothing listens on, below the kernel's ephemeral range (32768 and up)."""
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below 32768")
 
 
 def port_open(port: int) -> bool:
