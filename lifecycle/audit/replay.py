@@ -207,14 +207,21 @@ def _fold_account(
                 Violation(subject, version, "timestamps_ordered", "earlier than the one before")
             )
         previous_time = event.timestamp
-        try:
-            mutated = event.mutate(account)
-        except (OriginatorVersionError, OriginatorIDError, AssertionError) as error:
-            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+        mutated = _mutated(event, account, found, subject, version)
+        if mutated is None:
             return found, None
         assert isinstance(mutated, Account)
         account = mutated
     return found, account
+
+
+def _mutated(event: Any, aggregate: Any, found: list[Violation], subject: str, version: int) -> Any:
+    """The aggregate after `event`, or None (with a violation) when the versions do not follow."""
+    try:
+        return event.mutate(aggregate)
+    except (OriginatorVersionError, OriginatorIDError, AssertionError) as error:
+        found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+        return None
 
 
 def _account_rules(account: Account, event: Any) -> Iterator[tuple[str, str]]:
@@ -267,10 +274,8 @@ def _fold_claim(
                 found.append(
                     Violation(subject, version, "release_by_holder", "released by another")
                 )
-        try:
-            mutated = event.mutate(claim)
-        except (OriginatorVersionError, OriginatorIDError, AssertionError) as error:
-            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+        mutated = _mutated(event, claim, found, subject, version)
+        if mutated is None:
             return found, None
         assert isinstance(mutated, EmailClaim)
         claim = mutated
