@@ -39,7 +39,9 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
+        # One write per line (message and newline together): processes sharing a stderr pipe
+        # (`serve --workers N`) never interleave inside a line.
+        logger_factory=structlog.WriteLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         # Not cached: a logger bound once would ignore any later configuration (and tests'
         # structlog.testing.capture_logs); resolving it per call costs microseconds.
         cache_logger_on_first_use=False,
