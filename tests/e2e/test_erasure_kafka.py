@@ -453,7 +453,7 @@ def running_workers(settings: Settings, topics: TopicNames) -> Iterator[None]:
         for thread in threads:
             thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    assert [getattr(error, "detail", repr(error)) for error in errors] == []
 
 
 def project_everything(accounts: Accounts) -> int:
