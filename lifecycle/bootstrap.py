@@ -9,10 +9,14 @@ happens at import.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
+
+import psycopg.errors
 
 from consumers import chat, mail, scout
 from consumers.faults import RetryPolicy
@@ -44,12 +48,49 @@ log = get_logger(__name__)
 def build_accounts(settings: Settings) -> Accounts:
     try:
         env = settings.application_env()  # configuration errors first, before any connection
-        with schema_setup_turn(settings.database_url, settings.database_schema):
-            return Accounts(env=env)
+
+        def build() -> Accounts:
+            with schema_setup_turn(settings.database_url, settings.database_schema):
+                return Accounts(env=env)
+
+        return _setting_up(build)
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
     except Exception as error:
         raise _database_unusable(error) from None
+
+
+# A start-up's DDL that loses a lock race to another process's transaction is rolled back
+# whole and may simply run again: a fault of the moment, waited out, not a reason to exit.
+LOCK_RACES = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.SerializationFailure,
+)
+SETUP_ATTEMPTS = 5
+
+
+T = TypeVar("T")
+
+
+def _setting_up(build: Callable[[], T]) -> T:
+    for attempt in range(1, SETUP_ATTEMPTS + 1):
+        try:
+            return build()
+        except Exception as error:
+            if attempt == SETUP_ATTEMPTS or not _lost_a_lock_race(error):
+                raise
+            log.warning("startup.lock_race_retried", attempt=attempt, error=type(error).__name__)
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _lost_a_lock_race(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, LOCK_RACES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _database_unusable(error: Exception) -> StartupError:
@@ -67,8 +108,8 @@ def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
     receipts = Receipts(process, topics=settings.topics)
     process.receipts = receipts
     try:
-        process.create_tables()
-        receipts.create_tables()
+        _setting_up(process.create_tables)
+        _setting_up(receipts.create_tables)
     except Exception as error:
         raise _database_unusable(error) from None
     return process

@@ -37,7 +37,7 @@ from eventsourcing.utils import get_topic
 
 from lifecycle.domain import REDACTED, Account
 from lifecycle.errors import KeyDestroyedError, LifecycleError
-from lifecycle.storage import Database
+from lifecycle.storage import Cursor, Database
 
 NONCE_BYTES = 12
 SEALED_FIELD = "sealed"
@@ -114,10 +114,18 @@ class KeyVault:
     def create_schema(self) -> None:
         db = self.database
         with db.ddl() as cursor:
-            for statement in self._schema_statements():
+            for statement in self._table_statements():
+                cursor.execute(statement)
+            for (table, trigger), statement in self._trigger_statements().items():
+                if db.dialect == "postgres" and _trigger_exists(cursor, table, trigger):
+                    # Replacing a trigger locks its table (SHARE ROW EXCLUSIVE): on a live
+                    # schema that deadlocks with a registration, which holds the keys table
+                    # and waits for the events table, while this held events and waited for
+                    # keys. An existing trigger is left alone; changing one is a migration.
+                    continue
                 cursor.execute(statement)
 
-    def _schema_statements(self) -> list[str]:
+    def _table_statements(self) -> list[str]:
         db = self.database
         keys, destroyed = db.table(KEYS_TABLE), db.table("destroyed_keys")
         destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
@@ -128,34 +136,50 @@ class KeyVault:
             f"CREATE TABLE IF NOT EXISTS {destroyed} (account_id {db.id_type} PRIMARY KEY, "
             f"destroyed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
         ]
-        if db.dialect == "postgres":
-            return [
-                *tables,
-                f"CREATE OR REPLACE FUNCTION {destroy_fn}() RETURNS trigger "
-                "LANGUAGE plpgsql AS $$ BEGIN "
-                f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
-                f"INSERT INTO {destroyed} (account_id) VALUES (NEW.originator_id) "
-                "ON CONFLICT DO NOTHING; RETURN NULL; END $$",
-                f"CREATE OR REPLACE TRIGGER destroy_key_on_purge AFTER INSERT ON {db.events_table} "
-                f"FOR EACH ROW WHEN (NEW.topic = '{PURGED_TOPIC}') "
-                f"EXECUTE FUNCTION {destroy_fn}()",
-                f"CREATE OR REPLACE FUNCTION {refuse_fn}() RETURNS trigger "
-                "LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
-                "THEN RAISE EXCEPTION 'key_destroyed'; END IF; RETURN NEW; END $$",
-                f"CREATE OR REPLACE TRIGGER refuse_destroyed_key BEFORE INSERT ON {keys} "
-                f"FOR EACH ROW EXECUTE FUNCTION {refuse_fn}()",
-            ]
+        if db.dialect != "postgres":
+            return tables
+        # Replacing a function locks no table.
         return [
             *tables,
-            f"CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge AFTER INSERT ON {db.events_table} "
+            f"CREATE OR REPLACE FUNCTION {destroy_fn}() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+            f"INSERT INTO {destroyed} (account_id) VALUES (NEW.originator_id) "
+            "ON CONFLICT DO NOTHING; RETURN NULL; END $$",
+            f"CREATE OR REPLACE FUNCTION {refuse_fn}() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
+            "THEN RAISE EXCEPTION 'key_destroyed'; END IF; RETURN NEW; END $$",
+        ]
+
+    def _trigger_statements(self) -> dict[tuple[str, str], str]:
+        """Each trigger by (table, name)."""
+        db = self.database
+        keys, destroyed = db.table(KEYS_TABLE), db.table("destroyed_keys")
+        destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
+        if db.dialect == "postgres":
+            return {
+                (db.events_table, "destroy_key_on_purge"): "CREATE TRIGGER destroy_key_on_purge "
+                f"AFTER INSERT ON {db.events_table} "
+                f"FOR EACH ROW WHEN (NEW.topic = '{PURGED_TOPIC}') "
+                f"EXECUTE FUNCTION {destroy_fn}()",
+                (keys, "refuse_destroyed_key"): "CREATE TRIGGER refuse_destroyed_key "
+                f"BEFORE INSERT ON {keys} FOR EACH ROW EXECUTE FUNCTION {refuse_fn}()",
+            }
+        return {
+            (
+                db.events_table,
+                "destroy_key_on_purge",
+            ): "CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge "
+            f"AFTER INSERT ON {db.events_table} "
             f"WHEN NEW.topic = '{PURGED_TOPIC}' BEGIN "
             f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
             f"INSERT OR IGNORE INTO {destroyed} (account_id) VALUES (NEW.originator_id); END",
-            f"CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON {keys} "
+            (keys, "refuse_destroyed_key"): "CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key "
+            f"BEFORE INSERT ON {keys} "
             f"WHEN EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
             "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END",
-        ]
+        }
 
     def new_key(self, account_id: UUID) -> tuple[bytes, bytes]:
         """A new account's data key and its wrapped form, to be stored with its first event.
@@ -367,3 +391,11 @@ class PersonalDataMapper(Mapper[UUID]):
 def _associated_data(account_id: UUID, version: int, fields: list[str]) -> bytes:
     """Binds sealed values to their event, so they cannot be moved to another one."""
     return b"|".join([account_id.bytes, str(version).encode(), ",".join(fields).encode()])
+
+
+def _trigger_exists(cursor: Cursor, table: str, trigger: str) -> bool:
+    cursor.execute(
+        "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+        (table, trigger),
+    )
+    return cursor.fetchone() is not None
