@@ -16,12 +16,12 @@ own for as long as it runs; on SQLite an exclusive `flock` on a file beside the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
-from eventsourcing.utils import resolve_topic
+from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.utils import get_topic, resolve_topic
 
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle.application import Accounts
@@ -46,6 +46,9 @@ from schemas.contract import (
     lifecycle_event_id,
     profile_event_id,
 )
+
+REGISTERED_TOPIC = get_topic(Account.Registered)
+EDITED_TOPIC = get_topic(Account.PreferencesEdited)
 
 
 class Relay:
@@ -79,6 +82,8 @@ class Relay:
         # The dependency this relay is waiting for ("database", "broker"), None when working.
         self._wait = DependencyWait(self._log, "relay")
         self._lock = single_active_lock(self._db, "relay", name)
+        # The current batch's Registered events by account, for its edits' profile records.
+        self._registered: dict[UUID, Account.Registered] = {}
         self._create_table()
         self._position = self._load_position()
 
@@ -209,10 +214,13 @@ class Relay:
         self.accounts.vault.prefetch(
             {n.originator_id for n in notifications if isinstance(n.originator_id, UUID)}
         )
+        self._registered = self._registrations_for_edits(notifications)
         for notification in notifications:
             event = self._account_event(notification)
             if event is None:
                 continue
+            if isinstance(event, Account.Registered):
+                self._registered[event.originator_id] = event
             stamps.append(event.timestamp)
             for topic, record in self._records_for(event, notification.id):
                 self.publisher.publish(topic, record.key, record.headers, record.value)
@@ -297,6 +305,36 @@ class Relay:
                 encode_record(profile, ce_id=profile_id, subject=subject, time=event.timestamp),
             )
 
+    def _registrations_for_edits(
+        self, notifications: Sequence[Notification]
+    ) -> dict[UUID, Account.Registered]:
+        """The Registered event of each account a batch's edit belongs to, when the batch does
+        not hold it: one query for the batch, not one per edit."""
+        in_batch = {n.originator_id for n in notifications if n.topic == REGISTERED_TOPIC}
+        wanted = {
+            n.originator_id
+            for n in notifications
+            if n.topic == EDITED_TOPIC and n.originator_id not in in_batch
+        }
+        if not wanted:
+            return {}
+        db = self._db
+        params = [db.id_param(db.to_uuid(originator_id)) for originator_id in wanted]
+        with db.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                "SELECT originator_id, originator_version, topic, state "
+                f"FROM {db.events_table} WHERE originator_version = 1 "
+                f"AND originator_id IN ({', '.join(['%s'] * len(params))})",
+                params,
+            ).fetchall()
+        found: dict[UUID, Account.Registered] = {}
+        for originator_id, version, topic, state in rows:
+            stored = StoredEvent(db.to_uuid(originator_id), version, topic, bytes(state))
+            event = self.accounts.mapper.to_domain_event(stored)
+            assert isinstance(event, Account.Registered)
+            found[event.originator_id] = event
+        return found
+
     def _profile_after(self, event: Account.Event) -> ProfileV1 | None:
         """Contact data as of this event, when it changes; None once the key is destroyed."""
         if isinstance(event, Account.Registered):
@@ -308,8 +346,7 @@ class Relay:
         elif isinstance(event, Account.PreferencesEdited) and event.notifications is not None:
             # The edit carries the whole merged notification settings; the address and name
             # are never edited, so the Registered event alone has them (no full replay).
-            registered = next(iter(self.accounts.events.get(event.originator_id, lte=1)))
-            assert isinstance(registered, Account.Registered)
+            registered = self._registered[event.originator_id]
             email, display_name, notifications = (
                 registered.email,
                 registered.display_name,

@@ -549,6 +549,35 @@ def test_in_process_publisher_carries_the_same_records(
     assert in_process.end_offset(TopicNames().lifecycle) == 1
 
 
+def test_an_edit_relayed_in_a_later_batch_than_its_registration_carries_the_contact_data(
+    accounts: Accounts, relays: list[Relay]
+) -> None:
+    """The profile record of an edit takes address and name from the Registered event, read
+    for the whole batch at once: here always from an earlier batch (both backends)."""
+    in_process = InProcessPublisher()
+    profiles: list[Envelope] = []
+    in_process.subscribe(
+        TopicNames().profile,
+        lambda item: profiles.append(decode_record(item.record.headers, item.record.value)),
+    )
+    tag = uuid.uuid4().hex[:8]
+    members = {accounts.register(**person(n, tag)): person(n, tag) for n in range(3)}
+    relay = Relay(accounts, in_process, batch_size=2)
+    relays.append(relay)
+    drain(relay)
+    for account_id in members:
+        accounts.edit_preferences(account_id, notifications={"scouts": False})
+    drain(relay)
+
+    edited = [e for e in profiles if version_of(e) == 2]
+    assert sorted(e.account_id for e in edited) == sorted(members)
+    for envelope in edited:
+        profile = envelope.data
+        assert isinstance(profile, ProfileV1)
+        assert profile.email == members[envelope.account_id]["email"]
+        assert profile.display_name == members[envelope.account_id]["display_name"]
+
+
 # Waking on commit
 
 
