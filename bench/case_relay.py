@@ -37,7 +37,7 @@ from lifecycle.notify import LogWaiter
 from lifecycle.relay import Relay
 from schemas.contract import TopicNames
 
-TARGET = Target("ratio_at_least", 0.7)
+TARGET = Target("ratio_at_least", 0.8)  # issue 12
 # The Java tool runs long enough to leave the JVM's warm-up behind.
 JAVA_RECORDS = 200_000
 KAFKA_TOOLS_LIBS = ROOT / ".services" / "kafka-tools-libs"

@@ -34,7 +34,8 @@ from bench.core import Context, Row, Target, bench_env, fresh_schema, log, peak_
 from bench.workload import bench_settings, generate_log, open_accounts
 from lifecycle.audit.pages import STREAM_PAGE
 
-TARGET = Target("ratio_at_least", 0.5)
+# Issue 12's target for replay and rebuild, on the way to 0.5.
+TARGET = Target("ratio_at_least", 0.2)
 # "Memory flat in log size": peak RSS at the largest log at most this times that at the smallest.
 FLAT = Target("at_most", 1.25)
 FETCH = 2000
