@@ -45,7 +45,7 @@ from consumers.handler import (
     erasure_confirmation,
 )
 from consumers.mailer import Mailer, notice_message
-from consumers.store import any_of, count_rows, insert_rows
+from consumers.store import count_rows, insert_rows
 from consumers.withdrawal_mail import WithdrawalMail
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
@@ -170,7 +170,7 @@ class MailHandler(Handler):
         if not profiles:
             return set()
         db = self.database
-        where, params = any_of(db, "account_id", [str(p.account_id) for p in profiles])
+        where, params = db.any_of("account_id", [str(p.account_id) for p in profiles])
         withdrawn = {
             UUID(account)
             for (account,) in cursor.execute(
@@ -203,7 +203,7 @@ class MailHandler(Handler):
             return {}
         db = self.database
         suppressions = db.table("suppressions")
-        where, params = any_of(db, "account_id", [str(a) for a in account_ids])
+        where, params = db.any_of("account_id", [str(a) for a in account_ids])
         mailed = cursor.execute(
             f"SELECT account_id FROM {suppressions} WHERE {where} "
             "AND confirmation_sent_at IS NOT NULL",
@@ -211,7 +211,7 @@ class MailHandler(Handler):
         ).fetchall()
         if not mailed:
             return {}
-        where, params = any_of(db, "account_id", [account for (account,) in mailed])
+        where, params = db.any_of("account_id", [account for (account,) in mailed])
         held = " + ".join(
             f"(SELECT count(*) FROM {db.table(table)} AS held WHERE held.account_id = s.account_id)"
             for table in ("contacts", "mail_outbox")

@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from consumers.handler import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
-from consumers.store import any_of, insert_rows
+from consumers.store import insert_rows
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
 from schemas.contract import (
@@ -117,7 +117,7 @@ def record_scouts(
     """`record_scout` for many: per scout, False when refused (its account is withdrawn)."""
     accounts = sorted({str(scout.account_id) for scout in scouts})
     lock_keys(database, cursor, [f"scout:{account}" for account in accounts])
-    condition, params = any_of(database, "account_id", accounts)
+    condition, params = database.any_of("account_id", accounts)
     withdrawn = {
         row[0]
         for row in cursor.execute(

@@ -88,14 +88,6 @@ def insert_rows(
     return cursor.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
 
 
-def any_of(database: Database, column: str, values: Sequence[object]) -> tuple[str, list[object]]:
-    """`column` equal to any of `values`: a condition and its parameters (one array on
-    PostgreSQL, so the text stays the same for any batch)."""
-    if database.dialect == "postgres":
-        return f"{column} = ANY(%s)", [list(values)]
-    return f"{column} IN ({_marks(values)})", list(values)
-
-
 def count_rows(database: Database, tables: Iterable[str], account_id: UUID) -> int:
     """How many rows of the given tables still name the account."""
     with database.transaction(commit=False) as cursor:
@@ -153,7 +145,7 @@ class ConsumerStore:
         if not ce_ids:
             return set()
         with self.database.transaction(commit=False) as cursor:
-            condition, params = any_of(self.database, "ce_id", ce_ids)
+            condition, params = self.database.any_of("ce_id", ce_ids)
             rows = cursor.execute(
                 f"SELECT ce_id FROM {self.processed_table} WHERE {condition}", params
             ).fetchall()
@@ -223,19 +215,14 @@ class ConsumerStore:
     def delete_outgoing(self, row_ids: Sequence[int]) -> None:
         if not row_ids:
             return
+        where, params = self.database.any_of("id", row_ids)
         with self.database.transaction() as cursor:
-            cursor.execute(
-                f"DELETE FROM {self.outbox_table} WHERE id IN ({_marks(row_ids)})", list(row_ids)
-            )
+            cursor.execute(f"DELETE FROM {self.outbox_table} WHERE {where}", params)
 
     def processed_count(self) -> int:
         with self.database.transaction(commit=False) as cursor:
             row = cursor.execute(f"SELECT count(*) FROM {self.processed_table}").fetchone()
         return int(row[0]) if row else 0
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ", ".join(["%s"] * len(values))
 
 
 def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from uuid import UUID
 
 from consumers.mailer import Mailer, confirmation_message, message_id_for
-from consumers.store import any_of, insert_rows
+from consumers.store import insert_rows
 from lifecycle.logs import get_logger
 from lifecycle.storage import Database, lock_keys
 from schemas.contract import Envelope, ProfileV1, WithdrawalRequestedV1
@@ -62,7 +62,7 @@ class WithdrawalMail:
         if not withdrawals:
             return {}
         db = self.database
-        where, params = any_of(db, "account_id", [str(a) for a in withdrawals])
+        where, params = db.any_of("account_id", [str(a) for a in withdrawals])
         with db.transaction() as cursor:
             lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
             insert_rows(
@@ -110,7 +110,7 @@ class WithdrawalMail:
         if not account_ids:
             return []
         db = self.database
-        where, params = any_of(db, "account_id", [str(a) for a in account_ids])
+        where, params = db.any_of("account_id", [str(a) for a in account_ids])
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
                 f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "

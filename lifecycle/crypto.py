@@ -253,11 +253,10 @@ class KeyVault:
         if not wanted:
             return {}
         db = self.database
-        params = [db.id_param(account_id) for account_id in wanted]
+        where, params = db.any_of("account_id", [db.id_param(a) for a in wanted])
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
-                f"SELECT account_id, wrapped_key FROM {db.table(KEYS_TABLE)} "
-                f"WHERE account_id IN ({', '.join(['%s'] * len(params))})",
+                f"SELECT account_id, wrapped_key FROM {db.table(KEYS_TABLE)} WHERE {where}",
                 params,
             ).fetchall()
         wrapped = {db.to_uuid(row[0]): bytes(row[1]) for row in rows}

@@ -212,11 +212,7 @@ class ErasureProcess:
         self, cursor: Cursor, account_ids: list[UUID]
     ) -> dict[UUID, set[str]]:
         db = self.database
-        ids = [db.id_param(a) for a in account_ids]
-        params: list[Any] = [ids]
-        where = "account_id = ANY(%s)"
-        if db.dialect != "postgres":
-            where, params = f"account_id IN ({', '.join(['%s'] * len(ids))})", list(ids)
+        where, params = db.any_of("account_id", [db.id_param(a) for a in account_ids])
         rows = cursor.execute(
             f"SELECT account_id, service FROM {self.table} WHERE {where} AND outcome = %s",
             [*params, CONFIRMED],

@@ -319,12 +319,11 @@ class Relay:
         if not wanted:
             return {}
         db = self._db
-        params = [db.id_param(db.to_uuid(originator_id)) for originator_id in wanted]
+        where, params = db.any_of("originator_id", [db.id_param(db.to_uuid(i)) for i in wanted])
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
                 "SELECT originator_id, originator_version, topic, state "
-                f"FROM {db.events_table} WHERE originator_version = 1 "
-                f"AND originator_id IN ({', '.join(['%s'] * len(params))})",
+                f"FROM {db.events_table} WHERE originator_version = 1 AND {where}",
                 params,
             ).fetchall()
         found: dict[UUID, Account.Registered] = {}

@@ -144,6 +144,15 @@ class Database:
     def to_uuid(self, value: UUID | str) -> UUID:
         return value if isinstance(value, UUID) else UUID(value)
 
+    def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
+        """`column` equal to any of `values`: a condition and its parameters. PostgreSQL gets
+        one array, so the statement's text (parsed and planned once) is the same for any
+        batch; SQLite a list of placeholders."""
+        listed = list(values)
+        if self.dialect == "postgres":
+            return f"{column} = ANY(%s)", [listed]
+        return f"{column} IN ({', '.join(['%s'] * len(listed))})", listed
+
     @property
     def blob_type(self) -> str:
         return "bytea" if self.dialect == "postgres" else "BLOB"

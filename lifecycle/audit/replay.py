@@ -328,11 +328,12 @@ def _holder_rules(database: Database, held: dict[UUID, UUID]) -> Iterator[Violat
     if not held:
         return
     table = database.events_table
-    params = [database.id_param(account_id) for account_id in set(held.values())]
+    where, params = database.any_of(
+        "e.originator_id", [database.id_param(account_id) for account_id in set(held.values())]
+    )
     with database.transaction(commit=False) as cursor:
         rows = cursor.execute(
-            f"SELECT e.originator_id, e.topic FROM {table} e "
-            f"WHERE e.originator_id IN ({', '.join(['%s'] * len(params))}) "
+            f"SELECT e.originator_id, e.topic FROM {table} e WHERE {where} "
             "AND e.originator_version = (SELECT MAX(m.originator_version) "
             f"FROM {table} m WHERE m.originator_id = e.originator_id)",
             params,
@@ -354,11 +355,9 @@ def _tombstones(database: Database, ids: list[UUID]) -> set[UUID]:
     """Which of these accounts' keys were destroyed (in `destroyed_keys`)."""
     if not ids:
         return set()
-    params = [database.id_param(account_id) for account_id in ids]
+    where, params = database.any_of("account_id", [database.id_param(a) for a in ids])
     with database.transaction(commit=False) as cursor:
         rows = cursor.execute(
-            f"SELECT account_id FROM {database.table('destroyed_keys')} "
-            f"WHERE account_id IN ({', '.join(['%s'] * len(params))})",
-            params,
+            f"SELECT account_id FROM {database.table('destroyed_keys')} WHERE {where}", params
         ).fetchall()
     return {database.to_uuid(row[0]) for row in rows}
