@@ -56,9 +56,13 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     )
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("kafka", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Libraries' own records pass from WARNING up only: their info lines are not ours to vet
+    # for personal data (an SMTP server library logs each recipient's address at INFO).
+    # uvicorn's server lines (start, stop) are known and kept at the chosen level.
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    for known in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(known).setLevel(level.upper())
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 
 import pytest
@@ -31,3 +32,17 @@ def test_log_capture_still_works_after_the_cli_configured_logging() -> None:
     with structlog.testing.capture_logs() as captured:
         logger.info("seen", account_id="a3")
     assert [entry["event"] for entry in captured] == ["seen"]
+
+
+def test_libraries_info_records_are_not_written_their_warnings_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A library's info line may carry personal data the service never vetted."""
+    configure_logging("json", "INFO")
+    logging.getLogger("mail.log").info("recip: hanako@example.jp")
+    logging.getLogger("mail.log").warning("connection lost")
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    err = capsys.readouterr().err
+    assert "hanako@example.jp" not in err
+    assert "connection lost" in err
+    assert "Application startup complete." in err
