@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # The mail service's SMTP relay; unset, mail is logged by Message-ID and discarded.
     smtp_host: str | None = None
     smtp_port: int = 25
+    # A worker process (relay, consume, erasure, project) serves /healthz and /readyz on this
+    # port when set (lifecycle.probe); `serve` answers them on its API port anyway.
+    probe_port: int | None = Field(default=None, ge=1, le=65535)
+    probe_host: str = "127.0.0.1"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     service_name: str = "lifecycle"

@@ -41,6 +41,7 @@ from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import InProcessSource
 from lifecycle.logs import get_logger
+from lifecycle.probe import Probe
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, single_active_lock
@@ -53,14 +54,21 @@ log = get_logger(__name__)
 
 
 def run_relay(
-    settings: Settings, stop: threading.Event, *, topics: TopicNames | None = None
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    topics: TopicNames | None = None,
+    probe: Probe | None = None,
 ) -> None:
     """`lifecycle relay`: publish the notification log to Kafka."""
     bootstrap = require_kafka(settings, "relay")
     accounts = build_accounts(settings)
     publisher = KafkaPublisher(bootstrap)
     try:
-        Relay(accounts, publisher, topics=topics or settings.topics).run(stop)
+        relay = Relay(accounts, publisher, topics=topics or settings.topics)
+        if probe is not None:
+            probe.watch(relay)
+        relay.run(stop)
     finally:
         publisher.close()
         accounts.close()
@@ -73,19 +81,30 @@ def run_consumer(
     *,
     topics: TopicNames | None = None,
     schema: str | None = None,
+    probe: Probe | None = None,
 ) -> None:
     """`lifecycle consume scout|chat|mail`: one reference service, its store in schema `name`."""
-    kafka_consumer(name, settings, topics=topics, schema=schema).run(stop)
+    consumer = kafka_consumer(name, settings, topics=topics, schema=schema)
+    if probe is not None:
+        probe.watch(consumer.consumer)
+    consumer.run(stop)
 
 
 def run_erasure(
-    settings: Settings, stop: threading.Event, *, topics: TopicNames | None = None
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    topics: TopicNames | None = None,
+    probe: Probe | None = None,
 ) -> None:
     """`lifecycle erasure`: confirmations in, `Purged` out."""
     require_kafka(settings, "erasure")  # before any connection
     accounts = build_accounts(settings)
     try:
-        kafka_erasure_consumer(settings, accounts, topics=topics).run(stop)
+        consumer = kafka_erasure_consumer(settings, accounts, topics=topics)
+        if probe is not None:
+            probe.watch(consumer.consumer)
+        consumer.run(stop)
     finally:
         accounts.close()
 

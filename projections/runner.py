@@ -26,6 +26,7 @@ from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle.application import Accounts
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
+from lifecycle.probe import Probe
 from lifecycle.storage import Cursor, Database
 from projections.base import (
     APPLICATION_NAME,
@@ -256,17 +257,26 @@ class Projector:
 
 
 def run_all(
-    accounts: Accounts, models: Iterable[ReadModel], stop: threading.Event, **options: Any
+    accounts: Accounts,
+    models: Iterable[ReadModel],
+    stop: threading.Event,
+    *,
+    probe: Probe | None = None,
+    **options: Any,
 ) -> None:
-    """One thread per read model, each catching up then following, until `stop` is set."""
+    """One thread per read model, each catching up then following, until `stop` is set;
+    `probe` is ready while none of them waits for a dependency."""
+    projectors = [Projector(accounts, model, **options) for model in models]
+    if probe is not None:
+        probe.watch(*projectors)
     threads = [
         threading.Thread(
-            target=Projector(accounts, model, **options).run,
+            target=projector.run,
             args=(stop,),
-            name=f"projection-{model.name}",
+            name=f"projection-{projector.model.name}",
             daemon=True,
         )
-        for model in models
+        for projector in projectors
     ]
     for thread in threads:
         thread.start()

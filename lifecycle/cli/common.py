@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -11,6 +13,7 @@ from pydantic import ValidationError
 
 from lifecycle.errors import LifecycleError
 from lifecycle.logs import configure_logging
+from lifecycle.probe import Probe
 from lifecycle.settings import Settings
 
 if TYPE_CHECKING:
@@ -65,6 +68,22 @@ def run_until_signalled(work: Callable[[threading.Event], None]) -> None:
         work(stop)
     except LifecycleError as error:
         fail(error.detail)
+
+
+@contextmanager
+def worker_probe(settings: Settings) -> Iterator[Probe | None]:
+    """The worker's /healthz and /readyz when LIFECYCLE_PROBE_PORT is set (`lifecycle.probe`)."""
+    if settings.probe_port is None:
+        yield None
+        return
+    try:
+        probe = Probe(settings.probe_host, settings.probe_port)
+    except OSError as error:
+        fail(f"probe port {settings.probe_port} unusable ({error.strerror or 'in use'})")
+    try:
+        yield probe
+    finally:
+        probe.close()
 
 
 def progress_to_stderr(what: str, interval_s: float = 2.0) -> Callable[[int, int], None]:

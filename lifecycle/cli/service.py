@@ -17,6 +17,7 @@ from lifecycle.cli.common import (
     load_settings,
     open_accounts,
     run_until_signalled,
+    worker_probe,
 )
 from lifecycle.errors import LifecycleError
 from lifecycle.settings import Settings
@@ -134,7 +135,8 @@ def relay() -> None:
     from lifecycle.workers import run_relay
 
     settings = load_settings()
-    run_until_signalled(lambda stop: run_relay(settings, stop))
+    with worker_probe(settings) as probe:
+        run_until_signalled(lambda stop: run_relay(settings, stop, probe=probe))
 
 
 @cli.command()
@@ -145,7 +147,8 @@ def consume(
     from lifecycle.workers import run_consumer
 
     settings = load_settings()
-    run_until_signalled(lambda stop: run_consumer(service, settings, stop))
+    with worker_probe(settings) as probe:
+        run_until_signalled(lambda stop: run_consumer(service, settings, stop, probe=probe))
 
 
 @cli.command()
@@ -154,7 +157,8 @@ def erasure() -> None:
     from lifecycle.workers import run_erasure
 
     settings = load_settings()
-    run_until_signalled(lambda stop: run_erasure(settings, stop))
+    with worker_probe(settings) as probe:
+        run_until_signalled(lambda stop: run_erasure(settings, stop, probe=probe))
 
 
 @cli.command()
@@ -186,7 +190,8 @@ def project(
         classes = read_model_classes(names or ())
     except UnknownReadModelError as error:
         fail(str(error))
-    accounts = open_accounts(load_settings())
+    settings = load_settings()
+    accounts = open_accounts(settings)
     stop = threading.Event()
     previous = {
         signum: signal.signal(signum, lambda *_: stop.set())
@@ -206,7 +211,8 @@ def project(
             for model in models:
                 Projector(accounts, model, batch_size=batch_size, progress=printer).catch_up(stop)
             return
-        run_all(accounts, models, stop, batch_size=batch_size)
+        with worker_probe(settings) as probe:
+            run_all(accounts, models, stop, probe=probe, batch_size=batch_size)
     except LifecycleError as error:
         fail(error.detail)
     finally:

@@ -10,12 +10,15 @@ keeps what was acknowledged (the call returned) apart from what failed (not ackn
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +29,7 @@ from typing import IO, Any
 from uuid import UUID
 
 from servers import ThrowawayKafka, ThrowawayPostgres
-from support import SmtpSink, read_topic
+from support import SmtpSink, free_port, read_topic
 
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
@@ -76,6 +79,8 @@ class Pipeline:
             "LIFECYCLE_LOG_FORMAT": "json",
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # Each process serves /readyz on a port of its own (LIFECYCLE_PROBE_PORT).
+        self.probe_ports = {name: free_port() for name in COMMANDS}
         self.started: dict[str, int] = {}  # name -> pid, as started (or restarted by a test)
         self._runs = itertools.count()
         self.accounts = Accounts(env=self.settings.application_env())
@@ -105,7 +110,7 @@ class Pipeline:
         with log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "lifecycle", *COMMANDS[name]],
-                env=self.env,
+                env={**self.env, "LIFECYCLE_PROBE_PORT": str(self.probe_ports[name])},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -148,6 +153,17 @@ class Pipeline:
             elif process.poll() is not None:
                 found[name] = f"exited with {process.returncode}"
         return found
+
+    def readiness(self, name: str) -> tuple[int, str]:
+        """The process's /readyz: status and detail (0 while it does not answer yet)."""
+        url = f"http://127.0.0.1:{self.probe_ports[name]}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, ""
+        except urllib.error.HTTPError as error:
+            return error.code, str(json.load(error).get("detail", ""))
+        except OSError:
+            return 0, "no answer"
 
     def log_lines(self, event: str) -> list[str]:
         """Lines of every process's log that name `event`."""

@@ -14,7 +14,8 @@ import threading
 import time
 
 import pytest
-from pipeline import Load, Pipeline
+from pipeline import COMMANDS, Load, Pipeline
+from support import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
@@ -49,15 +50,31 @@ def test_connections_cut_several_times(pipeline: Pipeline) -> None:
 
 
 def test_postgres_stopped_and_started(pipeline: Pipeline) -> None:
+    wait_until(
+        lambda: all(pipeline.readiness(name)[0] == 200 for name in COMMANDS),
+        "every process's probe says ready before the fault",
+    )
     with Load(pipeline.accounts) as load:
         pause(WARM_UP_S)
         pipeline.postgres.stop()
-        pause(DOWN_S)
+        down_at = time.monotonic()
+        # The relay polls the log, so it notices at once; its probe says what it waits for.
+        wait_until(
+            lambda: pipeline.readiness("relay") == (503, "waiting for the database"),
+            "the relay's probe says not ready, waiting for the database",
+            timeout_s=DOWN_S,
+        )
+        pause(max(0.0, DOWN_S - (time.monotonic() - down_at)))
         pipeline.postgres.start()
     seconds = pipeline.wait_caught_up(load.withdrawn)
     report(f"postgres down {DOWN_S:.0f}s", seconds, refused=load.refused)
-    assert pipeline.log_lines("consumer.waiting"), "no consumer said it waited"
+    # Only the relay is sure to notice: the load's writes block or fail while the database is
+    # away, so nothing new reaches the consumers (the cut test sees them wait).
     assert pipeline.log_lines("relay.database_unreachable"), "the relay did not say it waited"
+    wait_until(
+        lambda: all(pipeline.readiness(name)[0] == 200 for name in COMMANDS),
+        "every process's probe says ready again after the fault",
+    )
     pipeline.check(load)
 
 

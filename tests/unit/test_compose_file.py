@@ -20,6 +20,9 @@ def test_every_long_running_service_has_a_health_check_or_depends_on_healthy_one
     services = load()["services"]
     for name in ("postgres", "kafka", "api"):
         assert "healthcheck" in services[name], name
+    for name in ("relay", "erasure", "scout", "chat", "mail"):
+        port = services[name]["environment"]["LIFECYCLE_PROBE_PORT"]
+        assert f"127.0.0.1:{port}/readyz" in " ".join(services[name]["healthcheck"]["test"]), name
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
