@@ -6,11 +6,16 @@ partition (the highest offset handled + 1), so a consumer commits once per batch
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.logs import get_logger
+
+log = get_logger(__name__)
 
 TopicPartitionKey = tuple[str, int]
 
@@ -94,12 +99,30 @@ class KafkaSource:
             # kafka-python backs off reconnecting up to 30 s: a broker back after an outage
             # would wait that long, and the group would drop the member meanwhile.
             "reconnect_backoff_max_ms": 1_000,
+            # A topic the member's metadata lacked at the group's assignment gets its
+            # partitions at the next refresh: 30 s rather than kafka-python's 5 minutes.
+            "metadata_max_age_ms": 30_000,
             **overrides,
         }
         if group_instance_id:
             config["group_instance_id"] = group_instance_id
         self._consumer = KafkaConsumer(**config)
+        self._await_metadata(topics)
         self._consumer.subscribe(list(topics))
+
+    def _await_metadata(self, topics: Sequence[str], timeout_s: float = 10.0) -> None:
+        """Know every topic's partitions before joining: the group's first assignment uses the
+        leader's metadata, and a topic just created may be missing from it (the range
+        assignor then gives it to nobody until the next refresh)."""
+        deadline = time.monotonic() + timeout_s
+        pause = threading.Event()
+        missing = set(topics)
+        while missing:
+            missing = {t for t in missing if not self._consumer.partitions_for_topic(t)}
+            if missing and time.monotonic() > deadline:
+                log.warning("kafka.topics_unknown", topics=sorted(missing))
+                return
+            pause.wait(0.1 if missing else 0)
 
     def poll(self, timeout_s: float) -> list[Incoming]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
