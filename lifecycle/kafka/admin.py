@@ -107,14 +107,17 @@ def ensure_topics(
     settings: TopicSettings | None = None,
     *,
     timeout_ms: int = 30_000,
+    bootstrap_timeout_ms: int = 5_000,
 ) -> EnsureResult:
-    """Create the topics that are missing; existing ones are left as they are."""
+    """Create the topics that are missing; existing ones are left as they are. A broker that
+    does not answer at all fails within `bootstrap_timeout_ms` (kafka-python waits 30 s)."""
     specs = topic_specs(topics or TopicNames(), settings or TopicSettings())
     log = get_logger(__name__)
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="lifecycle-admin",
         request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=bootstrap_timeout_ms,
     )
     try:
         response: dict[str, Any] = admin.create_topics(
