@@ -3,18 +3,23 @@
 Reading the log (replay, rebuild) parses every stored state; orjson does it about 1.5x
 faster than the standard `json` module with an object hook. Encoding stays the library's
 own, so stored bytes (and the hash chain over them) never change. Results never differ: a
-state orjson refuses (an integer past 64 bits, NaN) or one holding a transcoded value below
-the top level goes to the library's own decoder.
+state orjson refuses (NaN, infinity), one that may hold an integer past 64 bits (which orjson
+would read as a float), or one holding a transcoded value below the top level goes to the
+library's own decoder.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 from eventsourcing.persistence import JSONTranscoder
 
 TYPE_MARK = b'"_type_"'
+# Every integer outside orjson's range (-2**63 .. 2**64 - 1) has at least 19 digits; a state
+# with such a run anywhere (in a string too) is left to the library: slower, never wrong.
+LONG_DIGIT_RUN = re.compile(rb"\d{19}")
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -29,6 +34,8 @@ class OrjsonTranscoder(JSONTranscoder):
         return faster
 
     def decode(self, data: bytes) -> Any:
+        if LONG_DIGIT_RUN.search(data):
+            return super().decode(data)
         try:
             decoded = orjson.loads(data)
         except orjson.JSONDecodeError:

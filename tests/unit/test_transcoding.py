@@ -76,3 +76,12 @@ def test_what_orjson_refuses_goes_to_the_library() -> None:
     data = LIBRARY.encode({"big": 2**80, "nan": float("inf")})
 
     assert FASTER.decode(data) == LIBRARY.decode(data)
+
+
+def test_integers_just_past_64_bits_stay_integers() -> None:
+    """orjson reads them as floats without complaint (hypothesis found -2**63 - 1)."""
+    for big in (-(2**63) - 1, 2**64, 2**80, -(2**80)):
+        data = LIBRARY.encode({"n": big})
+        decoded = FASTER.decode(data)
+        assert decoded == {"n": big}
+        assert type(decoded["n"]) is int
