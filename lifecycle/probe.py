@@ -1,8 +1,8 @@
 """Liveness and readiness of a worker process, for its supervisor (Kafka on: each worker is a
 process of its own, with no HTTP API of its own to ask).
 
-`lifecycle relay|consume|erasure|project --probe-port N` serve `GET /healthz` (200 while the
-process runs) and `GET /readyz`: 503 while the worker starts, or while it waits out a
+`lifecycle relay|consume|erasure|project`, with `LIFECYCLE_PROBE_PORT` set, serve `GET /healthz`
+(200 while the process runs) and `GET /readyz`: 503 while the worker starts, or while it waits out a
 dependency that is down (the body names which), 200 once it works. The answers are the API's
 (`lifecycle serve`): the same paths, the same 503 problem document. Standard library only: one
 thread, a few lines of JSON, nothing a worker's supervisor has to install.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -23,6 +24,8 @@ class Worker(Protocol):
     def waiting_for(self) -> str | None: ...
 
 
+# Problem types are URNs: stable identifiers that never depend on where the service runs.
+# The API's problem documents use the same prefix (lifecycle.api.problems imports it).
 PROBLEM_TYPE_PREFIX = "urn:lifecycle:problem:"
 
 
@@ -55,7 +58,8 @@ class Probe:
             started, watched = self._started, list(self._watched)
         if not started:
             return 503, _not_ready("the worker is starting")
-        waiting = sorted({w.waiting_for for w in watched if w.waiting_for is not None})
+        # Each worker asked once: its state may change between two reads.
+        waiting = sorted({dependency for w in watched if (dependency := w.waiting_for)})
         if waiting:
             return 503, _not_ready(f"waiting for the {', '.join(waiting)}")
         return 200, {"status": "ready"}
@@ -66,13 +70,13 @@ class Probe:
 
 
 def _not_ready(detail: str) -> dict[str, Any]:
-    return _problem(503, "not_ready", "Service Unavailable", detail)
+    return _problem(503, "not_ready", detail)
 
 
-def _problem(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
+def _problem(status: int, code: str, detail: str) -> dict[str, Any]:
     return {
         "type": f"{PROBLEM_TYPE_PREFIX}{code}",
-        "title": title,
+        "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
         "code": code,
@@ -87,7 +91,7 @@ def _handler_for(probe: Probe) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/readyz":
                 self._answer(*probe.readiness())
             else:
-                self._answer(404, _problem(404, "not_found", "Not Found", "no such path"))
+                self._answer(404, _problem(404, "not_found", "no such path"))
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()

@@ -30,10 +30,9 @@ from lifecycle.errors import (
 )
 from lifecycle.kafka.inspector import BrokerUnavailableError
 from lifecycle.logs import get_logger
+from lifecycle.probe import PROBLEM_TYPE_PREFIX
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-# Problem types are URNs: stable identifiers that never depend on where the service runs.
-PROBLEM_TYPE_PREFIX = "urn:lifecycle:problem:"
 REQUEST_URN_PREFIX = "urn:lifecycle:request:"
 # A problem stays a few kilobytes whatever the request: at most this many validation issues.
 MAX_ISSUES = 20

@@ -17,9 +17,10 @@ from pydantic import BaseModel, Field
 from lifecycle.api.auth import require_role
 from lifecycle.api.deps import AccountsDep
 from lifecycle.api.models import ExternalId, RequestModel
-from lifecycle.api.problems import PROBLEM_TYPE_PREFIX, problem_responses, status_for, title_for
+from lifecycle.api.problems import problem_responses, status_for, title_for
 from lifecycle.application import ScoutItem, ScoutOutcome
 from lifecycle.errors import LifecycleError
+from lifecycle.probe import PROBLEM_TYPE_PREFIX
 
 # A request's body stays under the API's body limit (256 KiB) with ids of typical length.
 MAX_BULK_SCOUTS = 1000
