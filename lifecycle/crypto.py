@@ -114,10 +114,9 @@ class KeyVault:
     def create_schema(self) -> None:
         db = self.database
         with db.ddl() as cursor:
-            for statement in self._table_statements():
-                cursor.execute(statement)
-            for (table, trigger), statement in self._trigger_statements().items():
-                if db.dialect == "postgres" and _trigger_exists(cursor, table, trigger):
+            existing = _triggers_in(cursor, db.schema) if db.dialect == "postgres" else set()
+            for trigger, statement in self._schema_statements():
+                if trigger in existing:
                     # Replacing a trigger locks its table (SHARE ROW EXCLUSIVE): on a live
                     # schema that deadlocks with a registration, which holds the keys table
                     # and waits for the events table, while this held events and waited for
@@ -125,61 +124,73 @@ class KeyVault:
                     continue
                 cursor.execute(statement)
 
-    def _table_statements(self) -> list[str]:
+    def _schema_statements(self) -> list[tuple[str | None, str]]:
+        """Each statement, with the trigger it creates (None: a table or a function, whose
+        creation or replacement locks no table in use)."""
         db = self.database
         keys, destroyed = db.table(KEYS_TABLE), db.table("destroyed_keys")
         destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
-        tables = [
-            f"CREATE TABLE IF NOT EXISTS {keys} (account_id {db.id_type} PRIMARY KEY, "
-            f"wrapped_key {db.blob_type} NOT NULL, "
-            f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
-            f"CREATE TABLE IF NOT EXISTS {destroyed} (account_id {db.id_type} PRIMARY KEY, "
-            f"destroyed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
+        tables: list[tuple[str | None, str]] = [
+            (
+                None,
+                f"CREATE TABLE IF NOT EXISTS {keys} (account_id {db.id_type} PRIMARY KEY, "
+                f"wrapped_key {db.blob_type} NOT NULL, "
+                f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
+            ),
+            (
+                None,
+                f"CREATE TABLE IF NOT EXISTS {destroyed} (account_id {db.id_type} PRIMARY KEY, "
+                f"destroyed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
+            ),
         ]
-        if db.dialect != "postgres":
-            return tables
-        # Replacing a function locks no table.
+        if db.dialect == "postgres":
+            return [
+                *tables,
+                (
+                    None,
+                    f"CREATE OR REPLACE FUNCTION {destroy_fn}() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN "
+                    f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+                    f"INSERT INTO {destroyed} (account_id) VALUES (NEW.originator_id) "
+                    "ON CONFLICT DO NOTHING; RETURN NULL; END $$",
+                ),
+                (
+                    "destroy_key_on_purge",
+                    "CREATE OR REPLACE TRIGGER destroy_key_on_purge "
+                    f"AFTER INSERT ON {db.events_table} "
+                    f"FOR EACH ROW WHEN (NEW.topic = '{PURGED_TOPIC}') "
+                    f"EXECUTE FUNCTION {destroy_fn}()",
+                ),
+                (
+                    None,
+                    f"CREATE OR REPLACE FUNCTION {refuse_fn}() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN "
+                    f"IF EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
+                    "THEN RAISE EXCEPTION 'key_destroyed'; END IF; RETURN NEW; END $$",
+                ),
+                (
+                    "refuse_destroyed_key",
+                    f"CREATE OR REPLACE TRIGGER refuse_destroyed_key BEFORE INSERT ON {keys} "
+                    f"FOR EACH ROW EXECUTE FUNCTION {refuse_fn}()",
+                ),
+            ]
         return [
             *tables,
-            f"CREATE OR REPLACE FUNCTION {destroy_fn}() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN "
-            f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
-            f"INSERT INTO {destroyed} (account_id) VALUES (NEW.originator_id) "
-            "ON CONFLICT DO NOTHING; RETURN NULL; END $$",
-            f"CREATE OR REPLACE FUNCTION {refuse_fn}() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
-            "THEN RAISE EXCEPTION 'key_destroyed'; END IF; RETURN NEW; END $$",
-        ]
-
-    def _trigger_statements(self) -> dict[tuple[str, str], str]:
-        """Each trigger by (table, name)."""
-        db = self.database
-        keys, destroyed = db.table(KEYS_TABLE), db.table("destroyed_keys")
-        destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
-        if db.dialect == "postgres":
-            return {
-                (db.events_table, "destroy_key_on_purge"): "CREATE TRIGGER destroy_key_on_purge "
-                f"AFTER INSERT ON {db.events_table} "
-                f"FOR EACH ROW WHEN (NEW.topic = '{PURGED_TOPIC}') "
-                f"EXECUTE FUNCTION {destroy_fn}()",
-                (keys, "refuse_destroyed_key"): "CREATE TRIGGER refuse_destroyed_key "
-                f"BEFORE INSERT ON {keys} FOR EACH ROW EXECUTE FUNCTION {refuse_fn}()",
-            }
-        return {
             (
-                db.events_table,
                 "destroy_key_on_purge",
-            ): "CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge "
-            f"AFTER INSERT ON {db.events_table} "
-            f"WHEN NEW.topic = '{PURGED_TOPIC}' BEGIN "
-            f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
-            f"INSERT OR IGNORE INTO {destroyed} (account_id) VALUES (NEW.originator_id); END",
-            (keys, "refuse_destroyed_key"): "CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key "
-            f"BEFORE INSERT ON {keys} "
-            f"WHEN EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
-            "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END",
-        }
+                "CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge "
+                f"AFTER INSERT ON {db.events_table} "
+                f"WHEN NEW.topic = '{PURGED_TOPIC}' BEGIN "
+                f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+                f"INSERT OR IGNORE INTO {destroyed} (account_id) VALUES (NEW.originator_id); END",
+            ),
+            (
+                "refuse_destroyed_key",
+                f"CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON {keys} "
+                f"WHEN EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
+                "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END",
+            ),
+        ]
 
     def new_key(self, account_id: UUID) -> tuple[bytes, bytes]:
         """A new account's data key and its wrapped form, to be stored with its first event.
@@ -392,9 +403,12 @@ def _associated_data(account_id: UUID, version: int, fields: list[str]) -> bytes
     return b"|".join([account_id.bytes, str(version).encode(), ",".join(fields).encode()])
 
 
-def _trigger_exists(cursor: Cursor, table: str, trigger: str) -> bool:
+def _triggers_in(cursor: Cursor, schema: str | None) -> set[str]:
+    """The names of the triggers on the schema's tables (one catalogue query)."""
     cursor.execute(
-        "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
-        (table, trigger),
+        "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND NOT t.tgisinternal",
+        (schema,),
     )
-    return cursor.fetchone() is not None
+    return {str(name) for (name,) in cursor.fetchall()}
