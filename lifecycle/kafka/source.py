@@ -117,12 +117,11 @@ class KafkaSource:
         deadline = time.monotonic() + timeout_s
         pause = threading.Event()
         missing = set(topics)
-        while missing:
-            missing = {t for t in missing if not self._consumer.partitions_for_topic(t)}
-            if missing and time.monotonic() > deadline:
+        while missing := {t for t in missing if not self._consumer.partitions_for_topic(t)}:
+            if time.monotonic() > deadline:
                 log.warning("kafka.topics_unknown", topics=sorted(missing))
                 return
-            pause.wait(0.1 if missing else 0)
+            pause.wait(0.1)
 
     def poll(self, timeout_s: float) -> list[Incoming]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
