@@ -14,7 +14,7 @@ Kafka timestamps are the producer's CreateTime (taken at send, before the broker
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -55,26 +55,26 @@ def _kafka_time(record: Any) -> datetime:
     return datetime.fromtimestamp(record.timestamp / 1000, UTC)
 
 
+def _payloads(bootstrap: str, topic: str) -> Iterator[tuple[Any, Any]]:
+    """Each record of the topic with its decoded payload; records off the contract skipped."""
+    for record in _topic_records(bootstrap, topic):
+        try:
+            envelope = decode_record(record.headers or [], record.value)
+        except ContractError:
+            continue
+        yield record, envelope.data
+
+
 def stages_ms(
     bootstrap: str, topics: TopicNames, stamps: Stamps, services: Iterable[str]
 ) -> dict[str, list[float]]:
     """Per stage (see the module docstring), the milliseconds of each erasure that has it."""
     sent: dict[UUID, datetime] = {}
-    for record in _topic_records(bootstrap, topics.lifecycle):
-        try:
-            envelope = decode_record(record.headers or [], record.value)
-        except ContractError:
-            continue
-        data = envelope.data
+    for record, data in _payloads(bootstrap, topics.lifecycle):
         if isinstance(data, WithdrawalRequestedV1) and data.account_id in stamps:
             sent.setdefault(data.account_id, _kafka_time(record))
     confirmed: dict[UUID, dict[str, datetime]] = {}
-    for record in _topic_records(bootstrap, topics.erasure_confirmed):
-        try:
-            envelope = decode_record(record.headers or [], record.value)
-        except ContractError:
-            continue
-        data = envelope.data
+    for record, data in _payloads(bootstrap, topics.erasure_confirmed):
         if isinstance(data, ErasureConfirmedV1) and data.account_id in stamps:
             confirmed.setdefault(data.account_id, {}).setdefault(data.service, _kafka_time(record))
     services = tuple(services)
