@@ -10,7 +10,6 @@ library's own decoder.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -19,7 +18,10 @@ from eventsourcing.persistence import JSONTranscoder
 TYPE_MARK = b'"_type_"'
 # Every integer outside orjson's range (-2**63 .. 2**64 - 1) has at least 19 digits; a state
 # with such a run anywhere (in a string too) is left to the library: slower, never wrong.
-LONG_DIGIT_RUN = re.compile(rb"\d{19}")
+# Found by mapping digits to b"1" and everything else to b"0" (C speed, unlike a regex,
+# which cost more than orjson's whole parse).
+DIGITS_AS_ONES = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x30 for byte in range(256))
+LONG_DIGIT_RUN = b"1" * 19
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -34,7 +36,7 @@ class OrjsonTranscoder(JSONTranscoder):
         return faster
 
     def decode(self, data: bytes) -> Any:
-        if LONG_DIGIT_RUN.search(data):
+        if LONG_DIGIT_RUN in data.translate(DIGITS_AS_ONES):
             return super().decode(data)
         try:
             decoded = orjson.loads(data)
