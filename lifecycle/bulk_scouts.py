@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ScoutItem:
-    """One scout of a bulk request; `account_id` None: the caller's id was no UUID."""
+    """One scout of a bulk request."""
 
-    account_id: UUID | None
+    account_id: UUID
     scout_id: str
     company_id: str
     job_id: str
@@ -66,10 +66,7 @@ class BulkScouts:
         outcomes: list[ScoutOutcome] = [False] * len(items)
         pending: dict[UUID, list[int]] = {}
         for index, item in enumerate(items):
-            if item.account_id is None:
-                outcomes[index] = AccountNotFoundError()
-            else:
-                pending.setdefault(item.account_id, []).append(index)
+            pending.setdefault(item.account_id, []).append(index)
         received_at = datetime.now(UTC)
         for _ in range(self.accounts.max_attempts):
             if not pending:

@@ -86,6 +86,13 @@ ConsentVersion = Annotated[
     str, StringConstraints(max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 ]
 ExternalId = Annotated[str, StringConstraints(max_length=128, pattern=ID_PATTERN)]
+# A UUID in its canonical text form only, so the schema and the parser agree: pydantic's UUID
+# type also takes braces, `urn:uuid:` and bare hex, which the OpenAPI `uuid` format refuses.
+UuidText = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"),
+    Field(json_schema_extra={"format": "uuid"}),
+]
 Salary = Annotated[StrictInt, Field(ge=0, le=MAX_SALARY_JPY)]
 
 

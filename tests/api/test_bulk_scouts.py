@@ -53,7 +53,6 @@ def test_each_item_gets_the_single_routes_outcome_in_order(
             item(str(uuid4()), "s-2"),
             item(withdrawing, "s-3"),
             item(active, "s-1"),  # the same scout twice in one request: recorded once
-            item("not-a-uuid", "s-4"),
             item(purged, "s-5"),
             item(active, "s-6", "c-2"),
         ],
@@ -68,17 +67,16 @@ def test_each_item_gets_the_single_routes_outcome_in_order(
         ("refused", 404),
         ("refused", 409),
         ("duplicate", 200),
-        ("refused", 404),
         ("refused", 410),
         ("recorded", 201),
     ]
-    scout_ids = ["s-1", "s-1", "seen", "s-2", "s-3", "s-1", "s-4", "s-5", "s-6"]
+    scout_ids = ["s-1", "s-1", "seen", "s-2", "s-3", "s-1", "s-5", "s-6"]
     assert [r["scout_id"] for r in results] == scout_ids
     assert results[4]["account_id"] == withdrawing
     codes = [r["problem"]["code"] if r["problem"] else None for r in results]
     assert codes == [
         *(None, None, None, "account_not_found", "account_withdrawing"),
-        *(None, "account_not_found", "account_purged", None),
+        *(None, "account_purged", None),
     ]
     # The same codes and statuses the single route answers for those accounts.
     assert_problem(scout(client, withdrawing, "s-3", "c-1"), 409, "account_withdrawing")
@@ -115,6 +113,8 @@ def test_sending_the_same_items_again_records_nothing_new(
         ({}, ["body", "scouts"]),
         ({"scouts": [{"account_id": "a", "scout_id": "s", "company_id": "c"}]}, None),
         ({"scouts": [{**item("a", "has space")}]}, None),
+        ({"scouts": [item("a", "s-0"), item("not-a-uuid", "s")]}, None),
+        ({"scouts": [item("a", "s-0"), item("12345678123456781234567812345678", "s")]}, None),
         ({"scouts": [{**item("a", "s"), "extra": 1}]}, None),
         ({"scouts": [item(str(uuid4()), f"s{n}") for n in range(MAX_BULK_SCOUTS + 1)]}, None),
     ],
@@ -179,6 +179,7 @@ def test_a_conflict_on_one_account_retries_that_account_only(
     raced, calm = (
         accounts.register(email=f"m-{uuid4().hex[:8]}@example.com", **fields) for _ in range(2)
     )
+    unknown = uuid4()
     loads: list[list[UUID]] = []
     load_accounts = BulkScouts._load
 
@@ -199,13 +200,13 @@ def test_a_conflict_on_one_account_retries_that_account_only(
         [
             ScoutItem(raced, "s-1", "c-1", "j"),
             ScoutItem(calm, "s-1", "c-1", "j"),
-            ScoutItem(None, "s-1", "c-1", "j"),
+            ScoutItem(unknown, "s-1", "c-1", "j"),
         ]
     )
 
     assert outcomes[:2] == [True, True]
     assert isinstance(outcomes[2], AccountNotFoundError)
-    assert loads == [[raced, calm], [raced]]  # only the raced account was loaded again
+    assert loads == [[raced, calm, unknown], [raced]]  # only the raced account was loaded again
     assert set(accounts.get_account(raced).scouts) == {"other", "s-1"}
     assert set(accounts.get_account(calm).scouts) == {"s-1"}
     # The concurrent scout, the failed batch, the two alone, the retry.

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from lifecycle.api.auth import require_role
 from lifecycle.api.deps import AccountsDep
-from lifecycle.api.models import ExternalId, RequestModel
+from lifecycle.api.models import ExternalId, RequestModel, UuidText
 from lifecycle.api.problems import problem_responses, status_for, title_for
 from lifecycle.application import ScoutItem, ScoutOutcome
 from lifecycle.errors import LifecycleError
@@ -34,11 +34,7 @@ router = APIRouter(
 
 
 class BulkScout(RequestModel):
-    account_id: str = Field(
-        max_length=64,
-        description="The member's account id (a UUID); anything else names no account.",
-        json_schema_extra={"format": "uuid"},
-    )
+    account_id: UuidText = Field(description="The member's account id")
     scout_id: ExternalId
     company_id: ExternalId
     job_id: ExternalId
@@ -93,7 +89,7 @@ def receive_scouts(body: BulkScoutsRequest, accounts: AccountsDep) -> BulkScouts
     outcomes = accounts.receive_scouts(
         [
             ScoutItem(
-                account_id=_uuid_or_none(item.account_id),
+                account_id=UUID(item.account_id),
                 scout_id=item.scout_id,
                 company_id=item.company_id,
                 job_id=item.job_id,
@@ -103,13 +99,6 @@ def receive_scouts(body: BulkScoutsRequest, accounts: AccountsDep) -> BulkScouts
     )
     pairs = zip(body.scouts, outcomes, strict=True)
     return BulkScoutsRecorded(results=[_result(item, outcome) for item, outcome in pairs])
-
-
-def _uuid_or_none(value: str) -> UUID | None:
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
 
 
 def _result(item: BulkScout, outcome: ScoutOutcome) -> BulkScoutResult:
