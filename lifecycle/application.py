@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
+from lifecycle import event_names
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
 from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
 from lifecycle.domain import (
@@ -314,7 +315,7 @@ class Accounts(Application[UUID]):
     def _claims_held_by(self, account_id: UUID) -> list[EmailClaim]:
         """Claims this account holds, found without its address: a walk over every claim
         event (rare: only an account whose key went before its purge needs it)."""
-        topic = get_topic(EmailClaim.Claimed)
+        topic = event_names.EMAIL_CLAIMED
         found: set[UUID] = set()
         start = 1
         while True:

@@ -33,15 +33,15 @@ from eventsourcing.persistence import (
     StoredEvent,
     Transcoder,
 )
-from eventsourcing.utils import get_topic
 
+from lifecycle import event_names
 from lifecycle.domain import REDACTED, Account
 from lifecycle.errors import KeyDestroyedError, LifecycleError
 from lifecycle.storage import Cursor, Database
 
 NONCE_BYTES = 12
 SEALED_FIELD = "sealed"
-PURGED_TOPIC = get_topic(Account.Purged)
+PURGED_TOPIC = event_names.PURGED
 # What the refusing trigger raises, on both backends.
 KEY_DESTROYED = "key_destroyed"
 KEYS_TABLE = "account_keys"

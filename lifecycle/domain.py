@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 
+from lifecycle import event_names
 from lifecycle.errors import (
     AccountNotWithdrawingError,
     AccountPurgedError,
@@ -65,7 +66,11 @@ def normalise_email(email: str) -> str:
 
 
 class Account(Aggregate):
-    """One member's account, from registration to erasure."""
+    """One member's account, from registration to erasure.
+
+    Each class's `TOPIC` is its stored name (lifecycle.event_names): rename or move freely."""
+
+    TOPIC = event_names.ACCOUNT
 
     class Event(Aggregate.Event):
         # Names of this event's attributes that hold personal values; the stored form
@@ -75,7 +80,14 @@ class Account(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.fold(self)
 
+    class Created(Event, Aggregate.Created):
+        """Never recorded (accounts begin with Registered); declared only because the
+        library gives every aggregate one, and with explicit topics each needs a name."""
+
+        TOPIC = event_names.ACCOUNT_CREATED_UNUSED
+
     class Registered(Event, Aggregate.Created):
+        TOPIC = event_names.REGISTERED
         class_version = 1
         personal_fields = ("email", "display_name", "phone", "job_title", "work_history")
         email: str
@@ -92,6 +104,7 @@ class Account(Aggregate):
     class PreferencesEdited(Event):
         """Only the parts that changed; a part left as None did not change."""
 
+        TOPIC = event_names.PREFERENCES_EDITED
         class_version = 1
         personal_fields = ("job_title", "work_history")
         profile: dict[str, Any] | None
@@ -105,6 +118,7 @@ class Account(Aggregate):
             return [part for part in EDITABLE_PARTS if getattr(self, part) is not None]
 
     class ScoutReceived(Event):
+        TOPIC = event_names.SCOUT_RECEIVED
         class_version = 1
         scout_id: str
         company_id: str
@@ -112,6 +126,7 @@ class Account(Aggregate):
         received_at: datetime
 
     class GiftClaimed(Event):
+        TOPIC = event_names.GIFT_CLAIMED
         class_version = 1
         company_id: str
         start_date: date
@@ -119,6 +134,7 @@ class Account(Aggregate):
         amount_jpy: int
 
     class WithdrawalRequested(Event):
+        TOPIC = event_names.WITHDRAWAL_REQUESTED
         class_version = 1
         personal_fields = ("comment",)
         reason: str
@@ -127,6 +143,7 @@ class Account(Aggregate):
         gift_forfeited: bool
 
     class Purged(Event):
+        TOPIC = event_names.PURGED
         class_version = 1
 
     # State, folded from the events above.
@@ -398,6 +415,8 @@ class EmailClaim(Aggregate):
     """Which account holds an e-mail address now; saved with the account, so claims are atomic.
     Its id is a keyed hash of the address (see lifecycle.application), never the address."""
 
+    TOPIC = event_names.EMAIL_CLAIM
+
     class Event(Aggregate.Event):
         personal_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -405,16 +424,19 @@ class EmailClaim(Aggregate):
             aggregate.fold(self)
 
     class Claimed(Event):
+        TOPIC = event_names.EMAIL_CLAIMED
         class_version = 1
         account_id: UUID
 
     class Released(Event):
+        TOPIC = event_names.EMAIL_RELEASED
         class_version = 1
         account_id: UUID
 
     account_id: UUID | None
 
     class Created(Event, Aggregate.Created):
+        TOPIC = event_names.EMAIL_CLAIM_CREATED
         class_version = 1
 
     def __init__(self) -> None:

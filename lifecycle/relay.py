@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import resolve_topic
 
 from consumers.faults import DependencyWait, infrastructure_fault
+from lifecycle import event_names
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.producer import Publisher, PublishError
@@ -47,8 +48,8 @@ from schemas.contract import (
     profile_event_id,
 )
 
-REGISTERED_TOPIC = get_topic(Account.Registered)
-EDITED_TOPIC = get_topic(Account.PreferencesEdited)
+REGISTERED_TOPIC = event_names.REGISTERED
+EDITED_TOPIC = event_names.PREFERENCES_EDITED
 
 
 class Relay:

@@ -40,8 +40,9 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import get_topic
 
+from lifecycle import event_names
 from lifecycle.crypto import SEALED_FIELD
-from lifecycle.domain import REDACTED, Account
+from lifecycle.domain import REDACTED
 from lifecycle.storage import Cursor, Database, Dialect
 
 APPLICATION_NAME = "Accounts"
@@ -152,18 +153,7 @@ def facts_mapper(mapper: Mapper[UUID]) -> FactsMapper:
     return FactsMapper(transcoder=mapper.transcoder)
 
 
-def topics_of(*event_classes: type) -> tuple[str, ...]:
-    return tuple(get_topic(cls) for cls in event_classes)
-
-
-ACCOUNT_EVENT_TOPICS = topics_of(
-    Account.Registered,
-    Account.PreferencesEdited,
-    Account.ScoutReceived,
-    Account.GiftClaimed,
-    Account.WithdrawalRequested,
-    Account.Purged,
-)
+ACCOUNT_EVENT_TOPICS = event_names.ACCOUNT_EVENTS
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from uuid import UUID
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from eventsourcing.utils import get_topic
 
+from lifecycle import event_names
 from lifecycle.application import Accounts
 from lifecycle.audit.verify import chain_point, verify
 from lifecycle.crypto import KEYS_TABLE, decode_master_key, derive_key
@@ -44,7 +44,7 @@ SIGNING_PURPOSE = "lifecycle/erasure-receipt-signing"
 ALGORITHM = "Ed25519"
 KIND = "erasure-receipt"
 VERSION = 1
-PURGED_TOPIC = get_topic(Account.Purged)
+PURGED_TOPIC = event_names.PURGED
 
 log = get_logger(__name__)
 

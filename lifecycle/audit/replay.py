@@ -20,16 +20,17 @@ from uuid import UUID
 
 from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from eventsourcing.persistence import Mapper, StoredEvent
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import resolve_topic
 
+from lifecycle import event_names
 from lifecycle.application import Accounts
 from lifecycle.audit.pages import stream_pages
 from lifecycle.domain import Account, AccountStatus, EmailClaim
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
 
-PURGED_TOPIC = get_topic(Account.Purged)
-REGISTERED_TOPIC = get_topic(Account.Registered)
+PURGED_TOPIC = event_names.PURGED
+REGISTERED_TOPIC = event_names.REGISTERED
 
 ProgressCallback = Callable[[int, int], None]
 
