@@ -106,13 +106,14 @@ class Accounts(Application[UUID]):
     env = {  # noqa: RUF012 - the library's own class attribute
         "ORIGINATOR_ID_TYPE": "uuid",
         "TRANSCODER_TOPIC": get_topic(OrjsonTranscoder),
+        # Tables come from migrations (lifecycle.migrations), never from a constructor.
+        "CREATE_TABLE": "n",
     }
 
     def __init__(
         self, env: dict[str, str] | None = None, *, max_batch: int = DEFAULT_MAX_BATCH
     ) -> None:
         super().__init__(env)
-        self.vault.create_schema()
         if isinstance(self.recorder, PostgresKeyRecorder):
             self.recorder.key_seen = self.vault.remember_wrapped
         self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)

@@ -85,7 +85,6 @@ class Relay:
         self._lock = single_active_lock(self._db, "relay", name)
         # The current batch's Registered events by account, for its edits' profile records.
         self._registered: dict[UUID, Account.Registered] = {}
-        self._create_table()
         self._position = self._load_position()
 
     # Metrics
@@ -364,14 +363,6 @@ class Relay:
         )
 
     # Position
-
-    def _create_table(self) -> None:
-        with self._db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._table} ("
-                "name TEXT PRIMARY KEY, position BIGINT NOT NULL, "
-                f"updated_at {self._db.timestamp_type} NOT NULL DEFAULT {self._db.now})"
-            )
 
     def _load_position(self) -> int:
         with self._db.transaction(commit=False) as cursor:

@@ -29,6 +29,7 @@ from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_accounts,
     build_erasure,
+    check_service_store,
     erasure_consumer,
     in_process_consumer,
     kafka_consumer,
@@ -122,9 +123,6 @@ class InProcessRelay(Relay):
 
     _memory_position = 0
 
-    def _create_table(self) -> None:
-        return None
-
     def _load_position(self) -> int:
         return self._memory_position
 
@@ -192,6 +190,7 @@ def start_workers(
         for name in ERASING_SERVICES:
             database = service_database(settings, name)
             workers.stores[name] = database
+            check_service_store(database, name)
             consumer = in_process_consumer(
                 name,
                 settings,

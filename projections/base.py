@@ -201,16 +201,23 @@ class ReadModel(Projection[TrackingRecorder]):
         """CREATE TABLE / INDEX IF NOT EXISTS statements, named through `table()`."""
 
     def create(self) -> None:
-        """Create the tables when missing; safe when several processes start together."""
-        create_tracking = self.view.create_table  # type: ignore[attr-defined]
-        if self.database.dialect == "sqlite":
-            create_tracking()  # SQLite: one writer at a time anyway (and the same pool)
+        """Create the tables when missing, in a DDL turn of their own (a rebuild's shadow
+        tables; the live ones come from the `read-models` migrations)."""
         with self.database.ddl() as cursor:
-            if self.database.dialect == "postgres":
-                create_tracking()  # inside the DDL turn that `ddl()` takes
-            for statement in self.create_statements():
-                cursor.execute(statement)
-            self._seed_position(cursor)
+            self.create_in(cursor)
+
+    def create_in(self, cursor: Cursor) -> None:
+        """The tracking table (the library's statement), the model's own, the seeded row."""
+        view: Any = self.view
+        if self.database.dialect == "postgres":
+            for statement in view.sql_create_statements:
+                cursor.raw.execute(statement, prepare=False)
+        else:
+            for text in view.create_table_statements:
+                cursor.execute(text)
+        for statement in self.create_statements():
+            cursor.execute(statement)
+        self._seed_position(cursor)
 
     def drop(self) -> None:
         with self.database.ddl() as cursor:

@@ -7,6 +7,7 @@ Each tier's own fixtures live in its folder's conftest.py; helpers live in suppo
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog
-from support import TOKENS, SmtpSink, smtp_sink, unique_topics
+from support import TOKENS, SmtpSink, migrate_embedded, smtp_sink, unique_topics
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 from schemas.contract import TopicNames
@@ -106,10 +108,26 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of migrated embedded databases (lifecycle and the three services' stores),
+    made once per session: each SQLite test copies the files instead of migrating."""
+    directory = tmp_path_factory.mktemp("migrated")
+    migrate_embedded(
+        Settings(
+            database_url=f"sqlite:///{directory / 'lifecycle.sqlite3'}",
+            kafka_bootstrap=None,
+            master_key=new_master_key(),
+        )
+    )
+    return directory
+
+
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Service settings on the requested backend, with one known token per role. Embedded
-    (no Kafka, no topic prefix) even when the shell exports the services' LIFECYCLE_* lines."""
+    """Service settings on the requested backend, with one known token per role, its database
+    migrated. Embedded (no Kafka, no topic prefix) even when the shell exports the services'
+    LIFECYCLE_* lines."""
     common: dict[str, object] = {
         "kafka_bootstrap": None,
         "topic_prefix": "",
@@ -118,10 +136,15 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         "log_format": "json",
     }
     if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        for file in template.glob("*.sqlite3"):
+            shutil.copyfile(file, tmp_path / file.name)
         return Settings(database_url=f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}", **common)
     postgres_url: str = request.getfixturevalue("postgres_url")
     schema: str = request.getfixturevalue("pg_schema")
-    return Settings(database_url=postgres_url, database_schema=schema, **common)
+    migrated = Settings(database_url=postgres_url, database_schema=schema, **common)
+    migrate_lifecycle(migrated)
+    return migrated
 
 
 @pytest.fixture

@@ -135,18 +135,6 @@ class Receipts:
         self.chain = HashChain(self.database)
         self.table = self.database.table(RECEIPTS_TABLE)
 
-    def create_tables(self) -> None:
-        """Start-up DDL (guarded): the receipts table, and the chain's for its links."""
-        db = self.database
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                f"receipt_id {db.id_type} PRIMARY KEY, account_id {db.id_type} NOT NULL UNIQUE, "
-                f"issued_at {db.timestamp_type} NOT NULL DEFAULT {db.now}, "
-                "chain_position BIGINT NOT NULL, chain_link TEXT NOT NULL, body TEXT NOT NULL)"
-            )
-        self.chain.create()
-
     def issue(self, account_id: UUID) -> dict[str, Any] | None:
         """The account's receipt, signed and stored once; None while it is not purged."""
         return self.get_or_issue(account_id)[0]

@@ -25,6 +25,7 @@ from support import TOKENS
 from lifecycle.api import create_app
 from lifecycle.api.auth import role_for_path
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 
@@ -84,6 +85,7 @@ def schema(
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {postgres[1]}")
         settings = Settings(database_url=url, database_schema=postgres[1], **common)
+    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     try:
         loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings, accounts))

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from support import SmtpSink, read_topic, unique_topics, wait_until
+from support import SmtpSink, migrated_store, read_topic, unique_topics, wait_until
 
 from consumers import chat, mail, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
@@ -30,7 +30,7 @@ from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
 from lifecycle.audit.receipt import verify_receipt
-from lifecycle.bootstrap import build_erasure, receipts_of
+from lifecycle.bootstrap import build_erasure, migrate_lifecycle, receipts_of
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import TopicSettings
@@ -54,7 +54,7 @@ SERVICES = ("scout", "chat", "mail")
 def settings(
     postgres_url: str, pg_schema: str, kafka_bootstrap: str, smtp: SmtpSink
 ) -> Iterator[Settings]:
-    yield Settings(
+    settings = Settings(
         database_url=postgres_url,
         database_schema=pg_schema,
         kafka_bootstrap=kafka_bootstrap,
@@ -63,6 +63,8 @@ def settings(
         smtp_port=smtp.port,
         log_format="json",
     )
+    migrate_lifecycle(settings)
+    yield settings
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in SERVICES:
             conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
@@ -74,10 +76,9 @@ def stores(settings: Settings) -> Iterator[dict[str, Database]]:
         name: open_database(settings.database_url, f"{settings.database_schema}_{name}")
         for name in SERVICES
     }
-    # The tables exist before the workers start, so the test can write and read at once.
-    scout.create_tables(opened["scout"])
-    chat.create_tables(opened["chat"])
-    mail.create_tables(opened["mail"])
+    # Migrated before the workers start, as `lifecycle migrate --service NAME` would.
+    for name, database in opened.items():
+        migrated_store(database, name)
     yield opened
     for database in opened.values():
         database.close()

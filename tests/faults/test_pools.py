@@ -15,6 +15,7 @@ import pytest
 from servers import ThrowawayPostgres
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
@@ -27,6 +28,7 @@ POOL_SIZE = 5
 @pytest.fixture
 def accounts(throwaway_postgres: ThrowawayPostgres) -> Iterator[Accounts]:
     settings = Settings(database_url=throwaway_postgres.url, master_key=new_master_key())
+    migrate_lifecycle(settings)
     app = Accounts(env=settings.application_env())
     yield app
     app.close()

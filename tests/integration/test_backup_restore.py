@@ -19,7 +19,7 @@ from lifecycle.api import create_app
 from lifecycle.application import Accounts, KnownErasure
 from lifecycle.audit.receipt import verify_receipt
 from lifecycle.audit.replay import replay
-from lifecycle.bootstrap import build_erasure, receipts_of
+from lifecycle.bootstrap import build_erasure, migrate_lifecycle, receipts_of
 from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import ensure_topics
@@ -54,8 +54,9 @@ def restore_schema(postgres_url: str, schema: str, source: Path) -> None:
 
 
 def reshred(env: dict[str, str], command: str = "reshred") -> subprocess.CompletedProcess[str]:
+    """`lifecycle audit reshred` (or another audit command; `migrate` is the top-level one)."""
     return subprocess.run(
-        [sys.executable, "-m", "lifecycle", "audit", command],
+        [sys.executable, "-m", "lifecycle", *(["audit"] if command != "migrate" else []), command],
         env=env,
         capture_output=True,
         text=True,
@@ -85,6 +86,7 @@ def test_reshred_after_restoring_a_dump_taken_before_the_purge(
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
     )
     ensure_topics(kafka_bootstrap, settings.topics)
+    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     publisher = KafkaPublisher(kafka_bootstrap)
     try:
@@ -133,6 +135,7 @@ def test_reshred_on_the_embedded_default_reports_nothing_to_do(tmp_path: Path) -
         "LIFECYCLE_LOG_FORMAT": "json",
     }
     env.pop("LIFECYCLE_KAFKA_BOOTSTRAP", None)
+    assert reshred(env, "migrate").returncode == 0
     result = reshred(env)
     assert result.returncode == 0, result.stderr
     assert "purges recorded again: 0, keys destroyed again: 0" in result.stdout
@@ -179,6 +182,7 @@ def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_cau
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
     )
     ensure_topics(kafka_bootstrap, settings.topics)
+    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     publisher = KafkaPublisher(kafka_bootstrap)
     dump = tmp_path / f"caught-{caught}.sql"
