@@ -30,7 +30,7 @@ from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
 from consumers.kit import Hooks
 from consumers.mailer import Mailer, SmtpMailer, message_id_for
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import kafka_consumer, migrate_lifecycle
+from lifecycle.bootstrap import kafka_consumer, migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import Incoming, KafkaSource
@@ -81,12 +81,14 @@ def start(
     mailer: Mailer | None = None,
     hooks: Hooks | None = None,
 ) -> Running:
+    schema = f"{settings.database_schema}_{name}"
+    migrate_service(settings, name, schema)  # `lifecycle migrate --service NAME` (idempotent)
     item = Running(
         kafka_consumer(
             name,
             settings,
             topics=topics,
-            schema=f"{settings.database_schema}_{name}",
+            schema=schema,
             mailer=mailer,
             retry=FAST,
             hooks=hooks,
