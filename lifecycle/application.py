@@ -230,13 +230,17 @@ class Accounts(Application[UUID]):
         account_id: UUID,
         *,
         reason: str,
+        reason_details: list[str] | None = None,
         comment: str | None = None,
         acknowledge_gift_loss: bool = False,
     ) -> bool:
         def attempt() -> bool:
             account = self.get_account(account_id)
             requested = account.request_withdrawal(
-                reason=reason, comment=comment, acknowledge_gift_loss=acknowledge_gift_loss
+                reason=reason,
+                reason_details=reason_details,
+                comment=comment,
+                acknowledge_gift_loss=acknowledge_gift_loss,
             )
             self.save(account)
             return requested

@@ -44,6 +44,18 @@ class WithdrawalReason(StrEnum):
     OTHER = "other"
 
 
+# What a member may add to a reason, as codes (never free text): which of the reason's parts
+# weighed. Version 2 of WithdrawalRequested records them; version-1 events read as none given.
+WITHDRAWAL_REASON_DETAILS: dict[str, tuple[str, ...]] = {
+    WithdrawalReason.HIRED_VIA_PLATFORM: (),
+    WithdrawalReason.HIRED_ELSEWHERE: ("agent", "direct_application", "referral", "other_platform"),
+    WithdrawalReason.TOO_MANY_NOTIFICATIONS: ("scouts", "recommendations", "notices"),
+    WithdrawalReason.POSTINGS_MISMATCH: ("location", "salary", "job_type", "industry", "seniority"),
+    WithdrawalReason.HARD_TO_USE: ("app", "web", "search", "messaging"),
+    WithdrawalReason.OTHER: (),
+}
+
+
 class Channel(StrEnum):
     WEB = "web"
     APP = "app"
@@ -134,13 +146,21 @@ class Account(Aggregate):
         amount_jpy: int
 
     class WithdrawalRequested(Event):
+        """Version 2 adds `reason_details` (codes of WITHDRAWAL_REASON_DETAILS)."""
+
         TOPIC = event_names.WITHDRAWAL_REQUESTED
-        class_version = 1
+        class_version = 2
         personal_fields = ("comment",)
         reason: str
+        reason_details: list[str]
         comment: str | None
         acknowledged_gift_loss: bool
         gift_forfeited: bool
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Stored before details existed: none were given."""
+            state["reason_details"] = []
 
     class Purged(Event):
         TOPIC = event_names.PURGED
@@ -246,6 +266,7 @@ class Account(Aggregate):
                 self.status = AccountStatus.WITHDRAWING
                 self.withdrawal = {
                     "reason": event.reason,
+                    "reason_details": event.reason_details,
                     "comment": event.comment,
                     "acknowledged_gift_loss": event.acknowledged_gift_loss,
                     "gift_forfeited": event.gift_forfeited,
@@ -311,6 +332,7 @@ class Account(Aggregate):
         self,
         *,
         reason: str,
+        reason_details: list[str] | None = None,
         comment: str | None = None,
         acknowledge_gift_loss: bool = False,
         at: datetime | None = None,
@@ -320,12 +342,15 @@ class Account(Aggregate):
         if self.status is AccountStatus.WITHDRAWING:
             return False
         self.check_withdrawal_reason_is_known(reason)
+        details = sorted(set(reason_details or []))
+        self.check_reason_details_fit(reason, details)
         if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
             raise InvalidCommandError("comment_too_long")
         self.check_gift_loss_is_acknowledged(reason, acknowledge_gift_loss)
         self.trigger_event(
             self.WithdrawalRequested,
             reason=WithdrawalReason(reason).value,
+            reason_details=details,
             comment=comment,
             acknowledged_gift_loss=acknowledge_gift_loss,
             gift_forfeited=self.gift_forfeited_by_withdrawal,
@@ -386,6 +411,13 @@ class Account(Aggregate):
     def check_withdrawal_reason_is_known(reason: str) -> None:
         if reason not in tuple(WithdrawalReason):
             raise InvalidCommandError("unknown_withdrawal_reason")
+
+    @staticmethod
+    def check_reason_details_fit(reason: str, details: list[str]) -> None:
+        """Each detail is one of the reason's own (WITHDRAWAL_REASON_DETAILS)."""
+        allowed = WITHDRAWAL_REASON_DETAILS.get(reason, ())
+        if any(detail not in allowed for detail in details):
+            raise InvalidCommandError("reason_detail_invalid")
 
     def check_gift_loss_is_acknowledged(self, reason: str, acknowledged: bool) -> None:
         """Hired via the platform with the gift unclaimed: the member must accept losing it."""

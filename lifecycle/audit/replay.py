@@ -94,6 +94,7 @@ RULES: dict[type, tuple[Rule, ...]] = {
     Account.WithdrawalRequested: (
         ("withdraw_once", lambda a, e: a.check_account_is_active()),
         ("reason_known", lambda a, e: a.check_withdrawal_reason_is_known(e.reason)),
+        ("reason_details_fit", lambda a, e: a.check_reason_details_fit(e.reason, e.reason_details)),
         (
             "gift_loss_acknowledged",
             lambda a, e: a.check_gift_loss_is_acknowledged(e.reason, e.acknowledged_gift_loss),

@@ -31,8 +31,14 @@ from lifecycle.settings import Settings, token_digest
 
 EXAMPLES = int(os.environ.get("LIFECYCLE_FUZZ_EXAMPLES", "8"))
 # Rules across fields that no JSON Schema can state (`to` not before `from` in a work history,
-# a birth year not in the future): a schema-valid body may still break them, and gets 422.
-CROSS_FIELD_RULES = {("POST", "/v1/accounts"), ("PATCH", "/v1/accounts/{account_id}/preferences")}
+# a birth year not in the future; a withdrawal's reason details belong to its reason): a
+# schema-valid body may still break them, and gets 422.
+# Withdrawal: each reason detail must belong to the reason.
+CROSS_FIELD_RULES = {
+    ("POST", "/v1/accounts"),
+    ("PATCH", "/v1/accounts/{account_id}/preferences"),
+    ("POST", "/v1/accounts/{account_id}/withdrawal"),
+}
 # Answers to a schema-valid request that are business outcomes, not a broken contract.
 ACCEPTED = ["2xx", "401", "403", "404", "409", "410"]
 
