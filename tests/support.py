@@ -312,6 +312,41 @@ def race(work: Callable[[int], T], n: int = 8) -> list[T | BaseException]:
     return results
 
 
+# Each would be more (or other) than one recipient once folded, or is no mailbox at all.
+HOSTILE_ADDRESSES = [
+    "attacker＠evil.example，victim@example.jp",  # noqa: RUF001 - full-width on purpose
+    "attacker@evil.example，victim@example.jp",  # noqa: RUF001
+    "attacker@evil.example；victim@example.jp",  # noqa: RUF001
+    "a@x.jp,b@y.jp",
+    "a@x.jp;b@y.jp",
+    "a@x.jp, b@y.jp",
+    "Victim <victim@example.jp>",
+    "＜victim@example.jp＞",  # noqa: RUF001
+    "<victim@example.jp>",
+    '"a,b"@example.jp',
+    "＂a＂@example.jp",  # noqa: RUF001
+    "a(comment)@example.jp",
+    "@route.example:victim@example.jp",
+    "victim@[127.0.0.1]",
+    "a\\@b@example.jp",
+    "a@b@example.jp",
+    "victim@example.jp\r\nBcc: attacker@evil.example",
+    "victim@example.jp\nbcc:attacker@evil.example",
+    "victim@example.jp\u200b",
+    "victim@exam\u202eple.jp",
+    "a..b@example.jp",
+    ".a@example.jp",
+    "a.@example.jp",
+    "a@-example.jp",
+    "a@example-.jp",
+    "a@exa_mple.jp",
+    "a@localhost",
+    "",
+    "x" * 65 + "@example.jp",
+    "a@" + "b" * 250 + ".jp",
+]
+
+
 # What ops read: the alert rules' and the dashboard's PromQL, and the metric names it uses.
 
 OPS = Path(__file__).resolve().parent.parent / "ops"
