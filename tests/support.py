@@ -328,3 +328,86 @@ def race(work: Callable[[int], T], n: int = 8) -> list[T | BaseException]:
     assert not any(thread.is_alive() for thread in threads), "a racer missed the deadline"
     assert pending not in results
     return results
+
+
+# Each would be more (or other) than one recipient once folded, or is no mailbox at all.
+HOSTILE_ADDRESSES = [
+    "attacker＠evil.example，victim@example.jp",  # noqa: RUF001 - full-width on purpose
+    "attacker@evil.example，victim@example.jp",  # noqa: RUF001
+    "attacker@evil.example；victim@example.jp",  # noqa: RUF001
+    "a@x.jp,b@y.jp",
+    "a@x.jp;b@y.jp",
+    "a@x.jp, b@y.jp",
+    "Victim <victim@example.jp>",
+    "＜victim@example.jp＞",  # noqa: RUF001
+    "<victim@example.jp>",
+    '"a,b"@example.jp',
+    "＂a＂@example.jp",  # noqa: RUF001
+    "a(comment)@example.jp",
+    "@route.example:victim@example.jp",
+    "victim@[127.0.0.1]",
+    "a\\@b@example.jp",
+    "a@b@example.jp",
+    "victim@example.jp\r\nBcc: attacker@evil.example",
+    "victim@example.jp\nbcc:attacker@evil.example",
+    "victim@example.jp\u200b",
+    "victim@exam\u202eple.jp",
+    "a..b@example.jp",
+    ".a@example.jp",
+    "a.@example.jp",
+    "a@-example.jp",
+    "a@example-.jp",
+    "a@exa_mple.jp",
+    "a@localhost",
+    "",
+    "x" * 65 + "@example.jp",
+    "a@" + "b" * 250 + ".jp",
+]
+
+
+# What ops read: the alert rules' and the dashboard's PromQL, and the metric names it uses.
+
+OPS = Path(__file__).resolve().parent.parent / "ops"
+ALERT_RULES = OPS / "prometheus" / "alerts.yml"
+DASHBOARD = OPS / "grafana" / "lifecycle.json"
+_PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bool", "offset"}
+
+
+def ops_expressions() -> list[str]:
+    """Every PromQL expression of the alert rules (alerts and recordings) and the dashboard."""
+    import json
+
+    import yaml
+
+    rules = yaml.safe_load(ALERT_RULES.read_text())
+    found = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        found += [target["expr"] for target in panel.get("targets", [])]
+    return found
+
+
+def recorded_names() -> set[str]:
+    import yaml
+
+    rules = yaml.safe_load(ALERT_RULES.read_text())
+    return {
+        rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule
+    }
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads: identifiers that are not functions, keywords,
+    label names (inside braces or a `by (...)` / `on (...)` list) or numbers."""
+    import re
+
+    text = re.sub(r'"[^"]*"', "", expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        follows = text[match.end() :].lstrip()[:1]
+        word = match.group(0)
+        if follows != "(" and word not in _PROMQL_WORDS and not word.startswith("__"):
+            names.add(word)
+    return names
