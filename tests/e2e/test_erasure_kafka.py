@@ -30,7 +30,7 @@ from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
 from lifecycle.audit.receipt import verify_receipt
-from lifecycle.bootstrap import build_erasure, migrate_lifecycle, receipts_of
+from lifecycle.bootstrap import build_erasure, migrate_lifecycle, migrate_service, receipts_of
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import TopicSettings
@@ -63,7 +63,9 @@ def settings(
         smtp_port=smtp.port,
         log_format="json",
     )
-    migrate_lifecycle(settings)
+    migrate_lifecycle(settings)  # `lifecycle migrate`, and each service's store
+    for name in SERVICES:
+        migrate_service(settings, name, f"{pg_schema}_{name}")
     yield settings
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in SERVICES:
