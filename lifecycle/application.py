@@ -41,6 +41,7 @@ from lifecycle.errors import (
     ConcurrentUpdateError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
+from lifecycle.idempotency import DEFAULT_TTL_S, IdempotencyStore
 from lifecycle.recorders import PostgresKeyRecorder, recorder_topic
 from lifecycle.storage import Database
 from lifecycle.transcoding import OrjsonTranscoder
@@ -112,6 +113,7 @@ class Accounts(Application[UUID]):
     ) -> None:
         super().__init__(env)
         self.vault.create_schema()
+        self.idempotency.create_schema()
         if isinstance(self.recorder, PostgresKeyRecorder):
             self.recorder.key_seen = self.vault.remember_wrapped
         self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)
@@ -147,6 +149,11 @@ class Accounts(Application[UUID]):
         master_key = decode_master_key(self.env.get("MASTER_KEY", ""))
         self.vault = KeyVault(self.database, master_key)
         self._claim_key = derive_key(master_key, "lifecycle/email-claim-id")
+        self.idempotency = IdempotencyStore(
+            self.database,
+            derive_key(master_key, "lifecycle/idempotency-fingerprint"),
+            ttl_s=float(self.env.get("IDEMPOTENCY_TTL_S") or DEFAULT_TTL_S),
+        )
         return PersonalDataMapper(transcoder=self.construct_transcoder(), vault=self.vault)
 
     def construct_recorder(self) -> ApplicationRecorder:
@@ -253,6 +260,8 @@ class Accounts(Application[UUID]):
 
         purged = self._retrying(attempt)
         self.vault.forget(account_id)
+        # Kept answers hold no value, but their payload fingerprints go with the account.
+        self.idempotency.erase_account(account_id)
         return purged
 
     def reshred(self, known: Mapping[UUID, KnownErasure] | Iterable[UUID] = ()) -> dict[str, int]:

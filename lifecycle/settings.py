@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
     master_key: str | None = None
     erasure_deadline_hours: float = 72.0
+    # How long the first answer to a request with an Idempotency-Key is kept (and replayed).
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
     # Roles whose audit reads may ask for personal values decrypted (each such read is
     # recorded); empty: nobody, every audit read is redacted. Example: '["auditor"]'.
     audit_decrypt_roles: list[Role] = Field(default_factory=list)
@@ -86,6 +88,7 @@ class Settings(BaseSettings):
         return {
             **persistence_env(self.database_url, self.database_schema),
             "MASTER_KEY": self.resolved_master_key(),
+            "IDEMPOTENCY_TTL_S": str(self.idempotency_ttl_hours * 3600),
         }
 
     def resolved_master_key(self) -> str:
