@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     # PostgreSQL schema holding the service's tables (tests use one per test).
     database_schema: str = "public"
     kafka_bootstrap: str | None = None
+    # This process's stable name among its consumer group's members (an operator sets it from
+    # the pod or host name, unique per process of a group): the Kafka consumers of `consume`
+    # and `erasure` join as static members (group.instance.id), so a process killed and
+    # restarted takes its partitions back at once instead of waiting out its old session.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
     # Prepended to every topic name (e.g. "staging."); tests use one per test.
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.

@@ -111,7 +111,12 @@ class Pipeline:
         with log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "lifecycle", *COMMANDS[name]],
-                env={**self.env, "LIFECYCLE_PROBE_PORT": str(self.probe_ports[name])},
+                env={
+                    **self.env,
+                    "LIFECYCLE_PROBE_PORT": str(self.probe_ports[name]),
+                    # Stable across restarts, as an operator sets it from the pod's name.
+                    "LIFECYCLE_INSTANCE_ID": f"{name}-0",
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -143,6 +148,12 @@ class Pipeline:
             raise AssertionError(f"{name} did not stop within {timeout_s}s of SIGTERM") from None
         assert code == 0, f"{name} exited with {code}"
         return time.monotonic() - began
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no drain, no offset commit, no goodbye to the group."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
 
     def unrestarted(self) -> dict[str, str]:
         """Processes that are not running as started: name -> what happened (empty: none)."""

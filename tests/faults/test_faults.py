@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
 # The load runs this long before a fault, so that there is work in flight when it strikes.
 WARM_UP_S = 2.0
+# A static member killed and restarted finishes the erasures in flight within this long of
+# consuming again (a new member would wait out the old one's 10 s session first).
+STATIC_REJOIN_S = 2.0
 # How long a stopped server stays down.
 DOWN_S = 5.0
 
@@ -116,4 +119,35 @@ def test_sigterm_and_restart(pipeline: Pipeline, name: str) -> None:
         from_restart_s=f"{time.monotonic() - restarted:.2f}",
     )
     assert in_flight_s < 10.0, "the erasures in flight took long after the restart"
+    pipeline.check(load, restarted=(name,))
+
+
+@pytest.mark.parametrize("name", ["scout", "erasure"])
+def test_sigkill_and_restart(pipeline: Pipeline, name: str) -> None:
+    """Killed with SIGKILL (no LeaveGroup, no commit) and restarted at once: the process is a
+    static member (LIFECYCLE_INSTANCE_ID), so it takes its partitions back without waiting
+    out its old session (10 s), and the erasures in flight complete within 2 s of it
+    consuming again. The interpreter's own start is reported, not bounded."""
+    wait_until(
+        lambda: all(pipeline.readiness(name)[0] == 200 for name in COMMANDS),
+        "every process's probe says ready before the fault",
+    )
+    with Load(pipeline.accounts) as load:
+        pause(WARM_UP_S)
+        pipeline.kill(name)
+        restarted = time.monotonic()
+        log = pipeline.start(name)
+        in_flight = list(load.withdrawn)
+        started_s = pipeline.wait_logged(log, "consumer.started")
+        consuming = time.monotonic()
+        pipeline.wait_caught_up(in_flight, timeout_s=STATIC_REJOIN_S)
+        in_flight_s = time.monotonic() - consuming
+    seconds = pipeline.wait_caught_up(load.withdrawn)
+    report(
+        f"SIGKILL {name}",
+        seconds,
+        process_start_s=f"{started_s:.2f}",
+        in_flight_purged_after_start_s=f"{in_flight_s:.2f}",
+        from_restart_s=f"{time.monotonic() - restarted:.2f}",
+    )
     pipeline.check(load, restarted=(name,))
