@@ -7,10 +7,11 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.crypto import MasterKeyError, decode_master_key, new_master_key
+from lifecycle.kafka.admin import HOUR_MS, TopicSettings
 from lifecycle.storage import persistence_env
 from schemas.contract import TopicNames
 
@@ -36,6 +37,20 @@ class Settings(BaseSettings):
     # and `erasure` join as static members (group.instance.id), so a process killed and
     # restarted takes its partitions back at once instead of waiting out its old session.
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    # The topics `lifecycle topics` creates (lifecycle.kafka.admin.TopicSettings): partitions,
+    # replicas (3 on a production cluster), min.insync.replicas (unset: 2 with 3 or more
+    # replicas, else 1) and the time bounds that bound how long a value outlives `Purged`.
+    kafka_partitions: int = Field(default=3, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
+    kafka_lifecycle_retention_hours: float = Field(default=7 * 24, gt=0)
+    kafka_lifecycle_segment_hours: float = Field(default=24, gt=0)
+    kafka_profile_segment_hours: float = Field(default=1, gt=0)
+    kafka_profile_max_compaction_lag_hours: float = Field(default=24, gt=0)
+    kafka_profile_delete_retention_hours: float = Field(default=24, gt=0)
+    kafka_confirmations_retention_hours: float = Field(default=14 * 24, gt=0)
+    kafka_dead_letter_retention_hours: float = Field(default=2 * 24, gt=0)
+    kafka_dead_letter_segment_hours: float = Field(default=1, gt=0)
     # Prepended to every topic name (e.g. "staging."); tests use one per test.
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
@@ -58,6 +73,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     service_name: str = "lifecycle"
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if (self.kafka_min_insync_replicas or 1) > self.kafka_replication_factor:
+            raise ValueError("kafka_min_insync_replicas cannot exceed kafka_replication_factor")
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -83,6 +104,25 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> TopicNames:
         return TopicNames(prefix=self.topic_prefix)
+
+    @property
+    def topic_settings(self) -> TopicSettings:
+        def ms(hours: float) -> int:
+            return round(hours * HOUR_MS)
+
+        return TopicSettings(
+            partitions=self.kafka_partitions,
+            replication_factor=self.kafka_replication_factor,
+            min_insync_replicas_override=self.kafka_min_insync_replicas,
+            lifecycle_retention_ms=ms(self.kafka_lifecycle_retention_hours),
+            lifecycle_segment_ms=ms(self.kafka_lifecycle_segment_hours),
+            profile_segment_ms=ms(self.kafka_profile_segment_hours),
+            profile_max_compaction_lag_ms=ms(self.kafka_profile_max_compaction_lag_hours),
+            profile_delete_retention_ms=ms(self.kafka_profile_delete_retention_hours),
+            confirmations_retention_ms=ms(self.kafka_confirmations_retention_hours),
+            dead_letter_retention_ms=ms(self.kafka_dead_letter_retention_hours),
+            dead_letter_segment_ms=ms(self.kafka_dead_letter_segment_hours),
+        )
 
     @property
     def is_embedded(self) -> bool:
