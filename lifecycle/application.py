@@ -27,7 +27,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
-from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
+from lifecycle.crypto import KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
 from lifecycle.domain import (
     REDACTED,
     Account,
@@ -144,9 +144,11 @@ class Accounts(Application[UUID]):
 
     def construct_mapper(self) -> Mapper[UUID]:
         self.database = Database.of(self.factory, self.name)
-        master_key = decode_master_key(self.env.get("MASTER_KEY", ""))
-        self.vault = KeyVault(self.database, master_key)
-        self._claim_key = derive_key(master_key, "lifecycle/email-claim-id")
+        # Keys live outside the database (lifecycle.keyring): KEKs wrap the data keys; the
+        # claim key has versions of its own, so a KEK rotation leaves every claim id as it is.
+        self.keyring = keyring_from_env(self.env)
+        self.vault = KeyVault(self.database, self.keyring)
+        self._claim_key = self.keyring.secret("claim", self.keyring.current_version("claim"))
         return PersonalDataMapper(transcoder=self.construct_transcoder(), vault=self.vault)
 
     def construct_recorder(self) -> ApplicationRecorder:

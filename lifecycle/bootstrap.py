@@ -105,7 +105,7 @@ def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
     receipts; its tables and the receipts' are created now, at start-up, so that no request
     and no confirmation ever runs DDL."""
     process = ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
-    receipts = Receipts(process, topics=settings.topics)
+    receipts = Receipts(process, topics=settings.topics, key_policy=settings.key_policy)
     process.receipts = receipts
     try:
         _setting_up(process.create_tables)

@@ -492,7 +492,7 @@ def cli_env(settings: Settings, topics: TopicNames) -> dict[str, str]:
     return {
         "LIFECYCLE_DATABASE_URL": settings.database_url,
         "LIFECYCLE_DATABASE_SCHEMA": settings.database_schema,
-        "LIFECYCLE_MASTER_KEY": settings.master_key or "",
+        "LIFECYCLE_MASTER_KEY": settings.resolved_master_key(),
         "LIFECYCLE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
         "LIFECYCLE_TOPIC_PREFIX": topics.prefix,
         "LIFECYCLE_LOG_FORMAT": "json",
