@@ -111,6 +111,15 @@ class KeyRotation:
         log.info("keys.rotation_finished", **report.as_dict())
         return report
 
+    def new_signing_version(self) -> int:
+        """A new receipt signing version (receipts signed from now on name its key id; the
+        older public keys stay published). A KEK rotation never needs this, nor the reverse."""
+        if isinstance(self.keyring, FileKeyring):
+            self.keyring.detach_from_master("signing")
+        version = self.keyring.create_version("signing")
+        log.info("keys.signing_version_created", version=version)
+        return version
+
     def _rewrap_pass(self) -> tuple[int, int]:
         """One keyset walk over the key table; each batch re-wrapped in one transaction."""
         total = self._count()
@@ -180,9 +189,9 @@ class KeyRotation:
 
     def count_older(self, version: int) -> int:
         """Live keys still wrapped under a version older than `version` (one walk)."""
-        return sum(self._versions_in_use().get(v, 0) for v in range(1, version))
+        return sum(self.versions_in_use().get(v, 0) for v in range(1, version))
 
-    def _versions_in_use(self) -> dict[int, int]:
+    def versions_in_use(self) -> dict[int, int]:
         counts: dict[int, int] = {}
         for rows in self._pages():
             for _, wrapped in rows:
@@ -205,7 +214,7 @@ class KeyRotation:
         if self.count_older(current):
             self._rewrap_pass()
         destroyed = []
-        in_use = self._versions_in_use()
+        in_use = self.versions_in_use()
         for version in due:
             if in_use.get(version.version):
                 log.warning("keys.destroy_refused", version=version.version, reason="in_use")
@@ -216,7 +225,7 @@ class KeyRotation:
         return destroyed
 
     def status(self) -> list[dict[str, Any]]:
-        counts = self._versions_in_use()
+        counts = self.versions_in_use()
         return [
             {
                 "purpose": v.purpose,

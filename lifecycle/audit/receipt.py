@@ -167,11 +167,16 @@ class Receipts:
         self.key_policy = key_policy or KeyPolicy()
         self.accounts = erasure.accounts
         self.database = erasure.database
-        self.signer = signer or ReceiptSigner.of(self.accounts)
+        self._signer = signer
         self.topics = topics or TopicNames()
         self.topic_settings = topic_settings or TopicSettings()
         self.chain = HashChain(self.database)
         self.table = self.database.table(RECEIPTS_TABLE)
+
+    @property
+    def signer(self) -> ReceiptSigner:
+        """The keyring's signing versions as they are now: a new version signs at once."""
+        return self._signer or ReceiptSigner.of(self.accounts)
 
     def create_tables(self) -> None:
         """Start-up DDL (guarded): the receipts table, and the chain's for its links."""

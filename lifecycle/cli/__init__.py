@@ -1,7 +1,8 @@
 """`lifecycle` command line: thin callers of bootstrap, one subcommand per process kind.
 
 `common` holds the Typer app and what every command shares; `service` the service's process
-kinds; `audit` the auditor's tools; `keys` the key hierarchy's operations. Importing them registers their commands.
+kinds; `audit` the auditor's tools; `keys` the key hierarchy's
+operations. Importing them registers their commands.
 """
 
 from __future__ import annotations

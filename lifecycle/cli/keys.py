@@ -31,9 +31,13 @@ def keys_status() -> None:
 @keys.command("rotate")
 def keys_rotate(
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Keys per transaction.")] = 500,
+    signing: Annotated[
+        bool, typer.Option("--signing", help="Rotate the receipt signing key instead.")
+    ] = False,
 ) -> None:
     """Create a KEK version and re-wrap every live data key under it, online, in batches; run
-    it again after an interruption and it resumes. Older versions are retired when done."""
+    it again after an interruption and it resumes. Older versions are retired when done.
+    With --signing: a new receipt signing version (older public keys stay published)."""
     from lifecycle.rotation import KeyRotation
 
     settings = load_settings()
@@ -45,12 +49,15 @@ def keys_rotate(
             batch_size=batch_size,
             progress=progress_to_stderr("rotate (data keys)"),
         )
-        report = rotation.rotate()
+        if signing:
+            result = {"signing_version": rotation.new_signing_version()}
+        else:
+            result = rotation.rotate().as_dict()
     except KeyringError as error:
         fail(str(error))
     finally:
         accounts.close()
-    typer.echo(json.dumps(report.as_dict(), indent=2))
+    typer.echo(json.dumps(result, indent=2))
 
 
 @keys.command("destroy")

@@ -18,9 +18,9 @@ from lifecycle.audit.receipt import Receipts, ReceiptSigner, signature_holds, ve
 from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.cli import cli
 from lifecycle.crypto import decode_master_key
-from lifecycle.keyring import LEGACY_INFO, derive
 from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess
 from lifecycle.kafka.admin import TopicSettings
+from lifecycle.keyring import LEGACY_INFO, derive
 from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 from projections.runner import Projector
