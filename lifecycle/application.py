@@ -27,7 +27,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
-from lifecycle.crypto import KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
+from lifecycle.crypto import KEYS_TABLE, KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
 from lifecycle.domain import (
     REDACTED,
     Account,
@@ -255,6 +255,10 @@ class Accounts(Application[UUID]):
 
         purged = self._retrying(attempt)
         self.vault.forget(account_id)
+        if purged:
+            # The trigger deleted the key row: no copy of it left in SQLite's WAL (the pages
+            # are zeroed by secure_delete), the dead tuple vacuumed on PostgreSQL.
+            self.database.after_erasure([KEYS_TABLE])
         return purged
 
     def reshred(self, known: Mapping[UUID, KnownErasure] | Iterable[UUID] = ()) -> dict[str, int]:
@@ -268,6 +272,7 @@ class Accounts(Application[UUID]):
             self._purge_again(account_id, facts[account_id]) for account_id in sorted(facts)
         )
         destroyed = self.vault.destroy_keys_of_purged_accounts(facts)
+        self.database.after_erasure([KEYS_TABLE])
         # Each Purged recorded again took its key with it, through the same trigger.
         return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
 
