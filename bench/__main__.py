@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit]`."""
+"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit]
+[--tracing]`."""
 
 from __future__ import annotations
 
@@ -75,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-services", action="store_true", help="do not run `scripts/services up` first"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="tracing on (spans made and dropped; bench/tracing_switch.py), to compare with a run "
+        "without",
+    )
     args = parser.parse_args(argv)
     args.case_list = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in args.case_list if c not in CASES]
@@ -86,6 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("json", "WARNING")
+    if args.tracing:
+        from bench.tracing_switch import enable
+
+        enable()
     started = datetime.now(UTC)
     clock = time.perf_counter()
     if args.no_services:
