@@ -127,7 +127,6 @@ class Accounts(Application[UUID]):
         if kwargs:
             return self._save_now(*objs, **kwargs)
         collected = _collect(objs)
-        tracing.stamp(collected.events)  # in the caller's thread, where its span is current
         return self.group_commit.save(collected.events, list(collected.aggregates.values()))
 
     def _save_now(
