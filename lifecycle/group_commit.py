@@ -15,7 +15,10 @@ aggregate) or on a domain error raised while storing (a `LifecycleError` such as
 caller's events on their own, so each caller gets exactly the outcome it would have had
 alone (the one that conflicted gets its `IntegrityError`, and `Accounts` retries the command
 from a fresh load). Any other failure (the database is unreachable) reaches every caller of
-the batch, as it would have reached each of them.
+the batch, as it would have reached each of them. A batch whose COMMIT was sent but whose
+answer was lost is resolved as one by the recorder (`lifecycle.recorders`): stored, every
+caller gets its recordings; not stored, it is inserted again; unknown, every caller gets
+`WriteOutcomeUnknownError` (never run alone, which could store it twice).
 
 `lifecycle.application.Accounts` saves through one writer; `max_batch=1` turns batching off.
 """

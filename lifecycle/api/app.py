@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifecycle import tracing
 from lifecycle.api.auth import AuthenticationMiddleware, with_generated_tokens
 from lifecycle.api.deps import ApiState
+from lifecycle.api.idempotency import IdempotencyMiddleware
 from lifecycle.api.metrics import install_metrics
 from lifecycle.api.openapi import install_problem_openapi
 from lifecycle.api.problems import (
@@ -88,7 +89,8 @@ def create_app(
         path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))
     )
     # The last added runs first: request id and access log wrap everything else, then
-    # authentication, before the body is read or limited.
+    # authentication, before the body is read or limited; idempotency keys innermost.
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
     app.add_middleware(AuthenticationMiddleware)
     app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
