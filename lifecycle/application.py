@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
+from lifecycle import tracing
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
 from lifecycle.crypto import KEYS_TABLE, KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
 from lifecycle.domain import (
@@ -260,7 +261,10 @@ class Accounts(Application[UUID]):
             account = self.load_for_audit(account_id)
             if not account.purge():
                 return False
-            self._save_purged(account)
+            # Tracing on: Purged continues the withdrawal's trace (the last stored event's).
+            withdrawal = self._last_stored_state(account) if tracing.enabled() else None
+            with tracing.continuing(withdrawal, "Account purge", str(account_id)):
+                self._save_purged(account)
             if account.withdrawn_at is not None:
                 observe_since(WITHDRAWAL_TO_PURGED, account.withdrawn_at)
             return True
@@ -319,6 +323,11 @@ class Accounts(Application[UUID]):
         recorded = self._retrying(attempt)
         self.vault.forget(account_id)
         return recorded
+
+    def _last_stored_state(self, account: Account) -> bytes | None:
+        """The stored state of the account's last event before the pending ones."""
+        found = self.recorder.select_events(account.id, lte=account.version - 1, desc=True, limit=1)
+        return found[0].state if found else None
 
     def _save_purged(self, account: Account) -> None:
         """Save a purge with its e-mail claim's release, in one transaction (the key goes

@@ -32,6 +32,7 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
+from lifecycle import tracing
 from lifecycle.errors import LifecycleError
 from lifecycle.pipeline_metrics import GROUP_COMMIT_BATCH
 
@@ -75,6 +76,8 @@ class GroupCommitWriter:
     ) -> list[Recording[UUID]]:
         """Store `events` (and let the application see `aggregates`, as `save` does);
         returns their recordings once committed, or raises what storing them raised."""
+        # The caller's trace context, stamped in its own thread: the batch runs in the leader's.
+        tracing.stamp(events)
         request = _Request(list(events), list(aggregates))
         with self._changed:
             self._queue.append(request)

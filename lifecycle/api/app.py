@@ -19,6 +19,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lifecycle import tracing
 from lifecycle.api.auth import AuthenticationMiddleware, with_generated_tokens
 from lifecycle.api.deps import ApiState
 from lifecycle.api.idempotency import IdempotencyMiddleware
@@ -93,6 +94,11 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
     app.add_middleware(AuthenticationMiddleware)
     app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
+    if tracing.enabled():
+        # Outermost: a request's span (W3C traceparent continued) is current for all of it.
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=tracing.provider())
     return app
 
 
