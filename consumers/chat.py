@@ -21,6 +21,8 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
 
 
 class ChatHandler(Handler):
+    personal_tables = ("chat_threads", "chat_messages")
+
     def __init__(self, database: Database, topics: TopicNames) -> None:
         self.database = database
         self.topics = topics

@@ -115,10 +115,25 @@ def _mail(cursor: Cursor, db: Database) -> None:
     )
 
 
+def _mail_sealed_keys(cursor: Cursor, db: Database) -> None:
+    """The sealed store's per-account keys (consumers.sealed), for the contacts it seals."""
+    cursor.execute(
+        f"CREATE TABLE IF NOT EXISTS {db.table('sealed_keys')} (account_id TEXT PRIMARY KEY, "
+        f"wrapped_key {db.blob_type} NOT NULL, "
+        f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
+    )
+
+
 SERVICES: dict[str, Component] = {
     "scout": Component("scout", (Migration(1, "first release: scouts", _scout),)),
     "chat": Component("chat", (Migration(1, "first release: threads and messages", _chat),)),
-    "mail": Component("mail", (Migration(1, "first release: contacts, notices", _mail),)),
+    "mail": Component(
+        "mail",
+        (
+            Migration(1, "first release: contacts, notices", _mail),
+            Migration(2, "sealed keys of the contacts", _mail_sealed_keys),
+        ),
+    ),
 }
 
 

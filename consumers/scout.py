@@ -38,6 +38,8 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
 
 
 class ScoutHandler(Handler):
+    personal_tables = ("scouts",)
+
     def __init__(self, database: Database, topics: TopicNames) -> None:
         self.database = database
         self.topics = topics

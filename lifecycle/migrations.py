@@ -165,6 +165,20 @@ def _process_tables(cursor: Cursor, db: Database) -> None:
         cursor.execute(statement)
 
 
+def _idempotency_keys(cursor: Cursor, db: Database) -> None:
+    """The first answers kept per idempotency key (lifecycle.idempotency)."""
+    table = db.table("idempotency_keys")
+    cursor.execute(
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        "scope TEXT NOT NULL, idem_key TEXT NOT NULL, "
+        f"fingerprint {db.blob_type} NOT NULL, started_at DOUBLE PRECISION NOT NULL, "
+        f"expires_at DOUBLE PRECISION NOT NULL, status INTEGER, answer {db.blob_type}, "
+        f"account_id {db.id_type}, PRIMARY KEY (scope, idem_key))"
+    )
+    cursor.execute(f"CREATE INDEX IF NOT EXISTS idempotency_keys_account ON {table} (account_id)")
+    cursor.execute(f"CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON {table} (expires_at)")
+
+
 def _first_release(cursor: Cursor, db: Database) -> None:
     _event_store(cursor, db)
     _keys(cursor, db)
@@ -173,5 +187,8 @@ def _first_release(cursor: Cursor, db: Database) -> None:
 
 LIFECYCLE = Component(
     COMPONENT,
-    (Migration(1, "first release: event store, keys, shredding triggers", _first_release),),
+    (
+        Migration(1, "first release: event store, keys, shredding triggers", _first_release),
+        Migration(2, "idempotency keys", _idempotency_keys),
+    ),
 )

@@ -113,12 +113,13 @@ def test_migrate_applies_each_component_once_and_records_it(
     first = migrate_lifecycle(fresh)
     assert [(a.component, a.version) for a in first] == [
         ("lifecycle", 1),
+        ("lifecycle", 2),
         ("consumer-kit:erasure_", 1),
         ("read-models", 1),
     ]
     assert migrate_lifecycle(fresh) == []
     assert {name: state.version for name, state in states(database).items()} == {
-        "lifecycle": 1,
+        "lifecycle": 2,
         "consumer-kit:erasure_": 1,
         "read-models": 1,
     }
@@ -139,7 +140,10 @@ def test_each_reference_service_store_migrates_in_its_own_schema(
             with pytest.raises(SchemaVersionError, match="run `lifecycle migrate`"):
                 check(store, [kit_component(), component])
             applied = migrate(store, [kit_component(), component])
-            assert [a.component for a in applied] == ["consumer-kit", name]
+            assert [a.component for a in applied] == [
+                "consumer-kit",
+                *[name] * component.latest,
+            ]
             check(store, [kit_component(), component])
         finally:
             store.close()
@@ -205,9 +209,10 @@ def test_migrate_on_the_command_line_reports_and_is_idempotent(tmp_path: Path) -
     first = lifecycle("migrate")
     assert first.returncode == 0, first.stderr
     assert "applied lifecycle 1: " in first.stdout
-    assert "lifecycle database: up to date (3 migration(s) applied)" in first.stdout
-    for name in SERVICES:  # Kafka off: `serve` runs them, so their stores migrate too
-        assert f"{name} store: up to date (2 migration(s) applied)" in first.stdout
+    assert "lifecycle database: up to date (4 migration(s) applied)" in first.stdout
+    for name, component in SERVICES.items():  # Kafka off: `serve` runs them, migrated too
+        applied = 1 + component.latest  # the kit's, then the service's own
+        assert f"{name} store: up to date ({applied} migration(s) applied)" in first.stdout
     again = lifecycle("migrate")
     assert again.returncode == 0
     assert "applied" not in again.stdout.replace("nothing to apply", "")
