@@ -21,7 +21,12 @@ from consumers.store import ConsumerStore, open_database
 from lifecycle import event_names
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
-from lifecycle.bootstrap import build_accounts, lifecycle_components, migrate_lifecycle
+from lifecycle.bootstrap import (
+    build_accounts,
+    lifecycle_components,
+    migrate_lifecycle,
+    service_keyring,
+)
 from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import AccountStatus
 from lifecycle.erasure import ErasureProcess
@@ -101,7 +106,9 @@ def test_no_constructor_runs_ddl(fresh: Settings, database: Database) -> None:
         ConsumerStore(database, table_prefix="erasure_")
         scout.ScoutHandler(database, TOPICS)
         chat.ChatHandler(database, TOPICS)
-        mail.MailHandler(database, TOPICS, DiscardingMailer())
+        mail.MailHandler(
+            database, TOPICS, DiscardingMailer(), keyring=service_keyring(fresh, "mail")
+        )
     finally:
         accounts.close()
     assert tables(database) == set()
@@ -167,12 +174,13 @@ def test_the_previous_release_keeps_working_after_expanding_and_refuses_after_co
     """Release N+1 adds (expand): release N still starts. Release N+2 removes what N used
     (contract): release N refuses with one line, N+2 starts."""
     migrate_lifecycle(fresh)
-    expand = Migration(2, "relay note", _add_column)
-    contract = Migration(3, "relay note gone", _drop_column, contracts=True)
+    now = LIFECYCLE.latest
+    expand = Migration(now + 1, "relay note", _add_column)
+    contract = Migration(now + 2, "relay note gone", _drop_column, contracts=True)
     next_release = Component(LIFECYCLE.name, (*LIFECYCLE.migrations, expand))
     after_next = Component(LIFECYCLE.name, (*next_release.migrations, contract))
 
-    with pytest.raises(SchemaVersionError, match="at version 1, this release needs 2"):
+    with pytest.raises(SchemaVersionError, match=f"at version {now}, this release needs {now + 1}"):
         check(database, [next_release])  # the new release before `lifecycle migrate`
     migrate(database, [next_release])
     check(database, [LIFECYCLE])  # the previous release, during the rolling upgrade
@@ -181,7 +189,8 @@ def test_the_previous_release_keeps_working_after_expanding_and_refuses_after_co
     migrate(database, [after_next])
     with pytest.raises(SchemaVersionError) as raised:
         check(database, [LIFECYCLE])
-    assert "needs code of version 3" in str(raised.value) and "\n" not in str(raised.value)
+    assert f"needs code of version {now + 2}" in str(raised.value)
+    assert "\n" not in str(raised.value)
     check(database, [after_next])
 
 
