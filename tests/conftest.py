@@ -18,10 +18,10 @@ import structlog
 from support import TOKENS, SmtpSink, migrate_embedded, smtp_sink, unique_topics
 
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import migrate_lifecycle
+from lifecycle.bootstrap import migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
-from schemas.contract import TopicNames
+from schemas.contract import ERASING_SERVICES, TopicNames
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".services" / "env"
@@ -123,6 +123,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def pg_service_stores(postgres_url: str) -> None:
+    """The reference services' default schemas (`scout`, `chat`, `mail`), which `serve` with
+    Kafka off runs in-process, migrated once per session (idempotent, in turns)."""
+    for name in ERASING_SERVICES:
+        migrate_service(Settings(database_url=postgres_url, kafka_bootstrap=None), name)
+
+
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Service settings on the requested backend, with one known token per role, its database
@@ -142,6 +150,7 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         return Settings(database_url=f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}", **common)
     postgres_url: str = request.getfixturevalue("postgres_url")
     schema: str = request.getfixturevalue("pg_schema")
+    request.getfixturevalue("pg_service_stores")
     migrated = Settings(database_url=postgres_url, database_schema=schema, **common)
     migrate_lifecycle(migrated)
     return migrated
