@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
     master_key: str | None = None
     erasure_deadline_hours: float = 72.0
+    # A rolling upgrade from the shared confirmation topic: also read it, believing the
+    # service a confirmation names in its payload. Weaker (anyone who may write that topic
+    # can confirm for any service): on only while old services still confirm there.
+    erasure_legacy_confirmations: bool = False
     # Roles whose audit reads may ask for personal values decrypted (each such read is
     # recorded); empty: nobody, every audit read is redacted. Example: '["auditor"]'.
     audit_decrypt_roles: list[Role] = Field(default_factory=list)

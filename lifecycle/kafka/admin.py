@@ -96,7 +96,7 @@ def topic_specs(topics: TopicNames, settings: TopicSettings) -> list[TopicSpec]:
     return [
         spec(topics.lifecycle, lifecycle),
         spec(topics.profile, compacted),
-        spec(topics.erasure_confirmed, confirmations),
+        *(spec(name, confirmations) for name in topics.confirmations.values()),
         *(spec(name, dead_letters) for name in topics.dead_letters),
     ]
 

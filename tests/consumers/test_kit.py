@@ -103,7 +103,7 @@ def make_consumer(
 def confirmations(log: InProcessPublisher) -> list[Envelope]:
     return [
         decode_record(item.record.headers, item.record.value)
-        for item in log.read(TOPICS.erasure_confirmed, max_records=1000)
+        for item in log.read(TOPICS.erasure_confirmed("scout"), max_records=1000)
     ]
 
 
@@ -123,7 +123,10 @@ def test_each_record_applies_once_and_repeats_are_skipped(
     assert handler.calls == 2
     wait_until(lambda: consumer.total_lag() == 0)
     # Confirmations left through the outbox, which is empty again.
-    assert [e.id for e in confirmations(log)] == [f"{account}:scout:erasure-confirmed"] * 2
+    # Each under an id of its own that nobody could have published before (a random nonce).
+    ids = [e.id for e in confirmations(log)]
+    assert len(set(ids)) == 2
+    assert all(i.startswith(f"{account}:scout:erasure-confirmed:") for i in ids)
     assert ConsumerStore(database).pending_outgoing() == []
 
 
@@ -290,7 +293,7 @@ def test_cut_database_connections_are_waited_out_and_every_record_applies_once(
         assert consumer.stats.dead_lettered == 0
         assert log.read(TOPICS.dlq("scout"), max_records=10) == []
         assert handler.effects() == sorted(f"{a}:1" for a in accounts)  # each exactly once
-        published = log.read(TOPICS.erasure_confirmed, max_records=10_000)
+        published = log.read(TOPICS.erasure_confirmed("scout"), max_records=10_000)
         confirmed = {decode_record(i.record.headers, i.record.value).account_id for i in published}
         assert confirmed == set(accounts)
         running.pop().stop()
