@@ -269,7 +269,8 @@ def kafka_consumer(
     database = service_database(settings, name, schema)
     closers: list[Callable[[], None]] = [database.close]
     try:
-        publisher = KafkaPublisher(bootstrap, client_id=f"{group}-outbox")
+        security = settings.kafka_security
+        publisher = KafkaPublisher(bootstrap, client_id=f"{group}-outbox", security=security)
         closers.append(publisher.close)
         consumer = _service_consumer(
             name,
@@ -277,7 +278,9 @@ def kafka_consumer(
             database,
             topics=topics,
             publisher=publisher,
-            source_of=lambda subscribed: KafkaSource(bootstrap, subscribed, group),
+            source_of=lambda subscribed: KafkaSource(
+                bootstrap, subscribed, group, security=security
+            ),
             mailer=mailer,
             retry=retry,
             hooks=hooks,
@@ -302,9 +305,12 @@ def kafka_erasure_consumer(
     topics = topics or settings.topics
     process = build_erasure(accounts, settings)
     group = topics.group_id(ERASURE_GROUP)
-    publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq")
+    security = settings.kafka_security
+    publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq", security=security)
     try:
-        source = KafkaSource(bootstrap, confirmation_topics(settings, topics), group)
+        source = KafkaSource(
+            bootstrap, confirmation_topics(settings, topics), group, security=security
+        )
     except BaseException:
         publisher.close()
         raise

@@ -7,10 +7,12 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.crypto import MasterKeyError, decode_master_key, new_master_key
+from lifecycle.kafka.security import KafkaSecurity, KafkaSecurityError, Mechanism
+from lifecycle.kafka.security import Protocol as KafkaProtocol
 from lifecycle.storage import persistence_env
 from schemas.contract import TopicNames
 
@@ -31,6 +33,16 @@ class Settings(BaseSettings):
     # PostgreSQL schema holding the service's tables (tests use one per test).
     database_schema: str = "public"
     kafka_bootstrap: str | None = None
+    # How this process authenticates to the brokers (lifecycle.kafka.security): TLS with a CA
+    # (and a client certificate), SASL with SCRAM or PLAIN, each process its own principal.
+    kafka_security_protocol: KafkaProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: Mechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_check_hostname: bool = True
     # Prepended to every topic name (e.g. "staging."); tests use one per test.
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
@@ -76,6 +88,29 @@ class Settings(BaseSettings):
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError("api_tokens keys must be sha256 hex digests of the tokens")
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        try:
+            self.kafka_security  # noqa: B018 - built to be checked, at start-up
+        except KafkaSecurityError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """This process's Kafka credentials, for every client it builds."""
+        password = self.kafka_sasl_password
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_sasl_username,
+            password=password.get_secret_value() if password is not None else None,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
 
     @property
     def topics(self) -> TopicNames:

@@ -64,7 +64,7 @@ def run_relay(
     """`lifecycle relay`: publish the notification log to Kafka."""
     bootstrap = require_kafka(settings, "relay")
     accounts = build_accounts(settings)
-    publisher = KafkaPublisher(bootstrap)
+    publisher = KafkaPublisher(bootstrap, security=settings.kafka_security)
     try:
         relay = Relay(accounts, publisher, topics=topics or settings.topics)
         if probe is not None:

@@ -129,7 +129,9 @@ def kafka_inspector(request: Request) -> KafkaInspector:
     settings = get_settings(request)
     if not settings.kafka_bootstrap:
         return NoKafka(settings.topics)
-    return KafkaInspectorClient(settings.kafka_bootstrap, settings.topics)
+    return KafkaInspectorClient(
+        settings.kafka_bootstrap, settings.topics, security=settings.kafka_security
+    )
 
 
 KafkaDep = Annotated[KafkaInspector, Depends(kafka_inspector)]

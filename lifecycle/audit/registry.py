@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lifecycle.kafka.admin import HOUR_MS, TopicSettings
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.storage import Database
 from projections.base import SHADOW_SUFFIX
 from schemas.contract import CONSUMER_GROUPS, TopicNames
@@ -303,10 +304,10 @@ def list_tables(database: Database) -> set[str]:
     return {str(row[0]) for row in rows}
 
 
-def list_topics(bootstrap: str) -> set[str]:
+def list_topics(bootstrap: str, security: KafkaSecurity | None = None) -> set[str]:
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lifecycle-audit")
+    admin = KafkaAdminClient(**client_config(bootstrap, security), client_id="lifecycle-audit")
     try:
         return set(admin.list_topics())
     finally:

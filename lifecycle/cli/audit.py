@@ -150,7 +150,7 @@ def erasure_proof(
     accounts = open_accounts(settings)
     erasure = build_erasure(accounts, settings)
     databases = {"lifecycle": accounts.database, **_service_stores(settings, accounts, schemas)}
-    stores = Stores(databases, settings.topics, settings.kafka_bootstrap)
+    stores = Stores(databases, settings.topics, settings.kafka_bootstrap, settings.kafka_security)
     try:
         report = prove(accounts, erasure, subject, digests, stores)
     except LifecycleError as error:
