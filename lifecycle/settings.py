@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     kafka_ssl_check_hostname: bool = True
+    # The Kafka user each party runs as, for `lifecycle acls` (default: its own name).
+    kafka_principals: dict[str, str] = Field(default_factory=dict)
     # Prepended to every topic name (e.g. "staging."); tests use one per test.
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.

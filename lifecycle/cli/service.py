@@ -132,6 +132,30 @@ def topics() -> None:
 
 
 @cli.command()
+def acls(
+    apply: Annotated[
+        bool, typer.Option(help="Create them on the broker (as a principal that may alter ACLs).")
+    ] = False,
+) -> None:
+    """The Kafka ACL plan: who writes and reads which topic (printed; `--apply` creates it)."""
+    from lifecycle.kafka.acls import acl_plan, apply_acls
+
+    settings = load_settings()
+    plan = acl_plan(settings.topics, settings.kafka_principals)
+    if not apply:
+        for grant in plan:
+            typer.echo(str(grant))
+        return
+    if not settings.kafka_bootstrap:
+        fail("`acls --apply` needs LIFECYCLE_KAFKA_BOOTSTRAP")
+    try:
+        created = apply_acls(settings.kafka_bootstrap, plan, settings.kafka_security)
+    except Exception as error:
+        fail(f"Kafka refused the ACLs ({type(error).__name__}) at {settings.kafka_bootstrap}")
+    typer.echo(f"ACLs created or kept: {created}")
+
+
+@cli.command()
 def relay() -> None:
     """Publish the notification log to Kafka, in order, one active relay at a time."""
     from lifecycle.workers import run_relay
