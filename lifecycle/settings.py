@@ -16,8 +16,10 @@ from lifecycle.kafka.security import Protocol as KafkaProtocol
 from lifecycle.storage import persistence_env
 from schemas.contract import TopicNames
 
-Role = Literal["service", "ops", "auditor"]
-ROLES: tuple[Role, ...] = ("service", "ops", "auditor")
+# `service`: the members' front end (every /v1 route); `scout`: the scout service, which may
+# record scouts and nothing else; `ops`: /admin; `auditor`: /audit.
+Role = Literal["service", "scout", "ops", "auditor"]
+ROLES: tuple[Role, ...] = ("service", "scout", "ops", "auditor")
 EMBEDDED_DATA_DIR = Path("data")
 
 

@@ -54,7 +54,10 @@ def serve(
     from lifecycle.api.app import with_generated_tokens
     from lifecycle.workers import run_server_processes
 
-    settings = with_generated_tokens(load_settings())
+    try:
+        settings = with_generated_tokens(load_settings())
+    except LifecycleError as error:
+        fail(f"invalid configuration: {error.detail}")
     count = workers or (1 if settings.is_embedded else os.cpu_count() or 1)
     if count > 1 and ":memory:" in settings.database_url:
         fail("--workers above 1 needs a database the processes share, not an in-memory one")
