@@ -44,7 +44,7 @@ from consumers.handler import (
     TransientError,
     erasure_confirmation,
 )
-from consumers.mailer import Mailer, notice_message
+from consumers.mailer import InvalidRecipientError, Mailer, notice_message
 from consumers.store import count_rows, insert_rows
 from consumers.withdrawal_mail import WithdrawalMail
 from lifecycle.logs import get_logger
@@ -384,10 +384,19 @@ def _deliver_one(database: Database, mailer: Mailer, notice_id: str, account_id:
         if json.loads(notifications).get(kind) is False:
             log.info("mail.notice_dropped", account_id=str(account_id), kind=kind)
             return 0
-        message = notice_message(
-            notice_id, email=email, display_name=display_name, kind=kind, subject=subject, body=body
-        )
-        mailer.send(message)
+        try:
+            message = notice_message(
+                notice_id,
+                email=email,
+                display_name=display_name,
+                kind=kind,
+                subject=subject,
+                body=body,
+            )
+        except InvalidRecipientError:
+            log.warning("mail.recipient_refused", account_id=str(account_id), kind=kind)
+            return 0
+        mailer.send(message, email)
     log.info("mail.notice_sent", account_id=str(account_id), message_id=message["Message-ID"])
     return 1
 

@@ -1,6 +1,11 @@
 """Sending mail for the mail service: the `Mailer` it sends through (SMTP, or discarding when
 no server is configured) and the messages, whose Message-IDs are derived from what caused
 them, so a repeat after a crash carries the same Message-ID and a receiver can drop it.
+
+Every message names its one recipient explicitly (`Outgoing.recipient`, checked by
+`lifecycle.addresses.single_mailbox` after folding) and SMTP is given that envelope recipient,
+never a list parsed back out of the `To` header: an address that is not exactly one mailbox
+raises `InvalidRecipientError` (the record's own fault) before anything is sent.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from email.utils import formataddr, formatdate
 from typing import Protocol
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from lifecycle.addresses import AddressError, single_mailbox
 from lifecycle.logs import get_logger
 from schemas.contract import erasure_receipt_id
 
@@ -24,8 +30,16 @@ KIND_HEADER = "X-Jobchange-Kind"
 log = get_logger(__name__)
 
 
+class InvalidRecipientError(ValueError):
+    """The address is not exactly one mailbox; the message never repeats it."""
+
+    code = "recipient_invalid"
+
+
 class Mailer(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, message: EmailMessage, recipient: str) -> None:
+        """Send `message` to `recipient` only (the envelope's one RCPT TO)."""
+        ...
 
 
 class SmtpMailer:
@@ -54,15 +68,16 @@ class SmtpMailer:
                 except (smtplib.SMTPException, OSError):
                     smtp.close()
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, recipient: str) -> None:
+        to = [checked_recipient(recipient)]
         if not self._batched:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
-                smtp.send_message(message)
+                smtp.send_message(message, from_addr=MAIL_FROM, to_addrs=to)
             return
         if self._session is None:
             self._session = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
         try:
-            self._session.send_message(message)
+            self._session.send_message(message, from_addr=MAIL_FROM, to_addrs=to)
         except BaseException:
             smtp, self._session = self._session, None
             smtp.close()  # the next send, or the retry, opens a new session
@@ -75,9 +90,18 @@ class DiscardingMailer:
     def __init__(self) -> None:
         self.discarded = 0
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, recipient: str) -> None:
+        checked_recipient(recipient)
         self.discarded += 1
         log.info("mail.discarded", message_id=message["Message-ID"], kind=message[KIND_HEADER])
+
+
+def checked_recipient(address: str) -> str:
+    """The address as one folded mailbox, or InvalidRecipientError."""
+    try:
+        return single_mailbox(address)
+    except AddressError:
+        raise InvalidRecipientError("recipient is not exactly one mailbox") from None
 
 
 def message_id_for(source_id: str) -> str:
@@ -116,7 +140,7 @@ def notice_message(
 def _message(email: str, display_name: str, message_id: str, kind: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = MAIL_FROM
-    message["To"] = formataddr((display_name, email))
+    message["To"] = formataddr((display_name, checked_recipient(email)))
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id
     message[KIND_HEADER] = kind

@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from uuid import UUID
 
-from consumers.mailer import Mailer, confirmation_message, message_id_for
+from consumers.mailer import (
+    InvalidRecipientError,
+    Mailer,
+    confirmation_message,
+    message_id_for,
+)
 from consumers.store import insert_rows
 from lifecycle.logs import get_logger
 from lifecycle.storage import Database, lock_keys
@@ -129,13 +134,20 @@ class WithdrawalMail:
                 message_id = message_id_for(withdrawal_ce_id)
                 if self._sent_unrecorded.get(account_id) == message_id:
                     continue  # sent before a failure to record it: only recorded now
-                self.mailer.send(
-                    confirmation_message(withdrawal_ce_id, email, display_name, account_id)
-                )
+                try:
+                    message = confirmation_message(
+                        withdrawal_ce_id, email, display_name, account_id
+                    )
+                except InvalidRecipientError:
+                    # Stored before addresses were checked as one mailbox: nothing may be sent
+                    # to it, and erasure must not wait for a mail that never can be.
+                    log.warning("mail.recipient_refused", account_id=str(account_id))
+                else:
+                    self.mailer.send(message, email)
+                    log.info(
+                        "mail.confirmation_sent", account_id=str(account_id), message_id=message_id
+                    )
                 self._sent_unrecorded[account_id] = message_id
-                log.info(
-                    "mail.confirmation_sent", account_id=str(account_id), message_id=message_id
-                )
         db = self.database
         sent = [(str(a), message_id_for(ce_id)) for a, ce_id, *_ in sends]
         table, unsent = db.table("suppressions"), "confirmation_sent_at IS NULL"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -10,6 +9,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 
+from lifecycle import addresses
 from lifecycle.errors import (
     AccountNotWithdrawingError,
     AccountPurgedError,
@@ -54,14 +54,9 @@ EDITABLE_PARTS = ("profile", "job_title", "work_history", "desired", "notificati
 MERGED_PARTS = ("profile", "desired", "notifications")
 
 
-# Unicode categories that render as nothing: format (ZWSP, ZWJ, RLM, BOM, soft hyphen), control,
-# surrogate, private use, unassigned.
-INVISIBLE = frozenset({"Cf", "Cc", "Cs", "Co", "Cn"})
-
-
 def normalise_email(email: str) -> str:
     """Compare addresses as people mean them: NFKC, trimmed, case-folded."""
-    return unicodedata.normalize("NFKC", email).strip().casefold()
+    return addresses.fold(email)
 
 
 class Account(Aggregate):
@@ -377,13 +372,13 @@ class Account(Aggregate):
 
     @staticmethod
     def check_email_is_plausible(email: str) -> None:
-        normalised = normalise_email(email)
-        local, at, domain = normalised.rpartition("@")
-        # Whitespace is judged after NFKC (U+3000 becomes a space). Invisible and bidi characters
-        # are refused, not stripped: a look-alike address must not open a second account.
-        hidden = any(c.isspace() or unicodedata.category(c) in INVISIBLE for c in normalised)
-        if not (at and local and "." in domain) or hidden:
-            raise InvalidCommandError("email_invalid")
+        # Judged after NFKC folding (a full-width comma becomes a list separator), as exactly
+        # one mailbox. Invisible and bidi characters are refused, not stripped: a look-alike
+        # address must not open a second account.
+        try:
+            addresses.single_mailbox(email)
+        except addresses.AddressError:
+            raise InvalidCommandError("email_invalid") from None
 
 
 def _without_none(fields: dict[str, Any]) -> dict[str, Any]:

@@ -315,3 +315,38 @@ def race(work: Callable[[int], T], n: int = 8) -> list[T | BaseException]:
     assert not any(thread.is_alive() for thread in threads), "a racer missed the deadline"
     assert pending not in results
     return results
+
+
+# Each would be more (or other) than one recipient once folded, or is no mailbox at all.
+HOSTILE_ADDRESSES = [
+    "attacker＠evil.example，victim@example.jp",  # noqa: RUF001 - full-width on purpose
+    "attacker@evil.example，victim@example.jp",  # noqa: RUF001
+    "attacker@evil.example；victim@example.jp",  # noqa: RUF001
+    "a@x.jp,b@y.jp",
+    "a@x.jp;b@y.jp",
+    "a@x.jp, b@y.jp",
+    "Victim <victim@example.jp>",
+    "＜victim@example.jp＞",  # noqa: RUF001
+    "<victim@example.jp>",
+    '"a,b"@example.jp',
+    "＂a＂@example.jp",  # noqa: RUF001
+    "a(comment)@example.jp",
+    "@route.example:victim@example.jp",
+    "victim@[127.0.0.1]",
+    "a\\@b@example.jp",
+    "a@b@example.jp",
+    "victim@example.jp\r\nBcc: attacker@evil.example",
+    "victim@example.jp\nbcc:attacker@evil.example",
+    "victim@example.jp\u200b",
+    "victim@exam\u202eple.jp",
+    "a..b@example.jp",
+    ".a@example.jp",
+    "a.@example.jp",
+    "a@-example.jp",
+    "a@example-.jp",
+    "a@exa_mple.jp",
+    "a@localhost",
+    "",
+    "x" * 65 + "@example.jp",
+    "a@" + "b" * 250 + ".jp",
+]

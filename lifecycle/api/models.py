@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from lifecycle import addresses
 from lifecycle.domain import (
     GIFT_AMOUNT_JPY,
     GIFT_KIND,
@@ -39,8 +40,11 @@ MIN_BIRTH_YEAR = 1900
 MAX_LIST_ITEMS = 50
 MAX_SALARY_JPY = 1_000_000_000
 
-# A simple plausibility check; the domain normalises the address (NFKC, case-folded).
-EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+# What the schema can say: one @, no white space, controls, list, quoting or route characters.
+# The full rule (lifecycle.addresses) runs after NFKC folding, so a full-width comma or at sign
+# that folds into one of those is refused too (422).
+_NOT_IN_EMAIL = r"@\s\x00-\x1f\x7f,;<>\"()\[\]\\:"
+EMAIL_PATTERN = rf"^[^{_NOT_IN_EMAIL}]+@[^{_NOT_IN_EMAIL}]+\.[^{_NOT_IN_EMAIL}]+$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 # Rules in the schema itself (patterns), so the OpenAPI says what is accepted: single-line text
 # has no control character and is not only white space; a comment may hold tabs and line breaks.
@@ -62,8 +66,15 @@ def _iso_date_text(value: object) -> object:
 IsoDate = Annotated[date, BeforeValidator(_iso_date_text)]
 
 
+def _one_mailbox(value: str) -> str:
+    addresses.single_mailbox(value)  # AddressError is a ValueError: a 422 naming the field
+    return value
+
+
 Email = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL_PATTERN)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL_PATTERN),
+    AfterValidator(_one_mailbox),
 ]
 DisplayName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=SINGLE_LINE)

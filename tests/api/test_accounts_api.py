@@ -175,6 +175,26 @@ def test_an_invisible_character_variant_of_an_address_opens_no_second_account(
 
 
 @pytest.mark.parametrize(
+    "email",
+    [
+        "attacker＠evil.example，victim@example.jp",  # noqa: RUF001 - full-width on purpose
+        "victim@example.jp；attacker@evil.example",  # noqa: RUF001
+        "＜victim@example.jp＞",  # noqa: RUF001
+        "a@x.jp,b@y.jp",
+        '"victim"@example.jp',
+    ],
+)
+def test_an_address_that_folds_into_more_than_one_mailbox_is_422(
+    client: TestClient, email: str
+) -> None:
+    response = client.post("/v1/accounts", json=registration(email=email), headers=SERVICE)
+
+    problem = assert_problem(response, 422, "invalid_request")
+    assert ["body", "email"] in [error["loc"] for error in problem["errors"]]
+    assert email not in response.text
+
+
+@pytest.mark.parametrize(
     ("change", "loc"),
     [
         ({"email": None}, ["body", "email"]),

@@ -55,7 +55,16 @@ V1_ROUTES: list[tuple[str, str, Any, int]] = [
     (
         "POST",
         "/v1/scouts",
-        {"scouts": [{"account_id": "a", "scout_id": "s-1", "company_id": "c-1", "job_id": "j"}]},
+        {
+            "scouts": [
+                {
+                    "account_id": "00000000-0000-4000-8000-000000000000",
+                    "scout_id": "s-1",
+                    "company_id": "c-1",
+                    "job_id": "j",
+                }
+            ]
+        },
         200,
     ),
     (

@@ -295,11 +295,11 @@ class FlakyMailer:
         self.refuse = refuse
         self.crash_after_send = crash_after_send
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, recipient: str) -> None:
         if self.refuse:
             self.refuse -= 1
             raise ConnectionRefusedError()
-        self.inner.send(message)
+        self.inner.send(message, recipient)
         if self.crash_after_send:
             self.crash_after_send -= 1
             raise TimeoutError()
@@ -344,8 +344,8 @@ class CutAfterSend:
         self.inner = inner
         self.database = database
 
-    def send(self, message: EmailMessage) -> None:
-        self.inner.send(message)
+    def send(self, message: EmailMessage, recipient: str) -> None:
+        self.inner.send(message, recipient)
         original = self.database.transaction
 
         def cut(*args: object, **kwargs: object) -> object:

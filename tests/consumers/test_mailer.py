@@ -1,0 +1,48 @@
+"""The mailer sends to exactly the one recipient it is given, never to what a header parses to."""
+
+from uuid import uuid4
+
+import pytest
+from support import HOSTILE_ADDRESSES as HOSTILE
+from support import smtp_sink
+
+from consumers.mailer import (
+    DiscardingMailer,
+    InvalidRecipientError,
+    SmtpMailer,
+    confirmation_message,
+    notice_message,
+)
+
+
+def test_hostile_addresses_never_reach_the_smtp_server() -> None:
+    with smtp_sink() as smtp:
+        mailer = SmtpMailer(smtp.host, smtp.port)
+        for address in HOSTILE:
+            with pytest.raises(InvalidRecipientError):
+                confirmation_message("ce-1", address, "Hanako", uuid4())
+            with pytest.raises(InvalidRecipientError):
+                notice_message(
+                    "n-1", email=address, display_name="H", kind="notices", subject="s", body="b"
+                )
+            good = notice_message(
+                "n-2", email="hanako@example.jp", display_name="H", kind="k", subject="s", body="b"
+            )
+            # A well-formed message is not a licence: the envelope recipient is checked too.
+            with pytest.raises(InvalidRecipientError):
+                mailer.send(good, address)
+            with pytest.raises(InvalidRecipientError):
+                DiscardingMailer().send(good, address)
+        assert smtp.messages() == []
+
+
+def test_the_envelope_holds_exactly_the_one_recipient() -> None:
+    # A display name that looks like an address list stays a display name: one RCPT TO.
+    hostile_name = 'Evil, attacker@evil.example <attacker@evil.example>; "x"'
+    full_width = "ＨＡＮＡＫＯ＠ＥＸＡＭＰＬＥ．ＪＰ"  # noqa: RUF001 - full-width on purpose
+    message = confirmation_message("ce-2", full_width, hostile_name, uuid4())
+    with smtp_sink() as smtp:
+        SmtpMailer(smtp.host, smtp.port).send(message, full_width)
+        (received,) = smtp.messages()
+    assert received.recipients == ["hanako@example.jp"]
+    assert [a.addr_spec for a in received.message["To"].addresses] == ["hanako@example.jp"]
