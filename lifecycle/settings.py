@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
     api_tokens: dict[str, Role] = Field(default_factory=dict)
+    # sha256 hex of the bearer token /metrics then needs (unset: /metrics is open).
+    metrics_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
     master_key: str | None = None
     erasure_deadline_hours: float = 72.0
