@@ -21,6 +21,7 @@ from consumers.mailer import (
 )
 from consumers.store import insert_rows
 from lifecycle.logs import get_logger
+from lifecycle.pipeline_metrics import WITHDRAWAL_TO_SUPPRESSION, observe_since
 from lifecycle.storage import Database, lock_keys
 from schemas.contract import Envelope, ProfileV1, WithdrawalRequestedV1
 
@@ -52,7 +53,11 @@ class WithdrawalMail:
             elif isinstance(data, ProfileV1):
                 profiles[data.account_id] = data
         sends: list[tuple[UUID, str, str, str]] = []
-        for account_id, (ce_id, stored) in self._suppress(withdrawals).items():
+        suppressed = self._suppress(withdrawals)
+        for envelope in envelopes:
+            if isinstance(envelope.data, WithdrawalRequestedV1):
+                observe_since(WITHDRAWAL_TO_SUPPRESSION, envelope.data.requested_at)
+        for account_id, (ce_id, stored) in suppressed.items():
             late = profiles.get(account_id)
             address = stored if stored or not late else (late.email, late.display_name)
             if address is not None:

@@ -41,6 +41,7 @@ from lifecycle.errors import (
     ConcurrentUpdateError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
+from lifecycle.pipeline_metrics import WITHDRAWAL_TO_PURGED, observe_since
 from lifecycle.recorders import PostgresKeyRecorder, recorder_topic
 from lifecycle.storage import Database
 from lifecycle.transcoding import OrjsonTranscoder
@@ -249,6 +250,8 @@ class Accounts(Application[UUID]):
             if not account.purge():
                 return False
             self._save_purged(account)
+            if account.withdrawn_at is not None:
+                observe_since(WITHDRAWAL_TO_PURGED, account.withdrawn_at)
             return True
 
         purged = self._retrying(attempt)

@@ -30,6 +30,7 @@ from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregat
 from eventsourcing.persistence import IntegrityError, Recording
 
 from lifecycle.errors import LifecycleError
+from lifecycle.pipeline_metrics import GROUP_COMMIT_BATCH
 
 Event = DomainEventProtocol[UUID]
 Aggregate = MutableOrImmutableAggregate[UUID]
@@ -116,6 +117,7 @@ class GroupCommitWriter:
                 request.recordings = recordings[start:end]
                 start = end
         self.batches += 1
+        GROUP_COMMIT_BATCH.observe(len(batch))
         self.saved_requests += len(batch)
         for request in batch:
             request.done = True

@@ -86,6 +86,8 @@ class Relay:
         self._registered: dict[UUID, Account.Registered] = {}
         self._create_table()
         self._position = self._load_position()
+        # When Kafka last acknowledged a batch of this relay (metrics; None: not yet).
+        self.published_at: datetime | None = None
 
     # Metrics
 
@@ -230,6 +232,7 @@ class Relay:
         last = notifications[-1].id
         self._save_position(last)
         self._position = last
+        self.published_at = acked
         latency = self._ack_latency(stamps, acked)
         self._log.info(
             "relay.published",

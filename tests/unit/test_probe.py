@@ -62,7 +62,7 @@ def test_not_ready_while_any_worker_waits_naming_each_dependency_once(probe: Pro
 
 
 def test_an_unknown_path_is_a_404_problem(probe: Probe) -> None:
-    status, kind, body = get(probe, "/metrics")
+    status, kind, body = get(probe, "/nowhere")
     assert (status, kind, body["code"]) == (404, "application/problem+json", "not_found")
 
 
