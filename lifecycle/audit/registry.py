@@ -234,10 +234,11 @@ REGISTRY: tuple[RestingPlace, ...] = (
         "backups of the lifecycle schema (pg_dump)",
         "sealed fields and the account keys of members active when it was taken",
         "crypto_shredded",
-        "restored only followed by `lifecycle audit reshred`, which purges again and destroys "
-        "the key of every account the lifecycle topic knows purged",
+        "restored only followed by `lifecycle audit reshred --receipts ARCHIVE`, which purges "
+        "again and destroys the key of every account a receipt the service signed, or the "
+        "destroyed-keys list, knows purged (never a topic record)",
         (),
-        "the lifecycle topic's retention (7 d) bounds what reshred learns from it",
+        "the receipts archive outside the database bounds what reshred learns",
     ),
     RestingPlace(
         "backup",
