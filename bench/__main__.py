@@ -1,8 +1,12 @@
-"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit]`."""
+"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit,keys]`.
+
+Each case is the module `bench/case_<name>.py` and its `run(ctx)`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 import traceback
@@ -22,35 +26,14 @@ from bench.core import (
 )
 from lifecycle.logs import configure_logging
 
-CASES = ("commands", "http", "relay", "erasure", "replay", "kit")
+CASES = ("commands", "http", "relay", "erasure", "replay", "kit", "keys")
 
 
 def case_runner(name: str) -> Callable[[Context], list[Row]]:
-    if name == "commands":
-        from bench import case_commands
-
-        return case_commands.run
-    if name == "http":
-        from bench import case_http
-
-        return case_http.run
-    if name == "relay":
-        from bench import case_relay
-
-        return case_relay.run
-    if name == "erasure":
-        from bench import case_erasure
-
-        return case_erasure.run
-    if name == "replay":
-        from bench import case_replay
-
-        return case_replay.run
-    if name == "kit":
-        from bench import case_kit
-
-        return case_kit.run
-    raise ValueError(f"unknown case {name!r}")
+    if name not in CASES:
+        raise ValueError(f"unknown case {name!r}")
+    runner: Callable[[Context], list[Row]] = importlib.import_module(f"bench.case_{name}").run
+    return runner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

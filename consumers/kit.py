@@ -38,7 +38,7 @@ from consumers.faults import (
     infrastructure_fault,
     record_fault_code,
 )
-from consumers.handler import Handler, HandlerResult
+from consumers.handler import ERASURE_OUTCOMES, Handler, HandlerResult
 from consumers.store import ConsumerStore
 from lifecycle.kafka.producer import Publisher
 from lifecycle.kafka.source import (
@@ -362,6 +362,8 @@ class Consumer:
                 results = [self.handler.handle(envelope, cursor) for envelope in todo]
             applied = list(zip(todo, results, strict=True))
             self.store.add_outgoing(cursor, [item for r in results for item in r.outgoing])
+        if any(result.outcome in ERASURE_OUTCOMES for _, result in applied):
+            self.store.database.after_erasure(getattr(self.handler, "personal_tables", ()))
         for _ in range(len(envelopes) - len(applied)):
             self._count(duplicate=True)  # another member marked it since the dedupe check
         for envelope, result in applied:

@@ -27,7 +27,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
-from lifecycle.crypto import KeyVault, PersonalDataMapper, decode_master_key, derive_key, keyed_id
+from lifecycle.crypto import KEYS_TABLE, KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
 from lifecycle.domain import (
     REDACTED,
     Account,
@@ -145,9 +145,11 @@ class Accounts(Application[UUID]):
 
     def construct_mapper(self) -> Mapper[UUID]:
         self.database = Database.of(self.factory, self.name)
-        master_key = decode_master_key(self.env.get("MASTER_KEY", ""))
-        self.vault = KeyVault(self.database, master_key)
-        self._claim_key = derive_key(master_key, "lifecycle/email-claim-id")
+        # Keys live outside the database (lifecycle.keyring): KEKs wrap the data keys; the
+        # claim key has versions of its own, so a KEK rotation leaves every claim id as it is.
+        self.keyring = keyring_from_env(self.env)
+        self.vault = KeyVault(self.database, self.keyring)
+        self._claim_key = self.keyring.secret("claim", self.keyring.current_version("claim"))
         return PersonalDataMapper(transcoder=self.construct_transcoder(), vault=self.vault)
 
     def construct_recorder(self) -> ApplicationRecorder:
@@ -256,6 +258,10 @@ class Accounts(Application[UUID]):
 
         purged = self._retrying(attempt)
         self.vault.forget(account_id)
+        if purged:
+            # The trigger deleted the key row: no copy of it left in SQLite's WAL (the pages
+            # are zeroed by secure_delete), the dead tuple vacuumed on PostgreSQL.
+            self.database.after_erasure([KEYS_TABLE])
         return purged
 
     def reshred(self, known: Mapping[UUID, KnownErasure] | Iterable[UUID] = ()) -> dict[str, int]:
@@ -269,6 +275,7 @@ class Accounts(Application[UUID]):
             self._purge_again(account_id, facts[account_id]) for account_id in sorted(facts)
         )
         destroyed = self.vault.destroy_keys_of_purged_accounts(facts)
+        self.database.after_erasure([KEYS_TABLE])
         # Each Purged recorded again took its key with it, through the same trigger.
         return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
 

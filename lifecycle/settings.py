@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lifecycle.crypto import MasterKeyError, decode_master_key, new_master_key
+from lifecycle.crypto import MasterKeyError, decode_master_key
 from lifecycle.kafka.security import KafkaSecurity, KafkaSecurityError, Mechanism
 from lifecycle.kafka.security import Protocol as KafkaProtocol
+from lifecycle.keyring import KeyPolicy, KeyringError, read_private
 from lifecycle.storage import persistence_env
 from schemas.contract import TopicNames
 
@@ -53,8 +55,16 @@ class Settings(BaseSettings):
     api_tokens: dict[str, Role] = Field(default_factory=dict)
     # sha256 hex of the bearer token /metrics then needs (unset: /metrics is open).
     metrics_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
-    master_key: str | None = None
+    # The legacy single secret (URL-safe base64 of 32 bytes): served as version 1 of every key
+    # purpose (lifecycle.keyring). A secret type: never in a repr, a log or an error.
+    master_key: SecretStr | None = None
+    # The keyring directory (one 0600 file per key version). Unset: ./data/keys embedded.
+    keyring_dir: Path | None = None
+    # A KEK version is superseded at the latest this long after it was created (the rotation
+    # schedule), and destroyed this long after it was retired (the backup and WAL-archive
+    # retention): together, the bound an erasure receipt states.
+    key_rotation_days: float = Field(default=90.0, ge=0)
+    key_retention_days: float = Field(default=35.0, ge=0)
     erasure_deadline_hours: float = 72.0
     # A rolling upgrade from the shared confirmation topic: also read it, believing the
     # service a confirmation names in its payload. Weaker (anyone who may write that topic
@@ -82,9 +92,9 @@ class Settings(BaseSettings):
 
     @field_validator("master_key")
     @classmethod
-    def _master_key_decodes(cls, value: str | None) -> str | None:
+    def _master_key_decodes(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            decode_master_key(value)
+            decode_master_key(value.get_secret_value())
         return value
 
     @field_validator("api_tokens")
@@ -126,27 +136,52 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         return self.database_url.startswith("sqlite:")
 
+    @property
+    def key_policy(self) -> KeyPolicy:
+        return KeyPolicy(
+            rotation=timedelta(days=self.key_rotation_days),
+            retention=timedelta(days=self.key_retention_days),
+        )
+
     def application_env(self) -> dict[str, str]:
         """The eventsourcing environment for the Accounts application."""
+        master_key, keyring_dir = self.resolved_keys()
         return {
             **persistence_env(self.database_url, self.database_schema),
-            "MASTER_KEY": self.resolved_master_key(),
+            "MASTER_KEY": master_key or "",
+            "KEYRING_DIR": str(keyring_dir or ""),
         }
 
     def resolved_master_key(self) -> str:
-        if self.master_key:
-            return self.master_key
+        """The configured (or embedded legacy) master key; MasterKeyError when there is none."""
+        master_key, _ = self.resolved_keys()
+        if master_key is None:
+            raise MasterKeyError(detail="no LIFECYCLE_MASTER_KEY: keys live in the keyring")
+        return master_key
+
+    def resolved_keys(self) -> tuple[str | None, Path | None]:
+        """The master key (if any) and the keyring directory (if any).
+
+        Embedded with nothing configured: the keyring `keys/` beside the SQLite database, and
+        `master.key` there as version 1 when an older release created one (checked: a plain
+        file of this user's, mode 0600)."""
+        master_key = self.master_key.get_secret_value() if self.master_key else None
+        if self.keyring_dir is not None or master_key is not None:
+            return master_key, self.keyring_dir
         if not self.is_embedded:
             raise MasterKeyError(
-                detail="LIFECYCLE_MASTER_KEY is required outside the embedded default"
+                detail="LIFECYCLE_KEYRING_DIR (or LIFECYCLE_MASTER_KEY) is required outside "
+                "the embedded default"
             )
-        # Embedded first run only: a key file beside the SQLite database.
-        path = Path(self.database_url.removeprefix("sqlite:///")).parent / "master.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(new_master_key())
-            path.chmod(0o600)
-        return path.read_text().strip()
+        data = Path(self.database_url.removeprefix("sqlite:///")).parent
+        legacy = data / "master.key"
+        try:
+            found = read_private(legacy) if legacy.exists() else None
+        except KeyringError as error:
+            raise MasterKeyError(detail=str(error)) from None
+        if found is not None:
+            decode_master_key(found)
+        return found, data / "keys"
 
 
 def token_digest(token: str) -> str:

@@ -8,8 +8,10 @@ the conftests. It sits beside the root conftest, whose folder pytest puts on sys
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import json
 import random
 import socket
 import threading
@@ -350,6 +352,32 @@ HOSTILE_ADDRESSES = [
     "x" * 65 + "@example.jp",
     "a@" + "b" * 250 + ".jp",
 ]
+
+
+def searched_forms(value: str) -> list[bytes]:
+    """The value as the project could store it: UTF-8, JSON-escaped, bytea hex, base64."""
+    raw = value.encode()
+    return [
+        raw,
+        value.casefold().encode(),
+        json.dumps(value).strip('"').encode(),
+        raw.hex().encode(),
+        base64.b64encode(raw),
+    ]
+
+
+def files_holding(directory: Path, needles: list[bytes]) -> list[str]:
+    """Every file under `directory` that holds any of `needles` in any byte (a file gone
+    while walking is skipped), named relative to it."""
+    found = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        try:
+            content = path.read_bytes()
+        except (FileNotFoundError, PermissionError):
+            continue
+        if any(needle in content for needle in needles):
+            found.append(str(path.relative_to(directory)))
+    return found
 
 
 # What ops read: the alert rules' and the dashboard's PromQL, and the metric names it uses.

@@ -29,7 +29,7 @@ from typing import Any
 from uuid import UUID
 
 from lifecycle.application import Accounts, KnownErasure
-from lifecycle.audit.receipt import KIND, signature_holds
+from lifecycle.audit.receipt import KIND, ReceiptSigner, signature_holds
 from lifecycle.logs import get_logger
 from schemas.contract import erasure_receipt_id
 
@@ -44,11 +44,11 @@ class Evidence:
     refused: int = 0
 
 
-def evidence(accounts: Accounts, receipt_paths: Iterable[Path], public_key: bytes) -> Evidence:
+def evidence(accounts: Accounts, receipt_paths: Iterable[Path], signer: ReceiptSigner) -> Evidence:
     """Every verified receipt under `receipt_paths`, then the destroyed-keys list."""
     found = Evidence()
     for receipt in _documents(receipt_paths):
-        account_id = _verified(receipt, public_key)
+        account_id = _verified(receipt, signer)
         if account_id is None:
             found.refused += 1
             log.warning("reshred.receipt_refused", receipt_id=_text(receipt.get("receipt_id")))
@@ -71,9 +71,13 @@ def destroyed_ids(accounts: Accounts) -> list[UUID]:
     return [db.to_uuid(row[0]) for row in rows]
 
 
-def _verified(receipt: dict[str, Any], public_key: bytes) -> UUID | None:
-    """The account of a receipt this service signed; None for anything else."""
-    if receipt.get("kind") != KIND or not signature_holds(receipt, public_key):
+def _verified(receipt: dict[str, Any], signer: ReceiptSigner) -> UUID | None:
+    """The account of a receipt this service signed (any published signing version); None
+    for anything else."""
+    signature = receipt.get("signature")
+    key_id = str(signature.get("key_id", "")) if isinstance(signature, dict) else ""
+    public = signer.public_bytes_of(key_id)
+    if receipt.get("kind") != KIND or public is None or not signature_holds(receipt, public):
         return None
     try:
         account_id = UUID(str(receipt.get("account_id")))

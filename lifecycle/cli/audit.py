@@ -49,7 +49,7 @@ def reshred(
     settings = load_settings()
     accounts = open_accounts(settings)
     try:
-        found = evidence(accounts, receipts or [], ReceiptSigner.of(accounts).public_bytes)
+        found = evidence(accounts, receipts or [], ReceiptSigner.of(accounts))
         result = accounts.reshred(found.known)
         # A receipt the restore lost is signed again, for the purge as now recorded.
         signed = receipts_of(build_erasure(accounts, settings))

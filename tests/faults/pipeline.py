@@ -73,7 +73,7 @@ class Pipeline:
             **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
             "LIFECYCLE_DATABASE_URL": postgres.url,
             "LIFECYCLE_KAFKA_BOOTSTRAP": kafka.bootstrap,
-            "LIFECYCLE_MASTER_KEY": self.settings.master_key or "",
+            "LIFECYCLE_MASTER_KEY": self.settings.resolved_master_key(),
             "LIFECYCLE_SMTP_HOST": "127.0.0.1",
             "LIFECYCLE_SMTP_PORT": str(smtp.port),
             "LIFECYCLE_LOG_FORMAT": "json",

@@ -21,7 +21,7 @@ from lifecycle.application import Accounts, KnownErasure
 from lifecycle.audit.receipt import ReceiptSigner, verify_receipt
 from lifecycle.audit.replay import replay
 from lifecycle.bootstrap import build_erasure, receipts_of
-from lifecycle.crypto import KEYS_TABLE, decode_master_key, new_master_key
+from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
@@ -151,7 +151,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
         **os.environ,
         "LIFECYCLE_DATABASE_URL": settings.database_url,
         "LIFECYCLE_DATABASE_SCHEMA": settings.database_schema,
-        "LIFECYCLE_MASTER_KEY": settings.master_key or "",
+        "LIFECYCLE_MASTER_KEY": settings.resolved_master_key(),
         "LIFECYCLE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
         "LIFECYCLE_TOPIC_PREFIX": settings.topic_prefix,
         "LIFECYCLE_LOG_FORMAT": "json",
@@ -304,7 +304,7 @@ def test_reshred_believes_no_topic_record_and_no_receipt_it_did_not_sign(
         publisher.flush()
         publisher.close()
         body = {**real, "account_id": str(live_id), "receipt_id": str(erasure_receipt_id(live_id))}
-        other = ReceiptSigner(decode_master_key(new_master_key())).sign(body)
+        other = ReceiptSigner(os.urandom(32)).sign(body)
         archive.write_text(json.dumps([real, other]))
     finally:
         accounts.close()
