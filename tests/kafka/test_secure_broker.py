@@ -8,6 +8,7 @@ confirmation that is accepted, a withdrawal that downstream services act on, or 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -43,10 +44,18 @@ from schemas.contract import (
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
-def _services_env() -> dict[str, str]:
-    from conftest import _services_env as read
+SERVICES_ENV = Path(__file__).resolve().parents[2] / ".services" / "env"
 
-    return read()
+
+def _services_env() -> dict[str, str]:
+    """What `scripts/services up --secure` wrote, unless the environment says otherwise."""
+    found: dict[str, str] = {}
+    if SERVICES_ENV.exists():
+        for line in SERVICES_ENV.read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            found[name.strip()] = value.strip()
+    found.update({k: v for k, v in os.environ.items() if k.startswith("LIFECYCLE_SECURE_")})
+    return found
 
 
 @pytest.fixture(scope="module")
