@@ -306,7 +306,11 @@ def kafka_consumer(
             topics=topics,
             publisher=publisher,
             source_of=lambda subscribed: KafkaSource(
-                bootstrap, subscribed, group, security=security
+                bootstrap,
+                subscribed,
+                group,
+                group_instance_id=settings.instance_id,
+                security=security,
             ),
             mailer=mailer,
             retry=retry,
@@ -336,7 +340,11 @@ def kafka_erasure_consumer(
     publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq", security=security)
     try:
         source = KafkaSource(
-            bootstrap, confirmation_topics(settings, topics), group, security=security
+            bootstrap,
+            confirmation_topics(settings, topics),
+            group,
+            group_instance_id=settings.instance_id,
+            security=security,
         )
     except BaseException:
         publisher.close()

@@ -127,7 +127,10 @@ def topics() -> None:
         fail("`topics` needs LIFECYCLE_KAFKA_BOOTSTRAP")
     try:
         result = ensure_topics(
-            settings.kafka_bootstrap, settings.topics, security=settings.kafka_security
+            settings.kafka_bootstrap,
+            settings.topics,
+            settings.topic_settings,
+            security=settings.kafka_security,
         )
     except Exception as error:
         fail(f"Kafka unusable ({type(error).__name__}) at {settings.kafka_bootstrap}")
