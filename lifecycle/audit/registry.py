@@ -21,7 +21,12 @@ from lifecycle.kafka.admin import HOUR_MS, TopicSettings
 from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.storage import Database
 from projections.base import SHADOW_SUFFIX
-from schemas.contract import CONSUMER_GROUPS, TopicNames
+from schemas.contract import (
+    CONSUMER_GROUPS,
+    ERASING_SERVICES,
+    ERASURE_CONFIRMED_TOPIC_PATTERN,
+    TopicNames,
+)
 
 Kind = Literal["table", "topic", "log", "backup", "memory"]
 Erasure = Literal["crypto_shredded", "deleted", "compacted", "retention", "none_held"]
@@ -133,6 +138,7 @@ REGISTRY: tuple[RestingPlace, ...] = (
             "relay_position",
             "erasure_confirmations",
             "erasure_retries",
+            "erasure_refusals",
             "erasure_receipts",
             "erasure_processed_events",
             "erasure_outbox",
@@ -221,7 +227,21 @@ REGISTRY: tuple[RestingPlace, ...] = (
         f"segment.ms + max.compaction.lag.ms = {_hours(PROFILE_BOUND_MS)} after `Purged`",
     ),
     _none("topic", LIFECYCLE, "account.lifecycle.v1", "the contract: " + NO_VALUE),
-    _none("topic", LIFECYCLE, "account.erasure-confirmed.v1", "the contract: " + NO_VALUE),
+    _none(
+        "topic",
+        LIFECYCLE,
+        "account.erasure-confirmed.v1",
+        "the contract (the shared topic of earlier releases): " + NO_VALUE,
+    ),
+    *(
+        _none(
+            "topic",
+            service,
+            ERASURE_CONFIRMED_TOPIC_PATTERN.format(service=service),
+            "the contract: " + NO_VALUE,
+        )
+        for service in ERASING_SERVICES
+    ),
     *(
         RestingPlace(
             "topic",
