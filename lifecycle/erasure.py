@@ -35,7 +35,7 @@ from consumers.handler import Handler, HandlerResult, PoisonRecord
 from consumers.store import insert_rows
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.erasure_refusals import ErasureRefusals
+from lifecycle.erasure_refusals import ErasureRefusals, Refused, check
 from lifecycle.errors import AccountNotFoundError, ConcurrentUpdateError, LifecycleError
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, lock_keys
@@ -46,8 +46,6 @@ FAILED = "failed"
 # The two tables beside the event store; the erasure read model joins them at query time.
 CONFIRMATIONS_TABLE = "erasure_confirmations"
 RETRIES_TABLE = "erasure_retries"
-# How far a confirmation's own time may precede the withdrawal it answers (two clocks).
-CLOCK_SKEW = timedelta(minutes=5)
 # Purges of one batch run side by side (their saves share group commits), this many at once:
 # well below the application's connection pool (POSTGRES_POOL_SIZE, 10).
 PURGE_WORKERS = 6
@@ -67,14 +65,6 @@ class Confirmation:
     error_code: str | None = None
     # When the service says it confirmed; checked against the withdrawal's time.
     confirmed_at: datetime | None = None
-
-
-class Refused(Exception):  # noqa: N818 - a verdict, caught where confirmations are checked
-    """A confirmation the process does not believe; `reason` is a stable, data-free code."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class PurgeReceipts(Protocol):
@@ -157,7 +147,7 @@ class ErasureProcess:
                     raise Refused("unknown_service")
                 if confirmation.account_id not in accounts:
                     accounts[confirmation.account_id] = self._account(confirmation.account_id)
-                self._check(confirmation, accounts[confirmation.account_id])
+                check(confirmation.confirmed_at, accounts[confirmation.account_id])
             except Refused as refusal:
                 refused.append((confirmation, refusal.reason))
             else:
@@ -182,18 +172,6 @@ class ErasureProcess:
             return self.accounts.load_for_audit(account_id)
         except AccountNotFoundError:
             return None
-
-    @staticmethod
-    def _check(confirmation: Confirmation, account: Account | None) -> None:
-        if account is None:
-            raise Refused("account_unknown")
-        if account.status is AccountStatus.ACTIVE or account.withdrawn_at is None:
-            raise Refused("account_not_withdrawing")
-        if account.status is AccountStatus.PURGED:
-            return  # a repeat, or a re-send after ops' retry: recording it changes nothing
-        confirmed_at = confirmation.confirmed_at
-        if confirmed_at is not None and confirmed_at < account.withdrawn_at - CLOCK_SKEW:
-            raise Refused("before_withdrawal")
 
     def _record_and_purge(self, confirmations: list[Confirmation]) -> set[UUID]:
         db = self.database

@@ -1,13 +1,38 @@
-"""Counts of confirmations the erasure process refused (see `lifecycle.erasure`)."""
+"""Which confirmations the erasure process refuses (see `lifecycle.erasure`), and how many."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
+from lifecycle.domain import Account, AccountStatus
 from lifecycle.storage import Database
 from schemas.contract import ERASING_SERVICES
 
 REFUSALS_TABLE = "erasure_refusals"
+# How far a confirmation's own time may precede the withdrawal it answers (two clocks).
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class Refused(Exception):  # noqa: N818 - a verdict, caught where confirmations are checked
+    """A confirmation the process does not believe; `reason` is a stable, data-free code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check(confirmed_at: datetime | None, account: Account | None) -> None:
+    """Refused unless the account is withdrawing and the confirmation came after that
+    withdrawal; a repeat once the account is purged passes (recording it changes nothing)."""
+    if account is None:
+        raise Refused("account_unknown")
+    if account.status is AccountStatus.ACTIVE or account.withdrawn_at is None:
+        raise Refused("account_not_withdrawing")
+    if account.status is AccountStatus.PURGED:
+        return
+    if confirmed_at is not None and confirmed_at < account.withdrawn_at - CLOCK_SKEW:
+        raise Refused("before_withdrawal")
 
 
 class ErasureRefusals:
