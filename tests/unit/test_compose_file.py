@@ -102,3 +102,20 @@ def test_every_party_reaches_kafka_under_its_own_principal_on_an_authorizing_bro
         assert env["LIFECYCLE_KAFKA_SASL_USERNAME"] == principal, name
         assert env["LIFECYCLE_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_"), name
     assert services["acls"]["command"] == ["lifecycle", "acls", "--apply"]
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_probe() -> None:
+    services = load()["services"]
+    config = yaml.safe_load((COMPOSE.parent / "ops" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert "api:8000" in targets
+    for name in ("relay", "erasure", "scout", "chat", "mail"):
+        env = services[name]["environment"]
+        assert env["LIFECYCLE_PROBE_HOST"] == "0.0.0.0", name
+        assert f"{name}:{env['LIFECYCLE_PROBE_PORT']}" in targets, name
+    assert "./ops/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
