@@ -179,6 +179,15 @@ def _idempotency_keys(cursor: Cursor, db: Database) -> None:
     cursor.execute(f"CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON {table} (expires_at)")
 
 
+def _erasure_refusals(cursor: Cursor, db: Database) -> None:
+    """Confirmations refused, counted per service and reason (lifecycle.erasure_refusals)."""
+    cursor.execute(
+        f"CREATE TABLE IF NOT EXISTS {db.table('erasure_refusals')} ("
+        "service TEXT NOT NULL, reason TEXT NOT NULL, refused BIGINT NOT NULL, "
+        "PRIMARY KEY (service, reason))"
+    )
+
+
 def _first_release(cursor: Cursor, db: Database) -> None:
     _event_store(cursor, db)
     _keys(cursor, db)
@@ -190,5 +199,6 @@ LIFECYCLE = Component(
     (
         Migration(1, "first release: event store, keys, shredding triggers", _first_release),
         Migration(2, "idempotency keys", _idempotency_keys),
+        Migration(3, "erasure refusals", _erasure_refusals),
     ),
 )

@@ -54,7 +54,12 @@ from schemas.contract import (
 T = TypeVar("T")
 
 # One known bearer token per role; the `settings` fixture accepts them.
-TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
+TOKENS = {
+    "service": "service-token",
+    "scout": "scout-token",
+    "ops": "ops-token",
+    "auditor": "auditor-token",
+}
 
 
 def auth(role: str) -> dict[str, str]:
