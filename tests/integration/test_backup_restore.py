@@ -286,6 +286,7 @@ def test_reshred_believes_no_topic_record_and_no_receipt_it_did_not_sign(
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
     )
     ensure_topics(kafka_bootstrap, settings.topics)
+    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     archive = tmp_path / "receipts.json"
     try:
