@@ -241,7 +241,9 @@ def _optional_rows(database: Any, statement: str) -> list[tuple[Any, ...]]:
         return []
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", operation_id="getMetrics", summary="Prometheus metrics", response_class=Response
+)
 def metrics(request: Request) -> Response:
     found: Metrics = request.app.state.metrics
     return Response(generate_latest(found.registry), media_type=CONTENT_TYPE_LATEST)

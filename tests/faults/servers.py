@@ -7,6 +7,7 @@ shared servers: other tests run against those meanwhile. Each server runs until 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -16,8 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -49,6 +49,15 @@ def wait_for(condition: object, what: str, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not within {timeout_s}s")
         time.sleep(0.1)
+
+
+def kafka_cluster_id() -> str:
+    """What `StorageTool random-uuid` prints (a UUID in URL-safe base64, unpadded, not starting
+    with '-'), without starting a JVM for it."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 def _pgbin() -> Path:
@@ -148,15 +157,8 @@ class ThrowawayKafka:
             "-cp",
             f"{self.libs}/*",
         ]
-        cluster = subprocess.run(
-            [*self._java, "kafka.tools.StorageTool", "random-uuid"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout.strip()
         subprocess.run(
-            [*self._java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+            [*self._java, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c",
              str(self.props), "--standalone", "--ignore-formatted"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
@@ -207,17 +209,3 @@ class ThrowawayKafka:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@contextmanager
-def throwaway_servers() -> Iterator[tuple[ThrowawayPostgres, ThrowawayKafka]]:
-    """Both servers, started together (the broker is the slower), stopped at the end."""
-    postgres = ThrowawayPostgres()
-    try:
-        kafka = ThrowawayKafka()
-        try:
-            yield postgres, kafka
-        finally:
-            kafka.close()
-    finally:
-        postgres.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from support import TOKENS, auth
+from support import TOKENS, auth, unique_tag
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts, KnownErasure
@@ -82,7 +82,7 @@ def test_reshred_after_restoring_a_dump_taken_before_the_purge(
         database_schema=pg_schema,
         master_key=new_master_key(),
         kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        topic_prefix=f"t{unique_tag()}.",
     )
     ensure_topics(kafka_bootstrap, settings.topics)
     accounts = Accounts(env=settings.application_env())
@@ -175,7 +175,7 @@ def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_cau
         database_schema=pg_schema,
         master_key=new_master_key(),
         kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        topic_prefix=f"t{unique_tag()}.",
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
     )
     ensure_topics(kafka_bootstrap, settings.topics)
