@@ -1,8 +1,13 @@
-"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit]`."""
+"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit,keys]
+[--tracing]`.
+
+Each case is the module `bench/case_<name>.py` and its `run(ctx)`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 import traceback
@@ -22,35 +27,14 @@ from bench.core import (
 )
 from lifecycle.logs import configure_logging
 
-CASES = ("commands", "http", "relay", "erasure", "replay", "kit")
+CASES = ("commands", "http", "relay", "erasure", "replay", "kit", "keys")
 
 
 def case_runner(name: str) -> Callable[[Context], list[Row]]:
-    if name == "commands":
-        from bench import case_commands
-
-        return case_commands.run
-    if name == "http":
-        from bench import case_http
-
-        return case_http.run
-    if name == "relay":
-        from bench import case_relay
-
-        return case_relay.run
-    if name == "erasure":
-        from bench import case_erasure
-
-        return case_erasure.run
-    if name == "replay":
-        from bench import case_replay
-
-        return case_replay.run
-    if name == "kit":
-        from bench import case_kit
-
-        return case_kit.run
-    raise ValueError(f"unknown case {name!r}")
+    if name not in CASES:
+        raise ValueError(f"unknown case {name!r}")
+    runner: Callable[[Context], list[Row]] = importlib.import_module(f"bench.case_{name}").run
+    return runner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-services", action="store_true", help="do not run `scripts/services up` first"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="tracing on (spans made and dropped; bench/tracing_switch.py), to compare with a run "
+        "without",
+    )
     args = parser.parse_args(argv)
     args.case_list = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in args.case_list if c not in CASES]
@@ -86,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("json", "WARNING")
+    if args.tracing:
+        from bench.tracing_switch import enable
+
+        enable()
     started = datetime.now(UTC)
     clock = time.perf_counter()
     if args.no_services:

@@ -15,7 +15,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresDatastore
 
 from lifecycle.application import Accounts
-from lifecycle.crypto import KeyVault, PersonalDataMapper, _seal, new_master_key
+from lifecycle.crypto import KeyVault, PersonalDataMapper, new_master_key
 from lifecycle.domain import Account, EmailClaim
 from lifecycle.settings import Settings, token_digest
 
@@ -103,8 +103,7 @@ class _PreparedKeys:
 
     def new_key(self, account_id: UUID) -> tuple[bytes, bytes]:
         key = AESGCM.generate_key(bit_length=256)
-        # The vault's own wrapping (private on purpose: only a bulk loader needs it).
-        wrapped = _seal(self.vault._wrapping_key, key, account_id.bytes)
+        wrapped = self.vault.keyring.wrap(key, account_id.bytes)
         self.keys[account_id] = key
         self.new_rows.append((account_id, wrapped))
         return key, wrapped

@@ -46,6 +46,8 @@ def create_tables(database: Database) -> None:
 
 
 class ChatHandler(Handler):
+    personal_tables = ("chat_threads", "chat_messages")
+
     def __init__(self, database: Database, topics: TopicNames) -> None:
         self.database = database
         self.topics = topics

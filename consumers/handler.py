@@ -52,6 +52,11 @@ class AccountWithdrawnError(Exception):
     code = "account_withdrawn"
 
 
+# Outcomes that say personal rows were deleted: after their commit the kit asks the store to
+# leave no copy behind (`Database.after_erasure`: SQLite's WAL truncated, PostgreSQL vacuumed).
+ERASURE_OUTCOMES = frozenset({"erased", "purged", "contact_erased"})
+
+
 @dataclass(frozen=True)
 class HandlerResult:
     outgoing: tuple[Outgoing, ...] = ()
@@ -60,6 +65,9 @@ class HandlerResult:
 
 class Handler(Protocol):
     """A service's reaction to one record. Subclass it to inherit the no-op `prepare`."""
+
+    # The service's tables that hold personal values: vacuumed (PostgreSQL) after an erasure.
+    personal_tables: tuple[str, ...] = ()
 
     def prepare(self, envelope: Envelope) -> None:
         """Idempotent steps before the transaction (may run again after a crash or retry)."""

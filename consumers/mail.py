@@ -2,6 +2,8 @@
 
 Tables in the service's own schema:
 - `contacts`: the address, name and notification choices, from the compacted profile topic;
+  the address and name sealed under the account's key (`consumers.sealed`, table
+  `sealed_keys`), which the erasure destroys with the row;
 - `mail_outbox`: notices queued for delivery (`queue_notice`, sent by `deliver_queued`);
 - `suppressions`: one row per withdrawn account (ids, counts and times only): no notice is
   queued or delivered for it any more, and it records the confirmation mail that was sent.
@@ -45,8 +47,10 @@ from consumers.handler import (
     erasure_confirmation,
 )
 from consumers.mailer import InvalidRecipientError, Mailer, notice_message
+from consumers.sealed import SealedValues
 from consumers.store import count_rows, insert_rows
-from consumers.withdrawal_mail import WithdrawalMail
+from consumers.withdrawal_mail import CONTACT_EMAIL, CONTACT_NAME, WithdrawalMail
+from lifecycle.keyring import Keyring
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
 from schemas.contract import Envelope, ProfileV1, PurgedV1, TopicNames, WithdrawalRequestedV1
@@ -101,12 +105,18 @@ def create_tables(database: Database) -> None:
 
 
 class MailHandler(Handler):
-    def __init__(self, database: Database, topics: TopicNames, mailer: Mailer) -> None:
+    personal_tables = ("contacts", "mail_outbox")
+
+    def __init__(
+        self, database: Database, topics: TopicNames, mailer: Mailer, *, keyring: Keyring
+    ) -> None:
         self.database = database
         self.topics = topics
         self.mailer = mailer
+        self.sealed = SealedValues(database, keyring)
         create_tables(database)
-        self.withdrawal_mail = WithdrawalMail(database, mailer)
+        self.sealed.create_table()
+        self.withdrawal_mail = WithdrawalMail(database, mailer, self.sealed)
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
         # `prepare_many` takes a withdrawal's address from the batch's own profile records as
@@ -127,11 +137,13 @@ class MailHandler(Handler):
             return self._on_profile(cursor, data)
         if envelope.is_tombstone and envelope.type == ProfileV1.ce_type():
             removed = self._delete(cursor, envelope.account_id, "contacts")
+            self.sealed.destroy(cursor, [envelope.account_id])
             return HandlerResult(outcome="contact_erased" if removed else "ignored")
         if isinstance(data, PurgedV1):
             self._lock(cursor, data.account_id)
             self._delete(cursor, data.account_id, "contacts")
             self._delete(cursor, data.account_id, "mail_outbox")
+            self.sealed.destroy(cursor, [data.account_id])
             return HandlerResult(outcome="purged")
         return HandlerResult(outcome="ignored")
 
@@ -179,15 +191,13 @@ class MailHandler(Handler):
         }
         fresh = [p for p in profiles if p.account_id not in withdrawn]
         if fresh:
+            keys = self.sealed.keys_for(cursor, [p.account_id for p in fresh], create=True)
             insert_rows(
                 db,
                 cursor,
                 db.table("contacts"),
                 CONTACT_COLUMNS,
-                [
-                    (str(p.account_id), p.email, p.display_name, json.dumps(p.notifications))
-                    for p in fresh
-                ],
+                [self._contact_row(keys[p.account_id], p) for p in fresh],
                 suffix="ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
                 "display_name = excluded.display_name, notifications = excluded.notifications, "
                 f"updated_at = {db.now}",
@@ -223,6 +233,7 @@ class MailHandler(Handler):
         )
         for table in ("contacts", "mail_outbox"):
             cursor.execute(f"DELETE FROM {db.table(table)} WHERE {where}", params)
+        self.sealed.destroy(cursor, [UUID(account) for (account,) in mailed])
         totals = cursor.execute(
             f"SELECT account_id, rows_removed FROM {suppressions} WHERE {where}", params
         ).fetchall()
@@ -270,13 +281,14 @@ class MailHandler(Handler):
             (account,),
         ).fetchone()
         if row is None:
+            key = self.sealed.keys_for(cursor, [profile.account_id], create=True)
             cursor.execute(
                 f"INSERT INTO {db.table('contacts')} "
                 "(account_id, email, display_name, notifications) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
                 "display_name = excluded.display_name, notifications = excluded.notifications, "
                 f"updated_at = {db.now}",
-                (account, profile.email, profile.display_name, json.dumps(profile.notifications)),
+                self._contact_row(key[profile.account_id], profile),
             )
             return HandlerResult(outcome="contact_saved")
         awaiting, sent_at, confirmed_at = row
@@ -287,11 +299,22 @@ class MailHandler(Handler):
         # Never keep an address of a withdrawn account.
         return HandlerResult(outcome="refused")
 
+    def _contact_row(self, key: bytes, profile: ProfileV1) -> tuple[str, str, str, str]:
+        """A contacts row: the address and name sealed under the account's key."""
+        account_id = profile.account_id
+        return (
+            str(account_id),
+            self.sealed.seal(key, account_id, CONTACT_EMAIL, profile.email),
+            self.sealed.seal(key, account_id, CONTACT_NAME, profile.display_name),
+            json.dumps(profile.notifications),
+        )
+
     def _erase_and_confirm(self, cursor: Cursor, account_id: UUID) -> HandlerResult:
         db = self.database
         account = str(account_id)
         removed = self._delete(cursor, account_id, "contacts")
         removed += self._delete(cursor, account_id, "mail_outbox")
+        self.sealed.destroy(cursor, [account_id])
         cursor.execute(
             f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s, "
             f"awaiting_address = 0, confirmed_at = {db.now} WHERE account_id = %s",
@@ -340,13 +363,17 @@ class _AddressUnknownError(Exception):
     pass
 
 
-def deliver_queued(database: Database, mailer: Mailer, *, limit: int = 100) -> int:
+def deliver_queued(
+    database: Database, mailer: Mailer, keyring: Keyring, *, limit: int = 100
+) -> int:
     """Send queued notices; returns how many were sent.
 
     Each notice is sent inside a transaction holding its account's lock, after checking the
     suppression: a withdrawal waits for a send in progress and no send follows a withdrawal.
     Notices for an address not yet known stay queued; a kind the member switched off is dropped.
+    `keyring` is the service's, the one its handler seals contacts with.
     """
+    sealed = SealedValues(database, keyring)
     with database.transaction(commit=False) as cursor:
         queued = cursor.execute(
             f"SELECT notice_id, account_id FROM {database.table('mail_outbox')} "
@@ -356,13 +383,15 @@ def deliver_queued(database: Database, mailer: Mailer, *, limit: int = 100) -> i
     sent = 0
     for notice_id, account in queued:
         try:
-            sent += _deliver_one(database, mailer, notice_id, UUID(account))
+            sent += _deliver_one(database, mailer, sealed, notice_id, UUID(account))
         except _AddressUnknownError:
             continue
     return sent
 
 
-def _deliver_one(database: Database, mailer: Mailer, notice_id: str, account_id: UUID) -> int:
+def _deliver_one(
+    database: Database, mailer: Mailer, sealed: SealedValues, notice_id: str, account_id: UUID
+) -> int:
     with database.transaction() as cursor:
         lock_key(database, cursor, f"mail:{account_id}")
         notice = cursor.execute(
@@ -380,7 +409,12 @@ def _deliver_one(database: Database, mailer: Mailer, notice_id: str, account_id:
         if contact is None:
             raise _AddressUnknownError()
         kind, subject, body = notice
-        email, display_name, notifications = contact
+        key = sealed.keys_for(cursor, [account_id]).get(account_id)
+        email = sealed.open(key, account_id, CONTACT_EMAIL, contact[0])
+        display_name = sealed.open(key, account_id, CONTACT_NAME, contact[1])
+        notifications = contact[2]
+        if email is None or display_name is None:
+            raise _AddressUnknownError()
         if json.loads(notifications).get(kind) is False:
             log.info("mail.notice_dropped", account_id=str(account_id), kind=kind)
             return 0

@@ -54,6 +54,8 @@ def create_tables(database: Database) -> None:
 
 
 class ScoutHandler(Handler):
+    personal_tables = ("scouts",)
+
     def __init__(self, database: Database, topics: TopicNames) -> None:
         self.database = database
         self.topics = topics

@@ -19,8 +19,10 @@ from consumers.mailer import (
     confirmation_message,
     message_id_for,
 )
+from consumers.sealed import SealedValues
 from consumers.store import insert_rows
 from lifecycle.logs import get_logger
+from lifecycle.pipeline_metrics import WITHDRAWAL_TO_SUPPRESSION, observe_since
 from lifecycle.storage import Database, lock_keys
 from schemas.contract import Envelope, ProfileV1, WithdrawalRequestedV1
 
@@ -28,15 +30,19 @@ from schemas.contract import Envelope, ProfileV1, WithdrawalRequestedV1
 Contact = tuple[str, str]
 
 log = get_logger(__name__)
+# The sealed columns of `contacts` (consumers.sealed binds each value to its column).
+CONTACT_EMAIL = "contacts.email"
+CONTACT_NAME = "contacts.display_name"
 
 
 class WithdrawalMail:
     """Suppress, then mail; idempotent, so a repeat after a failure sends nothing twice while
     the process lives (`_sent_unrecorded`) and only what was not recorded after a crash."""
 
-    def __init__(self, database: Database, mailer: Mailer) -> None:
+    def __init__(self, database: Database, mailer: Mailer, sealed: SealedValues) -> None:
         self.database = database
         self.mailer = mailer
+        self.sealed = sealed
         self._sent_unrecorded: dict[UUID, str] = {}  # account -> Message-ID sent, not recorded
 
     def prepare(self, envelopes: Sequence[Envelope]) -> None:
@@ -52,7 +58,11 @@ class WithdrawalMail:
             elif isinstance(data, ProfileV1):
                 profiles[data.account_id] = data
         sends: list[tuple[UUID, str, str, str]] = []
-        for account_id, (ce_id, stored) in self._suppress(withdrawals).items():
+        suppressed = self._suppress(withdrawals)
+        for envelope in envelopes:
+            if isinstance(envelope.data, WithdrawalRequestedV1):
+                observe_since(WITHDRAWAL_TO_SUPPRESSION, envelope.data.requested_at)
+        for account_id, (ce_id, stored) in suppressed.items():
             late = profiles.get(account_id)
             address = stored if stored or not late else (late.email, late.display_name)
             if address is not None:
@@ -100,6 +110,7 @@ class WithdrawalMail:
                 f"SELECT account_id, email, display_name FROM {db.table('contacts')} WHERE {where}",
                 params,
             ).fetchall()
+            keys = self.sealed.keys_for(cursor, [UUID(account) for account, *_ in contacts])
         dropped_by = {UUID(account): int(count) for account, count in queued}
         for account_id in withdrawals:
             log.info(
@@ -107,7 +118,14 @@ class WithdrawalMail:
                 account_id=str(account_id),
                 notices_dropped=dropped_by.get(account_id, 0),
             )
-        known = {UUID(account): (email, name) for account, email, name in contacts}
+        known: dict[UUID, Contact] = {}
+        for account, email, name in contacts:
+            account_id = UUID(account)
+            key = keys.get(account_id)
+            address = self.sealed.open(key, account_id, CONTACT_EMAIL, email)
+            display_name = self.sealed.open(key, account_id, CONTACT_NAME, name)
+            if address is not None and display_name is not None:
+                known[account_id] = (address, display_name)
         return {UUID(a): (ce_id, known.get(UUID(a))) for a, ce_id in unsent}
 
     def _awaiting(self, account_ids: list[UUID]) -> list[tuple[UUID, str]]:

@@ -26,11 +26,13 @@ from consumers.mailer import DiscardingMailer, Mailer, SmtpMailer
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
+from lifecycle.crypto import MasterKeyError, decode_master_key
 from lifecycle.erasure import ErasureHandler, ErasureProcess
 from lifecycle.errors import LifecycleError, StartupError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher, Publisher
 from lifecycle.kafka.source import InProcessSource, KafkaSource, Source
+from lifecycle.keyring import FileKeyring, Keyring, KeyringError, MasterKeyring, derive
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, schema_setup_turn
@@ -105,7 +107,7 @@ def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
     receipts; its tables and the receipts' are created now, at start-up, so that no request
     and no confirmation ever runs DDL."""
     process = ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
-    receipts = Receipts(process, topics=settings.topics)
+    receipts = Receipts(process, topics=settings.topics, key_policy=settings.key_policy)
     process.receipts = receipts
     try:
         _setting_up(process.create_tables)
@@ -133,8 +135,27 @@ def service_database(settings: Settings, name: str, schema: str | None = None) -
     return open_database(settings.database_url, schema or name)
 
 
+def service_keyring(settings: Settings, name: str) -> Keyring:
+    """A reference service's own keyring for its sealed store (consumers.sealed): its own
+    directory `service-<name>` inside the keyring directory, or, where only the master key is
+    configured, a master of its own derived from it (never the lifecycle service's KEKs)."""
+    master_key, directory = settings.resolved_keys()
+    try:
+        if directory is not None:
+            return FileKeyring(directory / f"service-{name}")
+    except KeyringError as error:
+        raise MasterKeyError(detail=str(error)) from None
+    assert master_key is not None, "resolved_keys gives one or the other"
+    return MasterKeyring(derive(decode_master_key(master_key), f"lifecycle/service/{name}"))
+
+
 def service_handler(
-    name: str, database: Database, topics: TopicNames, mailer: Mailer | None = None
+    name: str,
+    database: Database,
+    topics: TopicNames,
+    mailer: Mailer | None = None,
+    *,
+    keyring: Keyring,
 ) -> tuple[Handler, list[str]]:
     """The handler of one reference service and the topics it reads."""
     if name == "scout":
@@ -142,7 +163,7 @@ def service_handler(
     if name == "chat":
         return chat.ChatHandler(database, topics), chat.subscribed_topics(topics)
     if name == "mail":
-        handler = mail.MailHandler(database, topics, mailer or DiscardingMailer())
+        handler = mail.MailHandler(database, topics, mailer or DiscardingMailer(), keyring=keyring)
         return handler, mail.subscribed_topics(topics)
     _check_service(name)
     raise AssertionError(name)
@@ -175,7 +196,13 @@ def _service_consumer(
     poll_timeout_s: float = 0.5,
     lag_interval_s: float = 1.0,
 ) -> Consumer:
-    handler, subscribed = service_handler(name, database, topics, mailer or mailer_for(settings))
+    handler, subscribed = service_handler(
+        name,
+        database,
+        topics,
+        mailer or mailer_for(settings),
+        keyring=service_keyring(settings, name),
+    )
     return Consumer(
         name,
         source_of(subscribed),
@@ -275,7 +302,9 @@ def kafka_consumer(
             database,
             topics=topics,
             publisher=publisher,
-            source_of=lambda subscribed: KafkaSource(bootstrap, subscribed, group),
+            source_of=lambda subscribed: KafkaSource(
+                bootstrap, subscribed, group, group_instance_id=settings.instance_id
+            ),
             mailer=mailer,
             retry=retry,
             hooks=hooks,
@@ -302,7 +331,9 @@ def kafka_erasure_consumer(
     group = topics.group_id(ERASURE_GROUP)
     publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq")
     try:
-        source = KafkaSource(bootstrap, [topics.erasure_confirmed], group)
+        source = KafkaSource(
+            bootstrap, [topics.erasure_confirmed], group, group_instance_id=settings.instance_id
+        )
     except BaseException:
         publisher.close()
         raise

@@ -17,15 +17,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
     Mapper,
@@ -35,8 +34,18 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
+from lifecycle import tracing
 from lifecycle.domain import REDACTED, Account
 from lifecycle.errors import KeyDestroyedError, LifecycleError
+from lifecycle.keyring import (
+    FileKeyring,
+    Keyring,
+    KeyringError,
+    KeyVersionDestroyedError,
+    MasterKeyring,
+    open_sealed,
+    seal,
+)
 from lifecycle.storage import Cursor, Database
 
 NONCE_BYTES = 12
@@ -65,11 +74,19 @@ def new_master_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
-def derive_key(master_key: bytes, purpose: str) -> bytes:
-    """One master secret, separate keys per purpose (wrapping, e-mail claim ids)."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
-        master_key
-    )
+def keyring_from_env(env: Mapping[str, str]) -> Keyring:
+    """The keyring the settings name: a directory (`KEYRING_DIR`, with `MASTER_KEY` serving
+    version 1 where a deployment still has one), or the master key alone (no rotation)."""
+    encoded, directory = env.get("MASTER_KEY") or "", env.get("KEYRING_DIR") or ""
+    master_key = decode_master_key(encoded) if encoded else None
+    try:
+        if directory:
+            return FileKeyring(Path(directory), master_key)
+    except KeyringError as error:
+        raise MasterKeyError(detail=str(error)) from None
+    if master_key is None:
+        raise MasterKeyError(detail="configure LIFECYCLE_KEYRING_DIR or LIFECYCLE_MASTER_KEY")
+    return MasterKeyring(master_key)
 
 
 def keyed_id(key: bytes, value: str) -> UUID:
@@ -77,13 +94,8 @@ def keyed_id(key: bytes, value: str) -> UUID:
     return UUID(bytes=hmac.new(key, value.encode(), hashlib.sha256).digest()[:16])
 
 
-def _seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
-
-
-def _open(key: bytes, sealed: bytes, associated: bytes) -> bytes:
-    return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
+_seal = seal
+_open = open_sealed
 
 
 @dataclass(frozen=True)
@@ -95,17 +107,20 @@ class StoredEventWithKey(StoredEvent):
 
 
 class KeyVault:
-    """Per-account data keys, wrapped by the master key, cached briefly in memory."""
+    """Per-account data keys, wrapped by the keyring's current KEK, cached briefly in memory.
+
+    A key whose wrapping version has been destroyed reads as destroyed (None): that is what
+    a restored copy from before a rotation holds once the retention has passed."""
 
     # Another process may destroy a key at any moment; a cached copy outlives that by at
     # most this long, while a replay or a load still looks each key up about once.
     CACHE_SECONDS = 1.0
 
     def __init__(
-        self, database: Database, master_key: bytes, cache_seconds: float = CACHE_SECONDS
+        self, database: Database, keyring: Keyring, cache_seconds: float = CACHE_SECONDS
     ) -> None:
         self.database = database
-        self._wrapping_key = derive_key(master_key, "lifecycle/data-key-wrapping")
+        self.keyring = keyring
         self._cache: OrderedDict[UUID, tuple[float, bytes | None]] = OrderedDict()
         self._cache_seconds = cache_seconds
         self._cache_size = 10_000
@@ -197,7 +212,7 @@ class KeyVault:
 
         The key is cached at once: the id is new, so no other process can know it yet."""
         key = AESGCM.generate_key(bit_length=256)
-        wrapped = _seal(self._wrapping_key, key, account_id.bytes)
+        wrapped = self.keyring.wrap(key, account_id.bytes)
         self._remember(account_id, key)
         return key, wrapped
 
@@ -228,8 +243,7 @@ class KeyVault:
 
     def remember_wrapped(self, account_id: UUID, wrapped: bytes | None) -> None:
         """Cache a key read along with its account's events (None: it has none)."""
-        key = None if wrapped is None else _open(self._wrapping_key, wrapped, account_id.bytes)
-        self._remember(account_id, key)
+        self._remember(account_id, None if wrapped is None else self.unwrap(account_id, wrapped))
 
     def _remember(self, account_id: UUID, key: bytes | None) -> None:
         with self._lock:
@@ -273,9 +287,7 @@ class KeyVault:
         wrapped = {db.to_uuid(row[0]): bytes(row[1]) for row in rows}
         keys = {
             account_id: (
-                _open(self._wrapping_key, wrapped[account_id], account_id.bytes)
-                if account_id in wrapped
-                else None
+                self.unwrap(account_id, wrapped[account_id]) if account_id in wrapped else None
             )
             for account_id in wanted
         }
@@ -286,6 +298,13 @@ class KeyVault:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return keys
+
+    def unwrap(self, account_id: UUID, wrapped: bytes) -> bytes | None:
+        """The data key, or None when the KEK version that wrapped it was destroyed."""
+        try:
+            return self.keyring.unwrap(wrapped, account_id.bytes)
+        except KeyVersionDestroyedError:
+            return None
 
     def forget(self, account_id: UUID) -> None:
         with self._lock:
@@ -377,6 +396,7 @@ class PersonalDataMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         domain_event = super().to_domain_event(stored_event)
         state: dict[str, Any] = domain_event.__dict__
+        tracing.strip(state)  # metadata stored with the event, not the event's own
         sealed = state.pop(SEALED_FIELD, None)
         if sealed is None:
             return domain_event

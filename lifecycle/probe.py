@@ -5,7 +5,11 @@ process of its own, with no HTTP API of its own to ask).
 (200 while the process runs) and `GET /readyz`: 503 while the worker starts, or while it waits out a
 dependency that is down (the body names which), 200 once it works. The answers are the API's
 (`lifecycle serve`): the same paths, the same 503 problem document. Standard library only: one
-thread, a few lines of JSON, nothing a worker's supervisor has to install.
+thread, a few lines of JSON (and prometheus_client for `/metrics`), nothing to install besides.
+
+`GET /metrics` there is this process's Prometheus exposition (`lifecycle.pipeline_metrics`): its
+histograms (withdrawal to purged in the erasure process, to suppression in the mail service) and
+its workers' readiness and lag. Counts and durations only, like the API's `/metrics`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from lifecycle.pipeline_metrics import REGISTRY, ForwardingCollector, WorkersCollector
 
 
 class Worker(Protocol):
@@ -36,6 +44,9 @@ class Probe:
         self._watched: list[Worker] = []
         self._started = False
         self._lock = threading.Lock()
+        self.registry = CollectorRegistry()
+        self.registry.register(ForwardingCollector(REGISTRY))
+        self.registry.register(WorkersCollector(self.watched))
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -52,6 +63,10 @@ class Probe:
         with self._lock:
             self._watched.extend(workers)
             self._started = True
+
+    def watched(self) -> list[Worker]:
+        with self._lock:
+            return list(self._watched)
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -90,13 +105,17 @@ def _handler_for(probe: Probe) -> type[BaseHTTPRequestHandler]:
                 self._answer(200, {"status": "ok"})
             elif self.path == "/readyz":
                 self._answer(*probe.readiness())
+            elif self.path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(probe.registry))
             else:
                 self._answer(404, _problem(404, "not_found", "no such path"))
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
             kind = "application/json" if status == 200 else "application/problem+json"
+            self._send(status, kind, json.dumps(body).encode())
+
+        def _send(self, status: int, kind: str, data: bytes) -> None:
+            self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lifecycle.crypto import MasterKeyError, decode_master_key, new_master_key
+from lifecycle.crypto import MasterKeyError, decode_master_key
+from lifecycle.kafka.admin import HOUR_MS, TopicSettings
+from lifecycle.keyring import KeyPolicy, KeyringError, read_private
 from lifecycle.storage import persistence_env
 from schemas.contract import TopicNames
 
@@ -31,13 +34,42 @@ class Settings(BaseSettings):
     # PostgreSQL schema holding the service's tables (tests use one per test).
     database_schema: str = "public"
     kafka_bootstrap: str | None = None
+    # This process's stable name among its consumer group's members (an operator sets it from
+    # the pod or host name, unique per process of a group): the Kafka consumers of `consume`
+    # and `erasure` join as static members (group.instance.id), so a process killed and
+    # restarted takes its partitions back at once instead of waiting out its old session.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    # The topics `lifecycle topics` creates (lifecycle.kafka.admin.TopicSettings): partitions,
+    # replicas (3 on a production cluster), min.insync.replicas (unset: 2 with 3 or more
+    # replicas, else 1) and the time bounds that bound how long a value outlives `Purged`.
+    kafka_partitions: int = Field(default=3, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
+    kafka_lifecycle_retention_hours: float = Field(default=7 * 24, gt=0)
+    kafka_lifecycle_segment_hours: float = Field(default=24, gt=0)
+    kafka_profile_segment_hours: float = Field(default=1, gt=0)
+    kafka_profile_max_compaction_lag_hours: float = Field(default=24, gt=0)
+    kafka_profile_delete_retention_hours: float = Field(default=24, gt=0)
+    kafka_confirmations_retention_hours: float = Field(default=14 * 24, gt=0)
+    kafka_dead_letter_retention_hours: float = Field(default=2 * 24, gt=0)
+    kafka_dead_letter_segment_hours: float = Field(default=1, gt=0)
     # Prepended to every topic name (e.g. "staging."); tests use one per test.
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
     api_tokens: dict[str, Role] = Field(default_factory=dict)
-    # URL-safe base64 of 32 bytes; wraps every per-account key. Unset: a key file under ./data.
-    master_key: str | None = None
+    # The legacy single secret (URL-safe base64 of 32 bytes): served as version 1 of every key
+    # purpose (lifecycle.keyring). A secret type: never in a repr, a log or an error.
+    master_key: SecretStr | None = None
+    # The keyring directory (one 0600 file per key version). Unset: ./data/keys embedded.
+    keyring_dir: Path | None = None
+    # A KEK version is superseded at the latest this long after it was created (the rotation
+    # schedule), and destroyed this long after it was retired (the backup and WAL-archive
+    # retention): together, the bound an erasure receipt states.
+    key_rotation_days: float = Field(default=90.0, ge=0)
+    key_retention_days: float = Field(default=35.0, ge=0)
     erasure_deadline_hours: float = 72.0
+    # How long the first answer to a request with an Idempotency-Key is kept (and replayed).
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
     # Roles whose audit reads may ask for personal values decrypted (each such read is
     # recorded); empty: nobody, every audit read is redacted. Example: '["auditor"]'.
     audit_decrypt_roles: list[Role] = Field(default_factory=list)
@@ -52,6 +84,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     service_name: str = "lifecycle"
 
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if (self.kafka_min_insync_replicas or 1) > self.kafka_replication_factor:
+            raise ValueError("kafka_min_insync_replicas cannot exceed kafka_replication_factor")
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_supported(cls, value: str) -> str:
@@ -60,9 +98,9 @@ class Settings(BaseSettings):
 
     @field_validator("master_key")
     @classmethod
-    def _master_key_decodes(cls, value: str | None) -> str | None:
+    def _master_key_decodes(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            decode_master_key(value)
+            decode_master_key(value.get_secret_value())
         return value
 
     @field_validator("api_tokens")
@@ -78,30 +116,75 @@ class Settings(BaseSettings):
         return TopicNames(prefix=self.topic_prefix)
 
     @property
+    def topic_settings(self) -> TopicSettings:
+        def ms(hours: float) -> int:
+            return round(hours * HOUR_MS)
+
+        return TopicSettings(
+            partitions=self.kafka_partitions,
+            replication_factor=self.kafka_replication_factor,
+            min_insync_replicas_override=self.kafka_min_insync_replicas,
+            lifecycle_retention_ms=ms(self.kafka_lifecycle_retention_hours),
+            lifecycle_segment_ms=ms(self.kafka_lifecycle_segment_hours),
+            profile_segment_ms=ms(self.kafka_profile_segment_hours),
+            profile_max_compaction_lag_ms=ms(self.kafka_profile_max_compaction_lag_hours),
+            profile_delete_retention_ms=ms(self.kafka_profile_delete_retention_hours),
+            confirmations_retention_ms=ms(self.kafka_confirmations_retention_hours),
+            dead_letter_retention_ms=ms(self.kafka_dead_letter_retention_hours),
+            dead_letter_segment_ms=ms(self.kafka_dead_letter_segment_hours),
+        )
+
+    @property
     def is_embedded(self) -> bool:
         return self.database_url.startswith("sqlite:")
 
+    @property
+    def key_policy(self) -> KeyPolicy:
+        return KeyPolicy(
+            rotation=timedelta(days=self.key_rotation_days),
+            retention=timedelta(days=self.key_retention_days),
+        )
+
     def application_env(self) -> dict[str, str]:
         """The eventsourcing environment for the Accounts application."""
+        master_key, keyring_dir = self.resolved_keys()
         return {
             **persistence_env(self.database_url, self.database_schema),
-            "MASTER_KEY": self.resolved_master_key(),
+            "MASTER_KEY": master_key or "",
+            "KEYRING_DIR": str(keyring_dir or ""),
+            "IDEMPOTENCY_TTL_S": str(self.idempotency_ttl_hours * 3600),
         }
 
     def resolved_master_key(self) -> str:
-        if self.master_key:
-            return self.master_key
+        """The configured (or embedded legacy) master key; MasterKeyError when there is none."""
+        master_key, _ = self.resolved_keys()
+        if master_key is None:
+            raise MasterKeyError(detail="no LIFECYCLE_MASTER_KEY: keys live in the keyring")
+        return master_key
+
+    def resolved_keys(self) -> tuple[str | None, Path | None]:
+        """The master key (if any) and the keyring directory (if any).
+
+        Embedded with nothing configured: the keyring `keys/` beside the SQLite database, and
+        `master.key` there as version 1 when an older release created one (checked: a plain
+        file of this user's, mode 0600)."""
+        master_key = self.master_key.get_secret_value() if self.master_key else None
+        if self.keyring_dir is not None or master_key is not None:
+            return master_key, self.keyring_dir
         if not self.is_embedded:
             raise MasterKeyError(
-                detail="LIFECYCLE_MASTER_KEY is required outside the embedded default"
+                detail="LIFECYCLE_KEYRING_DIR (or LIFECYCLE_MASTER_KEY) is required outside "
+                "the embedded default"
             )
-        # Embedded first run only: a key file beside the SQLite database.
-        path = Path(self.database_url.removeprefix("sqlite:///")).parent / "master.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(new_master_key())
-            path.chmod(0o600)
-        return path.read_text().strip()
+        data = Path(self.database_url.removeprefix("sqlite:///")).parent
+        legacy = data / "master.key"
+        try:
+            found = read_private(legacy) if legacy.exists() else None
+        except KeyringError as error:
+            raise MasterKeyError(detail=str(error)) from None
+        if found is not None:
+            decode_master_key(found)
+        return found, data / "keys"
 
 
 def token_digest(token: str) -> str:

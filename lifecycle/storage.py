@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Iterable, Iterator
@@ -81,6 +82,8 @@ class Database:
             self.dialect = "sqlite"
             self.schema = None
             self.events_table = "stored_events"
+            secure_delete(datastore)
+        self._vacuumed_at = 0.0
 
     def table(self, name: str) -> str:
         """A table's name as SQL should say it: schema-qualified on PostgreSQL."""
@@ -137,6 +140,39 @@ class Database:
                 )
             yield cursor
 
+    def after_erasure(self, tables: Iterable[str] = ()) -> None:
+        """Leave no copy of deleted rows where the engine lets us reach it.
+
+        SQLite (with `secure_delete`, so deleted content is zeroed in the pages): checkpoint the
+        write-ahead log into the database and truncate it to nothing, so no older page image
+        with the deleted row survives in the WAL file. PostgreSQL: VACUUM the named tables
+        (at most once a second per process), so their dead tuples leave the visibility of
+        every reader and their space is reused; what stays in WAL segments, archives and
+        backups is bounded by key destruction, not by this (see the README)."""
+        if self.dialect == "sqlite":
+            # TRUNCATE waits (the busy timeout) for readers to leave the WAL; busy means one
+            # stayed: the next erasure's checkpoint takes what this one could not.
+            for _ in range(3):
+                with self.transaction(commit=False) as cursor:
+                    row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if row is None or not row[0]:
+                    return
+            return
+        names = list(tables)
+        now = time.monotonic()
+        if not names or now - self._vacuumed_at < VACUUM_INTERVAL_S:
+            return
+        self._vacuumed_at = now
+        assert isinstance(self.datastore, PostgresDatastore)
+        with self.datastore.get_connection() as conn:
+            autocommit = conn.autocommit
+            conn.autocommit = True  # VACUUM cannot run inside a transaction
+            try:
+                for name in names:
+                    conn.execute(f"VACUUM {self.table(name)}")
+            finally:
+                conn.autocommit = autocommit
+
     def id_param(self, account_id: UUID) -> UUID | str:
         """Originator ids as each recorder stores them (SQLite keeps hex text)."""
         return account_id if self.dialect == "postgres" else account_id.hex
@@ -168,6 +204,26 @@ class Database:
     @property
     def now(self) -> str:
         return "now()" if self.dialect == "postgres" else "CURRENT_TIMESTAMP"
+
+
+VACUUM_INTERVAL_S = 1.0
+
+
+def secure_delete(datastore: SQLiteDatastore) -> None:
+    """Every connection of this SQLite pool overwrites deleted content with zeros (`PRAGMA
+    secure_delete`), so a deleted row (a data key, a contact) leaves no bytes in its page."""
+    pool = datastore.pool
+    if getattr(pool, "_secure_delete", False):
+        return
+    create = pool._create_connection
+
+    def create_securely() -> Any:
+        connection = create()
+        connection._sqlite_conn.execute("PRAGMA secure_delete = ON")
+        return connection
+
+    pool._create_connection = create_securely  # type: ignore[method-assign]
+    pool._secure_delete = True  # type: ignore[attr-defined]
 
 
 # How long the pool goes on reconnecting in the background before it gives up and lets the

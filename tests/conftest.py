@@ -52,13 +52,18 @@ SERVER_FIXTURES = {
     "postgres_url": "postgres",
     "pg_schema": "postgres",
     "kafka_bootstrap": "kafka",
-    "fault_postgres": "postgres",
-    "fault_kafka": "kafka",
+    "throwaway_postgres": "postgres",
+    "throwaway_kafka": "kafka",
+    "kafka_cluster": "kafka",
 }
 SERVER_PARAMS = {("backend", "postgres"): "postgres"}
 # Fixtures of servers that one worker starts once per run: every test using one goes to that
 # worker (`--dist loadgroup`; xdist hands out the biggest group first).
-SERVER_GROUPS = {"fault_postgres": "faults", "fault_kafka": "faults"}
+SERVER_GROUPS = {
+    "throwaway_postgres": "faults",
+    "throwaway_kafka": "faults",
+    "kafka_cluster": "faults",
+}
 
 
 def _fast_temporary_files() -> None:

@@ -8,8 +8,10 @@ the conftests. It sits beside the root conftest, whose folder pytest puts on sys
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import json
 import os
 import random
 import socket
@@ -369,3 +371,77 @@ HOSTILE_ADDRESSES = [
     "x" * 65 + "@example.jp",
     "a@" + "b" * 250 + ".jp",
 ]
+
+
+def searched_forms(value: str) -> list[bytes]:
+    """The value as the project could store it: UTF-8, JSON-escaped, bytea hex, base64."""
+    raw = value.encode()
+    return [
+        raw,
+        value.casefold().encode(),
+        json.dumps(value).strip('"').encode(),
+        raw.hex().encode(),
+        base64.b64encode(raw),
+    ]
+
+
+def files_holding(directory: Path, needles: list[bytes]) -> list[str]:
+    """Every file under `directory` that holds any of `needles` in any byte (a file gone
+    while walking is skipped), named relative to it."""
+    found = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        try:
+            content = path.read_bytes()
+        except (FileNotFoundError, PermissionError):
+            continue
+        if any(needle in content for needle in needles):
+            found.append(str(path.relative_to(directory)))
+    return found
+
+
+# What ops read: the alert rules' and the dashboard's PromQL, and the metric names it uses.
+
+OPS = Path(__file__).resolve().parent.parent / "ops"
+ALERT_RULES = OPS / "prometheus" / "alerts.yml"
+DASHBOARD = OPS / "grafana" / "lifecycle.json"
+_PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bool", "offset"}
+
+
+def ops_expressions() -> list[str]:
+    """Every PromQL expression of the alert rules (alerts and recordings) and the dashboard."""
+    import json
+
+    import yaml
+
+    rules = yaml.safe_load(ALERT_RULES.read_text())
+    found = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        found += [target["expr"] for target in panel.get("targets", [])]
+    return found
+
+
+def recorded_names() -> set[str]:
+    import yaml
+
+    rules = yaml.safe_load(ALERT_RULES.read_text())
+    return {
+        rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule
+    }
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads: identifiers that are not functions, keywords,
+    label names (inside braces or a `by (...)` / `on (...)` list) or numbers."""
+    import re
+
+    text = re.sub(r'"[^"]*"', "", expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        follows = text[match.end() :].lstrip()[:1]
+        word = match.group(0)
+        if follows != "(" and word not in _PROMQL_WORDS and not word.startswith("__"):
+            names.add(word)
+    return names

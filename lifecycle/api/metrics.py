@@ -26,6 +26,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lifecycle.api import pipeline_collector
 from lifecycle.logs import get_logger
 
 # State-changing routes, by the command they run.
@@ -172,6 +173,11 @@ class StateCollector(Collector):
         for name, position in positions:
             relay_position.add_metric([str(name)], int(position))
             relay_lag.add_metric([str(name)], max(0, head - int(position)))
+        # With Kafka off the relay thread keeps its position in memory, not in relay_position.
+        relay = getattr(getattr(self.app.state, "workers", None), "relay", None)
+        if relay is not None and relay.name not in {str(name) for name, _ in positions}:
+            relay_position.add_metric([relay.name], relay.position)
+            relay_lag.add_metric([relay.name], max(0, head - relay.position))
         yield relay_position
         yield relay_lag
 
@@ -253,6 +259,7 @@ def install_metrics(app: FastAPI) -> Metrics:
     """The registry, the request middleware, the state collector and the route."""
     found = Metrics()
     found.registry.register(StateCollector(app))
+    pipeline_collector.install(app, found.registry)
     app.state.metrics = found
     app.add_middleware(MetricsMiddleware, metrics=found)
     app.include_router(router)

@@ -6,8 +6,12 @@ key's destruction, the hash-chain link of the `Purged` event (recomputed from th
 chain's read model lags) and when the last copy on the compacted profile topic is due to be
 gone. It holds ids, times and counts only: nothing in it identifies the person.
 
-It is signed with Ed25519; the signing key is derived from the master key (HKDF, a purpose of
-its own), so no new secret is kept, and the public key is published (`public_key_document`).
+It is signed with Ed25519 under the keyring's current `signing` version (lifecycle.keyring:
+versions of its own, so a KEK rotation leaves it alone); the receipt names the key id, and
+every version's public key stays published (`public_key_document`), so old receipts verify.
+The receipt states the bound of the key's destruction: every KEK version that could have
+wrapped the account's data key in some copy (a WAL segment, a backup) and the date by which
+each is destroyed under the configured rotation and retention (`key.unrecoverable_by`).
 The receipt's id follows from the account id alone (`schemas.contract.erasure_receipt_id`),
 so the withdrawal-confirmation mail can give it. `verify_receipt` checks the signature and
 that the chain still holds the purge: every link recomputes (`lifecycle.audit.verify`) and
@@ -30,11 +34,12 @@ from eventsourcing.utils import get_topic
 
 from lifecycle.application import Accounts
 from lifecycle.audit.verify import chain_point, verify
-from lifecycle.crypto import KEYS_TABLE, decode_master_key, derive_key
+from lifecycle.crypto import KEYS_TABLE
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.erasure import ErasureProcess
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.admin import TopicSettings
+from lifecycle.keyring import KeyPolicy, Keyring
 from lifecycle.logs import get_logger
 from projections.hashchain import HashChain
 from schemas.contract import TopicNames, erasure_receipt_id
@@ -56,16 +61,37 @@ def canonical(document: dict[str, Any]) -> bytes:
 
 
 class ReceiptSigner:
-    """The Ed25519 key pair of receipts, derived from the master key."""
+    """The Ed25519 key pair of receipts (the current signing version), and the public keys of
+    every version, by key id."""
 
-    def __init__(self, master_key: bytes) -> None:
-        seed = derive_key(master_key, SIGNING_PURPOSE)
+    def __init__(self, seed: bytes, *, older_seeds: tuple[bytes, ...] = ()) -> None:
         self._private = Ed25519PrivateKey.from_private_bytes(seed)
         self.public_key = self._private.public_key()
+        self.published: dict[str, Ed25519PublicKey] = {
+            key_id_of(_raw(public)): public
+            for public in (
+                *(Ed25519PrivateKey.from_private_bytes(s).public_key() for s in older_seeds),
+                self.public_key,
+            )
+        }
 
     @classmethod
     def of(cls, accounts: Accounts) -> ReceiptSigner:
-        return cls(decode_master_key(accounts.env.get("MASTER_KEY", "")))
+        return cls.from_keyring(accounts.keyring)
+
+    @classmethod
+    def from_keyring(cls, keyring: Keyring) -> ReceiptSigner:
+        current = keyring.current_version("signing")
+        older = tuple(
+            keyring.secret("signing", v.version)
+            for v in keyring.versions("signing")
+            if v.live and v.version != current
+        )
+        return cls(keyring.secret("signing", current), older_seeds=older)
+
+    def public_bytes_of(self, key_id: str) -> bytes | None:
+        public = self.published.get(key_id)
+        return None if public is None else _raw(public)
 
     @property
     def public_bytes(self) -> bytes:
@@ -86,17 +112,27 @@ class ReceiptSigner:
             },
         }
 
-    def public_key_document(self) -> dict[str, str]:
+    def public_key_document(self) -> dict[str, Any]:
+        """The current key, and every published key (older receipts name older ones)."""
         return {
-            "algorithm": ALGORITHM,
-            "key_id": self.key_id,
-            "public_key": base64.b64encode(self.public_bytes).decode(),
-            "pem": self.public_key.public_bytes(
-                Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
-            ).decode(),
+            **_public_key(self.public_key),
             "signed_bytes": "the receipt without `signature`, as JSON with sorted keys, "
             "separators ',' and ':', UTF-8",
+            "keys": [_public_key(public) for public in self.published.values()],
         }
+
+
+def _raw(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _public_key(public: Ed25519PublicKey) -> dict[str, str]:
+    return {
+        "algorithm": ALGORITHM,
+        "key_id": key_id_of(_raw(public)),
+        "public_key": base64.b64encode(_raw(public)).decode(),
+        "pem": public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode(),
+    }
 
 
 def key_id_of(public_bytes: bytes) -> str:
@@ -125,15 +161,22 @@ class Receipts:
         signer: ReceiptSigner | None = None,
         topics: TopicNames | None = None,
         topic_settings: TopicSettings | None = None,
+        key_policy: KeyPolicy | None = None,
     ) -> None:
         self.erasure = erasure
+        self.key_policy = key_policy or KeyPolicy()
         self.accounts = erasure.accounts
         self.database = erasure.database
-        self.signer = signer or ReceiptSigner.of(self.accounts)
+        self._signer = signer
         self.topics = topics or TopicNames()
         self.topic_settings = topic_settings or TopicSettings()
         self.chain = HashChain(self.database)
         self.table = self.database.table(RECEIPTS_TABLE)
+
+    @property
+    def signer(self) -> ReceiptSigner:
+        """The keyring's signing versions as they are now: a new version signs at once."""
+        return self._signer or ReceiptSigner.of(self.accounts)
 
     def create_tables(self) -> None:
         """Start-up DDL (guarded): the receipts table, and the chain's for its links."""
@@ -225,7 +268,7 @@ class Receipts:
                 for service in self.erasure.services
                 if service in rows
             },
-            "key": self._key_state(account_id),
+            "key": self._key_state(account_id, account.purged_at),
             "hash_chain": {
                 "position": point.position,
                 "originator_version": version,
@@ -261,7 +304,7 @@ class Receipts:
         assert row is not None, "called for purged accounts only"
         return int(row[0]), int(row[1])
 
-    def _key_state(self, account_id: UUID) -> dict[str, Any]:
+    def _key_state(self, account_id: UUID, purged_at: datetime) -> dict[str, Any]:
         db = self.database
         with db.transaction(commit=False) as cursor:
             kept = cursor.execute(
@@ -272,17 +315,37 @@ class Receipts:
                 f"SELECT destroyed_at FROM {db.table('destroyed_keys')} WHERE account_id = %s",
                 (db.id_param(account_id),),
             ).fetchone()
+        # Every KEK version alive at the purge may have wrapped this key in some copy (the
+        # current one in the database's WAL, older ones in backups from before a rotation).
+        keyring = self.accounts.keyring
+        alive = [
+            v
+            for v in keyring.versions("kek")
+            if v.created_at <= purged_at and (v.destroyed_at is None or v.destroyed_at > purged_at)
+        ]
+        bounds = [self.key_policy.destroy_by(v) for v in alive]
+        bound = None if None in bounds else max((b for b in bounds if b), default=None)
+        wrapping = [
+            {"version": v.version, "destroyed_by": _iso(b)}
+            for v, b in zip(alive, bounds, strict=True)
+        ]
         return {
             "destroyed": bool(tombstone) and not (kept and kept[0]),
             "destroyed_at": _iso(tombstone[0]) if tombstone else None,
+            "wrapped_under": keyring.current_version("kek"),
+            "wrapping_keys": wrapping,
+            "unrecoverable_by": _iso(bound),
         }
 
 
 def verify_receipt(receipt: dict[str, Any], receipts: Receipts) -> dict[str, Any]:
     """Signature, id, and the chain: every link recomputes and the purge is where it says."""
     problems: list[str] = []
-    if not signature_holds(receipt, receipts.signer.public_bytes):
-        problems.append("signature does not verify with this service's receipt key")
+    signature = receipt.get("signature")
+    key_id = str(signature.get("key_id", "")) if isinstance(signature, dict) else ""
+    public = receipts.signer.public_bytes_of(key_id)
+    if public is None or not signature_holds(receipt, public):
+        problems.append("signature does not verify with any of this service's receipt keys")
     try:
         account_id = UUID(str(receipt.get("account_id")))
         if str(erasure_receipt_id(account_id)) != receipt.get("receipt_id"):

@@ -263,6 +263,23 @@ class KafkaInspectorClient:
         finally:
             consumer.close()
 
+    def dead_letter_ranges(self) -> dict[str, dict[int, tuple[int, int]]]:
+        """Each group's dead-letter topic: per partition, the first offset still held and the
+        end offset (two offset requests per topic, no record read)."""
+        consumer = self._consumer()
+        try:
+            ranges: dict[str, dict[int, tuple[int, int]]] = {}
+            for group in CONSUMER_GROUPS:
+                partitions = self._partitions(consumer, self.topics.dlq(group))
+                begins = consumer.beginning_offsets(partitions) if partitions else {}
+                ends = consumer.end_offsets(partitions) if partitions else {}
+                ranges[group] = {
+                    tp.partition: (int(begins[tp]), int(ends[tp])) for tp in partitions
+                }
+            return ranges
+        finally:
+            consumer.close()
+
     def dead_letter(self, group: str, partition: int, offset: int) -> DeadLetter | None:
         record = self._record_at(self.topics.dlq(group), partition, offset)
         return None if record is None else _dead_letter(group, record)

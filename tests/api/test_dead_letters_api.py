@@ -189,3 +189,41 @@ def test_a_profile_record_is_redriven_only_while_it_is_the_accounts_latest(
     assert latest.status_code == 200, latest.text
     on_topic = read_topic(kafka_bootstrap, names.profile)
     assert [r.value for r in on_topic if r.offset > newer.offset] == [newer.value]
+
+
+def test_metrics_count_the_dead_letters_neither_redriven_nor_discarded(
+    kafka_client: TestClient,
+    kafka_bootstrap: str,
+    names: TopicNames,
+    accounts: Accounts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    from support import wait_until
+
+    from lifecycle.api import pipeline_collector
+
+    monkeypatch.setattr(pipeline_collector, "DEAD_LETTER_REFRESH_S", 0.0)  # count at each scrape
+
+    def waiting() -> dict[str, float]:
+        text = kafka_client.get("/metrics").text
+        return {
+            sample.labels["group"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "lifecycle_dead_letters_waiting"
+        }
+
+    account_id = member(accounts)
+    source = publish(kafka_bootstrap, *scout_received(names, account_id, 2, "s-2"))
+    dead_letter_of(kafka_bootstrap, names, "scout", source)
+    dead_letter_of(kafka_bootstrap, names, "scout", source, offset=source.offset + 1)
+    wait_until(lambda: waiting().get("scout") == 2, "two dead letters counted")
+    assert waiting()["mail"] == 0
+
+    first = kafka_client.get("/admin/v1/dead-letters/scout", headers=OPS).json()[0]
+    discarded = kafka_client.post(
+        f"/admin/v1/dead-letters/scout/{first['partition']}/{first['offset']}/discard", headers=OPS
+    )
+    assert discarded.status_code == 200, discarded.text
+    wait_until(lambda: waiting().get("scout") == 1, "the discarded one no longer counted")

@@ -56,7 +56,7 @@ def test_help_lists_every_subcommand() -> None:
         (
             ("audit", "reshred"),
             {"LIFECYCLE_DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"},
-            "LIFECYCLE_MASTER_KEY is required",
+            "LIFECYCLE_KEYRING_DIR (or LIFECYCLE_MASTER_KEY) is required",
         ),
         (("topics",), {"LIFECYCLE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "Kafka unusable"),
         (("relay",), {}, "needs LIFECYCLE_KAFKA_BOOTSTRAP"),

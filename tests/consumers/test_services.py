@@ -5,6 +5,7 @@ Mail goes through a real SMTP server (aiosmtpd on loopback).
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, Mailer, SmtpMailer,
 from consumers.store import ConsumerStore
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
+from lifecycle.keyring import MasterKeyring
 from lifecycle.storage import Database
 from schemas.contract import (
     Envelope,
@@ -44,6 +46,9 @@ from schemas.contract import (
 
 TOPICS = TopicNames()
 FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
+
+# The mail service's keyring for its sealed contacts (a master key of its own, in memory).
+KEYRING = MasterKeyring(os.urandom(32))
 
 
 # Running a service
@@ -181,12 +186,45 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
 
 def mail_service(service_store: StoreFactory, services: list[Service], mailer: Mailer) -> Service:
     database = service_store("mail")
-    handler = mail.MailHandler(database, TOPICS, mailer)
+    handler = mail.MailHandler(database, TOPICS, mailer, keyring=KEYRING)
     return start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
 
 
 def sent_after(smtp: SmtpSink, count: int) -> list[EmailMessage]:
     return [received.message for received in smtp.messages()[count:]]
+
+
+def test_mail_contacts_are_sealed_and_their_key_goes_with_the_erasure(
+    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+) -> None:
+    service = mail_service(service_store, services, SmtpMailer(smtp.host, smtp.port))
+    database = service.database
+    member = uuid.uuid4()
+    address, name = f"sealed.{member.hex[:6]}@example.jp", "Sealy Contactson"
+    service.send(profile(TOPICS, member, 1, address, name))
+    wait_until(lambda: mail.contact_known(database, member))
+
+    def stored() -> tuple[list[tuple[object, ...]], int]:
+        with database.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                f"SELECT email, display_name FROM {database.table('contacts')}"
+            ).fetchall()
+            keys = cursor.execute(
+                f"SELECT count(*) FROM {database.table('sealed_keys')} WHERE account_id = %s",
+                (str(member),),
+            ).fetchone()
+        return rows, int(keys[0]) if keys else 0
+
+    rows, keys = stored()
+    assert keys == 1
+    assert all(str(v).startswith("sealed:v1:") for row in rows for v in row)
+    assert address not in repr(rows) and name not in repr(rows)
+
+    service.send(withdrawal(TOPICS, member, 2))
+    wait_until(lambda: len(service.confirmations()) == 1)
+
+    assert stored() == ([], 0)
+    assert [r.recipients for r in smtp.messages()] == [[address]]  # opened for the one mail
 
 
 def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
@@ -205,7 +243,7 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 
     mail.queue_notice(database, member, kind="notices", subject="New postings", body="3 new")
     mail.queue_notice(database, other, kind="notices", subject="New postings", body="1 new")
-    assert mail.deliver_queued(database, mailer) == 2
+    assert mail.deliver_queued(database, mailer, KEYRING) == 2
     assert sorted(r.recipients[0] for r in smtp.messages()) == sorted(["other@example.jp", address])
     before = len(smtp.messages())
 
@@ -233,7 +271,7 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
     with pytest.raises(AccountWithdrawnError):
         mail.queue_notice(database, member, kind="notices", subject="Late", body="late")
     mail.queue_notice(database, other, kind="notices", subject="Still here", body="yes")
-    assert mail.deliver_queued(database, mailer) == 1
+    assert mail.deliver_queued(database, mailer, KEYRING) == 1
     service.send(profile(TOPICS, member, 5, address, name), withdrawal(TOPICS, member, 4))
     wait_until(service.settled)
     assert not mail.contact_known(database, member)
@@ -277,7 +315,7 @@ def test_notices_of_a_kind_switched_off_are_dropped(
     wait_until(lambda: mail.contact_known(service.database, member))
     mail.queue_notice(service.database, member, kind="recommendations", subject="r", body="r")
     mail.queue_notice(service.database, member, kind="scouts", subject="s", body="s")
-    assert mail.deliver_queued(service.database, mailer) == 1
+    assert mail.deliver_queued(service.database, mailer, KEYRING) == 1
     assert [r.message["Subject"] for r in smtp.messages()] == ["s"]
     assert mail.held_rows(service.database, member) == 1  # the address; no notice left
 
@@ -355,7 +393,7 @@ def test_a_send_whose_record_failed_on_a_cut_connection_is_not_mailed_again(
 ) -> None:
     database = service_store("mail")
     mailer = CutAfterSend(SmtpMailer(smtp.host, smtp.port), database)
-    handler = mail.MailHandler(database, TOPICS, mailer)
+    handler = mail.MailHandler(database, TOPICS, mailer, keyring=KEYRING)
     service = start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
     member = uuid.uuid4()
     service.send(profile(TOPICS, member, 1, "cut@example.jp", "Cut"), withdrawal(TOPICS, member, 2))

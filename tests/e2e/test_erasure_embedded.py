@@ -13,13 +13,13 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from support import SmtpSink, wait_until
+from support import SmtpSink, files_holding, searched_forms, wait_until
 
 from consumers import chat, mail, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure
-from lifecycle.crypto import new_master_key
+from lifecycle.bootstrap import build_erasure, service_keyring
+from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import AccountStatus
 from lifecycle.settings import Settings
 from lifecycle.workers import Workers, start_workers
@@ -83,7 +83,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     wait_until(lambda: mail.contact_known(stores["mail"], member_id), "address known")
     mailer = SmtpMailer("127.0.0.1", smtp.port)
     mail.queue_notice(stores["mail"], member_id, kind="notices", subject="s", body="first")
-    assert mail.deliver_queued(stores["mail"], mailer) == 1
+    assert mail.deliver_queued(stores["mail"], mailer, service_keyring(embedded, "mail")) == 1
     mail.queue_notice(stores["mail"], member_id, kind="scouts", subject="s", body="queued")
     wait_until(lambda: len(scout.scouts_of(stores["scout"], member_id)) == 2, "scouts held")
     before = len(smtp.messages())
@@ -95,7 +95,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     )
 
     assert held(workers, member_id) == {"scout": 0, "chat": 0, "mail": 0}
-    assert mail.deliver_queued(stores["mail"], mailer) == 0
+    assert mail.deliver_queued(stores["mail"], mailer, service_keyring(embedded, "mail")) == 0
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[address]]
     assert after[0].message[KIND_HEADER] == CONFIRMATION_KIND
@@ -109,6 +109,50 @@ def test_withdrawal_completes_to_purged_in_one_process(
     erasure = workers.consumers[ERASURE_GROUP]
     wait_until(lambda: erasure.stats.applied == 3, "three confirmations handled")
     assert all(c.stats.dead_lettered == 0 for c in workers.consumers.values())
+
+
+def test_after_purge_no_file_of_any_store_holds_a_value_or_the_wrapped_key(
+    embedded: Settings, app: Accounts, workers: Workers, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    values = [
+        f"files.{tag}@example.jp",
+        f"Filesworth {tag}",
+        f"+81-90-{tag[:4]}-{tag[4:]}",
+        f"Quietly{tag} leaving",
+        f"Chatted{tag} about the offer",
+    ]
+    member_id = app.register(
+        email=values[0], display_name=values[1], phone=values[2], consent_version="v1"
+    )
+    stores = workers.stores
+    thread = chat.open_thread(stores["chat"], member_id, "c")
+    chat.post_message(stores["chat"], member_id, thread, "member", values[4])
+    wait_until(lambda: mail.contact_known(stores["mail"], member_id), "address known")
+    with app.database.transaction(commit=False) as cursor:
+        row = cursor.execute(
+            f"SELECT wrapped_key FROM {KEYS_TABLE} WHERE account_id = %s", (member_id.hex,)
+        ).fetchone()
+    assert row is not None
+    wrapped_key = bytes(row[0])
+
+    app.request_withdrawal(member_id, reason="other", comment=values[3])
+    wait_until(
+        lambda: app.load_for_audit(member_id).status is AccountStatus.PURGED,
+        "the account is Purged",
+    )
+    assert held(workers, member_id) == {"scout": 0, "chat": 0, "mail": 0}
+
+    # The service still runs; its SQLite files and the three services' (database, WAL, shm).
+    data = tmp_path / "data"
+    assert {p.name for p in data.glob("*.sqlite3")} >= {
+        "lifecycle.sqlite3",
+        "scout.sqlite3",
+        "chat.sqlite3",
+        "mail.sqlite3",
+    }
+    forms = [form for value in values for form in searched_forms(value)]
+    assert files_holding(data, [*forms, wrapped_key, wrapped_key[12:]]) == []
 
 
 def test_a_restart_republishes_the_log_and_the_services_skip_what_they_did(

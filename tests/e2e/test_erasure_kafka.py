@@ -7,7 +7,6 @@ of its own with settings of its own, as separate processes would.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -17,12 +16,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
-from support import SmtpSink, dump_database, read_topic, unique_topics, wait_until
+from support import (
+    SmtpSink,
+    dump_database,
+    files_holding,
+    read_topic,
+    searched_forms,
+    unique_topics,
+    wait_until,
+)
 
 from consumers import chat, mail, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
@@ -30,7 +38,7 @@ from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
 from lifecycle.audit.receipt import verify_receipt
-from lifecycle.bootstrap import build_erasure, receipts_of
+from lifecycle.bootstrap import build_erasure, receipts_of, service_keyring
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import TopicSettings
@@ -149,7 +157,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     mailer = SmtpMailer("127.0.0.1", smtp.port)
     mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n1")
     mail.queue_notice(stores["mail"], bystander_id, kind="notices", subject="Hi", body="b1")
-    assert mail.deliver_queued(stores["mail"], mailer) == 2
+    assert mail.deliver_queued(stores["mail"], mailer, service_keyring(settings, "mail")) == 2
     for n in range(2):
         mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body=f"q{n}")
     wait_until(
@@ -166,7 +174,9 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
 
     assert held(stores, member_id) == {"scout": 0, "chat": 0, "mail": 0}
     assert held(stores, bystander_id) == {"scout": 1, "chat": 1, "mail": 1}
-    assert mail.deliver_queued(stores["mail"], mailer) == 0  # the bystander's went earlier
+    assert (
+        mail.deliver_queued(stores["mail"], mailer, service_keyring(settings, "mail")) == 0
+    )  # the bystander's went earlier
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[member["email"]]]
     [confirmation] = after
@@ -226,18 +236,6 @@ def distinctive_member(tag: str) -> dict[str, Any]:
         "work_history": [{"company": f"Qwertycorp{tag}", "title": "lead", "from": "2019-04"}],
         "consent_version": "2026-04",
     }
-
-
-def searched_forms(value: str) -> list[bytes]:
-    """The value as the project could store it: UTF-8, JSON-escaped, bytea hex, base64."""
-    raw = value.encode()
-    return [
-        raw,
-        value.casefold().encode(),
-        json.dumps(value).strip('"').encode(),
-        raw.hex().encode(),
-        base64.b64encode(raw),
-    ]
 
 
 def topic_bytes(bootstrap: str, names: TopicNames) -> bytes:
@@ -300,7 +298,14 @@ def test_after_purge_no_personal_value_survives_anywhere(
         )
         wait_until(lambda: mail.contact_known(stores["mail"], member_id), "profile reached mail")
         mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n")
-        assert mail.deliver_queued(stores["mail"], SmtpMailer("127.0.0.1", smtp.port)) == 1
+        assert (
+            mail.deliver_queued(
+                stores["mail"],
+                SmtpMailer("127.0.0.1", smtp.port),
+                service_keyring(settings, "mail"),
+            )
+            == 1
+        )
         assert profile_values_left(bootstrap, topics, member_id) == 1
 
         project_everything(accounts)  # the read models see the member while active
@@ -337,6 +342,14 @@ def test_after_purge_no_personal_value_survives_anywhere(
         for value in values:
             for form in searched_forms(value):
                 assert form not in content, f"a former value is still in the {place}"
+    # Every file of the PostgreSQL cluster, heap and WAL, after a checkpoint: the service's
+    # values were only ever stored sealed (the event store, the mail service's contacts).
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        row = conn.execute("SHOW data_directory").fetchone()
+    assert row is not None
+    forms = [form for value in values for form in searched_forms(value)]
+    assert files_holding(Path(str(row[0])), forms) == []
 
     # Auditors still replay the whole log: facts readable, personal fields redacted.
     replayed = [
@@ -490,7 +503,7 @@ def cli_env(settings: Settings, topics: TopicNames) -> dict[str, str]:
     return {
         "LIFECYCLE_DATABASE_URL": settings.database_url,
         "LIFECYCLE_DATABASE_SCHEMA": settings.database_schema,
-        "LIFECYCLE_MASTER_KEY": settings.master_key or "",
+        "LIFECYCLE_MASTER_KEY": settings.resolved_master_key(),
         "LIFECYCLE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
         "LIFECYCLE_TOPIC_PREFIX": topics.prefix,
         "LIFECYCLE_LOG_FORMAT": "json",

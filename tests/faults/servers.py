@@ -113,13 +113,22 @@ class ThrowawayPostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
 
+    def new_database(self) -> str:
+        """The URL of a database of its own on this cluster (a pipeline's, say), so that the
+        modules sharing the cluster never see each other's tables."""
+        name = f"db_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} OWNER lifecycle")
+        return self.url.rpartition("/")[0] + f"/{name}"
+
     def cut(self, application_name: str | None = None) -> int:
-        """`pg_terminate_backend` on every client backend but this one's; how many."""
+        """`pg_terminate_backend` on every client backend but this one's, in every database
+        but the maintenance one; how many."""
         with psycopg.connect(self.url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                "AND datname = 'lifecycle'"
+                "AND datname <> 'postgres'"
                 + (" AND application_name = %s" if application_name else ""),
                 (application_name,) if application_name else (),
             ).fetchone()

@@ -26,26 +26,26 @@ POOL_SIZE = 5
 
 
 @pytest.fixture
-def accounts(fault_postgres: ThrowawayPostgres) -> Iterator[Accounts]:
+def accounts(throwaway_postgres: ThrowawayPostgres) -> Iterator[Accounts]:
     """The application in a schema of its own on the fault tier's server (the pipeline of
     `test_faults` uses `public`)."""
-    with psycopg.connect(fault_postgres.url, autocommit=True) as conn:
+    with psycopg.connect(throwaway_postgres.url, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS pooltest_app")
     settings = Settings(
-        database_url=fault_postgres.url,
+        database_url=throwaway_postgres.url,
         database_schema="pooltest_app",
         master_key=new_master_key(),
     )
     app = Accounts(env=settings.application_env())
     yield app
     app.close()
-    with psycopg.connect(fault_postgres.url, autocommit=True) as conn:
+    with psycopg.connect(throwaway_postgres.url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA pooltest_app CASCADE")
 
 
 @pytest.fixture
-def store(fault_postgres: ThrowawayPostgres) -> Iterator[Database]:
-    database = Database.open(fault_postgres.url, "pooltest", pool_size=POOL_SIZE)
+def store(throwaway_postgres: ThrowawayPostgres) -> Iterator[Database]:
+    database = Database.open(throwaway_postgres.url, "pooltest", pool_size=POOL_SIZE)
     yield database
     database.close()
 
@@ -68,7 +68,7 @@ def first_attempt_s(database: Database) -> float:
 
 @pytest.mark.parametrize("pool", ["application", "consumer_store"])
 def test_a_full_cut_costs_one_attempt_not_one_per_connection(
-    pool: str, fault_postgres: ThrowawayPostgres, request: pytest.FixtureRequest
+    pool: str, throwaway_postgres: ThrowawayPostgres, request: pytest.FixtureRequest
 ) -> None:
     database: Database = (
         request.getfixturevalue("accounts").database
@@ -77,17 +77,17 @@ def test_a_full_cut_costs_one_attempt_not_one_per_connection(
     )
     for _round in range(3):
         fill(database, POOL_SIZE)
-        assert fault_postgres.cut() >= POOL_SIZE
+        assert throwaway_postgres.cut() >= POOL_SIZE
         # psycopg_pool waits about a second after a failed check before the next try.
         assert first_attempt_s(database) < 3.0
         fill(database, POOL_SIZE)  # and every connection after it works too
 
 
 def test_the_application_writes_at_once_after_a_cut(
-    accounts: Accounts, fault_postgres: ThrowawayPostgres
+    accounts: Accounts, throwaway_postgres: ThrowawayPostgres
 ) -> None:
     fill(accounts.database, POOL_SIZE)
-    fault_postgres.cut()
+    throwaway_postgres.cut()
     began = time.monotonic()
     account_id = accounts.register(
         email="pool.cut@example.jp", display_name="Pool Cut", consent_version="2026-04"
@@ -97,9 +97,9 @@ def test_the_application_writes_at_once_after_a_cut(
 
 
 def test_a_pool_recovers_from_a_server_restart_in_one_attempt(
-    store: Database, fault_postgres: ThrowawayPostgres
+    store: Database, throwaway_postgres: ThrowawayPostgres
 ) -> None:
     fill(store, POOL_SIZE)
-    fault_postgres.stop()
-    fault_postgres.start()
+    throwaway_postgres.stop()
+    throwaway_postgres.start()
     assert first_attempt_s(store) < 3.0

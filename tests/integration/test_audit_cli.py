@@ -42,7 +42,7 @@ def env(settings: Settings) -> dict[str, str]:
     return {
         "LIFECYCLE_DATABASE_URL": settings.database_url,
         "LIFECYCLE_DATABASE_SCHEMA": settings.database_schema,
-        "LIFECYCLE_MASTER_KEY": settings.master_key,
+        "LIFECYCLE_MASTER_KEY": settings.resolved_master_key(),
         "LIFECYCLE_LOG_FORMAT": "json",
         "LIFECYCLE_LOG_LEVEL": "WARNING",
     }
@@ -239,7 +239,7 @@ def test_a_table_or_topic_made_without_an_entry_fails_the_registry_and_the_proof
     env = {
         "LIFECYCLE_DATABASE_URL": deployed.database_url,
         "LIFECYCLE_DATABASE_SCHEMA": deployed.database_schema,
-        "LIFECYCLE_MASTER_KEY": deployed.master_key or "",
+        "LIFECYCLE_MASTER_KEY": deployed.resolved_master_key(),
         "LIFECYCLE_KAFKA_BOOTSTRAP": deployed.kafka_bootstrap or "",
         "LIFECYCLE_TOPIC_PREFIX": topics.prefix,
         "LIFECYCLE_LOG_LEVEL": "WARNING",

@@ -20,6 +20,7 @@ from lifecycle.cli import cli
 from lifecycle.crypto import decode_master_key
 from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess
 from lifecycle.kafka.admin import TopicSettings
+from lifecycle.keyring import LEGACY_INFO, derive
 from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 from projections.runner import Projector
@@ -88,10 +89,17 @@ def test_purge_issues_one_signed_receipt_of_ids_times_and_counts(
     text = json.dumps(receipt)
     for value in (EMAIL_TAG, NAME, "Receiptmoor", "1234-5678"):
         assert value not in text
-    # Signed by the key derived from the master key; the link is the Purged event's link.
+    # Signed by the keyring's signing key (version 1: derived from the master key as before,
+    # so receipts of earlier releases still verify); the link is the Purged event's link.
     assert settings.master_key is not None
-    signer = ReceiptSigner(decode_master_key(settings.master_key))
+    signer = ReceiptSigner(
+        derive(decode_master_key(settings.master_key.get_secret_value()), LEGACY_INFO["signing"])
+    )
+    assert receipt["signature"]["key_id"] == signer.key_id
     assert signature_holds(receipt, signer.public_bytes)
+    # The bound: the master key alone cannot be rotated away, so no date can be promised.
+    assert receipt["key"]["wrapped_under"] == 1
+    assert receipt["key"]["unrecoverable_by"] is None
     chain = catch_up_chain(accounts)  # the chain lagged at issue: the link was recomputed
     with accounts.database.transaction(commit=False) as cursor:
         row = cursor.execute(
@@ -216,7 +224,7 @@ def test_the_cli_verifies_by_id_and_refuses_a_tampered_file(
     env = {
         "LIFECYCLE_DATABASE_URL": settings.database_url,
         "LIFECYCLE_DATABASE_SCHEMA": settings.database_schema,
-        "LIFECYCLE_MASTER_KEY": settings.master_key,
+        "LIFECYCLE_MASTER_KEY": settings.master_key.get_secret_value(),
         "LIFECYCLE_LOG_FORMAT": "json",
         "LIFECYCLE_LOG_LEVEL": "WARNING",
     }

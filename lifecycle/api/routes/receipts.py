@@ -44,12 +44,21 @@ RECEIPT_DESCRIPTION = (
 )
 
 
-class ReceiptKey(BaseModel):
+class PublishedKey(BaseModel):
     algorithm: str = Field(examples=["Ed25519"])
     key_id: str = Field(description="First 16 hex digits of SHA-256 over the raw public key.")
     public_key: str = Field(description="The raw 32-byte public key, base64.")
     pem: str = Field(description="The same key as PEM (SubjectPublicKeyInfo).")
+
+
+class ReceiptKey(PublishedKey):
+    """The key that signs new receipts, and every key that ever signed one."""
+
     signed_bytes: str
+    keys: list[PublishedKey] = Field(
+        description="Every signing key's public half, current and older: a receipt's "
+        "`signature.key_id` names the one that verifies it."
+    )
 
 
 def _not_found() -> AccountNotFoundError:

@@ -1,0 +1,149 @@
+"""The API's `/metrics` share of the erasure pipeline (`lifecycle.pipeline_metrics` has the rest).
+
+Added to the app's registry by `install(app, registry)`:
+- this process's pipeline histograms (`lifecycle.pipeline_metrics.REGISTRY`: with Kafka off the
+  relay, the services and the erasure process run in this process's threads);
+- the readiness and consumer lag of those threads (`lifecycle_worker_ready`,
+  `lifecycle_consumer_lag`); with Kafka each worker process serves its own on its probe port;
+- `lifecycle_relay_last_publish_timestamp_seconds{relay}`: when each relay last moved its
+  position (one row per relay: no scan);
+- `lifecycle_dead_letters_waiting{group}`: dead letters neither re-driven nor discarded. With
+  Kafka off, the in-process log's dead-letter topics (no I/O). With Kafka, the dead-letter
+  topics' record counts from the broker minus those handled, refreshed in the background at most
+  every `DEAD_LETTER_REFRESH_S`: a scrape never waits for the broker, it reads the last count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lifecycle.api.tables import DeadLetterActions
+from lifecycle.logs import get_logger
+from lifecycle.pipeline_metrics import REGISTRY, ForwardingCollector, WorkersCollector
+from schemas.contract import CONSUMER_GROUPS
+
+DEAD_LETTER_REFRESH_S = 30.0
+
+log = get_logger(__name__)
+
+
+def install(app: FastAPI, registry: CollectorRegistry) -> None:
+    registry.register(ForwardingCollector(REGISTRY))
+    registry.register(WorkersCollector(lambda: _threads(app)))
+    registry.register(PipelineStateCollector(app))
+
+
+def _threads(app: FastAPI) -> list[Any]:
+    workers = getattr(app.state, "workers", None)
+    if workers is None:
+        return []
+    relay = getattr(workers, "relay", None)
+    found: list[Any] = [] if relay is None else [relay]
+    return found + list(dict(getattr(workers, "consumers", {})).values())
+
+
+class PipelineStateCollector(Collector):
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._counts: dict[str, int] = {}
+        self._counted_at = 0.0
+        self._refreshing = threading.Lock()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        accounts = getattr(self.app.state, "accounts", None)
+        if accounts is None:
+            return
+        yield self._last_publish(accounts.database)
+        waiting = GaugeMetricFamily(
+            "lifecycle_dead_letters_waiting",
+            "Dead letters of the consumer group neither re-driven nor discarded.",
+            labels=["group"],
+        )
+        for group, count in sorted(self._dead_letters(accounts.database).items()):
+            waiting.add_metric([group], count)
+        yield waiting
+
+    def _last_publish(self, db: Any) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "lifecycle_relay_last_publish_timestamp_seconds",
+            "When the relay last published (moved its position), as a Unix time.",
+            labels=["relay"],
+        )
+        try:
+            with db.transaction(commit=False) as cursor:
+                rows = cursor.execute(
+                    f"SELECT name, updated_at FROM {db.table('relay_position')}"
+                ).fetchall()
+        except Exception:
+            rows = []  # no relay has run against this database yet
+        for name, updated_at in rows:
+            family.add_metric([str(name)], _unix(updated_at))
+        # With Kafka off the relay thread keeps its position in memory, not in relay_position.
+        relay = getattr(getattr(self.app.state, "workers", None), "relay", None)
+        if relay is not None and relay.published_at and relay.name not in {n for n, _ in rows}:
+            family.add_metric([relay.name], relay.published_at.timestamp())
+        return family
+
+    def _dead_letters(self, db: Any) -> dict[str, int]:
+        settings = getattr(self.app.state, "settings", None)
+        if settings is None:
+            return {}
+        topics = settings.topics
+        if not settings.kafka_bootstrap:
+            workers = getattr(self.app.state, "workers", None)
+            # `lifecycle serve` holds an ElectedWorkers, which wraps the Workers it runs.
+            publisher = getattr(getattr(workers, "workers", workers), "publisher", None)
+            return {
+                group: publisher.end_offset(topics.dlq(group)) if publisher is not None else 0
+                for group in CONSUMER_GROUPS
+            }
+        if time.monotonic() - self._counted_at >= DEAD_LETTER_REFRESH_S and (
+            self._refreshing.acquire(blocking=False)
+        ):
+            self._counted_at = time.monotonic()
+            threading.Thread(
+                target=self._refresh,
+                args=(db, settings.kafka_bootstrap, topics),
+                name="metrics-dead-letters",
+                daemon=True,
+            ).start()
+        return dict(self._counts)
+
+    def _refresh(self, db: Any, bootstrap: str, topics: Any) -> None:
+        from lifecycle.kafka.inspector import KafkaInspectorClient
+
+        try:
+            ranges = KafkaInspectorClient(bootstrap, topics).dead_letter_ranges()
+            actions = DeadLetterActions(db)
+            counts = {}
+            for group, partitions in ranges.items():
+                held = sum(end - begin for begin, end in partitions.values())
+                handled = sum(
+                    1
+                    for partition, offset in actions.done(topics.dlq(group))
+                    if partition in partitions
+                    and partitions[partition][0] <= offset < partitions[partition][1]
+                )
+                counts[group] = max(0, held - handled)
+            self._counts = counts
+        except Exception as error:
+            log.warning("metrics.dead_letters_unknown", error_type=type(error).__name__)
+        finally:
+            self._refreshing.release()
+
+
+def _unix(value: Any) -> float:
+    """A timestamp column's value (a datetime on PostgreSQL, ISO text on SQLite) as Unix time."""
+    stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
