@@ -82,3 +82,20 @@ def test_every_process_kind_of_the_cli_runs_as_a_service() -> None:
         "consume chat",
         "consume mail",
     }
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_probe() -> None:
+    services = load()["services"]
+    config = yaml.safe_load((COMPOSE.parent / "ops" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert "api:8000" in targets
+    for name in ("relay", "erasure", "scout", "chat", "mail"):
+        env = services[name]["environment"]
+        assert env["LIFECYCLE_PROBE_HOST"] == "0.0.0.0", name
+        assert f"{name}:{env['LIFECYCLE_PROBE_PORT']}" in targets, name
+    assert "./ops/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
