@@ -109,7 +109,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # Niceness of a worker's other tests. The fault tier times recovery under a load of its own; the
 # rest of the suite only has to finish, so on a busy machine it yields the cores to it.
-YIELDING_NICENESS = 5
+YIELDING_NICENESS = 10
 _yielding = [WORKER == "main"]  # without xdist nothing runs beside the fault tier
 
 
