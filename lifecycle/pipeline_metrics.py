@@ -104,9 +104,9 @@ class WorkersCollector(Collector):
         )
         for worker in list(self._workers()):
             name = worker_name(worker)
-            ready.add_metric([name], 0 if worker.waiting_for else 1)
-            if hasattr(worker, "total_lag"):
-                lag.add_metric([name], worker.total_lag())
+            ready.add_metric([name], 0 if getattr(worker, "waiting_for", None) else 1)
+            if callable(total := getattr(worker, "total_lag", None)):
+                lag.add_metric([name], total())
         yield ready
         yield lag
 
