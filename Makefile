@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 services:
-	scripts/services up
+	scripts/services up --secure
 
 services-down:
 	scripts/services down

@@ -52,7 +52,12 @@ from schemas.contract import (
 T = TypeVar("T")
 
 # One known bearer token per role; the `settings` fixture accepts them.
-TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
+TOKENS = {
+    "service": "service-token",
+    "scout": "scout-token",
+    "ops": "ops-token",
+    "auditor": "auditor-token",
+}
 
 
 # The pytest-xdist worker running this process (gw0, gw1, ...); "main" without xdist.

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from support import auth
+from support import auth, wait_until
 
 from lifecycle.api import create_app
 from lifecycle.api.problems import PROBLEM_MEDIA_TYPE
@@ -347,9 +347,11 @@ def test_readyz_is_503_when_the_database_does_not_answer(
 
     monkeypatch.setattr(accounts.database, "transaction", unreachable)
 
+    # The database is checked in the background: the verdict turns within a round.
+    wait_until(lambda: client.get("/readyz").status_code == 503, "readiness sees the outage")
     response = client.get("/readyz")
-
     assert problem_of(response, 503)["code"] == "not_ready"
+    assert response.json()["detail"] == "the database does not answer"
     assert client.get("/healthz").status_code == 200
 
 

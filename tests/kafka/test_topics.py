@@ -76,9 +76,10 @@ def test_configs_read_back_from_the_broker(
     assert lifecycle["cleanup.policy"] == "delete"
     assert lifecycle["retention.ms"] == "3600000"
 
-    confirmations = described(admin, names.erasure_confirmed)
-    assert confirmations["cleanup.policy"] == "delete"
-    assert int(confirmations["retention.ms"]) > 0
+    for service in ("scout", "chat", "mail"):
+        confirmations = described(admin, names.erasure_confirmed(service))
+        assert confirmations["cleanup.policy"] == "delete"
+        assert int(confirmations["retention.ms"]) > 0
 
     for group in ("scout", "chat", "mail", "lifecycle-erasure"):
         dead_letters = described(admin, names.dlq(group))

@@ -251,12 +251,22 @@ def _source_to_redrive(
     letter: DeadLetter,
     source: tuple[str, int, int],
 ) -> SourceRecord:
-    """The original record, read at its source offset, when it may be published again."""
+    """The original record, read at its source offset, when it may be published again.
+
+    A dead letter's headers are only a claim (anyone who could write the topic could forge
+    one): the source must be one of the group's own input topics, the record there must carry
+    the `ce_id` the letter names, and the account is the one the original record names."""
     topic, partition, offset = source
-    status = _account_status(accounts, letter)
-    if status is AccountStatus.PURGED:
-        raise DeadLetterSourceGoneError(
-            "account_purged", detail="the account is purged: its records are not re-driven"
+    if topic not in kafka.topics.inputs_of(letter.group):
+        raise ConflictError(
+            "dead_letter_source_refused",
+            detail="the dead letter names a source that is not one of its group's inputs",
+        )
+    ce_id = letter.header("ce_id")
+    if ce_id is None:
+        raise ConflictError(
+            "dead_letter_source_refused",
+            detail="the dead letter names no ce_id to check its source record against",
         )
     original = kafka.source_record(topic, partition, offset)
     if original is None:
@@ -264,10 +274,14 @@ def _source_to_redrive(
             "source_record_erased",
             detail="the source record is gone (compaction or retention erased it)",
         )
-    ce_id = letter.header("ce_id")
-    if ce_id is not None and original.header("ce_id") != ce_id:
+    if original.header("ce_id") != ce_id:
         raise DeadLetterSourceGoneError(
             "source_record_erased", detail="the source offset holds another record"
+        )
+    status = _account_status(accounts, original)
+    if status is AccountStatus.PURGED:
+        raise DeadLetterSourceGoneError(
+            "account_purged", detail="the account is purged: its records are not re-driven"
         )
     if topic == kafka.topics.profile:
         if status not in (None, AccountStatus.ACTIVE):
@@ -285,10 +299,10 @@ def _source_to_redrive(
     return original
 
 
-def _account_status(accounts: Accounts, letter: DeadLetter) -> AccountStatus | None:
-    """The status of the account the dead letter names (key or `ce_subject`); None when it
-    names none the service knows."""
-    for text in (letter.header("ce_subject"), (letter.key or b"").decode(errors="replace")):
+def _account_status(accounts: Accounts, original: SourceRecord) -> AccountStatus | None:
+    """The status of the account the original record names (its key or `ce_subject`), never
+    what the dead letter says; None when it names none the service knows."""
+    for text in (original.header("ce_subject"), (original.key or b"").decode(errors="replace")):
         try:
             account_id = UUID(text or "")
         except ValueError:
@@ -306,7 +320,10 @@ def _account_status(accounts: Accounts, letter: DeadLetter) -> AccountStatus | N
     summary="Publish the record a dead letter refers to again, read from its source offset",
     description="410 `dead_letter_source_gone` when the source record is erased (compaction "
     "or retention) or belongs to a purged account; for a profile record also when the account "
-    "is withdrawing or a later profile record replaced it (`reason` says which).",
+    "is withdrawing or a later profile record replaced it (`reason` says which). 409 with "
+    "reason `dead_letter_source_refused` when the letter names a source that is not one of "
+    "its group's input topics, or names no `ce_id` to check the source record against (a "
+    "letter's headers are a claim; the account is taken from the original record).",
     responses=problem_responses(404, 409, 410, 422, 503),
 )
 def redrive_dead_letter(
