@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from support import (
     SmtpSink,
+    dump_database,
     files_holding,
     migrated_store,
     read_topic,
@@ -340,9 +341,7 @@ def test_after_purge_no_personal_value_survives_anywhere(
     finally:
         publisher.close()
 
-    dump = subprocess.run(
-        ["pg_dump", "--data-only", postgres_url], capture_output=True, check=True
-    ).stdout
+    dump = dump_database(postgres_url, str(settings.database_schema))
     on_topics = topic_bytes(bootstrap, topics)
     logs = capfd.readouterr()
     everywhere = {
