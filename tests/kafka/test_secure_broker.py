@@ -32,13 +32,16 @@ from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from schemas.contract import (
     ErasureConfirmedV1,
+    ProfileV1,
     PurgedV1,
     Record,
     TopicNames,
     WithdrawalRequestedV1,
     encode_erasure_confirmed,
     encode_record,
+    encode_tombstone,
     lifecycle_event_id,
+    profile_event_id,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -119,6 +122,15 @@ def forged_confirmation(account_id: uuid.UUID, service: str) -> Record:
     )
 
 
+def forged_tombstone(account_id: uuid.UUID) -> Record:
+    return encode_tombstone(
+        ProfileV1,
+        ce_id=profile_event_id(account_id, 9),
+        subject=str(account_id),
+        time=datetime.now(UTC),
+    )
+
+
 def forged_lifecycle(account_id: uuid.UUID) -> list[Record]:
     now = datetime.now(UTC)
     subject = str(account_id)
@@ -167,6 +179,9 @@ def test_nobody_without_the_right_principal_can_write_what_moves_an_erasure(
             for record in forged_lifecycle(victim)
         ),
         *((as_user(users, "intruder"), topics.lifecycle, r) for r in forged_lifecycle(victim)),
+        # Nor change or wipe a member's mail address (a profile record or tombstone).
+        (as_user(users, "mail"), topics.profile, forged_tombstone(victim)),
+        (as_user(users, "intruder"), topics.profile, forged_tombstone(victim)),
         # Nor write another group's dead letters.
         (as_user(users, "scout"), topics.dlq("chat"), forged_confirmation(victim, "chat")),
     ]
