@@ -278,6 +278,7 @@ def _optional_rows(database: Any, statement: str) -> list[tuple[Any, ...]]:
 
 @router.get(
     "/metrics",
+    operation_id="getMetrics",
     summary="Prometheus metrics",
     response_class=Response,
     responses=problem_responses(401),

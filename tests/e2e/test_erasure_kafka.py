@@ -22,7 +22,15 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from support import SmtpSink, files_holding, read_topic, searched_forms, unique_topics, wait_until
+from support import (
+    SmtpSink,
+    dump_database,
+    files_holding,
+    read_topic,
+    searched_forms,
+    unique_topics,
+    wait_until,
+)
 
 from consumers import chat, mail, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
@@ -323,9 +331,7 @@ def test_after_purge_no_personal_value_survives_anywhere(
     finally:
         publisher.close()
 
-    dump = subprocess.run(
-        ["pg_dump", "--data-only", postgres_url], capture_output=True, check=True
-    ).stdout
+    dump = dump_database(postgres_url, str(settings.database_schema))
     on_topics = topic_bytes(bootstrap, topics)
     logs = capfd.readouterr()
     everywhere = {

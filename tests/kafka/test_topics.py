@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from support import unique_tag
 
 from lifecycle.kafka.admin import TopicSettings, ensure_topics, topic_specs
 from schemas.contract import TopicNames
@@ -29,7 +29,7 @@ def admin(kafka_bootstrap: str) -> Iterator[KafkaAdminClient]:
 
 @pytest.fixture
 def names(admin: KafkaAdminClient) -> Iterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    names = TopicNames(prefix=f"t{unique_tag()}.")
     yield names
     existing = set(admin.list_topics())
     admin.delete_topics([name for name in names.all() if name in existing])

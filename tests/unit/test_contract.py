@@ -195,6 +195,9 @@ def _replace(headers: list[tuple[str, bytes]], name: str, value: bytes | None) -
     return kept if value is None else [*kept, (name, value)]
 
 
+OTHER_ACCOUNT = b"6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f"
+
+
 @pytest.mark.parametrize(
     ("header", "value", "message"),
     [
@@ -205,8 +208,13 @@ def _replace(headers: list[tuple[str, bytes]], name: str, value: bytes | None) -
         ("ce_time", b"2026-04-01T09:30:00", "offset"),
         ("content-type", b"text/plain", "content-type"),
         # An id names its account: one naming another than the subject is forged or broken.
-        ("ce_subject", str(uuid4()).encode(), "ce_id does not belong to ce_subject"),
-        ("ce_id", f"{uuid4()}:7".encode(), "ce_id does not belong to ce_subject"),
+        # (Fixed ids: every xdist worker collects the same test ids.)
+        (
+            "ce_subject",
+            b"6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f",
+            "ce_id does not belong to ce_subject",
+        ),
+        ("ce_id", b"6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f:7", "ce_id does not belong to ce_subject"),
         ("ce_source", b"\xff\xfe", "UTF-8"),
     ],
 )

@@ -17,13 +17,14 @@ from lifecycle.errors import LifecycleError
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get("/healthz", operation_id="checkLiveness", summary="The process is up")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get(
     "/readyz",
+    operation_id="checkReadiness",
     summary="The database answers, Kafka too when configured, and no worker waits for either",
     responses=problem_responses(503),
 )

@@ -70,7 +70,11 @@ class RetryRequested(BaseModel):
     )
 
 
-@router.get("/erasures", summary="Erasures open, pending, errored, overdue or purged")
+@router.get(
+    "/erasures",
+    operation_id="listErasures",
+    summary="Erasures open, pending, errored, overdue or purged",
+)
 def list_erasures(
     api: StateDep,
     state: Annotated[
@@ -91,6 +95,7 @@ def list_erasures(
 
 @router.get(
     "/erasures/{account_id}",
+    operation_id="getErasure",
     summary="One account's erasure, per service",
     responses=problem_responses(404),
 )
@@ -103,6 +108,7 @@ def get_erasure(account_id: AccountId, api: StateDep) -> Erasure:
 
 @router.post(
     "/erasures/{account_id}/services/{service}/retry",
+    operation_id="retryErasure",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Ask one lagging service again to erase the account",
     description=(

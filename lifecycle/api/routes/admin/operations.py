@@ -128,7 +128,11 @@ class DeadLetterAction(BaseModel):
     republished_to: str | None
 
 
-@router.get("/projections", summary="Read models' positions and lag behind the log")
+@router.get(
+    "/projections",
+    operation_id="listProjections",
+    summary="Read models' positions and lag behind the log",
+)
 def projections(accounts: AccountsDep) -> Projections:
     return Projections(**projection_states(accounts))
 
@@ -155,7 +159,11 @@ def _shadow_position(accounts: Accounts, model_class: type[ReadModel]) -> int | 
     return shadow.position() if shadow.exists() else None
 
 
-@router.get("/consumers", summary="Consumer-group lag per downstream service (Kafka)")
+@router.get(
+    "/consumers",
+    operation_id="listConsumerLag",
+    summary="Consumer-group lag per downstream service (Kafka)",
+)
 def consumers(kafka: KafkaDep) -> list[GroupLag]:
     return [GroupLag(**group) for group in kafka.group_lag()]
 
@@ -176,6 +184,7 @@ def _known_group(group: str) -> str:
 
 @router.get(
     "/dead-letters/{group}",
+    operation_id="listDeadLetters",
     summary="Dead letters of one consumer group, not yet re-driven or discarded",
     responses=problem_responses(422),
 )
@@ -307,6 +316,7 @@ def _account_status(accounts: Accounts, original: SourceRecord) -> AccountStatus
 
 @router.post(
     "/dead-letters/{group}/{partition}/{offset}/redrive",
+    operation_id="redriveDeadLetter",
     summary="Publish the record a dead letter refers to again, read from its source offset",
     description="410 `dead_letter_source_gone` when the source record is erased (compaction "
     "or retention) or belongs to a purged account; for a profile record also when the account "
@@ -338,6 +348,7 @@ def redrive_dead_letter(
 
 @router.post(
     "/dead-letters/{group}/{partition}/{offset}/discard",
+    operation_id="discardDeadLetter",
     summary="Mark one dead letter discarded (it leaves the list; retention removes it; it "
     "holds ids and the error only)",
     responses=problem_responses(404, 409, 422),
