@@ -27,7 +27,7 @@ from lifecycle.erasure_refusals import ErasureRefusals
 from lifecycle.kafka.acls import acl_plan, apply_acls
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher, PublishError
-from lifecycle.kafka.security import KafkaSecurity
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from schemas.contract import (
@@ -91,8 +91,41 @@ def secured_topics(secure: tuple[str, dict[str, str]]) -> TopicNames:
     names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
     admin = as_user(users, "admin")
     ensure_topics(bootstrap, names, security=admin)
-    apply_acls(bootstrap, acl_plan(names), admin)
+    plan = acl_plan(names)
+    apply_acls(bootstrap, plan, admin)
+    # Created on the controller, effective once the broker's metadata has them.
+    wait_until(lambda: len(acls_in_effect(bootstrap, admin, names.prefix)) >= len(plan), "ACLs")
     return names
+
+
+def acls_in_effect(bootstrap: str, admin: KafkaSecurity, prefix: str) -> list[object]:
+    """The broker's ACLs on resources of this prefix (what its authorizer decides with)."""
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    client = KafkaAdminClient(**client_config(bootstrap, admin), client_id="test-acls")
+    try:
+        found, _ = client.describe_acls(
+            ACLFilter(
+                principal=None,
+                host="*",
+                operation=ACLOperation.ANY,
+                permission_type=ACLPermissionType.ANY,
+                resource_pattern=ResourcePatternFilter(
+                    ResourceType.ANY, None, ACLResourcePatternType.ANY
+                ),
+            )
+        )
+    finally:
+        client.close()
+    return [acl for acl in found if acl.resource_pattern.resource_name.startswith(prefix)]
 
 
 def send(bootstrap: str, security: KafkaSecurity | None, topic: str, record: Record) -> None:
