@@ -163,10 +163,8 @@ class Account(Aggregate):
         account_id: UUID | None = None,
     ) -> Account:
         cls.check_email_is_plausible(email)
-        if not display_name.strip():
-            raise InvalidCommandError("display_name_empty")
-        if channel not in tuple(Channel):
-            raise InvalidCommandError("channel_invalid")
+        cls.check_display_name_is_given(display_name)
+        cls.check_channel_is_known(channel)
         return cls._create(
             cls.Registered,
             id=account_id or uuid4(),
@@ -298,8 +296,7 @@ class Account(Aggregate):
         if self.status is AccountStatus.WITHDRAWING:
             return False
         self.check_withdrawal_reason_is_known(reason)
-        if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
-            raise InvalidCommandError("comment_too_long")
+        self.check_comment_fits(comment)
         self.check_gift_loss_is_acknowledged(reason, acknowledge_gift_loss)
         self.trigger_event(
             self.WithdrawalRequested,
@@ -359,6 +356,21 @@ class Account(Aggregate):
     def check_gift_terms(gift_kind: str, amount_jpy: int) -> None:
         if gift_kind != GIFT_KIND or amount_jpy != GIFT_AMOUNT_JPY:
             raise InvalidCommandError("gift_terms")
+
+    @staticmethod
+    def check_display_name_is_given(display_name: str) -> None:
+        if not display_name.strip():
+            raise InvalidCommandError("display_name_empty")
+
+    @staticmethod
+    def check_channel_is_known(channel: str) -> None:
+        if channel not in tuple(Channel):
+            raise InvalidCommandError("channel_invalid")
+
+    @staticmethod
+    def check_comment_fits(comment: str | None) -> None:
+        if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
+            raise InvalidCommandError("comment_too_long")
 
     @staticmethod
     def check_withdrawal_reason_is_known(reason: str) -> None:

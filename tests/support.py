@@ -14,10 +14,12 @@ import email.policy
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +70,22 @@ def unique_tag() -> str:
     """A name part no other test uses, on this worker or another: schemas, topic prefixes and
     consumer groups are named with it, so parallel workers never share state."""
     return f"{WORKER}_{uuid.uuid4().hex[:10]}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def import_contract(contract_id: str) -> dict[str, Any]:
+    """One of import-linter's contracts in pyproject.toml, the one source of the import rules."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [found] = [c for c in config["contracts"] if c["id"] == contract_id]
+    return dict(found)
+
+
+def import_layers() -> list[list[str]]:
+    """The layers contract, top first: each layer's modules (`a | b` and `a : b` split)."""
+    layers: list[str] = import_contract("layers")["layers"]
+    return [[name.strip() for name in re.split(r"[|:]", layer)] for layer in layers]
 
 
 def auth(role: str) -> dict[str, str]:
