@@ -29,7 +29,7 @@ class ChatHandler(Handler):
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         erased = erase_on_withdrawal(
-            envelope.data,
+            envelope,
             lambda account_id: erase(self.database, cursor, account_id),
             self.topics,
             SERVICE,

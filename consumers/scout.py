@@ -54,7 +54,10 @@ class ScoutHandler(Handler):
                 return HandlerResult(outcome="refused")
             return HandlerResult(outcome="scout_recorded")
         erased = erase_on_withdrawal(
-            data, lambda account_id: erase(self.database, cursor, account_id), self.topics, SERVICE
+            envelope,
+            lambda account_id: erase(self.database, cursor, account_id),
+            self.topics,
+            SERVICE,
         )
         return erased or HandlerResult(outcome="ignored")
 

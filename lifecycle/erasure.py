@@ -38,7 +38,13 @@ from lifecycle.erasure_refusals import ErasureRefusals, Refused, check
 from lifecycle.errors import AccountNotFoundError, ConcurrentUpdateError, LifecycleError
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, lock_keys
-from schemas.contract import ERASING_SERVICES, Envelope, ErasureConfirmedV1, TopicNames
+from schemas.contract import (
+    ERASING_SERVICES,
+    Envelope,
+    ErasureConfirmedV1,
+    ErasureConfirmedV2,
+    TopicNames,
+)
 
 CONFIRMED = "confirmed"
 FAILED = "failed"
@@ -347,15 +353,19 @@ class ErasureHandler(Handler):
         refused: list[tuple[Confirmation, str]] = []
         for envelope in envelopes:
             data = envelope.data
-            if not isinstance(data, ErasureConfirmedV1):
+            if not isinstance(data, ErasureConfirmedV1 | ErasureConfirmedV2):
                 continue
             service = self.service_of(envelope.topic, data)
+            # Version 1 (services not upgraded yet) always means erased; version 2 says
+            # erased, or failed with a code from the contract's fixed list.
+            failed = isinstance(data, ErasureConfirmedV2) and data.outcome == "failed"
             confirmation = Confirmation(
                 account_id=data.account_id,
                 service=service or data.service,
-                outcome=CONFIRMED,
+                outcome=FAILED if failed else CONFIRMED,
                 rows_removed=data.rows_removed,
                 confirmation_id=envelope.id,
+                error_code=data.failure_code if isinstance(data, ErasureConfirmedV2) else None,
                 confirmed_at=data.confirmed_at,
             )
             if service is None:
@@ -380,7 +390,9 @@ class ErasureHandler(Handler):
             # In a batch, the kit then prepares each record alone: only the culprit is poison.
             raise PoisonRecord(error.code) from None
 
-    def service_of(self, topic: str | None, data: ErasureConfirmedV1) -> str | None:
+    def service_of(
+        self, topic: str | None, data: ErasureConfirmedV1 | ErasureConfirmedV2
+    ) -> str | None:
         """The service a confirmation is from: its topic's; None when no topic vouches."""
         if topic is None:
             return None
@@ -390,7 +402,7 @@ class ErasureHandler(Handler):
         return service
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
-        if isinstance(envelope.data, ErasureConfirmedV1):
+        if isinstance(envelope.data, ErasureConfirmedV1 | ErasureConfirmedV2):
             if envelope.id in self._refused:
                 return HandlerResult(outcome="confirmation_refused")
             return HandlerResult(outcome="confirmation_handled")

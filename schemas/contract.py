@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Literal, NamedTuple
 from uuid import UUID, uuid4, uuid5
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -222,6 +222,46 @@ class ErasureConfirmedV1(ContractModel):
     confirmed_at: AwareDatetime
 
 
+# Why a service could not erase: a fixed list, so ops can act on it and nothing free-form
+# (which could carry a person's data) travels on the topic.
+ErasureFailureCode = Literal[
+    "legal_hold",  # the data must be kept by law for now (e.g. a chat under investigation)
+    "dependency_unavailable",  # a system the service needs to erase cannot be reached
+    "data_locked",  # the data is in use and cannot be removed yet
+    "internal_error",  # anything else; the service's own logs say more
+]
+
+
+class ErasureConfirmedV2(ContractModel):
+    """A downstream service's outcome for one account's erasure: `erased` (everything it held
+    is removed) or `failed` with a code from a fixed list; ops see a failure as errored and
+    can ask the service again. Every version-1 payload is a valid version-2 payload (both
+    additions are optional; an outcome left out means `erased`), and the erasure process
+    reads both, so services upgrade in their own time."""
+
+    event_name = "account.erasure-confirmed.v2"
+    account_id: UUID
+    service: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    rows_removed: int = Field(ge=0)
+    confirmed_at: AwareDatetime
+    outcome: Literal["erased", "failed"] = "erased"
+    failure_code: ErasureFailureCode | None = Field(
+        default=None, description="Why the service could not erase; set exactly when failed."
+    )
+    withdrawal_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="The account's version at its WithdrawalRequested (the number in that "
+        "record's `ce_id`, `<account_id>:<version>`): which withdrawal this answers.",
+    )
+
+    @model_validator(mode="after")
+    def _failure_code_with_failure_only(self) -> ErasureConfirmedV2:
+        if (self.outcome == "failed") != (self.failure_code is not None):
+            raise ValueError("failure_code is required when failed, and only then")
+        return self
+
+
 LifecyclePayload = (
     RegisteredV1
     | PreferencesEditedV1
@@ -238,7 +278,21 @@ LIFECYCLE_MODELS: tuple[type[ContractModel], ...] = (
     WithdrawalRequestedV1,
     PurgedV1,
 )
-MODELS: tuple[type[ContractModel], ...] = (*LIFECYCLE_MODELS, ProfileV1, ErasureConfirmedV1)
+ERASURE_CONFIRMED_MODELS: tuple[type[ContractModel], ...] = (ErasureConfirmedV1, ErasureConfirmedV2)
+MODELS: tuple[type[ContractModel], ...] = (
+    *LIFECYCLE_MODELS,
+    ProfileV1,
+    *ERASURE_CONFIRMED_MODELS,
+)
+# What each topic carries (named without the prefix; one pattern for the services' own
+# confirmation topics), each payload's versions oldest first: the compatibility check compares
+# each published version with the one before it on its topic.
+TOPIC_PAYLOADS: dict[str, tuple[tuple[type[ContractModel], ...], ...]] = {
+    LIFECYCLE_TOPIC: tuple((model,) for model in LIFECYCLE_MODELS),
+    PROFILE_TOPIC: ((ProfileV1,),),
+    ERASURE_CONFIRMED_TOPIC_PATTERN: (ERASURE_CONFIRMED_MODELS,),
+    LEGACY_ERASURE_CONFIRMED_TOPIC: (ERASURE_CONFIRMED_MODELS,),
+}
 MODELS_BY_TYPE: dict[str, type[ContractModel]] = {model.ce_type(): model for model in MODELS}
 # Types whose record may carry no data: a tombstone on a compacted topic.
 TOMBSTONE_TYPES = frozenset({ProfileV1.ce_type()})
@@ -366,7 +420,7 @@ def encode_tombstone(
 
 
 def encode_erasure_confirmed(
-    confirmation: ErasureConfirmedV1, *, ce_id: str | None = None
+    confirmation: ErasureConfirmedV1 | ErasureConfirmedV2, *, ce_id: str | None = None
 ) -> Record:
     """A downstream service's confirmation, for its own erasure-confirmed topic."""
     return encode_record(

@@ -39,7 +39,7 @@ from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from schemas.contract import (
     Envelope,
-    ErasureConfirmedV1,
+    ErasureConfirmedV2,
     Record,
     ScoutReceivedV1,
     TopicNames,
@@ -116,12 +116,12 @@ def produce(bootstrap: str, items: Sequence[tuple[str, Record]]) -> None:
         publisher.close()
 
 
-def confirmations(bootstrap: str, topics: TopicNames) -> list[ErasureConfirmedV1]:
+def confirmations(bootstrap: str, topics: TopicNames) -> list[ErasureConfirmedV2]:
     found = []
     records = [r for t in topics.confirmations.values() for r in read_topic(bootstrap, t)]
     for record in records:
         envelope: Envelope = decode_record(record.headers, record.value)
-        assert isinstance(envelope.data, ErasureConfirmedV1)
+        assert isinstance(envelope.data, ErasureConfirmedV2)
         found.append(envelope.data)
     return found
 

@@ -24,7 +24,7 @@ from lifecycle.migrator import migrate
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
     Envelope,
-    ErasureConfirmedV1,
+    ErasureConfirmedV2,
     Record,
     TopicNames,
     decode_record,
@@ -218,7 +218,7 @@ def test_a_crash_after_commit_leaves_the_confirmation_in_the_outbox_for_the_next
     assert handler.effects() == [f"{account}:1"]
     assert ConsumerStore(database).pending_outgoing() == []
     [confirmation] = confirmations(log)
-    assert isinstance(confirmation.data, ErasureConfirmedV1)
+    assert isinstance(confirmation.data, ErasureConfirmedV2)
     assert confirmation.data.rows_removed == 1
 
 

@@ -36,7 +36,7 @@ from lifecycle.keyring import MasterKeyring
 from lifecycle.storage import Database
 from schemas.contract import (
     Envelope,
-    ErasureConfirmedV1,
+    ErasureConfirmedV2,
     Record,
     TopicNames,
     decode_record,
@@ -86,8 +86,8 @@ class Service:
         handled = stats.applied + stats.duplicates + stats.dead_lettered >= self.sent
         return handled and not self.consumer.store.pending_outgoing(limit=1)
 
-    def confirmations(self) -> list[ErasureConfirmedV1]:
-        found: list[ErasureConfirmedV1] = []
+    def confirmations(self) -> list[ErasureConfirmedV2]:
+        found: list[ErasureConfirmedV2] = []
         items = [
             item
             for topic in TOPICS.confirmations.values()
@@ -95,7 +95,7 @@ class Service:
         ]
         for item in items:
             envelope: Envelope = decode_record(item.record.headers, item.record.value)
-            assert isinstance(envelope.data, ErasureConfirmedV1)
+            assert isinstance(envelope.data, ErasureConfirmedV2)
             found.append(envelope.data)
         return found
 

@@ -55,7 +55,7 @@ from lifecycle.storage import Database
 from lifecycle.workers import run_consumer, run_erasure, run_relay
 from projections.registry import open_read_models
 from projections.runner import Projector
-from schemas.contract import ErasureConfirmedV1, TopicNames, decode_record, erasure_receipt_id
+from schemas.contract import ErasureConfirmedV2, TopicNames, decode_record, erasure_receipt_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -224,7 +224,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     assert {s: len(found) for s, found in records.items()} == {"scout": 1, "chat": 1, "mail": 1}
     for record in [r for found in records.values() for r in found]:
         envelope = decode_record(record.headers, record.value)
-        assert isinstance(envelope.data, ErasureConfirmedV1)
+        assert isinstance(envelope.data, ErasureConfirmedV2)
         exposed = record.value + b"".join(value for _, value in record.headers)
         for value in (member["email"], member["display_name"], member["phone"]):
             assert value.encode() not in exposed
