@@ -17,6 +17,7 @@ from schemas.contract import (
     ContractError,
     ContractModel,
     ErasureConfirmedV1,
+    ErasureConfirmedV2,
     GiftClaimedV1,
     PreferencesEditedV1,
     ProfileV1,
@@ -92,6 +93,15 @@ def samples(account_id: UUID) -> list[ContractModel]:
             notifications={"scouts": True},
         ),
         ErasureConfirmedV1(account_id=account_id, service="mail", rows_removed=3, confirmed_at=NOW),
+        ErasureConfirmedV2(
+            account_id=account_id,
+            service="chat",
+            rows_removed=0,
+            confirmed_at=NOW,
+            outcome="failed",
+            failure_code="legal_hold",
+            withdrawal_version=4,
+        ),
     ]
 
 

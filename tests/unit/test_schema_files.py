@@ -48,7 +48,8 @@ def test_export_is_deterministic_and_removes_stale_files(tmp_path: Path) -> None
     assert first == again
     assert not stale.exists()
     assert all(content.endswith(b"}\n") for content in first.values())
-    assert {path.name for path in first} == {path.name for path in (tmp_path / "v1").iterdir()}
+    on_disk = {path.name for version in tmp_path.iterdir() for path in version.iterdir()}
+    assert {path.name for path in first} == on_disk
 
 
 def test_check_reports_what_differs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
