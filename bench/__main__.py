@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit,keys]`.
+"""`python -m bench [--quick] [--json PATH] [--cases commands,http,relay,erasure,replay,kit,keys]
+[--tracing]`.
 
 Each case is the module `bench/case_<name>.py` and its `run(ctx)`.
 """
@@ -58,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-services", action="store_true", help="do not run `scripts/services up` first"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="tracing on (spans made and dropped; bench/tracing_switch.py), to compare with a run "
+        "without",
+    )
     args = parser.parse_args(argv)
     args.case_list = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in args.case_list if c not in CASES]
@@ -69,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("json", "WARNING")
+    if args.tracing:
+        from bench.tracing_switch import enable
+
+        enable()
     started = datetime.now(UTC)
     clock = time.perf_counter()
     if args.no_services:

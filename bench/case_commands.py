@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bench.core import Context, Row, Target, fresh_schema, log, run_callers
+from bench.tracing_switch import traced
 from bench.workload import (
     EVENTS_PER_ACCOUNT,
     bench_settings,
@@ -168,7 +169,7 @@ class Subject:
         )
 
     def operation(self, command: str) -> Callable[[int, int], object]:
-        return self.register if command == "register" else self.edit
+        return traced(self.register if command == "register" else self.edit)
 
     def sample(self, command: str, callers: int, seconds: float) -> None:
         writer = self.accounts.group_commit

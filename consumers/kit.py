@@ -37,7 +37,8 @@ from consumers.faults import (
     record_fault_code,
 )
 from consumers.handler import ERASURE_OUTCOMES, Handler, HandlerResult
-from consumers.store import ConsumerStore
+from consumers.store import ConsumerStore, Outgoing
+from lifecycle import tracing
 from lifecycle.kafka.producer import Publisher
 from lifecycle.kafka.source import (
     Incoming,
@@ -112,6 +113,7 @@ class Consumer:
         self._stats_lock = threading.Lock()
         self._log = get_logger(__name__).bind(consumer=name)
         self._wait = DependencyWait(self._log, "consumer")
+        self._spans: tracing.RecordSpans | None = None  # the batch's, while tracing is on
 
     # Health and metrics
 
@@ -163,11 +165,18 @@ class Consumer:
         Interrupted by `stop` while waiting for a dependency, it commits the records finished
         so far (offsets never pass an effect) and raises `Stopped`."""
         finished: set[int] = set()
+        self._spans = tracing.record_spans(self.name)
         try:
+            if self._spans is not None:
+                self._spans.start_all(batch)
             self._handle_batch(batch, finished, stop)
         except Stopped:
             self._commit_finished(batch, finished, stop)
             raise
+        finally:
+            if self._spans is not None:
+                self._spans.end()
+                self._spans = None
         self._commit_finished(batch, finished, stop)
 
     def _commit_finished(
@@ -357,7 +366,7 @@ class Consumer:
             else:
                 results = [self.handler.handle(envelope, cursor) for envelope in todo]
             applied = list(zip(todo, results, strict=True))
-            self.store.add_outgoing(cursor, [item for r in results for item in r.outgoing])
+            self.store.add_outgoing(cursor, self._outgoing(applied))
         if any(result.outcome in ERASURE_OUTCOMES for _, result in applied):
             self.store.database.after_erasure(getattr(self.handler, "personal_tables", ()))
         for _ in range(len(envelopes) - len(applied)):
@@ -372,6 +381,19 @@ class Consumer:
                 outgoing=len(result.outgoing),
             )
         return [envelope for envelope, _ in applied]
+
+    def _outgoing(self, applied: list[tuple[Envelope, HandlerResult]]) -> list[Outgoing]:
+        """The records the handler wants sent; while tracing, each carries the trace context of
+        the record that caused it (`ce_traceparent`)."""
+        spans = self._spans
+        if spans is None:
+            return [item for _, result in applied for item in result.outgoing]
+        return [
+            Outgoing(item.topic, item.record._replace(headers=[*item.record.headers, *extra]))
+            for envelope, result in applied
+            for extra in [spans.headers_for(envelope.id)]
+            for item in result.outgoing
+        ]
 
     def _dead_letter(
         self,

@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
+from lifecycle import tracing
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
 from lifecycle.crypto import KEYS_TABLE, KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
 from lifecycle.domain import (
@@ -42,6 +43,8 @@ from lifecycle.errors import (
     ConcurrentUpdateError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
+from lifecycle.idempotency import DEFAULT_TTL_S, IdempotencyStore
+from lifecycle.keyring import derive
 from lifecycle.pipeline_metrics import WITHDRAWAL_TO_PURGED, observe_since
 from lifecycle.recorders import PostgresKeyRecorder, recorder_topic
 from lifecycle.storage import Database
@@ -114,6 +117,7 @@ class Accounts(Application[UUID]):
     ) -> None:
         super().__init__(env)
         self.vault.create_schema()
+        self.idempotency.create_schema()
         if isinstance(self.recorder, PostgresKeyRecorder):
             self.recorder.key_seen = self.vault.remember_wrapped
         self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)
@@ -151,6 +155,12 @@ class Accounts(Application[UUID]):
         self.keyring = keyring_from_env(self.env)
         self.vault = KeyVault(self.database, self.keyring)
         self._claim_key = self.keyring.secret("claim", self.keyring.current_version("claim"))
+        # Payload fingerprints of idempotency keys: an HMAC key of their own, from the claim key.
+        self.idempotency = IdempotencyStore(
+            self.database,
+            derive(self._claim_key, "lifecycle/idempotency-fingerprint"),
+            ttl_s=float(self.env.get("IDEMPOTENCY_TTL_S") or DEFAULT_TTL_S),
+        )
         return PersonalDataMapper(transcoder=self.construct_transcoder(), vault=self.vault)
 
     def construct_recorder(self) -> ApplicationRecorder:
@@ -256,13 +266,18 @@ class Accounts(Application[UUID]):
             account = self.load_for_audit(account_id)
             if not account.purge():
                 return False
-            self._save_purged(account)
+            # Tracing on: Purged continues the withdrawal's trace (the last stored event's).
+            withdrawal = self._last_stored_state(account) if tracing.enabled() else None
+            with tracing.continuing(withdrawal, "Account purge", str(account_id)):
+                self._save_purged(account)
             if account.withdrawn_at is not None:
                 observe_since(WITHDRAWAL_TO_PURGED, account.withdrawn_at)
             return True
 
         purged = self._retrying(attempt)
         self.vault.forget(account_id)
+        # Kept answers hold no value, but their payload fingerprints go with the account.
+        self.idempotency.erase_account(account_id)
         if purged:
             # The trigger deleted the key row: no copy of it left in SQLite's WAL (the pages
             # are zeroed by secure_delete), the dead tuple vacuumed on PostgreSQL.
@@ -313,6 +328,11 @@ class Accounts(Application[UUID]):
         recorded = self._retrying(attempt)
         self.vault.forget(account_id)
         return recorded
+
+    def _last_stored_state(self, account: Account) -> bytes | None:
+        """The stored state of the account's last event before the pending ones."""
+        found = self.recorder.select_events(account.id, lte=account.version - 1, desc=True, limit=1)
+        return found[0].state if found else None
 
     def _save_purged(self, account: Account) -> None:
         """Save a purge with its e-mail claim's release, in one transaction (the key goes

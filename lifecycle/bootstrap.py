@@ -302,7 +302,9 @@ def kafka_consumer(
             database,
             topics=topics,
             publisher=publisher,
-            source_of=lambda subscribed: KafkaSource(bootstrap, subscribed, group),
+            source_of=lambda subscribed: KafkaSource(
+                bootstrap, subscribed, group, group_instance_id=settings.instance_id
+            ),
             mailer=mailer,
             retry=retry,
             hooks=hooks,
@@ -329,7 +331,9 @@ def kafka_erasure_consumer(
     group = topics.group_id(ERASURE_GROUP)
     publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq")
     try:
-        source = KafkaSource(bootstrap, [topics.erasure_confirmed], group)
+        source = KafkaSource(
+            bootstrap, [topics.erasure_confirmed], group, group_instance_id=settings.instance_id
+        )
     except BaseException:
         publisher.close()
         raise

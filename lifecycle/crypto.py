@@ -34,6 +34,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
+from lifecycle import tracing
 from lifecycle.domain import REDACTED, Account
 from lifecycle.errors import KeyDestroyedError, LifecycleError
 from lifecycle.keyring import (
@@ -429,6 +430,7 @@ class PersonalDataMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         domain_event = super().to_domain_event(stored_event)
         state: dict[str, Any] = domain_event.__dict__
+        tracing.strip(state)  # metadata stored with the event, not the event's own
         sealed = state.pop(SEALED_FIELD, None)
         if sealed is None:
             return domain_event

@@ -15,7 +15,10 @@ aggregate) or on a domain error raised while storing (a `LifecycleError` such as
 caller's events on their own, so each caller gets exactly the outcome it would have had
 alone (the one that conflicted gets its `IntegrityError`, and `Accounts` retries the command
 from a fresh load). Any other failure (the database is unreachable) reaches every caller of
-the batch, as it would have reached each of them.
+the batch, as it would have reached each of them. A batch whose COMMIT was sent but whose
+answer was lost is resolved as one by the recorder (`lifecycle.recorders`): stored, every
+caller gets its recordings; not stored, it is inserted again; unknown, every caller gets
+`WriteOutcomeUnknownError` (never run alone, which could store it twice).
 
 `lifecycle.application.Accounts` saves through one writer; `max_batch=1` turns batching off.
 """
@@ -29,6 +32,7 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
+from lifecycle import tracing
 from lifecycle.errors import LifecycleError
 from lifecycle.pipeline_metrics import GROUP_COMMIT_BATCH
 
@@ -72,6 +76,8 @@ class GroupCommitWriter:
     ) -> list[Recording[UUID]]:
         """Store `events` (and let the application see `aggregates`, as `save` does);
         returns their recordings once committed, or raises what storing them raised."""
+        # The caller's trace context, stamped in its own thread: the batch runs in the leader's.
+        tracing.stamp(events)
         request = _Request(list(events), list(aggregates))
         with self._changed:
             self._queue.append(request)

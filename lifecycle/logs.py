@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from lifecycle import tracing
+
 
 class _CurrentStderr:
     """Writes to whatever sys.stderr is at the time, not the one seen at configuration
@@ -28,6 +30,8 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        # The current span's trace_id and span_id, while tracing is on (one flag check when off).
+        tracing.add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

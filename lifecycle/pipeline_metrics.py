@@ -73,11 +73,14 @@ def observe_since(histogram: Histogram, started: datetime, now: datetime | None 
 
 
 def worker_name(worker: Any) -> str:
-    """The label of a worker: a consumer's group name, `relay` for a relay, else its class."""
+    """The label of a worker: a consumer's group name, `relay` for a relay, `project:<model>` for
+    a read model's projector, else its class name."""
     if hasattr(worker, "total_lag"):
         return str(worker.name)
     if hasattr(worker, "publisher") and hasattr(worker, "position"):
         return "relay"
+    if (model := getattr(worker, "model", None)) is not None and hasattr(model, "name"):
+        return f"project:{model.name}"  # one projector per read model
     return str(getattr(worker, "metrics_name", type(worker).__name__.lower()))
 
 
@@ -101,9 +104,9 @@ class WorkersCollector(Collector):
         )
         for worker in list(self._workers()):
             name = worker_name(worker)
-            ready.add_metric([name], 0 if worker.waiting_for else 1)
-            if hasattr(worker, "total_lag"):
-                lag.add_metric([name], worker.total_lag())
+            ready.add_metric([name], 0 if getattr(worker, "waiting_for", None) else 1)
+            if callable(total := getattr(worker, "total_lag", None)):
+                lag.add_metric([name], total())
         yield ready
         yield lag
 

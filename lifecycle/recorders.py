@@ -6,12 +6,22 @@ the key row and the events commit or roll back together: a registration is one t
 and one that loses (a concurrent claim of its e-mail) leaves no orphan key. The database's
 own trigger refuses a destroyed key; that refusal reaches callers as `KeyDestroyedError`.
 
+A write whose outcome is unknown is found out, never guessed. When the connection fails
+while the events' transaction commits (the COMMIT sent, its answer lost), the library's
+recorder would run the insert again (`@retry` on `OperationalError`), and the second insert
+would conflict with the first one's own events: a stored write reported as a conflict. The
+PostgreSQL recorder instead asks the database, after any connection failure, whether this
+batch's events are stored (their ids and versions are known; their sealed state bytes are
+unique to this write), and only inserts again when they are not (`in_doubt_insert`).
+
 `Accounts` picks the recorder for its persistence module (`recorder_topic`), unless
 `APPLICATION_RECORDER_TOPIC` names another.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -47,6 +57,21 @@ def _keys(stored_events: Sequence[StoredEvent]) -> list[StoredEventWithKey]:
     return [s for s in stored_events if isinstance(s, StoredEventWithKey)]
 
 
+# Attempts at an insert whose connection failed, and the pause between them (the library's).
+INSERT_ATTEMPTS = 10
+INSERT_RETRY_WAIT_S = 0.2
+# How long finding out waits for a commit still in flight (it holds the events table's lock).
+IN_DOUBT_LOCK_TIMEOUT_S = 5
+
+
+class WriteOutcomeUnknownError(OperationalError):
+    """The database stayed unreachable after a connection failed during a write, so whether
+    the write was stored could not be found out (the API answers 503; a retry with the same
+    idempotency key, or a read, tells)."""
+
+    code = "write_outcome_unknown"
+
+
 class PostgresKeyRecorder(PostgresApplicationRecorder):
     """Inserts the batch's new keys in the pipelined event transaction, before the events;
     reads an aggregate's events and its key in one round trip (see `select_events`)."""
@@ -78,6 +103,22 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
             ).format(schema=Identifier(datastore.schema), table=Identifier(self.events_table_name))
         )
         self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
+        events_table = SQL("{schema}.{table}").format(
+            schema=Identifier(datastore.schema), table=Identifier(self.events_table_name)
+        )
+        # Finding out whether an in-doubt write landed (rare: only after a connection failed).
+        self.lock_timeout_statement = f"SET LOCAL lock_timeout = '{IN_DOUBT_LOCK_TIMEOUT_S}s'"
+        # SHARE conflicts with the writers' EXCLUSIVE lock: a commit in flight finishes first.
+        self.share_lock_statement = _text(
+            SQL("LOCK TABLE {events} IN SHARE MODE").format(events=events_table)
+        )
+        self.select_stored_statement = _text(
+            SQL(
+                "SELECT originator_id, originator_version, state, notification_id FROM {events} "
+                "WHERE (originator_id, originator_version) IN "
+                "(SELECT * FROM unnest(%s::{id_type}[], %s::integer[]))"
+            ).format(events=events_table, id_type=SQL(datastore.originator_id_type))
+        )
         # The write in one statement (inside the library's pipelined transaction) instead
         # of five: key rows, then the library's own lock, notify and insert, in its order.
         function = SQL("{schema}.{name}").format(
@@ -229,11 +270,59 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         try:
-            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return self.in_doubt_insert(stored_events, **kwargs)
+        except WriteOutcomeUnknownError:
+            raise
         except PersistenceError as error:
             if KEY_DESTROYED in str(error):
                 raise KeyDestroyedError() from None
             raise
+
+    def in_doubt_insert(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The library's insert, retried after a connection failure only once the database
+        said this batch is not stored; when it is, its notification ids, as if answered."""
+        insert = _library_insert_events
+        if not stored_events:
+            return insert(self, stored_events, **kwargs)
+        in_doubt: OperationalError | InterfaceError | None = None
+        for attempt in range(INSERT_ATTEMPTS):
+            if attempt:
+                time.sleep(INSERT_RETRY_WAIT_S * (1 + 0.1 * (random.random() - 0.5)))  # noqa: S311
+            try:
+                if in_doubt is not None:
+                    if (landed := self.stored_ids(stored_events)) is not None:
+                        return landed
+                    in_doubt = None  # not stored: insert again
+                return insert(self, stored_events, **kwargs)
+            except (InterfaceError, OperationalError) as error:
+                in_doubt = error
+        raise WriteOutcomeUnknownError(str(in_doubt)) from in_doubt
+
+    def stored_ids(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
+        """The notification ids of exactly these events if they are stored (same aggregate,
+        version and bytes: a write of another writer at the same version differs in its
+        bytes), None if they are not. Waits, bounded, for a commit still in flight."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.lock_timeout_statement)
+            curs.execute(self.share_lock_statement)
+            curs.execute(
+                self.select_stored_statement,
+                (
+                    [s.originator_id for s in stored_events],
+                    [s.originator_version for s in stored_events],
+                ),
+            )
+            rows = {
+                (row["originator_id"], row["originator_version"]): row for row in curs.fetchall()
+            }
+        ids = []
+        for stored in stored_events:
+            row = rows.get((stored.originator_id, stored.originator_version))
+            if row is None or bytes(row["state"]) != stored.state:
+                return None  # a transaction is all or nothing: one missing means none
+            ids.append(int(row["notification_id"]))
         return ids
 
 
@@ -261,6 +350,13 @@ class SQLiteKeyRecorder(SQLiteApplicationRecorder):
                 [(_text_id(s.originator_id), s.wrapped_key) for s in keys],
             )
         return super()._insert_events(c, stored_events, **kwargs)
+
+
+# The library's insert without its `@retry`, which would insert an in-doubt write again blindly.
+# (`functools.wraps` keeps the undecorated function; import fails loudly if that changes.)
+_library_insert_events: Callable[..., Sequence[int] | None] = getattr(  # noqa: B009
+    PostgresApplicationRecorder.insert_events, "__wrapped__"
+)
 
 
 def _text_id(originator_id: UUID | str) -> str:

@@ -24,6 +24,7 @@ from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
 from consumers.faults import DependencyWait, infrastructure_fault
+from lifecycle import tracing
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.producer import Publisher, PublishError
@@ -224,8 +225,10 @@ class Relay:
             if isinstance(event, Account.Registered):
                 self._registered[event.originator_id] = event
             stamps.append(event.timestamp)
+            traced = self._trace_headers(notification, event) if tracing.enabled() else []
             for topic, record in self._records_for(event, notification.id):
-                self.publisher.publish(topic, record.key, record.headers, record.value)
+                headers = [*record.headers, *traced] if traced else record.headers
+                self.publisher.publish(topic, record.key, headers, record.value)
                 published += 1
         self.publisher.flush()
         acked = datetime.now(UTC)
@@ -243,6 +246,23 @@ class Relay:
             **latency,
         )
         return len(notifications)
+
+    def _trace_headers(
+        self, notification: Notification, event: Account.Event
+    ) -> list[tuple[str, bytes]]:
+        """`ce_traceparent`/`ce_tracestate` of a producer span in the trace of the command that
+        stored the event (`lifecycle.tracing`)."""
+        return tracing.publish_headers(
+            notification.state,
+            type(event).__name__,
+            {
+                "lifecycle.account_id": str(event.originator_id),
+                "lifecycle.notification_id": notification.id,
+                "messaging.message.id": lifecycle_event_id(
+                    event.originator_id, event.originator_version
+                ),
+            },
+        )
 
     def _ack_latency(self, stamps: list[datetime], acked: datetime) -> dict[str, float]:
         """From each event's commit (its timestamp, taken just before the commit) to Kafka's

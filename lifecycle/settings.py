@@ -8,10 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.crypto import MasterKeyError, decode_master_key
+from lifecycle.kafka.admin import HOUR_MS, TopicSettings
 from lifecycle.keyring import KeyPolicy, KeyringError, read_private
 from lifecycle.storage import persistence_env
 from schemas.contract import TopicNames
@@ -33,6 +34,25 @@ class Settings(BaseSettings):
     # PostgreSQL schema holding the service's tables (tests use one per test).
     database_schema: str = "public"
     kafka_bootstrap: str | None = None
+    # This process's stable name among its consumer group's members (an operator sets it from
+    # the pod or host name, unique per process of a group): the Kafka consumers of `consume`
+    # and `erasure` join as static members (group.instance.id), so a process killed and
+    # restarted takes its partitions back at once instead of waiting out its old session.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    # The topics `lifecycle topics` creates (lifecycle.kafka.admin.TopicSettings): partitions,
+    # replicas (3 on a production cluster), min.insync.replicas (unset: 2 with 3 or more
+    # replicas, else 1) and the time bounds that bound how long a value outlives `Purged`.
+    kafka_partitions: int = Field(default=3, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
+    kafka_lifecycle_retention_hours: float = Field(default=7 * 24, gt=0)
+    kafka_lifecycle_segment_hours: float = Field(default=24, gt=0)
+    kafka_profile_segment_hours: float = Field(default=1, gt=0)
+    kafka_profile_max_compaction_lag_hours: float = Field(default=24, gt=0)
+    kafka_profile_delete_retention_hours: float = Field(default=24, gt=0)
+    kafka_confirmations_retention_hours: float = Field(default=14 * 24, gt=0)
+    kafka_dead_letter_retention_hours: float = Field(default=2 * 24, gt=0)
+    kafka_dead_letter_segment_hours: float = Field(default=1, gt=0)
     # Prepended to every topic name (e.g. "staging."); tests use one per test.
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
@@ -48,6 +68,8 @@ class Settings(BaseSettings):
     key_rotation_days: float = Field(default=90.0, ge=0)
     key_retention_days: float = Field(default=35.0, ge=0)
     erasure_deadline_hours: float = 72.0
+    # How long the first answer to a request with an Idempotency-Key is kept (and replayed).
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
     # Roles whose audit reads may ask for personal values decrypted (each such read is
     # recorded); empty: nobody, every audit read is redacted. Example: '["auditor"]'.
     audit_decrypt_roles: list[Role] = Field(default_factory=list)
@@ -61,6 +83,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     service_name: str = "lifecycle"
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if (self.kafka_min_insync_replicas or 1) > self.kafka_replication_factor:
+            raise ValueError("kafka_min_insync_replicas cannot exceed kafka_replication_factor")
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -88,6 +116,25 @@ class Settings(BaseSettings):
         return TopicNames(prefix=self.topic_prefix)
 
     @property
+    def topic_settings(self) -> TopicSettings:
+        def ms(hours: float) -> int:
+            return round(hours * HOUR_MS)
+
+        return TopicSettings(
+            partitions=self.kafka_partitions,
+            replication_factor=self.kafka_replication_factor,
+            min_insync_replicas_override=self.kafka_min_insync_replicas,
+            lifecycle_retention_ms=ms(self.kafka_lifecycle_retention_hours),
+            lifecycle_segment_ms=ms(self.kafka_lifecycle_segment_hours),
+            profile_segment_ms=ms(self.kafka_profile_segment_hours),
+            profile_max_compaction_lag_ms=ms(self.kafka_profile_max_compaction_lag_hours),
+            profile_delete_retention_ms=ms(self.kafka_profile_delete_retention_hours),
+            confirmations_retention_ms=ms(self.kafka_confirmations_retention_hours),
+            dead_letter_retention_ms=ms(self.kafka_dead_letter_retention_hours),
+            dead_letter_segment_ms=ms(self.kafka_dead_letter_segment_hours),
+        )
+
+    @property
     def is_embedded(self) -> bool:
         return self.database_url.startswith("sqlite:")
 
@@ -105,6 +152,7 @@ class Settings(BaseSettings):
             **persistence_env(self.database_url, self.database_schema),
             "MASTER_KEY": master_key or "",
             "KEYRING_DIR": str(keyring_dir or ""),
+            "IDEMPOTENCY_TTL_S": str(self.idempotency_ttl_hours * 3600),
         }
 
     def resolved_master_key(self) -> str:

@@ -1,10 +1,11 @@
 """Readiness probe for the local Kafka broker started by scripts/services.
 
-Usage: python scripts/kafka_ready.py BOOTSTRAP DEADLINE_SECONDS
+Usage: python scripts/kafka_ready.py BOOTSTRAP DEADLINE_SECONDS [BROKERS]
 
 Makes real requests (DescribeCluster, Metadata, then a consumer-group request) with
 kafka-python until the broker answers with an unfenced broker and a group coordinator,
-retrying until the deadline.
+retrying until the deadline. With BROKERS (a cluster), ready also means that many brokers are
+registered and unfenced.
 
 Exit codes: 0 ready; 1 not ready by the deadline (last error on stderr);
 3 kafka-python is not importable (the caller falls back to a port check).
@@ -19,10 +20,11 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: kafka_ready.py BOOTSTRAP DEADLINE_SECONDS", file=sys.stderr)
+    if len(argv) not in (3, 4):
+        print("usage: kafka_ready.py BOOTSTRAP DEADLINE_SECONDS [BROKERS]", file=sys.stderr)
         return 2
     bootstrap, deadline_s = argv[1], float(argv[2])
+    expected = int(argv[3]) if len(argv) == 4 else 1
     try:
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaConfigurationError
@@ -52,8 +54,8 @@ def main(argv: list[str]) -> int:
             admin = KafkaAdminClient(**options)
             cluster = admin.describe_cluster()
             brokers = [b for b in cluster.get("brokers", []) if not b.get("is_fenced", False)]
-            if not brokers:
-                last_error = f"no unfenced broker yet: {cluster!r}"
+            if len(brokers) < expected:
+                last_error = f"{len(brokers)} of {expected} brokers unfenced: {cluster!r}"
             else:
                 admin.list_topics()
                 # A fresh broker creates __consumer_offsets on the first group request and

@@ -19,8 +19,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lifecycle import tracing
 from lifecycle.api.auth import AuthenticationMiddleware, with_generated_tokens
 from lifecycle.api.deps import ApiState
+from lifecycle.api.idempotency import IdempotencyMiddleware
 from lifecycle.api.metrics import install_metrics
 from lifecycle.api.openapi import install_problem_openapi
 from lifecycle.api.problems import (
@@ -87,10 +89,16 @@ def create_app(
         path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))
     )
     # The last added runs first: request id and access log wrap everything else, then
-    # authentication, before the body is read or limited.
+    # authentication, before the body is read or limited; idempotency keys innermost.
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
     app.add_middleware(AuthenticationMiddleware)
     app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
+    if tracing.enabled():
+        # Outermost: a request's span (W3C traceparent continued) is current for all of it.
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=tracing.provider())
     return app
 
 

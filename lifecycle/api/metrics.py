@@ -175,9 +175,11 @@ class StateCollector(Collector):
             relay_lag.add_metric([str(name)], max(0, head - int(position)))
         # With Kafka off the relay thread keeps its position in memory, not in relay_position.
         relay = getattr(getattr(self.app.state, "workers", None), "relay", None)
-        if relay is not None and relay.name not in {str(name) for name, _ in positions}:
-            relay_position.add_metric([relay.name], relay.position)
-            relay_lag.add_metric([relay.name], max(0, head - relay.position))
+        name, position = getattr(relay, "name", None), getattr(relay, "position", None)
+        known = {str(saved) for saved, _ in positions}
+        if isinstance(name, str) and isinstance(position, int) and name not in known:
+            relay_position.add_metric([name], position)
+            relay_lag.add_metric([name], max(0, head - position))
         yield relay_position
         yield relay_lag
 

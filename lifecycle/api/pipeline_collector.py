@@ -89,8 +89,9 @@ class PipelineStateCollector(Collector):
             family.add_metric([str(name)], _unix(updated_at))
         # With Kafka off the relay thread keeps its position in memory, not in relay_position.
         relay = getattr(getattr(self.app.state, "workers", None), "relay", None)
-        if relay is not None and relay.published_at and relay.name not in {n for n, _ in rows}:
-            family.add_metric([relay.name], relay.published_at.timestamp())
+        name, published_at = getattr(relay, "name", None), getattr(relay, "published_at", None)
+        if isinstance(published_at, datetime) and name not in {n for n, _ in rows}:
+            family.add_metric([str(name)], published_at.timestamp())
         return family
 
     def _dead_letters(self, db: Any) -> dict[str, int]:

@@ -31,6 +31,7 @@ from lifecycle.errors import (
 from lifecycle.kafka.inspector import BrokerUnavailableError
 from lifecycle.logs import get_logger
 from lifecycle.probe import PROBLEM_TYPE_PREFIX
+from lifecycle.recorders import WriteOutcomeUnknownError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 REQUEST_URN_PREFIX = "urn:lifecycle:request:"
@@ -223,6 +224,16 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
 
 def unexpected_error_response(request: Request, exc: BaseException) -> Response:
     log = get_logger("lifecycle.api")
+    if isinstance(exc, WriteOutcomeUnknownError):
+        # The database went away mid-commit and stayed away while we asked what happened.
+        log.error("write_outcome_unknown", error_type=type(exc).__name__)
+        return problem_response(
+            request,
+            503,
+            "write_outcome_unknown",
+            "the database went away while storing; whether it was stored is not known yet: "
+            "retry with the same Idempotency-Key, or read before writing again",
+        )
     if isinstance(exc, OperationalError | InterfaceError):
         log.error("database_unavailable", error_type=type(exc).__name__)
         return problem_response(

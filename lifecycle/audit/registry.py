@@ -114,6 +114,17 @@ REGISTRY: tuple[RestingPlace, ...] = (
         ("search", "key_destroyed"),
     ),
     _none("table", LIFECYCLE, "destroyed_keys", "account ids and destruction times"),
+    RestingPlace(
+        "table",
+        LIFECYCLE,
+        "idempotency_keys",
+        "",
+        "deleted",
+        "first answers to requests with an Idempotency-Key: ids, statuses and codes (problems "
+        "echo no value), the payload only as an HMAC; an account's rows are deleted at its "
+        "purge (Accounts.purge), every row once expired (LIFECYCLE_IDEMPOTENCY_TTL_HOURS)",
+        ("search", "rows_gone"),
+    ),
     *_tables_without_values(LIFECYCLE, READ_MODEL_TABLES, "read models: " + NO_VALUE),
     *_tables_without_values(
         LIFECYCLE,

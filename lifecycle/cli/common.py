@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 from pydantic import ValidationError
 
+from lifecycle import tracing
 from lifecycle.errors import LifecycleError
 from lifecycle.logs import configure_logging
 from lifecycle.probe import Probe
@@ -47,6 +48,10 @@ def load_settings() -> Settings:
     except LifecycleError as error:
         fail(f"invalid configuration: {error.detail}")
     configure_logging(settings.log_format, settings.log_level)
+    try:
+        tracing.configure_from_environment()  # only the standard OTEL_* variables; off unless set
+    except ValueError as error:
+        fail(f"invalid configuration: {error}")
     return settings
 
 

@@ -123,7 +123,7 @@ def topics() -> None:
     if not settings.kafka_bootstrap:
         fail("`topics` needs LIFECYCLE_KAFKA_BOOTSTRAP")
     try:
-        result = ensure_topics(settings.kafka_bootstrap, settings.topics)
+        result = ensure_topics(settings.kafka_bootstrap, settings.topics, settings.topic_settings)
     except Exception as error:
         fail(f"Kafka unusable ({type(error).__name__}) at {settings.kafka_bootstrap}")
     typer.echo(f"created: {len(result.created)}, existing: {len(result.existing)}")

@@ -40,10 +40,16 @@ class TopicSettings:
     confirmations_retention_ms: int = 14 * DAY_MS
     dead_letter_retention_ms: int = 2 * DAY_MS
     dead_letter_segment_ms: int = HOUR_MS
+    # None: derived from the replication factor (see `min_insync_replicas`).
+    min_insync_replicas_override: int | None = None
 
     @property
     def min_insync_replicas(self) -> int:
-        """With 3 replicas, acks=all waits for 2; a single broker can only ask for 1."""
+        """With 3 replicas, acks=all waits for 2 (one broker may be lost without refusing
+        writes, and an acknowledged write survives the loss of any one); a single broker can
+        only ask for 1."""
+        if self.min_insync_replicas_override is not None:
+            return self.min_insync_replicas_override
         return max(1, min(2, self.replication_factor - 1))
 
 

@@ -80,8 +80,11 @@ class Service:
         self.sent += len(items)
 
     def settled(self) -> bool:
+        """Every record sent is handled and what it sends is published: the kit counts a
+        record applied at its commit, before it publishes the outbox."""
         stats = self.consumer.stats
-        return stats.applied + stats.duplicates + stats.dead_lettered >= self.sent
+        handled = stats.applied + stats.duplicates + stats.dead_lettered >= self.sent
+        return handled and not self.consumer.store.pending_outgoing(limit=1)
 
     def confirmations(self) -> list[ErasureConfirmedV1]:
         found: list[ErasureConfirmedV1] = []

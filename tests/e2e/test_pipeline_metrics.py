@@ -6,6 +6,7 @@ on both backends."""
 
 from __future__ import annotations
 
+import re
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,16 @@ def running(settings: Settings, accounts: Accounts) -> Iterator[tuple[TestClient
             yield client, workers
     finally:
         workers.stop()
+
+
+def selected_labels(expressions: list[str]) -> set[tuple[str, str, str]]:
+    """(metric, label, value) of each exact matcher (`name{label="value"}`) in the expressions."""
+    found = set()
+    for expr in expressions:
+        for name, matchers in re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}", expr):
+            for label, value in re.findall(r'([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"]*)"', matchers):
+                found.add((name, label, value))
+    return found
 
 
 def sample_names(exposition: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -75,6 +86,12 @@ def test_a_scrape_after_a_withdrawal_holds_every_metric_the_rules_and_dashboard_
     wanted = set().union(*(promql_metric_names(e) for e in ops_expressions()))
     wanted -= recorded_names() | {"time"}
     assert sorted(wanted - samples.keys()) == []
+    # And every exact label the rules and panels select exists: the erasure states, and the
+    # histogram bucket at the erasure deadline that the burn-rate alert divides by.
+    for name, label, value in selected_labels(ops_expressions()):
+        if name in recorded_names():
+            continue
+        assert any(labels.get(label) == value for labels, _ in samples[name]), (name, label, value)
 
     # The values say what happened: one purge and one suppression observed, every thread ready.
     assert samples["lifecycle_withdrawal_to_purged_seconds_count"][0][1] >= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from cluster import KafkaCluster
 from pipeline import Pipeline
 from servers import ThrowawayKafka, ThrowawayPostgres, throwaway_servers
 from support import SmtpSink, smtp_sink
@@ -47,3 +48,13 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         yield postgres
     finally:
         postgres.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[KafkaCluster]:
+    """The three-node cluster (`scripts/services cluster up`), once per run, only when asked."""
+    cluster = KafkaCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()

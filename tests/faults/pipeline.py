@@ -25,15 +25,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from uuid import UUID
 
-from servers import ThrowawayKafka, ThrowawayPostgres
+from servers import ThrowawayPostgres
 from support import SmtpSink, free_port, read_topic
 
 from lifecycle.application import Accounts
 from lifecycle.crypto import new_master_key
-from lifecycle.kafka.admin import ensure_topics
+from lifecycle.errors import ConcurrentUpdateError
+from lifecycle.kafka.admin import TopicSettings, ensure_topics
 from lifecycle.settings import Settings
 from schemas.contract import TopicNames
 
@@ -50,17 +51,29 @@ PROJECTED = ("erasure_status", "account_directory")
 CONFIRMATION_SUBJECT = "Your withdrawal is complete"
 
 
+class Brokers(Protocol):
+    """A single throwaway broker or the three-node cluster: what the pipeline needs of it."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+
 class Pipeline:
     """The processes, the application the load writes through, and what to check afterwards."""
 
     def __init__(
-        self, postgres: ThrowawayPostgres, kafka: ThrowawayKafka, smtp: SmtpSink, logs: Path
+        self,
+        postgres: ThrowawayPostgres,
+        kafka: Brokers,
+        smtp: SmtpSink,
+        logs: Path,
+        topics: TopicNames | None = None,
     ) -> None:
         self.postgres = postgres
         self.kafka = kafka
         self.smtp = smtp
         self.logs = logs
-        self.topics = TopicNames()
+        self.topics = topics or TopicNames()
         self.settings = Settings(
             database_url=postgres.url,
             kafka_bootstrap=kafka.bootstrap,
@@ -68,6 +81,7 @@ class Pipeline:
             smtp_host="127.0.0.1",
             smtp_port=smtp.port,
             log_format="json",
+            topic_prefix=self.topics.prefix,
         )
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
@@ -77,6 +91,7 @@ class Pipeline:
             "LIFECYCLE_SMTP_HOST": "127.0.0.1",
             "LIFECYCLE_SMTP_PORT": str(smtp.port),
             "LIFECYCLE_LOG_FORMAT": "json",
+            "LIFECYCLE_TOPIC_PREFIX": self.topics.prefix,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         # Each process serves /readyz on a port of its own (LIFECYCLE_PROBE_PORT).
@@ -88,10 +103,17 @@ class Pipeline:
     @classmethod
     @contextmanager
     def running(
-        cls, postgres: ThrowawayPostgres, kafka: ThrowawayKafka, smtp: SmtpSink, logs: Path
+        cls,
+        postgres: ThrowawayPostgres,
+        kafka: Brokers,
+        smtp: SmtpSink,
+        logs: Path,
+        *,
+        topics: TopicNames | None = None,
+        topic_settings: TopicSettings | None = None,
     ) -> Iterator[Pipeline]:
-        ensure_topics(kafka.bootstrap, TopicNames())
-        pipeline = cls(postgres, kafka, smtp, logs)
+        ensure_topics(kafka.bootstrap, topics or TopicNames(), topic_settings)
+        pipeline = cls(postgres, kafka, smtp, logs, topics)
         try:
             for name in COMMANDS:
                 pipeline.start(name)
@@ -110,7 +132,12 @@ class Pipeline:
         with log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "lifecycle", *COMMANDS[name]],
-                env={**self.env, "LIFECYCLE_PROBE_PORT": str(self.probe_ports[name])},
+                env={
+                    **self.env,
+                    "LIFECYCLE_PROBE_PORT": str(self.probe_ports[name]),
+                    # Stable across restarts, as an operator sets it from the pod's name.
+                    "LIFECYCLE_INSTANCE_ID": f"{name}-0",
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -142,6 +169,12 @@ class Pipeline:
             raise AssertionError(f"{name} did not stop within {timeout_s}s of SIGTERM") from None
         assert code == 0, f"{name} exited with {code}"
         return time.monotonic() - began
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no drain, no offset commit, no goodbye to the group."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
 
     def unrestarted(self) -> dict[str, str]:
         """Processes that are not running as started: name -> what happened (empty: none)."""
@@ -184,6 +217,12 @@ class Pipeline:
             row = cursor.execute(statement, params).fetchone()
         return None if row is None else row[0]
 
+    def relayed(self) -> int:
+        """The relay's position: notifications up to it are acknowledged by Kafka."""
+        return int(
+            self._scalar(f"SELECT coalesce(min(position), 0) FROM {self._table('relay_position')}")
+        )
+
     def purged_among(self, ids: list[UUID]) -> set[UUID]:
         if not ids:
             return set()
@@ -200,9 +239,7 @@ class Pipeline:
         """What is not caught up yet (relay, projections, purges), or None when all is."""
         try:
             head = self.head()
-            relayed = self._scalar(
-                f"SELECT coalesce(min(position), 0) FROM {self._table('relay_position')}"
-            )
+            relayed = self.relayed()
             lagging = [
                 name
                 for name in PROJECTED
@@ -278,6 +315,9 @@ class Load:
     withdrawn: list[UUID] = field(default_factory=list)
     emails: dict[UUID, str] = field(default_factory=dict)
     refused: int = 0
+    # Registrations refused as a conflict: with unique e-mails only an in-doubt commit
+    # guessed wrong (the write's own events taken for another writer's) could cause one.
+    registrations_conflicted: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -301,12 +341,16 @@ class Load:
         for step in itertools.count():
             if self._stop.wait(interval):
                 return
+            registering = step % 2 == 0 or not pending
             try:
-                if step % 2 == 0 or not pending:
+                if registering:
                     self._register(pending)
                 else:
                     self.accounts.request_withdrawal(pending[0], reason="hired_elsewhere")
                     self.withdrawn.append(pending.pop(0))
+            except ConcurrentUpdateError:
+                self.refused += 1
+                self.registrations_conflicted += registering
             except Exception:
                 self.refused += 1  # not acknowledged: the caller would see an error
 

@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
 # The load runs this long before a fault, so that there is work in flight when it strikes.
 WARM_UP_S = 2.0
+# A static member killed and restarted finishes the erasures in flight within this long of
+# consuming again (a new member would wait out the old one's 10 s session first).
+STATIC_REJOIN_S = 2.0
 # How long a stopped server stays down.
 DOWN_S = 5.0
 
@@ -46,6 +49,8 @@ def test_connections_cut_several_times(pipeline: Pipeline) -> None:
     seconds = pipeline.wait_caught_up(load.withdrawn)
     report("pg_terminate_backend x5", seconds, backends_cut=cut, refused=load.refused)
     assert all(cut), "a round found no connection to cut"
+    # A commit whose answer a cut lost is found out, never taken for another writer's.
+    assert load.registrations_conflicted == 0
     pipeline.check(load)
 
 
@@ -114,4 +119,40 @@ def test_sigterm_and_restart(pipeline: Pipeline, name: str) -> None:
         from_restart_s=f"{time.monotonic() - restarted:.2f}",
     )
     assert in_flight_s < 10.0, "the erasures in flight took long after the restart"
+    pipeline.check(load, restarted=(name,))
+
+
+@pytest.mark.parametrize("name", ["scout", "erasure"])
+def test_sigkill_and_restart(pipeline: Pipeline, name: str) -> None:
+    """Killed with SIGKILL (no LeaveGroup, no commit) and restarted at once: the process is a
+    static member (LIFECYCLE_INSTANCE_ID), so it takes its partitions back without waiting
+    out its old session (10 s), and the erasures in flight complete within 2 s of it
+    consuming again. The interpreter's own start is reported, not bounded."""
+    wait_until(
+        lambda: all(pipeline.readiness(name)[0] == 200 for name in COMMANDS),
+        "every process's probe says ready before the fault",
+    )
+    with Load(pipeline.accounts) as load:
+        pause(WARM_UP_S)
+        pipeline.kill(name)
+        restarted = time.monotonic()
+        log = pipeline.start(name)
+        in_flight = list(load.withdrawn)
+        started_s = pipeline.wait_logged(log, "consumer.started")
+        consuming = time.monotonic()
+        # Only the erasures in flight: the relay and the read models follow the load meanwhile.
+        wait_until(
+            lambda: pipeline.purged_among(in_flight) == set(in_flight),
+            f"the {len(in_flight)} erasures in flight purged within {STATIC_REJOIN_S}s",
+            timeout_s=STATIC_REJOIN_S,
+        )
+        in_flight_s = time.monotonic() - consuming
+    seconds = pipeline.wait_caught_up(load.withdrawn)
+    report(
+        f"SIGKILL {name}",
+        seconds,
+        process_start_s=f"{started_s:.2f}",
+        in_flight_purged_after_start_s=f"{in_flight_s:.2f}",
+        from_restart_s=f"{time.monotonic() - restarted:.2f}",
+    )
     pipeline.check(load, restarted=(name,))

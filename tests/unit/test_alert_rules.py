@@ -20,7 +20,12 @@ def promtool() -> str:
 
 
 @pytest.mark.parametrize(
-    "command", [["check", "rules", ALERT_RULES.name], ["test", "rules", RULE_TESTS.name]]
+    "command",
+    [
+        ["check", "rules", ALERT_RULES.name],
+        ["test", "rules", RULE_TESTS.name],
+        ["check", "config", "prometheus.yml"],
+    ],
 )
 def test_promtool(command: list[str]) -> None:
     done = subprocess.run(

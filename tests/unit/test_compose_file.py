@@ -18,7 +18,7 @@ def load() -> dict[str, Any]:
 
 def test_every_long_running_service_has_a_health_check_or_depends_on_healthy_ones() -> None:
     services = load()["services"]
-    for name in ("postgres", "kafka", "api"):
+    for name in ("postgres", "kafka-1", "kafka-2", "kafka-3", "api"):
         assert "healthcheck" in services[name], name
     for name in ("relay", "erasure", "scout", "chat", "mail"):
         port = services[name]["environment"]["LIFECYCLE_PROBE_PORT"]
@@ -42,11 +42,29 @@ def test_service_containers_get_database_kafka_and_key_from_the_environment() ->
             assert variable in env, (name, variable)
 
 
-def test_kafka_runs_in_kraft_combined_mode_from_the_official_image() -> None:
-    kafka = load()["services"]["kafka"]
-    assert kafka["image"].startswith("apache/kafka:4.")
-    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+def test_kafka_is_a_three_node_kraft_cluster_from_the_official_image() -> None:
+    services = load()["services"]
+    nodes = [services[f"kafka-{n}"] for n in (1, 2, 3)]
+    voters = "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+    for n, kafka in enumerate(nodes, start=1):
+        env = kafka["environment"]
+        assert kafka["image"].startswith("apache/kafka:4.")
+        assert env["KAFKA_NODE_ID"] == n
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == 2
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 3
+    env = services["topics"]["environment"]
+    assert env["LIFECYCLE_KAFKA_REPLICATION_FACTOR"] == "3"
+    assert len(env["LIFECYCLE_KAFKA_BOOTSTRAP"].split(",")) == 3
+
+
+def test_each_consumer_has_a_stable_instance_id_of_its_own() -> None:
+    services = load()["services"]
+    ids = [services[name]["environment"]["LIFECYCLE_INSTANCE_ID"] for name in
+           ("erasure", "scout", "chat", "mail")]  # fmt: skip
+    assert len(set(ids)) == len(ids)
 
 
 def test_every_process_kind_of_the_cli_runs_as_a_service() -> None:
@@ -64,3 +82,20 @@ def test_every_process_kind_of_the_cli_runs_as_a_service() -> None:
         "consume chat",
         "consume mail",
     }
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_probe() -> None:
+    services = load()["services"]
+    config = yaml.safe_load((COMPOSE.parent / "ops" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert "api:8000" in targets
+    for name in ("relay", "erasure", "scout", "chat", "mail"):
+        env = services[name]["environment"]
+        assert env["LIFECYCLE_PROBE_HOST"] == "0.0.0.0", name
+        assert f"{name}:{env['LIFECYCLE_PROBE_PORT']}" in targets, name
+    assert "./ops/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]

@@ -70,3 +70,31 @@ def test_closing_frees_the_port() -> None:
     port = free_port()
     Probe("127.0.0.1", port).close()
     Probe("127.0.0.1", port).close()  # would raise OSError (address in use) if still bound
+
+
+def test_metrics_name_each_watched_worker_and_say_whether_it_is_ready() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    consumer = SimpleNamespace(name="mail", waiting_for="smtp", total_lag=lambda: 7)
+    relay = SimpleNamespace(name="kafka", waiting_for=None, publisher=object(), position=3)
+    projector = SimpleNamespace(waiting_for=None, model=SimpleNamespace(name="erasure_status"))
+    probe = Probe("127.0.0.1", 0)
+    try:
+        probe.watch(consumer, relay, projector)
+        url = f"http://127.0.0.1:{probe.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        probe.close()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("lifecycle_worker_ready", (("worker", "mail"),))] == 0
+    assert samples[("lifecycle_worker_ready", (("worker", "relay"),))] == 1
+    assert samples[("lifecycle_worker_ready", (("worker", "project:erasure_status"),))] == 1
+    assert samples[("lifecycle_consumer_lag", (("group", "mail"),))] == 7
+    assert ("lifecycle_withdrawal_to_purged_seconds_count", ()) in samples

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Response, status
 from lifecycle.api.account_view import AccountOut
 from lifecycle.api.auth import require_role
 from lifecycle.api.deps import AccountId, AccountsDep, ErasureDep
+from lifecycle.api.idempotency import TAKES_IDEMPOTENCY_KEY
 from lifecycle.api.models import (
     AccountCreated,
     ErasureOut,
@@ -53,6 +54,7 @@ def account_path(account_id: UUID) -> str:
     status_code=status.HTTP_201_CREATED,
     summary="Register a member",
     responses=problem_responses(409, 422),
+    dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def register(body: RegisterRequest, accounts: AccountsDep, response: Response) -> AccountCreated:
     account_id = accounts.register(**body.to_domain())
@@ -78,6 +80,7 @@ def get_account(account_id: AccountId, accounts: AccountsDep) -> AccountOut:
         "parts that changed: an empty list when nothing did, and then nothing is recorded."
     ),
     responses=problem_responses(*ON_ACCOUNT, 409),
+    dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def edit_preferences(
     account_id: AccountId, body: PreferencesPatch, accounts: AccountsDep
@@ -94,6 +97,7 @@ def edit_preferences(
         200: {"model": ScoutRecorded, "description": "This scout id was already recorded"},
         **problem_responses(*ON_ACCOUNT, 409),
     },
+    dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def receive_scout(
     account_id: AccountId, body: ScoutRequest, accounts: AccountsDep, response: Response
@@ -111,6 +115,7 @@ def receive_scout(
     status_code=status.HTTP_201_CREATED,
     summary="Claim the hiring gift for a start at a company that scouted the member",
     responses=problem_responses(*ON_ACCOUNT, 409),
+    dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def claim_gift(account_id: AccountId, body: GiftClaimRequest, accounts: AccountsDep) -> Gift:
     accounts.claim_gift(account_id, company_id=body.company_id, start_date=body.start_date)
@@ -140,6 +145,7 @@ def withdrawal_preview(account_id: AccountId, accounts: AccountsDep) -> Withdraw
         "`hired_via_platform` and no gift claimed, `acknowledge_gift_loss` must be true."
     ),
     responses=problem_responses(*ON_ACCOUNT, 409),
+    dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def request_withdrawal(
     account_id: AccountId, body: WithdrawalRequest, accounts: AccountsDep, response: Response

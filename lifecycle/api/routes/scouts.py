@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from lifecycle.api.auth import require_role
 from lifecycle.api.deps import AccountsDep
+from lifecycle.api.idempotency import TAKES_IDEMPOTENCY_KEY
 from lifecycle.api.models import ExternalId, RequestModel, UuidText
 from lifecycle.api.problems import problem_responses, status_for, title_for
 from lifecycle.application import ScoutItem, ScoutOutcome
@@ -83,7 +84,8 @@ class BulkScoutsRecorded(BaseModel):
         "records nothing new. A body that is not valid as a whole is refused with 422, one "
         "over the API's body limit (256 KiB: 1,000 items with ids of typical length) with 413."
     ),
-    responses=problem_responses(413, 422),
+    responses=problem_responses(409, 413, 422),
+    dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def receive_scouts(body: BulkScoutsRequest, accounts: AccountsDep) -> BulkScoutsRecorded:
     outcomes = accounts.receive_scouts(
