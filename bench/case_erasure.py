@@ -78,7 +78,7 @@ def consumer_lag(bootstrap: str, topics: TopicNames) -> int:
         f"{topics.prefix}scout": scout.subscribed_topics(topics),
         f"{topics.prefix}chat": chat.subscribed_topics(topics),
         f"{topics.prefix}mail": mail.subscribed_topics(topics),
-        f"{topics.prefix}lifecycle-erasure": [topics.erasure_confirmed],
+        f"{topics.prefix}lifecycle-erasure": list(topics.confirmations.values()),
     }
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-lag")
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="bench-lag")

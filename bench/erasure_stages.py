@@ -74,7 +74,8 @@ def stages_ms(
         if isinstance(data, WithdrawalRequestedV1) and data.account_id in stamps:
             sent.setdefault(data.account_id, _kafka_time(record))
     confirmed: dict[UUID, dict[str, datetime]] = {}
-    for record, data in _payloads(bootstrap, topics.erasure_confirmed):
+    confirmed = ((r, d) for t in topics.confirmations.values() for r, d in _payloads(bootstrap, t))
+    for record, data in confirmed:
         if isinstance(data, ErasureConfirmedV1) and data.account_id in stamps:
             confirmed.setdefault(data.account_id, {}).setdefault(data.service, _kafka_time(record))
     services = tuple(services)

@@ -60,7 +60,7 @@ _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 # The original headers a dead letter keeps, each only in the shape the contract gives it
 # (ids and types): a record that breaks the contract may carry anything in any header.
 REFERENCE_HEADERS: dict[str, re.Pattern[str]] = {
-    "ce_id": re.compile(rf"{_UUID}(:[a-z0-9-]{{1,40}}){{0,2}}"),
+    "ce_id": re.compile(rf"{_UUID}(:[a-z0-9-]{{1,40}}){{0,3}}"),
     "ce_type": re.compile(r"[a-z0-9]+(\.[a-z0-9-]+){1,8}"),
     "ce_subject": re.compile(_UUID),
 }

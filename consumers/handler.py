@@ -98,9 +98,11 @@ class Handler(Protocol):
 def erasure_confirmation(
     topics: TopicNames, account_id: UUID, service: str, rows_removed: int
 ) -> Outgoing:
-    """The record that tells the lifecycle service this one holds nothing more (ids only)."""
+    """The record that tells the lifecycle service this one holds nothing more (ids only), on
+    the service's own confirmation topic: only its principal may write there, and the erasure
+    process believes a confirmation for the topic it came on, not for what it says."""
     return Outgoing(
-        topics.erasure_confirmed,
+        topics.erasure_confirmed(service),
         encode_erasure_confirmed(
             ErasureConfirmedV1(
                 account_id=account_id,

@@ -3,7 +3,9 @@
 One loop over a source (`lifecycle.kafka.source`: Kafka, or the in-process log). Per poll batch:
 
 1. decode each CloudEvent; a record that breaks the contract goes to the dead letters at once;
-2. skip those whose `ce_id` is in `processed_events` (delivery is at least once), one query;
+2. skip those whose (source, type, id) is in `processed_events` (delivery is at least once),
+   one query: a record of another source or type never shadows a real one, and a record
+   whose `ce_id` names another account than its `ce_subject` is refused as a contract breach;
 3. `handler.prepare_many(envelopes)`: idempotent steps that cannot share a transaction
    (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
 4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` and the records
@@ -48,7 +50,7 @@ from lifecycle.kafka.source import (
     next_offsets,
 )
 from lifecycle.logs import get_logger
-from schemas.contract import ContractError, Envelope, decode_record
+from schemas.contract import ContractError, Envelope, decode_record, dedupe_key
 
 T = TypeVar("T")
 
@@ -200,24 +202,26 @@ class Consumer:
         decoded: list[tuple[int, Envelope | ContractError]] = []
         for index, incoming in enumerate(batch):
             try:
-                decoded.append((index, decode_record(incoming.headers, incoming.value)))
+                decoded.append(
+                    (index, decode_record(incoming.headers, incoming.value, incoming.topic))
+                )
             except ContractError as error:
                 decoded.append((index, error))
         known = self._until_done(
             lambda: self.store.processed_among(
-                [e.id for _, e in decoded if isinstance(e, Envelope)]
+                [dedupe_key(e) for _, e in decoded if isinstance(e, Envelope)]
             ),
             stop,
             "dedupe",
         )
         todo: list[tuple[int, Envelope | ContractError]] = []
         for index, item in decoded:
-            if isinstance(item, Envelope) and item.id in known:
+            if isinstance(item, Envelope) and dedupe_key(item) in known:
                 self._count(duplicate=True)
                 finished.add(index)
             else:
                 if isinstance(item, Envelope):
-                    known.add(item.id)
+                    known.add(dedupe_key(item))
                 todo.append((index, item))
         for segment in self._segments(todo):
             first, item = segment[0]
@@ -358,8 +362,8 @@ class Consumer:
                 self.handler.prepare(envelope)
         applied: list[tuple[Envelope, HandlerResult]] = []
         with self.store.transaction() as cursor:
-            fresh = self.store.mark_all_processed(cursor, [e.id for e in envelopes])
-            todo = [envelope for envelope in envelopes if envelope.id in fresh]
+            fresh = self.store.mark_all_processed(cursor, [dedupe_key(e) for e in envelopes])
+            todo = [envelope for envelope in envelopes if dedupe_key(envelope) in fresh]
             handle_many = getattr(self.handler, "handle_many", None)
             if handle_many is not None:
                 results: list[HandlerResult] = handle_many(todo, cursor)

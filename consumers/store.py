@@ -1,6 +1,7 @@
 """A consumer's own datastore: de-duplication marks and an outbox beside the service's tables.
 
-The service's effect, the `processed_events` mark of the record's `ce_id` and any outgoing
+The service's effect, the `processed_events` mark of the record (its (source, type, id) key,
+`schemas.contract.dedupe_key`, in the column `ce_id`) and any outgoing
 records (confirmations) are written in one transaction, so they commit or vanish together.
 Outgoing records are published after the commit and deleted once the broker acknowledged them;
 rows a crash left behind are published on the next start (same `ce_id`, so receivers dedupe).

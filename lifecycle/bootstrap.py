@@ -227,13 +227,15 @@ def erasure_consumer(
     hooks: Hooks | None = None,
     poll_timeout_s: float = 0.5,
     lag_interval_s: float = 1.0,
+    legacy: bool = False,
 ) -> Consumer:
-    """The erasure process behind the consumer kit: confirmations from `source`."""
+    """The erasure process behind the consumer kit: confirmations from `source` (which reads
+    `confirmation_topics`); `legacy` also believes the shared topic of earlier releases."""
     return Consumer(
         ERASURE_GROUP,
         source,
         ConsumerStore(process.database, table_prefix=ERASURE_TABLE_PREFIX),
-        ErasureHandler(process),
+        ErasureHandler(process, topics, legacy=legacy),
         publisher,
         dlq_topic=topics.dlq(ERASURE_GROUP),
         retry=retry,
@@ -294,7 +296,8 @@ def kafka_consumer(
     database = service_database(settings, name, schema)
     closers: list[Callable[[], None]] = [database.close]
     try:
-        publisher = KafkaPublisher(bootstrap, client_id=f"{group}-outbox")
+        security = settings.kafka_security
+        publisher = KafkaPublisher(bootstrap, client_id=f"{group}-outbox", security=security)
         closers.append(publisher.close)
         consumer = _service_consumer(
             name,
@@ -303,7 +306,11 @@ def kafka_consumer(
             topics=topics,
             publisher=publisher,
             source_of=lambda subscribed: KafkaSource(
-                bootstrap, subscribed, group, group_instance_id=settings.instance_id
+                bootstrap,
+                subscribed,
+                group,
+                group_instance_id=settings.instance_id,
+                security=security,
             ),
             mailer=mailer,
             retry=retry,
@@ -329,10 +336,15 @@ def kafka_erasure_consumer(
     topics = topics or settings.topics
     process = build_erasure(accounts, settings)
     group = topics.group_id(ERASURE_GROUP)
-    publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq")
+    security = settings.kafka_security
+    publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq", security=security)
     try:
         source = KafkaSource(
-            bootstrap, [topics.erasure_confirmed], group, group_instance_id=settings.instance_id
+            bootstrap,
+            confirmation_topics(settings, topics),
+            group,
+            group_instance_id=settings.instance_id,
+            security=security,
         )
     except BaseException:
         publisher.close()
@@ -345,8 +357,18 @@ def kafka_erasure_consumer(
         retry=retry,
         hooks=hooks,
         lag_interval_s=KAFKA_LAG_INTERVAL_S,
+        legacy=settings.erasure_legacy_confirmations,
     )
     return ConsumerRun(consumer, [publisher.close])
+
+
+def confirmation_topics(settings: Settings, topics: TopicNames) -> list[str]:
+    """What the erasure process reads: each service's confirmation topic, and the shared one
+    of earlier releases only while a rolling upgrade needs it (`erasure_legacy_confirmations`)."""
+    subscribed = list(topics.confirmations.values())
+    if settings.erasure_legacy_confirmations:
+        subscribed.append(topics.legacy_erasure_confirmed)
+    return subscribed
 
 
 def require_kafka(settings: Settings, command: str) -> str:

@@ -7,6 +7,15 @@ arrive from the consumer kit through `ErasureHandler`; ops' retry requests are k
 `create_tables` (the guarded `Database.ddl()` path), which `lifecycle.bootstrap.build_erasure`
 calls: building an `ErasureProcess` itself runs no DDL.
 
+A confirmation is verified, not believed. It is attributed to a service by the topic it came
+on (each service's own, writable only by its principal under Kafka ACLs), never by its payload
+or `ce_source`; and it is accepted only for an account that is withdrawing, produced after
+that withdrawal. Anything else is refused: logged (ids and a reason, no values), counted per
+service and reason in `erasure_refusals` (`lifecycle_erasure_confirmations_refused` on
+/metrics) and marked handled, never dead-lettered. A refusal is the process working, not a
+fault of the record we could fix: re-driving it would be refused again, and a forger must not
+be able to fill ops' dead letters.
+
 Once `Purged` is recorded, the process hands the account to its `receipts` (a signed erasure
 receipt, see lifecycle.audit.receipt; the builder attaches it, as the receipt reads the hash
 chain, a read model above this layer). The hand-over runs on every repeat of the completing
@@ -26,10 +35,11 @@ from consumers.handler import Handler, HandlerResult, PoisonRecord
 from consumers.store import insert_rows
 from lifecycle.application import Accounts
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.errors import ConcurrentUpdateError, LifecycleError
+from lifecycle.erasure_refusals import ErasureRefusals, Refused, check
+from lifecycle.errors import AccountNotFoundError, ConcurrentUpdateError, LifecycleError
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database, lock_keys
-from schemas.contract import ERASING_SERVICES, Envelope, ErasureConfirmedV1
+from schemas.contract import ERASING_SERVICES, Envelope, ErasureConfirmedV1, TopicNames
 
 CONFIRMED = "confirmed"
 FAILED = "failed"
@@ -53,6 +63,8 @@ class Confirmation:
     rows_removed: int
     confirmation_id: str
     error_code: str | None = None
+    # When the service says it confirmed; checked against the withdrawal's time.
+    confirmed_at: datetime | None = None
 
 
 class PurgeReceipts(Protocol):
@@ -78,6 +90,7 @@ class ErasureProcess:
         self.receipts = receipts
         self.table = self.database.table(CONFIRMATIONS_TABLE)
         self.retries = ErasureRetries(self.database)
+        self.refusals = ErasureRefusals(self.database)
 
     def create_tables(self) -> None:
         """Start-up DDL for the confirmations and retries tables (idempotent, guarded)."""
@@ -92,6 +105,7 @@ class ErasureProcess:
                 "PRIMARY KEY (account_id, service))"
             )
         self.retries.create_table()
+        self.refusals.create_table()
 
     def is_complete(self, confirmed: set[str]) -> bool:
         """What completes an erasure: every erasing service confirmed."""
@@ -101,9 +115,11 @@ class ErasureProcess:
         """Record one confirmation; returns True when this one completed the erasure."""
         return confirmation.account_id in self.handle_many([confirmation])
 
-    def handle_many(self, confirmations: Sequence[Confirmation]) -> set[UUID]:
+    def handle_many(
+        self, confirmations: Sequence[Confirmation], *, verified: bool = False
+    ) -> set[UUID]:
         """Record confirmations, then purge every erasure they completed; returns the accounts
-        purged now.
+        purged now. Each is `verified` first, unless the caller says it did that already.
 
         PostgreSQL: one transaction records them all and stays open while the purges run
         side by side (their saves share the application's group commit), so a poll's
@@ -111,18 +127,51 @@ class ErasureProcess:
         confirmations, and the kit's retry of each record alone finds the one at fault.
         SQLite has one writer at a time: each confirmation is recorded, then acted on, alone.
         """
-        known: list[Confirmation] = []
-        for confirmation in confirmations:
-            if confirmation.service in self.services:
-                known.append(confirmation)
-            else:
-                log.warning("erasure.unknown_service", service=confirmation.service)
+        known = list(confirmations) if verified else self.verified(confirmations)
         if self.database.dialect == "postgres":
             return self._record_and_purge(known) if known else set()
         purged: set[UUID] = set()
         for confirmation in known:
             purged |= self._record_and_purge([confirmation])
         return purged
+
+    def verified(self, confirmations: Sequence[Confirmation]) -> list[Confirmation]:
+        """The confirmations that answer a withdrawal; each other one is refused (logged and
+        counted). One load per account: the event store, not a read model, decides."""
+        accepted: list[Confirmation] = []
+        refused: list[tuple[Confirmation, str]] = []
+        accounts: dict[UUID, Account | None] = {}
+        for confirmation in confirmations:
+            try:
+                if confirmation.service not in self.services:
+                    raise Refused("unknown_service")
+                if confirmation.account_id not in accounts:
+                    accounts[confirmation.account_id] = self._account(confirmation.account_id)
+                check(confirmation.confirmed_at, accounts[confirmation.account_id])
+            except Refused as refusal:
+                refused.append((confirmation, refusal.reason))
+            else:
+                accepted.append(confirmation)
+        if refused:
+            self.refuse(refused)
+        return accepted
+
+    def refuse(self, refused: Sequence[tuple[Confirmation, str]]) -> None:
+        """Log and count refusals (ids, service and reason only)."""
+        for confirmation, reason in refused:
+            log.warning(
+                "erasure.confirmation_refused",
+                account_id=str(confirmation.account_id),
+                service=confirmation.service,
+                reason=reason,
+            )
+        self.refusals.count([(c.service, reason) for c, reason in refused])
+
+    def _account(self, account_id: UUID) -> Account | None:
+        try:
+            return self.accounts.load_for_audit(account_id)
+        except AccountNotFoundError:
+            return None
 
     def _record_and_purge(self, confirmations: list[Confirmation]) -> set[UUID]:
         db = self.database
@@ -282,13 +331,23 @@ def _state_of(status: AccountStatus, requested_at: datetime | None) -> str:
 class ErasureHandler(Handler):
     """Confirmations in; `ErasureProcess` records them and purges once all services confirmed.
 
+    Each confirmation is attributed to the service whose topic it came on (`topics`); on any
+    other topic it is refused. With `legacy` (a rolling upgrade, off by default) the shared
+    topic of earlier releases is read too, and a confirmation there is attributed by its
+    payload: weaker, as anyone allowed to write that topic can confirm for any service.
+
     The process writes in transactions of its own (the purge goes through the event store), so
     it runs in `prepare_many`, once for a poll's confirmations; it is idempotent, so a repeat
     after a crash changes nothing.
     """
 
-    def __init__(self, process: ErasureProcess) -> None:
+    def __init__(
+        self, process: ErasureProcess, topics: TopicNames, *, legacy: bool = False
+    ) -> None:
         self.process = process
+        self.topics = topics
+        self.legacy = legacy
+        self._refused: set[str] = set()
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
         # PostgreSQL: a poll's confirmations are prepared, and their completions purged,
@@ -300,30 +359,57 @@ class ErasureHandler(Handler):
         self.prepare_many([envelope])
 
     def prepare_many(self, envelopes: Sequence[Envelope]) -> None:
-        confirmations = [
-            Confirmation(
-                account_id=envelope.data.account_id,
-                service=envelope.data.service,
+        confirmations: list[Confirmation] = []
+        refused: list[tuple[Confirmation, str]] = []
+        for envelope in envelopes:
+            data = envelope.data
+            if not isinstance(data, ErasureConfirmedV1):
+                continue
+            service = self.service_of(envelope.topic, data)
+            confirmation = Confirmation(
+                account_id=data.account_id,
+                service=service or data.service,
                 outcome=CONFIRMED,
-                rows_removed=envelope.data.rows_removed,
+                rows_removed=data.rows_removed,
                 confirmation_id=envelope.id,
+                confirmed_at=data.confirmed_at,
             )
-            for envelope in envelopes
-            if isinstance(envelope.data, ErasureConfirmedV1)
-        ]
-        if not confirmations:
+            if service is None:
+                refused.append((confirmation, "unattributed"))
+            elif data.service != service:
+                refused.append((confirmation, "service_mismatch"))
+            else:
+                confirmations.append(confirmation)
+        if refused:
+            self.process.refuse(refused)
+        accepted = self.process.verified(confirmations)
+        self._refused = {c.confirmation_id for c, _ in refused} | {
+            c.confirmation_id for c in confirmations if c not in accepted
+        }
+        if not accepted:
             return
         try:
-            self.process.handle_many(confirmations)
+            self.process.handle_many(accepted, verified=True)
         except ConcurrentUpdateError:
             raise  # someone else's progress: retried
         except LifecycleError as error:
             # In a batch, the kit then prepares each record alone: only the culprit is poison.
             raise PoisonRecord(error.code) from None
 
+    def service_of(self, topic: str | None, data: ErasureConfirmedV1) -> str | None:
+        """The service a confirmation is from: its topic's; None when no topic vouches."""
+        if topic is None:
+            return None
+        service = self.topics.service_of_confirmation_topic(topic)
+        if service is None and self.legacy and topic == self.topics.legacy_erasure_confirmed:
+            return data.service
+        return service
+
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         if isinstance(envelope.data, ErasureConfirmedV1):
-            return HandlerResult(outcome="confirmation_recorded")
+            if envelope.id in self._refused:
+                return HandlerResult(outcome="confirmation_refused")
+            return HandlerResult(outcome="confirmation_handled")
         return HandlerResult(outcome="ignored")
 
 

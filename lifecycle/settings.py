@@ -13,12 +13,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.crypto import MasterKeyError, decode_master_key
 from lifecycle.kafka.admin import HOUR_MS, TopicSettings
+from lifecycle.kafka.security import KafkaSecurity, KafkaSecurityError, Mechanism
+from lifecycle.kafka.security import Protocol as KafkaProtocol
 from lifecycle.keyring import KeyPolicy, KeyringError, read_private
 from lifecycle.storage import persistence_env
 from schemas.contract import TopicNames
 
-Role = Literal["service", "ops", "auditor"]
-ROLES: tuple[Role, ...] = ("service", "ops", "auditor")
+# `service`: the members' front end (every /v1 route); `scout`: the scout service, which may
+# record scouts and nothing else; `ops`: /admin; `auditor`: /audit.
+Role = Literal["service", "scout", "ops", "auditor"]
+ROLES: tuple[Role, ...] = ("service", "scout", "ops", "auditor")
 EMBEDDED_DATA_DIR = Path("data")
 
 
@@ -34,6 +38,18 @@ class Settings(BaseSettings):
     # PostgreSQL schema holding the service's tables (tests use one per test).
     database_schema: str = "public"
     kafka_bootstrap: str | None = None
+    # How this process authenticates to the brokers (lifecycle.kafka.security): TLS with a CA
+    # (and a client certificate), SASL with SCRAM or PLAIN, each process its own principal.
+    kafka_security_protocol: KafkaProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: Mechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_check_hostname: bool = True
+    # The Kafka user each party runs as, for `lifecycle acls` (default: its own name).
+    kafka_principals: dict[str, str] = Field(default_factory=dict)
     # This process's stable name among its consumer group's members (an operator sets it from
     # the pod or host name, unique per process of a group): the Kafka consumers of `consume`
     # and `erasure` join as static members (group.instance.id), so a process killed and
@@ -57,6 +73,8 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     # Maps sha256(token) hex digests to roles, so configuration holds no usable secret.
     api_tokens: dict[str, Role] = Field(default_factory=dict)
+    # sha256 hex of the bearer token /metrics then needs (unset: /metrics is open).
+    metrics_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # The legacy single secret (URL-safe base64 of 32 bytes): served as version 1 of every key
     # purpose (lifecycle.keyring). A secret type: never in a repr, a log or an error.
     master_key: SecretStr | None = None
@@ -68,6 +86,10 @@ class Settings(BaseSettings):
     key_rotation_days: float = Field(default=90.0, ge=0)
     key_retention_days: float = Field(default=35.0, ge=0)
     erasure_deadline_hours: float = 72.0
+    # A rolling upgrade from the shared confirmation topic: also read it, believing the
+    # service a confirmation names in its payload. Weaker (anyone who may write that topic
+    # can confirm for any service): on only while old services still confirm there.
+    erasure_legacy_confirmations: bool = False
     # How long the first answer to a request with an Idempotency-Key is kept (and replayed).
     idempotency_ttl_hours: float = Field(default=24.0, gt=0)
     # Roles whose audit reads may ask for personal values decrypted (each such read is
@@ -110,6 +132,29 @@ class Settings(BaseSettings):
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError("api_tokens keys must be sha256 hex digests of the tokens")
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        try:
+            self.kafka_security  # noqa: B018 - built to be checked, at start-up
+        except KafkaSecurityError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """This process's Kafka credentials, for every client it builds."""
+        password = self.kafka_sasl_password
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_sasl_username,
+            password=password.get_secret_value() if password is not None else None,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
 
     @property
     def topics(self) -> TopicNames:

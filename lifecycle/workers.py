@@ -29,6 +29,7 @@ from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_accounts,
     build_erasure,
+    confirmation_topics,
     erasure_consumer,
     in_process_consumer,
     kafka_consumer,
@@ -63,7 +64,7 @@ def run_relay(
     """`lifecycle relay`: publish the notification log to Kafka."""
     bootstrap = require_kafka(settings, "relay")
     accounts = build_accounts(settings)
-    publisher = KafkaPublisher(bootstrap)
+    publisher = KafkaPublisher(bootstrap, security=settings.kafka_security)
     try:
         relay = Relay(accounts, publisher, topics=topics or settings.topics)
         if probe is not None:
@@ -206,9 +207,10 @@ def start_workers(
             runners.append((name, consumer.run))
         confirmations = erasure_consumer(
             erasure or build_erasure(accounts, settings),
-            InProcessSource(publisher, [topics.erasure_confirmed]),
+            InProcessSource(publisher, confirmation_topics(settings, topics)),
             publisher,
             topics,
+            legacy=settings.erasure_legacy_confirmations,
             retry=retry,
             poll_timeout_s=poll_interval_s,
         )

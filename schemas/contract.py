@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Literal, NamedTuple
-from uuid import UUID, uuid5
+from uuid import UUID, uuid4, uuid5
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,7 +28,12 @@ SCHEMA_BASE_URI = "https://schemas.jobchange.jp/lifecycle/"
 
 LIFECYCLE_TOPIC = "account.lifecycle.v1"
 PROFILE_TOPIC = "account.profile.v1"
-ERASURE_CONFIRMED_TOPIC = "account.erasure-confirmed.v1"
+# Each erasing service confirms on a topic of its own, which only its principal may write
+# (Kafka ACLs): the erasure process attributes a confirmation by the topic it came from.
+ERASURE_CONFIRMED_TOPIC_PATTERN = "account.erasure-confirmed.{service}.v1"
+# The shared topic of earlier releases: anyone with write access could confirm for any service.
+# Read only while `LIFECYCLE_ERASURE_LEGACY_CONFIRMATIONS` is on (a rolling upgrade).
+LEGACY_ERASURE_CONFIRMED_TOPIC = "account.erasure-confirmed.v1"
 # The one list of services that hold personal data and must confirm erasure before `Purged`.
 ERASING_SERVICES: tuple[str, ...] = ("scout", "chat", "mail")
 # The lifecycle service's own group, which turns their confirmations into `Purged`.
@@ -56,9 +61,34 @@ class TopicNames:
     def profile(self) -> str:
         return self.prefix + PROFILE_TOPIC
 
+    def erasure_confirmed(self, service: str) -> str:
+        """The topic one erasing service confirms on (only its principal writes it)."""
+        return self.prefix + ERASURE_CONFIRMED_TOPIC_PATTERN.format(service=service)
+
     @property
-    def erasure_confirmed(self) -> str:
-        return self.prefix + ERASURE_CONFIRMED_TOPIC
+    def confirmations(self) -> dict[str, str]:
+        """Each erasing service's confirmation topic, by service."""
+        return {service: self.erasure_confirmed(service) for service in ERASING_SERVICES}
+
+    @property
+    def legacy_erasure_confirmed(self) -> str:
+        """The shared confirmation topic of earlier releases (read only during an upgrade)."""
+        return self.prefix + LEGACY_ERASURE_CONFIRMED_TOPIC
+
+    def service_of_confirmation_topic(self, topic: str) -> str | None:
+        """The service a confirmation topic belongs to; None for any other topic."""
+        for service, name in self.confirmations.items():
+            if name == topic:
+                return service
+        return None
+
+    def inputs_of(self, group: str) -> tuple[str, ...]:
+        """The topics a consumer group of the contract reads (re-drive publishes to no other)."""
+        if group == ERASURE_GROUP:
+            return (*self.confirmations.values(), self.legacy_erasure_confirmed)
+        if group == "mail":
+            return (self.lifecycle, self.profile)
+        return (self.lifecycle,)
 
     def group_id(self, group: str) -> str:
         """A consumer group's id on the broker: the prefix keeps tenants and tests apart."""
@@ -73,7 +103,7 @@ class TopicNames:
         return tuple(self.dlq(group) for group in self.consumer_groups)
 
     def all(self) -> tuple[str, ...]:
-        return (self.lifecycle, self.profile, self.erasure_confirmed, *self.dead_letters)
+        return (self.lifecycle, self.profile, *self.confirmations.values(), *self.dead_letters)
 
 
 # Payload models
@@ -225,8 +255,29 @@ def profile_event_id(account_id: UUID, version: int) -> str:
     return f"{account_id}:{version}:profile"
 
 
-def erasure_confirmed_event_id(account_id: UUID, service: str) -> str:
-    return f"{account_id}:{service}:erasure-confirmed"
+def erasure_confirmed_event_id(account_id: UUID, service: str, nonce: str | None = None) -> str:
+    """A confirmation's id: unpredictable (a random nonce), so nobody can publish it before the
+    service does and have the real one skipped as a duplicate. Stable once written: the
+    service's outbox keeps the record, so a re-publish after a crash carries the same id."""
+    return f"{account_id}:{service}:erasure-confirmed:{nonce or uuid4().hex}"
+
+
+def retry_event_id(account_id: UUID, version: int) -> str:
+    """The id of a record ops asked to send again: the original's with a random suffix, so it
+    is never a duplicate of the original, nor of anything published before it."""
+    return f"{lifecycle_event_id(account_id, version)}:retry-{uuid4().hex}"
+
+
+def id_belongs_to_subject(ce_id: str, subject: str) -> bool:
+    """Every id of the contract starts with its account id (`<account>:...`): a record whose id
+    names another account than its subject is forged or broken."""
+    return ce_id.startswith(subject + ":") and len(ce_id) > len(subject) + 1
+
+
+def dedupe_key(envelope: Envelope) -> str:
+    """What consumers de-duplicate on: (source, type, id), as CloudEvents defines an event's
+    identity; a record from another source or of another type never shadows a real one."""
+    return f"{envelope.source} {envelope.type} {envelope.id}"
 
 
 # Erasure receipts: the id follows from the account id alone, so the withdrawal-confirmation
@@ -263,6 +314,9 @@ class Envelope:
     datacontenttype: str | None = None
     dataschema: str | None = None
     specversion: str = SPEC_VERSION
+    # The topic the record was read from (the consumer kit sets it): what attributes a
+    # confirmation to its service, never the payload or `ce_source`.
+    topic: str | None = None
 
     @property
     def account_id(self) -> UUID:
@@ -311,32 +365,24 @@ def encode_tombstone(
     return Record(subject.encode(), _attribute_headers(model, ce_id, subject, time, source), None)
 
 
-def encode_erasure_confirmed(confirmation: ErasureConfirmedV1) -> Record:
-    """A downstream service's confirmation, for the erasure-confirmed topic."""
+def encode_erasure_confirmed(
+    confirmation: ErasureConfirmedV1, *, ce_id: str | None = None
+) -> Record:
+    """A downstream service's confirmation, for its own erasure-confirmed topic."""
     return encode_record(
         confirmation,
-        ce_id=erasure_confirmed_event_id(confirmation.account_id, confirmation.service),
+        ce_id=ce_id or erasure_confirmed_event_id(confirmation.account_id, confirmation.service),
         subject=str(confirmation.account_id),
         time=confirmation.confirmed_at,
         source=f"/{confirmation.service}/erasure",
     )
 
 
-def decode_record(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> Envelope:
+def decode_record(
+    headers: Iterable[tuple[str, bytes]], value: bytes | None, topic: str | None = None
+) -> Envelope:
     """Check the envelope and validate the payload; raises ContractError on any mismatch."""
-    try:
-        attributes = {name: raw.decode() for name, raw in headers if raw is not None}
-    except UnicodeDecodeError:
-        raise ContractError("headers must be UTF-8") from None
-    missing = [
-        name
-        for name in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject")
-        if not attributes.get(name)
-    ]
-    if missing:
-        raise ContractError(f"missing CloudEvents headers: {', '.join(missing)}")
-    if attributes["ce_specversion"] != SPEC_VERSION:
-        raise ContractError(f"unsupported specversion {attributes['ce_specversion']!r}")
+    attributes = _checked_attributes(headers)
     ce_type = attributes["ce_type"]
     model = MODELS_BY_TYPE.get(ce_type)
     if model is None:
@@ -376,7 +422,29 @@ def decode_record(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> 
         datacontenttype=content_type,
         dataschema=attributes.get("ce_dataschema"),
         specversion=attributes["ce_specversion"],
+        topic=topic,
     )
+
+
+def _checked_attributes(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    """The headers as text, with every required CloudEvents attribute present and an id that
+    belongs to the subject."""
+    try:
+        attributes = {name: raw.decode() for name, raw in headers if raw is not None}
+    except UnicodeDecodeError:
+        raise ContractError("headers must be UTF-8") from None
+    missing = [
+        name
+        for name in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject")
+        if not attributes.get(name)
+    ]
+    if missing:
+        raise ContractError(f"missing CloudEvents headers: {', '.join(missing)}")
+    if not id_belongs_to_subject(attributes["ce_id"], attributes["ce_subject"]):
+        raise ContractError("ce_id does not belong to ce_subject")
+    if attributes["ce_specversion"] != SPEC_VERSION:
+        raise ContractError(f"unsupported specversion {attributes['ce_specversion']!r}")
+    return attributes
 
 
 def _attribute_headers(

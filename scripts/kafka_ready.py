@@ -5,7 +5,8 @@ Usage: python scripts/kafka_ready.py BOOTSTRAP DEADLINE_SECONDS [BROKERS]
 Makes real requests (DescribeCluster, Metadata, then a consumer-group request) with
 kafka-python until the broker answers with an unfenced broker and a group coordinator,
 retrying until the deadline. With BROKERS (a cluster), ready also means that many brokers are
-registered and unfenced.
+registered and unfenced. A secured broker is asked with the credentials in
+LIFECYCLE_KAFKA_SECURITY_PROTOCOL / _SASL_MECHANISM / _SASL_USERNAME / _SASL_PASSWORD.
 
 Exit codes: 0 ready; 1 not ready by the deadline (last error on stderr);
 3 kafka-python is not importable (the caller falls back to a port check).
@@ -15,8 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
+
+
+def _security_from_env() -> dict[str, str]:
+    """SASL credentials for a secured broker, from the service's own setting names."""
+    protocol = os.environ.get("LIFECYCLE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    if not protocol.startswith("SASL_"):
+        return {}
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": os.environ.get("LIFECYCLE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+        "sasl_plain_username": os.environ.get("LIFECYCLE_KAFKA_SASL_USERNAME", ""),
+        "sasl_plain_password": os.environ.get("LIFECYCLE_KAFKA_SASL_PASSWORD", ""),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -47,6 +62,7 @@ def main(argv: list[str]) -> int:
             "reconnect_backoff_ms": 100,
             "reconnect_backoff_max_ms": 500,
         }
+        options.update(_security_from_env())
         for name in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms"):
             if name in KafkaAdminClient.DEFAULT_CONFIG:
                 options[name] = attempt_ms

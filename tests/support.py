@@ -12,8 +12,10 @@ import base64
 import email
 import email.policy
 import json
+import os
 import random
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -50,7 +52,22 @@ from schemas.contract import (
 T = TypeVar("T")
 
 # One known bearer token per role; the `settings` fixture accepts them.
-TOKENS = {"service": "service-token", "ops": "ops-token", "auditor": "auditor-token"}
+TOKENS = {
+    "service": "service-token",
+    "scout": "scout-token",
+    "ops": "ops-token",
+    "auditor": "auditor-token",
+}
+
+
+# The pytest-xdist worker running this process (gw0, gw1, ...); "main" without xdist.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def unique_tag() -> str:
+    """A name part no other test uses, on this worker or another: schemas, topic prefixes and
+    consumer groups are named with it, so parallel workers never share state."""
+    return f"{WORKER}_{uuid.uuid4().hex[:10]}"
 
 
 def auth(role: str) -> dict[str, str]:
@@ -201,7 +218,7 @@ def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[
     """`make("scout")`: that service's own store, a fresh schema or SQLite file, dropped after."""
     opened: list[Database] = []
     schemas: list[str] = []
-    tag = uuid.uuid4().hex[:10]
+    tag = unique_tag()
 
     def make(name: str) -> Database:
         if backend == "postgres":
@@ -227,7 +244,7 @@ def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[
 @contextmanager
 def unique_topics(bootstrap: str, settings: TopicSettings | None = None) -> Iterator[TopicNames]:
     """Topics of one test alone on the shared broker (consumer groups take the same prefix)."""
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    names = TopicNames(prefix=f"t{unique_tag()}.")
     ensure_topics(bootstrap, names, settings)
     try:
         yield names
@@ -237,6 +254,18 @@ def unique_topics(bootstrap: str, settings: TopicSettings | None = None) -> Iter
             admin.delete_topics(list(names.all()))
         finally:
             admin.close()
+
+
+def dump_database(postgres_url: str, schema: str) -> bytes:
+    """The rows pg_dump finds of one test: its schema and its services' (`<schema>_scout`, ...),
+    and `public`, where a table made without a schema would land. Not the whole database:
+    other tests' schemas come and go meanwhile (parallel workers), and pg_dump fails on a
+    table dropped under it."""
+    return subprocess.run(
+        ["pg_dump", "--data-only", f"--schema={schema}*", "--schema=public", postgres_url],
+        capture_output=True,
+        check=True,
+    ).stdout
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 from uuid import uuid4
 
 import structlog
@@ -30,8 +31,10 @@ from lifecycle.api.problems import (
     problem_response,
     unexpected_error_response,
 )
+from lifecycle.api.readiness import Readiness, Refresher
 from lifecycle.api.routes import accounts as accounts_routes
 from lifecycle.api.routes import admin, audit, health, receipts, scouts
+from lifecycle.api.routes.health import ProbeMiddleware, readiness_checks
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
 from lifecycle.erasure import ErasureProcess
@@ -93,6 +96,7 @@ def create_app(
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
     app.add_middleware(AuthenticationMiddleware)
+    app.add_middleware(ProbeMiddleware)
     app.add_middleware(RequestContextMiddleware, fixed_paths=fixed_paths)
     if tracing.enabled():
         # Outermost: a request's span (W3C traceparent continued) is current for all of it.
@@ -106,6 +110,8 @@ def create_app(
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     log = get_logger("lifecycle.api")
     settings: Settings = app.state.settings
+    readiness: Readiness | None = None
+    gauges: Refresher[Any] | None = None
     built: Accounts | None = None
     if app.state.accounts is None:
         built = await run_in_threadpool(build_accounts, settings)
@@ -115,9 +121,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.api = await run_in_threadpool(
             ApiState.start, app.state.accounts, settings, app.state.erasure
         )
+        # /readyz and /metrics answer from what these threads last found, never from a request.
+        readiness = Readiness(readiness_checks(app))
+        await run_in_threadpool(readiness.refresh_first)
+        app.state.readiness = readiness.start()
+        gauges = await run_in_threadpool(app.state.state_collector.start)
         log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
         yield
     finally:
+        if readiness is not None:
+            readiness.stop()
+        if gauges is not None:
+            gauges.stop()
+        app.state.readiness = None
         app.state.api = None
         if built is not None:
             app.state.accounts = None

@@ -8,8 +8,9 @@ for that run and prints them once to stdout; logs only say that it happened.
 from __future__ import annotations
 
 import hmac
+import re
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, TextIO
 
@@ -19,14 +20,15 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lifecycle.api.problems import AuthenticationError, PermissionDeniedError, error_response
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import LifecycleError, StartupError
 from lifecycle.logs import get_logger
 from lifecycle.settings import ROLES, Role, Settings, generate_tokens, token_digest
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
-    description="One token per role (service, ops, auditor): `Authorization: Bearer <token>`.",
+    description="One token per role (service, scout, ops, auditor): "
+    "`Authorization: Bearer <token>`.",
 )
 
 
@@ -49,6 +51,12 @@ def role_for_token(token: str, token_roles: Mapping[str, Role]) -> Role | None:
 
 # The role each protected surface needs: the routers and the middleware both read it here.
 ROLE_BY_PREFIX: dict[str, Role] = {"/v1/": "service", "/admin/v1/": "ops", "/audit/v1/": "auditor"}
+# Routes a narrower role may call too: the scout service records scouts, and nothing else (no
+# member read, no withdrawal). Matched on method and path; the last segment is fixed.
+SCOUT_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("POST", re.compile(r"^/v1/scouts$")),
+    ("POST", re.compile(r"^/v1/accounts/[^/]+/scouts$")),
+)
 
 
 def role_for_path(path: str) -> Role | None:
@@ -59,16 +67,29 @@ def role_for_path(path: str) -> Role | None:
     return None
 
 
-def authenticate(authorization: str | None, token_roles: Mapping[str, Role], role: Role) -> Role:
-    """The caller's role from an `Authorization` header; 401 or 403 unless it is `role`."""
+def roles_for(method: str, path: str) -> frozenset[Role]:
+    """Every role that may call this method on this path (empty: an open route)."""
+    role = role_for_path(path)
+    if role is None:
+        return frozenset()
+    if any(method == m and pattern.match(path) for m, pattern in SCOUT_ROUTES):
+        return frozenset({role, "scout"})
+    return frozenset({role})
+
+
+def authenticate(
+    authorization: str | None, token_roles: Mapping[str, Role], roles: Collection[Role]
+) -> Role:
+    """The caller's role from an `Authorization` header; 401, or 403 unless it is in `roles`."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("a bearer token is required")
     found = role_for_token(token.strip(), token_roles)
     if found is None:
         raise AuthenticationError("the bearer token is not valid", invalid_token=True)
-    if found != role:
-        raise PermissionDeniedError(detail=f"this route needs the {role} role")
+    if found not in roles:
+        needed = " or ".join(sorted(roles))
+        raise PermissionDeniedError(detail=f"this route needs the {needed} role")
     return found
 
 
@@ -80,11 +101,11 @@ class AuthenticationMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        role = role_for_path(scope["path"]) if scope["type"] == "http" else None
-        if role is not None:
+        roles = roles_for(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if roles:
             try:
                 caller = authenticate(
-                    Headers(scope=scope).get("authorization"), scope["app"].state.token_roles, role
+                    Headers(scope=scope).get("authorization"), scope["app"].state.token_roles, roles
                 )
             except LifecycleError as error:
                 await error_response(Request(scope), error)(scope, receive, send)
@@ -102,11 +123,12 @@ def require_role(role: Role) -> Callable[..., Awaitable[Caller]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     ) -> Caller:
-        if getattr(request.state, "caller_role", None) != role:
-            # A route outside the middleware's prefixes: authenticate here (401/403 raised).
-            header = f"Bearer {credentials.credentials}" if credentials else None
-            authenticate(header, request.app.state.token_roles, role)
-        return Caller(role=role)
+        admitted = getattr(request.state, "caller_role", None)
+        if admitted is not None and admitted in roles_for(request.method, request.url.path):
+            return Caller(role=admitted)
+        # A route outside the middleware's prefixes: authenticate here (401/403 raised).
+        header = f"Bearer {credentials.credentials}" if credentials else None
+        return Caller(role=authenticate(header, request.app.state.token_roles, {role}))
 
     dependency.__name__ = f"require_{role}_role"
     return dependency
@@ -118,15 +140,23 @@ AuditorCaller = Annotated[Caller, Depends(require_role("auditor"))]
 
 
 def with_generated_tokens(settings: Settings, stream: TextIO | None = None) -> Settings:
-    """Settings with API tokens: as given, or with freshly generated ones printed once.
+    """Settings with API tokens: as given, or (embedded only) freshly generated ones printed once.
 
-    When `settings.api_tokens` is empty, one token per role is generated for this run,
+    A production database without configured tokens refuses to start (`StartupError`), as it
+    does without a master key: generated tokens would land in a log stream, and every
+    replica would have its own. Embedded (the newcomer's first run), when
+    `settings.api_tokens` is empty, one token per role is generated for this run,
     written to `stream` (stdout by default) and never logged; the returned settings hold
     only their digests. The CLI may call this before `create_app`; `create_app` calls it too,
     so a server never starts with an open door.
     """
     if settings.api_tokens:
         return settings
+    if not settings.is_embedded:
+        raise StartupError(
+            detail="LIFECYCLE_API_TOKENS is required outside the embedded default "
+            '(JSON {"<sha256 hex of a token>": "<role>"})'
+        )
     tokens = generate_tokens()
     get_logger("lifecycle.api").warning(
         "api_tokens_generated", roles=sorted(tokens), reason="none configured"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 from uuid import UUID
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 
 from lifecycle.api.problems import NotReadyError
 from lifecycle.api.tables import prepare_tables
@@ -123,13 +123,20 @@ ErasureDep = Annotated[ErasureProcess, Depends(get_erasure)]
 def kafka_inspector(request: Request) -> KafkaInspector:
     """The app's Kafka inspector (tests may set `app.state.kafka`), or NoKafka; topic and
     group names come from the settings, so they carry the configured prefix."""
-    found: KafkaInspector | None = getattr(request.app.state, "kafka", None)
+    return inspector_of(request.app)
+
+
+def inspector_of(app: FastAPI) -> KafkaInspector:
+    """`kafka_inspector` for an app (the readiness checker has no request)."""
+    found: KafkaInspector | None = getattr(app.state, "kafka", None)
     if found is not None:
         return found
-    settings = get_settings(request)
+    settings: Settings = app.state.settings
     if not settings.kafka_bootstrap:
         return NoKafka(settings.topics)
-    return KafkaInspectorClient(settings.kafka_bootstrap, settings.topics)
+    return KafkaInspectorClient(
+        settings.kafka_bootstrap, settings.topics, security=settings.kafka_security
+    )
 
 
 KafkaDep = Annotated[KafkaInspector, Depends(kafka_inspector)]

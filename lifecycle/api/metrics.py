@@ -1,18 +1,21 @@
 """`/metrics` in Prometheus' text format, on a registry of the app's own.
 
 Counted in this process: HTTP requests (by method, route template and status, with their
-durations) and commands (the state-changing routes, by outcome). Read from the database at
-each scrape, so every replica reports the same values: events appended (the notification
-log's head), relay position and lag, each projection's position and lag, and erasures by
-state. And, without the database, which of this process's workers wait for a dependency.
-Labels are route templates and names, never ids or anything a member typed.
+durations) and commands (the state-changing routes, by outcome). Read from the database by a
+background refresh every `METRICS_REFRESH_S` (never by a scrape, which only formats what was
+found), so every replica reports the same values: events appended (the notification log's
+head), relay position and lag, each projection's position and lag, erasures by state and
+confirmations refused by the erasure process. And, without the database, which of this
+process's workers wait for a dependency. Labels are route templates and names, never ids or
+anything a member typed.
 
-`/metrics` needs no token, like `/healthz`: it holds counts only; keep it on the internal
-network.
+`/metrics` holds counts only. Open by default, like `/healthz`; with
+`LIFECYCLE_METRICS_TOKEN_SHA256` set it needs that bearer token.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,7 +30,11 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.api import pipeline_collector
+from lifecycle.api.problems import AuthenticationError, problem_responses
+from lifecycle.api.readiness import Refresher
+from lifecycle.erasure_refusals import REFUSALS_TABLE as REFUSALS
 from lifecycle.logs import get_logger
+from lifecycle.settings import token_digest
 
 # State-changing routes, by the command they run.
 COMMANDS: dict[tuple[str, str], str] = {
@@ -109,33 +116,42 @@ class MetricsMiddleware:
             )
 
 
+# How often the gauges read from the database are recomputed (a scrape never reads it).
+METRICS_REFRESH_S = 10.0
+
+
 class StateCollector(Collector):
-    """Reads the service's state from the database at each scrape."""
+    """Formats the service's state as the background refresh last read it from the database."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.log = get_logger(__name__)
+        self.gauges: Refresher[list[Any] | None] | None = None
+
+    def start(self, interval_s: float = METRICS_REFRESH_S) -> Refresher[list[Any] | None]:
+        """The refresh thread (the app's lifespan starts it, after one refresh of its own)."""
+        self.gauges = Refresher("metrics", self.read, interval_s, on_error=self._unreadable)
+        self.gauges.refresh()
+        return self.gauges.start()
+
+    def read(self) -> list[Any] | None:
+        accounts = getattr(self.app.state, "accounts", None)
+        return None if accounts is None else list(self._families(accounts))
+
+    def _unreadable(self, error: BaseException) -> None:
+        self.log.warning("metrics.refresh_failed", error_type=type(error).__name__)
 
     def collect(self) -> Iterator[Any]:
         yield self._waiting()
-        accounts = getattr(self.app.state, "accounts", None)
+        latest = self.gauges.latest() if self.gauges is not None else None
+        families = latest[0] if latest is not None else None
         up = GaugeMetricFamily(
-            "lifecycle_metrics_database_up", "1 when the last scrape could read the database."
+            "lifecycle_metrics_database_up",
+            "1 when the last background refresh could read the database.",
         )
-        if accounts is None:
-            up.add_metric([], 0)
-            yield up
-            return
-        try:
-            families = list(self._families(accounts))
-        except Exception as error:
-            self.log.warning("metrics.scrape_failed", error_type=type(error).__name__)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        up.add_metric([], 0 if families is None else 1)
         yield up
-        yield from families
+        yield from families or ()
 
     def _waiting(self) -> GaugeMetricFamily:
         """Read before the database, as it matters most when the database is down."""
@@ -219,6 +235,17 @@ class StateCollector(Collector):
             erasures.add_metric([state], count)
         yield erasures
 
+        refused = CounterMetricFamily(
+            "lifecycle_erasure_confirmations_refused",
+            "Confirmations the erasure process refused (not answering a withdrawal, or not "
+            "from the service whose topic they came on), by service and reason.",
+            labels=["service", "reason"],
+        )
+        rows = _optional_rows(db, f"SELECT service, reason, refused FROM {db.table(REFUSALS)}")
+        for service, reason, count in rows:
+            refused.add_metric([str(service), str(reason)], int(count))
+        yield refused
+
 
 def waiting_workers(app: FastAPI) -> dict[str, str]:
     """The dependency each worker of this process waits for, by worker name.
@@ -249,8 +276,19 @@ def _optional_rows(database: Any, statement: str) -> list[tuple[Any, ...]]:
         return []
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    operation_id="getMetrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses=problem_responses(401),
+)
 def metrics(request: Request) -> Response:
+    digest = request.app.state.settings.metrics_token_sha256
+    if digest is not None:
+        _, _, token = (request.headers.get("authorization") or "").partition(" ")
+        if not hmac.compare_digest(token_digest(token.strip()), digest):
+            raise AuthenticationError("/metrics needs its bearer token")
     found: Metrics = request.app.state.metrics
     return Response(generate_latest(found.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -258,7 +296,8 @@ def metrics(request: Request) -> Response:
 def install_metrics(app: FastAPI) -> Metrics:
     """The registry, the request middleware, the state collector and the route."""
     found = Metrics()
-    found.registry.register(StateCollector(app))
+    app.state.state_collector = StateCollector(app)
+    found.registry.register(app.state.state_collector)
     pipeline_collector.install(app, found.registry)
     app.state.metrics = found
     app.add_middleware(MetricsMiddleware, metrics=found)

@@ -35,6 +35,7 @@ from lifecycle.audit.registry import (
 )
 from lifecycle.erasure import ErasureProcess
 from lifecycle.kafka.admin import read_from_start
+from lifecycle.kafka.security import KafkaSecurity
 from lifecycle.storage import Database
 from schemas.contract import TopicNames
 
@@ -84,6 +85,7 @@ class Stores:
     databases: Mapping[str, Database]
     topics: TopicNames
     bootstrap: str | None = None
+    security: KafkaSecurity | None = None
 
 
 def _text(value: Any) -> str:
@@ -162,13 +164,13 @@ def _walk_topics(
 ) -> Iterator[tuple[dict[str, Any], set[str], bool]]:
     if stores.bootstrap is None:
         return
-    present = list_topics(stores.bootstrap)
+    present = list_topics(stores.bootstrap, stores.security)
     unregistered += unregistered_topics(stores.topics, present)
     key = str(account_id).encode()
     for name, place in topic_places(stores.topics).items():
         if name not in present:
             continue
-        records = list(read_from_start(stores.bootstrap, [name]))
+        records = list(read_from_start(stores.bootstrap, [name], security=stores.security))
         entry = _entry(place, name)
         found = search(name, (_record_text(r) for r in records), digests)
         entry.update(items_searched=found.searched_items, values_found=len(found.matches))

@@ -256,6 +256,8 @@ class Receipts:
             "receipt_id": str(erasure_receipt_id(account_id)),
             "account_id": str(account_id),
             "requested_at": _iso(account.withdrawn_at),
+            # A code (never the member's comment): what reshred re-records after a restore.
+            "withdrawal_reason": (account.withdrawal or {}).get("reason"),
             "purged_at": _iso(account.purged_at),
             "issued_at": _iso(datetime.now(UTC)),
             "services": {

@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lifecycle.kafka.admin import HOUR_MS, TopicSettings
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.storage import Database
 from projections.base import SHADOW_SUFFIX
-from schemas.contract import CONSUMER_GROUPS, TopicNames
+from schemas.contract import (
+    CONSUMER_GROUPS,
+    ERASING_SERVICES,
+    ERASURE_CONFIRMED_TOPIC_PATTERN,
+    TopicNames,
+)
 
 Kind = Literal["table", "topic", "log", "backup", "memory"]
 Erasure = Literal["crypto_shredded", "deleted", "compacted", "retention", "none_held"]
@@ -132,6 +138,7 @@ REGISTRY: tuple[RestingPlace, ...] = (
             "relay_position",
             "erasure_confirmations",
             "erasure_retries",
+            "erasure_refusals",
             "erasure_receipts",
             "erasure_processed_events",
             "erasure_outbox",
@@ -220,7 +227,21 @@ REGISTRY: tuple[RestingPlace, ...] = (
         f"segment.ms + max.compaction.lag.ms = {_hours(PROFILE_BOUND_MS)} after `Purged`",
     ),
     _none("topic", LIFECYCLE, "account.lifecycle.v1", "the contract: " + NO_VALUE),
-    _none("topic", LIFECYCLE, "account.erasure-confirmed.v1", "the contract: " + NO_VALUE),
+    _none(
+        "topic",
+        LIFECYCLE,
+        "account.erasure-confirmed.v1",
+        "the contract (the shared topic of earlier releases): " + NO_VALUE,
+    ),
+    *(
+        _none(
+            "topic",
+            service,
+            ERASURE_CONFIRMED_TOPIC_PATTERN.format(service=service),
+            "the contract: " + NO_VALUE,
+        )
+        for service in ERASING_SERVICES
+    ),
     *(
         RestingPlace(
             "topic",
@@ -253,10 +274,11 @@ REGISTRY: tuple[RestingPlace, ...] = (
         "backups of the lifecycle schema (pg_dump)",
         "sealed fields and the account keys of members active when it was taken",
         "crypto_shredded",
-        "restored only followed by `lifecycle audit reshred`, which purges again and destroys "
-        "the key of every account the lifecycle topic knows purged",
+        "restored only followed by `lifecycle audit reshred --receipts ARCHIVE`, which purges "
+        "again and destroys the key of every account a receipt the service signed, or the "
+        "destroyed-keys list, knows purged (never a topic record)",
         (),
-        "the lifecycle topic's retention (7 d) bounds what reshred learns from it",
+        "the receipts archive outside the database bounds what reshred learns",
     ),
     RestingPlace(
         "backup",
@@ -323,10 +345,10 @@ def list_tables(database: Database) -> set[str]:
     return {str(row[0]) for row in rows}
 
 
-def list_topics(bootstrap: str) -> set[str]:
+def list_topics(bootstrap: str, security: KafkaSecurity | None = None) -> set[str]:
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lifecycle-audit")
+    admin = KafkaAdminClient(**client_config(bootstrap, security), client_id="lifecycle-audit")
     try:
         return set(admin.list_topics())
     finally:

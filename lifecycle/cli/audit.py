@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -29,34 +30,41 @@ cli.add_typer(audit, name="audit")
 
 @audit.command()
 def reshred(
-    from_kafka: Annotated[
-        bool, typer.Option(help="Also take purged ids from the lifecycle topic (if configured).")
-    ] = True,
+    receipts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--receipts",
+            help="Signed erasure receipts kept outside the database: a file (JSON, a JSON "
+            "array or JSON Lines) or a directory of them; repeatable.",
+        ),
+    ] = None,
 ) -> None:
-    """After a backup restore: every account known purged is brought back to Purged (whatever
-    state the backup caught it in) and loses its key."""
-    from lifecycle.application import KnownErasure
-    from lifecycle.audit.reshred import known_erasures_on_topic
+    """After a backup restore: every account known purged (by a receipt this service signed,
+    or by the destroyed-keys list; never by a topic record) is brought back to Purged,
+    whatever state the backup caught it in, and loses its key."""
+    from lifecycle.audit.receipt import ReceiptSigner
+    from lifecycle.audit.reshred import evidence
     from lifecycle.bootstrap import build_erasure, receipts_of
 
     settings = load_settings()
     accounts = open_accounts(settings)
-    ledger: dict[Any, KnownErasure] = {}
     try:
-        if from_kafka and settings.kafka_bootstrap:
-            ledger = known_erasures_on_topic(settings.kafka_bootstrap, settings.topics.lifecycle)
-        result = accounts.reshred(ledger)
+        found = evidence(accounts, receipts or [], ReceiptSigner.of(accounts))
+        result = accounts.reshred(found.known)
         # A receipt the restore lost is signed again, for the purge as now recorded.
-        receipts = receipts_of(build_erasure(accounts, settings))
-        issued = sum(receipts.get_or_issue(account_id)[1] for account_id in sorted(ledger))
+        signed = receipts_of(build_erasure(accounts, settings))
+        issued = sum(signed.get_or_issue(account_id)[1] for account_id in sorted(found.known))
     except LifecycleError as error:
         fail(error.detail)
     finally:
         accounts.close()
     typer.echo(
         f"purges recorded again: {result['purges_recorded_again']}, "
-        f"keys destroyed again: {result['keys_destroyed']}, receipts issued again: {issued}"
+        f"keys destroyed again: {result['keys_destroyed']}, receipts issued again: {issued}, "
+        f"receipts refused: {found.refused}"
     )
+    if found.refused:
+        raise typer.Exit(1)
 
 
 @audit.command("verify-receipt")
@@ -150,7 +158,7 @@ def erasure_proof(
     accounts = open_accounts(settings)
     erasure = build_erasure(accounts, settings)
     databases = {"lifecycle": accounts.database, **_service_stores(settings, accounts, schemas)}
-    stores = Stores(databases, settings.topics, settings.kafka_bootstrap)
+    stores = Stores(databases, settings.topics, settings.kafka_bootstrap, settings.kafka_security)
     try:
         report = prove(accounts, erasure, subject, digests, stores)
     except LifecycleError as error:

@@ -54,7 +54,10 @@ def serve(
     from lifecycle.api.app import with_generated_tokens
     from lifecycle.workers import run_server_processes
 
-    settings = with_generated_tokens(load_settings())
+    try:
+        settings = with_generated_tokens(load_settings())
+    except LifecycleError as error:
+        fail(f"invalid configuration: {error.detail}")
     count = workers or (1 if settings.is_embedded else os.cpu_count() or 1)
     if count > 1 and ":memory:" in settings.database_url:
         fail("--workers above 1 needs a database the processes share, not an in-memory one")
@@ -123,10 +126,39 @@ def topics() -> None:
     if not settings.kafka_bootstrap:
         fail("`topics` needs LIFECYCLE_KAFKA_BOOTSTRAP")
     try:
-        result = ensure_topics(settings.kafka_bootstrap, settings.topics, settings.topic_settings)
+        result = ensure_topics(
+            settings.kafka_bootstrap,
+            settings.topics,
+            settings.topic_settings,
+            security=settings.kafka_security,
+        )
     except Exception as error:
         fail(f"Kafka unusable ({type(error).__name__}) at {settings.kafka_bootstrap}")
     typer.echo(f"created: {len(result.created)}, existing: {len(result.existing)}")
+
+
+@cli.command()
+def acls(
+    apply: Annotated[
+        bool, typer.Option(help="Create them on the broker (as a principal that may alter ACLs).")
+    ] = False,
+) -> None:
+    """The Kafka ACL plan: who writes and reads which topic (printed; `--apply` creates it)."""
+    from lifecycle.kafka.acls import acl_plan, apply_acls
+
+    settings = load_settings()
+    plan = acl_plan(settings.topics, settings.kafka_principals)
+    if not apply:
+        for grant in plan:
+            typer.echo(str(grant))
+        return
+    if not settings.kafka_bootstrap:
+        fail("`acls --apply` needs LIFECYCLE_KAFKA_BOOTSTRAP")
+    try:
+        created = apply_acls(settings.kafka_bootstrap, plan, settings.kafka_security)
+    except Exception as error:
+        fail(f"Kafka refused the ACLs ({type(error).__name__}) at {settings.kafka_bootstrap}")
+    typer.echo(f"ACLs created or kept: {created}")
 
 
 @cli.command()

@@ -19,6 +19,7 @@ from typing import Any
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.logs import get_logger
 from schemas.contract import TopicNames
 
@@ -102,7 +103,7 @@ def topic_specs(topics: TopicNames, settings: TopicSettings) -> list[TopicSpec]:
     return [
         spec(topics.lifecycle, lifecycle),
         spec(topics.profile, compacted),
-        spec(topics.erasure_confirmed, confirmations),
+        *(spec(name, confirmations) for name in topics.confirmations.values()),
         *(spec(name, dead_letters) for name in topics.dead_letters),
     ]
 
@@ -114,13 +115,14 @@ def ensure_topics(
     *,
     timeout_ms: int = 30_000,
     bootstrap_timeout_ms: int = 5_000,
+    security: KafkaSecurity | None = None,
 ) -> EnsureResult:
     """Create the topics that are missing; existing ones are left as they are. A broker that
     does not answer at all fails within `bootstrap_timeout_ms` (kafka-python waits 30 s)."""
     specs = topic_specs(topics or TopicNames(), settings or TopicSettings())
     log = get_logger(__name__)
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **client_config(bootstrap, security),
         client_id="lifecycle-admin",
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=bootstrap_timeout_ms,
@@ -159,7 +161,11 @@ def ensure_topics(
 
 
 def read_from_start(
-    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 30.0
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    timeout_s: float = 30.0,
+    security: KafkaSecurity | None = None,
 ) -> Iterator[Any]:
     """Every record still on the topics, from offset 0 to the end offsets as they are now.
 
@@ -167,7 +173,7 @@ def read_from_start(
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_config(bootstrap, security), enable_auto_commit=False)
     try:
         partitions = [
             TopicPartition(topic, partition)

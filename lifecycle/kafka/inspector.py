@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from schemas.contract import CONSUMER_GROUPS, TopicNames
 
 CLIENT_ID = "lifecycle-admin-api"
@@ -144,8 +145,15 @@ class KafkaInspectorClient:
 
     configured = True
 
-    def __init__(self, bootstrap: str, topics: TopicNames, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: TopicNames,
+        timeout_s: float = 10.0,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.topics = topics
         self.timeout_ms = int(timeout_s * 1000)
 
@@ -153,7 +161,7 @@ class KafkaInspectorClient:
         from kafka.admin import KafkaAdminClient
 
         return KafkaAdminClient(
-            bootstrap_servers=self.bootstrap,
+            **client_config(self.bootstrap, self.security),
             client_id=CLIENT_ID,
             request_timeout_ms=self.timeout_ms,
             bootstrap_timeout_ms=self.timeout_ms,
@@ -163,7 +171,7 @@ class KafkaInspectorClient:
         from kafka import KafkaConsumer
 
         return KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_config(self.bootstrap, self.security),
             client_id=CLIENT_ID,
             group_id=None,
             enable_auto_commit=False,
@@ -340,7 +348,7 @@ class KafkaInspectorClient:
     def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
         from lifecycle.kafka.producer import KafkaPublisher, PublishError
 
-        publisher = KafkaPublisher(self.bootstrap, client_id=CLIENT_ID)
+        publisher = KafkaPublisher(self.bootstrap, client_id=CLIENT_ID, security=self.security)
         try:
             publisher.publish(topic, key, headers, value)
             publisher.flush()

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.logs import get_logger
 
 Headers = Sequence[tuple[str, bytes]]
@@ -48,10 +49,11 @@ class KafkaPublisher:
         *,
         client_id: str = "lifecycle-relay",
         flush_timeout_s: float = 30.0,
+        security: KafkaSecurity | None = None,
         **overrides: Any,
     ) -> None:
         self._config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+            **client_config(bootstrap, security),
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lifecycle.kafka.inprocess import InProcessPublisher
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.logs import get_logger
 
 log = get_logger(__name__)
@@ -81,13 +82,14 @@ class KafkaSource:
         client_id: str | None = None,
         group_instance_id: str | None = None,
         max_poll_records: int = 500,
+        security: KafkaSecurity | None = None,
         **overrides: Any,
     ) -> None:
         from kafka import KafkaConsumer
 
         self.group_id = group_id
         config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+            **client_config(bootstrap, security),
             "group_id": group_id,
             "client_id": client_id or group_id,
             "enable_auto_commit": False,

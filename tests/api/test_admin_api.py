@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
-from support import TOKENS, auth, read_topic
+from support import TOKENS, auth, read_topic, wait_until
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
@@ -385,6 +385,8 @@ def test_metrics_in_prometheus_format(client: TestClient, accounts: Accounts) ->
     client.get("/admin/v1/accounts", headers=OPS)
     member(accounts, withdraw=True)
     project(accounts)
+    # The database is read by the background refresh, never by the scrape: run one now.
+    client.app.state.state_collector.gauges.refresh()  # type: ignore[attr-defined]
 
     response = client.get("/metrics")
 
@@ -447,7 +449,7 @@ def test_consumer_group_lag_per_service(
 
 
 @pytest.mark.kafka
-def test_retry_redelivers_the_withdrawal_record_with_its_id(
+def test_retry_redelivers_the_withdrawal_record_under_a_fresh_id(
     kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames, accounts: Accounts
 ) -> None:
     account_id = member(accounts, withdraw=True)
@@ -460,7 +462,9 @@ def test_retry_redelivers_the_withdrawal_record_with_its_id(
     assert response.status_code == 202 and response.json()["redelivered"] is True
     (record,) = read_topic(kafka_bootstrap, names.lifecycle)
     headers = dict(record.headers)
-    assert headers["ce_id"] == f"{account_id}:3".encode()
+    # Never a duplicate of the original, nor of anything published before (issue 19).
+    assert headers["ce_id"].startswith(f"{account_id}:3:retry-".encode())
+    assert len(headers["ce_id"]) == len(f"{account_id}:3:retry-") + 32
     assert b"withdrawal" in headers["ce_type"]
     assert record.key == str(account_id).encode()
     assert SECRET_COMMENT.encode() not in record.value
@@ -473,10 +477,51 @@ def test_readyz_checks_kafka_when_configured(
     with_kafka = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})
     app = create_app(with_kafka, accounts)
     with TestClient(app) as client:
-        ready = client.get("/readyz")
+        wait_until(lambda: client.get("/readyz").status_code == 200, "Kafka checked")
         app.state.kafka = KafkaInspectorClient("127.0.0.1:1", names, timeout_s=1.0)
+        wait_until(lambda: client.get("/readyz").status_code == 503, "Kafka seen down")
         unreachable = client.get("/readyz")
 
-    assert ready.status_code == 200
-    assert unreachable.status_code == 503
     assert unreachable.json()["code"] == "not_ready"
+    assert unreachable.json()["detail"] == "Kafka does not answer"
+
+
+# Readiness never blocks request workers (issue 19)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_fifty_readiness_probes_with_the_broker_down_leave_a_member_read_fast(
+    settings: Settings, accounts: Accounts
+) -> None:
+    """Before: each /readyz opened a Kafka admin client with a 10 s timeout in the request
+    workers' pool, and 45 parallel probes held a member read up for 9 s."""
+    import asyncio
+    import time
+
+    import httpx
+    from support import free_port
+
+    down = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    app = create_app(down, accounts)
+    account_id = member(accounts)
+
+    async def scenario() -> tuple[list[int], int, float]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                path = f"/v1/accounts/{account_id}"
+                await client.get(path, headers=auth("service"))  # warm: first load, key cache
+
+                async def timed_read() -> tuple[int, float]:
+                    started = time.perf_counter()
+                    response = await client.get(path, headers=auth("service"))
+                    return response.status_code, time.perf_counter() - started
+
+                probes = [client.get("/readyz") for _ in range(50)]
+                *answers, (status, elapsed) = await asyncio.gather(*probes, timed_read())
+                return [a.status_code for a in answers], status, elapsed
+
+    probes, status, elapsed = asyncio.run(scenario())
+    assert probes == [503] * 50  # Kafka is not known to answer
+    assert status == 200
+    assert elapsed < 0.1, f"the member read took {elapsed * 1000:.0f} ms"

@@ -15,6 +15,8 @@ from support import TOKENS, auth
 from lifecycle.api import create_app, with_generated_tokens
 from lifecycle.api.auth import role_for_token
 from lifecycle.application import Accounts
+from lifecycle.crypto import new_master_key
+from lifecycle.errors import StartupError
 from lifecycle.settings import ROLES, Settings, token_digest
 
 
@@ -166,6 +168,33 @@ def test_with_another_role_every_route_is_403(
     assert accounts.get_account(account_id).version == version
 
 
+# What the scout service may call: recording scouts, single and bulk, nothing else.
+SCOUT_ROUTES = {"POST /v1/accounts/{account_id}/scouts", "POST /v1/scouts"}
+
+
+@pytest.mark.parametrize("route", V1_ROUTES, ids=ROUTE_IDS)
+def test_the_scout_role_records_scouts_and_nothing_else(
+    client: TestClient, accounts: Accounts, account_id: UUID, route: tuple[str, str, Any, int]
+) -> None:
+    """Issue 19: a scout-service token read members' personal data and withdrew them."""
+    version = accounts.get_account(account_id).version
+
+    response = call(client, route, account_id, auth("scout"))
+
+    if f"{route[0]} {route[1]}" in SCOUT_ROUTES:
+        assert response.status_code == route[3], response.text
+    else:
+        assert response.status_code == 403
+        assert response.json()["code"] == "forbidden"
+        assert "Tanaka" not in response.text
+        assert accounts.get_account(account_id).version == version
+
+
+@pytest.mark.parametrize("prefix", ["/admin/v1/accounts", "/audit/v1/hash-chain"])
+def test_the_scout_role_reaches_no_admin_or_audit_route(client: TestClient, prefix: str) -> None:
+    assert client.get(prefix, headers=auth("scout")).status_code == 403
+
+
 @pytest.mark.parametrize("route", V1_ROUTES, ids=ROUTE_IDS)
 def test_with_the_service_role_every_route_answers(
     client: TestClient, account_id: UUID, route: tuple[str, str, Any, int]
@@ -218,9 +247,24 @@ def test_configured_tokens_are_kept_and_nothing_is_printed(settings: Settings) -
 
 
 def printed_tokens(text: str) -> dict[str, str]:
-    return dict(re.findall(r"^ +(service|ops|auditor) +(\S+)$", text, flags=re.MULTILINE))
+    return dict(re.findall(r"^ +(service|scout|ops|auditor) +(\S+)$", text, flags=re.MULTILINE))
 
 
+def test_a_production_database_without_tokens_refuses_to_start(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """As without a master key: generated tokens would be printed into a log stream."""
+    settings = Settings(
+        database_url=postgres_url, database_schema=pg_schema, master_key=new_master_key()
+    )
+    out = io.StringIO()
+    with pytest.raises(StartupError) as refused:
+        with_generated_tokens(settings, out)
+    assert "LIFECYCLE_API_TOKENS is required" in refused.value.detail
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_without_tokens_the_app_generates_prints_once_and_never_logs_them(
     settings: Settings,
     accounts: Accounts,
@@ -260,6 +304,7 @@ def test_without_tokens_the_app_generates_prints_once_and_never_logs_them(
     assert printed_tokens(capsys.readouterr().out) == {}
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_generated_settings_do_not_generate_again(settings: Settings) -> None:
     first_out, second_out = io.StringIO(), io.StringIO()
 

@@ -191,6 +191,47 @@ def test_a_profile_record_is_redriven_only_while_it_is_the_accounts_latest(
     assert [r.value for r in on_topic if r.offset > newer.offset] == [newer.value]
 
 
+def test_redrive_refuses_a_forged_source_header_and_an_unverifiable_letter(
+    kafka_client: TestClient, kafka_bootstrap: str, names: TopicNames, accounts: Accounts
+) -> None:
+    """Issue 19: re-drive took its source topic from the dead letter's own headers, and skipped
+    the `ce_id` check when the letter named none. Now the source must be one of the group's
+    inputs, the letter must name the record's `ce_id`, and the account is the record's."""
+    account_id = member(accounts)
+    # A contact record, an input of mail only: the scout group's letter may not name it.
+    contact = publish(kafka_bootstrap, *profile(names, account_id, 1, "z@example.jp", "Z"))
+    dead_letter_of(kafka_bootstrap, names, "scout", contact)
+    # A letter without a ce_id: nothing ties it to the record at its source offset.
+    scout = publish(kafka_bootstrap, *scout_received(names, account_id, 2))
+    stripped = Incoming(
+        scout.topic,
+        scout.partition,
+        scout.offset,
+        scout.key,
+        [(k, v) for k, v in scout.headers if k != "ce_id"],
+        scout.value,
+    )
+    letter = dead_letter_record(stripped, PoisonRecord("x"), "bad", 1, "chat")
+    publish(kafka_bootstrap, names.dlq("chat"), letter)
+
+    answers = []
+    for group in ("scout", "chat"):
+        [listed] = kafka_client.get(f"/admin/v1/dead-letters/{group}", headers=OPS).json()
+        answers.append(
+            kafka_client.post(
+                f"/admin/v1/dead-letters/{group}/{listed['partition']}/{listed['offset']}/redrive",
+                headers=OPS,
+            )
+        )
+
+    assert [a.status_code for a in answers] == [409, 409]
+    assert [a.json()["reason"] for a in answers] == ["dead_letter_source_refused"] * 2
+    assert len(read_topic(kafka_bootstrap, names.profile)) == 1  # nothing published again
+    assert len(read_topic(kafka_bootstrap, names.lifecycle)) == 1
+    metrics = kafka_client.get("/metrics").text  # refused, and counted
+    assert 'lifecycle_commands_total{command="redrive",outcome="rejected"} 2.0' in metrics
+
+
 def test_metrics_count_the_dead_letters_neither_redriven_nor_discarded(
     kafka_client: TestClient,
     kafka_bootstrap: str,

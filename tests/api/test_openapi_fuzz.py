@@ -9,7 +9,6 @@ so the suite grows by well under a minute (`LIFECYCLE_FUZZ_EXAMPLES` asks for mo
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.generation.modes import GenerationMode
-from support import TOKENS
+from support import TOKENS, unique_tag
 
 from lifecycle.api import create_app
 from lifecycle.api.auth import role_for_path
@@ -96,7 +95,7 @@ def schema(
         settings = Settings(database_url=f"sqlite:///{path}", **common)
     else:
         url: str = request.getfixturevalue("postgres_url")
-        postgres = (url, f"t_{uuid.uuid4().hex[:12]}")
+        postgres = (url, f"t_{unique_tag()}")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {postgres[1]}")
         settings = Settings(database_url=url, database_schema=postgres[1], **common)

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from support import auth
+from support import auth, wait_until
 
 from lifecycle.api import create_app
 from lifecycle.api.problems import PROBLEM_MEDIA_TYPE
@@ -347,9 +347,11 @@ def test_readyz_is_503_when_the_database_does_not_answer(
 
     monkeypatch.setattr(accounts.database, "transaction", unreachable)
 
+    # The database is checked in the background: the verdict turns within a round.
+    wait_until(lambda: client.get("/readyz").status_code == 503, "readiness sees the outage")
     response = client.get("/readyz")
-
     assert problem_of(response, 503)["code"] == "not_ready"
+    assert response.json()["detail"] == "the database does not answer"
     assert client.get("/healthz").status_code == 200
 
 
@@ -491,18 +493,20 @@ def test_a_problem_stays_small_and_names_no_unknown_key(client: TestClient) -> N
 
 
 PLANTED = "planted-hanako@example.jp"
+# Parameters are fixed values: pytest-xdist workers must collect the same test ids.
+UNKNOWN_ID = "0b7c3a52-8e1d-4f6a-9c2e-5d4b3a291f07"
 
 
 @pytest.mark.parametrize(
     ("method", "path", "role"),
     [
-        ("POST", f"/admin/v1/erasures/{uuid4()}/services/{PLANTED}/retry", "ops"),
+        ("POST", f"/admin/v1/erasures/{UNKNOWN_ID}/services/{PLANTED}/retry", "ops"),
         ("GET", f"/admin/v1/dead-letters/{PLANTED}", "ops"),
         ("POST", f"/admin/v1/dead-letters/{PLANTED}/0/0/discard", "ops"),
         ("GET", f"/admin/v1/stats/withdrawal-reasons?until={PLANTED}", "ops"),
         ("GET", f"/admin/v1/accounts?{PLANTED}=1", "ops"),
         ("GET", f"/v1/accounts/{PLANTED}", "service"),
-        ("GET", f"/v1/accounts/{uuid4()}?{PLANTED}=1", "service"),
+        ("GET", f"/v1/accounts/{UNKNOWN_ID}?{PLANTED}=1", "service"),
     ],
 )
 def test_no_problem_echoes_a_path_or_query_value(

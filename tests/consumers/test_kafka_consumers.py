@@ -103,7 +103,8 @@ def produce(bootstrap: str, items: Sequence[tuple[str, Record]]) -> None:
 
 def confirmations(bootstrap: str, topics: TopicNames) -> list[ErasureConfirmedV1]:
     found = []
-    for record in read_topic(bootstrap, topics.erasure_confirmed):
+    records = [r for t in topics.confirmations.values() for r in read_topic(bootstrap, t)]
+    for record in records:
         envelope: Envelope = decode_record(record.headers, record.value)
         assert isinstance(envelope.data, ErasureConfirmedV1)
         found.append(envelope.data)

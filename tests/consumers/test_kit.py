@@ -11,7 +11,7 @@ from uuid import UUID
 import psycopg
 import pytest
 from eventsourcing.persistence import OperationalError
-from support import Running, scout_received, service_stores, wait_until
+from support import Running, scout_received, service_stores, wait_until, withdrawal
 
 from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
 from consumers.handler import Handler, HandlerResult, PoisonRecord, erasure_confirmation
@@ -103,7 +103,7 @@ def make_consumer(
 def confirmations(log: InProcessPublisher) -> list[Envelope]:
     return [
         decode_record(item.record.headers, item.record.value)
-        for item in log.read(TOPICS.erasure_confirmed, max_records=1000)
+        for item in log.read(TOPICS.erasure_confirmed("scout"), max_records=1000)
     ]
 
 
@@ -123,7 +123,10 @@ def test_each_record_applies_once_and_repeats_are_skipped(
     assert handler.calls == 2
     wait_until(lambda: consumer.total_lag() == 0)
     # Confirmations left through the outbox, which is empty again.
-    assert [e.id for e in confirmations(log)] == [f"{account}:scout:erasure-confirmed"] * 2
+    # Each under an id of its own that nobody could have published before (a random nonce).
+    ids = [e.id for e in confirmations(log)]
+    assert len(set(ids)) == 2
+    assert all(i.startswith(f"{account}:scout:erasure-confirmed:") for i in ids)
     assert ConsumerStore(database).pending_outgoing() == []
 
 
@@ -290,7 +293,46 @@ def test_cut_database_connections_are_waited_out_and_every_record_applies_once(
         assert consumer.stats.dead_lettered == 0
         assert log.read(TOPICS.dlq("scout"), max_records=10) == []
         assert handler.effects() == sorted(f"{a}:1" for a in accounts)  # each exactly once
-        published = log.read(TOPICS.erasure_confirmed, max_records=10_000)
+        published = log.read(TOPICS.erasure_confirmed("scout"), max_records=10_000)
         confirmed = {decode_record(i.record.headers, i.record.value).account_id for i in published}
         assert confirmed == set(accounts)
         running.pop().stop()
+
+
+def test_pre_published_future_ids_shadow_no_real_record_and_foreign_ids_are_refused(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    """Issue 19: ids are predictable (`<account>:<version>`), and the kit de-duplicated on the
+    id alone, so a record published in advance under a member's next id made the real
+    withdrawal a "duplicate". Now the key is (source, type, id), and an id that names another
+    account than the record's subject breaks the contract."""
+    account, other = uuid.uuid4(), uuid.uuid4()
+    real = withdrawal(TOPICS, account, 3)[1]
+    # The same id, of another type, and of the same type from another source.
+    scout = scout_record(account, 3, "forged")
+    elsewhere = Record(
+        real.key,
+        [(k, b"/intruder" if k == "ce_source" else v) for k, v in real.headers],
+        real.value,
+    )
+    # Another member's id on this member's record.
+    foreign = Record(
+        real.key,
+        [(k, f"{other}:3".encode() if k == "ce_id" else v) for k, v in real.headers],
+        real.value,
+    )
+    put(log, TOPICS.lifecycle, scout, elsewhere, foreign, real, real)
+    handler = RecordingHandler(database)
+    consumer = make_consumer(log, database, handler)
+    running.append(Running(consumer))
+
+    wait_until(
+        lambda: (
+            consumer.stats.applied + consumer.stats.duplicates + consumer.stats.dead_lettered == 5
+        )
+    )
+    assert consumer.stats.applied == 3  # the forged two and the real withdrawal, each once
+    assert consumer.stats.duplicates == 1  # the real one's own repeat
+    assert consumer.stats.dead_lettered == 1
+    [letter] = log.read(TOPICS.dlq("scout"))
+    assert dict(letter.record.headers)[DLQ_ERROR_CODE] == b"contract_violation"

@@ -88,7 +88,12 @@ class Service:
 
     def confirmations(self) -> list[ErasureConfirmedV1]:
         found: list[ErasureConfirmedV1] = []
-        for item in self.log.read(TOPICS.erasure_confirmed, max_records=1000):
+        items = [
+            item
+            for topic in TOPICS.confirmations.values()
+            for item in self.log.read(topic, max_records=1000)
+        ]
+        for item in items:
             envelope: Envelope = decode_record(item.record.headers, item.record.value)
             assert isinstance(envelope.data, ErasureConfirmedV1)
             found.append(envelope.data)

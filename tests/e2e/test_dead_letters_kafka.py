@@ -7,7 +7,6 @@ from its source record through the admin API."""
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +14,7 @@ from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
-from support import TOKENS, auth, read_topic, wait_until
+from support import TOKENS, auth, dump_database, read_topic, wait_until
 from test_erasure_kafka import (  # the e2e fixtures and helpers of this tier
     accounts,
     compacting_topics,
@@ -172,9 +171,7 @@ def test_a_purged_members_dead_letter_leaves_no_copy_and_a_live_one_is_redriven(
     finally:
         publisher.close()
 
-    dump = subprocess.run(
-        ["pg_dump", "--data-only", postgres_url], capture_output=True, check=True
-    ).stdout
+    dump = dump_database(postgres_url, str(settings.database_schema))
     logs = capfd.readouterr()
     everywhere = {
         "database": dump,

@@ -1,9 +1,12 @@
 """Fixtures of the fault tier: servers of its own, and the erasure pipeline as real processes.
 
 The fault tests stop, restart and cut their servers, so they never use the shared ones: one
-throwaway PostgreSQL cluster and one Kafka broker per module (`tests/faults/servers.py`), on
-which `lifecycle relay`, `lifecycle consume scout|chat|mail`, `lifecycle erasure` and
-`lifecycle project` run as processes, each started once.
+throwaway PostgreSQL cluster and one Kafka broker (`tests/faults/servers.py`) and the
+three-node cluster (`cluster.py`), each started once per run when a test first asks for it, on
+the one xdist worker that runs every test using them (the root conftest groups them). A test
+leaves them running. On them `lifecycle relay`, `lifecycle consume scout|chat|mail`,
+`lifecycle erasure` and `lifecycle project` run as processes (`pipeline.py`), started once per
+module that asks for the pipeline, each pipeline in a database of its own.
 """
 
 from __future__ import annotations
@@ -13,41 +16,26 @@ from collections.abc import Iterator
 import pytest
 from cluster import KafkaCluster
 from pipeline import Pipeline
-from servers import ThrowawayKafka, ThrowawayPostgres, throwaway_servers
+from servers import ThrowawayKafka, ThrowawayPostgres
 from support import SmtpSink, smtp_sink
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[ThrowawayPostgres, ThrowawayKafka]]:
-    with throwaway_servers() as both:
-        yield both
-
-
-@pytest.fixture(scope="module")
-def fault_smtp() -> Iterator[SmtpSink]:
-    with smtp_sink() as sink:
-        yield sink
-
-
-@pytest.fixture(scope="module")
-def pipeline(
-    servers: tuple[ThrowawayPostgres, ThrowawayKafka],
-    fault_smtp: SmtpSink,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Pipeline]:
-    postgres, kafka = servers
-    with Pipeline.running(postgres, kafka, fault_smtp, tmp_path_factory.mktemp("logs")) as found:
-        yield found
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    """A PostgreSQL cluster of the module's own, without a broker."""
     postgres = ThrowawayPostgres()
     try:
         yield postgres
     finally:
         postgres.close()
+
+
+@pytest.fixture(scope="session")
+def throwaway_kafka() -> Iterator[ThrowawayKafka]:
+    kafka = ThrowawayKafka()
+    try:
+        yield kafka
+    finally:
+        kafka.close()
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +46,22 @@ def kafka_cluster() -> Iterator[KafkaCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def fault_smtp() -> Iterator[SmtpSink]:
+    with smtp_sink() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    throwaway_postgres: ThrowawayPostgres,
+    throwaway_kafka: ThrowawayKafka,
+    fault_smtp: SmtpSink,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Pipeline]:
+    with Pipeline.running(
+        throwaway_postgres, throwaway_kafka, fault_smtp, tmp_path_factory.mktemp("logs")
+    ) as found:
+        yield found

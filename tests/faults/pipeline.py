@@ -74,8 +74,10 @@ class Pipeline:
         self.smtp = smtp
         self.logs = logs
         self.topics = topics or TopicNames()
+        # A database of the pipeline's own: other modules use the same cluster.
+        self.database_url = postgres.new_database()
         self.settings = Settings(
-            database_url=postgres.url,
+            database_url=self.database_url,
             kafka_bootstrap=kafka.bootstrap,
             master_key=new_master_key(),
             smtp_host="127.0.0.1",
@@ -85,7 +87,7 @@ class Pipeline:
         )
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
-            "LIFECYCLE_DATABASE_URL": postgres.url,
+            "LIFECYCLE_DATABASE_URL": self.database_url,
             "LIFECYCLE_KAFKA_BOOTSTRAP": kafka.bootstrap,
             "LIFECYCLE_MASTER_KEY": self.settings.resolved_master_key(),
             "LIFECYCLE_SMTP_HOST": "127.0.0.1",

@@ -7,6 +7,7 @@ shared servers: other tests run against those meanwhile. Each server runs until 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -16,8 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -49,6 +49,15 @@ def wait_for(condition: object, what: str, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not within {timeout_s}s")
         time.sleep(0.1)
+
+
+def kafka_cluster_id() -> str:
+    """What `StorageTool random-uuid` prints (a UUID in URL-safe base64, unpadded, not starting
+    with '-'), without starting a JVM for it."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 def _pgbin() -> Path:
@@ -104,13 +113,22 @@ class ThrowawayPostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
 
+    def new_database(self) -> str:
+        """The URL of a database of its own on this cluster (a pipeline's, say), so that the
+        modules sharing the cluster never see each other's tables."""
+        name = f"db_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} OWNER lifecycle")
+        return self.url.rpartition("/")[0] + f"/{name}"
+
     def cut(self, application_name: str | None = None) -> int:
-        """`pg_terminate_backend` on every client backend but this one's; how many."""
+        """`pg_terminate_backend` on every client backend but this one's, in every database
+        but the maintenance one; how many."""
         with psycopg.connect(self.url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                "AND datname = 'lifecycle'"
+                "AND datname <> 'postgres'"
                 + (" AND application_name = %s" if application_name else ""),
                 (application_name,) if application_name else (),
             ).fetchone()
@@ -148,15 +166,8 @@ class ThrowawayKafka:
             "-cp",
             f"{self.libs}/*",
         ]
-        cluster = subprocess.run(
-            [*self._java, "kafka.tools.StorageTool", "random-uuid"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout.strip()
         subprocess.run(
-            [*self._java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+            [*self._java, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c",
              str(self.props), "--standalone", "--ignore-formatted"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
@@ -207,17 +218,3 @@ class ThrowawayKafka:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@contextmanager
-def throwaway_servers() -> Iterator[tuple[ThrowawayPostgres, ThrowawayKafka]]:
-    """Both servers, started together (the broker is the slower), stopped at the end."""
-    postgres = ThrowawayPostgres()
-    try:
-        kafka = ThrowawayKafka()
-        try:
-            yield postgres, kafka
-        finally:
-            kafka.close()
-    finally:
-        postgres.close()

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
+import psycopg
 import pytest
 from servers import ThrowawayPostgres
 
@@ -26,10 +27,20 @@ POOL_SIZE = 5
 
 @pytest.fixture
 def accounts(throwaway_postgres: ThrowawayPostgres) -> Iterator[Accounts]:
-    settings = Settings(database_url=throwaway_postgres.url, master_key=new_master_key())
+    """The application in a schema of its own on the fault tier's server (the pipeline of
+    `test_faults` uses `public`)."""
+    with psycopg.connect(throwaway_postgres.url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS pooltest_app")
+    settings = Settings(
+        database_url=throwaway_postgres.url,
+        database_schema="pooltest_app",
+        master_key=new_master_key(),
+    )
     app = Accounts(env=settings.application_env())
     yield app
     app.close()
+    with psycopg.connect(throwaway_postgres.url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA pooltest_app CASCADE")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ brings the account back to `Purged`, whatever state the backup caught it in."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,16 +18,15 @@ from support import TOKENS, auth
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts, KnownErasure
-from lifecycle.audit.receipt import verify_receipt
+from lifecycle.audit.receipt import ReceiptSigner, verify_receipt
 from lifecycle.audit.replay import replay
 from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.crypto import KEYS_TABLE, keyed_id, new_master_key
 from lifecycle.domain import REDACTED, AccountStatus, EmailClaim, legacy_holder
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
-from lifecycle.relay import Relay
 from lifecycle.settings import Settings, token_digest
-from schemas.contract import erasure_receipt_id
+from schemas.contract import PurgedV1, encode_record, erasure_receipt_id
 
 MEMBER = {
     "email": "restore.probe.7731@example.jp",
@@ -53,9 +53,11 @@ def restore_schema(postgres_url: str, schema: str, source: Path) -> None:
     )
 
 
-def reshred(env: dict[str, str], command: str = "reshred") -> subprocess.CompletedProcess[str]:
+def reshred(
+    env: dict[str, str], command: str = "reshred", *options: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lifecycle", "audit", command],
+        [sys.executable, "-m", "lifecycle", "audit", command, *options],
         env=env,
         capture_output=True,
         text=True,
@@ -74,19 +76,22 @@ def fresh_read(settings: Settings, account_id: uuid.UUID) -> tuple[str, AccountS
         app.close()
 
 
+def keep_receipt(accounts: Accounts, settings: Settings, account_id: uuid.UUID, path: Path) -> None:
+    """The signed receipt of a purge, archived outside the database (what outlives a restore)."""
+    receipt = receipts_of(build_erasure(accounts, settings)).issue(account_id)
+    assert receipt is not None
+    with path.open("a") as archive:
+        archive.write(json.dumps(receipt) + "\n")
+
+
 def test_reshred_after_restoring_a_dump_taken_before_the_purge(
-    postgres_url: str, pg_schema: str, kafka_bootstrap: str, tmp_path: Path
+    postgres_url: str, pg_schema: str, tmp_path: Path
 ) -> None:
     settings = Settings(
-        database_url=postgres_url,
-        database_schema=pg_schema,
-        master_key=new_master_key(),
-        kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        database_url=postgres_url, database_schema=pg_schema, master_key=new_master_key()
     )
-    ensure_topics(kafka_bootstrap, settings.topics)
     accounts = Accounts(env=settings.application_env())
-    publisher = KafkaPublisher(kafka_bootstrap)
+    archive = tmp_path / "receipts.jsonl"
     try:
         account_id = accounts.register(**MEMBER)
         accounts.request_withdrawal(account_id, reason="hired_elsewhere")
@@ -94,35 +99,22 @@ def test_reshred_after_restoring_a_dump_taken_before_the_purge(
         dump_schema(postgres_url, pg_schema, dump)
 
         accounts.purge(account_id)
-        # The relay carries Purged to the lifecycle topic: the ledger that outlives a restore.
-        relay = Relay(accounts, publisher, topics=settings.topics)
-        while relay.run_once():
-            pass
-        relay.close()
+        keep_receipt(accounts, settings, account_id, archive)
     finally:
-        publisher.close()
         accounts.close()
     assert fresh_read(settings, account_id) == (REDACTED, AccountStatus.PURGED)
 
     restore_schema(postgres_url, pg_schema, dump)
     assert fresh_read(settings, account_id) == (MEMBER["email"], AccountStatus.WITHDRAWING)
 
-    env = {
-        **os.environ,
-        "LIFECYCLE_DATABASE_URL": postgres_url,
-        "LIFECYCLE_DATABASE_SCHEMA": pg_schema,
-        "LIFECYCLE_MASTER_KEY": settings.resolved_master_key(),
-        "LIFECYCLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "LIFECYCLE_TOPIC_PREFIX": settings.topic_prefix,
-        "LIFECYCLE_LOG_FORMAT": "json",
-    }
-    result = reshred(env)
+    env = cli_env(settings)
+    result = reshred(env, "reshred", "--receipts", str(archive))
     assert result.returncode == 0, result.stderr
     assert "purges recorded again: 1, keys destroyed again: 1" in result.stdout
     assert MEMBER["email"] not in result.stdout + result.stderr
     assert fresh_read(settings, account_id) == (REDACTED, AccountStatus.PURGED)
 
-    again = reshred(env)
+    again = reshred(env, "reshred", "--receipts", str(tmp_path))  # the directory works too
     assert "purges recorded again: 0, keys destroyed again: 0" in again.stdout
 
 
@@ -168,19 +160,16 @@ def cli_env(settings: Settings) -> dict[str, str]:
 
 @pytest.mark.parametrize("caught", ["active", "withdrawing", "purged"])
 def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_caught(
-    postgres_url: str, pg_schema: str, kafka_bootstrap: str, tmp_path: Path, caught: str
+    postgres_url: str, pg_schema: str, tmp_path: Path, caught: str
 ) -> None:
     settings = Settings(
         database_url=postgres_url,
         database_schema=pg_schema,
         master_key=new_master_key(),
-        kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
     )
-    ensure_topics(kafka_bootstrap, settings.topics)
     accounts = Accounts(env=settings.application_env())
-    publisher = KafkaPublisher(kafka_bootstrap)
+    archive = tmp_path / "receipts.jsonl"
     dump = tmp_path / f"caught-{caught}.sql"
     try:
         live_id = accounts.register(**LIVE)
@@ -195,22 +184,18 @@ def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_cau
         if caught == "purged":
             dump_schema(postgres_url, pg_schema, dump)
         original = accounts.load_for_audit(account_id)
-        relay = Relay(accounts, publisher, topics=settings.topics)
-        while relay.run_once():
-            pass
-        relay.close()
+        keep_receipt(accounts, settings, account_id, archive)
     finally:
-        publisher.close()
         accounts.close()
 
     restore_schema(postgres_url, pg_schema, dump)
     assert fresh_read(settings, account_id)[1].value == caught
-    result = reshred(cli_env(settings))
+    result = reshred(cli_env(settings), "reshred", "--receipts", str(archive))
 
     assert result.returncode == 0, result.stderr
     again = 0 if caught == "purged" else 1
     assert f"purges recorded again: {again}, keys destroyed again: {again}" in result.stdout
-    # No receipt was in the dump (purged here without the erasure process): signed now.
+    # The receipt was signed after the dump: the restored database lacks it, signed again.
     assert "receipts issued again: 1" in result.stdout
     replayed = reshred(cli_env(settings), "replay")
     assert replayed.returncode == 0, replayed.stdout
@@ -218,7 +203,7 @@ def test_reshred_brings_a_restored_member_back_to_purged_whatever_the_backup_cau
     app = Accounts(env=settings.application_env())
     try:
         account = app.load_for_audit(account_id)
-        # Back to Purged with the facts the lifecycle topic kept: reason and times.
+        # Back to Purged with the facts the signed receipt kept: reason and times.
         assert account.status is AccountStatus.PURGED
         assert (account.email, account.display_name) == (REDACTED, REDACTED)
         assert account.withdrawal is not None
@@ -287,3 +272,54 @@ def test_reshred_purges_an_account_an_older_reshred_left_active_without_its_key(
     # The address is free again: re-registration starts from nothing.
     assert accounts.register(**MEMBER) != account_id
     assert accounts.get_account(live_id).email == LIVE["email"]
+
+
+def test_reshred_believes_no_topic_record_and_no_receipt_it_did_not_sign(
+    postgres_url: str, pg_schema: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Issue 19: a forged `Purged` on the lifecycle topic made reshred shred a live member.
+    Now a topic is never read, a receipt signed with another key is refused and counted, and
+    the real erasure's receipt is honoured."""
+    settings = Settings(
+        database_url=postgres_url,
+        database_schema=pg_schema,
+        master_key=new_master_key(),
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+    )
+    ensure_topics(kafka_bootstrap, settings.topics)
+    accounts = Accounts(env=settings.application_env())
+    archive = tmp_path / "receipts.json"
+    try:
+        live_id = accounts.register(**LIVE)
+        gone_id = accounts.register(**MEMBER)
+        accounts.request_withdrawal(gone_id, reason="hired_elsewhere")
+        accounts.purge(gone_id)
+        real = receipts_of(build_erasure(accounts, settings)).issue(gone_id)
+        assert real is not None
+        # The forgeries: a Purged for the live member on the topic, and a receipt for them
+        # signed with a key that is not the service's.
+        now = datetime.now(UTC)
+        forged = encode_record(
+            PurgedV1(account_id=live_id, purged_at=now),
+            ce_id=f"{live_id}:2",
+            subject=str(live_id),
+            time=now,
+        )
+        publisher = KafkaPublisher(kafka_bootstrap)
+        publisher.publish(settings.topics.lifecycle, forged.key, forged.headers, forged.value)
+        publisher.flush()
+        publisher.close()
+        body = {**real, "account_id": str(live_id), "receipt_id": str(erasure_receipt_id(live_id))}
+        other = ReceiptSigner(os.urandom(32)).sign(body)
+        archive.write_text(json.dumps([real, other]))
+    finally:
+        accounts.close()
+
+    result = reshred(cli_env(settings), "reshred", "--receipts", str(archive))
+
+    assert result.returncode == 1  # a receipt was refused: said, and counted
+    assert "receipts refused: 1" in result.stdout
+    assert "purges recorded again: 0" in result.stdout
+    assert fresh_read(settings, live_id) == (LIVE["email"], AccountStatus.ACTIVE)
+    assert fresh_read(settings, gone_id) == (REDACTED, AccountStatus.PURGED)

@@ -11,7 +11,7 @@ from uuid import UUID
 import pytest
 from support import wait_until
 
-from consumers.faults import DLQ_ERROR_CODE, RetryPolicy
+from consumers.faults import RetryPolicy
 from consumers.kit import Consumer
 from lifecycle import bootstrap
 from lifecycle.application import Accounts
@@ -25,6 +25,7 @@ from lifecycle.erasure import (
     Confirmation,
     ErasureProcess,
 )
+from lifecycle.erasure_refusals import ErasureRefusals
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
@@ -194,7 +195,7 @@ def erasure_consumer(
 ) -> Iterator[Consumer]:
     consumer = bootstrap.erasure_consumer(
         build_erasure(accounts, settings),
-        InProcessSource(log, [TOPICS.erasure_confirmed]),
+        InProcessSource(log, [*TOPICS.confirmations.values(), TOPICS.legacy_erasure_confirmed]),
         log,
         TOPICS,
         retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01),
@@ -208,17 +209,33 @@ def erasure_consumer(
     thread.join(timeout=10)
 
 
-def confirm(log: InProcessPublisher, account_id: UUID, service: str, rows: int) -> None:
+def confirm(
+    log: InProcessPublisher,
+    account_id: UUID,
+    service: str,
+    rows: int,
+    *,
+    topic: str | None = None,
+    ce_id: str | None = None,
+) -> None:
+    """A confirmation naming `service`, on `service`'s own topic unless `topic` says."""
     record = encode_erasure_confirmed(
         ErasureConfirmedV1(
             account_id=account_id,
             service=service,
             rows_removed=rows,
             confirmed_at=datetime.now(UTC),
-        )
+        ),
+        ce_id=ce_id,
     )
-    log.publish(TOPICS.erasure_confirmed, record.key, record.headers, record.value)
+    log.publish(
+        topic or TOPICS.erasure_confirmed(service), record.key, record.headers, record.value
+    )
     log.flush()
+
+
+def refusals(accounts: Accounts) -> dict[tuple[str, str], int]:
+    return ErasureRefusals(accounts.database).totals()
 
 
 def settled(consumer: Consumer, count: int) -> bool:
@@ -230,9 +247,13 @@ def test_duplicate_confirmation_records_lead_to_one_purged(
     accounts: Accounts, log: InProcessPublisher, erasure_consumer: Consumer
 ) -> None:
     account_id = withdrawn_member(accounts)
+    ids = {
+        s: f"{account_id}:{s}:erasure-confirmed:{uuid.uuid4().hex}"
+        for s in ("scout", "chat", "mail")
+    }
     for service, rows in (("scout", 2), ("scout", 2), ("chat", 4), ("mail", 3), ("mail", 3)):
-        confirm(log, account_id, service, rows)
-    confirm(log, account_id, "chat", 4)
+        confirm(log, account_id, service, rows, ce_id=ids[service])
+    confirm(log, account_id, "chat", 4, ce_id=ids["chat"])
     wait_until(lambda: settled(erasure_consumer, 6))
     assert erasure_consumer.stats.applied == 3
     assert erasure_consumer.stats.duplicates == 3
@@ -240,22 +261,104 @@ def test_duplicate_confirmation_records_lead_to_one_purged(
     assert purged_events(accounts, account_id) == 1
 
 
-def test_confirmations_the_process_cannot_accept_go_to_the_dead_letters(
+def test_forged_confirmations_for_an_active_member_are_refused_and_the_real_erasure_completes(
     accounts: Accounts, log: InProcessPublisher, erasure_consumer: Consumer
 ) -> None:
-    active = member(accounts)
-    for service in ("scout", "chat", "mail"):
-        confirm(log, active, service, 0)  # never asked to erase: the third cannot purge
-    confirm(log, uuid.uuid4(), "scout", 0)  # no such account: recorded, nothing to purge
+    """Issue 19's first attack: chat and mail "confirm" for a member who never withdrew; when
+    the member withdraws, one scout confirmation must not complete the erasure."""
+    target = member(accounts)
+    for service in ("chat", "mail"):
+        confirm(log, target, service, 0)
+    confirm(log, uuid.uuid4(), "scout", 0)  # no such account
+    wait_until(lambda: settled(erasure_consumer, 3))
+    assert refusals(accounts) == {
+        ("chat", "account_not_withdrawing"): 1,
+        ("mail", "account_not_withdrawing"): 1,
+        ("scout", "account_unknown"): 1,
+    }
+    assert erasure_consumer.stats.outcomes == {"confirmation_refused": 3}
+    assert log.read(TOPICS.dlq(ERASURE_GROUP)) == []  # refused, not a fault to re-drive
+    status = build_erasure(accounts, Settings()).status(target)["services"]
+    assert {s: v["state"] for s, v in status.items()} == dict.fromkeys(status, "pending")
+
+    accounts.request_withdrawal(target, reason="hired_elsewhere")
+    confirm(log, target, "scout", 1)
     wait_until(lambda: settled(erasure_consumer, 4))
-    dead = log.read(TOPICS.dlq(ERASURE_GROUP))
-    assert [dict(item.record.headers)[DLQ_ERROR_CODE] for item in dead] == [
-        b"account_not_withdrawing"
-    ]
-    assert accounts.load_for_audit(active).status is AccountStatus.ACTIVE
+    assert accounts.load_for_audit(target).status is AccountStatus.WITHDRAWING
+    confirm(log, target, "chat", 2)
+    confirm(log, target, "mail", 3)  # the real ones, after the withdrawal
+    wait_until(lambda: accounts.load_for_audit(target).status is AccountStatus.PURGED)
+    assert purged_events(accounts, target) == 1
 
 
-def test_erasures_completed_by_one_batch_are_all_purged_and_a_poison_one_alone_dead_lettered(
+def test_a_confirmation_counts_for_the_topic_it_came_on_never_for_what_it_says(
+    accounts: Accounts, log: InProcessPublisher, erasure_consumer: Consumer
+) -> None:
+    """Attributed by topic: mail's principal cannot confirm for scout by naming it, and the
+    shared topic of earlier releases vouches for nobody unless the transition setting is on."""
+    target = withdrawn_member(accounts)
+    confirm(log, target, "scout", 0, topic=TOPICS.erasure_confirmed("mail"))
+    confirm(log, target, "chat", 0, topic=TOPICS.legacy_erasure_confirmed)
+    confirm(log, target, "mail", 0, topic=TOPICS.lifecycle)
+    wait_until(lambda: settled(erasure_consumer, 2))
+    assert refusals(accounts) == {
+        ("mail", "service_mismatch"): 1,
+        ("chat", "unattributed"): 1,
+    }
+    for service in ("scout", "chat", "mail"):
+        confirm(log, target, service, 1)
+    wait_until(lambda: accounts.load_for_audit(target).status is AccountStatus.PURGED)
+
+
+def test_the_legacy_shared_topic_is_believed_only_during_a_rolling_upgrade(
+    accounts: Accounts, settings: Settings, log: InProcessPublisher
+) -> None:
+    legacy = settings.model_copy(update={"erasure_legacy_confirmations": True})
+    assert bootstrap.confirmation_topics(legacy, TOPICS)[-1] == TOPICS.legacy_erasure_confirmed
+    assert TOPICS.legacy_erasure_confirmed not in bootstrap.confirmation_topics(settings, TOPICS)
+    consumer = bootstrap.erasure_consumer(
+        build_erasure(accounts, settings),
+        InProcessSource(log, bootstrap.confirmation_topics(legacy, TOPICS)),
+        log,
+        TOPICS,
+        poll_timeout_s=0.05,
+        legacy=True,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))
+    thread.start()
+    try:
+        target = withdrawn_member(accounts)
+        active = member(accounts)
+        for service in ("scout", "chat", "mail"):
+            confirm(log, target, service, 1, topic=TOPICS.legacy_erasure_confirmed)
+        # Weaker, but still only for a withdrawing member.
+        confirm(log, active, "chat", 1, topic=TOPICS.legacy_erasure_confirmed)
+        wait_until(lambda: settled(consumer, 4))
+        assert accounts.load_for_audit(target).status is AccountStatus.PURGED
+        assert refusals(accounts) == {("chat", "account_not_withdrawing"): 1}
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_pre_published_confirmation_ids_cannot_shadow_the_real_ones(
+    accounts: Accounts, log: InProcessPublisher, erasure_consumer: Consumer
+) -> None:
+    """Ids are de-duplicated as (source, type, id), and a service's ids carry a random nonce:
+    a record published in advance under a guessed id is refused, and the real one applies."""
+    target = member(accounts)
+    guessed = f"{target}:scout:erasure-confirmed:{'0' * 32}"
+    confirm(log, target, "scout", 0, ce_id=guessed)
+    wait_until(lambda: settled(erasure_consumer, 1))
+    accounts.request_withdrawal(target, reason="hired_elsewhere")
+    for service in ("scout", "chat", "mail"):
+        confirm(log, target, service, 1)
+    wait_until(lambda: accounts.load_for_audit(target).status is AccountStatus.PURGED)
+    assert refusals(accounts) == {("scout", "account_not_withdrawing"): 1}
+
+
+def test_erasures_completed_by_one_batch_are_all_purged_and_a_forged_one_alone_refused(
     accounts: Accounts, settings: Settings, log: InProcessPublisher
 ) -> None:
     withdrawn = [withdrawn_member(accounts) for _ in range(4)]
@@ -266,7 +369,7 @@ def test_erasures_completed_by_one_batch_are_all_purged_and_a_poison_one_alone_d
     # Published before the consumer starts, so its first poll holds all of them.
     consumer = bootstrap.erasure_consumer(
         build_erasure(accounts, settings),
-        InProcessSource(log, [TOPICS.erasure_confirmed]),
+        InProcessSource(log, [*TOPICS.confirmations.values(), TOPICS.legacy_erasure_confirmed]),
         log,
         TOPICS,
         retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01),
@@ -284,7 +387,7 @@ def test_erasures_completed_by_one_batch_are_all_purged_and_a_poison_one_alone_d
         assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
         assert purged_events(accounts, account_id) == 1
     assert accounts.load_for_audit(active).status is AccountStatus.ACTIVE
-    dead = log.read(TOPICS.dlq(ERASURE_GROUP))
-    assert [dict(item.record.headers)[DLQ_ERROR_CODE] for item in dead] == [
-        b"account_not_withdrawing"
-    ]
+    assert log.read(TOPICS.dlq(ERASURE_GROUP)) == []
+    assert refusals(accounts) == {
+        (s, "account_not_withdrawing"): 1 for s in ("scout", "chat", "mail")
+    }

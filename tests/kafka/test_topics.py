@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from support import unique_tag
 
 from lifecycle.kafka.admin import TopicSettings, ensure_topics, topic_specs
 from schemas.contract import TopicNames
@@ -29,7 +29,7 @@ def admin(kafka_bootstrap: str) -> Iterator[KafkaAdminClient]:
 
 @pytest.fixture
 def names(admin: KafkaAdminClient) -> Iterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    names = TopicNames(prefix=f"t{unique_tag()}.")
     yield names
     existing = set(admin.list_topics())
     admin.delete_topics([name for name in names.all() if name in existing])
@@ -76,9 +76,10 @@ def test_configs_read_back_from_the_broker(
     assert lifecycle["cleanup.policy"] == "delete"
     assert lifecycle["retention.ms"] == "3600000"
 
-    confirmations = described(admin, names.erasure_confirmed)
-    assert confirmations["cleanup.policy"] == "delete"
-    assert int(confirmations["retention.ms"]) > 0
+    for service in ("scout", "chat", "mail"):
+        confirmations = described(admin, names.erasure_confirmed(service))
+        assert confirmations["cleanup.policy"] == "delete"
+        assert int(confirmations["retention.ms"]) > 0
 
     for group in ("scout", "chat", "mail", "lifecycle-erasure"):
         dead_letters = described(admin, names.dlq(group))

@@ -84,6 +84,26 @@ def test_every_process_kind_of_the_cli_runs_as_a_service() -> None:
     }
 
 
+def test_every_party_reaches_kafka_under_its_own_principal_on_an_authorizing_broker() -> None:
+    """Issue 19: the broker authenticates (SASL) and authorizes (standard authorizer, nothing
+    allowed without an ACL); each erasing service runs as itself, the service's processes as
+    `lifecycle`, topics and ACLs are the admin's."""
+    services = load()["services"]
+    kafka = services["kafka-1"]["environment"]
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert kafka["KAFKA_SUPER_USERS"] == "User:admin"
+    assert "PLAINTEXT:PLAINTEXT" not in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    expected = {"api": "lifecycle", "relay": "lifecycle", "erasure": "lifecycle"}
+    expected |= {name: name for name in ("scout", "chat", "mail")}
+    expected |= {"topics": "admin", "acls": "admin"}
+    for name, principal in expected.items():
+        env = services[name]["environment"]
+        assert env["LIFECYCLE_KAFKA_SASL_USERNAME"] == principal, name
+        assert env["LIFECYCLE_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_"), name
+    assert services["acls"]["command"] == ["lifecycle", "acls", "--apply"]
+
+
 def test_prometheus_scrapes_the_api_and_every_worker_probe() -> None:
     services = load()["services"]
     config = yaml.safe_load((COMPOSE.parent / "ops" / "prometheus" / "prometheus.yml").read_text())

@@ -132,7 +132,7 @@ def test_encode_then_decode_round_trips_in_binary_mode(index: int) -> None:
 def test_headers_and_key_never_carry_personal_values() -> None:
     account_id = uuid4()
     for payload in samples(account_id):
-        record = encode_record(payload, ce_id="x", subject=str(account_id), time=NOW)
+        record = encode_record(payload, ce_id=f"{account_id}:1", subject=str(account_id), time=NOW)
         exposed = record.key + b"".join(name.encode() + value for name, value in record.headers)
         for text in PERSONAL_STRINGS:
             assert text.encode() not in exposed
@@ -155,31 +155,37 @@ def test_profile_tombstone_has_headers_and_no_value() -> None:
 def test_only_the_profile_may_be_a_tombstone() -> None:
     account_id = uuid4()
     with pytest.raises(ContractError):
-        encode_tombstone(PurgedV1, ce_id="x", subject=str(account_id), time=NOW)
+        encode_tombstone(PurgedV1, ce_id=f"{account_id}:1", subject=str(account_id), time=NOW)
     record = encode_record(
-        PurgedV1(account_id=account_id, purged_at=NOW), ce_id="x", subject=str(account_id), time=NOW
+        PurgedV1(account_id=account_id, purged_at=NOW),
+        ce_id=f"{account_id}:1",
+        subject=str(account_id),
+        time=NOW,
     )
     with pytest.raises(ContractError, match="without data"):
         decode_record(record.headers, None)
 
 
-def test_erasure_confirmation_has_a_deterministic_id_and_its_service_as_source() -> None:
+def test_erasure_confirmation_has_an_unpredictable_id_and_its_service_as_source() -> None:
     account_id = uuid4()
     confirmation = ErasureConfirmedV1(
         account_id=account_id, service="scout", rows_removed=0, confirmed_at=NOW
     )
     first = encode_erasure_confirmed(confirmation)
     again = encode_erasure_confirmed(confirmation)
-    assert first == again
+    assert first.headers != again.headers  # nobody can publish its id before the service
     envelope = decode_record(first.headers, first.value)
-    assert envelope.id == f"{account_id}:scout:erasure-confirmed"
+    assert envelope.id.startswith(f"{account_id}:scout:erasure-confirmed:")
+    assert len(envelope.id.rsplit(":", 1)[1]) == 32
     assert envelope.source == "/scout/erasure"
     assert envelope.data == confirmation
 
 
 def _registered_record() -> tuple[UUID, list[tuple[str, bytes]], bytes]:
     account_id = uuid4()
-    record = encode_record(samples(account_id)[0], ce_id="x", subject=str(account_id), time=NOW)
+    record = encode_record(
+        samples(account_id)[0], ce_id=f"{account_id}:1", subject=str(account_id), time=NOW
+    )
     assert record.value is not None
     return account_id, record.headers, record.value
 
@@ -187,6 +193,9 @@ def _registered_record() -> tuple[UUID, list[tuple[str, bytes]], bytes]:
 def _replace(headers: list[tuple[str, bytes]], name: str, value: bytes | None) -> Any:
     kept = [(key, raw) for key, raw in headers if key != name]
     return kept if value is None else [*kept, (name, value)]
+
+
+OTHER_ACCOUNT = b"6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f"
 
 
 @pytest.mark.parametrize(
@@ -198,7 +207,14 @@ def _replace(headers: list[tuple[str, bytes]], name: str, value: bytes | None) -
         ("ce_time", b"yesterday", "RFC 3339"),
         ("ce_time", b"2026-04-01T09:30:00", "offset"),
         ("content-type", b"text/plain", "content-type"),
-        ("ce_subject", str(uuid4()).encode(), "ce_subject differs"),
+        # An id names its account: one naming another than the subject is forged or broken.
+        # (Fixed ids: every xdist worker collects the same test ids.)
+        (
+            "ce_subject",
+            b"6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f",
+            "ce_id does not belong to ce_subject",
+        ),
+        ("ce_id", b"6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f:7", "ce_id does not belong to ce_subject"),
         ("ce_source", b"\xff\xfe", "UTF-8"),
     ],
 )
@@ -229,7 +245,10 @@ def test_topic_names_default_to_v1_and_take_a_prefix() -> None:
     names = TopicNames()
     assert names.lifecycle == "account.lifecycle.v1"
     assert names.profile == "account.profile.v1"
-    assert names.erasure_confirmed == "account.erasure-confirmed.v1"
+    assert names.erasure_confirmed("scout") == "account.erasure-confirmed.scout.v1"
+    assert names.legacy_erasure_confirmed == "account.erasure-confirmed.v1"
+    assert names.service_of_confirmation_topic("account.erasure-confirmed.chat.v1") == "chat"
+    assert names.service_of_confirmation_topic("account.erasure-confirmed.v1") is None
     assert names.dead_letters == (
         "scout.dlq.v1",
         "chat.dlq.v1",
@@ -239,7 +258,7 @@ def test_topic_names_default_to_v1_and_take_a_prefix() -> None:
     prefixed = TopicNames(prefix="t1.")
     assert prefixed.lifecycle == "t1.account.lifecycle.v1"
     assert prefixed.dlq("mail") == "t1.mail.dlq.v1"
-    assert len(set(prefixed.all())) == 7
+    assert len(set(prefixed.all())) == 9
     assert all(name.startswith("t1.") for name in prefixed.all())
 
 

@@ -51,6 +51,7 @@ def account_path(account_id: UUID) -> str:
 
 @router.post(
     "/accounts",
+    operation_id="registerAccount",
     status_code=status.HTTP_201_CREATED,
     summary="Register a member",
     responses=problem_responses(409, 422),
@@ -64,6 +65,7 @@ def register(body: RegisterRequest, accounts: AccountsDep, response: Response) -
 
 @router.get(
     "/accounts/{account_id}",
+    operation_id="getAccount",
     summary="The account's current profile and status",
     responses=problem_responses(404, 410),
 )
@@ -73,6 +75,7 @@ def get_account(account_id: AccountId, accounts: AccountsDep) -> AccountOut:
 
 @router.patch(
     "/accounts/{account_id}/preferences",
+    operation_id="editPreferences",
     summary="Edit profile, work history, desired conditions or notifications",
     description=(
         "Send any subset of the parts. Fields left out of `profile`, `desired` and "
@@ -91,6 +94,7 @@ def edit_preferences(
 
 @router.post(
     "/accounts/{account_id}/scouts",
+    operation_id="receiveScout",
     status_code=status.HTTP_201_CREATED,
     summary="Record a scout the member received (once per scout id)",
     responses={
@@ -112,6 +116,7 @@ def receive_scout(
 
 @router.post(
     "/accounts/{account_id}/gift-claim",
+    operation_id="claimGift",
     status_code=status.HTTP_201_CREATED,
     summary="Claim the hiring gift for a start at a company that scouted the member",
     responses=problem_responses(*ON_ACCOUNT, 409),
@@ -129,6 +134,7 @@ def claim_gift(account_id: AccountId, body: GiftClaimRequest, accounts: Accounts
 
 @router.get(
     "/accounts/{account_id}/withdrawal-preview",
+    operation_id="previewWithdrawal",
     summary="What the member loses by withdrawing now",
     responses=problem_responses(404, 410),
 )
@@ -138,6 +144,7 @@ def withdrawal_preview(account_id: AccountId, accounts: AccountsDep) -> Withdraw
 
 @router.post(
     "/accounts/{account_id}/withdrawal",
+    operation_id="requestWithdrawal",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Request withdrawal; erasure follows",
     description=(
@@ -163,6 +170,7 @@ def request_withdrawal(
 
 @router.get(
     "/accounts/{account_id}/erasure",
+    operation_id="getErasureStatus",
     summary="Where erasure stands: requested, each service's confirmation, purged, overdue",
     responses=problem_responses(404),
 )

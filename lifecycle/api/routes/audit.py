@@ -66,6 +66,7 @@ class ChainHead(BaseModel):
 
 @router.get(
     "/accounts/{account_id}/events",
+    operation_id="listAccountEvents",
     summary="An account's events as stored: versions, times, topics, every attribute",
     responses=problem_responses(404),
 )
@@ -132,7 +133,11 @@ def account_events(
     )
 
 
-@router.get("/hash-chain", summary="The tamper-evidence chain's head and how far behind it is")
+@router.get(
+    "/hash-chain",
+    operation_id="getHashChainHead",
+    summary="The tamper-evidence chain's head and how far behind it is",
+)
 def hash_chain(accounts: AccountsDep) -> ChainHead:
     position, link = HashChain(accounts.database).head()
     head = accounts.recorder.max_notification_id() or 0

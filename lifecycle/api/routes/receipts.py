@@ -67,6 +67,7 @@ def _not_found() -> AccountNotFoundError:
 
 @ops_router.get(
     "/erasures/{account_id}/receipt",
+    operation_id="getAccountErasureReceipt",
     summary="The signed erasure receipt of a purged account",
     description=RECEIPT_DESCRIPTION,
     responses=problem_responses(404),
@@ -80,6 +81,7 @@ def receipt_of_account(account_id: AccountId, erasure: ErasureDep) -> dict[str, 
 
 @audit_router.get(
     "/receipts/{receipt_id}",
+    operation_id="getErasureReceipt",
     summary="A signed erasure receipt, by its id",
     description=RECEIPT_DESCRIPTION,
     responses=problem_responses(404),
@@ -99,6 +101,7 @@ def receipt(
 
 @public_router.get(
     "/.well-known/erasure-receipt-key",
+    operation_id="getErasureReceiptKey",
     summary="The public key that signs erasure receipts",
 )
 def receipt_key(accounts: AccountsDep) -> ReceiptKey:

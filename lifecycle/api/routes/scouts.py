@@ -75,6 +75,7 @@ class BulkScoutsRecorded(BaseModel):
 
 @router.post(
     "/scouts",
+    operation_id="receiveScouts",
     summary=f"Record up to {MAX_BULK_SCOUTS} scouts at once (once per scout id and account)",
     description=(
         "Answers 200 with one result per item, in order: `recorded` (201 on the single "

@@ -59,7 +59,11 @@ class Timeline(BaseModel):
     events: list[TimelineEntry]
 
 
-@router.get("/accounts", summary="Accounts by status (read model), a page at a time")
+@router.get(
+    "/accounts",
+    operation_id="listAccounts",
+    summary="Accounts by status (read model), a page at a time",
+)
 def list_accounts(
     api: StateDep,
     status_: Annotated[AccountStatus | None, Query(alias="status")] = None,
@@ -79,6 +83,7 @@ def list_accounts(
 
 @router.get(
     "/accounts/{account_id}/timeline",
+    operation_id="getAccountTimeline",
     summary="One account's events: versions, times and facts, no personal values",
     responses=problem_responses(404),
 )

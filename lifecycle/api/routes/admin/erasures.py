@@ -70,7 +70,11 @@ class RetryRequested(BaseModel):
     )
 
 
-@router.get("/erasures", summary="Erasures open, pending, errored, overdue or purged")
+@router.get(
+    "/erasures",
+    operation_id="listErasures",
+    summary="Erasures open, pending, errored, overdue or purged",
+)
 def list_erasures(
     api: StateDep,
     state: Annotated[
@@ -91,6 +95,7 @@ def list_erasures(
 
 @router.get(
     "/erasures/{account_id}",
+    operation_id="getErasure",
     summary="One account's erasure, per service",
     responses=problem_responses(404),
 )
@@ -103,13 +108,16 @@ def get_erasure(account_id: AccountId, api: StateDep) -> Erasure:
 
 @router.post(
     "/erasures/{account_id}/services/{service}/retry",
+    operation_id="retryErasure",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Ask one lagging service again to erase the account",
     description=(
         "Records the request (shown as `retry_requested` until the service confirms) and, "
-        "with Kafka configured, publishes the account's WithdrawalRequested record again with "
-        "its original `ce_id`: a service that never handled it (dead-lettered, or behind) "
-        "erases and confirms; services that did skip it as a duplicate."
+        "with Kafka configured, publishes the account's WithdrawalRequested record again under "
+        "a fresh `ce_id` (the original's with a random `:retry-...` suffix, so no record "
+        "published before it, forged or not, can make it a duplicate): a service that never "
+        "handled it (dead-lettered, or behind) erases and confirms; services that did erase "
+        "nothing more and confirm again, which changes nothing."
     ),
     responses=problem_responses(404, 409, 422, 503),
 )
@@ -157,9 +165,9 @@ def retry_erasure(
 def withdrawal_record(
     accounts: Accounts, account_id: UUID, topics: TopicNames
 ) -> tuple[str, bytes, list[tuple[str, bytes]], bytes | None]:
-    """The account's WithdrawalRequested record exactly as the relay published it."""
+    """The account's WithdrawalRequested record as the relay published it, under a retry id."""
     from lifecycle.relay import lifecycle_payload
-    from schemas.contract import encode_record, lifecycle_event_id
+    from schemas.contract import encode_record, retry_event_id
 
     mapper = facts_mapper(accounts.mapper)
     for stored in accounts.recorder.select_events(account_id, desc=True):
@@ -169,7 +177,7 @@ def withdrawal_record(
             assert payload is not None
             record = encode_record(
                 payload,
-                ce_id=lifecycle_event_id(account_id, event.originator_version),
+                ce_id=retry_event_id(account_id, event.originator_version),
                 subject=str(account_id),
                 time=event.timestamp,
             )

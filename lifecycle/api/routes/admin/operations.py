@@ -128,7 +128,11 @@ class DeadLetterAction(BaseModel):
     republished_to: str | None
 
 
-@router.get("/projections", summary="Read models' positions and lag behind the log")
+@router.get(
+    "/projections",
+    operation_id="listProjections",
+    summary="Read models' positions and lag behind the log",
+)
 def projections(accounts: AccountsDep) -> Projections:
     return Projections(**projection_states(accounts))
 
@@ -155,7 +159,11 @@ def _shadow_position(accounts: Accounts, model_class: type[ReadModel]) -> int | 
     return shadow.position() if shadow.exists() else None
 
 
-@router.get("/consumers", summary="Consumer-group lag per downstream service (Kafka)")
+@router.get(
+    "/consumers",
+    operation_id="listConsumerLag",
+    summary="Consumer-group lag per downstream service (Kafka)",
+)
 def consumers(kafka: KafkaDep) -> list[GroupLag]:
     return [GroupLag(**group) for group in kafka.group_lag()]
 
@@ -176,6 +184,7 @@ def _known_group(group: str) -> str:
 
 @router.get(
     "/dead-letters/{group}",
+    operation_id="listDeadLetters",
     summary="Dead letters of one consumer group, not yet re-driven or discarded",
     responses=problem_responses(422),
 )
@@ -242,12 +251,22 @@ def _source_to_redrive(
     letter: DeadLetter,
     source: tuple[str, int, int],
 ) -> SourceRecord:
-    """The original record, read at its source offset, when it may be published again."""
+    """The original record, read at its source offset, when it may be published again.
+
+    A dead letter's headers are only a claim (anyone who could write the topic could forge
+    one): the source must be one of the group's own input topics, the record there must carry
+    the `ce_id` the letter names, and the account is the one the original record names."""
     topic, partition, offset = source
-    status = _account_status(accounts, letter)
-    if status is AccountStatus.PURGED:
-        raise DeadLetterSourceGoneError(
-            "account_purged", detail="the account is purged: its records are not re-driven"
+    if topic not in kafka.topics.inputs_of(letter.group):
+        raise ConflictError(
+            "dead_letter_source_refused",
+            detail="the dead letter names a source that is not one of its group's inputs",
+        )
+    ce_id = letter.header("ce_id")
+    if ce_id is None:
+        raise ConflictError(
+            "dead_letter_source_refused",
+            detail="the dead letter names no ce_id to check its source record against",
         )
     original = kafka.source_record(topic, partition, offset)
     if original is None:
@@ -255,10 +274,14 @@ def _source_to_redrive(
             "source_record_erased",
             detail="the source record is gone (compaction or retention erased it)",
         )
-    ce_id = letter.header("ce_id")
-    if ce_id is not None and original.header("ce_id") != ce_id:
+    if original.header("ce_id") != ce_id:
         raise DeadLetterSourceGoneError(
             "source_record_erased", detail="the source offset holds another record"
+        )
+    status = _account_status(accounts, original)
+    if status is AccountStatus.PURGED:
+        raise DeadLetterSourceGoneError(
+            "account_purged", detail="the account is purged: its records are not re-driven"
         )
     if topic == kafka.topics.profile:
         if status not in (None, AccountStatus.ACTIVE):
@@ -276,10 +299,10 @@ def _source_to_redrive(
     return original
 
 
-def _account_status(accounts: Accounts, letter: DeadLetter) -> AccountStatus | None:
-    """The status of the account the dead letter names (key or `ce_subject`); None when it
-    names none the service knows."""
-    for text in (letter.header("ce_subject"), (letter.key or b"").decode(errors="replace")):
+def _account_status(accounts: Accounts, original: SourceRecord) -> AccountStatus | None:
+    """The status of the account the original record names (its key or `ce_subject`), never
+    what the dead letter says; None when it names none the service knows."""
+    for text in (original.header("ce_subject"), (original.key or b"").decode(errors="replace")):
         try:
             account_id = UUID(text or "")
         except ValueError:
@@ -293,10 +316,14 @@ def _account_status(accounts: Accounts, letter: DeadLetter) -> AccountStatus | N
 
 @router.post(
     "/dead-letters/{group}/{partition}/{offset}/redrive",
+    operation_id="redriveDeadLetter",
     summary="Publish the record a dead letter refers to again, read from its source offset",
     description="410 `dead_letter_source_gone` when the source record is erased (compaction "
     "or retention) or belongs to a purged account; for a profile record also when the account "
-    "is withdrawing or a later profile record replaced it (`reason` says which).",
+    "is withdrawing or a later profile record replaced it (`reason` says which). 409 with "
+    "reason `dead_letter_source_refused` when the letter names a source that is not one of "
+    "its group's input topics, or names no `ce_id` to check the source record against (a "
+    "letter's headers are a claim; the account is taken from the original record).",
     responses=problem_responses(404, 409, 410, 422, 503),
 )
 def redrive_dead_letter(
@@ -321,6 +348,7 @@ def redrive_dead_letter(
 
 @router.post(
     "/dead-letters/{group}/{partition}/{offset}/discard",
+    operation_id="discardDeadLetter",
     summary="Mark one dead letter discarded (it leaves the list; retention removes it; it "
     "holds ids and the error only)",
     responses=problem_responses(404, 409, 422),

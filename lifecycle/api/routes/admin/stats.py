@@ -37,7 +37,11 @@ class CompanyScouts(BaseModel):
     last_scout_at: datetime
 
 
-@router.get("/stats/withdrawal-reasons", summary="Withdrawals per reason per week (JST)")
+@router.get(
+    "/stats/withdrawal-reasons",
+    operation_id="getWithdrawalReasonStats",
+    summary="Withdrawals per reason per week (JST)",
+)
 def withdrawal_reasons(
     api: StateDep,
     since: Annotated[IsoDate | None, Query(description="First week (inclusive).")] = None,
@@ -47,7 +51,9 @@ def withdrawal_reasons(
     return [WeeklyReasons(**row) for row in rows]
 
 
-@router.get("/stats/gifts", summary="Gifts claimed per month and company (JST)")
+@router.get(
+    "/stats/gifts", operation_id="getGiftStats", summary="Gifts claimed per month and company (JST)"
+)
 def gift_statistics(
     api: StateDep,
     since: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM")] = None,
@@ -56,7 +62,11 @@ def gift_statistics(
     return [MonthlyGifts(**row) for row in api.model(GiftClaims).monthly(since, until)]
 
 
-@router.get("/stats/scouts", summary="Scouts per company, and to how many members")
+@router.get(
+    "/stats/scouts",
+    operation_id="getScoutStats",
+    summary="Scouts per company, and to how many members",
+)
 def scout_statistics(
     api: StateDep, after: str | None = None, limit: Limit = 100
 ) -> list[CompanyScouts]:
