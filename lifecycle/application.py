@@ -41,6 +41,7 @@ from lifecycle.errors import (
     AccountNotFoundError,
     AccountPurgedError,
     ConcurrentUpdateError,
+    KeyDestroyedError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
 from lifecycle.idempotency import DEFAULT_TTL_S, IdempotencyStore
@@ -343,7 +344,12 @@ class Accounts(Application[UUID]):
         else:
             claim = self._find_claim(keyed_id(self._claim_key, account.email))
             claims = [] if claim is None else [claim]
-            holders += [self.vault.holder_token(account.id, claim.id) for claim in claims]
+            try:
+                holders += [self.vault.holder_token(account.id, claim.id) for claim in claims]
+            except KeyDestroyedError:
+                # Loaded with its key, which a concurrent purge destroyed since: that purge
+                # won; the retry reloads and finds it purged.
+                raise IntegrityError("purged concurrently") from None
         for claim in claims:
             claim.release(*holders)
         self.save(account, *claims)
