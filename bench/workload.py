@@ -16,6 +16,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresDatastore
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import KeyVault, PersonalDataMapper, holder_token, new_master_key
 from lifecycle.domain import Account, EmailClaim
 from lifecycle.settings import Settings, token_digest
@@ -88,6 +89,7 @@ def bench_settings(database_url: str, schema: str, master_key: str | None = None
 
 
 def open_accounts(settings: Settings) -> Accounts:
+    migrate_lifecycle(settings)  # idempotent: `lifecycle migrate` before the first start
     return Accounts(env=settings.application_env())
 
 

@@ -26,7 +26,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
-from lifecycle import tracing
+from lifecycle import event_names, tracing
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
 from lifecycle.crypto import KEYS_TABLE, KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
 from lifecycle.domain import (
@@ -111,14 +111,14 @@ class Accounts(Application[UUID]):
     env = {  # noqa: RUF012 - the library's own class attribute
         "ORIGINATOR_ID_TYPE": "uuid",
         "TRANSCODER_TOPIC": get_topic(OrjsonTranscoder),
+        # Tables come from migrations (lifecycle.migrations), never from a constructor.
+        "CREATE_TABLE": "n",
     }
 
     def __init__(
         self, env: dict[str, str] | None = None, *, max_batch: int = DEFAULT_MAX_BATCH
     ) -> None:
         super().__init__(env)
-        self.vault.create_schema()
-        self.idempotency.create_schema()
         if isinstance(self.recorder, PostgresKeyRecorder):
             self.recorder.key_seen = self.vault.remember_wrapped
         self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)
@@ -247,13 +247,17 @@ class Accounts(Application[UUID]):
         account_id: UUID,
         *,
         reason: str,
+        reason_details: list[str] | None = None,
         comment: str | None = None,
         acknowledge_gift_loss: bool = False,
     ) -> bool:
         def attempt() -> bool:
             account = self.get_account(account_id)
             requested = account.request_withdrawal(
-                reason=reason, comment=comment, acknowledge_gift_loss=acknowledge_gift_loss
+                reason=reason,
+                reason_details=reason_details,
+                comment=comment,
+                acknowledge_gift_loss=acknowledge_gift_loss,
             )
             self.save(account)
             return requested
@@ -358,7 +362,7 @@ class Accounts(Application[UUID]):
         """Claims this account holds, found without its address: a walk over every claim
         event (rare: only an account whose key went before its purge needs it, and only its
         claims recorded before holders were sealed name it)."""
-        topic, holder = get_topic(EmailClaim.Claimed), legacy_holder(account_id)
+        topic, holder = event_names.EMAIL_CLAIMED, legacy_holder(account_id)
         found: set[UUID] = set()
         start = 1
         while True:

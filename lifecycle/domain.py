@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 
-from lifecycle import addresses
+from lifecycle import addresses, event_names
 from lifecycle.errors import (
     AccountNotWithdrawingError,
     AccountPurgedError,
@@ -43,6 +43,18 @@ class WithdrawalReason(StrEnum):
     OTHER = "other"
 
 
+# What a member may add to a reason, as codes (never free text): which of the reason's parts
+# weighed. Version 2 of WithdrawalRequested records them; version-1 events read as none given.
+WITHDRAWAL_REASON_DETAILS: dict[str, tuple[str, ...]] = {
+    WithdrawalReason.HIRED_VIA_PLATFORM: (),
+    WithdrawalReason.HIRED_ELSEWHERE: ("agent", "direct_application", "referral", "other_platform"),
+    WithdrawalReason.TOO_MANY_NOTIFICATIONS: ("scouts", "recommendations", "notices"),
+    WithdrawalReason.POSTINGS_MISMATCH: ("location", "salary", "job_type", "industry", "seniority"),
+    WithdrawalReason.HARD_TO_USE: ("app", "web", "search", "messaging"),
+    WithdrawalReason.OTHER: (),
+}
+
+
 class Channel(StrEnum):
     WEB = "web"
     APP = "app"
@@ -60,7 +72,11 @@ def normalise_email(email: str) -> str:
 
 
 class Account(Aggregate):
-    """One member's account, from registration to erasure."""
+    """One member's account, from registration to erasure.
+
+    Each class's `TOPIC` is its stored name (lifecycle.event_names): rename or move freely."""
+
+    TOPIC = event_names.ACCOUNT
 
     class Event(Aggregate.Event):
         # Names of this event's attributes that hold personal values; the stored form
@@ -70,7 +86,14 @@ class Account(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.fold(self)
 
+    class Created(Event, Aggregate.Created):
+        """Never recorded (accounts begin with Registered); declared only because the
+        library gives every aggregate one, and with explicit topics each needs a name."""
+
+        TOPIC = event_names.ACCOUNT_CREATED_UNUSED
+
     class Registered(Event, Aggregate.Created):
+        TOPIC = event_names.REGISTERED
         class_version = 1
         personal_fields = ("email", "display_name", "phone", "job_title", "work_history")
         email: str
@@ -87,6 +110,7 @@ class Account(Aggregate):
     class PreferencesEdited(Event):
         """Only the parts that changed; a part left as None did not change."""
 
+        TOPIC = event_names.PREFERENCES_EDITED
         class_version = 1
         personal_fields = ("job_title", "work_history")
         profile: dict[str, Any] | None
@@ -100,6 +124,7 @@ class Account(Aggregate):
             return [part for part in EDITABLE_PARTS if getattr(self, part) is not None]
 
     class ScoutReceived(Event):
+        TOPIC = event_names.SCOUT_RECEIVED
         class_version = 1
         scout_id: str
         company_id: str
@@ -107,6 +132,7 @@ class Account(Aggregate):
         received_at: datetime
 
     class GiftClaimed(Event):
+        TOPIC = event_names.GIFT_CLAIMED
         class_version = 1
         company_id: str
         start_date: date
@@ -114,14 +140,24 @@ class Account(Aggregate):
         amount_jpy: int
 
     class WithdrawalRequested(Event):
-        class_version = 1
+        """Version 2 adds `reason_details` (codes of WITHDRAWAL_REASON_DETAILS)."""
+
+        TOPIC = event_names.WITHDRAWAL_REQUESTED
+        class_version = 2
         personal_fields = ("comment",)
         reason: str
+        reason_details: list[str]
         comment: str | None
         acknowledged_gift_loss: bool
         gift_forfeited: bool
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Stored before details existed: none were given."""
+            state["reason_details"] = []
+
     class Purged(Event):
+        TOPIC = event_names.PURGED
         class_version = 1
 
     # State, folded from the events above.
@@ -163,10 +199,8 @@ class Account(Aggregate):
         account_id: UUID | None = None,
     ) -> Account:
         cls.check_email_is_plausible(email)
-        if not display_name.strip():
-            raise InvalidCommandError("display_name_empty")
-        if channel not in tuple(Channel):
-            raise InvalidCommandError("channel_invalid")
+        cls.check_display_name_is_given(display_name)
+        cls.check_channel_is_known(channel)
         return cls._create(
             cls.Registered,
             id=account_id or uuid4(),
@@ -224,6 +258,7 @@ class Account(Aggregate):
                 self.status = AccountStatus.WITHDRAWING
                 self.withdrawal = {
                     "reason": event.reason,
+                    "reason_details": event.reason_details,
                     "comment": event.comment,
                     "acknowledged_gift_loss": event.acknowledged_gift_loss,
                     "gift_forfeited": event.gift_forfeited,
@@ -289,6 +324,7 @@ class Account(Aggregate):
         self,
         *,
         reason: str,
+        reason_details: list[str] | None = None,
         comment: str | None = None,
         acknowledge_gift_loss: bool = False,
         at: datetime | None = None,
@@ -298,12 +334,14 @@ class Account(Aggregate):
         if self.status is AccountStatus.WITHDRAWING:
             return False
         self.check_withdrawal_reason_is_known(reason)
-        if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
-            raise InvalidCommandError("comment_too_long")
+        details = sorted(set(reason_details or []))
+        self.check_reason_details_fit(reason, details)
+        self.check_comment_fits(comment)
         self.check_gift_loss_is_acknowledged(reason, acknowledge_gift_loss)
         self.trigger_event(
             self.WithdrawalRequested,
             reason=WithdrawalReason(reason).value,
+            reason_details=details,
             comment=comment,
             acknowledged_gift_loss=acknowledge_gift_loss,
             gift_forfeited=self.gift_forfeited_by_withdrawal,
@@ -361,9 +399,31 @@ class Account(Aggregate):
             raise InvalidCommandError("gift_terms")
 
     @staticmethod
+    def check_display_name_is_given(display_name: str) -> None:
+        if not display_name.strip():
+            raise InvalidCommandError("display_name_empty")
+
+    @staticmethod
+    def check_channel_is_known(channel: str) -> None:
+        if channel not in tuple(Channel):
+            raise InvalidCommandError("channel_invalid")
+
+    @staticmethod
+    def check_comment_fits(comment: str | None) -> None:
+        if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
+            raise InvalidCommandError("comment_too_long")
+
+    @staticmethod
     def check_withdrawal_reason_is_known(reason: str) -> None:
         if reason not in tuple(WithdrawalReason):
             raise InvalidCommandError("unknown_withdrawal_reason")
+
+    @staticmethod
+    def check_reason_details_fit(reason: str, details: list[str]) -> None:
+        """Each detail is one of the reason's own (WITHDRAWAL_REASON_DETAILS)."""
+        allowed = WITHDRAWAL_REASON_DETAILS.get(reason, ())
+        if any(detail not in allowed for detail in details):
+            raise InvalidCommandError("reason_detail_invalid")
 
     def check_gift_loss_is_acknowledged(self, reason: str, acknowledged: bool) -> None:
         """Hired via the platform with the gift unclaimed: the member must accept losing it."""
@@ -403,6 +463,8 @@ class EmailClaim(Aggregate):
     claim and to release, and once `Purged` destroys that key nobody, not even whoever holds
     every remaining key, can tell which account a claim event was about."""
 
+    TOPIC = event_names.EMAIL_CLAIM
+
     class Event(Aggregate.Event):
         personal_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -410,6 +472,7 @@ class EmailClaim(Aggregate):
             aggregate.fold(self)
 
     class Claimed(Event):
+        TOPIC = event_names.EMAIL_CLAIMED
         class_version = 2
         holder: str
 
@@ -418,6 +481,7 @@ class EmailClaim(Aggregate):
             state["holder"] = legacy_holder(state.pop("account_id"))
 
     class Released(Event):
+        TOPIC = event_names.EMAIL_RELEASED
         class_version = 2
         holder: str
 
@@ -428,6 +492,7 @@ class EmailClaim(Aggregate):
     holder: str | None
 
     class Created(Event, Aggregate.Created):
+        TOPIC = event_names.EMAIL_CLAIM_CREATED
         class_version = 1
 
     def __init__(self) -> None:

@@ -1,4 +1,12 @@
-"""Every error class the service raises, one hierarchy; the HTTP edge maps each to a status."""
+"""The errors the application raises to its callers on purpose: the `LifecycleError` hierarchy,
+each with a stable `code`, which the HTTP edge maps to a status.
+
+Subclasses live where their layer is: the HTTP edge's own (authentication, permission,
+readiness) in `lifecycle/api/problems.py`, `MasterKeyError` (bad key configuration, at start-up)
+in `lifecycle/crypto.py`. Infrastructure and the consumer kit import no core module, so they
+raise plain exceptions of their own (`PublishError`, `KeyringError`, `TransientError`, ...),
+which the application and the entrypoints translate before a caller sees them.
+"""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def _problem(status: int, code: str, detail: str) -> dict[str, Any]:
 
 
 def _handler_for(probe: Probe) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class ProbeRequestHandler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/healthz":
                 self._answer(200, {"status": "ok"})
@@ -124,4 +124,4 @@ def _handler_for(probe: Probe) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             """Probes every few seconds would flood the worker's log; it says nothing."""
 
-    return Handler
+    return ProbeRequestHandler

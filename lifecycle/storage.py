@@ -97,8 +97,16 @@ class Database:
         raise DatabaseUrlError("the service needs PostgreSQL or SQLite persistence")
 
     @classmethod
-    def open(cls, database_url: str, schema: str = "public", *, pool_size: int = 2) -> Database:
-        """A datastore of its own, without an event store (a downstream service's tables)."""
+    def open(
+        cls,
+        database_url: str,
+        schema: str = "public",
+        *,
+        pool_size: int = 2,
+        application_name: str = "none",
+    ) -> Database:
+        """A datastore of its own: a downstream service's tables, or (naming the application)
+        the event store's database without the application (migrations)."""
         env = persistence_env(database_url, schema)
         datastore: PostgresDatastore | SQLiteDatastore
         if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
@@ -116,7 +124,7 @@ class Database:
             )
         else:
             datastore = SQLiteDatastore(env["SQLITE_DBNAME"], pool_size=pool_size)
-        return cls(datastore, application_name="none")
+        return cls(datastore, application_name=application_name)
 
     def close(self) -> None:
         self.datastore.close()
@@ -274,6 +282,11 @@ class Cursor:
             statement = statement.replace("%s", "?")
         self._cursor.execute(statement, params)
         return self
+
+    @property
+    def raw(self) -> Any:
+        """The driver's cursor (psycopg's, or the library's SQLite wrapper)."""
+        return self._cursor
 
     def fetchone(self) -> tuple[Any, ...] | None:
         row = self._cursor.fetchone()
@@ -451,13 +464,6 @@ def schema_setup_turn(database_url: str, schema: str) -> Iterator[None]:
             "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"lifecycle-setup:{schema}",)
         )
         yield
-
-
-def create_lock_table(database: Database) -> None:
-    """SQLite only: the table `lock_key` writes to (PostgreSQL needs none)."""
-    if database.dialect == "sqlite":
-        with database.ddl() as cursor:
-            cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
 
 
 def lock_key(database: Database, cursor: Cursor, key: str) -> None:

@@ -14,10 +14,12 @@ import email.policy
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +34,12 @@ import psycopg
 from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
 
+from consumers.migrations import SERVICES, kit_component
 from consumers.store import open_database
+from lifecycle.bootstrap import migrate_lifecycle, migrate_service
 from lifecycle.kafka.admin import TopicSettings, ensure_topics, read_from_start
+from lifecycle.migrator import migrate
+from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from schemas.contract import (
     ContractModel,
@@ -68,6 +74,22 @@ def unique_tag() -> str:
     """A name part no other test uses, on this worker or another: schemas, topic prefixes and
     consumer groups are named with it, so parallel workers never share state."""
     return f"{WORKER}_{uuid.uuid4().hex[:10]}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def import_contract(contract_id: str) -> dict[str, Any]:
+    """One of import-linter's contracts in pyproject.toml, the one source of the import rules."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [found] = [c for c in config["contracts"] if c["id"] == contract_id]
+    return dict(found)
+
+
+def import_layers() -> list[list[str]]:
+    """The layers contract, top first: each layer's modules (`a | b` and `a : b` split)."""
+    layers: list[str] = import_contract("layers")["layers"]
+    return [[name.strip() for name in re.split(r"[|:]", layer)] for layer in layers]
 
 
 def auth(role: str) -> dict[str, str]:
@@ -213,6 +235,20 @@ def smtp_sink() -> Iterator[SmtpSink]:
 StoreFactory = Callable[[str], Database]
 
 
+def migrated_store(database: Database, name: str) -> Database:
+    """A consumer's store with the kit's tables, and the service's own when `name` is one."""
+    migrate(database, [kit_component(), *([SERVICES[name]] if name in SERVICES else [])])
+    return database
+
+
+def migrate_embedded(settings: Settings) -> None:
+    """What `lifecycle migrate` does with Kafka off: the lifecycle database and the three
+    services' stores beside it."""
+    migrate_lifecycle(settings)
+    for name in SERVICES:
+        migrate_service(settings, name)
+
+
 @contextmanager
 def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[StoreFactory]:
     """`make("scout")`: that service's own store, a fresh schema or SQLite file, dropped after."""
@@ -228,7 +264,7 @@ def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[
         else:
             database = open_database(f"sqlite:///{tmp_path / f'{name}.sqlite3'}", name)
         opened.append(database)
-        return database
+        return migrated_store(database, name)
 
     try:
         yield make

@@ -141,6 +141,7 @@ def test_stored_events_hold_no_personal_value_in_plaintext(accounts: Accounts) -
     assert accounts.get_account(ids[0]).display_name == MEMBERS[0]["display_name"]
     assert accounts.get_account(ids[1]).withdrawal == {
         "reason": "hired_elsewhere",
+        "reason_details": [],
         "comment": MEMBERS[1]["comment"],
         "acknowledged_gift_loss": False,
         "gift_forfeited": True,

@@ -13,9 +13,9 @@ from projection_history import COMMENT, PERSONAL, History, account
 
 from lifecycle.application import Accounts
 from lifecycle.audit.export import export_log, parse_bound
-from lifecycle.audit.replay import replay
+from lifecycle.audit.replay import RULES, replay
 from lifecycle.crypto import SEALED_FIELD
-from lifecycle.domain import Account
+from lifecycle.domain import MAX_COMMENT_LENGTH, Account
 from projections.base import JST
 
 
@@ -157,6 +157,7 @@ def test_replay_asks_the_domain_about_withdrawal_and_purge(
             history.active,
             Account.WithdrawalRequested,
             reason="hired_via_platform",
+            reason_details=["scouts"],  # a detail of another reason
             comment=None,
             acknowledged_gift_loss=False,
             gift_forfeited=False,
@@ -167,6 +168,7 @@ def test_replay_asks_the_domain_about_withdrawal_and_purge(
     report = replay(accounts)
 
     assert report.by_rule == {
+        "reason_details_fit": 1,
         "gift_loss_acknowledged": 1,
         "gift_forfeited_flag": 1,
         "purge_after_withdrawal": 1,
@@ -195,3 +197,28 @@ def test_replay_reports_a_sealed_field_that_does_not_open(
 
     assert report.by_rule == {"decodes": 1}
     assert f"{history.active} v1: decodes" in report.first[0].describe()
+
+
+def test_replay_asks_the_rules_the_commands_check_of_their_input(
+    accounts: Accounts, history: History
+) -> None:
+    # A withdrawal comment over the limit, which `request_withdrawal` refuses.
+    forfeited = accounts.load_for_audit(history.active).gift_forfeited_by_withdrawal
+    append_raw(
+        accounts,
+        event_after(
+            accounts,
+            history.active,
+            Account.WithdrawalRequested,
+            reason="other",
+            comment="x" * (MAX_COMMENT_LENGTH + 1),
+            acknowledged_gift_loss=False,
+            gift_forfeited=forfeited,
+        ),
+    )
+
+    report = replay(accounts)
+
+    assert report.by_rule == {"comment_fits": 1}
+    registration = {rule for rule, _ in RULES[Account.Registered]}
+    assert registration == {"display_name_given", "channel_known"}
