@@ -12,7 +12,9 @@ PORT ?= 8000
 
 .PHONY: run test test-fast install services services-down lint bench wrk clean
 
+# Migrations first (idempotent; on the embedded default also the three services' stores).
 run: install
+	$(BIN)/lifecycle migrate
 	$(BIN)/lifecycle serve --host $(HOST) --port $(PORT)
 
 test: install services lint

@@ -21,11 +21,13 @@ import psycopg
 from bench.core import Context, Row, Target, log
 from consumers import scout
 from consumers.kit import Consumer
+from consumers.migrations import service_components
 from consumers.store import ConsumerStore, open_database
 from lifecycle.kafka.admin import TopicSettings, ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import KafkaSource
 from lifecycle.logs import configure_logging
+from lifecycle.migrator import migrate
 from schemas.contract import ScoutReceivedV1, TopicNames, encode_record
 
 PARTITIONS = 4
@@ -103,7 +105,9 @@ def kit_pass(ctx: Context, topics: TopicNames, count: int, members: int) -> floa
     tag = uuid.uuid4().hex[:8]
     schema = f"bench_kit_{tag}"
     group = topics.group_id(f"bench-kit-{tag}")
-    open_database(ctx.database_url, schema).close()
+    store = open_database(ctx.database_url, schema)
+    migrate(store, service_components("scout"))  # `lifecycle migrate --service scout`
+    store.close()
     spawn = multiprocessing.get_context("spawn")
     ready, stop = spawn.Barrier(members + 1), spawn.Event()
     counters = [spawn.Value("q", 0) for _ in range(members)]

@@ -351,10 +351,15 @@ def services_env() -> dict[str, str]:
 
 @contextmanager
 def fresh_schema(database_url: str, case: str) -> Iterator[str]:
-    """A PostgreSQL schema of its own for one case, dropped afterwards."""
+    """A PostgreSQL schema of its own for one case, migrated (`lifecycle migrate`), dropped
+    afterwards."""
+    from lifecycle.bootstrap import migrate_lifecycle
+    from lifecycle.settings import Settings
+
     schema = f"bench_{case}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
+    migrate_lifecycle(Settings(database_url=database_url, database_schema=schema))
     try:
         yield schema
     finally:

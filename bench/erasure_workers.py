@@ -116,6 +116,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     topics = TopicNames(prefix=prefix)
+    # `lifecycle migrate` (and `--service`) before the workers: idempotent, in turns.
+    from lifecycle.bootstrap import migrate_lifecycle, migrate_service
+
+    migrate_lifecycle(settings)
+    if kind not in ("relay", "erasure"):
+        migrate_service(settings, kind, f"{schema}_{kind}")
     if kind == "relay":
         run_relay(settings, stop, topics=topics)
     elif kind == "erasure":

@@ -54,9 +54,11 @@ def peak_rss_mib() -> float:
 
 def open_accounts(url: str, schema: str, master_key: str) -> Any:
     from lifecycle.application import Accounts
+    from lifecycle.bootstrap import migrate_lifecycle
     from lifecycle.settings import Settings
 
     settings = Settings(database_url=url, database_schema=schema, master_key=master_key)
+    migrate_lifecycle(settings)  # idempotent: `lifecycle migrate` before the first start
     return Accounts(env=settings.application_env())
 
 

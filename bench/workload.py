@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresDatastore
 
 from lifecycle.application import Accounts
-from lifecycle.crypto import KeyVault, PersonalDataMapper, new_master_key
+from lifecycle.bootstrap import migrate_lifecycle
+from lifecycle.crypto import KeyVault, PersonalDataMapper, holder_token, new_master_key
 from lifecycle.domain import Account, EmailClaim
 from lifecycle.settings import Settings, token_digest
 
@@ -87,6 +89,7 @@ def bench_settings(database_url: str, schema: str, master_key: str | None = None
 
 
 def open_accounts(settings: Settings) -> Accounts:
+    migrate_lifecycle(settings)  # idempotent: `lifecycle migrate` before the first start
     return Accounts(env=settings.application_env())
 
 
@@ -132,7 +135,8 @@ def _member(
     """One member's events: (id, registration + claim, edit, scouts)."""
     account = Account.register(**fast_registration_kwargs(f"gen-{index}@example.com"))
     claim = EmailClaim.open(uuid.uuid4())
-    claim.claim(account.id)
+    # A holder as the application derives it (the key here is a stand-in: nothing opens it).
+    claim.claim(holder_token(os.urandom(32), claim.id))
     first = [*account.collect_events(), *claim.collect_events()]
     if registered_only:
         return account.id, first, [], []

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 
 from consumers.handler import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
 from consumers.store import count_rows
-from lifecycle.storage import Cursor, Database, create_lock_table, lock_key
+from lifecycle.storage import Cursor, Database, lock_key
 from schemas.contract import Envelope, TopicNames
 
 SERVICE = "chat"
@@ -20,38 +20,12 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
     return [topics.lifecycle]
 
 
-def create_tables(database: Database) -> None:
-    create_lock_table(database)
-    ts, now = database.timestamp_type, database.now
-    with database.ddl() as cursor:
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('chat_threads')} ("
-            "thread_id TEXT PRIMARY KEY, account_id TEXT NOT NULL, company_id TEXT NOT NULL, "
-            f"opened_at {ts} NOT NULL DEFAULT {now})"
-        )
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('chat_messages')} ("
-            "message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, account_id TEXT NOT NULL, "
-            f"sender TEXT NOT NULL, body TEXT NOT NULL, sent_at {ts} NOT NULL DEFAULT {now})"
-        )
-        for table in ("chat_threads", "chat_messages"):
-            cursor.execute(
-                f"CREATE INDEX IF NOT EXISTS {table}_by_account "
-                f"ON {database.table(table)} (account_id)"
-            )
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('withdrawn_accounts')} ("
-            f"account_id TEXT PRIMARY KEY, withdrawn_at {ts} NOT NULL DEFAULT {now})"
-        )
-
-
 class ChatHandler(Handler):
     personal_tables = ("chat_threads", "chat_messages")
 
     def __init__(self, database: Database, topics: TopicNames) -> None:
         self.database = database
         self.topics = topics
-        create_tables(database)
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         erased = erase_on_withdrawal(

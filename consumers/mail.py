@@ -52,7 +52,7 @@ from consumers.store import count_rows, insert_rows
 from consumers.withdrawal_mail import CONTACT_EMAIL, CONTACT_NAME, WithdrawalMail
 from lifecycle.keyring import Keyring
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
+from lifecycle.storage import Cursor, Database, lock_key, lock_keys
 from schemas.contract import Envelope, ProfileV1, PurgedV1, TopicNames, WithdrawalRequestedV1
 
 SERVICE = "mail"
@@ -66,39 +66,11 @@ CONTACT_COLUMNS = (
 log = get_logger(__name__)
 
 
-# Tables
+# Topics
 
 
 def subscribed_topics(topics: TopicNames) -> list[str]:
     return [topics.lifecycle, topics.profile]
-
-
-def create_tables(database: Database) -> None:
-    create_lock_table(database)
-    ts, now = database.timestamp_type, database.now
-    with database.ddl() as cursor:
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('contacts')} ("
-            "account_id TEXT PRIMARY KEY, email TEXT NOT NULL, display_name TEXT NOT NULL, "
-            f"notifications TEXT NOT NULL, updated_at {ts} NOT NULL DEFAULT {now})"
-        )
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('mail_outbox')} ("
-            "notice_id TEXT PRIMARY KEY, account_id TEXT NOT NULL, kind TEXT NOT NULL, "
-            f"subject TEXT NOT NULL, body TEXT NOT NULL, queued_at {ts} NOT NULL DEFAULT {now})"
-        )
-        cursor.execute(
-            "CREATE INDEX IF NOT EXISTS mail_outbox_by_account "
-            f"ON {database.table('mail_outbox')} (account_id)"
-        )
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('suppressions')} ("
-            "account_id TEXT PRIMARY KEY, withdrawal_ce_id TEXT NOT NULL, "
-            "rows_removed INTEGER NOT NULL DEFAULT 0, "
-            "awaiting_address INTEGER NOT NULL DEFAULT 0, "
-            f"confirmation_message_id TEXT, confirmation_sent_at {ts}, confirmed_at {ts}, "
-            f"suppressed_at {ts} NOT NULL DEFAULT {now})"
-        )
 
 
 # The handler
@@ -114,8 +86,6 @@ class MailHandler(Handler):
         self.topics = topics
         self.mailer = mailer
         self.sealed = SealedValues(database, keyring)
-        create_tables(database)
-        self.sealed.create_table()
         self.withdrawal_mail = WithdrawalMail(database, mailer, self.sealed)
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:

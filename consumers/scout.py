@@ -13,7 +13,7 @@ from uuid import UUID
 from consumers.handler import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
 from consumers.store import insert_rows
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database, create_lock_table, lock_key, lock_keys
+from lifecycle.storage import Cursor, Database, lock_key, lock_keys
 from schemas.contract import (
     Envelope,
     ScoutReceivedV1,
@@ -37,29 +37,12 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
     return [topics.lifecycle]
 
 
-def create_tables(database: Database) -> None:
-    create_lock_table(database)
-    with database.ddl() as cursor:
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('scouts')} ("
-            "account_id TEXT NOT NULL, scout_id TEXT NOT NULL, company_id TEXT NOT NULL, "
-            f"job_id TEXT NOT NULL, received_at {database.timestamp_type} NOT NULL, "
-            "PRIMARY KEY (account_id, scout_id))"
-        )
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {database.table('withdrawn_accounts')} ("
-            "account_id TEXT PRIMARY KEY, "
-            f"withdrawn_at {database.timestamp_type} NOT NULL DEFAULT {database.now})"
-        )
-
-
 class ScoutHandler(Handler):
     personal_tables = ("scouts",)
 
     def __init__(self, database: Database, topics: TopicNames) -> None:
         self.database = database
         self.topics = topics
-        create_tables(database)
 
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         data = envelope.data

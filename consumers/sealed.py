@@ -44,15 +44,6 @@ class SealedValues:
         self.keyring = keyring
         self.table = database.table(TABLE)
 
-    def create_table(self) -> None:
-        db = self.database
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} (account_id TEXT PRIMARY KEY, "
-                f"wrapped_key {db.blob_type} NOT NULL, "
-                f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
-            )
-
     def keys_for(
         self, cursor: Cursor, account_ids: Sequence[UUID], *, create: bool = False
     ) -> dict[UUID, bytes]:

@@ -51,11 +51,7 @@ def open_database(database_url: str, schema: str) -> Database:
     check_identifier(schema)
     if urlsplit(database_url).scheme == "sqlite":
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    database = Database.open(database_url, schema)
-    if database.dialect == "postgres":
-        with database.ddl() as cursor:
-            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    return database
+    return Database.open(database_url, schema)
 
 
 def check_identifier(name: str) -> str:
@@ -103,7 +99,8 @@ def count_rows(database: Database, tables: Iterable[str], account_id: UUID) -> i
 
 
 class ConsumerStore:
-    """`processed_events` and `outbox` tables of one consumer, in the service's database."""
+    """`processed_events` and `outbox` tables of one consumer, in the service's database
+    (made by the kit's migrations, consumers.migrations)."""
 
     def __init__(self, database: Database, *, table_prefix: str = "") -> None:
         if table_prefix:
@@ -111,27 +108,6 @@ class ConsumerStore:
         self.database = database
         self.processed_table = database.table(f"{table_prefix}processed_events")
         self.outbox_table = database.table(f"{table_prefix}outbox")
-        self.create_tables()
-
-    def create_tables(self) -> None:
-        db = self.database
-        serial = (
-            "BIGSERIAL PRIMARY KEY"
-            if db.dialect == "postgres"
-            else "INTEGER PRIMARY KEY AUTOINCREMENT"
-        )
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.processed_table} ("
-                "ce_id TEXT PRIMARY KEY, "
-                f"processed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
-            )
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.outbox_table} ("
-                f"id {serial}, topic TEXT NOT NULL, record_key {db.blob_type} NOT NULL, "
-                f"headers TEXT NOT NULL, record_value {db.blob_type}, "
-                f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
-            )
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:

@@ -1,7 +1,8 @@
 """Builders: the service's parts made from Settings, so entrypoints only start or serve them.
 
-Here: the application (`build_accounts`), the erasure process (`build_erasure`, which creates
-its tables at start-up), the reference services' stores and handlers, and the consumers that
+Here: the application (`build_accounts`, which checks the schema version first), the
+migrations of each database (`migrate_lifecycle`, `migrate_service`), the erasure process
+(`build_erasure`), the reference services' stores and handlers, and the consumers that
 run the services and the erasure process, over Kafka or over the in-process log. Nothing heavy
 happens at import.
 """
@@ -9,20 +10,17 @@ happens at import.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
-
-import psycopg.errors
 
 from consumers import chat, mail, scout
 from consumers.faults import RetryPolicy
 from consumers.handler import Handler
 from consumers.kit import Consumer, Hooks
 from consumers.mailer import DiscardingMailer, Mailer, SmtpMailer
+from consumers.migrations import kit_component, service_components
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
@@ -34,8 +32,11 @@ from lifecycle.kafka.producer import KafkaPublisher, Publisher
 from lifecycle.kafka.source import InProcessSource, KafkaSource, Source
 from lifecycle.keyring import FileKeyring, Keyring, KeyringError, MasterKeyring, derive
 from lifecycle.logs import get_logger
+from lifecycle.migrations import LIFECYCLE
+from lifecycle.migrator import Applied, Component, SchemaVersionError, check, migrate
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, schema_setup_turn
+from projections.migrations import READ_MODEL_MIGRATIONS
 from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
 
 # The erasure consumer keeps its marks in the lifecycle database, beside the event store.
@@ -48,51 +49,77 @@ log = get_logger(__name__)
 
 
 def build_accounts(settings: Settings) -> Accounts:
+    """The application, once its database's schema is one this release works with."""
     try:
         env = settings.application_env()  # configuration errors first, before any connection
-
-        def build() -> Accounts:
-            with schema_setup_turn(settings.database_url, settings.database_schema):
-                return Accounts(env=env)
-
-        return _setting_up(build)
+        accounts = Accounts(env=env)
     except LifecycleError as error:
         raise StartupError(detail=f"{error.code}: {error.detail}") from None
     except Exception as error:
         raise _database_unusable(error) from None
+    try:
+        check(accounts.database, lifecycle_components())
+    except SchemaVersionError as error:
+        accounts.close()
+        raise StartupError(detail=str(error)) from None
+    except Exception as error:
+        accounts.close()
+        raise _database_unusable(error) from None
+    return accounts
 
 
-# A start-up's DDL that loses a lock race to another process's transaction is rolled back
-# whole and may simply run again: a fault of the moment, waited out, not a reason to exit.
-LOCK_RACES = (
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.LockNotAvailable,
-    psycopg.errors.SerializationFailure,
-)
-SETUP_ATTEMPTS = 5
+# Migrations: what `lifecycle migrate` applies and every process checks at start.
 
 
-T = TypeVar("T")
+def lifecycle_components() -> list[Component]:
+    """The lifecycle database: the service's tables, the erasure consumer's kit tables and
+    the read models, each versioned on its own."""
+    return [LIFECYCLE, kit_component(ERASURE_TABLE_PREFIX), READ_MODEL_MIGRATIONS]
 
 
-def _setting_up(build: Callable[[], T]) -> T:
-    for attempt in range(1, SETUP_ATTEMPTS + 1):
-        try:
-            return build()
-        except Exception as error:
-            if attempt == SETUP_ATTEMPTS or not _lost_a_lock_race(error):
-                raise
-            log.warning("startup.lock_race_retried", attempt=attempt, error=type(error).__name__)
-            time.sleep(0.05 * 2**attempt)
-    raise AssertionError("unreachable")
+def migrate_lifecycle(
+    settings: Settings, on_applied: Callable[[Applied], None] | None = None
+) -> list[Applied]:
+    """Apply what the lifecycle database lacks (idempotent). On PostgreSQL it takes its turn
+    with every process of the previous release starting up (the same session lock)."""
+    database = _lifecycle_database(settings)
+    try:
+        with schema_setup_turn(settings.database_url, settings.database_schema):
+            return migrate(database, lifecycle_components(), on_applied)
+    finally:
+        database.close()
 
 
-def _lost_a_lock_race(error: BaseException | None) -> bool:
-    while error is not None:
-        if isinstance(error, LOCK_RACES):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+def migrate_service(
+    settings: Settings,
+    name: str,
+    schema: str | None = None,
+    on_applied: Callable[[Applied], None] | None = None,
+) -> list[Applied]:
+    """Apply what a reference service's store lacks: the kit's tables and its own."""
+    _check_service(name)
+    database = service_database(settings, name, schema)
+    try:
+        return migrate(database, service_components(name), on_applied)
+    finally:
+        database.close()
+
+
+def check_service_store(database: Database, name: str) -> None:
+    try:
+        check(database, service_components(name), where=f"{name} store")
+    except SchemaVersionError as error:
+        raise StartupError(detail=str(error)) from None
+
+
+def _lifecycle_database(settings: Settings) -> Database:
+    if settings.is_embedded:
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+    return Database.open(
+        settings.database_url, settings.database_schema, application_name=Accounts.name
+    )
 
 
 def _database_unusable(error: Exception) -> StartupError:
@@ -104,16 +131,10 @@ def _database_unusable(error: Exception) -> StartupError:
 
 def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
     """The erasure process as configured (its deadline from settings), with its signed
-    receipts; its tables and the receipts' are created now, at start-up, so that no request
-    and no confirmation ever runs DDL."""
+    receipts (their tables come from migrations)."""
     process = ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
     receipts = Receipts(process, topics=settings.topics, key_policy=settings.key_policy)
     process.receipts = receipts
-    try:
-        _setting_up(process.create_tables)
-        _setting_up(receipts.create_tables)
-    except Exception as error:
-        raise _database_unusable(error) from None
     return process
 
 
@@ -296,6 +317,7 @@ def kafka_consumer(
     database = service_database(settings, name, schema)
     closers: list[Callable[[], None]] = [database.close]
     try:
+        check_service_store(database, name)
         security = settings.kafka_security
         publisher = KafkaPublisher(bootstrap, client_id=f"{group}-outbox", security=security)
         closers.append(publisher.close)

@@ -5,7 +5,8 @@ the transaction that stores its `Registered` event (the mapper hands it over on 
 event, lifecycle.recorders inserts it), so a failed registration leaves no key behind. A
 trigger on the events table deletes an account's key in the same transaction that inserts
 its `Purged` event, so the two cannot be separated by a crash; a tombstone table refuses to
-bring a key back.
+bring a key back. Those tables and triggers are migrations (lifecycle.migrations), keyed on the
+stable name of `Purged` (lifecycle.event_names), so renaming the class never disarms them.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from eventsourcing.persistence import (
     StoredEvent,
     Transcoder,
 )
-from eventsourcing.utils import get_topic
 
-from lifecycle import tracing
+from lifecycle import event_names, tracing
 from lifecycle.domain import REDACTED, Account
 from lifecycle.errors import KeyDestroyedError, LifecycleError
 from lifecycle.keyring import (
@@ -46,11 +46,11 @@ from lifecycle.keyring import (
     open_sealed,
     seal,
 )
-from lifecycle.storage import Cursor, Database
+from lifecycle.storage import Database
 
 NONCE_BYTES = 12
 SEALED_FIELD = "sealed"
-PURGED_TOPIC = get_topic(Account.Purged)
+PURGED_TOPIC = event_names.PURGED
 # What the refusing trigger raises, on both backends.
 KEY_DESTROYED = "key_destroyed"
 KEYS_TABLE = "account_keys"
@@ -98,6 +98,12 @@ _seal = seal
 _open = open_sealed
 
 
+def holder_token(data_key: bytes, claim_id: UUID) -> str:
+    """Who holds an e-mail claim, as only the holder's own data key can say (see
+    lifecycle.domain.EmailClaim): unlinkable once that key is destroyed."""
+    return hmac.new(data_key, b"email-claim|" + claim_id.bytes, hashlib.sha256).hexdigest()
+
+
 @dataclass(frozen=True)
 class StoredEventWithKey(StoredEvent):
     """A `Registered` event with its account's new data key, wrapped: the recorder inserts
@@ -125,96 +131,38 @@ class KeyVault:
         self._cache_seconds = cache_seconds
         self._cache_size = 10_000
         self._lock = threading.Lock()
-
-    def create_schema(self) -> None:
-        db = self.database
-        with db.ddl() as cursor:
-            existing = _triggers_in(cursor, db.schema) if db.dialect == "postgres" else set()
-            for trigger, statement in self._schema_statements():
-                if trigger in existing:
-                    # Replacing a trigger locks its table (SHARE ROW EXCLUSIVE): on a live
-                    # schema that deadlocks with a registration, which holds the keys table
-                    # and waits for the events table, while this held events and waited for
-                    # keys. An existing trigger is left alone; changing one is a migration.
-                    continue
-                cursor.execute(statement)
-
-    def _schema_statements(self) -> list[tuple[str | None, str]]:
-        """Each statement, with the trigger it creates (None: a table or a function, whose
-        creation or replacement locks no table in use)."""
-        db = self.database
-        keys, destroyed = db.table(KEYS_TABLE), db.table("destroyed_keys")
-        destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
-        tables: list[tuple[str | None, str]] = [
-            (
-                None,
-                f"CREATE TABLE IF NOT EXISTS {keys} (account_id {db.id_type} PRIMARY KEY, "
-                f"wrapped_key {db.blob_type} NOT NULL, "
-                f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
-            ),
-            (
-                None,
-                f"CREATE TABLE IF NOT EXISTS {destroyed} (account_id {db.id_type} PRIMARY KEY, "
-                f"destroyed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})",
-            ),
-        ]
-        if db.dialect == "postgres":
-            return [
-                *tables,
-                (
-                    None,
-                    f"CREATE OR REPLACE FUNCTION {destroy_fn}() RETURNS trigger "
-                    "LANGUAGE plpgsql AS $$ BEGIN "
-                    f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
-                    f"INSERT INTO {destroyed} (account_id) VALUES (NEW.originator_id) "
-                    "ON CONFLICT DO NOTHING; RETURN NULL; END $$",
-                ),
-                (
-                    "destroy_key_on_purge",
-                    "CREATE OR REPLACE TRIGGER destroy_key_on_purge "
-                    f"AFTER INSERT ON {db.events_table} "
-                    f"FOR EACH ROW WHEN (NEW.topic = '{PURGED_TOPIC}') "
-                    f"EXECUTE FUNCTION {destroy_fn}()",
-                ),
-                (
-                    None,
-                    f"CREATE OR REPLACE FUNCTION {refuse_fn}() RETURNS trigger "
-                    "LANGUAGE plpgsql AS $$ BEGIN "
-                    f"IF EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
-                    "THEN RAISE EXCEPTION 'key_destroyed'; END IF; RETURN NEW; END $$",
-                ),
-                (
-                    "refuse_destroyed_key",
-                    f"CREATE OR REPLACE TRIGGER refuse_destroyed_key BEFORE INSERT ON {keys} "
-                    f"FOR EACH ROW EXECUTE FUNCTION {refuse_fn}()",
-                ),
-            ]
-        return [
-            *tables,
-            (
-                "destroy_key_on_purge",
-                "CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge "
-                f"AFTER INSERT ON {db.events_table} "
-                f"WHEN NEW.topic = '{PURGED_TOPIC}' BEGIN "
-                f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
-                f"INSERT OR IGNORE INTO {destroyed} (account_id) VALUES (NEW.originator_id); END",
-            ),
-            (
-                "refuse_destroyed_key",
-                f"CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON {keys} "
-                f"WHEN EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
-                "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END",
-            ),
-        ]
+        # Keys made for accounts being registered (their claim holder is computed before the
+        # mapper stores the key with `Registered`): used by `new_key` however many times the
+        # event is mapped (a group-commit batch that fails is saved again request by
+        # request), dropped when the registration ends (`drop_fresh`).
+        self._fresh: OrderedDict[UUID, bytes] = OrderedDict()
 
     def new_key(self, account_id: UUID) -> tuple[bytes, bytes]:
         """A new account's data key and its wrapped form, to be stored with its first event.
 
         The key is cached at once: the id is new, so no other process can know it yet."""
-        key = AESGCM.generate_key(bit_length=256)
+        with self._lock:
+            fresh = self._fresh.get(account_id)
+        key = fresh or AESGCM.generate_key(bit_length=256)
         wrapped = self.keyring.wrap(key, account_id.bytes)
         self._remember(account_id, key)
         return key, wrapped
+
+    def holder_token(self, account_id: UUID, claim_id: UUID, *, new: bool = False) -> str:
+        """The account's holder token for a claim; `new`: for an account being registered,
+        with the key its `Registered` event will store."""
+        if new:
+            with self._lock:
+                key = self._fresh.get(account_id)
+                if key is None:
+                    key = self._fresh[account_id] = AESGCM.generate_key(bit_length=256)
+                while len(self._fresh) > self._cache_size:
+                    self._fresh.popitem(last=False)
+        elif (found := self.find_key(account_id)) is not None:
+            key = found
+        else:
+            raise KeyDestroyedError()
+        return holder_token(key, claim_id)
 
     def create_key(self, account_id: UUID) -> bytes:
         """Store a data key on its own (a repair tool's path; registrations use `new_key`);
@@ -306,9 +254,14 @@ class KeyVault:
         except KeyVersionDestroyedError:
             return None
 
+    def drop_fresh(self, account_id: UUID) -> None:
+        with self._lock:
+            self._fresh.pop(account_id, None)
+
     def forget(self, account_id: UUID) -> None:
         with self._lock:
             self._cache.pop(account_id, None)
+            self._fresh.pop(account_id, None)
 
     def destroy_keys_of_purged_accounts(self, also_purged: Iterable[UUID] = ()) -> int:
         """Re-shred after a backup restore: every account known to be purged loses its key.
@@ -421,14 +374,3 @@ class PersonalDataMapper(Mapper[UUID]):
 def _associated_data(account_id: UUID, version: int, fields: list[str]) -> bytes:
     """Binds sealed values to their event, so they cannot be moved to another one."""
     return b"|".join([account_id.bytes, str(version).encode(), ",".join(fields).encode()])
-
-
-def _triggers_in(cursor: Cursor, schema: str | None) -> set[str]:
-    """The names of the triggers on the schema's tables (one catalogue query)."""
-    cursor.execute(
-        "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND NOT t.tgisinternal",
-        (schema,),
-    )
-    return {str(name) for (name,) in cursor.fetchall()}

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 
-from lifecycle import addresses
+from lifecycle import addresses, event_names
 from lifecycle.errors import (
     AccountNotWithdrawingError,
     AccountPurgedError,
@@ -43,6 +43,18 @@ class WithdrawalReason(StrEnum):
     OTHER = "other"
 
 
+# What a member may add to a reason, as codes (never free text): which of the reason's parts
+# weighed. Version 2 of WithdrawalRequested records them; version-1 events read as none given.
+WITHDRAWAL_REASON_DETAILS: dict[str, tuple[str, ...]] = {
+    WithdrawalReason.HIRED_VIA_PLATFORM: (),
+    WithdrawalReason.HIRED_ELSEWHERE: ("agent", "direct_application", "referral", "other_platform"),
+    WithdrawalReason.TOO_MANY_NOTIFICATIONS: ("scouts", "recommendations", "notices"),
+    WithdrawalReason.POSTINGS_MISMATCH: ("location", "salary", "job_type", "industry", "seniority"),
+    WithdrawalReason.HARD_TO_USE: ("app", "web", "search", "messaging"),
+    WithdrawalReason.OTHER: (),
+}
+
+
 class Channel(StrEnum):
     WEB = "web"
     APP = "app"
@@ -60,7 +72,11 @@ def normalise_email(email: str) -> str:
 
 
 class Account(Aggregate):
-    """One member's account, from registration to erasure."""
+    """One member's account, from registration to erasure.
+
+    Each class's `TOPIC` is its stored name (lifecycle.event_names): rename or move freely."""
+
+    TOPIC = event_names.ACCOUNT
 
     class Event(Aggregate.Event):
         # Names of this event's attributes that hold personal values; the stored form
@@ -70,7 +86,14 @@ class Account(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.fold(self)
 
+    class Created(Event, Aggregate.Created):
+        """Never recorded (accounts begin with Registered); declared only because the
+        library gives every aggregate one, and with explicit topics each needs a name."""
+
+        TOPIC = event_names.ACCOUNT_CREATED_UNUSED
+
     class Registered(Event, Aggregate.Created):
+        TOPIC = event_names.REGISTERED
         class_version = 1
         personal_fields = ("email", "display_name", "phone", "job_title", "work_history")
         email: str
@@ -87,6 +110,7 @@ class Account(Aggregate):
     class PreferencesEdited(Event):
         """Only the parts that changed; a part left as None did not change."""
 
+        TOPIC = event_names.PREFERENCES_EDITED
         class_version = 1
         personal_fields = ("job_title", "work_history")
         profile: dict[str, Any] | None
@@ -100,6 +124,7 @@ class Account(Aggregate):
             return [part for part in EDITABLE_PARTS if getattr(self, part) is not None]
 
     class ScoutReceived(Event):
+        TOPIC = event_names.SCOUT_RECEIVED
         class_version = 1
         scout_id: str
         company_id: str
@@ -107,6 +132,7 @@ class Account(Aggregate):
         received_at: datetime
 
     class GiftClaimed(Event):
+        TOPIC = event_names.GIFT_CLAIMED
         class_version = 1
         company_id: str
         start_date: date
@@ -114,14 +140,24 @@ class Account(Aggregate):
         amount_jpy: int
 
     class WithdrawalRequested(Event):
-        class_version = 1
+        """Version 2 adds `reason_details` (codes of WITHDRAWAL_REASON_DETAILS)."""
+
+        TOPIC = event_names.WITHDRAWAL_REQUESTED
+        class_version = 2
         personal_fields = ("comment",)
         reason: str
+        reason_details: list[str]
         comment: str | None
         acknowledged_gift_loss: bool
         gift_forfeited: bool
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Stored before details existed: none were given."""
+            state["reason_details"] = []
+
     class Purged(Event):
+        TOPIC = event_names.PURGED
         class_version = 1
 
     # State, folded from the events above.
@@ -222,6 +258,7 @@ class Account(Aggregate):
                 self.status = AccountStatus.WITHDRAWING
                 self.withdrawal = {
                     "reason": event.reason,
+                    "reason_details": event.reason_details,
                     "comment": event.comment,
                     "acknowledged_gift_loss": event.acknowledged_gift_loss,
                     "gift_forfeited": event.gift_forfeited,
@@ -287,6 +324,7 @@ class Account(Aggregate):
         self,
         *,
         reason: str,
+        reason_details: list[str] | None = None,
         comment: str | None = None,
         acknowledge_gift_loss: bool = False,
         at: datetime | None = None,
@@ -296,11 +334,14 @@ class Account(Aggregate):
         if self.status is AccountStatus.WITHDRAWING:
             return False
         self.check_withdrawal_reason_is_known(reason)
+        details = sorted(set(reason_details or []))
+        self.check_reason_details_fit(reason, details)
         self.check_comment_fits(comment)
         self.check_gift_loss_is_acknowledged(reason, acknowledge_gift_loss)
         self.trigger_event(
             self.WithdrawalRequested,
             reason=WithdrawalReason(reason).value,
+            reason_details=details,
             comment=comment,
             acknowledged_gift_loss=acknowledge_gift_loss,
             gift_forfeited=self.gift_forfeited_by_withdrawal,
@@ -377,6 +418,13 @@ class Account(Aggregate):
         if reason not in tuple(WithdrawalReason):
             raise InvalidCommandError("unknown_withdrawal_reason")
 
+    @staticmethod
+    def check_reason_details_fit(reason: str, details: list[str]) -> None:
+        """Each detail is one of the reason's own (WITHDRAWAL_REASON_DETAILS)."""
+        allowed = WITHDRAWAL_REASON_DETAILS.get(reason, ())
+        if any(detail not in allowed for detail in details):
+            raise InvalidCommandError("reason_detail_invalid")
+
     def check_gift_loss_is_acknowledged(self, reason: str, acknowledged: bool) -> None:
         """Hired via the platform with the gift unclaimed: the member must accept losing it."""
         if reason == WithdrawalReason.HIRED_VIA_PLATFORM and self.gift is None and not acknowledged:
@@ -401,9 +449,21 @@ def default_notifications() -> dict[str, bool]:
     return {"scouts": True, "recommendations": True, "notices": True}
 
 
+def legacy_holder(account_id: UUID | str) -> str:
+    """The holder of a claim recorded before holders were sealed: the account id itself."""
+    return f"account:{account_id}"
+
+
 class EmailClaim(Aggregate):
     """Which account holds an e-mail address now; saved with the account, so claims are atomic.
-    Its id is a keyed hash of the address (see lifecycle.application), never the address."""
+
+    Its id is a keyed hash of the address (see lifecycle.application), never the address. Its
+    holder is a keyed hash of the claim id under the holding account's own data key
+    (lifecycle.crypto.holder_token), never the account id: the application recomputes it to
+    claim and to release, and once `Purged` destroys that key nobody, not even whoever holds
+    every remaining key, can tell which account a claim event was about."""
+
+    TOPIC = event_names.EMAIL_CLAIM
 
     class Event(Aggregate.Event):
         personal_fields: ClassVar[tuple[str, ...]] = ()
@@ -412,20 +472,31 @@ class EmailClaim(Aggregate):
             aggregate.fold(self)
 
     class Claimed(Event):
-        class_version = 1
-        account_id: UUID
+        TOPIC = event_names.EMAIL_CLAIMED
+        class_version = 2
+        holder: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["holder"] = legacy_holder(state.pop("account_id"))
 
     class Released(Event):
-        class_version = 1
-        account_id: UUID
+        TOPIC = event_names.EMAIL_RELEASED
+        class_version = 2
+        holder: str
 
-    account_id: UUID | None
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["holder"] = legacy_holder(state.pop("account_id"))
+
+    holder: str | None
 
     class Created(Event, Aggregate.Created):
+        TOPIC = event_names.EMAIL_CLAIM_CREATED
         class_version = 1
 
     def __init__(self) -> None:
-        self.account_id = None
+        self.holder = None
 
     @classmethod
     def open(cls, claim_id: UUID) -> EmailClaim:
@@ -434,24 +505,25 @@ class EmailClaim(Aggregate):
     def fold(self, event: Aggregate.Event) -> None:
         match event:
             case EmailClaim.Created():
-                self.account_id = None
+                self.holder = None
             case EmailClaim.Claimed():
-                self.account_id = event.account_id
+                self.holder = event.holder
             case EmailClaim.Released():
-                self.account_id = None
+                self.holder = None
 
-    def claim(self, account_id: UUID) -> None:
-        self.check_claimable_by(account_id)
-        if self.account_id is None:
-            self.trigger_event(self.Claimed, account_id=account_id)
+    def claim(self, holder: str) -> None:
+        self.check_claimable_by(holder)
+        if self.holder is None:
+            self.trigger_event(self.Claimed, holder=holder)
 
-    def release(self, account_id: UUID) -> None:
-        if self.is_held_by(account_id):
-            self.trigger_event(self.Released, account_id=account_id)
+    def release(self, *holders: str) -> None:
+        """Released when held by any of `holders` (an account's sealed and legacy holder)."""
+        if self.holder is not None and self.holder in holders:
+            self.trigger_event(self.Released, holder=self.holder)
 
-    def check_claimable_by(self, account_id: UUID) -> None:
-        if self.account_id is not None and self.account_id != account_id:
+    def check_claimable_by(self, holder: str) -> None:
+        if self.holder is not None and self.holder != holder:
             raise EmailAlreadyClaimedError("email_in_use")
 
-    def is_held_by(self, account_id: UUID) -> bool:
-        return self.account_id == account_id
+    def is_held_by(self, *holders: str) -> bool:
+        return self.holder is not None and self.holder in holders

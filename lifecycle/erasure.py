@@ -3,9 +3,8 @@
 An erasure is complete when every service in `schemas.contract.ERASING_SERVICES` confirmed
 it; the confirmation that completes it records `Purged` through the application. Confirmations
 arrive from the consumer kit through `ErasureHandler`; ops' retry requests are kept by
-`ErasureRetries`. Both tables live beside the event store and are created once at start-up by
-`create_tables` (the guarded `Database.ddl()` path), which `lifecycle.bootstrap.build_erasure`
-calls: building an `ErasureProcess` itself runs no DDL.
+`ErasureRetries`. Both tables live beside the event store; migrations create them
+(lifecycle.migrations), so building an `ErasureProcess` runs no DDL.
 
 A confirmation is verified, not believed. It is attributed to a service by the topic it came
 on (each service's own, writable only by its principal under Kafka ACLs), never by its payload
@@ -91,21 +90,6 @@ class ErasureProcess:
         self.table = self.database.table(CONFIRMATIONS_TABLE)
         self.retries = ErasureRetries(self.database)
         self.refusals = ErasureRefusals(self.database)
-
-    def create_tables(self) -> None:
-        """Start-up DDL for the confirmations and retries tables (idempotent, guarded)."""
-        db = self.database
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                f"account_id {db.id_type} NOT NULL, service TEXT NOT NULL, "
-                "outcome TEXT NOT NULL, rows_removed INTEGER NOT NULL, "
-                "confirmation_id TEXT NOT NULL, error_code TEXT, "
-                f"recorded_at {db.timestamp_type} NOT NULL DEFAULT {db.now}, "
-                "PRIMARY KEY (account_id, service))"
-            )
-        self.retries.create_table()
-        self.refusals.create_table()
 
     def is_complete(self, confirmed: set[str]) -> bool:
         """What completes an erasure: every erasing service confirmed."""
@@ -420,16 +404,6 @@ class ErasureRetries:
     def __init__(self, database: Database) -> None:
         self.database = database
         self.table = database.table(RETRIES_TABLE)
-
-    def create_table(self) -> None:
-        db = self.database
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                f"account_id {db.id_type} NOT NULL, service TEXT NOT NULL, "
-                f"requested_at {db.timestamp_type} NOT NULL, attempts INTEGER NOT NULL, "
-                "PRIMARY KEY (account_id, service))"
-            )
 
     def request(self, account_id: UUID, service: str, now: datetime | None = None) -> int:
         """Record one more retry request; returns how many there have been."""

@@ -37,19 +37,12 @@ def check(confirmed_at: datetime | None, account: Account | None) -> None:
 
 class ErasureRefusals:
     """How many confirmations were refused, per service and reason: a few rows, counted up in
-    place, so /metrics reads them without a scan (and every process's refusals add up)."""
+    place, so /metrics reads them without a scan (and every process's refusals add up). The
+    table comes from a migration (lifecycle.migrations, version 3)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
         self.table = database.table(REFUSALS_TABLE)
-
-    def create_table(self) -> None:
-        with self.database.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                "service TEXT NOT NULL, reason TEXT NOT NULL, refused BIGINT NOT NULL, "
-                "PRIMARY KEY (service, reason))"
-            )
 
     def count(self, refusals: Sequence[tuple[str, str]]) -> None:
         totals: dict[tuple[str, str], int] = {}

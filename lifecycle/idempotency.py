@@ -107,24 +107,6 @@ class IdempotencyStore:
         self._swept_at = float("-inf")
         self.table = database.table(TABLE)
 
-    def create_schema(self) -> None:
-        """The table (kept in this one function until the schema has migrations)."""
-        db = self.database
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                "scope TEXT NOT NULL, idem_key TEXT NOT NULL, "
-                f"fingerprint {db.blob_type} NOT NULL, started_at DOUBLE PRECISION NOT NULL, "
-                f"expires_at DOUBLE PRECISION NOT NULL, status INTEGER, answer {db.blob_type}, "
-                f"account_id {db.id_type}, PRIMARY KEY (scope, idem_key))"
-            )
-            cursor.execute(
-                f"CREATE INDEX IF NOT EXISTS {TABLE}_account ON {self.table} (account_id)"
-            )
-            cursor.execute(
-                f"CREATE INDEX IF NOT EXISTS {TABLE}_expiry ON {self.table} (expires_at)"
-            )
-
     def fingerprint(self, method: str, path: str, body: bytes) -> bytes:
         """The request's identity without its values: an HMAC of method, path and body
         (JSON bodies compared by meaning, so key order and spacing do not matter)."""

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import resolve_topic
 
 from consumers.faults import DependencyWait, infrastructure_fault
-from lifecycle import tracing
+from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.producer import Publisher, PublishError
@@ -48,8 +48,8 @@ from schemas.contract import (
     profile_event_id,
 )
 
-REGISTERED_TOPIC = get_topic(Account.Registered)
-EDITED_TOPIC = get_topic(Account.PreferencesEdited)
+REGISTERED_TOPIC = event_names.REGISTERED
+EDITED_TOPIC = event_names.PREFERENCES_EDITED
 
 
 class Relay:
@@ -85,7 +85,6 @@ class Relay:
         self._lock = single_active_lock(self._db, "relay", name)
         # The current batch's Registered events by account, for its edits' profile records.
         self._registered: dict[UUID, Account.Registered] = {}
-        self._create_table()
         self._position = self._load_position()
         # When Kafka last acknowledged a batch of this relay (metrics; None: not yet).
         self.published_at: datetime | None = None
@@ -386,14 +385,6 @@ class Relay:
         )
 
     # Position
-
-    def _create_table(self) -> None:
-        with self._db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._table} ("
-                "name TEXT PRIMARY KEY, position BIGINT NOT NULL, "
-                f"updated_at {self._db.timestamp_type} NOT NULL DEFAULT {self._db.now})"
-            )
 
     def _load_position(self) -> int:
         with self._db.transaction(commit=False) as cursor:

@@ -97,8 +97,16 @@ class Database:
         raise DatabaseUrlError("the service needs PostgreSQL or SQLite persistence")
 
     @classmethod
-    def open(cls, database_url: str, schema: str = "public", *, pool_size: int = 2) -> Database:
-        """A datastore of its own, without an event store (a downstream service's tables)."""
+    def open(
+        cls,
+        database_url: str,
+        schema: str = "public",
+        *,
+        pool_size: int = 2,
+        application_name: str = "none",
+    ) -> Database:
+        """A datastore of its own: a downstream service's tables, or (naming the application)
+        the event store's database without the application (migrations)."""
         env = persistence_env(database_url, schema)
         datastore: PostgresDatastore | SQLiteDatastore
         if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
@@ -116,7 +124,7 @@ class Database:
             )
         else:
             datastore = SQLiteDatastore(env["SQLITE_DBNAME"], pool_size=pool_size)
-        return cls(datastore, application_name="none")
+        return cls(datastore, application_name=application_name)
 
     def close(self) -> None:
         self.datastore.close()
@@ -150,13 +158,19 @@ class Database:
         every reader and their space is reused; what stays in WAL segments, archives and
         backups is bounded by key destruction, not by this (see the README)."""
         if self.dialect == "sqlite":
-            # TRUNCATE waits (the busy timeout) for readers to leave the WAL; busy means one
-            # stayed: the next erasure's checkpoint takes what this one could not.
-            for _ in range(3):
-                with self.transaction(commit=False) as cursor:
-                    row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if row is None or not row[0]:
-                    return
+            # TRUNCATE holds the writer lock while it waits for readers to leave the WAL, so
+            # it waits briefly (writers are blocked meanwhile), a few times; busy means a
+            # reader stayed: the next erasure's checkpoint takes what this one could not.
+            with self.transaction(commit=False) as cursor:
+                (timeout,) = cursor.execute("PRAGMA busy_timeout").fetchone() or (5000,)
+                cursor.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+                try:
+                    for _ in range(3):
+                        row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                        if row is None or not row[0]:
+                            break
+                finally:
+                    cursor.execute(f"PRAGMA busy_timeout = {int(timeout)}")
             return
         names = list(tables)
         now = time.monotonic()
@@ -207,6 +221,7 @@ class Database:
 
 
 VACUUM_INTERVAL_S = 1.0
+CHECKPOINT_WAIT_MS = 200
 
 
 def secure_delete(datastore: SQLiteDatastore) -> None:
@@ -267,6 +282,11 @@ class Cursor:
             statement = statement.replace("%s", "?")
         self._cursor.execute(statement, params)
         return self
+
+    @property
+    def raw(self) -> Any:
+        """The driver's cursor (psycopg's, or the library's SQLite wrapper)."""
+        return self._cursor
 
     def fetchone(self) -> tuple[Any, ...] | None:
         row = self._cursor.fetchone()
@@ -444,13 +464,6 @@ def schema_setup_turn(database_url: str, schema: str) -> Iterator[None]:
             "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"lifecycle-setup:{schema}",)
         )
         yield
-
-
-def create_lock_table(database: Database) -> None:
-    """SQLite only: the table `lock_key` writes to (PostgreSQL needs none)."""
-    if database.dialect == "sqlite":
-        with database.ddl() as cursor:
-            cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
 
 
 def lock_key(database: Database, cursor: Cursor, key: str) -> None:

@@ -29,6 +29,7 @@ from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_accounts,
     build_erasure,
+    check_service_store,
     confirmation_topics,
     erasure_consumer,
     in_process_consumer,
@@ -123,9 +124,6 @@ class InProcessRelay(Relay):
 
     _memory_position = 0
 
-    def _create_table(self) -> None:
-        return None
-
     def _load_position(self) -> int:
         return self._memory_position
 
@@ -193,6 +191,7 @@ def start_workers(
         for name in ERASING_SERVICES:
             database = service_database(settings, name)
             workers.stores[name] = database
+            check_service_store(database, name)
             consumer = in_process_consumer(
                 name,
                 settings,

@@ -40,8 +40,9 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import get_topic
 
+from lifecycle import event_names
 from lifecycle.crypto import SEALED_FIELD
-from lifecycle.domain import REDACTED, Account
+from lifecycle.domain import REDACTED
 from lifecycle.storage import Cursor, Database, Dialect
 
 APPLICATION_NAME = "Accounts"
@@ -152,18 +153,7 @@ def facts_mapper(mapper: Mapper[UUID]) -> FactsMapper:
     return FactsMapper(transcoder=mapper.transcoder)
 
 
-def topics_of(*event_classes: type) -> tuple[str, ...]:
-    return tuple(get_topic(cls) for cls in event_classes)
-
-
-ACCOUNT_EVENT_TOPICS = topics_of(
-    Account.Registered,
-    Account.PreferencesEdited,
-    Account.ScoutReceived,
-    Account.GiftClaimed,
-    Account.WithdrawalRequested,
-    Account.Purged,
-)
+ACCOUNT_EVENT_TOPICS = event_names.ACCOUNT_EVENTS
 
 
 @dataclass(frozen=True)
@@ -211,16 +201,23 @@ class ReadModel(Projection[TrackingRecorder]):
         """CREATE TABLE / INDEX IF NOT EXISTS statements, named through `table()`."""
 
     def create(self) -> None:
-        """Create the tables when missing; safe when several processes start together."""
-        create_tracking = self.view.create_table  # type: ignore[attr-defined]
-        if self.database.dialect == "sqlite":
-            create_tracking()  # SQLite: one writer at a time anyway (and the same pool)
+        """Create the tables when missing, in a DDL turn of their own (a rebuild's shadow
+        tables; the live ones come from the `read-models` migrations)."""
         with self.database.ddl() as cursor:
-            if self.database.dialect == "postgres":
-                create_tracking()  # inside the DDL turn that `ddl()` takes
-            for statement in self.create_statements():
-                cursor.execute(statement)
-            self._seed_position(cursor)
+            self.create_in(cursor)
+
+    def create_in(self, cursor: Cursor) -> None:
+        """The tracking table (the library's statement), the model's own, the seeded row."""
+        view: Any = self.view
+        if self.database.dialect == "postgres":
+            for statement in view.sql_create_statements:
+                cursor.raw.execute(statement, prepare=False)
+        else:
+            for text in view.create_table_statements:
+                cursor.execute(text)
+        for statement in self.create_statements():
+            cursor.execute(statement)
+        self._seed_position(cursor)
 
     def drop(self) -> None:
         with self.database.ddl() as cursor:

@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
+from lifecycle import event_names
 from lifecycle.domain import Account
 from lifecycle.erasure import CONFIRMATIONS_TABLE, CONFIRMED, FAILED, RETRIES_TABLE
 from lifecycle.storage import Database
-from projections.base import ReadModel, Statement, as_uuid, parse_ts, table_exists, topics_of
+from projections.base import ReadModel, Statement, as_uuid, parse_ts, table_exists
 from schemas.contract import ERASING_SERVICES
 
 ErasureFilter = Literal["open", "pending", "errored", "overdue", "purged", "all"]
@@ -31,7 +32,7 @@ class ErasureStatusView(ReadModel):
     """When each withdrawn account's erasure was requested, and when it was purged."""
 
     name = "erasure_status"
-    topics = topics_of(Account.WithdrawalRequested, Account.Purged)
+    topics = (event_names.WITHDRAWAL_REQUESTED, event_names.PURGED)
     tables = ("erasure_requests",)
 
     def create_statements(self) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
+from lifecycle import event_names
 from lifecycle.domain import Account
 from projections.base import (
     BatchCursor,
@@ -19,7 +20,6 @@ from projections.base import (
     jst_month,
     jst_week_start,
     parse_ts,
-    topics_of,
     upsert_adding,
 )
 
@@ -53,7 +53,7 @@ class WithdrawalReasons(CountingReadModel):
     """Withdrawals per reason per week: why members leave."""
 
     name = "withdrawal_reasons"
-    topics = topics_of(Account.WithdrawalRequested)
+    topics = (event_names.WITHDRAWAL_REQUESTED,)
     tables = ("withdrawal_reasons_weekly",)
 
     def create_statements(self) -> list[str]:
@@ -96,7 +96,7 @@ class GiftClaims(CountingReadModel):
     """Gifts claimed per month and company, with the amount paid out."""
 
     name = "gift_claims"
-    topics = topics_of(Account.GiftClaimed)
+    topics = (event_names.GIFT_CLAIMED,)
     tables = ("gift_claims_monthly",)
 
     def create_statements(self) -> list[str]:
@@ -133,7 +133,7 @@ class ScoutsPerCompany(ReadModel):
     """Scouts sent by each company, and to how many members."""
 
     name = "scouts_per_company"
-    topics = topics_of(Account.ScoutReceived)
+    topics = (event_names.SCOUT_RECEIVED,)
     tables = ("scouts_per_company", "scouted_members")
 
     def create_statements(self) -> list[str]:

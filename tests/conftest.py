@@ -22,12 +22,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog
-from support import TOKENS, WORKER, SmtpSink, smtp_sink, unique_tag, unique_topics
+from support import TOKENS, WORKER, SmtpSink, migrate_embedded, smtp_sink, unique_tag, unique_topics
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
-from schemas.contract import TopicNames
+from schemas.contract import ERASING_SERVICES, TopicNames
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".services" / "env"
@@ -167,10 +168,34 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of migrated embedded databases (lifecycle and the three services' stores),
+    made once per session: each SQLite test copies the files instead of migrating."""
+    directory = tmp_path_factory.mktemp("migrated")
+    migrate_embedded(
+        Settings(
+            database_url=f"sqlite:///{directory / 'lifecycle.sqlite3'}",
+            kafka_bootstrap=None,
+            master_key=new_master_key(),
+        )
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def pg_service_stores(postgres_url: str) -> None:
+    """The reference services' default schemas (`scout`, `chat`, `mail`), which `serve` with
+    Kafka off runs in-process, migrated once per session (idempotent, in turns)."""
+    for name in ERASING_SERVICES:
+        migrate_service(Settings(database_url=postgres_url, kafka_bootstrap=None), name)
+
+
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Service settings on the requested backend, with one known token per role. Embedded
-    (no Kafka, no topic prefix) even when the shell exports the services' LIFECYCLE_* lines."""
+    """Service settings on the requested backend, with one known token per role, its database
+    migrated. Embedded (no Kafka, no topic prefix) even when the shell exports the services'
+    LIFECYCLE_* lines."""
     common: dict[str, object] = {
         "kafka_bootstrap": None,
         "topic_prefix": "",
@@ -179,10 +204,16 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         "log_format": "json",
     }
     if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        for file in template.glob("*.sqlite3"):
+            shutil.copyfile(file, tmp_path / file.name)
         return Settings(database_url=f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}", **common)
     postgres_url: str = request.getfixturevalue("postgres_url")
     schema: str = request.getfixturevalue("pg_schema")
-    return Settings(database_url=postgres_url, database_schema=schema, **common)
+    request.getfixturevalue("pg_service_stores")
+    migrated = Settings(database_url=postgres_url, database_schema=schema, **common)
+    migrate_lifecycle(migrated)
+    return migrated
 
 
 @pytest.fixture

@@ -34,8 +34,12 @@ import psycopg
 from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
 
+from consumers.migrations import SERVICES, kit_component
 from consumers.store import open_database
+from lifecycle.bootstrap import migrate_lifecycle, migrate_service
 from lifecycle.kafka.admin import TopicSettings, ensure_topics, read_from_start
+from lifecycle.migrator import migrate
+from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from schemas.contract import (
     ContractModel,
@@ -231,6 +235,20 @@ def smtp_sink() -> Iterator[SmtpSink]:
 StoreFactory = Callable[[str], Database]
 
 
+def migrated_store(database: Database, name: str) -> Database:
+    """A consumer's store with the kit's tables, and the service's own when `name` is one."""
+    migrate(database, [kit_component(), *([SERVICES[name]] if name in SERVICES else [])])
+    return database
+
+
+def migrate_embedded(settings: Settings) -> None:
+    """What `lifecycle migrate` does with Kafka off: the lifecycle database and the three
+    services' stores beside it."""
+    migrate_lifecycle(settings)
+    for name in SERVICES:
+        migrate_service(settings, name)
+
+
 @contextmanager
 def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[StoreFactory]:
     """`make("scout")`: that service's own store, a fresh schema or SQLite file, dropped after."""
@@ -246,7 +264,7 @@ def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[
         else:
             database = open_database(f"sqlite:///{tmp_path / f'{name}.sqlite3'}", name)
         opened.append(database)
-        return database
+        return migrated_store(database, name)
 
     try:
         yield make

@@ -11,7 +11,6 @@ from uuid import UUID
 from fastapi import Depends, FastAPI, Path, Query, Request
 
 from lifecycle.api.problems import NotReadyError
-from lifecycle.api.tables import prepare_tables
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure
 from lifecycle.erasure import ErasureProcess
@@ -80,9 +79,8 @@ class ApiState:
     def start(
         cls, accounts: Accounts, settings: Settings, erasure: ErasureProcess | None = None
     ) -> ApiState:
-        """Create every table the routes use; the erasure process (the one the workers use,
-        when given) and the live read models."""
-        prepare_tables(accounts)
+        """The erasure process (the one the workers use, when given) and the live read
+        models; their tables come from migrations, checked when `accounts` was built."""
         models = {model.name: model(accounts.database) for model in read_model_classes()}
         return cls(
             accounts,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import (
@@ -30,6 +30,7 @@ from lifecycle.domain import (
     GIFT_AMOUNT_JPY,
     GIFT_KIND,
     MAX_COMMENT_LENGTH,
+    WITHDRAWAL_REASON_DETAILS,
     Channel,
     WithdrawalReason,
 )
@@ -321,8 +322,21 @@ class Gift(BaseModel):
     start_date: IsoDate
 
 
+# Every detail code of any reason (the domain's WITHDRAWAL_REASON_DETAILS), as one enum.
+REASON_DETAILS = sorted({d for details in WITHDRAWAL_REASON_DETAILS.values() for d in details})
+if TYPE_CHECKING:
+    ReasonDetail = str
+else:
+    ReasonDetail = Literal[tuple(REASON_DETAILS)]  # built from the domain's list
+
+
 class WithdrawalRequest(RequestModel):
     reason: WithdrawalReason
+    reason_details: list[ReasonDetail] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Which parts of the reason weighed; each must belong to the reason.",
+    )
     comment: Comment | None = None
     acknowledge_gift_loss: StrictBool = False
 

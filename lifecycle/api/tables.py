@@ -1,27 +1,13 @@
-"""The API's own tables, and `prepare_tables`: every table the routes use, made at start-up.
+"""The API's own tables: what ops did with dead letters, and decrypted audit reads.
 
-No HTTP request runs DDL: the app's lifespan calls `prepare_tables` once, and each class's
-create method takes the guarded DDL path (`Database.ddl()`), so processes starting together
-on one PostgreSQL schema take turns.
+Both are created by migrations (lifecycle.migrations); no request and no start-up runs DDL.
 """
 
 from __future__ import annotations
 
 from uuid import UUID
 
-from lifecycle.application import Accounts
-from lifecycle.erasure import ErasureProcess
 from lifecycle.storage import Database
-from projections.registry import open_read_models
-
-
-def prepare_tables(accounts: Accounts) -> None:
-    """Create (when missing) the read models, the erasure tables and the API's own tables."""
-    database = accounts.database
-    open_read_models(database)
-    ErasureProcess(accounts).create_tables()
-    DeadLetterActions(database).create_table()
-    PersonalDataReads(database).create_table()
 
 
 class DeadLetterActions:
@@ -31,16 +17,6 @@ class DeadLetterActions:
     def __init__(self, database: Database) -> None:
         self.database = database
         self.table = database.table("dead_letter_actions")
-
-    def create_table(self) -> None:
-        database = self.database
-        with database.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                "topic TEXT NOT NULL, partition INTEGER NOT NULL, record_offset BIGINT NOT NULL, "
-                f"action TEXT NOT NULL, acted_at {database.timestamp_type} NOT NULL "
-                f"DEFAULT {database.now}, PRIMARY KEY (topic, partition, record_offset))"
-            )
 
     def done(self, topic: str) -> set[tuple[int, int]]:
         with self.database.transaction(commit=False) as cursor:
@@ -74,16 +50,6 @@ class PersonalDataReads:
     def __init__(self, database: Database) -> None:
         self.database = database
         self.table = database.table("personal_data_reads")
-
-    def create_table(self) -> None:
-        database = self.database
-        with database.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                f"read_at {database.timestamp_type} NOT NULL DEFAULT {database.now}, "
-                f"account_id {database.id_type} NOT NULL, role TEXT NOT NULL, "
-                "request_id TEXT, events INTEGER NOT NULL)"
-            )
 
     def record(self, account_id: UUID, role: str, request_id: str | None, events: int) -> None:
         with self.database.transaction() as cursor:

@@ -30,8 +30,8 @@ from uuid import UUID
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from eventsourcing.utils import get_topic
 
+from lifecycle import event_names
 from lifecycle.application import Accounts
 from lifecycle.audit.verify import chain_point, verify
 from lifecycle.crypto import KEYS_TABLE
@@ -49,7 +49,7 @@ SIGNING_PURPOSE = "lifecycle/erasure-receipt-signing"
 ALGORITHM = "Ed25519"
 KIND = "erasure-receipt"
 VERSION = 1
-PURGED_TOPIC = get_topic(Account.Purged)
+PURGED_TOPIC = event_names.PURGED
 
 log = get_logger(__name__)
 
@@ -177,18 +177,6 @@ class Receipts:
     def signer(self) -> ReceiptSigner:
         """The keyring's signing versions as they are now: a new version signs at once."""
         return self._signer or ReceiptSigner.of(self.accounts)
-
-    def create_tables(self) -> None:
-        """Start-up DDL (guarded): the receipts table, and the chain's for its links."""
-        db = self.database
-        with db.ddl() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                f"receipt_id {db.id_type} PRIMARY KEY, account_id {db.id_type} NOT NULL UNIQUE, "
-                f"issued_at {db.timestamp_type} NOT NULL DEFAULT {db.now}, "
-                "chain_position BIGINT NOT NULL, chain_link TEXT NOT NULL, body TEXT NOT NULL)"
-            )
-        self.chain.create()
 
     def issue(self, account_id: UUID) -> dict[str, Any] | None:
         """The account's receipt, signed and stored once; None while it is not purged."""

@@ -145,6 +145,7 @@ REGISTRY: tuple[RestingPlace, ...] = (
             "dead_letter_actions",
             "personal_data_reads",
             "key_locks",
+            "schema_migrations",
         ),
         NO_VALUE,
     ),
@@ -206,6 +207,10 @@ REGISTRY: tuple[RestingPlace, ...] = (
     _none("table", "mail", "suppressions", "account ids, the confirmation's Message-ID"),
     *(
         _none("table", service, "key_locks", "SQLite lock rows")
+        for service in ("scout", "chat", "mail")
+    ),
+    *(
+        _none("table", service, "schema_migrations", "migration versions and names")
         for service in ("scout", "chat", "mail")
     ),
     _none("table", "scout", "withdrawn_accounts", "account ids"),

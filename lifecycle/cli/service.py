@@ -1,5 +1,5 @@
-"""The service's process kinds: `serve`, `topics`, `relay`, `consume`, `erasure`, `project`,
-and the contract's schema files."""
+"""The service's process kinds: `serve`, `migrate`, `topics`, `relay`, `consume`, `erasure`,
+`project`, and the contract's schema files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,7 +25,7 @@ from lifecycle.settings import Settings
 from schemas.contract import ERASING_SERVICES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from fastapi import FastAPI
 
@@ -115,6 +116,58 @@ def served_app(settings: Settings, accounts: Accounts) -> FastAPI:
 
     app.router.lifespan_context = lifespan
     return app
+
+
+@cli.command()
+def migrate(
+    service: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Migrate this reference service's store instead ({', '.join(ERASING_SERVICES)})."
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None, typer.Option(help="The service store's PostgreSQL schema (default: its name).")
+    ] = None,
+) -> None:
+    """Apply the schema migrations the database lacks (idempotent), and say which.
+
+    Without --service: the lifecycle database, and with Kafka off also the three reference
+    services' stores (`serve` runs them in-process then)."""
+    from lifecycle.bootstrap import migrate_lifecycle, migrate_service
+    from lifecycle.migrator import Applied
+
+    settings = load_settings()
+
+    def report(applied: Applied) -> None:
+        typer.echo(f"applied {applied.component} {applied.version}: {applied.name}")
+
+    targets: list[tuple[str, Callable[[], list[Applied]]]] = []
+    if service is not None:
+        targets.append(
+            (f"{service} store", lambda: migrate_service(settings, service, schema, report))
+        )
+    else:
+        targets.append(("lifecycle database", lambda: migrate_lifecycle(settings, report)))
+        if not settings.kafka_bootstrap:
+            targets += [
+                (f"{name} store", partial(migrate_service, settings, name, None, report))
+                for name in ERASING_SERVICES
+            ]
+    for what, run in targets:
+        try:
+            applied = run()
+        except LifecycleError as error:
+            fail(error.detail)
+        except Exception as error:
+            fail(f"{what}: migration failed ({type(error).__name__}): {_first_line(error)}")
+        done = f"{len(applied)} migration(s) applied" if applied else "nothing to apply"
+        typer.echo(f"{what}: up to date ({done})")
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 @cli.command()

@@ -231,7 +231,6 @@ def test_erasures_pending_errored_and_per_service(client: TestClient, accounts: 
     pending = member(accounts, withdraw=True)
     errored = member(accounts, withdraw=True)
     process = ErasureProcess(accounts)
-    process.create_tables()
     process.handle(Confirmation(errored, "scout", "confirmed", 2, "c-1"))
     process.handle(Confirmation(errored, "chat", FAILED, 0, "c-2", "chat_store_down"))
     project(accounts)
@@ -272,7 +271,6 @@ def test_retry_records_a_request_for_a_lagging_service(
 ) -> None:
     account_id = member(accounts, withdraw=True)
     process = ErasureProcess(accounts)
-    process.create_tables()
     process.handle(Confirmation(account_id, "scout", "confirmed", 1, "c-1"))
     project(accounts)
     path = f"/admin/v1/erasures/{account_id}/services"

@@ -162,7 +162,6 @@ def test_after_purge_even_an_allowed_role_gets_redacted_values(
     decrypting_client: TestClient, accounts: Accounts, account_id: UUID
 ) -> None:
     process = ErasureProcess(accounts)
-    process.create_tables()
     for service in process.services:
         process.handle(Confirmation(account_id, service, "confirmed", 1, f"c-{service}"))
 

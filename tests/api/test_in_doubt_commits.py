@@ -20,6 +20,7 @@ from support import TOKENS, auth, race
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 
@@ -44,6 +45,7 @@ def cut_client(
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
         log_format="json",
     )
+    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     try:
         with TestClient(create_app(settings, accounts)) as client:

@@ -24,13 +24,20 @@ from support import TOKENS, unique_tag
 from lifecycle.api import create_app
 from lifecycle.api.auth import role_for_path
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 
 EXAMPLES = int(os.environ.get("LIFECYCLE_FUZZ_EXAMPLES", "8"))
 # Rules across fields that no JSON Schema can state (`to` not before `from` in a work history,
-# a birth year not in the future): a schema-valid body may still break them, and gets 422.
-CROSS_FIELD_RULES = {("POST", "/v1/accounts"), ("PATCH", "/v1/accounts/{account_id}/preferences")}
+# a birth year not in the future; a withdrawal's reason details belong to its reason): a
+# schema-valid body may still break them, and gets 422.
+# Withdrawal: each reason detail must belong to the reason.
+CROSS_FIELD_RULES = {
+    ("POST", "/v1/accounts"),
+    ("PATCH", "/v1/accounts/{account_id}/preferences"),
+    ("POST", "/v1/accounts/{account_id}/withdrawal"),
+}
 # Answers to a schema-valid request that are business outcomes, not a broken contract.
 ACCEPTED = ["2xx", "401", "403", "404", "409", "410"]
 
@@ -99,6 +106,7 @@ def schema(
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {postgres[1]}")
         settings = Settings(database_url=url, database_schema=postgres[1], **common)
+    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     try:
         loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings, accounts))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from support import free_port
 
-COMMANDS = ("serve", "topics", "relay", "consume", "erasure", "audit", "schemas")
+COMMANDS = ("serve", "migrate", "topics", "relay", "consume", "erasure", "audit", "schemas")
 
 
 def lifecycle(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
@@ -78,9 +78,11 @@ def test_bad_configuration_fails_fast_with_one_line(
 
 @pytest.fixture
 def embedded_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
-    """`lifecycle serve` as the README's first command runs it: nothing configured."""
+    """`lifecycle migrate`, then `lifecycle serve`, as `make run` runs them: nothing configured."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    migrated = lifecycle("migrate", env={"LIFECYCLE_LOG_FORMAT": "json"}, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
     stdout = tmp_path / "stdout.txt"
     stderr = tmp_path / "stderr.txt"
     with stdout.open("w") as out, stderr.open("w") as err:
@@ -128,7 +130,7 @@ def test_first_run_registers_and_erases_in_one_process(
     embedded_server: tuple[str, str, Path],
 ) -> None:
     base, token, cwd = embedded_server
-    # The erasure process's tables come from start-up, before any request needs them.
+    # The erasure process's tables come from the migrations, before any request needs them.
     with sqlite3.connect(cwd / "data" / "lifecycle.sqlite3") as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     assert {"erasure_confirmations", "erasure_retries"} <= tables

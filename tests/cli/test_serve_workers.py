@@ -49,6 +49,10 @@ def two_workers(postgres_url: str, pg_schema: str, tmp_path: Path) -> Iterator[t
         ),
         "LIFECYCLE_LOG_FORMAT": "json",
     }
+    # Kafka off: this also migrates the three services' stores, which `serve` runs in-process.
+    subprocess.run(
+        [sys.executable, "-m", "lifecycle", "migrate"], env=env, check=True, capture_output=True
+    )
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
         process = subprocess.Popen(

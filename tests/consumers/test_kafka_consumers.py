@@ -14,14 +14,23 @@ from typing import Any
 
 import psycopg
 import pytest
-from support import Running, SmtpSink, profile, read_topic, scout_received, wait_until, withdrawal
+from support import (
+    Running,
+    SmtpSink,
+    migrated_store,
+    profile,
+    read_topic,
+    scout_received,
+    wait_until,
+    withdrawal,
+)
 
 from consumers import mail, scout
 from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
 from consumers.kit import Hooks
 from consumers.mailer import Mailer, SmtpMailer, message_id_for
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import kafka_consumer
+from lifecycle.bootstrap import kafka_consumer, migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import Incoming, KafkaSource
@@ -49,13 +58,15 @@ FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
 
 @pytest.fixture
 def kafka_settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> Iterator[Settings]:
-    yield Settings(
+    settings = Settings(
         database_url=postgres_url,
         database_schema=pg_schema,
         kafka_bootstrap=kafka_bootstrap,
         master_key=new_master_key(),
         log_format="json",
     )
+    migrate_lifecycle(settings)
+    yield settings
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in ("scout", "chat", "mail"):
             conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
@@ -70,12 +81,14 @@ def start(
     mailer: Mailer | None = None,
     hooks: Hooks | None = None,
 ) -> Running:
+    schema = f"{settings.database_schema}_{name}"
+    migrate_service(settings, name, schema)  # `lifecycle migrate --service NAME` (idempotent)
     item = Running(
         kafka_consumer(
             name,
             settings,
             topics=topics,
-            schema=f"{settings.database_schema}_{name}",
+            schema=schema,
             mailer=mailer,
             retry=FAST,
             hooks=hooks,
@@ -88,7 +101,9 @@ def start(
 def store(settings: Settings, name: str) -> Database:
     from consumers.store import open_database
 
-    return open_database(settings.database_url, f"{settings.database_schema}_{name}")
+    return migrated_store(
+        open_database(settings.database_url, f"{settings.database_schema}_{name}"), name
+    )
 
 
 def produce(bootstrap: str, items: Sequence[tuple[str, Record]]) -> None:

@@ -16,9 +16,11 @@ from support import Running, scout_received, service_stores, wait_until, withdra
 from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
 from consumers.handler import Handler, HandlerResult, PoisonRecord, erasure_confirmation
 from consumers.kit import Consumer, Hooks
+from consumers.migrations import kit_component
 from consumers.store import ConsumerStore, Outgoing
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
+from lifecycle.migrator import migrate
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
     Envelope,
@@ -242,6 +244,7 @@ def test_lag_is_end_offset_minus_committed_position(
 
 
 def test_outbox_rows_keep_topic_key_headers_and_value(database: Database) -> None:
+    migrate(database, [kit_component("x_")])  # a second kit in the same schema
     store = ConsumerStore(database, table_prefix="x_")
     record = Record(b"key", [("ce_id", b"a:1"), ("bin", b"\x00\xff")], None)
     with store.transaction() as cursor:

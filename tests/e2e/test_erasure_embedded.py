@@ -13,7 +13,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from support import SmtpSink, files_holding, searched_forms, wait_until
+from support import SmtpSink, files_holding, migrate_embedded, searched_forms, wait_until
 
 from consumers import chat, mail, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
@@ -29,7 +29,7 @@ from schemas.contract import ERASURE_GROUP
 @pytest.fixture
 def embedded(tmp_path: Path, smtp: SmtpSink) -> Settings:
     (tmp_path / "data").mkdir()
-    return Settings(
+    settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'data' / 'lifecycle.sqlite3'}",
         kafka_bootstrap=None,
         master_key=new_master_key(),
@@ -37,6 +37,8 @@ def embedded(tmp_path: Path, smtp: SmtpSink) -> Settings:
         smtp_port=smtp.port,
         log_format="json",
     )
+    migrate_embedded(settings)
+    return settings
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from support import (
     SmtpSink,
     dump_database,
     files_holding,
+    migrated_store,
     read_topic,
     searched_forms,
     unique_topics,
@@ -38,7 +39,13 @@ from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
 from lifecycle.audit.receipt import verify_receipt
-from lifecycle.bootstrap import build_erasure, receipts_of, service_keyring
+from lifecycle.bootstrap import (
+    build_erasure,
+    migrate_lifecycle,
+    migrate_service,
+    receipts_of,
+    service_keyring,
+)
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import TopicSettings
@@ -62,7 +69,7 @@ SERVICES = ("scout", "chat", "mail")
 def settings(
     postgres_url: str, pg_schema: str, kafka_bootstrap: str, smtp: SmtpSink
 ) -> Iterator[Settings]:
-    yield Settings(
+    settings = Settings(
         database_url=postgres_url,
         database_schema=pg_schema,
         kafka_bootstrap=kafka_bootstrap,
@@ -71,6 +78,10 @@ def settings(
         smtp_port=smtp.port,
         log_format="json",
     )
+    migrate_lifecycle(settings)  # `lifecycle migrate`, and each service's store
+    for name in SERVICES:
+        migrate_service(settings, name, f"{pg_schema}_{name}")
+    yield settings
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in SERVICES:
             conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
@@ -82,10 +93,9 @@ def stores(settings: Settings) -> Iterator[dict[str, Database]]:
         name: open_database(settings.database_url, f"{settings.database_schema}_{name}")
         for name in SERVICES
     }
-    # The tables exist before the workers start, so the test can write and read at once.
-    scout.create_tables(opened["scout"])
-    chat.create_tables(opened["chat"])
-    mail.create_tables(opened["mail"])
+    # Migrated before the workers start, as `lifecycle migrate --service NAME` would.
+    for name, database in opened.items():
+        migrated_store(database, name)
     yield opened
     for database in opened.values():
         database.close()

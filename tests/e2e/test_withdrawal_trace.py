@@ -25,7 +25,7 @@ from support import TOKENS, SmtpSink, auth, wait_until
 from lifecycle import tracing
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure
+from lifecycle.bootstrap import build_erasure, migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import AccountStatus
 from lifecycle.settings import Settings, token_digest
@@ -221,6 +221,9 @@ def test_one_withdrawal_is_one_trace_on_the_broker(
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
         log_format="json",
     )
+    migrate_lifecycle(settings)  # `lifecycle migrate`, then each service's store
+    for name in SERVICES:
+        migrate_service(settings, name, f"{pg_schema}_{name}")
     accounts = Accounts(env=settings.application_env())
     member = person(uuid.uuid4().hex[:8])
     try:

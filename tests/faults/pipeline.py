@@ -32,11 +32,12 @@ from servers import ThrowawayPostgres
 from support import SmtpSink, free_port, read_topic
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.errors import ConcurrentUpdateError
 from lifecycle.kafka.admin import TopicSettings, ensure_topics
 from lifecycle.settings import Settings
-from schemas.contract import TopicNames
+from schemas.contract import ERASING_SERVICES, TopicNames
 
 # name: the `lifecycle` subcommand that runs it.
 COMMANDS: dict[str, list[str]] = {
@@ -100,6 +101,9 @@ class Pipeline:
         self.probe_ports = {name: free_port() for name in COMMANDS}
         self.started: dict[str, int] = {}  # name -> pid, as started (or restarted by a test)
         self._runs = itertools.count()
+        migrate_lifecycle(self.settings)  # `lifecycle migrate`, then each service's
+        for name in ERASING_SERVICES:
+            migrate_service(self.settings, name)
         self.accounts = Accounts(env=self.settings.application_env())
 
     @classmethod

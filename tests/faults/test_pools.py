@@ -16,6 +16,7 @@ import pytest
 from servers import ThrowawayPostgres
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
@@ -36,6 +37,7 @@ def accounts(throwaway_postgres: ThrowawayPostgres) -> Iterator[Accounts]:
         database_schema="pooltest_app",
         master_key=new_master_key(),
     )
+    migrate_lifecycle(settings)
     app = Accounts(env=settings.application_env())
     yield app
     app.close()

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings
 
@@ -22,6 +23,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         kafka_bootstrap=None,
         master_key=new_master_key(),
     )
+    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     try:
         with TestClient(create_app(settings, accounts)) as client:

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from support import wait_until
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import PublishError
@@ -28,6 +29,7 @@ def accounts(tmp_path: Path) -> Iterator[Accounts]:
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}", master_key=new_master_key()
     )
+    migrate_lifecycle(settings)
     app = Accounts(env=settings.application_env())
     yield app
     app.close()

@@ -15,7 +15,6 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from typer.testing import CliRunner
 
-from lifecycle.api.tables import prepare_tables
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
 from lifecycle.audit.registry import (
@@ -25,7 +24,12 @@ from lifecycle.audit.registry import (
     unregistered_tables,
     unregistered_topics,
 )
-from lifecycle.bootstrap import kafka_consumer, kafka_erasure_consumer, service_database
+from lifecycle.bootstrap import (
+    kafka_consumer,
+    kafka_erasure_consumer,
+    migrate_service,
+    service_database,
+)
 from lifecycle.cli import cli
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.relay import Relay
@@ -172,12 +176,14 @@ def test_verify_finds_the_one_event_edited_with_sql(
 def deployed(
     settings: Settings, accounts: Accounts, kafka_bootstrap: str, topics: TopicNames
 ) -> Iterator[Settings]:
-    """Every table the service's processes make (API, relay, the three services, erasure),
-    and the contract's topics under this test's prefix: settings that reach them all."""
+    """Every table the migrations make (lifecycle, the three services) and the processes use
+    (API, relay, services, erasure), and the contract's topics under this test's prefix:
+    settings that reach them all."""
     with_kafka = settings.model_copy(
         update={"kafka_bootstrap": kafka_bootstrap, "topic_prefix": topics.prefix}
     )
-    prepare_tables(accounts)
+    for name in ERASING_SERVICES:
+        migrate_service(settings, name, service_schema(settings, name))
     Relay(accounts, InProcessPublisher(), topics=topics).close()
     built = [kafka_erasure_consumer(with_kafka, accounts, topics=topics)]
     for name in ERASING_SERVICES:

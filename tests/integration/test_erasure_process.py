@@ -18,10 +18,8 @@ from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure
 from lifecycle.domain import Account, AccountStatus
 from lifecycle.erasure import (
-    CONFIRMATIONS_TABLE,
     CONFIRMED,
     FAILED,
-    RETRIES_TABLE,
     Confirmation,
     ErasureProcess,
 )
@@ -30,7 +28,6 @@ from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
 from lifecycle.settings import Settings
-from projections.base import table_exists
 from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
 
 TOPICS = TopicNames()
@@ -57,19 +54,6 @@ def purged_events(accounts: Accounts, account_id: UUID) -> int:
     notifications = accounts.recorder.select_notifications(start=1, limit=100_000)
     events = [accounts.mapper.to_domain_event(n) for n in notifications]
     return sum(isinstance(e, Account.Purged) and e.originator_id == account_id for e in events)
-
-
-def test_building_runs_no_ddl_the_builder_creates_both_tables_at_start_up(
-    accounts: Accounts, settings: Settings
-) -> None:
-    ErasureProcess(accounts)
-    assert not table_exists(accounts.database, CONFIRMATIONS_TABLE)
-    assert not table_exists(accounts.database, RETRIES_TABLE)
-    process = build_erasure(accounts, settings)
-    assert table_exists(accounts.database, CONFIRMATIONS_TABLE)
-    assert table_exists(accounts.database, RETRIES_TABLE)
-    assert process.deadline == timedelta(hours=settings.erasure_deadline_hours)
-    build_erasure(accounts, settings)  # a second start changes nothing
 
 
 def test_purges_once_when_every_service_confirmed_and_repeats_change_nothing(
@@ -120,7 +104,6 @@ def test_status_reports_requested_per_service_overdue_and_purged(
     accounts: Accounts, settings: Settings
 ) -> None:
     process = ErasureProcess(accounts, deadline=timedelta(hours=72))
-    process.create_tables()
     active = member(accounts)
     assert process.status(active)["state"] == "not_requested"
     assert process.status(active)["overdue"] is False

@@ -27,18 +27,21 @@ from lifecycle.erasure_refusals import ErasureRefusals
 from lifecycle.kafka.acls import acl_plan, apply_acls
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher, PublishError
-from lifecycle.kafka.security import KafkaSecurity
+from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from schemas.contract import (
     ErasureConfirmedV1,
+    ProfileV1,
     PurgedV1,
     Record,
     TopicNames,
     WithdrawalRequestedV1,
     encode_erasure_confirmed,
     encode_record,
+    encode_tombstone,
     lifecycle_event_id,
+    profile_event_id,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -88,8 +91,41 @@ def secured_topics(secure: tuple[str, dict[str, str]]) -> TopicNames:
     names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
     admin = as_user(users, "admin")
     ensure_topics(bootstrap, names, security=admin)
-    apply_acls(bootstrap, acl_plan(names), admin)
+    plan = acl_plan(names)
+    apply_acls(bootstrap, plan, admin)
+    # Created on the controller, effective once the broker's metadata has them.
+    wait_until(lambda: len(acls_in_effect(bootstrap, admin, names.prefix)) >= len(plan), "ACLs")
     return names
+
+
+def acls_in_effect(bootstrap: str, admin: KafkaSecurity, prefix: str) -> list[object]:
+    """The broker's ACLs on resources of this prefix (what its authorizer decides with)."""
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    client = KafkaAdminClient(**client_config(bootstrap, admin), client_id="test-acls")
+    try:
+        found, _ = client.describe_acls(
+            ACLFilter(
+                principal=None,
+                host="*",
+                operation=ACLOperation.ANY,
+                permission_type=ACLPermissionType.ANY,
+                resource_pattern=ResourcePatternFilter(
+                    ResourceType.ANY, None, ACLResourcePatternType.ANY
+                ),
+            )
+        )
+    finally:
+        client.close()
+    return [acl for acl in found if acl.resource_pattern.resource_name.startswith(prefix)]
 
 
 def send(bootstrap: str, security: KafkaSecurity | None, topic: str, record: Record) -> None:
@@ -116,6 +152,15 @@ def forged_confirmation(account_id: uuid.UUID, service: str) -> Record:
         ErasureConfirmedV1(
             account_id=account_id, service=service, rows_removed=0, confirmed_at=datetime.now(UTC)
         )
+    )
+
+
+def forged_tombstone(account_id: uuid.UUID) -> Record:
+    return encode_tombstone(
+        ProfileV1,
+        ce_id=profile_event_id(account_id, 9),
+        subject=str(account_id),
+        time=datetime.now(UTC),
     )
 
 
@@ -167,6 +212,9 @@ def test_nobody_without_the_right_principal_can_write_what_moves_an_erasure(
             for record in forged_lifecycle(victim)
         ),
         *((as_user(users, "intruder"), topics.lifecycle, r) for r in forged_lifecycle(victim)),
+        # Nor change or wipe a member's mail address (a profile record or tombstone).
+        (as_user(users, "mail"), topics.profile, forged_tombstone(victim)),
+        (as_user(users, "intruder"), topics.profile, forged_tombstone(victim)),
         # Nor write another group's dead letters.
         (as_user(users, "scout"), topics.dlq("chat"), forged_confirmation(victim, "chat")),
     ]

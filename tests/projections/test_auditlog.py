@@ -157,6 +157,7 @@ def test_replay_asks_the_domain_about_withdrawal_and_purge(
             history.active,
             Account.WithdrawalRequested,
             reason="hired_via_platform",
+            reason_details=["scouts"],  # a detail of another reason
             comment=None,
             acknowledged_gift_loss=False,
             gift_forfeited=False,
@@ -167,6 +168,7 @@ def test_replay_asks_the_domain_about_withdrawal_and_purge(
     report = replay(accounts)
 
     assert report.by_rule == {
+        "reason_details_fit": 1,
         "gift_loss_acknowledged": 1,
         "gift_forfeited_flag": 1,
         "purge_after_withdrawal": 1,

@@ -70,7 +70,6 @@ def test_purge_after_chaining_leaves_the_chain_intact(accounts: Accounts) -> Non
     chain = HashChain(accounts.database)
     catch_up(accounts, chain)
     process = ErasureProcess(accounts)
-    process.create_tables()
     for service in process.services:
         process.handle(Confirmation(account_id, service, "confirmed", 1, f"c-{service}"))
     catch_up(accounts, chain)

@@ -18,7 +18,7 @@ from projection_history import (
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
-from lifecycle.erasure import FAILED, Confirmation, ErasureProcess, ErasureRetries
+from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
 from projections.base import (
     APPLICATION_NAME,
     Item,
@@ -96,10 +96,8 @@ def test_erasure_status_per_account_and_service(accounts: Accounts, history: His
     model = ErasureStatusView(accounts.database)
     catch_up(accounts, model)
     process = ErasureProcess(accounts)
-    process.create_tables()
     process.handle(Confirmation(history.withdrawing, "scout", "confirmed", 3, "c-1"))
     process.handle(Confirmation(history.withdrawing, "chat", FAILED, 0, "c-2", "timeout"))
-    ErasureRetries(accounts.database).create_table()
     query = ErasureQuery(model, timedelta(hours=72))
     withdrawing = account(accounts, history.withdrawing)
     purged = account(accounts, history.purged)
@@ -145,7 +143,6 @@ def test_erasure_status_per_account_and_service(accounts: Accounts, history: His
 def test_erasure_overdue_and_filters(accounts: Accounts, history: History) -> None:
     model = ErasureStatusView(accounts.database)
     catch_up(accounts, model)
-    ErasureRetries(accounts.database).create_table()
     query = ErasureQuery(model, timedelta(hours=72))
     later = datetime.now(UTC) + timedelta(hours=73)
 

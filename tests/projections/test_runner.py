@@ -17,6 +17,7 @@ from support import race
 from typer.testing import CliRunner
 
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.cli import cli
 from lifecycle.domain import Account
 from lifecycle.settings import Settings
@@ -263,13 +264,14 @@ def test_followers_started_together_on_a_fresh_log_count_each_event_once(
     settings: Settings, postgres_url: str
 ) -> None:
     """`lifecycle project` run as an HA group: every follower opens the counting read models
-    (creating their tables) and follows the log, all released at the same instant, before
-    any of them has committed a position."""
+    (their tables migrated, tracking rows seeded at 0) and follows the log, all released at
+    the same instant, before any of them has committed a position."""
     for _ in range(ROUNDS):
         schema = f"t_{uuid4().hex[:12]}"
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
         fresh = settings.model_copy(update={"database_schema": schema})
+        migrate_lifecycle(fresh)
         writer = Accounts(env=fresh.application_env())
         followers = [Accounts(env=fresh.application_env()) for _ in range(FOLLOWERS)]
         try:

@@ -369,10 +369,38 @@ def test_withdrawal_accepts_every_known_reason(reason: str) -> None:
     assert account.withdrawn_at == event.timestamp
     assert account.withdrawal == {
         "reason": reason,
+        "reason_details": [],
         "comment": "thanks",
         "acknowledged_gift_loss": True,
         "gift_forfeited": False,
     }
+
+
+def test_withdrawal_records_the_reason_details_that_belong_to_its_reason() -> None:
+    account = new_account()
+    account.request_withdrawal(
+        reason="postings_mismatch", reason_details=["salary", "location", "salary"]
+    )
+    [event] = account.collect_events()
+    assert event.reason_details == ["location", "salary"]  # each once, in one order
+    assert type(event).class_version == 2
+
+
+@pytest.mark.parametrize(
+    ("reason", "details"),
+    [("postings_mismatch", ["scouts"]), ("other", ["agent"]), ("hard_to_use", ["nonsense"])],
+)
+def test_withdrawal_refuses_details_of_another_reason(reason: str, details: list[str]) -> None:
+    account = new_account()
+    with pytest.raises(InvalidCommandError, match="reason_detail_invalid"):
+        account.request_withdrawal(reason=reason, reason_details=details)
+    assert account.status is AccountStatus.ACTIVE
+
+
+def test_a_version_1_withdrawal_is_upcast_with_no_details() -> None:
+    state = {"reason": "other", "comment": None, "acknowledged_gift_loss": False}
+    Account.WithdrawalRequested.upcast_v1_v2(state)
+    assert state["reason_details"] == []
 
 
 @pytest.mark.parametrize("reason", ["", "bored", "HIRED_ELSEWHERE", "hired"])

@@ -24,9 +24,24 @@ def test_every_long_running_service_has_a_health_check_or_depends_on_healthy_one
         port = services[name]["environment"]["LIFECYCLE_PROBE_PORT"]
         assert f"127.0.0.1:{port}/readyz" in " ".join(services[name]["healthcheck"]["test"]), name
     for name, service in services.items():
-        for dependency in service.get("depends_on", {}):
+        for dependency, condition in service.get("depends_on", {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
-            assert "healthcheck" in services[dependency]
+            if condition["condition"] == "service_completed_successfully":
+                assert services[dependency]["restart"] == "no", dependency  # a one-shot job
+            else:
+                assert "healthcheck" in services[dependency]
+
+
+def test_every_process_starts_after_the_migrations_ran() -> None:
+    services = load()["services"]
+    migrate = " ".join(services["migrate"]["command"])
+    assert "lifecycle migrate &&" in migrate
+    for name in ("scout", "chat", "mail"):
+        assert f"lifecycle migrate --service {name}" in migrate
+    for name in ("api", "topics", "relay", "erasure", "scout", "chat", "mail"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        ), name
 
 
 def test_service_containers_get_database_kafka_and_key_from_the_environment() -> None:

@@ -31,7 +31,7 @@ from lifecycle.api.models import (
     api_parts,
 )
 from lifecycle.api.problems import problem_responses
-from lifecycle.domain import GIFT_AMOUNT_JPY, GIFT_KIND
+from lifecycle.domain import GIFT_AMOUNT_JPY, GIFT_KIND, WITHDRAWAL_REASON_DETAILS
 
 router = APIRouter(
     prefix="/v1",
@@ -149,7 +149,13 @@ def withdrawal_preview(account_id: AccountId, accounts: AccountsDep) -> Withdraw
     summary="Request withdrawal; erasure follows",
     description=(
         "Idempotent: asking again answers 202 and records nothing new. With reason "
-        "`hired_via_platform` and no gift claimed, `acknowledge_gift_loss` must be true."
+        "`hired_via_platform` and no gift claimed, `acknowledge_gift_loss` must be true. "
+        "`reason_details` must belong to the reason: "
+        + "; ".join(
+            f"{reason}: {', '.join(details) or 'none'}"
+            for reason, details in WITHDRAWAL_REASON_DETAILS.items()
+        )
+        + " (otherwise 422 `reason_detail_invalid`)."
     ),
     responses=problem_responses(*ON_ACCOUNT, 409),
     dependencies=[TAKES_IDEMPOTENCY_KEY],
@@ -160,6 +166,7 @@ def request_withdrawal(
     accounts.request_withdrawal(
         account_id,
         reason=body.reason.value,
+        reason_details=list(body.reason_details),
         comment=body.comment,
         acknowledge_gift_loss=body.acknowledge_gift_loss,
     )
