@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from eventsourcing.postgres import PostgresDatastore
 
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import migrate_lifecycle
-from lifecycle.crypto import KeyVault, PersonalDataMapper, new_master_key
+from lifecycle.crypto import KeyVault, PersonalDataMapper, holder_token, new_master_key
 from lifecycle.domain import Account, EmailClaim
 from lifecycle.settings import Settings, token_digest
 
@@ -134,7 +135,8 @@ def _member(
     """One member's events: (id, registration + claim, edit, scouts)."""
     account = Account.register(**fast_registration_kwargs(f"gen-{index}@example.com"))
     claim = EmailClaim.open(uuid.uuid4())
-    claim.claim(account.id)
+    # A holder as the application derives it (the key here is a stand-in: nothing opens it).
+    claim.claim(holder_token(os.urandom(32), claim.id))
     first = [*account.collect_events(), *claim.collect_events()]
     if registered_only:
         return account.id, first, [], []

@@ -35,11 +35,13 @@ from lifecycle.domain import (
     AccountStatus,
     EmailClaim,
     WithdrawalReason,
+    legacy_holder,
 )
 from lifecycle.errors import (
     AccountNotFoundError,
     AccountPurgedError,
     ConcurrentUpdateError,
+    KeyDestroyedError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
 from lifecycle.idempotency import DEFAULT_TTL_S, IdempotencyStore
@@ -186,17 +188,21 @@ class Accounts(Application[UUID]):
             # Built afresh each time: a failed save has already taken the pending events.
             account = Account.register(account_id=account_id, **fields)
             claim_id = keyed_id(self._claim_key, account.email)
+            holder = self.vault.holder_token(account.id, claim_id, new=True)
             # Most addresses were never claimed: the first attempt opens the claim without
             # looking (one round trip less); if it exists, opening it again conflicts on its
             # first version and the retry looks it up. The store's unique key decides races.
             claim = (self._find_claim(claim_id) if attempts > 1 else None) or EmailClaim.open(
                 claim_id
             )
-            claim.claim(account.id)
+            claim.claim(holder)
             self.save(account, claim)
             return account.id
 
-        return self._retrying(attempt)
+        try:
+            return self._retrying(attempt)
+        finally:
+            self.vault.drop_fresh(account_id)
 
     def edit_preferences(self, account_id: UUID, **parts: Any) -> list[str]:
         def attempt() -> list[str]:
@@ -336,32 +342,40 @@ class Accounts(Application[UUID]):
     def _save_purged(self, account: Account) -> None:
         """Save a purge with its e-mail claim's release, in one transaction (the key goes
         with them, through the trigger on Purged)."""
+        holders = [legacy_holder(account.id)]
         if account.email == REDACTED:  # key gone before the purge (an old reshred's doing)
             claims = self._claims_held_by(account.id)
         else:
             claim = self._find_claim(keyed_id(self._claim_key, account.email))
             claims = [] if claim is None else [claim]
+            try:
+                holders += [self.vault.holder_token(account.id, claim.id) for claim in claims]
+            except KeyDestroyedError:
+                # Loaded with its key, which a concurrent purge destroyed since: that purge
+                # won; the retry reloads and finds it purged.
+                raise IntegrityError("purged concurrently") from None
         for claim in claims:
-            claim.release(account.id)
+            claim.release(*holders)
         self.save(account, *claims)
 
     def _claims_held_by(self, account_id: UUID) -> list[EmailClaim]:
         """Claims this account holds, found without its address: a walk over every claim
-        event (rare: only an account whose key went before its purge needs it)."""
-        topic = event_names.EMAIL_CLAIMED
+        event (rare: only an account whose key went before its purge needs it, and only its
+        claims recorded before holders were sealed name it)."""
+        topic, holder = event_names.EMAIL_CLAIMED, legacy_holder(account_id)
         found: set[UUID] = set()
         start = 1
         while True:
             page = self.recorder.select_notifications(start=start, limit=1000, topics=[topic])
             for notification in page:
                 event = self.mapper.to_domain_event(notification)
-                if isinstance(event, EmailClaim.Claimed) and event.account_id == account_id:
+                if isinstance(event, EmailClaim.Claimed) and event.holder == holder:
                     found.add(event.originator_id)
             if len(page) < 1000:
                 break
             start = page[-1].id + 1
         claims = [self._find_claim(claim_id) for claim_id in sorted(found)]
-        return [claim for claim in claims if claim is not None and claim.is_held_by(account_id)]
+        return [claim for claim in claims if claim is not None and claim.is_held_by(holder)]
 
     # Queries
 

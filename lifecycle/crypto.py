@@ -98,6 +98,12 @@ _seal = seal
 _open = open_sealed
 
 
+def holder_token(data_key: bytes, claim_id: UUID) -> str:
+    """Who holds an e-mail claim, as only the holder's own data key can say (see
+    lifecycle.domain.EmailClaim): unlinkable once that key is destroyed."""
+    return hmac.new(data_key, b"email-claim|" + claim_id.bytes, hashlib.sha256).hexdigest()
+
+
 @dataclass(frozen=True)
 class StoredEventWithKey(StoredEvent):
     """A `Registered` event with its account's new data key, wrapped: the recorder inserts
@@ -125,15 +131,38 @@ class KeyVault:
         self._cache_seconds = cache_seconds
         self._cache_size = 10_000
         self._lock = threading.Lock()
+        # Keys made for accounts being registered (their claim holder is computed before the
+        # mapper stores the key with `Registered`): used by `new_key` however many times the
+        # event is mapped (a group-commit batch that fails is saved again request by
+        # request), dropped when the registration ends (`drop_fresh`).
+        self._fresh: OrderedDict[UUID, bytes] = OrderedDict()
 
     def new_key(self, account_id: UUID) -> tuple[bytes, bytes]:
         """A new account's data key and its wrapped form, to be stored with its first event.
 
         The key is cached at once: the id is new, so no other process can know it yet."""
-        key = AESGCM.generate_key(bit_length=256)
+        with self._lock:
+            fresh = self._fresh.get(account_id)
+        key = fresh or AESGCM.generate_key(bit_length=256)
         wrapped = self.keyring.wrap(key, account_id.bytes)
         self._remember(account_id, key)
         return key, wrapped
+
+    def holder_token(self, account_id: UUID, claim_id: UUID, *, new: bool = False) -> str:
+        """The account's holder token for a claim; `new`: for an account being registered,
+        with the key its `Registered` event will store."""
+        if new:
+            with self._lock:
+                key = self._fresh.get(account_id)
+                if key is None:
+                    key = self._fresh[account_id] = AESGCM.generate_key(bit_length=256)
+                while len(self._fresh) > self._cache_size:
+                    self._fresh.popitem(last=False)
+        elif (found := self.find_key(account_id)) is not None:
+            key = found
+        else:
+            raise KeyDestroyedError()
+        return holder_token(key, claim_id)
 
     def create_key(self, account_id: UUID) -> bytes:
         """Store a data key on its own (a repair tool's path; registrations use `new_key`);
@@ -225,9 +254,14 @@ class KeyVault:
         except KeyVersionDestroyedError:
             return None
 
+    def drop_fresh(self, account_id: UUID) -> None:
+        with self._lock:
+            self._fresh.pop(account_id, None)
+
     def forget(self, account_id: UUID) -> None:
         with self._lock:
             self._cache.pop(account_id, None)
+            self._fresh.pop(account_id, None)
 
     def destroy_keys_of_purged_accounts(self, also_purged: Iterable[UUID] = ()) -> int:
         """Re-shred after a backup restore: every account known to be purged loses its key.

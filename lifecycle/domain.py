@@ -449,9 +449,19 @@ def default_notifications() -> dict[str, bool]:
     return {"scouts": True, "recommendations": True, "notices": True}
 
 
+def legacy_holder(account_id: UUID | str) -> str:
+    """The holder of a claim recorded before holders were sealed: the account id itself."""
+    return f"account:{account_id}"
+
+
 class EmailClaim(Aggregate):
     """Which account holds an e-mail address now; saved with the account, so claims are atomic.
-    Its id is a keyed hash of the address (see lifecycle.application), never the address."""
+
+    Its id is a keyed hash of the address (see lifecycle.application), never the address. Its
+    holder is a keyed hash of the claim id under the holding account's own data key
+    (lifecycle.crypto.holder_token), never the account id: the application recomputes it to
+    claim and to release, and once `Purged` destroys that key nobody, not even whoever holds
+    every remaining key, can tell which account a claim event was about."""
 
     TOPIC = event_names.EMAIL_CLAIM
 
@@ -463,22 +473,30 @@ class EmailClaim(Aggregate):
 
     class Claimed(Event):
         TOPIC = event_names.EMAIL_CLAIMED
-        class_version = 1
-        account_id: UUID
+        class_version = 2
+        holder: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["holder"] = legacy_holder(state.pop("account_id"))
 
     class Released(Event):
         TOPIC = event_names.EMAIL_RELEASED
-        class_version = 1
-        account_id: UUID
+        class_version = 2
+        holder: str
 
-    account_id: UUID | None
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["holder"] = legacy_holder(state.pop("account_id"))
+
+    holder: str | None
 
     class Created(Event, Aggregate.Created):
         TOPIC = event_names.EMAIL_CLAIM_CREATED
         class_version = 1
 
     def __init__(self) -> None:
-        self.account_id = None
+        self.holder = None
 
     @classmethod
     def open(cls, claim_id: UUID) -> EmailClaim:
@@ -487,24 +505,25 @@ class EmailClaim(Aggregate):
     def fold(self, event: Aggregate.Event) -> None:
         match event:
             case EmailClaim.Created():
-                self.account_id = None
+                self.holder = None
             case EmailClaim.Claimed():
-                self.account_id = event.account_id
+                self.holder = event.holder
             case EmailClaim.Released():
-                self.account_id = None
+                self.holder = None
 
-    def claim(self, account_id: UUID) -> None:
-        self.check_claimable_by(account_id)
-        if self.account_id is None:
-            self.trigger_event(self.Claimed, account_id=account_id)
+    def claim(self, holder: str) -> None:
+        self.check_claimable_by(holder)
+        if self.holder is None:
+            self.trigger_event(self.Claimed, holder=holder)
 
-    def release(self, account_id: UUID) -> None:
-        if self.is_held_by(account_id):
-            self.trigger_event(self.Released, account_id=account_id)
+    def release(self, *holders: str) -> None:
+        """Released when held by any of `holders` (an account's sealed and legacy holder)."""
+        if self.holder is not None and self.holder in holders:
+            self.trigger_event(self.Released, holder=self.holder)
 
-    def check_claimable_by(self, account_id: UUID) -> None:
-        if self.account_id is not None and self.account_id != account_id:
+    def check_claimable_by(self, holder: str) -> None:
+        if self.holder is not None and self.holder != holder:
             raise EmailAlreadyClaimedError("email_in_use")
 
-    def is_held_by(self, account_id: UUID) -> bool:
-        return self.account_id == account_id
+    def is_held_by(self, *holders: str) -> bool:
+        return self.holder is not None and self.holder in holders

@@ -158,13 +158,19 @@ class Database:
         every reader and their space is reused; what stays in WAL segments, archives and
         backups is bounded by key destruction, not by this (see the README)."""
         if self.dialect == "sqlite":
-            # TRUNCATE waits (the busy timeout) for readers to leave the WAL; busy means one
-            # stayed: the next erasure's checkpoint takes what this one could not.
-            for _ in range(3):
-                with self.transaction(commit=False) as cursor:
-                    row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if row is None or not row[0]:
-                    return
+            # TRUNCATE holds the writer lock while it waits for readers to leave the WAL, so
+            # it waits briefly (writers are blocked meanwhile), a few times; busy means a
+            # reader stayed: the next erasure's checkpoint takes what this one could not.
+            with self.transaction(commit=False) as cursor:
+                (timeout,) = cursor.execute("PRAGMA busy_timeout").fetchone() or (5000,)
+                cursor.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+                try:
+                    for _ in range(3):
+                        row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                        if row is None or not row[0]:
+                            break
+                finally:
+                    cursor.execute(f"PRAGMA busy_timeout = {int(timeout)}")
             return
         names = list(tables)
         now = time.monotonic()
@@ -215,6 +221,7 @@ class Database:
 
 
 VACUUM_INTERVAL_S = 1.0
+CHECKPOINT_WAIT_MS = 200
 
 
 def secure_delete(datastore: SQLiteDatastore) -> None:

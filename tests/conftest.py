@@ -13,6 +13,7 @@ Each tier's own fixtures live in its folder's conftest.py; helpers live in suppo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -114,12 +115,23 @@ YIELDING_NICENESS = 10
 _yielding = [WORKER == "main"]  # without xdist nothing runs beside the fault tier
 
 
+# Where the machine allows it (root), the fault tier's worker, its servers and its processes
+# also go above the shared servers, which serve the other workers at niceness 0.
+FAULT_TIER_NICENESS = -5
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """On an xdist worker, before its first test outside a server group (xdist hands out the
-    fault tier first), lower this process's priority and that of everything it starts."""
-    if _yielding[0] or any(mark.name == "xdist_group" for mark in item.iter_markers()):
+    fault tier first), lower this process's priority and that of everything it starts; before
+    a test of the group, raise it where permitted (before its servers start)."""
+    if _yielding[0]:
         return
-    os.nice(YIELDING_NICENESS)
+    if any(mark.name == "xdist_group" for mark in item.iter_markers()):
+        if WORKER != "main" and os.getpriority(os.PRIO_PROCESS, 0) > FAULT_TIER_NICENESS:
+            with contextlib.suppress(PermissionError):
+                os.setpriority(os.PRIO_PROCESS, 0, FAULT_TIER_NICENESS)
+        return
+    os.setpriority(os.PRIO_PROCESS, 0, YIELDING_NICENESS)
     _yielding[0] = True
 
 

@@ -21,8 +21,8 @@ from lifecycle.application import Accounts, KnownErasure
 from lifecycle.audit.receipt import ReceiptSigner, verify_receipt
 from lifecycle.audit.replay import replay
 from lifecycle.bootstrap import build_erasure, migrate_lifecycle, receipts_of
-from lifecycle.crypto import KEYS_TABLE, new_master_key
-from lifecycle.domain import REDACTED, AccountStatus
+from lifecycle.crypto import KEYS_TABLE, keyed_id, new_master_key
+from lifecycle.domain import REDACTED, AccountStatus, EmailClaim, legacy_holder
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings, token_digest
@@ -247,6 +247,13 @@ def test_reshred_purges_an_account_an_older_reshred_left_active_without_its_key(
     address no longer opens, yet the account is purged, its claim released, and replay holds."""
     account_id = accounts.register(**MEMBER)
     live_id = accounts.register(**LIVE)
+    # That older release recorded claims naming the account (read back as its legacy holder);
+    # a claim of this release can only be released with the account's key.
+    claim = accounts.repository.get(keyed_id(accounts._claim_key, MEMBER["email"]))
+    assert isinstance(claim, EmailClaim)
+    claim.release(accounts.vault.holder_token(account_id, claim.id))
+    claim.claim(legacy_holder(account_id))
+    accounts.save(claim)
     requested = datetime.now(UTC) + timedelta(seconds=1)
     assert accounts.vault.destroy_keys_of_purged_accounts([account_id]) == 1
 

@@ -48,9 +48,10 @@ def test_one_of_many_simultaneous_registrations_of_an_address_wins(accounts: Acc
     assert account.email == "mika@example.jp"
     assert [e.originator_id for e in stored(accounts, Account.Registered)] == [winner]
     [claimed] = stored(accounts, EmailClaim.Claimed)
-    assert claimed.account_id == winner
+    holder = accounts.vault.holder_token(winner, claimed.originator_id)
+    assert claimed.holder == holder
     assert len(stored(accounts, EmailClaim.Created)) == 1
-    assert accounts.repository.get(claimed.originator_id).account_id == winner
+    assert accounts.repository.get(claimed.originator_id).holder == holder
     # The losers' keys went down with their transactions: only the winner has one.
     assert key_owners(accounts) == [winner]
 

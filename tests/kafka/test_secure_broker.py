@@ -20,7 +20,12 @@ from pydantic import SecretStr
 from support import Running, wait_until
 
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import kafka_consumer, kafka_erasure_consumer
+from lifecycle.bootstrap import (
+    kafka_consumer,
+    kafka_erasure_consumer,
+    migrate_lifecycle,
+    migrate_service,
+)
 from lifecycle.crypto import new_master_key
 from lifecycle.domain import AccountStatus
 from lifecycle.erasure_refusals import ErasureRefusals
@@ -261,6 +266,9 @@ def test_the_pipeline_runs_under_its_own_credentials_and_a_misattributed_confirm
     topics = secured_topics
     service = secure_settings["lifecycle"]
     assert service.kafka_sasl_password is not None
+    migrate_lifecycle(service)  # `lifecycle migrate`, and each service's store
+    for name in ("scout", "chat", "mail"):
+        migrate_service(service, name, f"{service.database_schema}_{name}")
     accounts = Accounts(env=service.application_env())
     running: list[Running] = []
     publisher = KafkaPublisher(bootstrap, security=service.kafka_security)
