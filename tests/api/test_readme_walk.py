@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import TOKENS, wait_until
+from support import TOKENS, migrate_embedded, wait_until
 
 from lifecycle.application import Accounts
 from lifecycle.cli.service import served_app
@@ -65,7 +65,7 @@ def walk() -> list[Step]:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    """What `make run` serves on a first run: SQLite, Kafka off, the workers in-process."""
+    """What `make run` serves on a first run: SQLite migrated, Kafka off, workers in-process."""
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}",
         kafka_bootstrap=None,
@@ -73,6 +73,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
         log_format="json",
     )
+    migrate_embedded(settings)  # `make run` runs `lifecycle migrate` first
     with TestClient(served_app(settings, Accounts(env=settings.application_env()))) as client:
         yield client
 

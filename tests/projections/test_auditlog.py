@@ -214,6 +214,7 @@ def test_replay_asks_the_rules_the_commands_check_of_their_input(
             comment="x" * (MAX_COMMENT_LENGTH + 1),
             acknowledged_gift_loss=False,
             gift_forfeited=forfeited,
+            reason_details=[],
         ),
     )
 
