@@ -17,8 +17,11 @@ run: install
 	$(BIN)/lifecycle migrate
 	$(BIN)/lifecycle serve --host $(HOST) --port $(PORT)
 
+# The fault tier runs last and alone: its recoveries are timed, and three workers beside it
+# starved them (11 failures in one parallel run; the tier alone passes in about two minutes).
 test: install services lint
-	$(BIN)/pytest -n $(TEST_WORKERS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --ignore=tests/faults
+	$(BIN)/pytest tests/faults
 
 test-fast: install
 	$(BIN)/pytest -n $(TEST_WORKERS) -m "not postgres and not kafka"
