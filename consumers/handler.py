@@ -107,16 +107,14 @@ def erasure_confirmation(
     the service's own confirmation topic: only its principal may write there, and the erasure
     process believes a confirmation for the topic it came on, not for what it says. Version 2
     (`erased`, naming the withdrawal it answers); the lifecycle service reads version 1 too."""
-    return Outgoing(
-        topics.erasure_confirmed(service),
-        encode_erasure_confirmed(
-            ErasureConfirmedV2(
-                account_id=account_id,
-                service=service,
-                rows_removed=rows_removed,
-                confirmed_at=datetime.now(UTC),
-                withdrawal_version=withdrawal_version,
-            )
+    return _on_own_topic(
+        topics,
+        ErasureConfirmedV2(
+            account_id=account_id,
+            service=service,
+            rows_removed=rows_removed,
+            confirmed_at=datetime.now(UTC),
+            withdrawal_version=withdrawal_version,
         ),
     )
 
@@ -131,20 +129,23 @@ def erasure_failure(
     """The record that tells the lifecycle service this one could not erase, and why (a code
     from the contract's fixed list): ops see the erasure as errored and may ask again; send
     `erasure_confirmation` once the data is gone."""
-    return Outgoing(
-        topics.erasure_confirmed(service),
-        encode_erasure_confirmed(
-            ErasureConfirmedV2(
-                account_id=account_id,
-                service=service,
-                rows_removed=0,
-                confirmed_at=datetime.now(UTC),
-                outcome="failed",
-                failure_code=failure_code,
-                withdrawal_version=withdrawal_version,
-            )
+    return _on_own_topic(
+        topics,
+        ErasureConfirmedV2(
+            account_id=account_id,
+            service=service,
+            rows_removed=0,
+            confirmed_at=datetime.now(UTC),
+            outcome="failed",
+            failure_code=failure_code,
+            withdrawal_version=withdrawal_version,
         ),
     )
+
+
+def _on_own_topic(topics: TopicNames, payload: ErasureConfirmedV2) -> Outgoing:
+    """A confirmation or failure, on the confirmation topic of the service it names."""
+    return Outgoing(topics.erasure_confirmed(payload.service), encode_erasure_confirmed(payload))
 
 
 def withdrawal_version_of(envelope: Envelope) -> int | None:
