@@ -203,12 +203,15 @@ class MasterKeyring(_VersionedKeyring):
     (Rotation needs a place for new versions: `LIFECYCLE_KEYRING_DIR`.)"""
 
     def __init__(self, master_key: bytes) -> None:
-        self._master_key = master_key
+        # Derived once: every account load unwraps a key through `_material`.
+        self._materials = {
+            purpose: derive(master_key, LEGACY_INFO[purpose]) for purpose in PURPOSES
+        }
 
     def _material(self, purpose: Purpose, version: int) -> bytes:
         if version != 1:
             raise KeyVersionDestroyedError(f"{purpose} version {version} is not in this keyring")
-        return derive(self._master_key, LEGACY_INFO[purpose])
+        return self._materials[purpose]
 
     def versions(self, purpose: Purpose = "kek") -> list[KeyVersion]:
         return [KeyVersion(purpose, 1, EPOCH, origin="master", rotatable=False)]
@@ -245,7 +248,7 @@ class FileKeyring(_VersionedKeyring):
         with suppress(FileExistsError):
             self.directory.mkdir(mode=0o700, parents=True)
         _check_private(self.directory, directory=True)
-        if any(not versions for versions in self._read_state().values()) or not self._stamp:
+        if any(not versions for versions in self._current_state().values()) or not self._stamp:
             with self._writing():  # first use: version 1 of each purpose
                 state = self._read_state()
                 for purpose in PURPOSES:
@@ -277,6 +280,12 @@ class FileKeyring(_VersionedKeyring):
             os.close(fd)
 
     def _read_state(self) -> dict[Purpose, dict[int, KeyVersion]]:
+        """A copy of the state, for a writer to change and write back."""
+        return {p: dict(v) for p, v in self._current_state().items()}
+
+    def _current_state(self) -> dict[Purpose, dict[int, KeyVersion]]:
+        """The state as last read (read again when the file changed); readers only, no copy:
+        every account load reaches it through `_material`."""
         path = self.directory / STATE_FILE
         try:
             st = path.stat()
@@ -285,7 +294,7 @@ class FileKeyring(_VersionedKeyring):
         stamp = (st.st_mtime_ns, st.st_size)
         with self._lock:
             if stamp == self._stamp:
-                return {p: dict(v) for p, v in self._state.items()}
+                return self._state
         raw = json.loads(path.read_text())
         state: dict[Purpose, dict[int, KeyVersion]] = {}
         for purpose in PURPOSES:
@@ -302,7 +311,7 @@ class FileKeyring(_VersionedKeyring):
             }
         with self._lock:
             self._state, self._stamp = state, stamp
-        return {p: dict(v) for p, v in state.items()}
+        return state
 
     def _write_state(self, state: dict[Purpose, dict[int, KeyVersion]]) -> None:
         document = {
@@ -333,12 +342,12 @@ class FileKeyring(_VersionedKeyring):
     # Reading
 
     def versions(self, purpose: Purpose = "kek") -> list[KeyVersion]:
-        return sorted(self._read_state().get(purpose, {}).values(), key=lambda v: v.version)
+        return sorted(self._current_state().get(purpose, {}).values(), key=lambda v: v.version)
 
     def _material(self, purpose: Purpose, version: int) -> bytes:
         with self._lock:
             found = self._materials.get((purpose, version))
-        entry = self._read_state().get(purpose, {}).get(version)
+        entry = self._current_state().get(purpose, {}).get(version)
         if entry is None or not entry.live:
             with self._lock:
                 self._materials.pop((purpose, version), None)
