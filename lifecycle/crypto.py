@@ -48,7 +48,6 @@ from lifecycle.keyring import (
 )
 from lifecycle.storage import Database
 
-NONCE_BYTES = 12
 SEALED_FIELD = "sealed"
 PURGED_TOPIC = event_names.PURGED
 # What the refusing trigger raises, on both backends.
@@ -92,10 +91,6 @@ def keyring_from_env(env: Mapping[str, str]) -> Keyring:
 def keyed_id(key: bytes, value: str) -> UUID:
     """A stable id for a value that nobody without the key can recompute."""
     return UUID(bytes=hmac.new(key, value.encode(), hashlib.sha256).digest()[:16])
-
-
-_seal = seal
-_open = open_sealed
 
 
 def holder_token(data_key: bytes, claim_id: UUID) -> str:
@@ -331,7 +326,7 @@ class PersonalDataMapper(Mapper[UUID]):
         else:
             raise KeyDestroyedError()
         associated = _associated_data(account_id, state["originator_version"], present)
-        sealed = _seal(key, self.transcoder.encode(personal), associated)
+        sealed = seal(key, self.transcoder.encode(personal), associated)
         state[SEALED_FIELD] = {"fields": present, "data": base64.b64encode(sealed).decode()}
         shell = object.__new__(type(domain_event))
         object.__setattr__(shell, "__dict__", state)
@@ -361,7 +356,7 @@ class PersonalDataMapper(Mapper[UUID]):
             return domain_event
         associated = _associated_data(account_id, stored_event.originator_version, fields)
         try:
-            plaintext = _open(key, base64.b64decode(sealed["data"]), associated)
+            plaintext = open_sealed(key, base64.b64decode(sealed["data"]), associated)
         except InvalidTag:
             raise MapperDeserialisationError(
                 f"sealed personal fields of event {stored_event.originator_version} "
