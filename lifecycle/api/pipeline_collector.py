@@ -38,11 +38,13 @@ log = get_logger(__name__)
 
 def install(app: FastAPI, registry: CollectorRegistry) -> None:
     registry.register(ForwardingCollector(REGISTRY))
-    registry.register(WorkersCollector(lambda: _threads(app)))
+    registry.register(WorkersCollector(lambda: worker_threads(app)))
     registry.register(PipelineStateCollector(app))
 
 
-def _threads(app: FastAPI) -> list[Any]:
+def worker_threads(app: FastAPI) -> list[Any]:
+    """The workers `lifecycle serve` runs in this process's threads when Kafka is off (the
+    relay, the reference services, the erasure consumer); none with Kafka."""
     workers = getattr(app.state, "workers", None)
     if workers is None:
         return []
@@ -122,8 +124,9 @@ class PipelineStateCollector(Collector):
     def _refresh(self, db: Any, bootstrap: str, topics: Any) -> None:
         from lifecycle.kafka.inspector import KafkaInspectorClient
 
+        security = self.app.state.settings.kafka_security
         try:
-            ranges = KafkaInspectorClient(bootstrap, topics).dead_letter_ranges()
+            ranges = KafkaInspectorClient(bootstrap, topics, security=security).dead_letter_ranges()
             actions = DeadLetterActions(db)
             counts = {}
             for group, partitions in ranges.items():
