@@ -93,6 +93,13 @@ class ReceiptSigner:
         public = self.published.get(key_id)
         return None if public is None else _raw(public)
 
+    def signed(self, receipt: dict[str, Any]) -> bool:
+        """Whether one of this service's published signing keys signed the receipt."""
+        signature = receipt.get("signature")
+        key_id = str(signature.get("key_id", "")) if isinstance(signature, dict) else ""
+        public = self.public_bytes_of(key_id)
+        return public is not None and signature_holds(receipt, public)
+
     @property
     def public_bytes(self) -> bytes:
         return self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -331,10 +338,7 @@ class Receipts:
 def verify_receipt(receipt: dict[str, Any], receipts: Receipts) -> dict[str, Any]:
     """Signature, id, and the chain: every link recomputes and the purge is where it says."""
     problems: list[str] = []
-    signature = receipt.get("signature")
-    key_id = str(signature.get("key_id", "")) if isinstance(signature, dict) else ""
-    public = receipts.signer.public_bytes_of(key_id)
-    if public is None or not signature_holds(receipt, public):
+    if not receipts.signer.signed(receipt):
         problems.append("signature does not verify with any of this service's receipt keys")
     try:
         account_id = UUID(str(receipt.get("account_id")))

@@ -29,7 +29,7 @@ from typing import Any
 from uuid import UUID
 
 from lifecycle.application import Accounts, KnownErasure
-from lifecycle.audit.receipt import KIND, ReceiptSigner, signature_holds
+from lifecycle.audit.receipt import KIND, ReceiptSigner
 from lifecycle.logs import get_logger
 from schemas.contract import erasure_receipt_id
 
@@ -74,10 +74,7 @@ def destroyed_ids(accounts: Accounts) -> list[UUID]:
 def _verified(receipt: dict[str, Any], signer: ReceiptSigner) -> UUID | None:
     """The account of a receipt this service signed (any published signing version); None
     for anything else."""
-    signature = receipt.get("signature")
-    key_id = str(signature.get("key_id", "")) if isinstance(signature, dict) else ""
-    public = signer.public_bytes_of(key_id)
-    if receipt.get("kind") != KIND or public is None or not signature_holds(receipt, public):
+    if receipt.get("kind") != KIND or not signer.signed(receipt):
         return None
     try:
         account_id = UUID(str(receipt.get("account_id")))
