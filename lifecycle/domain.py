@@ -518,7 +518,7 @@ class EmailClaim(Aggregate):
 
     def release(self, *holders: str) -> None:
         """Released when held by any of `holders` (an account's sealed and legacy holder)."""
-        if self.holder is not None and self.holder in holders:
+        if self.is_held_by(*holders):
             self.trigger_event(self.Released, holder=self.holder)
 
     def check_claimable_by(self, holder: str) -> None:

@@ -57,7 +57,7 @@ def acl_plan(topics: TopicNames, principals: Mapping[str, str] | None = None) ->
     # letters, and reads every group's dead letters and offsets for the admin API.
     for topic in (topics.lifecycle, topics.profile):
         allow(me, "topic", topic, "write", "read")
-    for topic in (*topics.confirmations.values(), topics.legacy_erasure_confirmed):
+    for topic in topics.inputs_of(ERASURE_GROUP):
         allow(me, "topic", topic, "read")
     allow(me, "group", topics.group_id(ERASURE_GROUP), "read")
     allow(me, "topic", topics.dlq(ERASURE_GROUP), "write")
