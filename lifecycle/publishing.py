@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from uuid import UUID
 
-from lifecycle.domain import REDACTED, Account
+from lifecycle.account_terms import REDACTED
+from lifecycle.domain import Account
 from lifecycle.kafka.inspector import SourceRecord
 from schemas.contract import (
     ContractModel,

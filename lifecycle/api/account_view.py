@@ -13,8 +13,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
+from lifecycle.account_terms import REDACTED, Channel, WithdrawalReason, default_notifications
 from lifecycle.api.models import Gift
-from lifecycle.domain import REDACTED, Account, Channel, WithdrawalReason, default_notifications
+from lifecycle.domain import Account
 
 Redacted = Literal["[redacted]"]
 REDACTED_OUT: Redacted = "[redacted]"  # lifecycle.domain.REDACTED, as a type a schema can name
