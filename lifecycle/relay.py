@@ -26,6 +26,7 @@ from eventsourcing.utils import resolve_topic
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
+from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
@@ -47,6 +48,7 @@ from schemas.contract import (
     lifecycle_event_id,
     profile_event_id,
 )
+from schemas.data_export import ExportRequestedV1, encode_export_requested
 
 REGISTERED_TOPIC = event_names.REGISTERED
 EDITED_TOPIC = event_names.PREFERENCES_EDITED
@@ -218,6 +220,13 @@ class Relay:
         )
         self._registered = self._registrations_for_edits(notifications)
         for notification in notifications:
+            request = self._export_request(notification)
+            if request is not None:
+                self.publisher.publish(
+                    self.topics.export_requested, request.key, request.headers, request.value
+                )
+                published += 1
+                continue
             event = self._account_event(notification)
             if event is None:
                 continue
@@ -286,6 +295,33 @@ class Relay:
         event = self.accounts.mapper.to_domain_event(notification)
         assert isinstance(event, Account.Event)
         return event
+
+    def _export_request(self, notification: Notification) -> Record | None:
+        """A data export's request (or ops' retry of some services) as the services read it;
+        None for every other notification."""
+        event_class = resolve_topic(notification.topic)
+        if event_class not in (DataExport.Requested, DataExport.RetryRequested):
+            return None
+        event = self.accounts.mapper.to_domain_event(notification)
+        assert isinstance(event, DataExport.Requested | DataExport.RetryRequested)
+        export: object = self.accounts.repository.get(
+            event.originator_id, version=event.originator_version
+        )
+        assert isinstance(export, DataExport)
+        retry = isinstance(event, DataExport.RetryRequested)
+        request = ExportRequestedV1(
+            export_id=export.id,
+            account_id=export.account_id,
+            public_key=export.public_key,
+            requested_at=event.timestamp,
+            expires_at=export.expires_at,
+            services=list(event.services) if isinstance(event, DataExport.RetryRequested) else None,
+        )
+        # A retry's id is its event's: a re-publish after a crash is a duplicate, as it
+        # should be, and no retry is ever a duplicate of the request.
+        return encode_export_requested(
+            request, retry=str(event.originator_version) if retry else None
+        )
 
     def _records_for(
         self, event: Account.Event, notification_id: int
