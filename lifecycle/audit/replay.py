@@ -142,7 +142,7 @@ def replay(
         progress(report.events, max(total, report.events))
     # Every account not purged holds one claim, and a purge releases it: more held claims than
     # such accounts means a purge that kept its address. Counted, since a sealed holder names
-    # no account (see lifecycle.domain.EmailClaim).
+    # no account (see lifecycle.email_claim.EmailClaim).
     live = report.unfolded_accounts + sum(
         n for status, n in report.accounts.items() if status != AccountStatus.PURGED.value
     )
