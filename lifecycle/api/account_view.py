@@ -1,8 +1,8 @@
 """`AccountOut`: the account as a member sees it, from the aggregate's current state.
 
-A personal value whose key is gone reads as `[redacted]` (lifecycle.account_terms.REDACTED), whatever
-its type was: the view takes the marker in place of the value rather than failing validation
-(which would answer 500).
+A personal value whose key is gone reads as `[redacted]` (lifecycle.account_terms.REDACTED),
+whatever its type was: the view takes the marker in place of the value rather than failing
+validation (which would answer 500).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from lifecycle.api.models import Gift
 from lifecycle.domain import Account
 
 Redacted = Literal["[redacted]"]
-REDACTED_OUT: Redacted = "[redacted]"  # lifecycle.account_terms.REDACTED, as a type a schema can name
+REDACTED_OUT: Redacted = (
+    "[redacted]"  # lifecycle.account_terms.REDACTED, as a type a schema can name
+)
 
 
 def is_redacted(value: object) -> bool:
