@@ -29,7 +29,7 @@ from typing import IO, Any, Protocol
 from uuid import UUID
 
 from servers import ThrowawayPostgres
-from support import SmtpSink, free_port, read_topic
+from support import SmtpSink, free_port, read_topic, wait_until
 
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import migrate_lifecycle, migrate_service
@@ -123,6 +123,9 @@ class Pipeline:
         try:
             for name in COMMANDS:
                 pipeline.start(name)
+            # A process signalled or cut while it still starts up (several seconds on a
+            # loaded machine) exits instead of waiting: faults strike once all are up.
+            pipeline.wait_ready()
             yield pipeline
         finally:
             for name in list(pipeline.processes):
@@ -203,6 +206,14 @@ class Pipeline:
             return error.code, str(json.load(error).get("detail", ""))
         except OSError:
             return 0, "no answer"
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Until every process's probe says ready."""
+        wait_until(
+            lambda: all(self.readiness(name)[0] == 200 for name in self.processes),
+            "every process's probe says ready",
+            timeout_s=timeout_s,
+        )
 
     def log_lines(self, event: str) -> list[str]:
         """Lines of every process's log that name `event`."""
