@@ -75,13 +75,7 @@ def insert_rows(
     parse of it) does not grow with the batch; SQLite: a multi-row VALUES.
     """
     names = ", ".join(name for name, _ in columns)
-    if database.dialect == "postgres":
-        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
-        source = f"SELECT * FROM unnest({arrays})"
-        params: list[object] = [[row[i] for row in rows] for i in range(len(columns))]
-    else:
-        source = "VALUES " + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
-        params = [value for row in rows for value in row]
+    source, params = database.dialect.rows(columns, rows)
     return cursor.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
 
 

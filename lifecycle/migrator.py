@@ -151,8 +151,7 @@ def check(database: Database, components: Sequence[Component], where: str = "dat
 def _create_record_table(database: Database) -> None:
     with database.ddl() as cursor:
         _lock_timeout(database, cursor)
-        if database.dialect == "postgres":
-            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {database.schema}")
+        database.dialect.create_schema(cursor, database.schema)
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {database.table(MIGRATIONS_TABLE)} ("
             "component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, "
@@ -192,21 +191,11 @@ def _apply(database: Database, component: Component, migration: Migration) -> Ap
 
 
 def _lock_timeout(database: Database, cursor: Cursor) -> None:
-    if database.dialect == "postgres":
-        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    database.dialect.lock_timeout(cursor, LOCK_TIMEOUT)
 
 
 def _record_table_exists(database: Database, cursor: Cursor) -> bool:
-    if database.dialect == "postgres":
-        row = cursor.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (database.table(MIGRATIONS_TABLE),)
-        ).fetchone()
-    else:
-        row = cursor.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = %s",
-            (MIGRATIONS_TABLE,),
-        ).fetchone()
-    return bool(row and row[0])
+    return database.dialect.table_exists(cursor, database.schema, MIGRATIONS_TABLE)
 
 
 def retry_lock_races(step: Callable[[], Any]) -> Any:

@@ -347,9 +347,8 @@ def swap(shadow: ReadModel, live: ReadModel) -> None:
     suffix = shadow.suffix
     live_tracking = database.table(live.tracking_table)
     with database.ddl() as cursor:
-        if database.dialect == "postgres":
-            # The tracking table first, as every projector's transaction takes it first.
-            cursor.execute(f"LOCK TABLE {live_tracking} IN ACCESS EXCLUSIVE MODE")
+        # The tracking table first, as every projector's transaction takes it first.
+        database.dialect.lock_table(cursor, live_tracking)
         shadow.before_swap(cursor, live)
         for table in live.physical_tables:
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
@@ -362,24 +361,4 @@ def swap(shadow: ReadModel, live: ReadModel) -> None:
 def _rename_indexes(database: Database, cursor: Cursor, live: ReadModel, suffix: str) -> None:
     """Index names are unique per schema, so the shadow's get the live names back."""
     bare_tables = [table.rsplit(".", 1)[-1] for table in live.physical_tables]
-    marks = ", ".join(["%s"] * len(bare_tables))
-    if database.dialect == "postgres":
-        rows = cursor.execute(
-            f"SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename IN ({marks})",
-            (database.schema, *bare_tables),
-        ).fetchall()
-        for (name,) in rows:
-            if suffix in name:
-                cursor.execute(
-                    f"ALTER INDEX {database.table(name)} RENAME TO {name.replace(suffix, '')}"
-                )
-        return
-    rows = cursor.execute(
-        "SELECT name, sql FROM sqlite_master "
-        f"WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN ({marks})",
-        tuple(bare_tables),
-    ).fetchall()
-    for name, sql in rows:
-        if suffix in name:
-            cursor.execute(f"DROP INDEX {name}")
-            cursor.execute(str(sql).replace(suffix, ""))
+    database.dialect.rename_indexes(cursor, database.schema, bare_tables, suffix)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from lifecycle.api.tables import DeadLetterActions
 from lifecycle.logs import get_logger
 from lifecycle.pipeline_metrics import REGISTRY, ForwardingCollector, WorkersCollector
+from lifecycle.storage import read_timestamp
 from schemas.contract import CONSUMER_GROUPS
 
 DEAD_LETTER_REFRESH_S = 30.0
@@ -146,8 +147,7 @@ class PipelineStateCollector(Collector):
 
 
 def _unix(value: Any) -> float:
-    """A timestamp column's value (a datetime on PostgreSQL, ISO text on SQLite) as Unix time."""
-    stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
+    """A timestamp column's value as Unix time."""
+    stamp = read_timestamp(value)
+    assert stamp is not None, "updated_at is NOT NULL"
     return stamp.timestamp()
