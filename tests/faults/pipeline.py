@@ -128,9 +128,17 @@ class Pipeline:
             pipeline.wait_ready()
             yield pipeline
         finally:
+            # Every process is stopped, even after one failed to stop cleanly (a run must not
+            # leave consumers behind); then the first failure is raised.
+            failures: list[AssertionError] = []
             for name in list(pipeline.processes):
-                pipeline.terminate(name)
+                try:
+                    pipeline.terminate(name)
+                except AssertionError as failure:
+                    failures.append(failure)
             pipeline.accounts.close()
+            if failures:
+                raise failures[0]
 
     # Processes
 
