@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, Notification, Tracking
 
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle.application import Accounts
+from lifecycle.backoff import Backoff
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
 from lifecycle.probe import Probe
@@ -41,8 +42,7 @@ log = get_logger(__name__)
 
 DEFAULT_BATCH = 500
 # Waiting for the database: the first pause, and the longest.
-INITIAL_BACKOFF_S = 0.5
-MAX_BACKOFF_S = 5.0
+BACKOFF = Backoff(initial_s=0.5, max_s=5.0)
 
 
 # Progress
@@ -209,26 +209,25 @@ class Projector:
         """Catch up, then follow the log live until `stop` is set; a database that is down
         is waited out with capped backoff (`waiting_for` says so), then it goes on."""
         waiter = waiter_for(self.recorder, stop, poll_interval_s)
-        backoff = INITIAL_BACKOFF_S
+        delays = BACKOFF.delays()
         self._log.info("projection.started", position=self._position)
         try:
             while not stop.is_set():
                 try:
                     applied = self.catch_up(stop)
                     self._wait.recovered()
-                    backoff = INITIAL_BACKOFF_S
+                    delays.reset()
                     if applied:
                         self._log.info("projection.caught_up", position=self._position)
                     waiter.wait()
                 except Exception as error:
-                    self._waiting(error, backoff)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    self._waiting(error, delays.next_s)
+                    delays.wait(stop)
                     waiter.reset()
                     try:
                         self._position = self.model.position()
                     except Exception as reload_error:
-                        self._waiting(reload_error, backoff)
+                        self._waiting(reload_error, delays.next_s)
         finally:
             waiter.close()
             self._log.info("projection.stopped", position=self._position)
