@@ -14,8 +14,6 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from lifecycle.storage import Cursor, Database
@@ -49,8 +47,6 @@ def open_database(database_url: str, schema: str) -> Database:
     For SQLite, `database_url` names the file itself (`sqlite:///data/scout.sqlite3`).
     """
     check_identifier(schema)
-    if urlsplit(database_url).scheme == "sqlite":
-        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return Database.open(database_url, schema)
 
 

@@ -173,9 +173,8 @@ class WithdrawalMail:
         with db.transaction() as cursor:
             lock_keys(db, cursor, [f"mail:{account}" for account, _ in sent])
             cursor.execute(
-                f"WITH v (account_id, message_id) AS ({values}) "
                 f"UPDATE {table} AS s SET confirmation_message_id = v.message_id, "
-                f"confirmation_sent_at = {db.now} FROM v "
+                f"confirmation_sent_at = {db.now} FROM ({values}) AS v "
                 f"WHERE s.account_id = v.account_id AND s.{unsent}",
                 params,
             )

@@ -166,8 +166,7 @@ class KeyRotation:
         )
         with db.transaction() as cursor:
             cursor.execute(
-                f"WITH c (account_id, new, old) AS ({changed}) "
-                f"UPDATE {table} AS k SET wrapped_key = c.new FROM c "
+                f"UPDATE {table} AS k SET wrapped_key = c.new FROM ({changed}) AS c "
                 "WHERE k.account_id = c.account_id AND k.wrapped_key = c.old",
                 params,
             )

@@ -18,6 +18,7 @@ import weakref
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
@@ -140,7 +141,10 @@ class Database:
                 schema=schema,
             )
         else:
-            datastore = SQLiteDatastore(env["SQLITE_DBNAME"], pool_size=pool_size)
+            name = env["SQLITE_DBNAME"]
+            if not name.startswith(("file:", ":memory:")):
+                Path(name).parent.mkdir(parents=True, exist_ok=True)  # a new store's directory
+            datastore = SQLiteDatastore(name, pool_size=pool_size)
         return cls(datastore, application_name=application_name)
 
     def close(self) -> None:

@@ -78,8 +78,10 @@ class SqlDialect:
     def rows(
         self, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]
     ) -> tuple[str, list[object]]:
-        """Rows as a table expression in one statement (`INSERT INTO t (...) <it>`, or
-        `WITH v(...) AS (<it>) UPDATE ... FROM v`); `columns` are (name, PostgreSQL type)."""
+        """Rows as a SELECT whose columns are named `columns` ((name, PostgreSQL type) pairs),
+        for one statement: `INSERT INTO t (...) <it> [ON CONFLICT ...]` or
+        `UPDATE t SET ... FROM (<it>) AS v WHERE ...` (a statement that starts with WITH would
+        lose its row count on SQLite)."""
         raise NotImplementedError
 
     # Locks
@@ -168,7 +170,8 @@ class PostgresDialect(SqlDialect):
     ) -> tuple[str, list[object]]:
         # One array per column: the statement's text does not grow with the batch.
         arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
-        return f"SELECT * FROM unnest({arrays})", [
+        names = ", ".join(name for name, _ in columns)
+        return f"SELECT * FROM unnest({arrays}) AS v ({names})", [
             [row[i] for row in rows] for i in range(len(columns))
         ]
 
@@ -282,7 +285,12 @@ class SqliteDialect(SqlDialect):
         self, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]
     ) -> tuple[str, list[object]]:
         row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        return "VALUES " + ", ".join([row] * len(rows)), [value for r in rows for value in r]
+        names = ", ".join(f"column{i} AS {name}" for i, (name, _) in enumerate(columns, 1))
+        # WHERE true: without it SQLite reads a following ON CONFLICT as a join's ON.
+        return (
+            f"SELECT {names} FROM (VALUES {', '.join([row] * len(rows))}) WHERE true",
+            [value for r in rows for value in r],
+        )
 
     def lock_keys(self, cursor: Executes, keys: Iterable[str]) -> None:
         # A no-op write takes the database's one write lock now, rather than failing later to
