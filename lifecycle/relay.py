@@ -27,11 +27,12 @@ from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
 from lifecycle.backoff import Backoff, Delays
+from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import Account
 from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
-from lifecycle.publishing import records_of
+from lifecycle.publishing import export_request_record, records_of
 from lifecycle.storage import Database, single_active_lock
 from schemas.contract import (
     Record,
@@ -207,6 +208,13 @@ class Relay:
         )
         self._registered = self._registrations_for_edits(notifications)
         for notification in notifications:
+            request = self._export_request(notification)
+            if request is not None:
+                self.publisher.publish(
+                    self.topics.export_requested, request.key, request.headers, request.value
+                )
+                published += 1
+                continue
             event = self._account_event(notification)
             if event is None:
                 continue
@@ -275,6 +283,20 @@ class Relay:
         event = self.accounts.mapper.to_domain_event(notification)
         assert isinstance(event, Account.Event)
         return event
+
+    def _export_request(self, notification: Notification) -> Record | None:
+        """A data export's request (or ops' retry of some services) as the services read it;
+        None for every other notification."""
+        event_class = resolve_topic(notification.topic)
+        if event_class not in (DataExport.Requested, DataExport.RetryRequested):
+            return None
+        event = self.accounts.mapper.to_domain_event(notification)
+        assert isinstance(event, DataExport.Requested | DataExport.RetryRequested)
+        export: object = self.accounts.repository.get(
+            event.originator_id, version=event.originator_version
+        )
+        assert isinstance(export, DataExport)
+        return export_request_record(export, event)
 
     def _records_for(
         self, event: Account.Event, notification_id: int
