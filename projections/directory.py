@@ -9,11 +9,11 @@ from uuid import UUID
 from lifecycle import event_names
 from lifecycle.account_terms import AccountStatus
 from lifecycle.domain import Account
+from lifecycle.storage import read_timestamp
 from projections.base import (
     ReadModel,
     Statement,
     as_uuid,
-    parse_ts,
 )
 
 COLUMNS = (
@@ -143,5 +143,5 @@ class AccountDirectory(ReadModel):
         found = dict(zip(COLUMNS, row, strict=True))
         found["account_id"] = as_uuid(found["account_id"])
         for name in TIMESTAMPS:
-            found[name] = parse_ts(found[name])
+            found[name] = read_timestamp(found[name])
         return found
