@@ -1,7 +1,8 @@
-"""The one way our Kafka records are made: the relay publishes every Account event through
-here, and every re-publication goes through here too (the erasure retry encodes the
-withdrawal's record again, under a retry id; a dead-letter re-drive publishes the record the
-relay made, read back from its source offset, without the dead letter's headers).
+"""The one way our Kafka records are made: the relay publishes every Account event (and every
+data export's request) through here, and every re-publication goes through here too (the
+erasure retry encodes the withdrawal's record again, under a retry id; a dead-letter re-drive
+publishes the record the relay made, read back from its source offset, without the dead
+letter's headers).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from uuid import UUID
 
+from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import REDACTED, Account
 from lifecycle.kafka.inspector import SourceRecord
 from schemas.contract import (
@@ -28,6 +30,7 @@ from schemas.contract import (
     profile_event_id,
     retry_event_id,
 )
+from schemas.data_export import ExportRequestedV1, encode_export_requested
 
 # A dead letter's own headers (source offset, error, attempts): never published again.
 DEAD_LETTER_HEADER_PREFIX = "dlq_"
@@ -77,6 +80,24 @@ def lifecycle_record(event: Account.Event, *, retry: bool = False) -> Record | N
         subject=str(account_id),
         time=event.timestamp,
     )
+
+
+def export_request_record(
+    export: DataExport, event: DataExport.Requested | DataExport.RetryRequested
+) -> Record:
+    """A data export's request (or ops' retry of some services) as the services read it, on
+    `topics.export_requested`. A retry's id is its event's: a re-publish after a crash is a
+    duplicate, as it should be, and no retry is ever a duplicate of the request."""
+    retry = isinstance(event, DataExport.RetryRequested)
+    request = ExportRequestedV1(
+        export_id=export.id,
+        account_id=export.account_id,
+        public_key=export.public_key,
+        requested_at=event.timestamp,
+        expires_at=export.expires_at,
+        services=list(event.services) if isinstance(event, DataExport.RetryRequested) else None,
+    )
+    return encode_export_requested(request, retry=str(event.originator_version) if retry else None)
 
 
 def republication(source: SourceRecord) -> Record:

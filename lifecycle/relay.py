@@ -26,11 +26,13 @@ from eventsourcing.utils import resolve_topic
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
+from lifecycle.backoff import Backoff, Delays
+from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import Account
 from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
-from lifecycle.publishing import records_of
+from lifecycle.publishing import export_request_record, records_of
 from lifecycle.storage import Database, single_active_lock
 from schemas.contract import (
     Record,
@@ -64,8 +66,7 @@ class Relay:
         self.topics = topics or TopicNames()
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
-        self.initial_backoff_s = initial_backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(initial_backoff_s, max_backoff_s)
         self.observe_ack_latency = observe_ack_latency
         self._db: Database = accounts.database
         self._table = self._db.table("relay_position")
@@ -112,7 +113,7 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         """Relay until `stop` is set: woken by each commit when idle (PostgreSQL NOTIFY,
         the poll interval as fallback), capped backoff on failures."""
-        backoff = self.initial_backoff_s
+        delays = self.backoff.delays()
         standby = False
         waiter = waiter_for(self.accounts.recorder, stop, self.poll_interval_s)
         try:
@@ -128,12 +129,12 @@ class Relay:
                     standby = False
                     processed = self._relay_batch()
                     self._wait.recovered()
-                    backoff = self.initial_backoff_s
+                    delays.reset()
                     if processed < self.batch_size:
                         waiter.wait()
                 except Exception as error:
-                    self._waiting(error, backoff)
-                    backoff = self._back_off(stop, backoff)
+                    self._waiting(error, delays.next_s)
+                    self._back_off(stop, delays)
                     waiter.reset()
         finally:
             waiter.close()
@@ -169,15 +170,14 @@ class Relay:
         """Give up the lock (a standby relay takes over); the publisher stays the caller's."""
         self._lock.release()
 
-    def _back_off(self, stop: threading.Event, backoff: float) -> float:
-        stop.wait(backoff)
+    def _back_off(self, stop: threading.Event, delays: Delays) -> None:
+        delays.wait(stop)
         try:
             # Resume from what is recorded: whatever happened since was not acknowledged.
             self._position = self._load_position()
         except Exception as error:
             # The database is still away: the next attempt reads it again.
             self._log.warning("relay.position_unreadable", error=type(error).__name__)
-        return min(backoff * 2, self.max_backoff_s)
 
     def _hold_lock(self) -> bool:
         if self._lock.held:
@@ -208,6 +208,13 @@ class Relay:
         )
         self._registered = self._registrations_for_edits(notifications)
         for notification in notifications:
+            request = self._export_request(notification)
+            if request is not None:
+                self.publisher.publish(
+                    self.topics.export_requested, request.key, request.headers, request.value
+                )
+                published += 1
+                continue
             event = self._account_event(notification)
             if event is None:
                 continue
@@ -276,6 +283,20 @@ class Relay:
         event = self.accounts.mapper.to_domain_event(notification)
         assert isinstance(event, Account.Event)
         return event
+
+    def _export_request(self, notification: Notification) -> Record | None:
+        """A data export's request (or ops' retry of some services) as the services read it;
+        None for every other notification."""
+        event_class = resolve_topic(notification.topic)
+        if event_class not in (DataExport.Requested, DataExport.RetryRequested):
+            return None
+        event = self.accounts.mapper.to_domain_event(notification)
+        assert isinstance(event, DataExport.Requested | DataExport.RetryRequested)
+        export: object = self.accounts.repository.get(
+            event.originator_id, version=event.originator_version
+        )
+        assert isinstance(export, DataExport)
+        return export_request_record(export, event)
 
     def _records_for(
         self, event: Account.Event, notification_id: int

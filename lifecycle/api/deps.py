@@ -14,7 +14,8 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from lifecycle.api.auth import AuditorCaller, OpsCaller
 from lifecycle.api.problems import NotReadyError, request_id_of
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure, erasure_status_query
+from lifecycle.bootstrap import build_data_exports, build_erasure, erasure_status_query
+from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
 from lifecycle.errors import AccountNotFoundError
@@ -80,6 +81,7 @@ class ApiState:
     accounts: Accounts
     settings: Settings
     erasure: ErasureProcess
+    exports: DataExports
     models: dict[str, ReadModel] = field(default_factory=dict)
     locks: dict[str, threading.Lock] = field(default_factory=dict)
 
@@ -94,6 +96,7 @@ class ApiState:
             accounts,
             settings,
             erasure=erasure or build_erasure(accounts, settings),
+            exports=build_data_exports(accounts, settings),
             models=models,
             locks={name: threading.Lock() for name in models},
         )
@@ -124,6 +127,13 @@ def get_erasure(state: StateDep) -> ErasureProcess:
 
 
 ErasureDep = Annotated[ErasureProcess, Depends(get_erasure)]
+
+
+def get_data_exports(state: StateDep) -> DataExports:
+    return state.exports
+
+
+DataExportsDep = Annotated[DataExports, Depends(get_data_exports)]
 
 
 def get_erasure_status(state: StateDep) -> ErasureStatusQuery:

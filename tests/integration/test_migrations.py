@@ -76,7 +76,7 @@ def database(fresh: Settings) -> Iterator[Database]:
 
 def tables(database: Database) -> set[str]:
     with database.transaction(commit=False) as cursor:
-        if database.dialect == "postgres":
+        if database.dialect.name == "postgres":
             rows = cursor.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (database.schema,)
             ).fetchall()
@@ -124,12 +124,16 @@ def test_migrate_applies_each_component_once_and_records_it(
         ("lifecycle", 3),
         ("consumer-kit:erasure_", 1),
         ("read-models", 1),
+        ("data_export", 1),
+        ("consumer-kit:data_export_", 1),
     ]
     assert migrate_lifecycle(fresh) == []
     assert {name: state.version for name, state in states(database).items()} == {
         "lifecycle": LIFECYCLE.latest,
         "consumer-kit:erasure_": 1,
         "read-models": 1,
+        "data_export": 1,
+        "consumer-kit:data_export_": 1,
     }
     check(database, lifecycle_components())
     build_accounts(fresh).close()
@@ -219,7 +223,8 @@ def test_migrate_on_the_command_line_reports_and_is_idempotent(tmp_path: Path) -
     first = lifecycle("migrate")
     assert first.returncode == 0, first.stderr
     assert "applied lifecycle 1: " in first.stdout
-    applied_first = LIFECYCLE.latest + 2  # the erasure consumer's kit tables, the read models
+    # The erasure consumer's kit tables, the read models, the data exports and their intake's.
+    applied_first = LIFECYCLE.latest + 4
     assert f"lifecycle database: up to date ({applied_first} migration(s) applied)" in first.stdout
     for name, component in SERVICES.items():  # Kafka off: `serve` runs them, migrated too
         applied = 1 + component.latest  # the kit's, then the service's own
