@@ -115,8 +115,9 @@ def _mail(cursor: Cursor, db: Database) -> None:
     )
 
 
-def _mail_sealed_keys(cursor: Cursor, db: Database) -> None:
-    """The sealed store's per-account keys (consumers.sealed), for the contacts it seals."""
+def _sealed_keys(cursor: Cursor, db: Database) -> None:
+    """The sealed store's per-account keys (consumers.sealed): mail's contacts, chat's
+    messages."""
     cursor.execute(
         f"CREATE TABLE IF NOT EXISTS {db.table('sealed_keys')} (account_id TEXT PRIMARY KEY, "
         f"wrapped_key {db.blob_type} NOT NULL, "
@@ -126,12 +127,18 @@ def _mail_sealed_keys(cursor: Cursor, db: Database) -> None:
 
 SERVICES: dict[str, Component] = {
     "scout": Component("scout", (Migration(1, "first release: scouts", _scout),)),
-    "chat": Component("chat", (Migration(1, "first release: threads and messages", _chat),)),
+    "chat": Component(
+        "chat",
+        (
+            Migration(1, "first release: threads and messages", _chat),
+            Migration(2, "sealed keys of the messages", _sealed_keys),
+        ),
+    ),
     "mail": Component(
         "mail",
         (
             Migration(1, "first release: contacts, notices", _mail),
-            Migration(2, "sealed keys of the contacts", _mail_sealed_keys),
+            Migration(2, "sealed keys of the contacts", _sealed_keys),
         ),
     ),
 }

@@ -182,7 +182,7 @@ def service_handler(
     if name == "scout":
         return scout.ScoutHandler(database, topics), scout.subscribed_topics(topics)
     if name == "chat":
-        return chat.ChatHandler(database, topics), chat.subscribed_topics(topics)
+        return chat.ChatHandler(database, topics, keyring=keyring), chat.subscribed_topics(topics)
     if name == "mail":
         handler = mail.MailHandler(database, topics, mailer or DiscardingMailer(), keyring=keyring)
         return handler, mail.subscribed_topics(topics)

@@ -14,8 +14,9 @@ from eventsourcing.persistence import OperationalError
 from support import Running, scout_received, service_stores, wait_until, withdrawal
 
 from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
-from consumers.handler import Handler, HandlerResult, PoisonRecord, erasure_confirmation
+from consumers.handler import Handler, HandlerResult, PoisonRecord
 from consumers.kit import Consumer, Hooks
+from consumers.member_data import erasure_confirmation
 from consumers.migrations import kit_component
 from consumers.store import ConsumerStore, Outgoing
 from lifecycle.kafka.inprocess import InProcessPublisher

@@ -165,14 +165,23 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
     database = service_store("chat")
     service = start(
         services,
-        Service("chat", database, chat.ChatHandler(database, TOPICS), [TOPICS.lifecycle]),
+        Service(
+            "chat",
+            database,
+            chat.ChatHandler(database, TOPICS, keyring=KEYRING),
+            [TOPICS.lifecycle],
+        ),
     )
     member, other = uuid.uuid4(), uuid.uuid4()
     first = chat.open_thread(database, member, "company-1")
     second = chat.open_thread(database, member, "company-2")
-    chat.post_message(database, member, first, "member", "Looking forward to the interview")
-    chat.post_message(database, member, first, "company", "See you on Monday")
-    chat.post_message(database, member, second, "company", "Would you like to talk?")
+    chat.post_message(
+        database, member, first, "member", "Looking forward to the interview", keyring=KEYRING
+    )
+    chat.post_message(database, member, first, "company", "See you on Monday", keyring=KEYRING)
+    chat.post_message(
+        database, member, second, "company", "Would you like to talk?", keyring=KEYRING
+    )
     kept = chat.open_thread(database, other, "company-1")
     assert chat.held_rows(database, member) == 5
 
@@ -184,8 +193,10 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
     with pytest.raises(AccountWithdrawnError):
         chat.open_thread(database, member, "company-3")
     with pytest.raises(AccountWithdrawnError):
-        chat.post_message(database, member, first, "company", "Are you still there?")
-    chat.post_message(database, other, kept, "member", "Hello")
+        chat.post_message(
+            database, member, first, "company", "Are you still there?", keyring=KEYRING
+        )
+    chat.post_message(database, other, kept, "member", "Hello", keyring=KEYRING)
     assert chat.held_rows(database, other) == 2
 
 

@@ -105,7 +105,7 @@ def test_no_constructor_runs_ddl(fresh: Settings, database: Database) -> None:
         ConsumerStore(database)
         ConsumerStore(database, table_prefix="erasure_")
         scout.ScoutHandler(database, TOPICS)
-        chat.ChatHandler(database, TOPICS)
+        chat.ChatHandler(database, TOPICS, keyring=service_keyring(fresh, "chat"))
         mail.MailHandler(
             database, TOPICS, DiscardingMailer(), keyring=service_keyring(fresh, "mail")
         )
