@@ -40,8 +40,21 @@ def kit_component(table_prefix: str = "") -> Component:
             f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
         )
 
+    def marks_by_time(cursor: Cursor, db: Database) -> None:
+        # The retention sweep (`ConsumerStore.forget_processed`) deletes the oldest marks.
+        cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {table_prefix}processed_events_by_time "
+            f"ON {db.table(f'{table_prefix}processed_events')} (processed_at)"
+        )
+
     name = f"{KIT}:{table_prefix}" if table_prefix else KIT
-    return Component(name, (Migration(1, "first release: marks and outbox", first_release),))
+    return Component(
+        name,
+        (
+            Migration(1, "first release: marks and outbox", first_release),
+            Migration(2, "marks by time, for their retention", marks_by_time),
+        ),
+    )
 
 
 def _key_locks(cursor: Cursor, db: Database) -> None:

@@ -122,13 +122,13 @@ def test_migrate_applies_each_component_once_and_records_it(
         ("lifecycle", 1),
         ("lifecycle", 2),
         ("lifecycle", 3),
-        ("consumer-kit:erasure_", 1),
+        *[("consumer-kit:erasure_", v) for v in range(1, kit_component().latest + 1)],
         ("read-models", 1),
     ]
     assert migrate_lifecycle(fresh) == []
     assert {name: state.version for name, state in states(database).items()} == {
         "lifecycle": LIFECYCLE.latest,
-        "consumer-kit:erasure_": 1,
+        "consumer-kit:erasure_": kit_component().latest,
         "read-models": 1,
     }
     check(database, lifecycle_components())
@@ -149,7 +149,7 @@ def test_each_reference_service_store_migrates_in_its_own_schema(
                 check(store, [kit_component(), component])
             applied = migrate(store, [kit_component(), component])
             assert [a.component for a in applied] == [
-                "consumer-kit",
+                *["consumer-kit"] * kit_component().latest,
                 *[name] * component.latest,
             ]
             check(store, [kit_component(), component])
@@ -219,10 +219,11 @@ def test_migrate_on_the_command_line_reports_and_is_idempotent(tmp_path: Path) -
     first = lifecycle("migrate")
     assert first.returncode == 0, first.stderr
     assert "applied lifecycle 1: " in first.stdout
-    applied_first = LIFECYCLE.latest + 2  # the erasure consumer's kit tables, the read models
+    # The erasure consumer's kit tables, the read models.
+    applied_first = LIFECYCLE.latest + kit_component().latest + 1
     assert f"lifecycle database: up to date ({applied_first} migration(s) applied)" in first.stdout
     for name, component in SERVICES.items():  # Kafka off: `serve` runs them, migrated too
-        applied = 1 + component.latest  # the kit's, then the service's own
+        applied = kit_component().latest + component.latest  # the kit's, the service's own
         assert f"{name} store: up to date ({applied} migration(s) applied)" in first.stdout
     again = lifecycle("migrate")
     assert again.returncode == 0
