@@ -23,6 +23,7 @@ from bench.core import percentile
 from schemas.contract import (
     ContractError,
     ErasureConfirmedV1,
+    ErasureConfirmedV2,
     TopicNames,
     WithdrawalRequestedV1,
     decode_record,
@@ -74,9 +75,9 @@ def stages_ms(
         if isinstance(data, WithdrawalRequestedV1) and data.account_id in stamps:
             sent.setdefault(data.account_id, _kafka_time(record))
     confirmed: dict[UUID, dict[str, datetime]] = {}
-    confirmed = ((r, d) for t in topics.confirmations.values() for r, d in _payloads(bootstrap, t))
-    for record, data in confirmed:
-        if isinstance(data, ErasureConfirmedV1) and data.account_id in stamps:
+    replies = ((r, d) for t in topics.confirmations.values() for r, d in _payloads(bootstrap, t))
+    for record, data in replies:
+        if isinstance(data, ErasureConfirmedV1 | ErasureConfirmedV2) and data.account_id in stamps:
             confirmed.setdefault(data.account_id, {}).setdefault(data.service, _kafka_time(record))
     services = tuple(services)
     stages: dict[str, list[float]] = {name: [] for name in ("relay", *services, "erasure")}

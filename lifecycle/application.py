@@ -265,7 +265,8 @@ class Accounts(Application[UUID]):
         return self._retrying(attempt)
 
     def purge(self, account_id: UUID) -> bool:
-        """Record Purged, release the e-mail and destroy the key, all in one transaction."""
+        """Record Purged, release the e-mail and destroy the key, all in one transaction.
+        The caller runs `after_purges` once after its batch."""
 
         def attempt() -> bool:
             account = self.load_for_audit(account_id)
@@ -283,11 +284,13 @@ class Accounts(Application[UUID]):
         self.vault.forget(account_id)
         # Kept answers hold no value, but their payload fingerprints go with the account.
         self.idempotency.erase_account(account_id)
-        if purged:
-            # The trigger deleted the key row: no copy of it left in SQLite's WAL (the pages
-            # are zeroed by secure_delete), the dead tuple vacuumed on PostgreSQL.
-            self.database.after_erasure([KEYS_TABLE])
         return purged
+
+    def after_purges(self) -> None:
+        """Once after a batch of purges: the trigger deleted the key rows, so no copy of them
+        is left in SQLite's WAL (the pages are zeroed by secure_delete), and the dead tuples
+        are vacuumed on PostgreSQL."""
+        self.database.after_erasure([KEYS_TABLE])
 
     def reshred(self, known: Mapping[UUID, KnownErasure] | Iterable[UUID] = ()) -> dict[str, int]:
         """After a restore: bring every account known purged elsewhere back to `Purged`,
@@ -300,7 +303,7 @@ class Accounts(Application[UUID]):
             self._purge_again(account_id, facts[account_id]) for account_id in sorted(facts)
         )
         destroyed = self.vault.destroy_keys_of_purged_accounts(facts)
-        self.database.after_erasure([KEYS_TABLE])
+        self.after_purges()
         # Each Purged recorded again took its key with it, through the same trigger.
         return {"purges_recorded_again": recorded, "keys_destroyed": recorded + destroyed}
 

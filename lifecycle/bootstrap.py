@@ -25,7 +25,9 @@ from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
 from lifecycle.crypto import MasterKeyError, decode_master_key
-from lifecycle.erasure import ErasureHandler, ErasureProcess
+from lifecycle.erasure.intake import ConfirmationIntake
+from lifecycle.erasure.process import ErasureProcess
+from lifecycle.erasure.queries import ErasureStatusQuery
 from lifecycle.errors import LifecycleError, StartupError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher, Publisher
@@ -132,10 +134,15 @@ def _database_unusable(error: Exception) -> StartupError:
 def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
     """The erasure process as configured (its deadline from settings), with its signed
     receipts (their tables come from migrations)."""
-    process = ErasureProcess(accounts, deadline=timedelta(hours=settings.erasure_deadline_hours))
+    process = ErasureProcess(accounts)
     receipts = Receipts(process, topics=settings.topics, key_policy=settings.key_policy)
     process.receipts = receipts
     return process
+
+
+def erasure_status_query(accounts: Accounts, settings: Settings) -> ErasureStatusQuery:
+    """One account's erasure status from the event store, against the configured deadline."""
+    return ErasureStatusQuery(accounts, timedelta(hours=settings.erasure_deadline_hours))
 
 
 def receipts_of(process: ErasureProcess) -> Receipts:
@@ -258,7 +265,7 @@ def erasure_consumer(
         ERASURE_GROUP,
         source,
         ConsumerStore(process.database, table_prefix=ERASURE_TABLE_PREFIX),
-        ErasureHandler(process, topics, legacy=legacy),
+        ConfirmationIntake(process, topics, legacy=legacy),
         publisher,
         dlq_topic=topics.dlq(ERASURE_GROUP),
         retry=retry,

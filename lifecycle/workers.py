@@ -39,7 +39,7 @@ from lifecycle.bootstrap import (
     require_kafka,
     service_database,
 )
-from lifecycle.erasure import ErasureProcess
+from lifecycle.erasure.process import ErasureProcess
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import InProcessSource

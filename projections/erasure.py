@@ -1,10 +1,11 @@
-"""Erasure status per account and per service, with overdue detection: read model and query.
+"""Erasures for ops: a read model of when each was requested and purged, and its query.
 
 The read model keeps, per withdrawn account, when erasure was requested (and why) and when it
 completed (`Purged`). Per-service state is not in the event log: it comes at query time from
-the two tables the erasure process (`lifecycle.erasure`) keeps, its confirmations and ops'
-retry requests. The deadline is applied at query time, so changing it changes what is overdue
-without a rebuild.
+the two tables the erasure process keeps (`lifecycle.erasure.records`). The status itself is
+computed by `lifecycle.erasure.status.erasure_status`, as for the member route; this module
+adds paging, filters and counts. The deadline is applied at query time, so changing it
+changes what is overdue without a rebuild.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from uuid import UUID
 
 from lifecycle import event_names
 from lifecycle.domain import Account
-from lifecycle.erasure import CONFIRMATIONS_TABLE, CONFIRMED, FAILED, RETRIES_TABLE
+from lifecycle.erasure.records import CONFIRMATIONS_TABLE, ErasureRecords
+from lifecycle.erasure.status import FAILED, ErasureStatus, erasure_status
 from lifecycle.storage import Database
-from projections.base import ReadModel, Statement, as_uuid, parse_ts, table_exists
+from projections.base import ReadModel, Statement, as_uuid, parse_ts
 from schemas.contract import ERASING_SERVICES
 
 ErasureFilter = Literal["open", "pending", "errored", "overdue", "purged", "all"]
 ERASURE_FILTERS: tuple[str, ...] = ("open", "pending", "errored", "overdue", "purged", "all")
-PENDING = "pending"
-RETRY_REQUESTED = "retry_requested"
 
 
 class ErasureStatusView(ReadModel):
@@ -99,7 +99,7 @@ class ErasureQuery:
         after: UUID | None = None,
         limit: int = 100,
         now: datetime | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ErasureStatus]:
         """Erasures in account-id order; `state` is one of ERASURE_FILTERS."""
         now = now or datetime.now(UTC)
         failed = self._failed_clause()
@@ -131,7 +131,7 @@ class ErasureQuery:
             ).fetchall()
         return [self._status(row, now) for row in rows]
 
-    def get(self, account_id: UUID, now: datetime | None = None) -> dict[str, Any] | None:
+    def get(self, account_id: UUID, now: datetime | None = None) -> ErasureStatus | None:
         with self.database.transaction(commit=False) as cursor:
             row = cursor.execute(
                 "SELECT account_id, requested_at, reason, purged_at "
@@ -142,84 +142,22 @@ class ErasureQuery:
 
     def _failed_clause(self) -> str:
         """`r` has a failed confirmation (takes the outcome as its one parameter)."""
-        if not table_exists(self.database, CONFIRMATIONS_TABLE):
-            return "CAST(%s AS TEXT) IS NULL"  # no erasure process ran here: nothing failed
         return (
             f"EXISTS (SELECT 1 FROM {self.database.table(CONFIRMATIONS_TABLE)} c "
             "WHERE c.account_id = r.account_id AND c.outcome = %s)"
         )
 
-    def _status(self, row: tuple[Any, ...], now: datetime) -> dict[str, Any]:
+    def _status(self, row: tuple[Any, ...], now: datetime) -> ErasureStatus:
         account_id = as_uuid(row[0])
-        requested_at = parse_ts(row[1])
-        purged_at = parse_ts(row[3])
-        assert requested_at is not None
-        deadline_at = requested_at + self.deadline
-        services = self._services(account_id)
-        errored = any(service["state"] == FAILED for service in services.values())
-        return {
-            "account_id": account_id,
-            "state": "purged" if purged_at else "requested",
-            "reason": row[2],
-            "requested_at": requested_at,
-            "deadline_at": deadline_at,
-            "purged_at": purged_at,
-            "overdue": purged_at is None and now > deadline_at,
-            "errored": purged_at is None and errored,
-            "services": services,
-        }
-
-    def _services(self, account_id: UUID) -> dict[str, dict[str, Any]]:
-        db = self.database
-        if not table_exists(db, CONFIRMATIONS_TABLE):
-            return self._services_from({}, account_id)
-        with db.transaction(commit=False) as cursor:
-            confirmed = {
-                service: (outcome, rows_removed, error_code, parse_ts(recorded_at))
-                for service, outcome, rows_removed, error_code, recorded_at in cursor.execute(
-                    "SELECT service, outcome, rows_removed, error_code, recorded_at "
-                    f"FROM {db.table(CONFIRMATIONS_TABLE)} WHERE account_id = %s",
-                    (db.id_param(account_id),),
-                ).fetchall()
-            }
-        return self._services_from(confirmed, account_id)
-
-    def _services_from(
-        self, confirmed: dict[str, tuple[Any, ...]], account_id: UUID
-    ) -> dict[str, dict[str, Any]]:
-        retries = self._retries(account_id)
-        services: dict[str, dict[str, Any]] = {}
-        for service in self.services:
-            outcome, rows_removed, error_code, recorded_at = confirmed.get(
-                service, (PENDING, None, None, None)
-            )
-            retry = retries.get(service)
-            state = outcome
-            if retry is not None and outcome != CONFIRMED:
-                retried_at = retry["requested_at"]
-                if outcome == PENDING or recorded_at is None or retried_at >= recorded_at:
-                    state = RETRY_REQUESTED
-            services[service] = {
-                "state": state,
-                "rows_removed": rows_removed,
-                "error_code": error_code,
-                "recorded_at": recorded_at,
-                "retries": 0 if retry is None else retry["attempts"],
-                "last_retry_at": None if retry is None else retry["requested_at"],
-            }
-        return services
-
-    def _retries(self, account_id: UUID) -> dict[str, dict[str, Any]]:
-        db = self.database
-        if not table_exists(db, RETRIES_TABLE):
-            return {}
-        with db.transaction(commit=False) as cursor:
-            rows = cursor.execute(
-                "SELECT service, requested_at, attempts "
-                f"FROM {db.table(RETRIES_TABLE)} WHERE account_id = %s",
-                (db.id_param(account_id),),
-            ).fetchall()
-        return {
-            service: {"requested_at": parse_ts(requested_at), "attempts": int(attempts)}
-            for service, requested_at, attempts in rows
-        }
+        records = ErasureRecords(self.database)
+        return erasure_status(
+            account_id,
+            requested_at=parse_ts(row[1]),
+            purged_at=parse_ts(row[3]),
+            reason=row[2],
+            records=records.services_of(account_id),
+            retries=records.retries_of(account_id),
+            services=self.services,
+            deadline=self.deadline,
+            now=now,
+        )

@@ -37,7 +37,7 @@ from lifecycle.api.routes import admin, audit, health, receipts, scouts
 from lifecycle.api.routes.health import ProbeMiddleware, readiness_checks
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
-from lifecycle.erasure import ErasureProcess
+from lifecycle.erasure.process import ErasureProcess
 from lifecycle.logs import get_logger
 from lifecycle.settings import Settings
 

@@ -12,8 +12,9 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 
 from lifecycle.api.problems import NotReadyError
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure
-from lifecycle.erasure import ErasureProcess
+from lifecycle.bootstrap import build_erasure, erasure_status_query
+from lifecycle.erasure.process import ErasureProcess
+from lifecycle.erasure.queries import ErasureStatusQuery
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inspector import KafkaInspector, KafkaInspectorClient, NoKafka
 from lifecycle.settings import Settings
@@ -116,6 +117,13 @@ def get_erasure(state: StateDep) -> ErasureProcess:
 
 
 ErasureDep = Annotated[ErasureProcess, Depends(get_erasure)]
+
+
+def get_erasure_status(state: StateDep) -> ErasureStatusQuery:
+    return erasure_status_query(state.accounts, state.settings)
+
+
+ErasureStatusDep = Annotated[ErasureStatusQuery, Depends(get_erasure_status)]
 
 
 def kafka_inspector(request: Request) -> KafkaInspector:

@@ -32,7 +32,7 @@ from lifecycle.api import pipeline_collector
 from lifecycle.api.auth import role_for_token
 from lifecycle.api.problems import AuthenticationError, problem_responses
 from lifecycle.api.readiness import Refresher
-from lifecycle.erasure_refusals import REFUSALS_TABLE as REFUSALS
+from lifecycle.erasure.refusals import REFUSALS_TABLE as REFUSALS
 from lifecycle.logs import get_logger
 
 # State-changing routes, by the command they run.

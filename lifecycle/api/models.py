@@ -352,18 +352,28 @@ class WithdrawalAccepted(BaseModel):
 
 
 class ServiceErasureOut(BaseModel):
-    state: Literal["pending", "confirmed", "failed"]
+    state: Literal["pending", "confirmed", "failed", "retry_requested"] = Field(
+        description="pending: nothing heard yet; confirmed or failed: the service's last word; "
+        "retry_requested: ops asked the service again since its last word"
+    )
     rows_removed: int | None
     error_code: str | None
+    recorded_at: datetime | None
+    retries: int
+    last_retry_at: datetime | None
 
 
-class ErasureOut(BaseModel):
+class ErasureStatusOut(BaseModel):
+    """One account's erasure (`lifecycle.erasure.status`), for members and ops alike."""
+
     account_id: UUID
     state: Literal["not_requested", "requested", "purged"]
+    reason: str | None = Field(description="the withdrawal's reason code")
     requested_at: datetime | None
-    purged_at: datetime | None
     deadline_at: datetime | None
+    purged_at: datetime | None
     overdue: bool
+    errored: bool = Field(description="not purged, and a service said it failed")
     services: dict[str, ServiceErasureOut]
 
 

@@ -33,7 +33,7 @@ from lifecycle.audit.registry import (
     unregistered_tables,
     unregistered_topics,
 )
-from lifecycle.erasure import ErasureProcess
+from lifecycle.erasure.queries import ErasureStatusQuery
 from lifecycle.kafka.admin import read_from_start
 from lifecycle.kafka.security import KafkaSecurity
 from lifecycle.storage import Database
@@ -191,7 +191,7 @@ def _walk_topics(
 
 def erasure_proof(
     accounts: Accounts,
-    erasure: ErasureProcess,
+    erasure: ErasureStatusQuery,
     account_id: UUID,
     digests: set[str],
     stores: Stores,
@@ -199,9 +199,9 @@ def erasure_proof(
     """The report: lifecycle facts, confirmations, key state, and every registered place with
     its checks; `erased` only when purged, nothing found, every check holds and the registry
     names every table and topic there is."""
-    status = erasure.status(account_id)
+    status = erasure.status(account_id).as_dict()
     key_destroyed = accounts.vault.is_destroyed(account_id)
-    purged_at = _parse_time(status["purged_at"])
+    purged_at = status["purged_at"]
     unregistered: list[str] = []
     walked = [
         *_walk_tables(stores, account_id, digests, unregistered),
@@ -228,9 +228,3 @@ def erasure_proof(
         "values_found_anywhere": len(found),
         "erased": bool(status["purged_at"]) and not found and checks_hold and not unregistered,
     }
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))

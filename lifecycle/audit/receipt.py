@@ -36,7 +36,7 @@ from lifecycle.application import Accounts
 from lifecycle.audit.verify import chain_point, verify
 from lifecycle.crypto import KEYS_TABLE
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.erasure import ErasureProcess
+from lifecycle.erasure.process import ErasureProcess
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.keyring import KeyPolicy, Keyring
@@ -240,7 +240,7 @@ class Receipts:
             self.chain, self.accounts.recorder, position, known=self._link_before(position)
         )
         assert point is not None, "the Purged event is stored, so the log has its notification"
-        rows = self.erasure.service_rows(account_id)
+        rows = self.erasure.records.services_of(account_id)
         bound = timedelta(
             milliseconds=self.topic_settings.profile_segment_ms
             + self.topic_settings.profile_max_compaction_lag_ms
@@ -257,10 +257,10 @@ class Receipts:
             "issued_at": _iso(datetime.now(UTC)),
             "services": {
                 service: {
-                    "outcome": rows[service]["outcome"],
-                    "rows_removed": rows[service]["rows_removed"],
-                    "confirmation_id": rows[service]["confirmation_id"],
-                    "recorded_at": _iso(rows[service]["recorded_at"]),
+                    "outcome": rows[service].outcome,
+                    "rows_removed": rows[service].rows_removed,
+                    "confirmation_id": rows[service].confirmation_id,
+                    "recorded_at": _iso(rows[service].recorded_at),
                 }
                 for service in self.erasure.services
                 if service in rows

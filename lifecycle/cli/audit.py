@@ -137,7 +137,7 @@ def erasure_proof(
 
     from lifecycle.audit.proof import Stores
     from lifecycle.audit.proof import erasure_proof as prove
-    from lifecycle.bootstrap import build_erasure
+    from lifecycle.bootstrap import erasure_status_query
 
     settings = load_settings()
     digests = {d.strip().lower() for d in (digest or []) if d.strip()}
@@ -156,7 +156,7 @@ def erasure_proof(
             fail(f"--service-schema takes SERVICE=SCHEMA, SERVICE one of {', '.join(schemas)}")
         schemas[name] = schema
     accounts = open_accounts(settings)
-    erasure = build_erasure(accounts, settings)
+    erasure = erasure_status_query(accounts, settings)
     databases = {"lifecycle": accounts.database, **_service_stores(settings, accounts, schemas)}
     stores = Stores(databases, settings.topics, settings.kafka_bootstrap, settings.kafka_security)
     try:

@@ -13,7 +13,8 @@ from support import TOKENS, auth, read_topic, wait_until
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
-from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
+from lifecycle.erasure.process import Confirmation, ErasureProcess
+from lifecycle.erasure.status import FAILED
 from lifecycle.kafka.inspector import KafkaInspectorClient, NoKafka
 from lifecycle.settings import Settings
 from lifecycle.storage import Database

@@ -16,7 +16,7 @@ from support import auth
 from lifecycle.api import create_app
 from lifecycle.api.tables import PersonalDataReads
 from lifecycle.application import Accounts
-from lifecycle.erasure import Confirmation, ErasureProcess
+from lifecycle.erasure.process import Confirmation, ErasureProcess
 from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 from projections.runner import Projector

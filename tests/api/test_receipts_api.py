@@ -14,7 +14,8 @@ from support import auth
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import signature_holds
 from lifecycle.bootstrap import build_erasure
-from lifecycle.erasure import CONFIRMED, Confirmation
+from lifecycle.erasure.process import Confirmation
+from lifecycle.erasure.status import CONFIRMED
 from lifecycle.settings import Settings
 from schemas.contract import erasure_receipt_id
 

@@ -18,7 +18,7 @@ from support import SmtpSink, files_holding, migrate_embedded, searched_forms, w
 from consumers import chat, mail, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure, service_keyring
+from lifecycle.bootstrap import erasure_status_query, service_keyring
 from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import AccountStatus
 from lifecycle.settings import Settings
@@ -108,7 +108,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[address]]
     assert after[0].message[KIND_HEADER] == CONFIRMATION_KIND
-    status = build_erasure(app, embedded).status(member_id)
+    status = erasure_status_query(app, embedded).status(member_id).as_dict()
     assert status["state"] == "purged"
     assert {name: s["rows_removed"] for name, s in status["services"].items()} == {
         "scout": 2,

@@ -41,6 +41,7 @@ from lifecycle.audit.proof import value_digest
 from lifecycle.audit.receipt import verify_receipt
 from lifecycle.bootstrap import (
     build_erasure,
+    erasure_status_query,
     migrate_lifecycle,
     migrate_service,
     receipts_of,
@@ -206,7 +207,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     [confirmation] = after
     assert confirmation.message[KIND_HEADER] == CONFIRMATION_KIND
 
-    status = build_erasure(accounts, settings).status(member_id)
+    status = erasure_status_query(accounts, settings).status(member_id).as_dict()
     assert status["state"] == "purged"
     assert status["overdue"] is False
     assert {name: s["state"] for name, s in status["services"].items()} == dict.fromkeys(

@@ -15,20 +15,24 @@ from consumers.faults import RetryPolicy
 from consumers.kit import Consumer
 from lifecycle import bootstrap
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure
+from lifecycle.bootstrap import build_erasure, erasure_status_query
 from lifecycle.domain import Account, AccountStatus
-from lifecycle.erasure import (
-    CONFIRMED,
-    FAILED,
-    Confirmation,
-    ErasureProcess,
-)
-from lifecycle.erasure_refusals import ErasureRefusals
+from lifecycle.erasure.intake import ConfirmationIntake
+from lifecycle.erasure.process import Confirmation, ErasureProcess
+from lifecycle.erasure.queries import ErasureStatusQuery
+from lifecycle.erasure.refusals import ErasureRefusals
+from lifecycle.erasure.status import CONFIRMED, FAILED
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
 from lifecycle.settings import Settings
-from schemas.contract import ERASURE_GROUP, ErasureConfirmedV1, TopicNames, encode_erasure_confirmed
+from schemas.contract import (
+    ERASURE_GROUP,
+    Envelope,
+    ErasureConfirmedV1,
+    TopicNames,
+    encode_erasure_confirmed,
+)
 
 TOPICS = TopicNames()
 
@@ -70,7 +74,7 @@ def test_purges_once_when_every_service_confirmed_and_repeats_change_nothing(
         assert not process.handle(confirmation(account_id, service, 0, n=2))
     assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
     assert purged_events(accounts, account_id) == 1
-    status = process.status(account_id)
+    status = erasure_status_query(accounts, settings).status(account_id).as_dict()
     # A repeat never overwrites the count of the first confirmation.
     assert {s: v["rows_removed"] for s, v in status["services"].items()} == {
         "scout": 3,
@@ -86,33 +90,31 @@ def test_a_failure_is_replaced_by_a_later_confirmation_never_the_reverse(
     account_id = withdrawn_member(accounts)
     failed = Confirmation(account_id, "chat", FAILED, 0, "f1", error_code="db_unreachable")
     process.handle(failed)
-    assert process.status(account_id)["services"]["chat"] == {
-        "state": "failed",
-        "rows_removed": 0,
-        "error_code": "db_unreachable",
-    }
+    query = erasure_status_query(accounts, settings)
+    chat = query.status(account_id).services["chat"]
+    assert (chat.state, chat.rows_removed, chat.error_code) == ("failed", 0, "db_unreachable")
+    assert query.status(account_id).errored
     process.handle(confirmation(account_id, "chat", 4))
     process.handle(Confirmation(account_id, "chat", FAILED, 0, "f2", error_code="late"))
-    assert process.status(account_id)["services"]["chat"] == {
-        "state": "confirmed",
-        "rows_removed": 4,
-        "error_code": None,
-    }
+    chat = query.status(account_id).services["chat"]
+    assert (chat.state, chat.rows_removed, chat.error_code) == ("confirmed", 4, None)
+    assert not query.status(account_id).errored
 
 
 def test_status_reports_requested_per_service_overdue_and_purged(
     accounts: Accounts, settings: Settings
 ) -> None:
-    process = ErasureProcess(accounts, deadline=timedelta(hours=72))
+    process = ErasureProcess(accounts)
+    query = ErasureStatusQuery(accounts, timedelta(hours=72))
     active = member(accounts)
-    assert process.status(active)["state"] == "not_requested"
-    assert process.status(active)["overdue"] is False
+    assert query.status(active).state == "not_requested"
+    assert query.status(active).overdue is False
 
     account_id = withdrawn_member(accounts)
     requested_at = accounts.load_for_audit(account_id).withdrawn_at
     assert requested_at is not None
     process.handle(confirmation(account_id, "scout", 2))
-    early = process.status(account_id, now=requested_at + timedelta(hours=1))
+    early = query.status(account_id, now=requested_at + timedelta(hours=1)).as_dict()
     assert early["state"] == "requested"
     assert early["requested_at"] == requested_at
     assert early["deadline_at"] == requested_at + timedelta(hours=72)
@@ -122,23 +124,24 @@ def test_status_reports_requested_per_service_overdue_and_purged(
         "chat": "pending",
         "mail": "pending",
     }
-    late = process.status(account_id, now=requested_at + timedelta(hours=72, seconds=1))
-    assert late["overdue"] is True
+    late = query.status(account_id, now=requested_at + timedelta(hours=72, seconds=1))
+    assert late.overdue is True
 
     process.handle(confirmation(account_id, "chat"))
     process.handle(confirmation(account_id, "mail"))
-    done = process.status(account_id, now=requested_at + timedelta(days=30))
-    assert done["state"] == "purged"
-    assert done["overdue"] is False
-    assert done["purged_at"] is not None
+    done = query.status(account_id, now=requested_at + timedelta(days=30))
+    assert done.state == "purged"
+    assert done.overdue is False
+    assert done.purged_at is not None
+    assert done.reason == "hired_elsewhere"
 
-    # The process as built from settings (the API's, the workers').
-    shown = build_erasure(accounts, settings).status(
+    # The query as built from settings (the API's, the erasure proof's).
+    shown = erasure_status_query(accounts, settings).status(
         account_id, now=requested_at + timedelta(days=30)
     )
     assert shown == done
     with pytest.raises(AccountNotFoundError):
-        build_erasure(accounts, settings).status(uuid.uuid4())
+        erasure_status_query(accounts, settings).status(uuid.uuid4())
 
 
 def test_concurrent_last_confirmations_record_one_purged(
@@ -261,7 +264,7 @@ def test_forged_confirmations_for_an_active_member_are_refused_and_the_real_eras
     }
     assert erasure_consumer.stats.outcomes == {"confirmation_refused": 3}
     assert log.read(TOPICS.dlq(ERASURE_GROUP)) == []  # refused, not a fault to re-drive
-    status = build_erasure(accounts, Settings()).status(target)["services"]
+    status = erasure_status_query(accounts, Settings()).status(target).as_dict()["services"]
     assert {s: v["state"] for s, v in status.items()} == dict.fromkeys(status, "pending")
 
     accounts.request_withdrawal(target, reason="hired_elsewhere")
@@ -374,3 +377,37 @@ def test_erasures_completed_by_one_batch_are_all_purged_and_a_forged_one_alone_r
     assert refusals(accounts) == {
         (s, "account_not_withdrawing"): 1 for s in ("scout", "chat", "mail")
     }
+
+
+def test_the_intake_counts_a_polls_refusals_in_one_write_and_marks_them_by_record_id(
+    accounts: Accounts, settings: Settings
+) -> None:
+    """Refusals of the topic check (unattributed) and of the withdrawal check (account not
+    withdrawing) are written together; each record's verdict follows its own id."""
+    process = build_erasure(accounts, settings)
+    intake = ConfirmationIntake(process, TOPICS)
+    writes: list[int] = []
+    count = process.refusals.count
+    process.refusals.count = lambda refused: (writes.append(len(refused)), count(refused))[1]  # type: ignore[method-assign]
+    active, withdrawn = member(accounts), withdrawn_member(accounts)
+
+    def envelope(account_id: UUID, service: str, topic: str, ce_id: str) -> Envelope:
+        data = ErasureConfirmedV1(
+            account_id=account_id, service=service, rows_removed=1, confirmed_at=datetime.now(UTC)
+        )
+        return Envelope(
+            id=ce_id, source=service, type="t", time=datetime.now(UTC),
+            subject=str(account_id), data=data, topic=topic,
+        )  # fmt: skip
+
+    polled = [
+        envelope(withdrawn, "scout", "elsewhere", "forged"),
+        envelope(active, "chat", TOPICS.erasure_confirmed("chat"), "early"),
+        envelope(withdrawn, "mail", TOPICS.erasure_confirmed("mail"), "real"),
+    ]
+    intake.prepare_many(polled)
+    assert writes == [2]
+    outcomes = [intake.handle(e, None).outcome for e in polled]  # type: ignore[arg-type]
+    assert outcomes == ["confirmation_refused", "confirmation_refused", "confirmation_handled"]
+    status = erasure_status_query(accounts, settings).status(withdrawn)
+    assert {s: p.state for s, p in status.services.items()}["mail"] == "confirmed"

@@ -18,7 +18,8 @@ from lifecycle.audit.receipt import Receipts, ReceiptSigner, signature_holds, ve
 from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.cli import cli
 from lifecycle.crypto import decode_master_key
-from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess
+from lifecycle.erasure.process import Confirmation, ErasureProcess
+from lifecycle.erasure.status import CONFIRMED
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.keyring import LEGACY_INFO, derive
 from lifecycle.settings import Settings

@@ -25,7 +25,8 @@ from lifecycle.audit.receipt import verify_receipt
 from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.crypto import KEYS_TABLE, MasterKeyError
 from lifecycle.domain import REDACTED
-from lifecycle.erasure import CONFIRMED, Confirmation, ErasureProcess
+from lifecycle.erasure.process import Confirmation, ErasureProcess
+from lifecycle.erasure.status import CONFIRMED
 from lifecycle.errors import EmailAlreadyClaimedError
 from lifecycle.keyring import FileKeyring, KeyVersionDestroyedError, open_sealed, wrapped_version
 from lifecycle.rotation import KeyRotation

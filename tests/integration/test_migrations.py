@@ -29,7 +29,7 @@ from lifecycle.bootstrap import (
 )
 from lifecycle.crypto import KEYS_TABLE, new_master_key
 from lifecycle.domain import AccountStatus
-from lifecycle.erasure import ErasureProcess
+from lifecycle.erasure.process import ErasureProcess
 from lifecycle.errors import StartupError
 from lifecycle.migrations import LIFECYCLE
 from lifecycle.migrator import (

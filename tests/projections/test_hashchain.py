@@ -11,7 +11,7 @@ from projection_history import History, catch_up
 
 from lifecycle.application import Accounts
 from lifecycle.audit.verify import verify
-from lifecycle.erasure import Confirmation, ErasureProcess
+from lifecycle.erasure.process import Confirmation, ErasureProcess
 from projections.hashchain import GENESIS, ChainMismatchError, HashChain, link
 from projections.runner import rebuild
 

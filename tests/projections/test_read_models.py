@@ -18,7 +18,9 @@ from projection_history import (
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
-from lifecycle.erasure import FAILED, Confirmation, ErasureProcess
+from lifecycle.erasure.process import Confirmation, ErasureProcess
+from lifecycle.erasure.queries import ErasureStatusQuery
+from lifecycle.erasure.status import FAILED
 from projections.base import (
     APPLICATION_NAME,
     Item,
@@ -102,8 +104,15 @@ def test_erasure_status_per_account_and_service(accounts: Accounts, history: His
     withdrawing = account(accounts, history.withdrawing)
     purged = account(accounts, history.purged)
 
-    pending = query.get(history.withdrawing)
-    done = query.get(history.purged)
+    found_pending = query.get(history.withdrawing)
+    found_done = query.get(history.purged)
+    assert found_pending is not None and found_done is not None
+    # One status: the read model's is the one the member route reads from the event store.
+    from_events = ErasureStatusQuery(accounts, timedelta(hours=72))
+    now = datetime.now(UTC)
+    for account_id in (history.withdrawing, history.purged):
+        assert query.get(account_id, now) == from_events.status(account_id, now)
+    pending, done = found_pending.as_dict(), found_done.as_dict()
 
     assert (
         table_rows(accounts.database, model.table("erasure_requests"), "requested_at")
@@ -123,7 +132,6 @@ def test_erasure_status_per_account_and_service(accounts: Accounts, history: His
         ]
         or accounts.database.dialect == "sqlite"
     )
-    assert pending is not None and done is not None
     assert pending["state"] == "requested"
     assert pending["requested_at"] == withdrawing.withdrawn_at
     assert pending["deadline_at"] == withdrawing.withdrawn_at + timedelta(hours=72)
@@ -147,7 +155,7 @@ def test_erasure_overdue_and_filters(accounts: Accounts, history: History) -> No
     later = datetime.now(UTC) + timedelta(hours=73)
 
     def ids(state: str, now: datetime | None = None) -> list[object]:
-        return [row["account_id"] for row in query.page(state, now=now)]
+        return [row.account_id for row in query.page(state, now=now)]
 
     assert ids("open") == [history.withdrawing]
     assert ids("pending") == [history.withdrawing]
@@ -156,7 +164,7 @@ def test_erasure_overdue_and_filters(accounts: Accounts, history: History) -> No
     assert ids("pending", later) == []
     assert ids("purged") == [history.purged]
     assert ids("errored") == []
-    assert query.page("open", now=later)[0]["overdue"] is True
+    assert query.page("open", now=later)[0].overdue is True
     assert query.counts(later) == {"open": 1, "errored": 0, "overdue": 1, "purged": 1}
 
 

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, Response, status
 
 from lifecycle.api.account_view import AccountOut
 from lifecycle.api.auth import require_role
-from lifecycle.api.deps import AccountId, AccountsDep, ErasureDep
+from lifecycle.api.deps import AccountId, AccountsDep, ErasureStatusDep
 from lifecycle.api.idempotency import TAKES_IDEMPOTENCY_KEY
 from lifecycle.api.models import (
     AccountCreated,
-    ErasureOut,
+    ErasureStatusOut,
     Gift,
     GiftClaimRequest,
     PreferencesChanged,
@@ -181,5 +181,5 @@ def request_withdrawal(
     summary="Where erasure stands: requested, each service's confirmation, purged, overdue",
     responses=problem_responses(404),
 )
-def erasure_status(account_id: AccountId, erasure: ErasureDep) -> ErasureOut:
-    return ErasureOut.model_validate(erasure.status(account_id))
+def erasure_status(account_id: AccountId, erasure: ErasureStatusDep) -> ErasureStatusOut:
+    return ErasureStatusOut.model_validate(erasure.status(account_id).as_dict())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -11,10 +11,11 @@ from pydantic import BaseModel, Field
 
 from lifecycle.api.auth import OpsCaller
 from lifecycle.api.deps import AccountId, ApiState, KafkaDep, Limit, StateDep
+from lifecycle.api.models import ErasureStatusOut
 from lifecycle.api.problems import problem_responses, request_id_of
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
-from lifecycle.erasure import CONFIRMED
+from lifecycle.erasure.status import CONFIRMED
 from lifecycle.errors import AccountNotFoundError, ConflictError, InvalidCommandError
 from lifecycle.logs import get_logger
 from projections.base import facts_mapper
@@ -26,27 +27,6 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/admin/v1")
 
 
-class ServiceErasureProgress(BaseModel):
-    state: str = Field(description="pending, confirmed, failed or retry_requested")
-    rows_removed: int | None
-    error_code: str | None
-    recorded_at: datetime | None
-    retries: int
-    last_retry_at: datetime | None
-
-
-class Erasure(BaseModel):
-    account_id: UUID
-    state: str = Field(description="requested or purged")
-    reason: str
-    requested_at: datetime
-    deadline_at: datetime
-    purged_at: datetime | None
-    overdue: bool
-    errored: bool
-    services: dict[str, ServiceErasureProgress]
-
-
 class ErasureCounts(BaseModel):
     open: int
     errored: int
@@ -56,7 +36,7 @@ class ErasureCounts(BaseModel):
 
 class ErasurePage(BaseModel):
     counts: ErasureCounts
-    items: list[Erasure]
+    items: list[ErasureStatusOut]
     next_after: UUID | None
 
 
@@ -88,8 +68,8 @@ def list_erasures(
     items = query.page(state, after=after, limit=limit)
     return ErasurePage(
         counts=ErasureCounts(**query.counts()),
-        items=[Erasure(**item) for item in items],
-        next_after=items[-1]["account_id"] if len(items) == limit else None,
+        items=[ErasureStatusOut.model_validate(item.as_dict()) for item in items],
+        next_after=items[-1].account_id if len(items) == limit else None,
     )
 
 
@@ -99,11 +79,11 @@ def list_erasures(
     summary="One account's erasure, per service",
     responses=problem_responses(404),
 )
-def get_erasure(account_id: AccountId, api: StateDep) -> Erasure:
+def get_erasure(account_id: AccountId, api: StateDep) -> ErasureStatusOut:
     found = _erasure_query(api).get(account_id)
     if found is None:
         raise AccountNotFoundError(detail="no erasure was requested for this account")
-    return Erasure(**found)
+    return ErasureStatusOut.model_validate(found.as_dict())
 
 
 @router.post(
@@ -138,11 +118,11 @@ def retry_erasure(
     erasure = _erasure_query(api).get(account_id)
     if erasure is None:
         raise AccountNotFoundError(detail="no erasure was requested for this account")
-    if erasure["purged_at"] is not None:
+    if erasure.purged_at is not None:
         raise ConflictError("erasure_complete", detail="the account is already purged")
-    if erasure["services"][service]["state"] == CONFIRMED:
+    if erasure.services[service].state == CONFIRMED:
         raise ConflictError("service_confirmed", detail="this service already confirmed")
-    attempts = api.erasure.retries.request(account_id, service)
+    attempts = api.erasure.records.request_retry(account_id, service)
     redelivered = False
     if kafka.configured:
         topic, key, headers, value = withdrawal_record(api.accounts, account_id, kafka.topics)
