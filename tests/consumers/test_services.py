@@ -184,10 +184,20 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
     )
     kept = chat.open_thread(database, other, "company-1")
     assert chat.held_rows(database, member) == 5
+    with database.transaction(commit=False) as cursor:  # free text, stored sealed only
+        bodies = cursor.execute(f"SELECT body FROM {database.table('chat_messages')}").fetchall()
+        keys = cursor.execute(f"SELECT count(*) FROM {database.table('sealed_keys')}").fetchone()
+    assert keys == (1,)
+    assert all(body.startswith("sealed:v1:") for (body,) in bodies)
+    assert not any("interview" in body or "Monday" in body for (body,) in bodies)
 
     service.send(withdrawal(TOPICS, member, 2))
     wait_until(service.settled)
     assert chat.held_rows(database, member) == 0
+    with database.transaction(commit=False) as cursor:  # its key destroyed with the rows
+        assert not cursor.execute(
+            f"SELECT 1 FROM {database.table('sealed_keys')} WHERE account_id = %s", (str(member),)
+        ).fetchone()
     [confirmation] = service.confirmations()
     assert confirmation.rows_removed == 5
     with pytest.raises(AccountWithdrawnError):
