@@ -13,18 +13,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid4, uuid5
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, Field, ValidationError, model_validator
+
+from schemas import base
+from schemas.data_export import (
+    DOCUMENT_MODELS,
+    EXPORT_GROUP,
+    EXPORT_MODELS,
+    EXPORT_PART_TOPIC_PATTERN,
+    EXPORT_REQUESTED_TOPIC,
+    ExportPartV1,
+    ExportRequestedV1,
+)
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
-CE_TYPE_PREFIX = "jp.jobchange."
 LIFECYCLE_SOURCE = "/lifecycle/accounts"
-# Where the files written by `python -m schemas.export` are published; `ce_dataschema`
-# is this base followed by the file's path under schemas/ (e.g. `v1/account.registered.v1.json`).
-SCHEMA_BASE_URI = "https://schemas.jobchange.jp/lifecycle/"
 
 LIFECYCLE_TOPIC = "account.lifecycle.v1"
 PROFILE_TOPIC = "account.profile.v1"
@@ -36,10 +43,19 @@ ERASURE_CONFIRMED_TOPIC_PATTERN = "account.erasure-confirmed.{service}.v1"
 LEGACY_ERASURE_CONFIRMED_TOPIC = "account.erasure-confirmed.v1"
 # The one list of services that hold personal data and must confirm erasure before `Purged`.
 ERASING_SERVICES: tuple[str, ...] = ("scout", "chat", "mail")
+# The services that seal a part of a member's data export (schemas.data_export): the same
+# services, since what a service must erase is what it must disclose.
+EXPORTING_SERVICES: tuple[str, ...] = ERASING_SERVICES
 # The lifecycle service's own group, which turns their confirmations into `Purged`.
 ERASURE_GROUP = "lifecycle-erasure"
-# Consumer groups are named after the consuming service.
-CONSUMER_GROUPS: tuple[str, ...] = (*ERASING_SERVICES, ERASURE_GROUP)
+# Consumer groups are named after the consuming service; the lifecycle service has two (its
+# export group takes the parts in: schemas.data_export.EXPORT_GROUP).
+CONSUMER_GROUPS: tuple[str, ...] = (*ERASING_SERVICES, ERASURE_GROUP, EXPORT_GROUP)
+
+
+# The base of every payload lives in schemas.base (shared with schemas.data_export); named here
+# too, its historical home, where consumers import it from.
+ContractModel = base.ContractModel
 
 
 class ContractError(ValueError):
@@ -75,6 +91,27 @@ class TopicNames:
         """The shared confirmation topic of earlier releases (read only during an upgrade)."""
         return self.prefix + LEGACY_ERASURE_CONFIRMED_TOPIC
 
+    @property
+    def export_requested(self) -> str:
+        """Data-export requests (only the lifecycle service writes it)."""
+        return self.prefix + EXPORT_REQUESTED_TOPIC
+
+    def export_part(self, service: str) -> str:
+        """The topic one service sends its sealed export parts on (only its principal writes)."""
+        return self.prefix + EXPORT_PART_TOPIC_PATTERN.format(service=service)
+
+    @property
+    def export_parts(self) -> dict[str, str]:
+        """Each exporting service's part topic, by service."""
+        return {service: self.export_part(service) for service in EXPORTING_SERVICES}
+
+    def service_of_export_part_topic(self, topic: str) -> str | None:
+        """The service a part topic belongs to; None for any other topic."""
+        for service, name in self.export_parts.items():
+            if name == topic:
+                return service
+        return None
+
     def service_of_confirmation_topic(self, topic: str) -> str | None:
         """The service a confirmation topic belongs to; None for any other topic."""
         for service, name in self.confirmations.items():
@@ -86,9 +123,11 @@ class TopicNames:
         """The topics a consumer group of the contract reads (re-drive publishes to no other)."""
         if group == ERASURE_GROUP:
             return (*self.confirmations.values(), self.legacy_erasure_confirmed)
+        if group == EXPORT_GROUP:
+            return tuple(self.export_parts.values())
         if group == "mail":
-            return (self.lifecycle, self.profile)
-        return (self.lifecycle,)
+            return (self.lifecycle, self.profile, self.export_requested)
+        return (self.lifecycle, self.export_requested)
 
     def group_id(self, group: str) -> str:
         """A consumer group's id on the broker: the prefix keeps tenants and tests apart."""
@@ -103,32 +142,17 @@ class TopicNames:
         return tuple(self.dlq(group) for group in self.consumer_groups)
 
     def all(self) -> tuple[str, ...]:
-        return (self.lifecycle, self.profile, *self.confirmations.values(), *self.dead_letters)
+        return (
+            self.lifecycle,
+            self.profile,
+            *self.confirmations.values(),
+            self.export_requested,
+            *self.export_parts.values(),
+            *self.dead_letters,
+        )
 
 
 # Payload models
-
-
-class ContractModel(BaseModel):
-    """A versioned payload; `event_name` gives its CloudEvents type and its schema file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    event_name: ClassVar[str]
-
-    @classmethod
-    def ce_type(cls) -> str:
-        return CE_TYPE_PREFIX + cls.event_name
-
-    @classmethod
-    def schema_path(cls) -> str:
-        """The schema file's path under schemas/, e.g. `v1/account.registered.v1.json`."""
-        version = cls.event_name.rsplit(".", 1)[-1]
-        return f"{version}/{cls.event_name}.json"
-
-    @classmethod
-    def dataschema(cls) -> str:
-        return SCHEMA_BASE_URI + cls.schema_path()
 
 
 Notifications = dict[str, bool]
@@ -283,7 +307,10 @@ MODELS: tuple[type[ContractModel], ...] = (
     *LIFECYCLE_MODELS,
     ProfileV1,
     *ERASURE_CONFIRMED_MODELS,
+    *EXPORT_MODELS,
 )
+# Every model with a published schema file: the payloads and the documents (the data export).
+SCHEMA_MODELS: tuple[type[ContractModel], ...] = (*MODELS, *DOCUMENT_MODELS)
 # What each topic carries (named without the prefix; one pattern for the services' own
 # confirmation topics), each payload's versions oldest first: the compatibility check compares
 # each published version with the one before it on its topic.
@@ -292,6 +319,8 @@ TOPIC_PAYLOADS: dict[str, tuple[tuple[type[ContractModel], ...], ...]] = {
     PROFILE_TOPIC: ((ProfileV1,),),
     ERASURE_CONFIRMED_TOPIC_PATTERN: (ERASURE_CONFIRMED_MODELS,),
     LEGACY_ERASURE_CONFIRMED_TOPIC: (ERASURE_CONFIRMED_MODELS,),
+    EXPORT_REQUESTED_TOPIC: ((ExportRequestedV1,),),
+    EXPORT_PART_TOPIC_PATTERN: ((ExportPartV1,),),
 }
 MODELS_BY_TYPE: dict[str, type[ContractModel]] = {model.ce_type(): model for model in MODELS}
 # Types whose record may carry no data: a tombstone on a compacted topic.

@@ -1,6 +1,7 @@
 """Write the contract's JSON Schema files: `python -m schemas.export [TARGET_DIR] [--check]`.
 
-One file per payload model, at `<target>/v1/<event name>.json`, rendered deterministically
+One file per payload model and per document model (`schemas.data_export.DataExportV1`), at
+`<target>/<version>/<name>.json`, rendered deterministically
 (sorted keys, two-space indent, trailing newline) so a diff shows only real changes.
 """
 
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from schemas.contract import MODELS, ContractModel
+from schemas.contract import MODELS, SCHEMA_MODELS, ContractModel
 
 SCHEMAS_DIR = Path(__file__).resolve().parent
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -19,11 +20,13 @@ EXPORT_COMMAND = "python -m schemas.export  (or: lifecycle schemas export)"
 
 
 def schema_of(model: type[ContractModel]) -> dict[str, Any]:
+    """A payload's schema names its CloudEvents type; a document's (the data export) does not."""
+    event_type = {"x-cloudevents-type": model.ce_type()} if model in MODELS else {}
     return {
         "$schema": JSON_SCHEMA_DIALECT,
         "$id": model.dataschema(),
-        "x-cloudevents-type": model.ce_type(),
-        **model.model_json_schema(),
+        **event_type,
+        **model.model_json_schema(by_alias=True),
     }
 
 
@@ -31,7 +34,7 @@ def render_schemas() -> dict[str, str]:
     """Each schema file's path under the target directory and its exact text."""
     return {
         model.schema_path(): json.dumps(schema_of(model), indent=2, sort_keys=True) + "\n"
-        for model in MODELS
+        for model in SCHEMA_MODELS
     }
 
 

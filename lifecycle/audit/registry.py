@@ -25,8 +25,10 @@ from schemas.contract import (
     CONSUMER_GROUPS,
     ERASING_SERVICES,
     ERASURE_CONFIRMED_TOPIC_PATTERN,
+    EXPORTING_SERVICES,
     TopicNames,
 )
+from schemas.data_export import EXPORT_PART_TOPIC_PATTERN, EXPORT_REQUESTED_TOPIC
 
 Kind = Literal["table", "topic", "log", "backup", "memory"]
 Erasure = Literal["crypto_shredded", "deleted", "compacted", "retention", "none_held"]
@@ -255,6 +257,26 @@ REGISTRY: tuple[RestingPlace, ...] = (
             "the contract: " + NO_VALUE,
         )
         for service in ERASING_SERVICES
+    ),
+    _none(
+        "topic",
+        LIFECYCLE,
+        EXPORT_REQUESTED_TOPIC,
+        "data-export requests: ids, times and the export's public key",
+    ),
+    *(
+        RestingPlace(
+            "topic",
+            service,
+            EXPORT_PART_TOPIC_PATTERN.format(service=service),
+            "the service's section of a member's data export, sealed to the export's key",
+            "crypto_shredded",
+            "sealed to the export's X25519 public key; its private key is destroyed when the "
+            "export expires, is cancelled by a withdrawal, or the account is purged",
+            ("search",),
+            "unreadable once the export's key is gone; deleted by the topic's retention",
+        )
+        for service in EXPORTING_SERVICES
     ),
     *(
         RestingPlace(

@@ -8,6 +8,8 @@ an erasure movable only by the right parties:
   downstream services act on, or a `Purged`;
 - each erasing service writes its own confirmation topic and nothing else the erasure process
   reads, so a confirmation's topic names its author;
+- only the lifecycle service writes data-export requests, and each service writes its own
+  export-part topic (schemas.data_export), so a part's topic names its author too;
 - each dead-letter topic is written by its own group's principal only;
 - every consumer reads its inputs under its group's ACL.
 
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lifecycle.kafka.security import KafkaSecurity, client_config
-from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
+from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, EXPORTING_SERVICES, TopicNames
+from schemas.data_export import EXPORT_GROUP
 
 SERVICE = "lifecycle"
 # Who runs as whom by default: the lifecycle service and each erasing service by its name.
@@ -61,6 +64,12 @@ def acl_plan(topics: TopicNames, principals: Mapping[str, str] | None = None) ->
         allow(me, "topic", topic, "read")
     allow(me, "group", topics.group_id(ERASURE_GROUP), "read")
     allow(me, "topic", topics.dlq(ERASURE_GROUP), "write")
+    # Data exports: writes the requests, takes every service's parts in its export group.
+    allow(me, "topic", topics.export_requested, "write")
+    for topic in topics.inputs_of(EXPORT_GROUP):
+        allow(me, "topic", topic, "read")
+    allow(me, "group", topics.group_id(EXPORT_GROUP), "read")
+    allow(me, "topic", topics.dlq(EXPORT_GROUP), "write")
     for group in topics.consumer_groups:
         allow(me, "topic", topics.dlq(group), "read")
         allow(me, "group", topics.group_id(group), "describe")
@@ -73,6 +82,9 @@ def acl_plan(topics: TopicNames, principals: Mapping[str, str] | None = None) ->
         allow(principal, "group", topics.group_id(service), "read")
         allow(principal, "topic", topics.erasure_confirmed(service), "write")
         allow(principal, "topic", topics.dlq(service), "write")
+    # Each exporting service (its inputs above include the request topic): its own parts only.
+    for service in EXPORTING_SERVICES:
+        allow(f"User:{names[service]}", "topic", topics.export_part(service), "write")
     return sorted(grants)
 
 

@@ -104,6 +104,9 @@ def topic_specs(topics: TopicNames, settings: TopicSettings) -> list[TopicSpec]:
         spec(topics.lifecycle, lifecycle),
         spec(topics.profile, compacted),
         *(spec(name, confirmations) for name in topics.confirmations.values()),
+        # Export requests carry ids and a public key; parts are sealed to a key that expires.
+        spec(topics.export_requested, confirmations),
+        *(spec(name, confirmations) for name in topics.export_parts.values()),
         *(spec(name, dead_letters) for name in topics.dead_letters),
     ]
 

@@ -34,6 +34,7 @@ from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher, PublishError
 from lifecycle.kafka.security import KafkaSecurity, client_config
 from lifecycle.relay import Relay
+from lifecycle.sealed_box import failed_part, new_key_pair
 from lifecycle.settings import Settings
 from schemas.contract import (
     ErasureConfirmedV1,
@@ -47,6 +48,11 @@ from schemas.contract import (
     encode_tombstone,
     lifecycle_event_id,
     profile_event_id,
+)
+from schemas.data_export import (
+    ExportRequestedV1,
+    encode_export_part,
+    encode_export_requested,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -160,6 +166,29 @@ def forged_confirmation(account_id: uuid.UUID, service: str) -> Record:
     )
 
 
+def forged_export_request(account_id: uuid.UUID) -> Record:
+    return encode_export_requested(
+        ExportRequestedV1(
+            export_id=uuid.uuid4(),
+            account_id=account_id,
+            public_key=new_key_pair()[1],
+            requested_at=datetime.now(UTC),
+            expires_at=datetime.now(UTC),
+        )
+    )
+
+
+def forged_export_part(account_id: uuid.UUID, service: str) -> Record:
+    return encode_export_part(
+        failed_part(
+            export_id=uuid.uuid4(),
+            account_id=account_id,
+            service=service,
+            failure_code="internal_error",
+        )
+    )
+
+
 def forged_tombstone(account_id: uuid.UUID) -> Record:
     return encode_tombstone(
         ProfileV1,
@@ -222,6 +251,16 @@ def test_nobody_without_the_right_principal_can_write_what_moves_an_erasure(
         (as_user(users, "intruder"), topics.profile, forged_tombstone(victim)),
         # Nor write another group's dead letters.
         (as_user(users, "scout"), topics.dlq("chat"), forged_confirmation(victim, "chat")),
+        # Data exports: only the lifecycle service asks (a request names the key parts are
+        # sealed to), and each service answers on its own part topic only.
+        (as_user(users, "mail"), topics.export_requested, forged_export_request(victim)),
+        (as_user(users, "intruder"), topics.export_requested, forged_export_request(victim)),
+        (as_user(users, "chat"), topics.export_part("scout"), forged_export_part(victim, "scout")),
+        (
+            as_user(users, "intruder"),
+            topics.export_part("mail"),
+            forged_export_part(victim, "mail"),
+        ),
     ]
     for security, topic, record in attempts:
         with pytest.raises(PublishError):

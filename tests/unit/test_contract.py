@@ -33,8 +33,10 @@ from schemas.contract import (
     lifecycle_event_id,
     profile_event_id,
 )
+from schemas.data_export import ExportPartV1, ExportRequestedV1, SealedBoxV1
 
 NOW = datetime(2026, 4, 1, 9, 30, tzinfo=UTC)
+EXPORT_ID = UUID("0b5e7c1e-3f7d-4e0a-9a53-6c1f2d7e8a41")
 PERSONAL: dict[str, Any] = {
     "email": "hanako.yamada@example.jp",
     "display_name": "山田花子",
@@ -101,6 +103,24 @@ def samples(account_id: UUID) -> list[ContractModel]:
             outcome="failed",
             failure_code="legal_hold",
             withdrawal_version=4,
+        ),
+        ExportRequestedV1(
+            export_id=EXPORT_ID,
+            account_id=account_id,
+            public_key="A" * 43,
+            requested_at=NOW,
+            expires_at=NOW + timedelta(days=7),
+        ),
+        ExportPartV1(
+            export_id=EXPORT_ID,
+            account_id=account_id,
+            service="scout",
+            part_id=EXPORT_ID,
+            outcome="sealed",
+            chunk=1,
+            chunks=2,
+            sealed=SealedBoxV1(ephemeral_public_key="B" * 43, nonce="C" * 16, ciphertext="D" * 40),
+            produced_at=NOW,
         ),
     ]
 
@@ -264,11 +284,18 @@ def test_topic_names_default_to_v1_and_take_a_prefix() -> None:
         "chat.dlq.v1",
         "mail.dlq.v1",
         "lifecycle-erasure.dlq.v1",
+        "lifecycle-export.dlq.v1",
     )
+    assert names.export_requested == "account.export-requested.v1"
+    assert names.export_part("mail") == "account.export-part.mail.v1"
+    assert names.service_of_export_part_topic("account.export-part.chat.v1") == "chat"
+    assert names.service_of_export_part_topic("account.erasure-confirmed.chat.v1") is None
+    assert names.inputs_of("lifecycle-export") == tuple(names.export_parts.values())
+    assert names.export_requested in names.inputs_of("scout")
     prefixed = TopicNames(prefix="t1.")
     assert prefixed.lifecycle == "t1.account.lifecycle.v1"
     assert prefixed.dlq("mail") == "t1.mail.dlq.v1"
-    assert len(set(prefixed.all())) == 9
+    assert len(set(prefixed.all())) == 14
     assert all(name.startswith("t1.") for name in prefixed.all())
 
 
