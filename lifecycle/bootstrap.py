@@ -25,6 +25,8 @@ from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
 from lifecycle.crypto import MasterKeyError, decode_master_key
+from lifecycle.data_export.intake import PartIntake
+from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.intake import ConfirmationIntake
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
@@ -34,15 +36,18 @@ from lifecycle.kafka.producer import KafkaPublisher, Publisher
 from lifecycle.kafka.source import InProcessSource, KafkaSource, Source
 from lifecycle.keyring import FileKeyring, Keyring, KeyringError, MasterKeyring, derive
 from lifecycle.logs import get_logger
-from lifecycle.migrations import LIFECYCLE
+from lifecycle.migrations import DATA_EXPORT, LIFECYCLE
 from lifecycle.migrator import Applied, Component, SchemaVersionError, check, migrate
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, schema_setup_turn
 from projections.migrations import READ_MODEL_MIGRATIONS
 from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
+from schemas.data_export import EXPORT_GROUP
 
 # The erasure consumer keeps its marks in the lifecycle database, beside the event store.
 ERASURE_TABLE_PREFIX = "erasure_"
+# The data-export intake keeps its marks there too.
+EXPORT_TABLE_PREFIX = "data_export_"
 
 log = get_logger(__name__)
 
@@ -76,7 +81,13 @@ def build_accounts(settings: Settings) -> Accounts:
 def lifecycle_components() -> list[Component]:
     """The lifecycle database: the service's tables, the erasure consumer's kit tables and
     the read models, each versioned on its own."""
-    return [LIFECYCLE, kit_component(ERASURE_TABLE_PREFIX), READ_MODEL_MIGRATIONS]
+    return [
+        LIFECYCLE,
+        kit_component(ERASURE_TABLE_PREFIX),
+        READ_MODEL_MIGRATIONS,
+        DATA_EXPORT,
+        kit_component(EXPORT_TABLE_PREFIX),
+    ]
 
 
 def migrate_lifecycle(
@@ -143,6 +154,77 @@ def build_erasure(accounts: Accounts, settings: Settings) -> ErasureProcess:
 def erasure_status_query(accounts: Accounts, settings: Settings) -> ErasureStatusQuery:
     """One account's erasure status from the event store, against the configured deadline."""
     return ErasureStatusQuery(accounts, timedelta(hours=settings.erasure_deadline_hours))
+
+
+def build_data_exports(accounts: Accounts, settings: Settings) -> DataExports:
+    """The data exports as configured (their tables come from migrations)."""
+    return DataExports(
+        accounts,
+        expiry=timedelta(days=settings.data_export_expiry_days),
+        deadline=timedelta(days=settings.data_export_deadline_days),
+    )
+
+
+def data_export_consumer(
+    exports: DataExports,
+    source: Source,
+    publisher: Publisher,
+    topics: TopicNames,
+    *,
+    retry: RetryPolicy | None = None,
+    hooks: Hooks | None = None,
+    poll_timeout_s: float = 0.5,
+    lag_interval_s: float = 1.0,
+) -> Consumer:
+    """The data-export intake behind the consumer kit: parts from `source` (which reads
+    every service's part topic, `topics.inputs_of(EXPORT_GROUP)`)."""
+    return Consumer(
+        EXPORT_GROUP,
+        source,
+        ConsumerStore(exports.database, table_prefix=EXPORT_TABLE_PREFIX),
+        PartIntake(exports, topics),
+        publisher,
+        dlq_topic=topics.dlq(EXPORT_GROUP),
+        retry=retry,
+        hooks=hooks,
+        poll_timeout_s=poll_timeout_s,
+        lag_interval_s=lag_interval_s,
+    )
+
+
+def kafka_data_export_consumer(
+    settings: Settings,
+    accounts: Accounts,
+    *,
+    topics: TopicNames | None = None,
+    retry: RetryPolicy | None = None,
+) -> ConsumerRun:
+    """The data-export intake reading parts from Kafka (the caller owns `accounts`)."""
+    bootstrap = require_kafka(settings, "data-exports")
+    topics = topics or settings.topics
+    group = topics.group_id(EXPORT_GROUP)
+    security = settings.kafka_security
+    publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq", security=security)
+    try:
+        source = KafkaSource(
+            bootstrap,
+            list(topics.inputs_of(EXPORT_GROUP)),
+            group,
+            group_instance_id=settings.instance_id,
+            security=security,
+        )
+    except BaseException:
+        publisher.close()
+        raise
+    consumer = data_export_consumer(
+        build_data_exports(accounts, settings),
+        source,
+        publisher,
+        topics,
+        retry=retry,
+        lag_interval_s=KAFKA_LAG_INTERVAL_S,
+    )
+    return ConsumerRun(consumer, [publisher.close])
 
 
 def receipts_of(process: ErasureProcess) -> Receipts:

@@ -26,8 +26,20 @@ class InvalidCommandError(LifecycleError):
     code = "invalid_command"
 
 
-class AccountNotFoundError(LifecycleError):
+class NotFoundError(LifecycleError):
+    """What was asked for does not exist (404)."""
+
+    code = "not_found"
+
+
+class AccountNotFoundError(NotFoundError):
     code = "account_not_found"
+
+
+class PermissionDeniedError(LifecycleError):
+    """The caller's role may not do this (403)."""
+
+    code = "forbidden"
 
 
 class GoneError(LifecycleError):

@@ -26,6 +26,16 @@ EMAIL_CLAIM_CREATED: Final = "lifecycle.domain:EmailClaim.Created"
 EMAIL_CLAIMED: Final = "lifecycle.domain:EmailClaim.Claimed"
 EMAIL_RELEASED: Final = "lifecycle.domain:EmailClaim.Released"
 
+# The data export (lifecycle.data_export_aggregate): its own aggregate, beside the accounts.
+DATA_EXPORT: Final = "lifecycle.data_export:DataExport"
+DATA_EXPORT_CREATED_UNUSED: Final = "lifecycle.data_export:DataExport.Created"
+DATA_EXPORT_REQUESTED: Final = "lifecycle.data_export:DataExport.Requested"
+DATA_EXPORT_PART_RECEIVED: Final = "lifecycle.data_export:DataExport.PartReceived"
+DATA_EXPORT_PART_FAILED: Final = "lifecycle.data_export:DataExport.PartFailed"
+DATA_EXPORT_RETRY_REQUESTED: Final = "lifecycle.data_export:DataExport.RetryRequested"
+DATA_EXPORT_READIED: Final = "lifecycle.data_export:DataExport.Readied"
+DATA_EXPORT_ENDED: Final = "lifecycle.data_export:DataExport.Ended"
+
 # Every Account event's stored name, in the order of the lifecycle.
 ACCOUNT_EVENTS: Final = (
     REGISTERED,

@@ -202,3 +202,66 @@ LIFECYCLE = Component(
         Migration(3, "erasure refusals", _erasure_refusals),
     ),
 )
+
+
+# The data export (lifecycle.data_export): a component of its own, versioned apart from the
+# service's, so its migrations never contend with the service's numbering.
+
+DATA_EXPORT_COMPONENT = "data_export"
+EXPORT_KEYS, EXPORT_CHUNKS, EXPORTS = "data_export_keys", "data_export_chunks", "data_exports"
+
+
+def _data_export_tables(cursor: Cursor, db: Database) -> None:
+    """Each export's private key (wrapped), the sealed chunks of its parts, and one status row
+    per export for ops' lists; triggers delete an account's keys and chunks in the transaction
+    that records its `WithdrawalRequested` or `Purged`, so no export outlives either."""
+    ts, now, ident, blob = db.timestamp_type, db.now, db.id_type, db.blob_type
+    keys, chunks, exports = db.table(EXPORT_KEYS), db.table(EXPORT_CHUNKS), db.table(EXPORTS)
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {keys} (export_id {ident} PRIMARY KEY, "
+        f"account_id {ident} NOT NULL, wrapped_key {blob} NOT NULL, "
+        f"created_at {ts} NOT NULL DEFAULT {now})",
+        f"CREATE INDEX IF NOT EXISTS data_export_keys_account ON {keys} (account_id)",
+        f"CREATE TABLE IF NOT EXISTS {chunks} (export_id {ident} NOT NULL, "
+        f"account_id {ident} NOT NULL, service TEXT NOT NULL, part_id TEXT NOT NULL, "
+        "chunk INTEGER NOT NULL, chunks INTEGER NOT NULL, sealed TEXT NOT NULL, "
+        f"received_at {ts} NOT NULL DEFAULT {now}, "
+        "PRIMARY KEY (export_id, service, part_id, chunk))",
+        f"CREATE INDEX IF NOT EXISTS data_export_chunks_account ON {chunks} (account_id)",
+        f"CREATE TABLE IF NOT EXISTS {exports} (export_id {ident} PRIMARY KEY, "
+        f"account_id {ident} NOT NULL, status TEXT NOT NULL, "
+        f"requested_at {ts} NOT NULL, due_at {ts} NOT NULL, expires_at {ts} NOT NULL, "
+        f"updated_at {ts} NOT NULL DEFAULT {now})",
+        f"CREATE INDEX IF NOT EXISTS data_exports_account ON {exports} (account_id)",
+        f"CREATE INDEX IF NOT EXISTS data_exports_status ON {exports} (status, due_at)",
+    ]
+    for statement in statements:
+        cursor.execute(statement)
+    ending = (event_names.WITHDRAWAL_REQUESTED, event_names.PURGED)
+    when = " OR ".join(f"NEW.topic = '{topic}'" for topic in ending)
+    if db.dialect == "sqlite":
+        cursor.execute(
+            "CREATE TRIGGER IF NOT EXISTS end_data_exports "
+            f"AFTER INSERT ON {db.events_table} WHEN {when} BEGIN "
+            f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+            f"DELETE FROM {chunks} WHERE account_id = NEW.originator_id; END"
+        )
+        return
+    function = db.table("end_data_exports")
+    cursor.execute(
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN "
+        f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+        f"DELETE FROM {chunks} WHERE account_id = NEW.originator_id; RETURN NULL; END $$"
+    )
+    if "end_data_exports" not in triggers_in(cursor, db):
+        cursor.execute(
+            f"CREATE TRIGGER end_data_exports AFTER INSERT ON {db.events_table} "
+            f"FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {function}()"
+        )
+
+
+DATA_EXPORT = Component(
+    DATA_EXPORT_COMPONENT,
+    (Migration(1, "data exports: keys, sealed parts, status rows", _data_export_tables),),
+)

@@ -26,26 +26,17 @@ from eventsourcing.utils import resolve_topic
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
-from lifecycle.domain import REDACTED, Account
+from lifecycle.data_export_aggregate import DataExport
+from lifecycle.domain import Account
 from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
+from lifecycle.publishing import export_request_record, records_of
 from lifecycle.storage import Database, single_active_lock
 from schemas.contract import (
-    ContractModel,
-    GiftClaimedV1,
-    PreferencesEditedV1,
-    ProfileV1,
-    PurgedV1,
     Record,
-    RegisteredV1,
-    ScoutReceivedV1,
     TopicNames,
-    WithdrawalRequestedV1,
-    encode_record,
-    encode_tombstone,
     lifecycle_event_id,
-    profile_event_id,
 )
 
 REGISTERED_TOPIC = event_names.REGISTERED
@@ -218,6 +209,13 @@ class Relay:
         )
         self._registered = self._registrations_for_edits(notifications)
         for notification in notifications:
+            request = self._export_request(notification)
+            if request is not None:
+                self.publisher.publish(
+                    self.topics.export_requested, request.key, request.headers, request.value
+                )
+                published += 1
+                continue
             event = self._account_event(notification)
             if event is None:
                 continue
@@ -287,45 +285,36 @@ class Relay:
         assert isinstance(event, Account.Event)
         return event
 
+    def _export_request(self, notification: Notification) -> Record | None:
+        """A data export's request (or ops' retry of some services) as the services read it;
+        None for every other notification."""
+        event_class = resolve_topic(notification.topic)
+        if event_class not in (DataExport.Requested, DataExport.RetryRequested):
+            return None
+        event = self.accounts.mapper.to_domain_event(notification)
+        assert isinstance(event, DataExport.Requested | DataExport.RetryRequested)
+        export: object = self.accounts.repository.get(
+            event.originator_id, version=event.originator_version
+        )
+        assert isinstance(export, DataExport)
+        return export_request_record(export, event)
+
     def _records_for(
         self, event: Account.Event, notification_id: int
     ) -> Iterator[tuple[str, Record]]:
-        event_class = type(event)
-        account_id: UUID = event.originator_id
-        version = event.originator_version
-        subject = str(account_id)
-        payload = lifecycle_payload(event)
-        if payload is None:
+        registered = (
+            self._registered[event.originator_id]
+            if isinstance(event, Account.PreferencesEdited) and event.notifications is not None
+            else None
+        )
+        records = list(records_of(event, self.topics, registered))
+        if not records:
             self._log.error(
                 "relay.event_not_in_contract",
-                event=event_class.__qualname__,
+                event=type(event).__qualname__,
                 notification=notification_id,
             )
-            return
-        yield (
-            self.topics.lifecycle,
-            encode_record(
-                payload,
-                ce_id=lifecycle_event_id(account_id, version),
-                subject=subject,
-                time=event.timestamp,
-            ),
-        )
-        profile_id = profile_event_id(account_id, version)
-        if isinstance(event, Account.Purged):
-            yield (
-                self.topics.profile,
-                encode_tombstone(
-                    ProfileV1, ce_id=profile_id, subject=subject, time=event.timestamp
-                ),
-            )
-            return
-        profile = self._profile_after(event)
-        if profile is not None:
-            yield (
-                self.topics.profile,
-                encode_record(profile, ce_id=profile_id, subject=subject, time=event.timestamp),
-            )
+        yield from records
 
     def _registrations_for_edits(
         self, notifications: Sequence[Notification]
@@ -356,34 +345,6 @@ class Relay:
             found[event.originator_id] = event
         return found
 
-    def _profile_after(self, event: Account.Event) -> ProfileV1 | None:
-        """Contact data as of this event, when it changes; None once the key is destroyed."""
-        if isinstance(event, Account.Registered):
-            email, display_name, notifications = (
-                event.email,
-                event.display_name,
-                event.notifications,
-            )
-        elif isinstance(event, Account.PreferencesEdited) and event.notifications is not None:
-            # The edit carries the whole merged notification settings; the address and name
-            # are never edited, so the Registered event alone has them (no full replay).
-            registered = self._registered[event.originator_id]
-            email, display_name, notifications = (
-                registered.email,
-                registered.display_name,
-                event.notifications,
-            )
-        else:
-            return None
-        if REDACTED in (email, display_name):
-            return None
-        return ProfileV1(
-            account_id=event.originator_id,
-            email=email,
-            display_name=display_name,
-            notifications=notifications,
-        )
-
     # Position
 
     def _load_position(self) -> int:
@@ -401,67 +362,3 @@ class Relay:
                 f"updated_at = {self._db.now} WHERE saved.position < excluded.position",
                 (self.name, position),
             )
-
-
-def lifecycle_payload(event: Account.Event) -> ContractModel | None:
-    """The public, personal-value-free form of an Account event (None: not in the contract)."""
-    account_id = event.originator_id
-    payload: ContractModel | None = None
-    match event:
-        case Account.Registered():
-            payload = RegisteredV1(
-                account_id=account_id,
-                registered_at=event.timestamp,
-                channel=event.channel,  # type: ignore[arg-type]
-                consent_version=event.consent_version,
-                birth_year=_int_or_none(event.profile.get("birth_year")),
-                prefecture=_str_or_none(event.profile.get("prefecture")),
-                notifications=event.notifications,
-            )
-        case Account.PreferencesEdited():
-            payload = PreferencesEditedV1(
-                account_id=account_id,
-                changed_parts=event.changed_parts,  # type: ignore[arg-type]
-                notifications=event.notifications,
-                desired=event.desired,
-            )
-        case Account.ScoutReceived():
-            payload = ScoutReceivedV1(
-                account_id=account_id,
-                scout_id=event.scout_id,
-                company_id=event.company_id,
-                job_id=event.job_id,
-                received_at=event.received_at,
-            )
-        case Account.GiftClaimed():
-            payload = GiftClaimedV1(
-                account_id=account_id,
-                company_id=event.company_id,
-                start_date=event.start_date,
-                gift_kind=event.gift_kind,
-                amount_jpy=event.amount_jpy,
-            )
-        case Account.WithdrawalRequested():
-            payload = WithdrawalRequestedV1(
-                account_id=account_id,
-                reason=event.reason,  # type: ignore[arg-type]
-                requested_at=event.timestamp,
-                gift_forfeited=event.gift_forfeited,
-            )
-        case Account.Purged():
-            payload = PurgedV1(account_id=account_id, purged_at=event.timestamp)
-    return payload
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     key_rotation_days: float = Field(default=90.0, ge=0)
     key_retention_days: float = Field(default=35.0, ge=0)
     erasure_deadline_hours: float = 72.0
+    # A data export's download window once ready (then its key is destroyed), and how long
+    # its parts may take before ops see it overdue.
+    data_export_expiry_days: float = Field(default=7.0, gt=0)
+    data_export_deadline_days: float = Field(default=14.0, gt=0)
     # A rolling upgrade from the shared confirmation topic: also read it, believing the
     # service a confirmation names in its payload. Weaker (anyone who may write that topic
     # can confirm for any service): on only while old services still confirm there.

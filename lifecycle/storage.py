@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import threading
 import time
 import weakref
@@ -250,16 +251,21 @@ POOL_RECONNECT_TIMEOUT_S = 2.0
 def harden_pool(pool: ConnectionPool[Any]) -> None:
     """Make a connection pool recover from a cut or a server restart in one attempt.
 
-    A connection is checked before it is handed out (`SELECT ''`, one round trip); when that
-    check fails the whole pool is drained: a cut or a restart kills every connection at once,
-    so the next attempt gets a new connection instead of the next dead one. Connections in use
-    are replaced when they come back. Idempotent; the pool may already be open.
+    A connection is checked before it is handed out, without a round trip: an idle
+    connection's socket has nothing to read, so one that does (the server's goodbye, or the
+    end of the stream after a restart or a cut) gets the full check (`SELECT ''`). When a
+    check fails the whole pool is drained: a cut or a restart kills every connection at
+    once, so the next attempt gets a new connection instead of the next dead one. Connections
+    in use are replaced when they come back. A connection that dies after the check fails
+    its caller's statement: a read is retried, a write's outcome is found out (see
+    `lifecycle.recorders`). Idempotent; the pool may already be open.
     """
     ref = weakref.ref(pool)  # the pool holds its check: no reference cycle
 
     def check_or_drain(conn: Any) -> None:
         try:
-            ConnectionPool.check_connection(conn)
+            if conn.closed or conn.broken or _readable(conn.pgconn.socket):
+                ConnectionPool.check_connection(conn)
         except Exception:
             owner = ref()
             if owner is not None:
@@ -268,6 +274,13 @@ def harden_pool(pool: ConnectionPool[Any]) -> None:
 
     pool._check = check_or_drain
     pool.reconnect_timeout = POOL_RECONNECT_TIMEOUT_S
+
+
+def _readable(fd: int) -> bool:
+    """Whether a socket has something to read now (an idle connection should not)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 class Cursor:

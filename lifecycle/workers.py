@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -29,16 +30,20 @@ from consumers.mailer import Mailer
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_accounts,
+    build_data_exports,
     build_erasure,
     check_service_store,
     confirmation_topics,
+    data_export_consumer,
     erasure_consumer,
     in_process_consumer,
     kafka_consumer,
+    kafka_data_export_consumer,
     kafka_erasure_consumer,
     require_kafka,
     service_database,
 )
+from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher
@@ -49,6 +54,7 @@ from lifecycle.relay import Relay
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, single_active_lock
 from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
+from schemas.data_export import EXPORT_GROUP
 
 log = get_logger(__name__)
 
@@ -110,6 +116,50 @@ def run_erasure(
         consumer.run(stop)
     finally:
         accounts.close()
+
+
+def run_data_exports(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    topics: TopicNames | None = None,
+    probe: Probe | None = None,
+) -> None:
+    """`lifecycle data-exports`: the services' parts in, and expired exports' keys out."""
+    require_kafka(settings, "data-exports")  # before any connection
+    accounts = build_accounts(settings)
+    try:
+        consumer = kafka_data_export_consumer(settings, accounts, topics=topics)
+        if probe is not None:
+            probe.watch(consumer.consumer)
+        sweep = threading.Thread(
+            target=_guarded(
+                "data-export-sweep",
+                partial(sweep_data_exports, build_data_exports(accounts, settings)),
+            ),
+            args=(stop,),
+            name="worker-data-export-sweep",
+            daemon=True,
+        )
+        sweep.start()
+        consumer.run(stop)
+    finally:
+        accounts.close()
+
+
+# An expired export's key goes within this long (every read also ends an expired export).
+SWEEP_INTERVAL_S = 60.0
+
+
+def sweep_data_exports(
+    exports: DataExports, stop: threading.Event, interval_s: float = SWEEP_INTERVAL_S
+) -> None:
+    """End expired exports (their keys destroyed) now and then, until stopped."""
+    while not stop.wait(interval_s):
+        try:
+            exports.expire_due()
+        except Exception as error:  # the next round tries again; the reads end them too
+            log.warning("data_export.sweep_failed", error=type(error).__name__)
 
 
 # Kafka off: everything in threads of one process
@@ -217,6 +267,18 @@ def start_workers(
         )
         workers.consumers[ERASURE_GROUP] = confirmations
         runners.append((ERASURE_GROUP, confirmations.run))
+        exports = build_data_exports(accounts, settings)
+        parts = data_export_consumer(
+            exports,
+            InProcessSource(publisher, list(topics.inputs_of(EXPORT_GROUP))),
+            publisher,
+            topics,
+            retry=retry,
+            poll_timeout_s=poll_interval_s,
+        )
+        workers.consumers[EXPORT_GROUP] = parts
+        runners.append((EXPORT_GROUP, parts.run))
+        runners.append(("data-export-sweep", partial(sweep_data_exports, exports)))
     except BaseException:
         workers.stop()
         raise

@@ -34,10 +34,14 @@ import psycopg
 from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
 
+from consumers.faults import dead_letter_record
+from consumers.handler import PoisonRecord
 from consumers.migrations import SERVICES, kit_component
 from consumers.store import open_database
 from lifecycle.bootstrap import migrate_lifecycle, migrate_service
 from lifecycle.kafka.admin import TopicSettings, ensure_topics, read_from_start
+from lifecycle.kafka.inspector import BrokerUnavailableError, DeadLetter, SourceRecord
+from lifecycle.kafka.source import Incoming
 from lifecycle.migrator import migrate
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
@@ -486,3 +490,79 @@ def promql_metric_names(expr: str) -> set[str]:
         if follows != "(" and word not in _PROMQL_WORDS and not word.startswith("__"):
             names.add(word)
     return names
+
+
+# An in-memory Kafka for the service tier
+
+
+@dataclass
+class FakeKafka:
+    """Topics as lists of records; a record's offset is its index. `failing` makes the next
+    publish fail as a broker outage would."""
+
+    topics: TopicNames = field(default_factory=TopicNames)
+    configured: bool = True
+    log: dict[str, list[SourceRecord]] = field(default_factory=dict)
+    superseded_offsets: set[tuple[str, int]] = field(default_factory=set)
+    failing: bool = False
+
+    def check(self) -> None:
+        return None
+
+    def group_lag(self) -> list[dict[str, Any]]:
+        return []
+
+    def append(self, topic: str, record: Record) -> SourceRecord:
+        held = self.log.setdefault(topic, [])
+        stored = SourceRecord(topic, 0, len(held), record.key, list(record.headers), record.value)
+        held.append(stored)
+        return stored
+
+    def dead_letter_of(
+        self, group: str, source: SourceRecord, *, offset: int | None = None
+    ) -> DeadLetter:
+        """What the kit writes when `group` cannot handle `source` (offset: pretend another)."""
+        incoming = Incoming(
+            source.topic,
+            source.partition,
+            source.offset if offset is None else offset,
+            source.key,
+            list(source.headers),
+            source.value,
+        )
+        letter = dead_letter_record(incoming, PoisonRecord("bad"), "bad", 1, group)
+        stored = self.append(self.topics.dlq(group), letter)
+        return self.dead_letter(group, 0, stored.offset)  # type: ignore[return-value]
+
+    def dead_letters(self, group: str, limit: int, skip: set[tuple[int, int]]) -> list[DeadLetter]:
+        held = self.log.get(self.topics.dlq(group), [])
+        letters = [self.dead_letter(group, r.partition, r.offset) for r in held]
+        return [d for d in letters if d and (d.partition, d.offset) not in skip][:limit]
+
+    def dead_letter(self, group: str, partition: int, offset: int) -> DeadLetter | None:
+        held = self.log.get(self.topics.dlq(group), [])
+        if partition != 0 or not 0 <= offset < len(held):
+            return None
+        record = held[offset]
+        return DeadLetter(
+            group,
+            record.topic,
+            0,
+            offset,
+            None,
+            record.key,
+            record.headers,
+            len(record.value or b""),
+        )
+
+    def source_record(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        held = self.log.get(topic, [])
+        return held[offset] if partition == 0 and 0 <= offset < len(held) else None
+
+    def superseded(self, record: SourceRecord) -> bool:
+        return (record.topic, record.offset) in self.superseded_offsets
+
+    def publish(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: Any) -> None:
+        if self.failing:
+            raise BrokerUnavailableError("Kafka refused the record (test)")
+        self.append(topic, Record(key, list(headers), value))

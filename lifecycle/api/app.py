@@ -33,7 +33,7 @@ from lifecycle.api.problems import (
 )
 from lifecycle.api.readiness import Readiness, Refresher
 from lifecycle.api.routes import accounts as accounts_routes
-from lifecycle.api.routes import admin, audit, health, receipts, scouts
+from lifecycle.api.routes import admin, audit, data_exports, health, receipts, scouts
 from lifecycle.api.routes.health import ProbeMiddleware, readiness_checks
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
@@ -79,6 +79,7 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(accounts_routes.router)
+    app.include_router(data_exports.router)
     app.include_router(scouts.router)
     app.include_router(admin.router)
     app.include_router(audit.router)

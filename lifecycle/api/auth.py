@@ -19,8 +19,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lifecycle.api.problems import AuthenticationError, PermissionDeniedError, error_response
-from lifecycle.errors import LifecycleError, StartupError
+from lifecycle.api.problems import AuthenticationError, error_response
+from lifecycle.errors import LifecycleError, PermissionDeniedError, StartupError
 from lifecycle.logs import get_logger
 from lifecycle.settings import ROLES, Role, Settings, generate_tokens, token_digest
 

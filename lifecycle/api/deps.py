@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, TypeVar
 from uuid import UUID
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 
-from lifecycle.api.problems import NotReadyError
+from lifecycle.api.auth import AuditorCaller, OpsCaller
+from lifecycle.api.problems import NotReadyError, request_id_of
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure, erasure_status_query
+from lifecycle.bootstrap import build_data_exports, build_erasure, erasure_status_query
+from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inspector import KafkaInspector, KafkaInspectorClient, NoKafka
+from lifecycle.services.actions import Actor
+from lifecycle.services.audit import AuditReads
+from lifecycle.services.dead_letters import DeadLetters
+from lifecycle.services.erasures import Erasures
+from lifecycle.services.read_models import ReadModels
 from lifecycle.settings import Settings
 from projections.base import ReadModel
-from projections.registry import read_model_classes
+from projections.erasure import ErasureStatusView
 from projections.runner import Projector
 
 M = TypeVar("M", bound=ReadModel)
@@ -73,6 +81,7 @@ class ApiState:
     accounts: Accounts
     settings: Settings
     erasure: ErasureProcess
+    exports: DataExports
     models: dict[str, ReadModel] = field(default_factory=dict)
     locks: dict[str, threading.Lock] = field(default_factory=dict)
 
@@ -82,11 +91,12 @@ class ApiState:
     ) -> ApiState:
         """The erasure process (the one the workers use, when given) and the live read
         models; their tables come from migrations, checked when `accounts` was built."""
-        models = {model.name: model(accounts.database) for model in read_model_classes()}
+        models = ReadModels(accounts).live()
         return cls(
             accounts,
             settings,
             erasure=erasure or build_erasure(accounts, settings),
+            exports=build_data_exports(accounts, settings),
             models=models,
             locks={name: threading.Lock() for name in models},
         )
@@ -119,6 +129,13 @@ def get_erasure(state: StateDep) -> ErasureProcess:
 ErasureDep = Annotated[ErasureProcess, Depends(get_erasure)]
 
 
+def get_data_exports(state: StateDep) -> DataExports:
+    return state.exports
+
+
+DataExportsDep = Annotated[DataExports, Depends(get_data_exports)]
+
+
 def get_erasure_status(state: StateDep) -> ErasureStatusQuery:
     return erasure_status_query(state.accounts, state.settings)
 
@@ -146,3 +163,39 @@ def inspector_of(app: FastAPI) -> KafkaInspector:
 
 
 KafkaDep = Annotated[KafkaInspector, Depends(kafka_inspector)]
+
+
+def get_dead_letters(accounts: AccountsDep, kafka: KafkaDep) -> DeadLetters:
+    return DeadLetters(accounts, kafka)
+
+
+def get_erasures(state: StateDep, kafka: KafkaDep) -> Erasures:
+    deadline = timedelta(hours=state.settings.erasure_deadline_hours)
+    return Erasures(state.accounts, state.model(ErasureStatusView), deadline, kafka)
+
+
+def get_audit_reads(state: StateDep) -> AuditReads:
+    return AuditReads(state.accounts, state.settings.audit_decrypt_roles)
+
+
+def get_read_models(accounts: AccountsDep) -> ReadModels:
+    return ReadModels(accounts)
+
+
+DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]
+ErasuresDep = Annotated[Erasures, Depends(get_erasures)]
+AuditReadsDep = Annotated[AuditReads, Depends(get_audit_reads)]
+ReadModelsDep = Annotated[ReadModels, Depends(get_read_models)]
+
+
+def ops_actor(caller: OpsCaller, request: Request) -> Actor:
+    """Who is asking, for the services' records: the role and the request's id."""
+    return Actor(role=caller.role, request_id=request_id_of(request))
+
+
+def auditor_actor(caller: AuditorCaller, request: Request) -> Actor:
+    return Actor(role=caller.role, request_id=request_id_of(request))
+
+
+OpsActor = Annotated[Actor, Depends(ops_actor)]
+AuditorActor = Annotated[Actor, Depends(auditor_actor)]

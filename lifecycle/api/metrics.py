@@ -32,8 +32,8 @@ from lifecycle.api import pipeline_collector
 from lifecycle.api.auth import role_for_token
 from lifecycle.api.problems import AuthenticationError, problem_responses
 from lifecycle.api.readiness import Refresher
-from lifecycle.erasure.refusals import REFUSALS_TABLE as REFUSALS
 from lifecycle.logs import get_logger
+from lifecycle.services.pipeline import PipelineReadings
 
 # State-changing routes, by the command they run.
 COMMANDS: dict[tuple[str, str], str] = {
@@ -165,10 +165,8 @@ class StateCollector(Collector):
         return waiting
 
     def _families(self, accounts: Any) -> Iterator[Any]:
-        from projections.erasure import ErasureQuery, ErasureStatusView
-        from projections.registry import read_model_classes
-
-        head = accounts.recorder.max_notification_id() or 0
+        readings = PipelineReadings(accounts)
+        head = readings.log_head()
         appended = CounterMetricFamily(
             "lifecycle_events_appended",
             "Events appended to the log (the notification log's head id; on PostgreSQL a "
@@ -177,22 +175,19 @@ class StateCollector(Collector):
         appended.add_metric([], head)
         yield appended
 
-        db = accounts.database
         relay_position = GaugeMetricFamily(
             "lifecycle_relay_position", "Last notification id published to Kafka.", labels=["relay"]
         )
         relay_lag = GaugeMetricFamily(
             "lifecycle_relay_lag", "Notifications not yet published.", labels=["relay"]
         )
-        positions = _optional_rows(db, f"SELECT name, position FROM {db.table('relay_position')}")
-        for name, position in positions:
-            relay_position.add_metric([str(name)], int(position))
-            relay_lag.add_metric([str(name)], max(0, head - int(position)))
+        positions = {name: position for name, (position, _) in readings.relay_positions().items()}
         # With Kafka off the relay thread keeps its position in memory, not in relay_position.
         relay = getattr(getattr(self.app.state, "workers", None), "relay", None)
         name, position = getattr(relay, "name", None), getattr(relay, "position", None)
-        known = {str(saved) for saved, _ in positions}
-        if isinstance(name, str) and isinstance(position, int) and name not in known:
+        if isinstance(name, str) and isinstance(position, int) and name not in positions:
+            positions[name] = position
+        for name, position in positions.items():
             relay_position.add_metric([name], position)
             relay_lag.add_metric([name], max(0, head - position))
         yield relay_position
@@ -208,13 +203,9 @@ class StateCollector(Collector):
             "Notifications not yet applied to the read model.",
             labels=["projection"],
         )
-        for model_class in read_model_classes():
-            model = model_class(db)
-            if not model.exists():
-                continue
-            position = model.position()
-            projection_position.add_metric([model_class.name], position)
-            projection_lag.add_metric([model_class.name], max(0, head - position))
+        for name, position in readings.read_model_positions().items():
+            projection_position.add_metric([name], position)
+            projection_lag.add_metric([name], max(0, head - position))
         yield projection_position
         yield projection_lag
 
@@ -226,7 +217,7 @@ class StateCollector(Collector):
         settings = getattr(self.app.state, "settings", None)
         hours = getattr(settings, "erasure_deadline_hours", 72.0)
         try:
-            counts = ErasureQuery(ErasureStatusView(db), timedelta(hours=hours)).counts()
+            counts = readings.erasure_counts(timedelta(hours=hours))
         except Exception as error:
             self.log.warning("metrics.erasures_unreadable", error_type=type(error).__name__)
             counts = {}
@@ -240,9 +231,8 @@ class StateCollector(Collector):
             "from the service whose topic they came on), by service and reason.",
             labels=["service", "reason"],
         )
-        rows = _optional_rows(db, f"SELECT service, reason, refused FROM {db.table(REFUSALS)}")
-        for service, reason, count in rows:
-            refused.add_metric([str(service), str(reason)], int(count))
+        for (service, reason), count in sorted(readings.refusals().items()):
+            refused.add_metric([service, reason], count)
         yield refused
 
 
@@ -264,15 +254,6 @@ def waiting_workers(app: FastAPI) -> dict[str, str]:
         if consumer.waiting_for is not None:
             found[str(name)] = str(consumer.waiting_for)
     return found
-
-
-def _optional_rows(database: Any, statement: str) -> list[tuple[Any, ...]]:
-    """Rows of a table that may not exist yet (empty then)."""
-    try:
-        with database.transaction(commit=False) as cursor:
-            return list(cursor.execute(statement).fetchall())
-    except Exception:
-        return []
 
 
 @router.get(

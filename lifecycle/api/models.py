@@ -385,3 +385,10 @@ class WithdrawalPreview(BaseModel):
     scouts_received: int
     re_registration_starts_from_nothing: bool
     reasons: list[WithdrawalReason]
+    data_export_ready: bool = Field(
+        default=False, description="Whether a copy of the member's data is ready to download."
+    )
+    data_export: str | None = Field(
+        default=None,
+        description="The ready export's download link; withdrawing cancels every export.",
+    )

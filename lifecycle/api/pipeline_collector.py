@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lifecycle.api.tables import DeadLetterActions
 from lifecycle.logs import get_logger
 from lifecycle.pipeline_metrics import REGISTRY, ForwardingCollector, WorkersCollector
+from lifecycle.services.pipeline import PipelineReadings
 from schemas.contract import CONSUMER_GROUPS
 
 DEAD_LETTER_REFRESH_S = 30.0
@@ -64,39 +64,34 @@ class PipelineStateCollector(Collector):
         accounts = getattr(self.app.state, "accounts", None)
         if accounts is None:
             return
-        yield self._last_publish(accounts.database)
+        readings = PipelineReadings(accounts)
+        yield self._last_publish(readings)
         waiting = GaugeMetricFamily(
             "lifecycle_dead_letters_waiting",
             "Dead letters of the consumer group neither re-driven nor discarded.",
             labels=["group"],
         )
-        for group, count in sorted(self._dead_letters(accounts.database).items()):
+        for group, count in sorted(self._dead_letters(readings).items()):
             waiting.add_metric([group], count)
         yield waiting
 
-    def _last_publish(self, db: Any) -> GaugeMetricFamily:
+    def _last_publish(self, readings: PipelineReadings) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
             "lifecycle_relay_last_publish_timestamp_seconds",
             "When the relay last published (moved its position), as a Unix time.",
             labels=["relay"],
         )
-        try:
-            with db.transaction(commit=False) as cursor:
-                rows = cursor.execute(
-                    f"SELECT name, updated_at FROM {db.table('relay_position')}"
-                ).fetchall()
-        except Exception:
-            rows = []  # no relay has run against this database yet
-        for name, updated_at in rows:
-            family.add_metric([str(name)], _unix(updated_at))
+        stored = readings.relay_positions()
+        for saved, (_, updated_at) in stored.items():
+            family.add_metric([saved], updated_at.timestamp())
         # With Kafka off the relay thread keeps its position in memory, not in relay_position.
         relay = getattr(getattr(self.app.state, "workers", None), "relay", None)
         name, published_at = getattr(relay, "name", None), getattr(relay, "published_at", None)
-        if isinstance(published_at, datetime) and name not in {n for n, _ in rows}:
+        if isinstance(published_at, datetime) and name not in stored:
             family.add_metric([str(name)], published_at.timestamp())
         return family
 
-    def _dead_letters(self, db: Any) -> dict[str, int]:
+    def _dead_letters(self, readings: PipelineReadings) -> dict[str, int]:
         settings = getattr(self.app.state, "settings", None)
         if settings is None:
             return {}
@@ -115,25 +110,24 @@ class PipelineStateCollector(Collector):
             self._counted_at = time.monotonic()
             threading.Thread(
                 target=self._refresh,
-                args=(db, settings.kafka_bootstrap, topics),
+                args=(readings, settings.kafka_bootstrap, topics),
                 name="metrics-dead-letters",
                 daemon=True,
             ).start()
         return dict(self._counts)
 
-    def _refresh(self, db: Any, bootstrap: str, topics: Any) -> None:
+    def _refresh(self, readings: PipelineReadings, bootstrap: str, topics: Any) -> None:
         from lifecycle.kafka.inspector import KafkaInspectorClient
 
         security = self.app.state.settings.kafka_security
         try:
             ranges = KafkaInspectorClient(bootstrap, topics, security=security).dead_letter_ranges()
-            actions = DeadLetterActions(db)
             counts = {}
             for group, partitions in ranges.items():
                 held = sum(end - begin for begin, end in partitions.values())
                 handled = sum(
                     1
-                    for partition, offset in actions.done(topics.dlq(group))
+                    for partition, offset in readings.dead_letters_handled(topics.dlq(group))
                     if partition in partitions
                     and partitions[partition][0] <= offset < partitions[partition][1]
                 )
@@ -143,11 +137,3 @@ class PipelineStateCollector(Collector):
             log.warning("metrics.dead_letters_unknown", error_type=type(error).__name__)
         finally:
             self._refreshing.release()
-
-
-def _unix(value: Any) -> float:
-    """A timestamp column's value (a datetime on PostgreSQL, ISO text on SQLite) as Unix time."""
-    stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()

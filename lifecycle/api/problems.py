@@ -20,13 +20,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifecycle.errors import (
-    AccountNotFoundError,
     ConflictError,
     GiftNotEligibleError,
     GoneError,
     InvalidCommandError,
     KeyDestroyedError,
     LifecycleError,
+    NotFoundError,
+    PermissionDeniedError,
 )
 from lifecycle.kafka.inspector import BrokerUnavailableError
 from lifecycle.logs import get_logger
@@ -52,12 +53,6 @@ class AuthenticationError(LifecycleError):
         self.headers = {"WWW-Authenticate": challenge}
 
 
-class PermissionDeniedError(LifecycleError):
-    """A known token whose role may not use this route."""
-
-    code = "forbidden"
-
-
 class NotReadyError(LifecycleError):
     """The service cannot serve requests yet (or any more): its database does not answer."""
 
@@ -72,7 +67,7 @@ class KafkaUnavailableError(NotReadyError):
 
 # Most specific first is not required: the lookup walks each error's MRO.
 STATUS_BY_ERROR: dict[type[LifecycleError], int] = {
-    AccountNotFoundError: 404,
+    NotFoundError: 404,
     GoneError: 410,
     KeyDestroyedError: 410,
     ConflictError: 409,

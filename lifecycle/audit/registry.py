@@ -133,6 +133,39 @@ REGISTRY: tuple[RestingPlace, ...] = (
         "purge (Accounts.purge), every row once expired (LIFECYCLE_IDEMPOTENCY_TTL_HOURS)",
         ("search", "rows_gone"),
     ),
+    # The data exports (lifecycle.data_export)
+    RestingPlace(
+        "table",
+        LIFECYCLE,
+        "data_export_keys",
+        "the private key that opens an export's sealed parts (wrapped by the keyring)",
+        "deleted",
+        "at the export's expiry or cancellation (DataExports), and by the end_data_exports "
+        "trigger in the transaction recording `WithdrawalRequested` or `Purged`",
+        ("search", "rows_gone"),
+    ),
+    RestingPlace(
+        "table",
+        LIFECYCLE,
+        "data_export_chunks",
+        "every part of a member's export (account, scouts, chats, mail), sealed to its key",
+        "deleted",
+        "with the export's key (DataExports._end), and by the end_data_exports trigger at "
+        "`WithdrawalRequested` or `Purged`; unreadable once the key is gone",
+        ("search", "rows_gone"),
+    ),
+    _none("table", LIFECYCLE, "data_exports", "export ids, status and times"),
+    *(
+        _none("table", LIFECYCLE, f"data_export_{name}", "the export intake's kit: " + NO_VALUE)
+        for name in CONSUMER_TABLES
+    ),
+    _none(
+        "memory",
+        LIFECYCLE,
+        "a download in progress",
+        "one opened chunk at a time (DataExports.download streams; the document is never "
+        "assembled or stored, nor cached)",
+    ),
     *_tables_without_values(LIFECYCLE, READ_MODEL_TABLES, "read models: " + NO_VALUE),
     *_tables_without_values(
         LIFECYCLE,

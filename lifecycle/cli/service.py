@@ -1,5 +1,5 @@
 """The service's process kinds: `serve`, `migrate`, `topics`, `relay`, `consume`, `erasure`,
-`project`, and the contract's schema files."""
+`data-exports`, `project`, and the contract's schema files."""
 
 from __future__ import annotations
 
@@ -244,6 +244,16 @@ def erasure() -> None:
     settings = load_settings()
     with worker_probe(settings) as probe:
         run_until_signalled(lambda stop: run_erasure(settings, stop, probe=probe))
+
+
+@cli.command("data-exports")
+def data_exports() -> None:
+    """Take the services' sealed export parts in; destroy expired exports' keys."""
+    from lifecycle.workers import run_data_exports
+
+    settings = load_settings()
+    with worker_probe(settings) as probe:
+        run_until_signalled(lambda stop: run_data_exports(settings, stop, probe=probe))
 
 
 @cli.command()

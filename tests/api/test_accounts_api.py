@@ -668,6 +668,8 @@ def test_the_preview_says_what_withdrawing_loses(client: TestClient) -> None:
         "scouts_received": 0,
         "re_registration_starts_from_nothing": True,
         "reasons": [reason.value for reason in WithdrawalReason],
+        "data_export_ready": False,
+        "data_export": None,
     }
     assert scouted["gift_eligible"] is True
     assert scouted["gift_lost_on_withdrawal"] is True

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from support import auth
 
 from lifecycle.api import create_app
-from lifecycle.api.tables import PersonalDataReads
 from lifecycle.application import Accounts
 from lifecycle.erasure.process import Confirmation, ErasureProcess
+from lifecycle.services.actions import PersonalDataReads
 from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 from projections.runner import Projector

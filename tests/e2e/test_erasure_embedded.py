@@ -24,6 +24,7 @@ from lifecycle.domain import AccountStatus
 from lifecycle.settings import Settings
 from lifecycle.workers import Workers, start_workers
 from schemas.contract import ERASURE_GROUP
+from schemas.data_export import EXPORT_GROUP
 
 
 @pytest.fixture
@@ -68,7 +69,16 @@ def test_withdrawal_completes_to_purged_in_one_process(
     embedded: Settings, app: Accounts, workers: Workers, smtp: SmtpSink, tmp_path: Path
 ) -> None:
     assert sorted(workers.running) == sorted(
-        f"worker-{name}" for name in ("relay", "scout", "chat", "mail", ERASURE_GROUP)
+        f"worker-{name}"
+        for name in (
+            "relay",
+            "scout",
+            "chat",
+            "mail",
+            ERASURE_GROUP,
+            EXPORT_GROUP,
+            "data-export-sweep",
+        )
     )
     # Each service keeps its own SQLite file beside the lifecycle database.
     for name in ("scout", "chat", "mail"):

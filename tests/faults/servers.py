@@ -25,6 +25,8 @@ from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_TEMPLATE = ROOT / "scripts" / "kafka" / "server.properties.template"
+# How long a cut waits for each terminated backend to be gone.
+TERMINATE_WAIT_MS = 5000
 KAFKA_LOG4J = ROOT / "scripts" / "kafka" / "log4j2.properties"
 
 
@@ -123,10 +125,12 @@ class ThrowawayPostgres:
 
     def cut(self, application_name: str | None = None) -> int:
         """`pg_terminate_backend` on every client backend but this one's, in every database
-        but the maintenance one; how many."""
+        but the maintenance one, each waited for until it is gone (a cut, not one still under
+        way while the clients go on); how many."""
         with psycopg.connect(self.url, autocommit=True) as conn:
             row = conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"SELECT count(pg_terminate_backend(pid, {TERMINATE_WAIT_MS})) "
+                "FROM pg_stat_activity "
                 "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
                 "AND datname <> 'postgres'"
                 + (" AND application_name = %s" if application_name else ""),

@@ -124,12 +124,16 @@ def test_migrate_applies_each_component_once_and_records_it(
         ("lifecycle", 3),
         *[("consumer-kit:erasure_", v) for v in range(1, kit_component().latest + 1)],
         ("read-models", 1),
+        ("data_export", 1),
+        *[("consumer-kit:data_export_", v) for v in range(1, kit_component().latest + 1)],
     ]
     assert migrate_lifecycle(fresh) == []
     assert {name: state.version for name, state in states(database).items()} == {
         "lifecycle": LIFECYCLE.latest,
         "consumer-kit:erasure_": kit_component().latest,
         "read-models": 1,
+        "data_export": 1,
+        "consumer-kit:data_export_": kit_component().latest,
     }
     check(database, lifecycle_components())
     build_accounts(fresh).close()
@@ -219,8 +223,8 @@ def test_migrate_on_the_command_line_reports_and_is_idempotent(tmp_path: Path) -
     first = lifecycle("migrate")
     assert first.returncode == 0, first.stderr
     assert "applied lifecycle 1: " in first.stdout
-    # The erasure consumer's kit tables, the read models.
-    applied_first = LIFECYCLE.latest + kit_component().latest + 1
+    # The erasure consumer's kit tables, the read models, the data exports and their intake's.
+    applied_first = LIFECYCLE.latest + 2 * kit_component().latest + 2
     assert f"lifecycle database: up to date ({applied_first} migration(s) applied)" in first.stdout
     for name, component in SERVICES.items():  # Kafka off: `serve` runs them, migrated too
         applied = kit_component().latest + component.latest  # the kit's, the service's own

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from lifecycle.domain import Account
-from lifecycle.relay import lifecycle_payload
+from lifecycle.publishing import lifecycle_payload
 from schemas.contract import (
     LIFECYCLE_MODELS,
     MODELS,

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Response, status
 
 from lifecycle.api.account_view import AccountOut
 from lifecycle.api.auth import require_role
-from lifecycle.api.deps import AccountId, AccountsDep, ErasureStatusDep
+from lifecycle.api.data_export_view import export_path
+from lifecycle.api.deps import AccountId, AccountsDep, DataExportsDep, ErasureStatusDep
 from lifecycle.api.idempotency import TAKES_IDEMPOTENCY_KEY
 from lifecycle.api.models import (
     AccountCreated,
@@ -138,8 +139,15 @@ def claim_gift(account_id: AccountId, body: GiftClaimRequest, accounts: Accounts
     summary="What the member loses by withdrawing now",
     responses=problem_responses(404, 410),
 )
-def withdrawal_preview(account_id: AccountId, accounts: AccountsDep) -> WithdrawalPreview:
-    return WithdrawalPreview.model_validate(accounts.withdrawal_preview(account_id))
+def withdrawal_preview(
+    account_id: AccountId, accounts: AccountsDep, exports: DataExportsDep
+) -> WithdrawalPreview:
+    preview = accounts.withdrawal_preview(account_id)
+    ready = exports.latest_ready(account_id)
+    download = f"{export_path(account_id, ready.id)}/download" if ready else None
+    return WithdrawalPreview.model_validate(
+        {**preview, "data_export_ready": ready is not None, "data_export": download}
+    )
 
 
 @router.post(
@@ -161,7 +169,11 @@ def withdrawal_preview(account_id: AccountId, accounts: AccountsDep) -> Withdraw
     dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def request_withdrawal(
-    account_id: AccountId, body: WithdrawalRequest, accounts: AccountsDep, response: Response
+    account_id: AccountId,
+    body: WithdrawalRequest,
+    accounts: AccountsDep,
+    exports: DataExportsDep,
+    response: Response,
 ) -> WithdrawalAccepted:
     accounts.request_withdrawal(
         account_id,
@@ -170,6 +182,7 @@ def request_withdrawal(
         comment=body.comment,
         acknowledge_gift_loss=body.acknowledge_gift_loss,
     )
+    exports.cancel_all(account_id)  # the store's trigger already destroyed their keys
     erasure = f"{account_path(account_id)}/erasure"
     response.headers["Location"] = erasure
     return WithdrawalAccepted(erasure=erasure)

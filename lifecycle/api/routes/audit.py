@@ -1,11 +1,8 @@
 """Audit (role `auditor`): an account's raw event stream, and the hash chain's head.
 
 Personal fields come back as `[redacted]` unless the caller asks for them decrypted
-(`?personal=decrypted`) and the caller's role is listed in `LIFECYCLE_AUDIT_DECRYPT_ROLES`
-(empty by default: nobody). Every decrypted read is recorded before the values leave, in the
-table `personal_data_reads` (time, account id, role, request id, how many events) and in the
-log as `audit.personal_values_read`; never the values themselves. After purge the key is
-gone, so even a permitted caller gets `[redacted]`.
+(`?personal=decrypted`); who may, and the record of every such read, are the service's rules
+(`lifecycle.services.audit`).
 """
 
 from __future__ import annotations
@@ -14,19 +11,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from lifecycle.api.auth import AuditorCaller, require_role
-from lifecycle.api.deps import AccountId, AccountsDep, get_settings
-from lifecycle.api.problems import PermissionDeniedError, problem_responses, request_id_of
-from lifecycle.api.tables import PersonalDataReads
-from lifecycle.domain import REDACTED, Account
-from lifecycle.errors import AccountNotFoundError
-from lifecycle.logs import get_logger
-from projections.hashchain import HashChain
-
-log = get_logger(__name__)
+from lifecycle.api.auth import require_role
+from lifecycle.api.deps import AccountId, AuditorActor, AuditReadsDep
+from lifecycle.api.problems import problem_responses
+from lifecycle.services.audit import StoredFact
 
 router = APIRouter(
     prefix="/audit/v1",
@@ -34,9 +25,6 @@ router = APIRouter(
     dependencies=[Depends(require_role("auditor"))],
     responses=problem_responses(401, 403),
 )
-
-# Attributes every event has, shown as fields of their own rather than in `data`.
-ENVELOPE = ("originator_id", "originator_version", "timestamp", "originator_topic")
 
 
 class AuditEvent(BaseModel):
@@ -48,6 +36,17 @@ class AuditEvent(BaseModel):
     data: dict[str, Any] = Field(
         description="The event's attributes; personal fields decrypted or `[redacted]`."
     )
+
+    @classmethod
+    def of(cls, fact: StoredFact) -> AuditEvent:
+        return cls(
+            version=fact.version,
+            topic=fact.stored_name,
+            event=fact.event,
+            timestamp=fact.timestamp,
+            personal_fields=list(fact.personal_fields),
+            data=fact.data,
+        )
 
 
 class AuditStream(BaseModel):
@@ -72,64 +71,19 @@ class ChainHead(BaseModel):
 )
 def account_events(
     account_id: AccountId,
-    accounts: AccountsDep,
-    caller: AuditorCaller,
-    request: Request,
+    audit: AuditReadsDep,
+    reader: AuditorActor,
     personal: Annotated[
         Literal["redacted", "decrypted"],
         Query(description="`decrypted` needs a role in LIFECYCLE_AUDIT_DECRYPT_ROLES."),
     ] = "redacted",
 ) -> AuditStream:
-    from projections.base import facts_mapper
-
-    settings = get_settings(request)
-    decrypt = personal == "decrypted"
-    if decrypt and caller.role not in settings.audit_decrypt_roles:
-        raise PermissionDeniedError(detail="this role may not read personal values")
-    stored = accounts.recorder.select_events(account_id)
-    facts = facts_mapper(accounts.mapper)
-    redacted = [facts.to_domain_event(event) for event in stored]
-    if not redacted or not isinstance(redacted[0], Account.Registered):
-        raise AccountNotFoundError()
-    key_destroyed = accounts.vault.is_destroyed(account_id)
-    shown: list[Any] = redacted
-    if decrypt:
-        request_id = request_id_of(request)
-        # Recorded first: if this cannot be written, no value leaves.
-        PersonalDataReads(accounts.database).record(
-            account_id, caller.role, request_id, len(stored)
-        )
-        log.info(
-            "audit.personal_values_read",
-            account_id=str(account_id),
-            role=caller.role,
-            request_id=request_id,
-            events=len(stored),
-            key_destroyed=key_destroyed,
-        )
-        shown = [accounts.mapper.to_domain_event(event) for event in stored]
-    events = []
-    for raw, fact, event in zip(stored, redacted, shown, strict=True):
-        sealed = [
-            name
-            for name in getattr(type(fact), "personal_fields", ())
-            if getattr(fact, name, None) == REDACTED
-        ]
-        events.append(
-            AuditEvent(
-                version=event.originator_version,
-                topic=raw.topic,
-                event=type(event).__qualname__,
-                timestamp=event.timestamp,
-                personal_fields=sealed,
-                data={k: v for k, v in vars(event).items() if k not in ENVELOPE},
-            )
-        )
+    stream = audit.events(account_id, reader, decrypted=personal == "decrypted")
     return AuditStream(
-        account_id=account_id,
-        personal="decrypted" if decrypt and not key_destroyed else "redacted",
-        key_destroyed=key_destroyed,
-        events=events,
+        account_id=stream.account_id,
+        personal=stream.personal,
+        key_destroyed=stream.key_destroyed,
+        events=[AuditEvent.of(fact) for fact in stream.events],
     )
 
 
@@ -138,7 +92,5 @@ def account_events(
     operation_id="getHashChainHead",
     summary="The tamper-evidence chain's head and how far behind it is",
 )
-def hash_chain(accounts: AccountsDep) -> ChainHead:
-    position, link = HashChain(accounts.database).head()
-    head = accounts.recorder.max_notification_id() or 0
-    return ChainHead(position=position, link=link, log_head=head, lag=max(0, head - position))
+def hash_chain(audit: AuditReadsDep) -> ChainHead:
+    return ChainHead.model_validate(audit.chain_head(), from_attributes=True)

@@ -13,6 +13,7 @@ from lifecycle.api.metrics import waiting_workers
 from lifecycle.api.problems import NotReadyError, error_response, problem_responses
 from lifecycle.api.readiness import Readiness
 from lifecycle.errors import LifecycleError
+from lifecycle.services.pipeline import PipelineReadings
 
 router = APIRouter(tags=["health"])
 
@@ -82,9 +83,7 @@ def readiness_checks(app: FastAPI) -> dict[str, Callable[[], None]]:
     looked up at each check, so a test may swap it)."""
 
     def database() -> None:
-        accounts = app.state.accounts
-        with accounts.database.transaction(commit=False) as cursor:
-            cursor.execute("SELECT 1").fetchone()
+        PipelineReadings(app.state.accounts).check_database()
 
     def kafka() -> None:
         inspector_of(app).check()

@@ -9,11 +9,9 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from lifecycle.api.deps import AccountId, AccountsDep, Limit, StateDep
+from lifecycle.api.deps import AccountId, AuditReadsDep, Limit, StateDep
 from lifecycle.api.problems import problem_responses
-from lifecycle.domain import Account, AccountStatus
-from lifecycle.errors import AccountNotFoundError
-from projections.base import facts_mapper
+from lifecycle.domain import AccountStatus
 from projections.directory import AccountDirectory
 
 router = APIRouter(prefix="/admin/v1")
@@ -87,54 +85,5 @@ def list_accounts(
     summary="One account's events: versions, times and facts, no personal values",
     responses=problem_responses(404),
 )
-def account_timeline(account_id: AccountId, accounts: AccountsDep) -> Timeline:
-    mapper = facts_mapper(accounts.mapper)
-    stored = accounts.recorder.select_events(account_id)
-    events: list[Any] = [mapper.to_domain_event(event) for event in stored]
-    if not events or not isinstance(events[0], Account.Registered):
-        raise AccountNotFoundError()
-    status_ = AccountStatus.ACTIVE
-    entries = []
-    for event in events:
-        if isinstance(event, Account.WithdrawalRequested):
-            status_ = AccountStatus.WITHDRAWING
-        elif isinstance(event, Account.Purged):
-            status_ = AccountStatus.PURGED
-        entries.append(
-            TimelineEntry(
-                version=event.originator_version,
-                event=type(event).__name__,
-                timestamp=event.timestamp,
-                facts=timeline_facts(event),
-            )
-        )
-    return Timeline(account_id=account_id, status=status_.value, events=entries)
-
-
-def timeline_facts(event: Any) -> dict[str, Any]:
-    match event:
-        case Account.Registered():
-            return {"channel": event.channel, "consent_version": event.consent_version}
-        case Account.PreferencesEdited():
-            return {"changed_parts": event.changed_parts}
-        case Account.ScoutReceived():
-            return {
-                "scout_id": event.scout_id,
-                "company_id": event.company_id,
-                "job_id": event.job_id,
-            }
-        case Account.GiftClaimed():
-            return {
-                "company_id": event.company_id,
-                "start_date": event.start_date,
-                "gift_kind": event.gift_kind,
-                "amount_jpy": event.amount_jpy,
-            }
-        case Account.WithdrawalRequested():
-            return {
-                "reason": event.reason,
-                "gift_forfeited": event.gift_forfeited,
-                "acknowledged_gift_loss": event.acknowledged_gift_loss,
-                "comment_given": event.comment is not None,
-            }
-    return {}
+def account_timeline(account_id: AccountId, audit: AuditReadsDep) -> Timeline:
+    return Timeline.model_validate(audit.timeline(account_id), from_attributes=True)

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel, Field
 
-from lifecycle.api.auth import OpsCaller
-from lifecycle.api.deps import AccountId, ApiState, KafkaDep, Limit, StateDep
+from lifecycle.api.deps import AccountId, ErasuresDep, Limit, OpsActor
 from lifecycle.api.models import ErasureStatusOut
-from lifecycle.api.problems import problem_responses, request_id_of
-from lifecycle.application import Accounts
-from lifecycle.domain import Account
-from lifecycle.erasure.status import CONFIRMED
-from lifecycle.errors import AccountNotFoundError, ConflictError, InvalidCommandError
-from lifecycle.logs import get_logger
-from projections.base import facts_mapper
-from projections.erasure import ERASURE_FILTERS, ErasureQuery, ErasureStatusView
-from schemas.contract import ERASING_SERVICES, TopicNames
-
-log = get_logger(__name__)
+from lifecycle.api.problems import problem_responses
+from projections.erasure import ERASURE_FILTERS
+from schemas.contract import ERASING_SERVICES
 
 router = APIRouter(prefix="/admin/v1")
 
@@ -45,8 +35,8 @@ class RetryRequested(BaseModel):
     service: str
     attempts: int
     redelivered: bool = Field(
-        description="The WithdrawalRequested record went to Kafka again (same ce_id): a "
-        "service that never handled it does now; the others skip it as a duplicate."
+        description="The WithdrawalRequested record went to Kafka again, under a fresh retry "
+        "`ce_id`: a service that never handled it erases now; the others confirm again."
     )
 
 
@@ -56,7 +46,7 @@ class RetryRequested(BaseModel):
     summary="Erasures open, pending, errored, overdue or purged",
 )
 def list_erasures(
-    api: StateDep,
+    erasures: ErasuresDep,
     state: Annotated[
         Literal["open", "pending", "errored", "overdue", "purged", "all"],
         Query(description=f"One of {', '.join(ERASURE_FILTERS)}; `open`: not yet purged."),
@@ -64,10 +54,9 @@ def list_erasures(
     after: UUID | None = None,
     limit: Limit = 100,
 ) -> ErasurePage:
-    query = _erasure_query(api)
-    items = query.page(state, after=after, limit=limit)
+    counts, items = erasures.page(state, after=after, limit=limit)
     return ErasurePage(
-        counts=ErasureCounts(**query.counts()),
+        counts=ErasureCounts(**counts),
         items=[ErasureStatusOut.model_validate(item.as_dict()) for item in items],
         next_after=items[-1].account_id if len(items) == limit else None,
     )
@@ -79,11 +68,8 @@ def list_erasures(
     summary="One account's erasure, per service",
     responses=problem_responses(404),
 )
-def get_erasure(account_id: AccountId, api: StateDep) -> ErasureStatusOut:
-    found = _erasure_query(api).get(account_id)
-    if found is None:
-        raise AccountNotFoundError(detail="no erasure was requested for this account")
-    return ErasureStatusOut.model_validate(found.as_dict())
+def get_erasure(account_id: AccountId, erasures: ErasuresDep) -> ErasureStatusOut:
+    return ErasureStatusOut.model_validate(erasures.get(account_id).as_dict())
 
 
 @router.post(
@@ -103,68 +89,12 @@ def get_erasure(account_id: AccountId, api: StateDep) -> ErasureStatusOut:
 )
 def retry_erasure(
     account_id: AccountId,
-    *,
     service: Annotated[
         str,
         Path(description="An erasing service.", json_schema_extra={"enum": [*ERASING_SERVICES]}),
     ],
-    api: StateDep,
-    kafka: KafkaDep,
-    caller: OpsCaller,
-    request: Request,
+    erasures: ErasuresDep,
+    actor: OpsActor,
 ) -> RetryRequested:
-    if service not in ERASING_SERVICES:
-        raise InvalidCommandError("unknown_service", detail="not an erasing service")
-    erasure = _erasure_query(api).get(account_id)
-    if erasure is None:
-        raise AccountNotFoundError(detail="no erasure was requested for this account")
-    if erasure.purged_at is not None:
-        raise ConflictError("erasure_complete", detail="the account is already purged")
-    if erasure.services[service].state == CONFIRMED:
-        raise ConflictError("service_confirmed", detail="this service already confirmed")
-    attempts = api.erasure.records.request_retry(account_id, service)
-    redelivered = False
-    if kafka.configured:
-        topic, key, headers, value = withdrawal_record(api.accounts, account_id, kafka.topics)
-        kafka.publish(topic, key, headers, value)
-        redelivered = True
-    log.info(
-        "erasure.retry_requested",
-        account_id=str(account_id),
-        service=service,
-        attempts=attempts,
-        redelivered=redelivered,
-        role=caller.role,
-        request_id=request_id_of(request),
-    )
-    return RetryRequested(
-        account_id=account_id, service=service, attempts=attempts, redelivered=redelivered
-    )
-
-
-def withdrawal_record(
-    accounts: Accounts, account_id: UUID, topics: TopicNames
-) -> tuple[str, bytes, list[tuple[str, bytes]], bytes | None]:
-    """The account's WithdrawalRequested record as the relay published it, under a retry id."""
-    from lifecycle.relay import lifecycle_payload
-    from schemas.contract import encode_record, retry_event_id
-
-    mapper = facts_mapper(accounts.mapper)
-    for stored in accounts.recorder.select_events(account_id, desc=True):
-        event = mapper.to_domain_event(stored)
-        if isinstance(event, Account.WithdrawalRequested):
-            payload = lifecycle_payload(event)
-            assert payload is not None
-            record = encode_record(
-                payload,
-                ce_id=retry_event_id(account_id, event.originator_version),
-                subject=str(account_id),
-                time=event.timestamp,
-            )
-            return topics.lifecycle, record.key, record.headers, record.value
-    raise ConflictError("erasure_not_requested", detail="withdrawal was never requested")
-
-
-def _erasure_query(api: ApiState) -> ErasureQuery:
-    deadline = timedelta(hours=api.settings.erasure_deadline_hours)
-    return ErasureQuery(api.model(ErasureStatusView), deadline)
+    retried = erasures.retry(account_id, service, actor)
+    return RetryRequested.model_validate(retried, from_attributes=True)

@@ -1,46 +1,23 @@
 """Operations: read models' positions, consumer-group lag, and dead letters (list, re-drive,
-discard). Kafka is reached through `lifecycle.kafka.inspector`; without Kafka configured the
-lists are empty. Group names in paths are the contract's (`mail`); the topics and group ids
-they stand for carry the configured prefix.
-
-A dead letter refers to its source record and carries no copy of it (`consumers.faults`):
-re-drive reads the original at its source offset and publishes it again. When the source
-topic's compaction or retention erased it, or the account is purged (or, for a profile
-record, withdrawing; or superseded by a later profile record of the account), re-drive
-answers 410 `dead_letter_source_gone` (`reason` says which): the member's values are gone, as
-promised, and nothing brings them back. Discard only hides the reference."""
+discard). The rules live in `lifecycle.services` (`read_models`, `dead_letters`); these are
+their HTTP adapters. Group names in paths are the contract's (`mail`); the topics and group
+ids they stand for carry the configured prefix."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
-from uuid import UUID
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from lifecycle.api.deps import AccountsDep, KafkaDep, Limit
-from lifecycle.api.problems import problem_responses, request_id_of
-from lifecycle.api.tables import DeadLetterActions
-from lifecycle.application import Accounts
-from lifecycle.domain import AccountStatus
-from lifecycle.errors import (
-    AccountNotFoundError,
-    ConflictError,
-    DeadLetterSourceGoneError,
-    InvalidCommandError,
-)
-from lifecycle.kafka.inspector import DeadLetter, KafkaInspector, SourceRecord
-from lifecycle.logs import get_logger
-from projections.base import SHADOW_SUFFIX, ReadModel
-from projections.registry import read_model_classes
+from lifecycle.api.deps import DeadLettersDep, KafkaDep, Limit, OpsActor, ReadModelsDep
+from lifecycle.api.problems import problem_responses
+from lifecycle.kafka.inspector import DeadLetter
+from lifecycle.services.dead_letters import Handled
 from schemas.contract import CONSUMER_GROUPS
 
-log = get_logger(__name__)
-
 router = APIRouter(prefix="/admin/v1")
-
-DLQ_PREFIX = "dlq_"
 
 
 class ProjectionState(BaseModel):
@@ -127,36 +104,24 @@ class DeadLetterAction(BaseModel):
     action: Literal["redriven", "discarded"]
     republished_to: str | None
 
+    @classmethod
+    def of(cls, handled: Handled) -> DeadLetterAction:
+        return cls.model_validate(handled, from_attributes=True)
+
 
 @router.get(
     "/projections",
     operation_id="listProjections",
     summary="Read models' positions and lag behind the log",
 )
-def projections(accounts: AccountsDep) -> Projections:
-    return Projections(**projection_states(accounts))
-
-
-def projection_states(accounts: Accounts) -> dict[str, Any]:
-    head = accounts.recorder.max_notification_id() or 0
-    states = []
-    for model_class in read_model_classes():
-        model = model_class(accounts.database)
-        position = model.position() if model.exists() else 0
-        states.append(
-            {
-                "name": model_class.name,
-                "position": position,
-                "lag": max(0, head - position),
-                "rebuilding_position": _shadow_position(accounts, model_class),
-            }
-        )
-    return {"head": head, "projections": states}
-
-
-def _shadow_position(accounts: Accounts, model_class: type[ReadModel]) -> int | None:
-    shadow = model_class(accounts.database, suffix=SHADOW_SUFFIX)
-    return shadow.position() if shadow.exists() else None
+def projections(read_models: ReadModelsDep) -> Projections:
+    states = read_models.states()
+    return Projections(
+        head=states.head,
+        projections=[
+            ProjectionState.model_validate(s, from_attributes=True) for s in states.read_models
+        ],
+    )
 
 
 @router.get(
@@ -174,14 +139,6 @@ GroupParam = Annotated[
 ]
 
 
-def _known_group(group: str) -> str:
-    if group not in CONSUMER_GROUPS:
-        raise InvalidCommandError(
-            "unknown_consumer_group", detail=f"expected one of {', '.join(CONSUMER_GROUPS)}"
-        )
-    return group
-
-
 @router.get(
     "/dead-letters/{group}",
     operation_id="listDeadLetters",
@@ -189,129 +146,9 @@ def _known_group(group: str) -> str:
     responses=problem_responses(422),
 )
 def dead_letters(
-    group: GroupParam, kafka: KafkaDep, accounts: AccountsDep, limit: Limit = 100
+    group: GroupParam, service: DeadLettersDep, limit: Limit = 100
 ) -> list[DeadLetterOut]:
-    _known_group(group)
-    handled = DeadLetterActions(accounts.database).done(kafka.topics.dlq(group))
-    return [DeadLetterOut.of(record) for record in kafka.dead_letters(group, limit, handled)]
-
-
-def _handle_dead_letter(
-    kafka: KafkaInspector,
-    *,
-    accounts: Accounts,
-    group: GroupParam,
-    partition: int,
-    offset: int,
-    action: Literal["redriven", "discarded"],
-    request: Request,
-) -> DeadLetterAction:
-    _known_group(group)
-    record = kafka.dead_letter(group, partition, offset)
-    if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such dead letter")
-    actions = DeadLetterActions(accounts.database)
-    source = record.source()
-    original: SourceRecord | None = None
-    if action == "redriven":
-        if source is None:
-            raise InvalidCommandError(
-                "no_source_record", detail="the dead letter names no source record"
-            )
-        original = _source_to_redrive(kafka, accounts, record, source)
-    if not actions.claim(record.topic, partition, offset, action):
-        raise ConflictError("dead_letter_handled", detail="this dead letter was already handled")
-    if original is not None:
-        headers = [(k, v) for k, v in original.headers if not k.startswith(DLQ_PREFIX)]
-        try:
-            kafka.publish(original.topic, original.key or b"", headers, original.value)
-        except BaseException:
-            actions.release(record.topic, partition, offset)
-            raise
-    log.info(
-        "dead_letter." + action,
-        group=group,
-        partition=partition,
-        offset=offset,
-        ce_id=record.header("ce_id"),
-        request_id=request_id_of(request),
-    )
-    return DeadLetterAction(
-        group=group,
-        partition=partition,
-        offset=offset,
-        action=action,
-        republished_to=original.topic if original is not None else None,
-    )
-
-
-def _source_to_redrive(
-    kafka: KafkaInspector,
-    accounts: Accounts,
-    letter: DeadLetter,
-    source: tuple[str, int, int],
-) -> SourceRecord:
-    """The original record, read at its source offset, when it may be published again.
-
-    A dead letter's headers are only a claim (anyone who could write the topic could forge
-    one): the source must be one of the group's own input topics, the record there must carry
-    the `ce_id` the letter names, and the account is the one the original record names."""
-    topic, partition, offset = source
-    if topic not in kafka.topics.inputs_of(letter.group):
-        raise ConflictError(
-            "dead_letter_source_refused",
-            detail="the dead letter names a source that is not one of its group's inputs",
-        )
-    ce_id = letter.header("ce_id")
-    if ce_id is None:
-        raise ConflictError(
-            "dead_letter_source_refused",
-            detail="the dead letter names no ce_id to check its source record against",
-        )
-    original = kafka.source_record(topic, partition, offset)
-    if original is None:
-        raise DeadLetterSourceGoneError(
-            "source_record_erased",
-            detail="the source record is gone (compaction or retention erased it)",
-        )
-    if original.header("ce_id") != ce_id:
-        raise DeadLetterSourceGoneError(
-            "source_record_erased", detail="the source offset holds another record"
-        )
-    status = _account_status(accounts, original)
-    if status is AccountStatus.PURGED:
-        raise DeadLetterSourceGoneError(
-            "account_purged", detail="the account is purged: its records are not re-driven"
-        )
-    if topic == kafka.topics.profile:
-        if status not in (None, AccountStatus.ACTIVE):
-            # Published after the purge's tombstone, contact data would outlive compaction.
-            raise DeadLetterSourceGoneError(
-                "account_withdrawing",
-                detail="the account is withdrawing: its contact data is not published again",
-            )
-        if kafka.superseded(original):
-            # Published again, the older contact data would become the key's latest.
-            raise DeadLetterSourceGoneError(
-                "source_record_superseded",
-                detail="a later profile record of the account replaced this one",
-            )
-    return original
-
-
-def _account_status(accounts: Accounts, original: SourceRecord) -> AccountStatus | None:
-    """The status of the account the original record names (its key or `ce_subject`), never
-    what the dead letter says; None when it names none the service knows."""
-    for text in (original.header("ce_subject"), (original.key or b"").decode(errors="replace")):
-        try:
-            account_id = UUID(text or "")
-        except ValueError:
-            continue
-        try:
-            return accounts.load_for_audit(account_id).status
-        except AccountNotFoundError:
-            return None
-    return None
+    return [DeadLetterOut.of(record) for record in service.waiting(group, limit)]
 
 
 @router.post(
@@ -327,23 +164,9 @@ def _account_status(accounts: Accounts, original: SourceRecord) -> AccountStatus
     responses=problem_responses(404, 409, 410, 422, 503),
 )
 def redrive_dead_letter(
-    group: GroupParam,
-    *,
-    partition: int,
-    offset: int,
-    kafka: KafkaDep,
-    accounts: AccountsDep,
-    request: Request,
+    group: GroupParam, partition: int, offset: int, service: DeadLettersDep, actor: OpsActor
 ) -> DeadLetterAction:
-    return _handle_dead_letter(
-        kafka,
-        accounts=accounts,
-        group=group,
-        partition=partition,
-        offset=offset,
-        action="redriven",
-        request=request,
-    )
+    return DeadLetterAction.of(service.redrive(group, partition, offset, actor))
 
 
 @router.post(
@@ -354,20 +177,6 @@ def redrive_dead_letter(
     responses=problem_responses(404, 409, 422),
 )
 def discard_dead_letter(
-    group: GroupParam,
-    *,
-    partition: int,
-    offset: int,
-    kafka: KafkaDep,
-    accounts: AccountsDep,
-    request: Request,
+    group: GroupParam, partition: int, offset: int, service: DeadLettersDep, actor: OpsActor
 ) -> DeadLetterAction:
-    return _handle_dead_letter(
-        kafka,
-        accounts=accounts,
-        group=group,
-        partition=partition,
-        offset=offset,
-        action="discarded",
-        request=request,
-    )
+    return DeadLetterAction.of(service.discard(group, partition, offset, actor))

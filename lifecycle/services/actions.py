@@ -1,13 +1,24 @@
-"""The API's own tables: what ops did with dead letters, and decrypted audit reads.
+"""Who acts on the services (`Actor`), and the tables that record what ops and auditors did:
+what was done with dead letters, and every decrypted audit read.
 
-Both are created by migrations (lifecycle.migrations); no request and no start-up runs DDL.
+Both tables are created by migrations (lifecycle.migrations); building these runs no DDL.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from uuid import UUID
 
 from lifecycle.storage import Database
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked: a role (`ops`, `auditor`, ...) and, over HTTP, the request's id. Logged and
+    recorded with what they did; never a name."""
+
+    role: str
+    request_id: str | None = None
 
 
 class DeadLetterActions:

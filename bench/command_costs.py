@@ -1,0 +1,90 @@
+"""`python -m bench.command_costs [--n N]`: what one command costs, in measures load barely moves.
+
+For a registration and a preference edit through `Accounts` on PostgreSQL, one caller:
+- round trips per command, counted from libpq's protocol trace (`bench.wire`);
+- Python CPU per command in µs (`time.process_time` around N commands, no profiler, no trace);
+- wall time per command in µs (on a loaded machine, this one moves with the load).
+
+Edits go to accounts registered just before, each edited `EDITS_PER_ACCOUNT` times in turn
+(a hot account: the second edit of one finds it as the first left it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from itertools import count
+from uuid import UUID
+
+from bench.core import fresh_schema, services_env
+from bench.wire import traced
+from bench.workload import bench_settings, fast_registration_kwargs, open_accounts, unique_email
+from lifecycle.application import Accounts
+from lifecycle.logs import configure_logging
+
+EDITS_PER_ACCOUNT = 4
+
+
+def _commands(accounts: Accounts, n: int) -> dict[str, Callable[[int], object]]:
+    members = [
+        accounts.register(**fast_registration_kwargs(unique_email("edit")))
+        for _ in range(max(1, n // EDITS_PER_ACCOUNT))
+    ]
+    tickets = count(1)
+
+    def register(_: int) -> UUID:
+        return accounts.register(**fast_registration_kwargs(unique_email("reg")))
+
+    def edit(i: int) -> object:
+        ticket = next(tickets)
+        return accounts.edit_preferences(
+            members[i % len(members)],
+            desired={"locations": ["Tokyo"], "min_salary": 5_000_000 + ticket},
+            work_history=[{"company": "Acme KK", "title": f"Engineer {ticket}"}],
+        )
+
+    return {"register": register, "edit": edit}
+
+
+def measure(accounts: Accounts, n: int) -> dict[str, dict[str, float]]:
+    found: dict[str, dict[str, float]] = {}
+    pool = accounts.database.datastore.pool  # type: ignore[union-attr]
+    for name, command in _commands(accounts, n).items():
+        for i in range(min(n, 50)):  # warm: prepared statements, pool grown, caches filled
+            command(i)
+        with traced(pool) as trace:
+            for i in range(n):
+                command(i)
+        turns = trace.turns() / n
+        trace.close()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for i in range(n):
+            command(i)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        found[name] = {"round_trips": turns, "cpu_us": cpu / n * 1e6, "wall_us": wall / n * 1e6}
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.command_costs")
+    parser.add_argument("--n", type=int, default=400, help="commands per measure")
+    args = parser.parse_args(argv)
+    configure_logging("json", "WARNING")
+    database_url = services_env()["LIFECYCLE_DATABASE_URL"]
+    with fresh_schema(database_url, "costs") as schema:
+        accounts = open_accounts(bench_settings(database_url, schema))
+        try:
+            results = measure(accounts, args.n)
+        finally:
+            accounts.close()
+    print(f"{'command':<10} {'round trips':>12} {'CPU µs':>8} {'wall µs':>8}   (n={args.n})")
+    for name, row in results.items():
+        print(
+            f"{name:<10} {row['round_trips']:>12.2f} {row['cpu_us']:>8.0f} {row['wall_us']:>8.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

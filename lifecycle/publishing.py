@@ -1,0 +1,200 @@
+"""The one way our Kafka records are made: the relay publishes every Account event (and every
+data export's request) through here, and every re-publication goes through here too (the
+erasure retry encodes the withdrawal's record again, under a retry id; a dead-letter re-drive
+publishes the record the relay made, read back from its source offset, without the dead
+letter's headers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import UUID
+
+from lifecycle.data_export_aggregate import DataExport
+from lifecycle.domain import REDACTED, Account
+from lifecycle.kafka.inspector import SourceRecord
+from schemas.contract import (
+    ContractModel,
+    GiftClaimedV1,
+    PreferencesEditedV1,
+    ProfileV1,
+    PurgedV1,
+    Record,
+    RegisteredV1,
+    ScoutReceivedV1,
+    TopicNames,
+    WithdrawalRequestedV1,
+    encode_record,
+    encode_tombstone,
+    lifecycle_event_id,
+    profile_event_id,
+    retry_event_id,
+)
+from schemas.data_export import ExportRequestedV1, encode_export_requested
+
+# A dead letter's own headers (source offset, error, attempts): never published again.
+DEAD_LETTER_HEADER_PREFIX = "dlq_"
+
+
+def records_of(
+    event: Account.Event, topics: TopicNames, registered: Account.Registered | None = None
+) -> Iterator[tuple[str, Record]]:
+    """What the relay publishes for one event: its lifecycle record and, when the contact data
+    changes, its profile record (a tombstone at `Purged`). `registered` is the account's
+    Registered event, for a notifications edit (the address and name are never edited).
+    Nothing for an event outside the contract."""
+    record = lifecycle_record(event)
+    if record is None:
+        return
+    yield topics.lifecycle, record
+    account_id: UUID = event.originator_id
+    ce_id, subject = profile_event_id(account_id, event.originator_version), str(account_id)
+    if isinstance(event, Account.Purged):
+        yield (
+            topics.profile,
+            encode_tombstone(ProfileV1, ce_id=ce_id, subject=subject, time=event.timestamp),
+        )
+        return
+    profile = profile_after(event, registered)
+    if profile is not None:
+        yield (
+            topics.profile,
+            encode_record(profile, ce_id=ce_id, subject=subject, time=event.timestamp),
+        )
+
+
+def lifecycle_record(event: Account.Event, *, retry: bool = False) -> Record | None:
+    """The event's record on the lifecycle topic; `retry` gives it a fresh id (the original's
+    with a random `:retry-...` suffix), so no record published before, forged or not, makes it
+    a duplicate. None for an event outside the contract."""
+    payload = lifecycle_payload(event)
+    if payload is None:
+        return None
+    account_id: UUID = event.originator_id
+    version = event.originator_version
+    return encode_record(
+        payload,
+        ce_id=retry_event_id(account_id, version)
+        if retry
+        else lifecycle_event_id(account_id, version),
+        subject=str(account_id),
+        time=event.timestamp,
+    )
+
+
+def export_request_record(
+    export: DataExport, event: DataExport.Requested | DataExport.RetryRequested
+) -> Record:
+    """A data export's request (or ops' retry of some services) as the services read it, on
+    `topics.export_requested`. A retry's id is its event's: a re-publish after a crash is a
+    duplicate, as it should be, and no retry is ever a duplicate of the request."""
+    retry = isinstance(event, DataExport.RetryRequested)
+    request = ExportRequestedV1(
+        export_id=export.id,
+        account_id=export.account_id,
+        public_key=export.public_key,
+        requested_at=event.timestamp,
+        expires_at=export.expires_at,
+        services=list(event.services) if isinstance(event, DataExport.RetryRequested) else None,
+    )
+    return encode_export_requested(request, retry=str(event.originator_version) if retry else None)
+
+
+def republication(source: SourceRecord) -> Record:
+    """A record read back from its topic, to be published again as it was made."""
+    headers = [(k, v) for k, v in source.headers if not k.startswith(DEAD_LETTER_HEADER_PREFIX)]
+    return Record(source.key or b"", headers, source.value)
+
+
+def profile_after(
+    event: Account.Event, registered: Account.Registered | None = None
+) -> ProfileV1 | None:
+    """Contact data as of this event, when it changes; None once the key is destroyed."""
+    if isinstance(event, Account.Registered):
+        email, display_name, notifications = (
+            event.email,
+            event.display_name,
+            event.notifications,
+        )
+    elif isinstance(event, Account.PreferencesEdited) and event.notifications is not None:
+        # The edit carries the whole merged notification settings.
+        assert registered is not None, "an edit's profile needs the account's Registered event"
+        email, display_name, notifications = (
+            registered.email,
+            registered.display_name,
+            event.notifications,
+        )
+    else:
+        return None
+    if REDACTED in (email, display_name):
+        return None
+    return ProfileV1(
+        account_id=event.originator_id,
+        email=email,
+        display_name=display_name,
+        notifications=notifications,
+    )
+
+
+def lifecycle_payload(event: Account.Event) -> ContractModel | None:
+    """The public, personal-value-free form of an Account event (None: not in the contract)."""
+    account_id = event.originator_id
+    payload: ContractModel | None = None
+    match event:
+        case Account.Registered():
+            payload = RegisteredV1(
+                account_id=account_id,
+                registered_at=event.timestamp,
+                channel=event.channel,  # type: ignore[arg-type]
+                consent_version=event.consent_version,
+                birth_year=_int_or_none(event.profile.get("birth_year")),
+                prefecture=_str_or_none(event.profile.get("prefecture")),
+                notifications=event.notifications,
+            )
+        case Account.PreferencesEdited():
+            payload = PreferencesEditedV1(
+                account_id=account_id,
+                changed_parts=event.changed_parts,  # type: ignore[arg-type]
+                notifications=event.notifications,
+                desired=event.desired,
+            )
+        case Account.ScoutReceived():
+            payload = ScoutReceivedV1(
+                account_id=account_id,
+                scout_id=event.scout_id,
+                company_id=event.company_id,
+                job_id=event.job_id,
+                received_at=event.received_at,
+            )
+        case Account.GiftClaimed():
+            payload = GiftClaimedV1(
+                account_id=account_id,
+                company_id=event.company_id,
+                start_date=event.start_date,
+                gift_kind=event.gift_kind,
+                amount_jpy=event.amount_jpy,
+            )
+        case Account.WithdrawalRequested():
+            payload = WithdrawalRequestedV1(
+                account_id=account_id,
+                reason=event.reason,  # type: ignore[arg-type]
+                requested_at=event.timestamp,
+                gift_forfeited=event.gift_forfeited,
+            )
+        case Account.Purged():
+            payload = PurgedV1(account_id=account_id, purged_at=event.timestamp)
+    return payload
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

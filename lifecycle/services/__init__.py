@@ -1,0 +1,15 @@
+"""The application services: every use case an entrypoint offers beyond the member commands,
+with its rules and its record of who did what. The HTTP routes (`lifecycle.api`) and the CLI
+(`lifecycle.cli`) are adapters over them: they parse, authorise by role, call one service and
+map its answer or its `LifecycleError`; a second entrypoint gets the same rules for free.
+
+- `actions`: who acts (`Actor`), and the tables that record what ops and auditors did;
+- `dead_letters`: list, re-drive (and its refusals) and discard dead letters;
+- `erasures`: ops' view of erasures, and the retry of one service's erasure;
+- `audit`: an account's stored events (redacted, or decrypted for a permitted role, recorded
+  first), its timeline without personal values, the hash chain's head;
+- `projections`: read models' positions and lag;
+- `receipts`: signed erasure receipts by account or by id.
+
+Services do no I/O when built; build them per call when they need a request's Kafka client.
+"""
