@@ -281,7 +281,7 @@ class Consumer:
     ) -> list[Envelope]:
         """One record in its own transaction; retried, then dead-lettered if it is at fault."""
         attempt = 0
-        backoff = self.retry.initial_backoff_s
+        delays = self.retry.backoff.delays()
         while True:
             attempt += 1
             try:
@@ -297,12 +297,11 @@ class Consumer:
                         error=type(error).__name__,
                         code=getattr(error, "code", None),
                         attempt=attempt,
-                        retry_in_s=backoff,
+                        retry_in_s=delays.next_s,
                     )
                     self._count(retry=True)
-                    if stop.wait(backoff):
+                    if delays.wait(stop):
                         raise Stopped() from None
-                    backoff = min(backoff * 2, self.retry.max_backoff_s)
                     continue
                 self._dead_letter(incoming, error, code or "retries_exhausted", attempt, stop)
                 return []
@@ -313,7 +312,7 @@ class Consumer:
         """`work()`, repeated with backoff while a dependency is unavailable, for as long as
         it takes; `Stopped` when `stop` is set meanwhile. Any other failure is raised, unless
         `always` (a step with no record to blame: polling, publishing)."""
-        backoff = self.retry.initial_backoff_s
+        delays = self.retry.backoff.delays()
         while True:
             try:
                 result = work()
@@ -321,10 +320,9 @@ class Consumer:
                 dependency = infrastructure_fault(error) or ("broker" if always else None)
                 if dependency is None:
                     raise
-                self._wait_for(dependency, error, step, backoff)
-                if stop.wait(backoff):
+                self._wait_for(dependency, error, step, delays.next_s)
+                if delays.wait(stop):
                     raise Stopped() from None
-                backoff = min(backoff * 2, self.retry.max_backoff_s)
                 continue
             self._wait.recovered()
             return result

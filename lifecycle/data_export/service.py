@@ -421,7 +421,4 @@ def _end(status: ExportStatus, reason: str, export: DataExport) -> bool:
 
 
 def _at(database: Database, moment: datetime) -> object:
-    # PostgreSQL takes the aware datetime; SQLite keeps ISO text (UTC, so it sorts).
-    if database.dialect == "postgres":
-        return moment
-    return moment.astimezone(UTC).isoformat()
+    return database.dialect.timestamp(moment)  # SQLite: ISO text in UTC, so it sorts

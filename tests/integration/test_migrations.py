@@ -76,7 +76,7 @@ def database(fresh: Settings) -> Iterator[Database]:
 
 def tables(database: Database) -> set[str]:
     with database.transaction(commit=False) as cursor:
-        if database.dialect == "postgres":
+        if database.dialect.name == "postgres":
             rows = cursor.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (database.schema,)
             ).fetchall()
