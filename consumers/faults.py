@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from consumers.handler import PoisonRecord
+from lifecycle.backoff import Backoff
 from lifecycle.kafka.producer import PublishError
 from lifecycle.kafka.source import Incoming
 from schemas.contract import ContractError, Record
@@ -118,6 +119,10 @@ class RetryPolicy:
     max_attempts: int = 5
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 5.0
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.initial_backoff_s, self.max_backoff_s)
 
 
 def record_fault_code(error: BaseException) -> str | None:

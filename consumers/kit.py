@@ -260,7 +260,7 @@ class Consumer:
     ) -> list[Envelope]:
         """One record in its own transaction; retried, then dead-lettered if it is at fault."""
         attempt = 0
-        backoff = self.retry.initial_backoff_s
+        delays = self.retry.backoff.delays()
         while True:
             attempt += 1
             try:
@@ -276,12 +276,11 @@ class Consumer:
                         error=type(error).__name__,
                         code=getattr(error, "code", None),
                         attempt=attempt,
-                        retry_in_s=backoff,
+                        retry_in_s=delays.next_s,
                     )
                     self.stats.count(retry=True)
-                    if stop.wait(backoff):
+                    if delays.wait(stop):
                         raise Stopped() from None
-                    backoff = min(backoff * 2, self.retry.max_backoff_s)
                     continue
                 self._dead_letter(incoming, error, code or "retries_exhausted", attempt, stop)
                 return []
@@ -292,7 +291,7 @@ class Consumer:
         """`work()`, repeated with backoff while a dependency is unavailable, for as long as
         it takes; `Stopped` when `stop` is set meanwhile. Any other failure is raised, unless
         `always` (a step with no record to blame: polling, publishing)."""
-        backoff = self.retry.initial_backoff_s
+        delays = self.retry.backoff.delays()
         while True:
             try:
                 result = work()
@@ -300,10 +299,9 @@ class Consumer:
                 dependency = infrastructure_fault(error) or ("broker" if always else None)
                 if dependency is None:
                     raise
-                self._wait_for(dependency, error, step, backoff)
-                if stop.wait(backoff):
+                self._wait_for(dependency, error, step, delays.next_s)
+                if delays.wait(stop):
                     raise Stopped() from None
-                backoff = min(backoff * 2, self.retry.max_backoff_s)
                 continue
             self._wait.recovered()
             return result

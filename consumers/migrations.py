@@ -23,11 +23,7 @@ def kit_component(table_prefix: str = "") -> Component:
     """The kit's tables, `<prefix>processed_events` and `<prefix>outbox`."""
 
     def first_release(cursor: Cursor, db: Database) -> None:
-        serial = (
-            "BIGSERIAL PRIMARY KEY"
-            if db.dialect == "postgres"
-            else "INTEGER PRIMARY KEY AUTOINCREMENT"
-        )
+        serial = db.dialect.serial_primary_key
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {db.table(f'{table_prefix}processed_events')} ("
             "ce_id TEXT PRIMARY KEY, "
@@ -58,9 +54,9 @@ def kit_component(table_prefix: str = "") -> Component:
 
 
 def _key_locks(cursor: Cursor, db: Database) -> None:
-    """SQLite only: the table `lifecycle.storage.lock_key` writes to."""
-    if db.dialect == "sqlite":
-        cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
+    """What `lifecycle.storage.lock_key` needs (SQLite: the table it writes to)."""
+    for statement in db.dialect.lock_table_statements():
+        cursor.execute(statement)
 
 
 def _scout(cursor: Cursor, db: Database) -> None:

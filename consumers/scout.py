@@ -102,5 +102,4 @@ def is_withdrawn(database: Database, account_id: UUID) -> bool:
 
 
 def _timestamp(database: Database, scout: ScoutReceivedV1) -> Any:
-    # PostgreSQL takes the aware datetime; SQLite keeps ISO text.
-    return scout.received_at if database.dialect == "postgres" else scout.received_at.isoformat()
+    return database.dialect.timestamp(scout.received_at)

@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from lifecycle.storage import Cursor, Database
@@ -50,8 +48,6 @@ def open_database(database_url: str, schema: str) -> Database:
     For SQLite, `database_url` names the file itself (`sqlite:///data/scout.sqlite3`).
     """
     check_identifier(schema)
-    if urlsplit(database_url).scheme == "sqlite":
-        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return Database.open(database_url, schema)
 
 
@@ -76,13 +72,7 @@ def insert_rows(
     parse of it) does not grow with the batch; SQLite: a multi-row VALUES.
     """
     names = ", ".join(name for name, _ in columns)
-    if database.dialect == "postgres":
-        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
-        source = f"SELECT * FROM unnest({arrays})"
-        params: list[object] = [[row[i] for row in rows] for i in range(len(columns))]
-    else:
-        source = "VALUES " + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
-        params = [value for row in rows for value in row]
+    source, params = database.dialect.rows(columns, rows)
     return cursor.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
 
 

@@ -152,21 +152,14 @@ class WithdrawalMail:
         db = self.database
         sent = [(str(a), message_id_for(ce_id)) for a, ce_id, *_ in sends]
         table, unsent = db.table("suppressions"), "confirmation_sent_at IS NULL"
+        values, params = db.dialect.rows([("account_id", "text"), ("message_id", "text")], sent)
         with db.transaction() as cursor:
             lock_keys(db, cursor, [f"mail:{account}" for account, _ in sent])
-            if db.dialect == "postgres":
-                cursor.execute(
-                    f"UPDATE {table} AS s SET confirmation_message_id = v.message_id, "
-                    f"confirmation_sent_at = {db.now} FROM unnest(%s::text[], %s::text[]) "
-                    "AS v(account_id, message_id) "
-                    f"WHERE s.account_id = v.account_id AND s.{unsent}",
-                    ([a for a, _ in sent], [m for _, m in sent]),
-                )
-            for account, message_id in sent if db.dialect != "postgres" else ():
-                cursor.execute(
-                    f"UPDATE {table} SET confirmation_message_id = %s, "
-                    f"confirmation_sent_at = {db.now} WHERE account_id = %s AND {unsent}",
-                    (message_id, account),
-                )
+            cursor.execute(
+                f"UPDATE {table} AS s SET confirmation_message_id = v.message_id, "
+                f"confirmation_sent_at = {db.now} FROM ({values}) AS v "
+                f"WHERE s.account_id = v.account_id AND s.{unsent}",
+                params,
+            )
         for account_id, *_ in sends:
             self._sent_unrecorded.pop(account_id, None)

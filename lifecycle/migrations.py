@@ -75,21 +75,28 @@ def _keys(cursor: Cursor, db: Database) -> None:
         f"CREATE TABLE IF NOT EXISTS {destroyed} (account_id {db.id_type} PRIMARY KEY, "
         f"destroyed_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
     )
-    if db.dialect == "sqlite":
-        cursor.execute(
-            "CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge "
-            f"AFTER INSERT ON {db.events_table} "
-            f"WHEN NEW.topic = '{event_names.PURGED}' BEGIN "
-            f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
-            f"INSERT OR IGNORE INTO {destroyed} (account_id) VALUES (NEW.originator_id); END"
-        )
-        cursor.execute(
-            f"CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON {keys} "
-            f"WHEN EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
-            "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END"
-        )
-        cursor.execute("CREATE TABLE IF NOT EXISTS key_locks (id INTEGER PRIMARY KEY)")
-        return
+    triggers = db.dialect.pick(postgres=_key_triggers_postgres, sqlite=_key_triggers_sqlite)
+    triggers(cursor, db, keys, destroyed)
+
+
+def _key_triggers_sqlite(cursor: Cursor, db: Database, keys: str, destroyed: str) -> None:
+    cursor.execute(
+        "CREATE TRIGGER IF NOT EXISTS destroy_key_on_purge "
+        f"AFTER INSERT ON {db.events_table} "
+        f"WHEN NEW.topic = '{event_names.PURGED}' BEGIN "
+        f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+        f"INSERT OR IGNORE INTO {destroyed} (account_id) VALUES (NEW.originator_id); END"
+    )
+    cursor.execute(
+        f"CREATE TRIGGER IF NOT EXISTS refuse_destroyed_key BEFORE INSERT ON {keys} "
+        f"WHEN EXISTS (SELECT 1 FROM {destroyed} WHERE account_id = NEW.account_id) "
+        "BEGIN SELECT RAISE(ABORT, 'key_destroyed'); END"
+    )
+    for statement in db.dialect.lock_table_statements():
+        cursor.execute(statement)
+
+
+def _key_triggers_postgres(cursor: Cursor, db: Database, keys: str, destroyed: str) -> None:
     destroy_fn, refuse_fn = db.table("destroy_key_on_purge"), db.table("refuse_destroyed_key")
     existing = triggers_in(cursor, db)
     cursor.execute(
@@ -239,14 +246,24 @@ def _data_export_tables(cursor: Cursor, db: Database) -> None:
         cursor.execute(statement)
     ending = (event_names.WITHDRAWAL_REQUESTED, event_names.PURGED)
     when = " OR ".join(f"NEW.topic = '{topic}'" for topic in ending)
-    if db.dialect == "sqlite":
-        cursor.execute(
-            "CREATE TRIGGER IF NOT EXISTS end_data_exports "
-            f"AFTER INSERT ON {db.events_table} WHEN {when} BEGIN "
-            f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
-            f"DELETE FROM {chunks} WHERE account_id = NEW.originator_id; END"
-        )
-        return
+    triggers = db.dialect.pick(postgres=_end_data_exports_postgres, sqlite=_end_data_exports_sqlite)
+    triggers(cursor, db, when, keys, chunks)
+
+
+def _end_data_exports_sqlite(
+    cursor: Cursor, db: Database, when: str, keys: str, chunks: str
+) -> None:
+    cursor.execute(
+        "CREATE TRIGGER IF NOT EXISTS end_data_exports "
+        f"AFTER INSERT ON {db.events_table} WHEN {when} BEGIN "
+        f"DELETE FROM {keys} WHERE account_id = NEW.originator_id; "
+        f"DELETE FROM {chunks} WHERE account_id = NEW.originator_id; END"
+    )
+
+
+def _end_data_exports_postgres(
+    cursor: Cursor, db: Database, when: str, keys: str, chunks: str
+) -> None:
     function = db.table("end_data_exports")
     cursor.execute(
         f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger "
@@ -261,7 +278,17 @@ def _data_export_tables(cursor: Cursor, db: Database) -> None:
         )
 
 
+def _data_export_failures(cursor: Cursor, db: Database) -> None:
+    """The services whose part failed, on each status row (ops' failed list and metric)."""
+    cursor.execute(
+        f"ALTER TABLE {db.table(EXPORTS)} ADD COLUMN failed_services TEXT NOT NULL DEFAULT ''"
+    )
+
+
 DATA_EXPORT = Component(
     DATA_EXPORT_COMPONENT,
-    (Migration(1, "data exports: keys, sealed parts, status rows", _data_export_tables),),
+    (
+        Migration(1, "data exports: keys, sealed parts, status rows", _data_export_tables),
+        Migration(2, "data exports: failed services on the status rows", _data_export_failures),
+    ),
 )

@@ -22,7 +22,6 @@ back whole and run again after a backoff instead of stalling the writers queued 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +29,7 @@ from typing import Any
 
 import psycopg.errors
 
+from lifecycle.backoff import Backoff
 from lifecycle.storage import Cursor, Database
 
 MIGRATIONS_TABLE = "schema_migrations"
@@ -42,6 +42,8 @@ LOCK_RACES = (
     psycopg.errors.SerializationFailure,
 )
 ATTEMPTS = 5
+# Between attempts: 0.1, 0.2, 0.4, 0.8 s (as the loop waited before it used the one policy).
+LOCK_RACE_BACKOFF = Backoff(initial_s=0.1, max_s=0.8)
 # How long one migration statement may wait for a lock a writer holds (PostgreSQL).
 LOCK_TIMEOUT = "5s"
 
@@ -151,8 +153,7 @@ def check(database: Database, components: Sequence[Component], where: str = "dat
 def _create_record_table(database: Database) -> None:
     with database.ddl() as cursor:
         _lock_timeout(database, cursor)
-        if database.dialect == "postgres":
-            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {database.schema}")
+        database.dialect.create_schema(cursor, database.schema)
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {database.table(MIGRATIONS_TABLE)} ("
             "component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, "
@@ -192,32 +193,23 @@ def _apply(database: Database, component: Component, migration: Migration) -> Ap
 
 
 def _lock_timeout(database: Database, cursor: Cursor) -> None:
-    if database.dialect == "postgres":
-        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    database.dialect.lock_timeout(cursor, LOCK_TIMEOUT)
 
 
 def _record_table_exists(database: Database, cursor: Cursor) -> bool:
-    if database.dialect == "postgres":
-        row = cursor.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (database.table(MIGRATIONS_TABLE),)
-        ).fetchone()
-    else:
-        row = cursor.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = %s",
-            (MIGRATIONS_TABLE,),
-        ).fetchone()
-    return bool(row and row[0])
+    return database.dialect.table_exists(cursor, database.schema, MIGRATIONS_TABLE)
 
 
 def retry_lock_races(step: Callable[[], Any]) -> Any:
     """Run `step`, again after a short backoff when it lost a lock race (up to 5 times)."""
+    delays = LOCK_RACE_BACKOFF.delays()
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return step()
         except Exception as error:
             if attempt == ATTEMPTS or not lost_a_lock_race(error):
                 raise
-            time.sleep(0.05 * 2**attempt)
+            delays.wait()
     raise AssertionError("unreachable")
 
 

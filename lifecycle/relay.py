@@ -26,6 +26,7 @@ from eventsourcing.utils import resolve_topic
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
+from lifecycle.backoff import Backoff, Delays
 from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import Account
 from lifecycle.kafka.producer import Publisher, PublishError
@@ -65,8 +66,7 @@ class Relay:
         self.topics = topics or TopicNames()
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
-        self.initial_backoff_s = initial_backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(initial_backoff_s, max_backoff_s)
         self.observe_ack_latency = observe_ack_latency
         self._db: Database = accounts.database
         self._table = self._db.table("relay_position")
@@ -113,7 +113,7 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         """Relay until `stop` is set: woken by each commit when idle (PostgreSQL NOTIFY,
         the poll interval as fallback), capped backoff on failures."""
-        backoff = self.initial_backoff_s
+        delays = self.backoff.delays()
         standby = False
         waiter = waiter_for(self.accounts.recorder, stop, self.poll_interval_s)
         try:
@@ -129,12 +129,12 @@ class Relay:
                     standby = False
                     processed = self._relay_batch()
                     self._wait.recovered()
-                    backoff = self.initial_backoff_s
+                    delays.reset()
                     if processed < self.batch_size:
                         waiter.wait()
                 except Exception as error:
-                    self._waiting(error, backoff)
-                    backoff = self._back_off(stop, backoff)
+                    self._waiting(error, delays.next_s)
+                    self._back_off(stop, delays)
                     waiter.reset()
         finally:
             waiter.close()
@@ -170,15 +170,14 @@ class Relay:
         """Give up the lock (a standby relay takes over); the publisher stays the caller's."""
         self._lock.release()
 
-    def _back_off(self, stop: threading.Event, backoff: float) -> float:
-        stop.wait(backoff)
+    def _back_off(self, stop: threading.Event, delays: Delays) -> None:
+        delays.wait(stop)
         try:
             # Resume from what is recorded: whatever happened since was not acknowledged.
             self._position = self._load_position()
         except Exception as error:
             # The database is still away: the next attempt reads it again.
             self._log.warning("relay.position_unreadable", error=type(error).__name__)
-        return min(backoff * 2, self.max_backoff_s)
 
     def _hold_lock(self) -> bool:
         if self._lock.held:

@@ -161,24 +161,16 @@ class KeyRotation:
         if not changes:
             return 0
         db, table = self.database, self.database.table(KEYS_TABLE)
+        changed, params = db.dialect.rows(
+            [("account_id", db.id_type), ("new", "bytea"), ("old", "bytea")], changes
+        )
         with db.transaction() as cursor:
-            if db.dialect == "postgres":
-                cursor.execute(
-                    f"UPDATE {table} AS k SET wrapped_key = c.new FROM "
-                    "unnest(%s::uuid[], %s::bytea[], %s::bytea[]) AS c(account_id, new, old) "
-                    "WHERE k.account_id = c.account_id AND k.wrapped_key = c.old",
-                    ([c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes]),
-                )
-                return cursor.rowcount
-            updated = 0
-            for account_id, new, old in changes:
-                cursor.execute(
-                    f"UPDATE {table} SET wrapped_key = %s WHERE account_id = %s "
-                    "AND wrapped_key = %s",
-                    (new, account_id, old),
-                )
-                updated += cursor.rowcount
-            return updated
+            cursor.execute(
+                f"UPDATE {table} AS k SET wrapped_key = c.new FROM ({changed}) AS c "
+                "WHERE k.account_id = c.account_id AND k.wrapped_key = c.old",
+                params,
+            )
+            return cursor.rowcount
 
     def _count(self) -> int:
         with self.database.transaction(commit=False) as cursor:

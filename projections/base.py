@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -43,7 +43,7 @@ from eventsourcing.utils import get_topic
 from lifecycle import event_names
 from lifecycle.crypto import SEALED_FIELD
 from lifecycle.domain import REDACTED
-from lifecycle.storage import Cursor, Database, Dialect
+from lifecycle.storage import Cursor, Database, SqlDialect
 
 APPLICATION_NAME = "Accounts"
 # Tables of a read model being rebuilt carry this suffix until they replace the live ones.
@@ -101,15 +101,12 @@ class BatchCursor(Cursor):
     """A `Cursor` that also writes many rows per statement: one batch of a read model costs
     about one round trip to PostgreSQL instead of one per event."""
 
-    def __init__(self, raw: Any, dialect: Dialect) -> None:
+    def __init__(self, raw: Any, dialect: SqlDialect) -> None:
         super().__init__(raw, dialect)
         self._raw = raw
-        self._is_postgres = dialect == "postgres"
 
     def executemany(self, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not self._is_postgres:
-            statement = statement.replace("%s", "?")
-        self._raw.executemany(statement, rows)
+        self._raw.executemany(self.dialect.sql(statement), rows)
 
     def run(self, statements: Iterable[Statement]) -> None:
         """Run the statements in order: consecutive ones with the same SQL as one
@@ -122,11 +119,7 @@ class BatchCursor(Cursor):
                 runs.append((statement, [params]))
         if not runs:
             return
-        if not self._is_postgres:
-            for statement, rows in runs:
-                self.executemany(statement, rows)
-            return
-        with self._raw.connection.pipeline():
+        with self.dialect.pipelined(self._raw):
             for statement, rows in runs:
                 self.executemany(statement, rows)
 
@@ -208,13 +201,7 @@ class ReadModel(Projection[TrackingRecorder]):
 
     def create_in(self, cursor: Cursor) -> None:
         """The tracking table (the library's statement), the model's own, the seeded row."""
-        view: Any = self.view
-        if self.database.dialect == "postgres":
-            for statement in view.sql_create_statements:
-                cursor.raw.execute(statement, prepare=False)
-        else:
-            for text in view.create_table_statements:
-                cursor.execute(text)
+        self.database.dialect.create_library_tables(cursor, self.view)
         for statement in self.create_statements():
             cursor.execute(statement)
         self._seed_position(cursor)
@@ -277,10 +264,9 @@ class ReadModel(Projection[TrackingRecorder]):
         that transaction, and the SELECT after it then sees the position it committed.
         On SQLite one writer at a time serialises the batches anyway.
         """
-        lock = " FOR UPDATE" if self.database.dialect == "postgres" else ""
         select = (
             f"SELECT notification_id FROM {self.database.table(self.tracking_table)} "
-            f"WHERE application_name = %s{lock}"
+            f"WHERE application_name = %s{self.database.dialect.for_update}"
         )
         row = cursor.execute(select, (self.application_name,)).fetchone()
         if row is None:
@@ -303,7 +289,7 @@ class ReadModel(Projection[TrackingRecorder]):
 
     def exists(self) -> bool:
         """Its tables were created (by `create()`, or a rebuild in progress)."""
-        return table_exists(self.database, self.tracking_table)
+        return self.database.table_exists(self.tracking_table)
 
     def before_swap(self, cursor: Cursor, live: ReadModel) -> None:
         """Called inside the swap transaction of a rebuild (self is the rebuilt model);
@@ -314,35 +300,10 @@ class ReadModel(Projection[TrackingRecorder]):
 
     def ts(self, value: datetime | None) -> datetime | str | None:
         """Timestamps as the dialect keeps them: timestamptz, or ISO 8601 UTC text."""
-        if value is None:
-            return None
-        if self.database.dialect == "postgres":
-            return value
-        return value.astimezone(UTC).isoformat()
+        return None if value is None else self.database.dialect.timestamp(value)
 
     def id(self, account_id: UUID) -> UUID | str:
         return self.database.id_param(account_id)
-
-
-def table_exists(database: Database, bare_name: str) -> bool:
-    with database.transaction(commit=False) as cursor:
-        if database.dialect == "postgres":
-            row = cursor.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", (database.table(bare_name),)
-            ).fetchone()
-        else:
-            row = cursor.execute(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = %s",
-                (bare_name,),
-            ).fetchone()
-    return bool(row and row[0])
-
-
-def parse_ts(value: datetime | str | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def as_uuid(value: UUID | str) -> UUID:

@@ -7,12 +7,12 @@ from typing import Any
 from uuid import UUID
 
 from lifecycle.domain import Account, AccountStatus
+from lifecycle.storage import read_timestamp
 from projections.base import (
     ACCOUNT_EVENT_TOPICS,
     ReadModel,
     Statement,
     as_uuid,
-    parse_ts,
 )
 
 COLUMNS = (
@@ -142,5 +142,5 @@ class AccountDirectory(ReadModel):
         found = dict(zip(COLUMNS, row, strict=True))
         found["account_id"] = as_uuid(found["account_id"])
         for name in TIMESTAMPS:
-            found[name] = parse_ts(found[name])
+            found[name] = read_timestamp(found[name])
         return found

@@ -20,8 +20,8 @@ from lifecycle import event_names
 from lifecycle.domain import Account
 from lifecycle.erasure.records import CONFIRMATIONS_TABLE, ErasureRecords
 from lifecycle.erasure.status import FAILED, ErasureStatus, erasure_status
-from lifecycle.storage import Database
-from projections.base import ReadModel, Statement, as_uuid, parse_ts
+from lifecycle.storage import Database, read_timestamp
+from projections.base import ReadModel, Statement, as_uuid
 from schemas.contract import ERASING_SERVICES
 
 ErasureFilter = Literal["open", "pending", "errored", "overdue", "purged", "all"]
@@ -152,8 +152,8 @@ class ErasureQuery:
         records = ErasureRecords(self.database)
         return erasure_status(
             account_id,
-            requested_at=parse_ts(row[1]),
-            purged_at=parse_ts(row[3]),
+            requested_at=read_timestamp(row[1]),
+            purged_at=read_timestamp(row[3]),
             reason=row[2],
             records=records.services_of(account_id),
             retries=records.retries_of(account_id),

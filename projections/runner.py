@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, Notification, Tracking
 
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle.application import Accounts
+from lifecycle.backoff import Backoff
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
 from lifecycle.probe import Probe
@@ -41,8 +42,7 @@ log = get_logger(__name__)
 
 DEFAULT_BATCH = 500
 # Waiting for the database: the first pause, and the longest.
-INITIAL_BACKOFF_S = 0.5
-MAX_BACKOFF_S = 5.0
+BACKOFF = Backoff(initial_s=0.5, max_s=5.0)
 
 
 # Progress
@@ -209,26 +209,25 @@ class Projector:
         """Catch up, then follow the log live until `stop` is set; a database that is down
         is waited out with capped backoff (`waiting_for` says so), then it goes on."""
         waiter = waiter_for(self.recorder, stop, poll_interval_s)
-        backoff = INITIAL_BACKOFF_S
+        delays = BACKOFF.delays()
         self._log.info("projection.started", position=self._position)
         try:
             while not stop.is_set():
                 try:
                     applied = self.catch_up(stop)
                     self._wait.recovered()
-                    backoff = INITIAL_BACKOFF_S
+                    delays.reset()
                     if applied:
                         self._log.info("projection.caught_up", position=self._position)
                     waiter.wait()
                 except Exception as error:
-                    self._waiting(error, backoff)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    self._waiting(error, delays.next_s)
+                    delays.wait(stop)
                     waiter.reset()
                     try:
                         self._position = self.model.position()
                     except Exception as reload_error:
-                        self._waiting(reload_error, backoff)
+                        self._waiting(reload_error, delays.next_s)
         finally:
             waiter.close()
             self._log.info("projection.stopped", position=self._position)
@@ -347,9 +346,8 @@ def swap(shadow: ReadModel, live: ReadModel) -> None:
     suffix = shadow.suffix
     live_tracking = database.table(live.tracking_table)
     with database.ddl() as cursor:
-        if database.dialect == "postgres":
-            # The tracking table first, as every projector's transaction takes it first.
-            cursor.execute(f"LOCK TABLE {live_tracking} IN ACCESS EXCLUSIVE MODE")
+        # The tracking table first, as every projector's transaction takes it first.
+        database.dialect.lock_table(cursor, live_tracking)
         shadow.before_swap(cursor, live)
         for table in live.physical_tables:
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
@@ -362,24 +360,4 @@ def swap(shadow: ReadModel, live: ReadModel) -> None:
 def _rename_indexes(database: Database, cursor: Cursor, live: ReadModel, suffix: str) -> None:
     """Index names are unique per schema, so the shadow's get the live names back."""
     bare_tables = [table.rsplit(".", 1)[-1] for table in live.physical_tables]
-    marks = ", ".join(["%s"] * len(bare_tables))
-    if database.dialect == "postgres":
-        rows = cursor.execute(
-            f"SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename IN ({marks})",
-            (database.schema, *bare_tables),
-        ).fetchall()
-        for (name,) in rows:
-            if suffix in name:
-                cursor.execute(
-                    f"ALTER INDEX {database.table(name)} RENAME TO {name.replace(suffix, '')}"
-                )
-        return
-    rows = cursor.execute(
-        "SELECT name, sql FROM sqlite_master "
-        f"WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN ({marks})",
-        tuple(bare_tables),
-    ).fetchall()
-    for name, sql in rows:
-        if suffix in name:
-            cursor.execute(f"DROP INDEX {name}")
-            cursor.execute(str(sql).replace(suffix, ""))
+    database.dialect.rename_indexes(cursor, database.schema, bare_tables, suffix)

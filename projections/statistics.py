@@ -13,13 +13,13 @@ from uuid import UUID
 
 from lifecycle import event_names
 from lifecycle.domain import Account
+from lifecycle.storage import read_timestamp
 from projections.base import (
     BatchCursor,
     Item,
     ReadModel,
     jst_month,
     jst_week_start,
-    parse_ts,
     upsert_adding,
 )
 
@@ -183,25 +183,15 @@ class ScoutsPerCompany(ReadModel):
     ) -> Counter[str]:
         """Adds the pairs not yet there; how many were new, per company."""
         table = self.table("scouted_members")
-        new: Counter[str] = Counter()
-        if self.database.dialect == "postgres":
-            companies, members = zip(*pairs, strict=True)
-            rows = cursor.execute(
-                f"INSERT INTO {table} (company_id, account_id) "
-                "SELECT * FROM unnest(%s::text[], %s::uuid[]) ON CONFLICT DO NOTHING "
-                "RETURNING company_id",
-                (list(companies), list(members)),
-            ).fetchall()
-            new.update(company for (company,) in rows)
-            return new
-        for company, member in pairs:  # in-process SQLite: no round trips to save
-            cursor.execute(
-                f"INSERT INTO {table} (company_id, account_id) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (company, member),
-            )
-            new[company] += 1 if cursor.rowcount > 0 else 0
-        return new
+        values, params = self.database.dialect.rows(
+            [("company_id", "text"), ("account_id", "uuid")], pairs
+        )
+        rows = cursor.execute(
+            f"INSERT INTO {table} (company_id, account_id) {values} "
+            "ON CONFLICT DO NOTHING RETURNING company_id",
+            params,
+        ).fetchall()
+        return Counter(str(company) for (company,) in rows)
 
     def companies(self, limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
         where, params = ("WHERE company_id > %s ", [after]) if after else ("", [])
@@ -216,8 +206,8 @@ class ScoutsPerCompany(ReadModel):
                 "company_id": company,
                 "scouts": int(scouts),
                 "members": int(members),
-                "first_scout_at": parse_ts(first),
-                "last_scout_at": parse_ts(last),
+                "first_scout_at": read_timestamp(first),
+                "last_scout_at": read_timestamp(last),
             }
             for company, scouts, members, first, last in rows
         ]

@@ -41,6 +41,7 @@ from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.keyring import KeyPolicy, Keyring
 from lifecycle.logs import get_logger
+from lifecycle.storage import read_timestamp
 from projections.hashchain import HashChain
 from schemas.contract import TopicNames, erasure_receipt_id
 
@@ -291,7 +292,7 @@ class Receipts:
     def _purge_notification(self, account_id: UUID) -> tuple[int, int]:
         """The notification id and version of the account's stored `Purged` event."""
         db = self.database
-        position = "notification_id" if db.dialect == "postgres" else "rowid"
+        position = db.dialect.events_position
         with db.transaction(commit=False) as cursor:
             row = cursor.execute(
                 f"SELECT {position}, originator_version FROM {db.events_table} "
@@ -374,9 +375,5 @@ def verify_receipt(receipt: dict[str, Any], receipts: Receipts) -> dict[str, Any
 
 def _iso(value: datetime | str | None) -> str | None:
     """UTC RFC 3339; SQLite hands timestamps back as naive UTC text."""
-    if value is None:
-        return None
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    moment = read_timestamp(value)
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

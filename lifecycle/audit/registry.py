@@ -401,17 +401,7 @@ def unregistered_topics(topics: TopicNames, present: Iterable[str]) -> list[str]
 
 def list_tables(database: Database) -> set[str]:
     """The tables of the database's schema (PostgreSQL) or file (SQLite)."""
-    with database.transaction(commit=False) as cursor:
-        if database.dialect == "postgres":
-            rows = cursor.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                (database.schema,),
-            ).fetchall()
-        else:
-            rows = cursor.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%%'"
-            ).fetchall()
-    return {str(row[0]) for row in rows}
+    return database.table_names()
 
 
 def list_topics(bootstrap: str, security: KafkaSecurity | None = None) -> set[str]:

@@ -39,7 +39,7 @@ class ConfirmationIntake(Handler):
         # PostgreSQL: a poll's confirmations are prepared, and their completions purged,
         # together (`ErasureProcess.handle_many` undoes them all if one fails). SQLite records
         # each before acting on it, so each is a run of its own and only the culprit fails.
-        return self.process.database.dialect != "postgres"
+        return not self.process.database.dialect.concurrent_writers
 
     def prepare(self, envelope: Envelope) -> None:
         self.prepare_many([envelope])

@@ -111,7 +111,7 @@ class ErasureProcess:
             known, refused = self.verified(confirmations)
             if refused:
                 self.refuse(refused)
-        if self.database.dialect == "postgres":
+        if self.database.dialect.concurrent_writers:
             return self._record_and_purge(known) if known else set()
         purged: set[UUID] = set()
         for confirmation in known:
@@ -159,7 +159,7 @@ class ErasureProcess:
 
     def _record_and_purge(self, confirmations: list[Confirmation]) -> set[UUID]:
         db = self.database
-        inside = db.dialect == "postgres"
+        inside = db.dialect.concurrent_writers
         with db.transaction() as cursor:
             if inside:
                 # One erasure's confirmations are recorded one transaction at a time, so the
@@ -234,7 +234,7 @@ class ErasureProcess:
             except Exception as error:
                 errors.append(error)
 
-        if len(account_ids) > 1 and self.database.dialect == "postgres":
+        if len(account_ids) > 1 and self.database.dialect.concurrent_writers:
             with ThreadPoolExecutor(min(len(account_ids), PURGE_WORKERS)) as pool:
                 list(pool.map(purge, account_ids))
         else:

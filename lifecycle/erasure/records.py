@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from lifecycle.erasure.status import RetryRecord, ServiceRecord
-from lifecycle.storage import Database
+from lifecycle.storage import Database, read_timestamp
 
 CONFIRMATIONS_TABLE = "erasure_confirmations"
 RETRIES_TABLE = "erasure_retries"
@@ -37,7 +37,7 @@ class ErasureRecords:
                 outcome=str(outcome),
                 rows_removed=int(rows_removed),
                 error_code=error_code,
-                recorded_at=_utc(recorded_at),
+                recorded_at=read_timestamp(recorded_at),
                 confirmation_id=str(confirmation_id),
             )
             for service, outcome, rows_removed, error_code, recorded_at, confirmation_id in rows
@@ -51,15 +51,16 @@ class ErasureRecords:
                 (db.id_param(account_id),),
             ).fetchall()
         return {
-            str(service): RetryRecord(requested_at=_utc(requested_at), attempts=int(attempts))
+            str(service): RetryRecord(
+                requested_at=read_timestamp(requested_at), attempts=int(attempts)
+            )
             for service, requested_at, attempts in rows
         }
 
     def request_retry(self, account_id: UUID, service: str, now: datetime | None = None) -> int:
         """Record one more retry request; returns how many there have been."""
         db = self.database
-        at = (now or datetime.now(UTC)).astimezone(UTC)
-        when: datetime | str = at if db.dialect == "postgres" else at.isoformat()
+        when = db.dialect.timestamp((now or datetime.now(UTC)).astimezone(UTC))
         with db.transaction() as cursor:
             row = cursor.execute(
                 f"INSERT INTO {self.retries} AS saved "
@@ -71,11 +72,3 @@ class ErasureRecords:
             ).fetchone()
         assert row is not None
         return int(row[0])
-
-
-def _utc(value: datetime | str | None) -> datetime | None:
-    """SQLite hands timestamps back as text, naive when the database wrote them (UTC)."""
-    if value is None:
-        return None
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -20,6 +20,11 @@ log = get_logger(__name__)
 
 TopicPartitionKey = tuple[str, int]
 
+# How long the group waits for a member that stopped heartbeating before it gives the
+# member's partitions to others. A static member (`group_instance_id`) restarted within it
+# takes its partitions back at once; a new dynamic member waits it out first.
+SESSION_TIMEOUT_MS = 10_000
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -96,7 +101,7 @@ class KafkaSource:
             "auto_offset_reset": "earliest",
             "allow_auto_create_topics": False,
             "max_poll_records": max_poll_records,
-            "session_timeout_ms": 10_000,
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
             "heartbeat_interval_ms": 1_000,
             # kafka-python backs off reconnecting up to 30 s: a broker back after an outage
             # would wait that long, and the group would drop the member meanwhile.

@@ -5,13 +5,14 @@ relay's) may not exist yet: their readings are empty then."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from lifecycle.application import Accounts
 from lifecycle.erasure.refusals import ErasureRefusals
 from lifecycle.services.actions import DeadLetterActions
 from lifecycle.services.read_models import ReadModels
+from lifecycle.storage import read_timestamp
 from projections.erasure import ErasureQuery, ErasureStatusView
 
 RELAY_POSITION_TABLE = "relay_position"
@@ -34,7 +35,11 @@ class PipelineReadings:
         """Each relay's stored position and when it last moved."""
         table = self.database.table(RELAY_POSITION_TABLE)
         rows = self._optional_rows(f"SELECT name, position, updated_at FROM {table}")
-        return {str(name): (int(position), _utc(at)) for name, position, at in rows}
+        return {
+            str(name): (int(position), at_utc)
+            for name, position, at in rows
+            if (at_utc := read_timestamp(at)) is not None  # updated_at is NOT NULL
+        }
 
     def read_model_positions(self) -> dict[str, int]:
         """Positions of the read models that exist here."""
@@ -62,9 +67,3 @@ class PipelineReadings:
                 return list(cursor.execute(statement).fetchall())
         except Exception:
             return []  # no relay has run against this database yet
-
-
-def _utc(value: Any) -> datetime:
-    """A timestamp column's value (a datetime on PostgreSQL, ISO text on SQLite)."""
-    stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)

@@ -29,7 +29,7 @@ from typing import IO, Any, Protocol
 from uuid import UUID
 
 from servers import ThrowawayPostgres
-from support import SmtpSink, free_port, read_topic
+from support import SmtpSink, free_port, read_topic, wait_until
 
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import migrate_lifecycle, migrate_service
@@ -100,6 +100,7 @@ class Pipeline:
         # Each process serves /readyz on a port of its own (LIFECYCLE_PROBE_PORT).
         self.probe_ports = {name: free_port() for name in COMMANDS}
         self.started: dict[str, int] = {}  # name -> pid, as started (or restarted by a test)
+        self.log_paths: dict[str, Path] = {}  # name -> the log of its latest start
         self._runs = itertools.count()
         migrate_lifecycle(self.settings)  # `lifecycle migrate`, then each service's
         for name in ERASING_SERVICES:
@@ -123,11 +124,22 @@ class Pipeline:
         try:
             for name in COMMANDS:
                 pipeline.start(name)
+            # A process signalled or cut while it still starts up (several seconds on a
+            # loaded machine) exits instead of waiting: faults strike once all are up.
+            pipeline.wait_ready()
             yield pipeline
         finally:
+            # Every process is stopped, even after one failed to stop cleanly (a run must not
+            # leave consumers behind); then the first failure is raised.
+            failures: list[AssertionError] = []
             for name in list(pipeline.processes):
-                pipeline.terminate(name)
+                try:
+                    pipeline.terminate(name)
+                except AssertionError as failure:
+                    failures.append(failure)
             pipeline.accounts.close()
+            if failures:
+                raise failures[0]
 
     # Processes
 
@@ -150,6 +162,7 @@ class Pipeline:
             )
         self.processes[name] = process
         self.started[name] = process.pid
+        self.log_paths[name] = path
         return path
 
     @staticmethod
@@ -203,6 +216,23 @@ class Pipeline:
             return error.code, str(json.load(error).get("detail", ""))
         except OSError:
             return 0, "no answer"
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Until every process runs and its probe says ready. A process whose probe port
+        another process took between `free_port()` and its bind (five test runs share the
+        machine; the other one may even answer the probe) is started again on another port:
+        a race of the tests' port picking, not of the service."""
+
+        def ready() -> bool:
+            for name, process in list(self.processes.items()):
+                if process.poll() is not None:
+                    log = self.log_paths[name].read_text(errors="replace")
+                    assert "Address already in use" in log, f"{name} exited: {log[-500:]}"
+                    self.probe_ports[name] = free_port()
+                    self.start(name)
+            return all(self.readiness(name)[0] == 200 for name in self.processes)
+
+        wait_until(ready, "every process's probe says ready", timeout_s=timeout_s)
 
     def log_lines(self, event: str) -> list[str]:
         """Lines of every process's log that name `event`."""

@@ -90,7 +90,7 @@ def test_account_directory_pages_by_id(accounts: Accounts, history: History) -> 
 
     assert len(first) == 3
     assert [r["account_id"] for r in first + rest] == sorted(
-        history.all(), key=lambda i: i if accounts.database.dialect == "postgres" else i.hex
+        history.all(), key=lambda i: i if accounts.database.dialect.name == "postgres" else i.hex
     )
 
 
@@ -130,7 +130,7 @@ def test_erasure_status_per_account_and_service(accounts: Accounts, history: His
                 None,
             ),
         ]
-        or accounts.database.dialect == "sqlite"
+        or accounts.database.dialect.name == "sqlite"
     )
     assert pending["state"] == "requested"
     assert pending["requested_at"] == withdrawing.withdrawn_at

@@ -27,7 +27,6 @@ from projections.base import (
     SHADOW_SUFFIX,
     jst_month,
     jst_week_start,
-    table_exists,
 )
 from projections.directory import AccountDirectory
 from projections.hashchain import HashChain
@@ -116,7 +115,7 @@ def test_rebuild_while_writers_and_the_live_projector_run(
         accounts.database, fresh.table("account_directory"), "account_id"
     )
     assert model.position() == fresh.position() == accounts.recorder.max_notification_id()
-    assert not table_exists(accounts.database, model.tracking_table + SHADOW_SUFFIX)
+    assert not accounts.database.table_exists(model.tracking_table + SHADOW_SUFFIX)
     assert result.events >= reports[-1].done > 0
     assert reports[-1].finished and reports[-1].done == reports[-1].total
     assert all(report.rate > 0 for report in reports)

@@ -1,7 +1,9 @@
 """The one adapter over the application's SQL database, PostgreSQL or SQLite, and every lock.
 
 Everything the service keeps beside the event store (keys, relay position, read models)
-goes through `Database`, so each piece of SQL is written once with `%s` placeholders. Every
+goes through `Database`, so each piece of SQL is written once with `%s` placeholders. What
+differs between the backends is a `SqlDialect` (`dialects.py`), chosen once when a database
+is opened: code above this package asks `database.dialect`, never which backend it is. Every
 lock is here too: the active-process lock (the relay), the turn-taking of schema setup, and
 the per-key transaction lock the consumers take; advisory locks on PostgreSQL, a file lock or
 the database's write lock on SQLite.
@@ -13,11 +15,11 @@ import fcntl
 import os
 import select
 import threading
-import time
 import weakref
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
@@ -28,7 +30,25 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from psycopg_pool import ConnectionPool
 
-Dialect = Literal["postgres", "sqlite"]
+from lifecycle.storage.dialects import (
+    PostgresDialect,
+    SqlDialect,
+    SqliteDialect,
+    dialect_of,
+    read_timestamp,
+)
+
+__all__ = [
+    "Cursor",
+    "Database",
+    "DatabaseUrlError",
+    "PostgresDialect",
+    "SqlDialect",
+    "SqliteDialect",
+    "lock_key",
+    "lock_keys",
+    "read_timestamp",
+]
 
 
 class DatabaseUrlError(ValueError):
@@ -74,17 +94,15 @@ class Database:
         self, datastore: PostgresDatastore | SQLiteDatastore, application_name: str
     ) -> None:
         self.datastore = datastore
+        self.dialect: SqlDialect = dialect_of(datastore)
         if isinstance(datastore, PostgresDatastore):
             harden_pool(datastore.pool)
-            self.dialect: Dialect = "postgres"
             self.schema: str | None = datastore.schema
             self.events_table = self.table(f"{application_name.lower()}_events")
         else:
-            self.dialect = "sqlite"
             self.schema = None
             self.events_table = "stored_events"
             secure_delete(datastore)
-        self._vacuumed_at = 0.0
 
     def table(self, name: str) -> str:
         """A table's name as SQL should say it: schema-qualified on PostgreSQL."""
@@ -124,7 +142,10 @@ class Database:
                 schema=schema,
             )
         else:
-            datastore = SQLiteDatastore(env["SQLITE_DBNAME"], pool_size=pool_size)
+            name = env["SQLITE_DBNAME"]
+            if not name.startswith(("file:", ":memory:")):
+                Path(name).parent.mkdir(parents=True, exist_ok=True)  # a new store's directory
+            datastore = SQLiteDatastore(name, pool_size=pool_size)
         return cls(datastore, application_name=application_name)
 
     def close(self) -> None:
@@ -143,86 +164,50 @@ class Database:
         at once (one fails on the catalogue's unique index), so DDL on a schema takes turns.
         """
         with self.transaction() as cursor:
-            if self.dialect == "postgres":
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"ddl:{self.schema}",)
-                )
+            self.dialect.ddl_turn(cursor, self.schema)
             yield cursor
 
     def after_erasure(self, tables: Iterable[str] = ()) -> None:
-        """Leave no copy of deleted rows where the engine lets us reach it.
-
-        SQLite (with `secure_delete`, so deleted content is zeroed in the pages): checkpoint the
-        write-ahead log into the database and truncate it to nothing, so no older page image
-        with the deleted row survives in the WAL file. PostgreSQL: VACUUM the named tables
-        (at most once a second per process), so their dead tuples leave the visibility of
-        every reader and their space is reused; what stays in WAL segments, archives and
-        backups is bounded by key destruction, not by this (see the README)."""
-        if self.dialect == "sqlite":
-            # TRUNCATE holds the writer lock while it waits for readers to leave the WAL, so
-            # it waits briefly (writers are blocked meanwhile), a few times; busy means a
-            # reader stayed: the next erasure's checkpoint takes what this one could not.
-            with self.transaction(commit=False) as cursor:
-                (timeout,) = cursor.execute("PRAGMA busy_timeout").fetchone() or (5000,)
-                cursor.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
-                try:
-                    for _ in range(3):
-                        row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                        if row is None or not row[0]:
-                            break
-                finally:
-                    cursor.execute(f"PRAGMA busy_timeout = {int(timeout)}")
-            return
-        names = list(tables)
-        now = time.monotonic()
-        if not names or now - self._vacuumed_at < VACUUM_INTERVAL_S:
-            return
-        self._vacuumed_at = now
-        assert isinstance(self.datastore, PostgresDatastore)
-        with self.datastore.get_connection() as conn:
-            autocommit = conn.autocommit
-            conn.autocommit = True  # VACUUM cannot run inside a transaction
-            try:
-                for name in names:
-                    conn.execute(f"VACUUM {self.table(name)}")
-            finally:
-                conn.autocommit = autocommit
+        """Leave no copy of deleted rows where the engine lets us reach it: SQLite truncates
+        its write-ahead log, PostgreSQL vacuums the named tables (see the dialects)."""
+        self.dialect.after_erasure(self, list(tables))
 
     def id_param(self, account_id: UUID) -> UUID | str:
         """Originator ids as each recorder stores them (SQLite keeps hex text)."""
-        return account_id if self.dialect == "postgres" else account_id.hex
+        return self.dialect.id_param(account_id)
 
     def to_uuid(self, value: UUID | str) -> UUID:
         return value if isinstance(value, UUID) else UUID(value)
 
     def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
-        """`column` equal to any of `values`: a condition and its parameters. PostgreSQL gets
-        one array, so the statement's text (parsed and planned once) is the same for any
-        batch; SQLite a list of placeholders."""
-        listed = list(values)
-        if self.dialect == "postgres":
-            return f"{column} = ANY(%s)", [listed]
-        return f"{column} IN ({', '.join(['%s'] * len(listed))})", listed
+        """`column` equal to any of `values`: a condition and its parameters."""
+        return self.dialect.any_of(column, values)
+
+    def table_exists(self, bare_name: str) -> bool:
+        """Whether the table exists in this database's schema (PostgreSQL) or file."""
+        with self.transaction(commit=False) as cursor:
+            return self.dialect.table_exists(cursor, self.schema, bare_name)
+
+    def table_names(self) -> set[str]:
+        """The tables of this database's schema (PostgreSQL) or file (SQLite)."""
+        with self.transaction(commit=False) as cursor:
+            return self.dialect.table_names(cursor, self.schema)
 
     @property
     def blob_type(self) -> str:
-        return "bytea" if self.dialect == "postgres" else "BLOB"
+        return self.dialect.blob_type
 
     @property
     def id_type(self) -> str:
-        return "uuid" if self.dialect == "postgres" else "TEXT"
+        return self.dialect.id_type
 
     @property
     def timestamp_type(self) -> str:
-        return "timestamptz" if self.dialect == "postgres" else "TEXT"
+        return self.dialect.timestamp_type
 
     @property
     def now(self) -> str:
-        return "now()" if self.dialect == "postgres" else "CURRENT_TIMESTAMP"
-
-
-VACUUM_INTERVAL_S = 1.0
-CHECKPOINT_WAIT_MS = 200
+        return self.dialect.now
 
 
 def secure_delete(datastore: SQLiteDatastore) -> None:
@@ -286,14 +271,12 @@ def _readable(fd: int) -> bool:
 class Cursor:
     """Runs `%s`-placeholder SQL in either dialect; rows come back as tuples."""
 
-    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+    def __init__(self, cursor: Any, dialect: SqlDialect) -> None:
         self._cursor = cursor
-        self._dialect = dialect
+        self.dialect = dialect
 
     def execute(self, statement: str, params: tuple[Any, ...] | list[Any] = ()) -> Cursor:
-        if self._dialect == "sqlite":
-            statement = statement.replace("%s", "?")
-        self._cursor.execute(statement, params)
+        self._cursor.execute(self.dialect.sql(statement), params)
         return self
 
     @property
@@ -486,22 +469,9 @@ def lock_key(database: Database, cursor: Cursor, key: str) -> None:
     lock on the key. SQLite: a no-op write, which takes the database's one write lock now
     rather than failing later to upgrade a read snapshot another writer made stale.
     """
-    if database.dialect == "postgres":
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-    else:
-        cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
+    database.dialect.lock_key(cursor, key)
 
 
 def lock_keys(database: Database, cursor: Cursor, keys: Iterable[str]) -> None:
     """`lock_key` for many keys in one statement (a batch), taken in one order by everyone."""
-    ordered = sorted(set(keys))
-    if not ordered:
-        return
-    if database.dialect == "postgres":
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
-            "FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS keys",
-            (ordered,),
-        )
-    else:
-        cursor.execute("UPDATE key_locks SET id = id WHERE id = 0")
+    database.dialect.lock_keys(cursor, keys)
