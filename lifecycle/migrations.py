@@ -278,7 +278,17 @@ def _end_data_exports_postgres(
         )
 
 
+def _data_export_failures(cursor: Cursor, db: Database) -> None:
+    """The services whose part failed, on each status row (ops' failed list and metric)."""
+    cursor.execute(
+        f"ALTER TABLE {db.table(EXPORTS)} ADD COLUMN failed_services TEXT NOT NULL DEFAULT ''"
+    )
+
+
 DATA_EXPORT = Component(
     DATA_EXPORT_COMPONENT,
-    (Migration(1, "data exports: keys, sealed parts, status rows", _data_export_tables),),
+    (
+        Migration(1, "data exports: keys, sealed parts, status rows", _data_export_tables),
+        Migration(2, "data exports: failed services on the status rows", _data_export_failures),
+    ),
 )

@@ -24,6 +24,7 @@ from lifecycle.services.actions import Actor
 from lifecycle.services.audit import AuditReads
 from lifecycle.services.dead_letters import DeadLetters
 from lifecycle.services.erasures import Erasures
+from lifecycle.services.exports import ExportOps
 from lifecycle.services.read_models import ReadModels
 from lifecycle.settings import Settings
 from projections.base import ReadModel
@@ -184,6 +185,13 @@ def get_read_models(accounts: AccountsDep) -> ReadModels:
 
 DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]
 ErasuresDep = Annotated[Erasures, Depends(get_erasures)]
+
+
+def get_export_ops(state: StateDep) -> ExportOps:
+    return ExportOps(state.exports)
+
+
+ExportOpsDep = Annotated[ExportOps, Depends(get_export_ops)]
 AuditReadsDep = Annotated[AuditReads, Depends(get_audit_reads)]
 ReadModelsDep = Annotated[ReadModels, Depends(get_read_models)]
 

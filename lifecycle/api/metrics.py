@@ -43,6 +43,8 @@ COMMANDS: dict[tuple[str, str], str] = {
     ("POST", "/v1/accounts/{account_id}/gift-claim"): "claim_gift",
     ("POST", "/v1/accounts/{account_id}/withdrawal"): "request_withdrawal",
     ("POST", "/admin/v1/erasures/{account_id}/services/{service}/retry"): "retry_erasure",
+    ("POST", "/v1/accounts/{account_id}/data-exports"): "request_data_export",
+    ("POST", "/admin/v1/data-exports/{export_id}/services/{service}/retry"): "retry_data_export",
     ("POST", "/admin/v1/dead-letters/{group}/{partition}/{offset}/redrive"): "redrive",
     ("POST", "/admin/v1/dead-letters/{group}/{partition}/{offset}/discard"): "discard",
 }
@@ -224,6 +226,22 @@ class StateCollector(Collector):
         for state, count in counts.items():
             erasures.add_metric([state], count)
         yield erasures
+
+        exports = GaugeMetricFamily(
+            "lifecycle_data_exports",
+            "Data exports by state: open (parts outstanding), failed (a part failed), overdue "
+            "(past the deadline), ready (downloadable).",
+            labels=["state"],
+        )
+        api = getattr(self.app.state, "api", None)
+        try:
+            export_counts = api.exports.counts() if api is not None else {}
+        except Exception as error:
+            self.log.warning("metrics.data_exports_unreadable", error_type=type(error).__name__)
+            export_counts = {}
+        for name, count in export_counts.items():
+            exports.add_metric([name], count)
+        yield exports
 
         refused = CounterMetricFamily(
             "lifecycle_erasure_confirmations_refused",

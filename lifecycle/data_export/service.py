@@ -35,7 +35,7 @@ from lifecycle.errors import (
     AccountWithdrawingError,
     ConflictError,
     GoneError,
-    LifecycleError,
+    InvalidCommandError,
 )
 from lifecycle.logs import get_logger
 from lifecycle.migrations import EXPORT_CHUNKS, EXPORT_KEYS, EXPORTS
@@ -65,7 +65,7 @@ class ExportNotReadyError(ConflictError):
     code = "data_export_not_ready"
 
 
-class UnknownServiceError(LifecycleError):
+class UnknownServiceError(InvalidCommandError):
     code = "unknown_service"
 
 
@@ -164,7 +164,7 @@ class DataExports:
         unknown = [s for s in wanted if s not in self.services]
         if unknown:
             raise UnknownServiceError(detail=f"expected one of {', '.join(self.services)}")
-        export = self._settled(self._load(export_id))
+        export = self._settled(self.load(export_id))
         asked = export.retry(wanted)
         if asked:
             self.accounts.save(export)
@@ -182,7 +182,7 @@ class DataExports:
             ).fetchall()
         ended = 0
         for (export_id,) in rows:
-            export = self._load(db.to_uuid(export_id))
+            export = self.load(db.to_uuid(export_id))
             if not self._settled(export, now).is_live:
                 ended += 1
         return ended
@@ -199,7 +199,7 @@ class DataExports:
     # Queries
 
     def get(self, account_id: UUID, export_id: UUID) -> DataExport:
-        export = self._load(export_id)
+        export = self.load(export_id)
         if export.account_id != account_id:
             raise ExportNotFoundError()
         return self._settled(export)
@@ -227,20 +227,55 @@ class DataExports:
         latest, _ = self._latest(account_id)
         return latest if latest is not None and latest.status is ExportStatus.READY else None
 
-    def open_exports(self) -> list[DataExport]:
-        """Every export still requested (ops: pending, failed, overdue)."""
+    def open_exports(self, state: str = "open", limit: int = 100) -> list[DataExport]:
+        """Exports still requested, oldest first (ops): `open` all, `failed` those with a
+        failed part, `overdue` those past their deadline."""
         db = self.database
+        where = {
+            "open": "",
+            "failed": " AND failed_services <> ''",
+            "overdue": " AND due_at < %s",
+        }[state]
+        params: list[object] = [ExportStatus.REQUESTED.value]
+        if state == "overdue":
+            params.append(_at(db, datetime.now(UTC)))
         with db.transaction(commit=False) as cursor:
             rows = cursor.execute(
-                f"SELECT export_id FROM {self.table} WHERE status = %s ORDER BY requested_at",
-                (ExportStatus.REQUESTED.value,),
+                f"SELECT export_id FROM {self.table} WHERE status = %s{where} "
+                "ORDER BY requested_at LIMIT %s",
+                [*params, limit],
             ).fetchall()
-        exports = [self._settled(self._load(db.to_uuid(row[0]))) for row in rows]
+        exports = [self._settled(self.load(db.to_uuid(row[0]))) for row in rows]
         return [e for e in exports if e.status is ExportStatus.REQUESTED]
+
+    def counts(self, now: datetime | None = None) -> dict[str, int]:
+        """Exports by state, from the status rows (one query): open (parts outstanding),
+        failed (a part failed), overdue (past the deadline), ready."""
+        db = self.database
+        with db.transaction(commit=False) as cursor:
+            row = cursor.execute(
+                # Named columns: PostgreSQL rows come back as dicts keyed by name.
+                "SELECT "
+                "COALESCE(SUM(CASE WHEN status = %s THEN 1 ELSE 0 END), 0) AS open, "
+                "COALESCE(SUM(CASE WHEN status = %s AND failed_services <> '' "
+                "THEN 1 ELSE 0 END), 0) AS failed, "
+                "COALESCE(SUM(CASE WHEN status = %s AND due_at < %s THEN 1 ELSE 0 END), 0) "
+                "AS overdue, "
+                "COALESCE(SUM(CASE WHEN status = %s THEN 1 ELSE 0 END), 0) AS ready "
+                f"FROM {self.table}",
+                (
+                    ExportStatus.REQUESTED.value,
+                    ExportStatus.REQUESTED.value,
+                    ExportStatus.REQUESTED.value,
+                    _at(db, now or datetime.now(UTC)),
+                    ExportStatus.READY.value,
+                ),
+            ).fetchone() or (0, 0, 0, 0)
+        return dict(zip(("open", "failed", "overdue", "ready"), (int(v) for v in row), strict=True))
 
     # Internals
 
-    def _load(self, export_id: UUID) -> DataExport:
+    def load(self, export_id: UUID) -> DataExport:
         try:
             export: object = self.accounts.repository.get(export_id)
         except AggregateNotFoundError:
@@ -255,17 +290,17 @@ class DataExports:
         sequence = max(sequence - 1, 0)
         while True:
             try:
-                found = self._load(export_id_of(account_id, sequence + 1))
+                found = self.load(export_id_of(account_id, sequence + 1))
             except ExportNotFoundError:
                 break
             latest, sequence = found, sequence + 1
         if latest is None and sequence > 0:
-            latest = self._load(export_id_of(account_id, sequence))
+            latest = self.load(export_id_of(account_id, sequence))
         return (self._settled(latest) if latest else None), sequence
 
     def _exports_of(self, account_id: UUID) -> list[DataExport]:
         _, sequence = self._latest(account_id)
-        return [self._load(export_id_of(account_id, n)) for n in range(1, sequence + 1)]
+        return [self.load(export_id_of(account_id, n)) for n in range(1, sequence + 1)]
 
     def _count(self, account_id: UUID) -> int:
         db = self.database
@@ -278,7 +313,7 @@ class DataExports:
 
     def _live(self, export_id: UUID, account_id: UUID) -> DataExport | None:
         try:
-            export = self._settled(self._load(export_id))
+            export = self._settled(self.load(export_id))
         except ExportNotFoundError:
             return None
         return export if export.is_live and export.account_id == account_id else None
@@ -315,7 +350,7 @@ class DataExports:
         """Apply `change(export) -> bool` to the stored export and save it (retried on a
         concurrent update); returns the export as it stands."""
         for _ in range(16):
-            export = self._load(export_id)
+            export = self.load(export_id)
             if not change(export):
                 return export
             try:
@@ -354,8 +389,9 @@ class DataExports:
         with db.transaction() as cursor:
             cursor.execute(
                 f"INSERT INTO {self.table} (export_id, account_id, status, requested_at, due_at, "
-                "expires_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (export_id) DO UPDATE "
-                f"SET status = excluded.status, expires_at = excluded.expires_at, "
+                "expires_at, failed_services) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (export_id) DO UPDATE SET status = excluded.status, "
+                "expires_at = excluded.expires_at, failed_services = excluded.failed_services, "
                 f"updated_at = {db.now}",
                 (
                     db.id_param(export.id),
@@ -364,6 +400,7 @@ class DataExports:
                     _at(db, export.requested_at),
                     _at(db, export.due_at),
                     _at(db, export.expires_at),
+                    ",".join(sorted(export.failed)),
                 ),
             )
 

@@ -58,6 +58,9 @@ ADMIN_ROUTES: list[tuple[str, str, int]] = [
     ("GET", "/admin/v1/erasures/{account_id}", 404),
     ("GET", "/admin/v1/erasures/{account_id}/receipt", 404),
     ("POST", "/admin/v1/erasures/{account_id}/services/mail/retry", 404),
+    ("GET", "/admin/v1/data-exports", 200),
+    # No export has this id (an account's): 404.
+    ("POST", "/admin/v1/data-exports/{account_id}/services/mail/retry", 404),
     ("GET", "/admin/v1/stats/withdrawal-reasons", 200),
     ("GET", "/admin/v1/stats/gifts", 200),
     ("GET", "/admin/v1/stats/scouts", 200),
@@ -85,6 +88,7 @@ def test_the_table_covers_every_admin_route(client: TestClient) -> None:
     }
     templates = {
         ("POST", "/admin/v1/erasures/{account_id}/services/{service}/retry"),
+        ("POST", "/admin/v1/data-exports/{export_id}/services/{service}/retry"),
         ("POST", "/admin/v1/dead-letters/{group}/{partition}/{offset}/redrive"),
         ("POST", "/admin/v1/dead-letters/{group}/{partition}/{offset}/discard"),
         ("GET", "/admin/v1/dead-letters/{group}"),

@@ -254,3 +254,42 @@ def test_problems_on_the_export_routes(client: TestClient) -> None:
     other = register(client)
     path = f"/v1/accounts/{other}/data-exports/{export['export_id']}"
     assert client.get(path, headers=SERVICE).status_code == 404
+
+
+def test_ops_see_pending_failed_and_overdue_exports_and_retry_one_service(
+    client: TestClient,
+) -> None:
+    ops = auth("ops")
+    account_id = register(client)
+    export = request_export(client, account_id)
+    export_id, account = UUID(export["export_id"]), UUID(account_id)
+    exports_of(client).take_parts(
+        [
+            failed_part(
+                export_id=export_id,
+                account_id=account,
+                service="mail",
+                failure_code="dependency_unavailable",
+            )
+        ]
+    )
+    assert client.get("/admin/v1/data-exports", headers=SERVICE).status_code == 403
+    page = client.get("/admin/v1/data-exports?state=failed", headers=ops).json()
+    assert page["counts"]["failed"] >= 1 and page["counts"]["open"] >= 1
+    [item] = [i for i in page["items"] if i["export_id"] == export["export_id"]]
+    assert item["parts"]["mail"] == {"status": "failed", "failure_code": "dependency_unavailable"}
+    overdue = client.get("/admin/v1/data-exports?state=overdue", headers=ops).json()
+    assert export["export_id"] not in [i["export_id"] for i in overdue["items"]]
+
+    retry = f"/admin/v1/data-exports/{export_id}/services/mail/retry"
+    response = client.post(retry, headers=ops)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"export_id": str(export_id), "service": "mail", "retries": 1}
+    status = client.get(export["links"]["self"], headers=SERVICE).json()
+    assert status["parts"]["mail"]["status"] == "pending" and status["retries"] == 1
+    unknown = f"/admin/v1/data-exports/{export_id}/services/payroll/retry"
+    assert client.post(unknown, headers=ops).status_code == 422
+    answer(client, export)
+    assert client.post(retry, headers=ops).status_code == 409  # nothing pending any more
+    metrics = client.get("/metrics", headers=ops).text
+    assert 'lifecycle_data_exports{state="ready"}' in metrics

@@ -31,6 +31,8 @@ OPERATION_IDS = {
     ("GET", "/admin/v1/erasures/{account_id}"): "getErasure",
     ("POST", "/admin/v1/erasures/{account_id}/services/{service}/retry"): "retryErasure",
     ("GET", "/admin/v1/erasures/{account_id}/receipt"): "getAccountErasureReceipt",
+    ("GET", "/admin/v1/data-exports"): "listDataExports",
+    ("POST", "/admin/v1/data-exports/{export_id}/services/{service}/retry"): "retryDataExport",
     ("GET", "/admin/v1/stats/withdrawal-reasons"): "getWithdrawalReasonStats",
     ("GET", "/admin/v1/stats/gifts"): "getGiftStats",
     ("GET", "/admin/v1/stats/scouts"): "getScoutStats",

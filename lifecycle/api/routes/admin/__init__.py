@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends
 
 from lifecycle.api.auth import require_role
 from lifecycle.api.problems import problem_responses
-from lifecycle.api.routes.admin import accounts, erasures, operations, stats
+from lifecycle.api.routes.admin import accounts, data_exports, erasures, operations, stats
 
 # Each surface's router carries the `/admin/v1` prefix itself: FastAPI puts the route as its
 # module declared it in the request scope, and metrics and access logs label requests with
@@ -26,5 +26,5 @@ router = APIRouter(
     dependencies=[Depends(require_role("ops"))],
     responses=problem_responses(401, 403),
 )
-for surface in (accounts, erasures, stats, operations):
+for surface in (accounts, erasures, data_exports, stats, operations):
     router.include_router(surface.router)
