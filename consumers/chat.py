@@ -1,40 +1,38 @@
-"""The chat service's eraser: threads and messages per account, gone on withdrawal.
+"""The chat service: threads and messages per account, gone on withdrawal.
 
 `open_thread` and `post_message` are the minimal write path (members chatting with companies);
-both refuse a withdrawn account. `withdrawn_accounts` keeps the account id only.
+both refuse a withdrawn account. A message's body is free text a member or a company wrote:
+it is stored sealed under the account's key (`consumers.sealed`, table `sealed_keys`), which
+the erasure destroys with the rows, so no copy of it (a page, a WAL segment, a backup) stays
+readable. `withdrawn_accounts` (the kit's tombstones) keeps the account id only.
 """
 
 from __future__ import annotations
 
 from uuid import UUID, uuid4
 
-from consumers.handler import AccountWithdrawnError, Handler, HandlerResult, erase_on_withdrawal
+from consumers.member_data import MemberDataHandler, Tombstones
+from consumers.sealed import SealedValues
 from consumers.store import count_rows
-from lifecycle.storage import Cursor, Database, lock_key
-from schemas.contract import Envelope, TopicNames
+from lifecycle.keyring import Keyring
+from lifecycle.storage import Database
+from schemas.contract import TopicNames
 
 SERVICE = "chat"
+# The sealed column (consumers.sealed binds each value to its column).
+MESSAGE_BODY = "chat_messages.body"
 
 
 def subscribed_topics(topics: TopicNames) -> list[str]:
-    return [topics.lifecycle]
+    return list(topics.inputs_of(SERVICE))
 
 
-class ChatHandler(Handler):
-    personal_tables = ("chat_threads", "chat_messages")
+class ChatHandler(MemberDataHandler):
+    service = SERVICE
+    personal_tables = ("chat_messages", "chat_threads")
 
-    def __init__(self, database: Database, topics: TopicNames) -> None:
-        self.database = database
-        self.topics = topics
-
-    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
-        erased = erase_on_withdrawal(
-            envelope,
-            lambda account_id: erase(self.database, cursor, account_id),
-            self.topics,
-            SERVICE,
-        )
-        return erased or HandlerResult(outcome="ignored")
+    def __init__(self, database: Database, topics: TopicNames, *, keyring: Keyring) -> None:
+        super().__init__(database, topics, SealedValues(database, keyring))
 
 
 # The write path
@@ -43,7 +41,7 @@ class ChatHandler(Handler):
 def open_thread(database: Database, account_id: UUID, company_id: str) -> str:
     thread_id = str(uuid4())
     with database.transaction() as cursor:
-        _check_not_withdrawn(database, cursor, account_id)
+        Tombstones(database, SERVICE).check_not_withdrawn(cursor, account_id)
         cursor.execute(
             f"INSERT INTO {database.table('chat_threads')} (thread_id, account_id, company_id) "
             "VALUES (%s, %s, %s)",
@@ -53,11 +51,19 @@ def open_thread(database: Database, account_id: UUID, company_id: str) -> str:
 
 
 def post_message(
-    database: Database, account_id: UUID, thread_id: str, sender: str, body: str
+    database: Database,
+    account_id: UUID,
+    thread_id: str,
+    sender: str,
+    body: str,
+    *,
+    keyring: Keyring,
 ) -> str:
+    """Keep a message, its body sealed under the account's key (the service's `keyring`)."""
     message_id = str(uuid4())
+    sealed = SealedValues(database, keyring)
     with database.transaction() as cursor:
-        _check_not_withdrawn(database, cursor, account_id)
+        Tombstones(database, SERVICE).check_not_withdrawn(cursor, account_id)
         found = cursor.execute(
             f"SELECT 1 FROM {database.table('chat_threads')} "
             "WHERE thread_id = %s AND account_id = %s",
@@ -65,38 +71,20 @@ def post_message(
         ).fetchone()
         if found is None:
             raise LookupError("thread_not_found")
+        key = sealed.keys_for(cursor, [account_id], create=True)[account_id]
         cursor.execute(
             f"INSERT INTO {database.table('chat_messages')} "
             "(message_id, thread_id, account_id, sender, body) VALUES (%s, %s, %s, %s, %s)",
-            (message_id, thread_id, str(account_id), sender, body),
+            (
+                message_id,
+                thread_id,
+                str(account_id),
+                sender,
+                sealed.seal(key, account_id, MESSAGE_BODY, body),
+            ),
         )
     return message_id
 
 
-def erase(database: Database, cursor: Cursor, account_id: UUID) -> int:
-    account = str(account_id)
-    lock_key(database, cursor, f"chat:{account}")
-    cursor.execute(
-        f"INSERT INTO {database.table('withdrawn_accounts')} (account_id) VALUES (%s) "
-        "ON CONFLICT DO NOTHING",
-        (account,),
-    )
-    removed = 0
-    for table in ("chat_messages", "chat_threads"):
-        cursor.execute(f"DELETE FROM {database.table(table)} WHERE account_id = %s", (account,))
-        removed += cursor.rowcount
-    return removed
-
-
 def held_rows(database: Database, account_id: UUID) -> int:
     return count_rows(database, ("chat_threads", "chat_messages"), account_id)
-
-
-def _check_not_withdrawn(database: Database, cursor: Cursor, account_id: UUID) -> None:
-    lock_key(database, cursor, f"chat:{account_id}")
-    row = cursor.execute(
-        f"SELECT 1 FROM {database.table('withdrawn_accounts')} WHERE account_id = %s",
-        (str(account_id),),
-    ).fetchone()
-    if row is not None:
-        raise AccountWithdrawnError()

@@ -8,23 +8,13 @@ broker, SMTP) is the kit's to wait out (`consumers.faults`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
-from uuid import UUID
 
 from consumers.store import Outgoing
 from lifecycle.storage import Cursor
-from schemas.contract import (
-    Envelope,
-    ErasureConfirmedV2,
-    ErasureFailureCode,
-    PurgedV1,
-    TopicNames,
-    WithdrawalRequestedV1,
-    encode_erasure_confirmed,
-)
+from schemas.contract import Envelope
 
 
 class PoisonRecord(Exception):  # noqa: N818 - the kit's published name
@@ -94,80 +84,3 @@ class Handler(Protocol):
         """The effects of a batch's records, in order, in one transaction: override it to
         write many records in one statement; by default `handle` for each."""
         return [self.handle(envelope, cursor) for envelope in envelopes]
-
-
-def erasure_confirmation(
-    topics: TopicNames,
-    account_id: UUID,
-    service: str,
-    rows_removed: int,
-    withdrawal_version: int | None = None,
-) -> Outgoing:
-    """The record that tells the lifecycle service this one holds nothing more (ids only), on
-    the service's own confirmation topic: only its principal may write there, and the erasure
-    process believes a confirmation for the topic it came on, not for what it says. Version 2
-    (`erased`, naming the withdrawal it answers); the lifecycle service reads version 1 too."""
-    return _on_own_topic(
-        topics,
-        ErasureConfirmedV2(
-            account_id=account_id,
-            service=service,
-            rows_removed=rows_removed,
-            confirmed_at=datetime.now(UTC),
-            withdrawal_version=withdrawal_version,
-        ),
-    )
-
-
-def erasure_failure(
-    topics: TopicNames,
-    account_id: UUID,
-    service: str,
-    failure_code: ErasureFailureCode,
-    withdrawal_version: int | None = None,
-) -> Outgoing:
-    """The record that tells the lifecycle service this one could not erase, and why (a code
-    from the contract's fixed list): ops see the erasure as errored and may ask again; send
-    `erasure_confirmation` once the data is gone."""
-    return _on_own_topic(
-        topics,
-        ErasureConfirmedV2(
-            account_id=account_id,
-            service=service,
-            rows_removed=0,
-            confirmed_at=datetime.now(UTC),
-            outcome="failed",
-            failure_code=failure_code,
-            withdrawal_version=withdrawal_version,
-        ),
-    )
-
-
-def _on_own_topic(topics: TopicNames, payload: ErasureConfirmedV2) -> Outgoing:
-    """A confirmation or failure, on the confirmation topic of the service it names."""
-    return Outgoing(topics.erasure_confirmed(payload.service), encode_erasure_confirmed(payload))
-
-
-def withdrawal_version_of(envelope: Envelope) -> int | None:
-    """The account's version at a lifecycle record (its `ce_id` is `<account_id>:<version>`,
-    a retry's with a suffix after it)."""
-    parts = envelope.id.split(":")
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-
-
-def erase_on_withdrawal(
-    envelope: Envelope, erase: Callable[[UUID], int], topics: TopicNames, service: str
-) -> HandlerResult | None:
-    """The erasing part of a downstream handler: on WithdrawalRequested erase and confirm,
-    on Purged erase whatever arrived since; None for any other event."""
-    data = envelope.data
-    if isinstance(data, WithdrawalRequestedV1):
-        removed = erase(data.account_id)
-        confirmation = erasure_confirmation(
-            topics, data.account_id, service, removed, withdrawal_version_of(envelope)
-        )
-        return HandlerResult((confirmation,), outcome="erased")
-    if isinstance(data, PurgedV1):
-        erase(data.account_id)
-        return HandlerResult(outcome="purged")
-    return None

@@ -21,16 +21,20 @@ A dependency that is down is waited out, with no attempt limit, while `waiting_f
 record by record, so only the culprit goes to `<group>.dlq.v1` (`consumers.faults`) as a
 reference to the source record (topic, partition, offset, error), never a copy of its value.
 SIGTERM finishes and commits the batch in hand (cutting short only a wait for a dependency).
+Steps 1, 3 and 4 are `consumers.batch`'s; between polls, marks older than `mark_retention`
+are forgotten (`sweep_marks`), so `processed_events` stays bounded.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from consumers.batch import Decoded, apply_records, decode_batch, transaction_runs
 from consumers.faults import (
     DependencyWait,
     RetryPolicy,
@@ -38,8 +42,9 @@ from consumers.faults import (
     infrastructure_fault,
     record_fault_code,
 )
-from consumers.handler import ERASURE_OUTCOMES, Handler, HandlerResult
-from consumers.store import ConsumerStore, Outgoing
+from consumers.handler import Handler
+from consumers.stats import Stats
+from consumers.store import ConsumerStore
 from lifecycle import tracing
 from lifecycle.kafka.producer import Publisher
 from lifecycle.kafka.source import (
@@ -50,9 +55,15 @@ from lifecycle.kafka.source import (
     next_offsets,
 )
 from lifecycle.logs import get_logger
-from schemas.contract import ContractError, Envelope, decode_record, dedupe_key
+from schemas.contract import ContractError, Envelope, dedupe_key
 
 T = TypeVar("T")
+
+# How long a `processed_events` mark is kept: longer than any input topic keeps a record
+# (lifecycle 7 days, confirmations 14; the profile topic is compacted, and a profile applied
+# twice is harmless), so a record that can still be redelivered is still recognised.
+MARK_RETENTION = timedelta(days=30)
+MARK_SWEEP_PAGE = 1000
 
 
 # The loop
@@ -64,18 +75,6 @@ class Hooks:
 
     after_commit: Callable[[Envelope], None] | None = None
     before_offset_commit: Callable[[Incoming], None] | None = None
-
-
-@dataclass
-class Stats:
-    applied: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
-    published: int = 0
-    batches: int = 0
-    waits: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 class Stopped(Exception):  # noqa: N818 - control flow, never leaves the loop
@@ -98,6 +97,8 @@ class Consumer:
         hooks: Hooks | None = None,
         poll_timeout_s: float = 0.5,
         lag_interval_s: float = 1.0,
+        mark_retention: timedelta = MARK_RETENTION,
+        sweep_interval_s: float = 600.0,
     ) -> None:
         self.name = name
         self.source = source
@@ -109,10 +110,13 @@ class Consumer:
         self.hooks = hooks or Hooks()
         self.poll_timeout_s = poll_timeout_s
         self.lag_interval_s = lag_interval_s
+        self.mark_retention = mark_retention
+        self.sweep_interval_s = sweep_interval_s
+        self._swept_at: float | None = None
         self.stats = Stats()
         self._lag: dict[TopicPartitionKey, int] = {}
         self._lag_at = 0.0
-        self._stats_lock = threading.Lock()
+        self._lag_lock = threading.Lock()
         self._log = get_logger(__name__).bind(consumer=name)
         self._wait = DependencyWait(self._log, "consumer")
         self._spans: tracing.RecordSpans | None = None  # the batch's, while tracing is on
@@ -131,7 +135,7 @@ class Consumer:
 
     def lag(self) -> dict[TopicPartitionKey, int]:
         """Records behind, per topic partition, as of the loop's last refresh (thread-safe)."""
-        with self._stats_lock:
+        with self._lag_lock:
             return dict(self._lag)
 
     def total_lag(self) -> int:
@@ -153,13 +157,14 @@ class Consumer:
                 if batch:
                     self.process_batch(batch, stop)
                 self._refresh_lag()
+                self._sweep_marks()
         except Stopped:
             pass
         finally:
             try:
                 self.source.close()
             finally:
-                self._log.info("consumer.stopped", **self._counts())
+                self._log.info("consumer.stopped", **self.stats.summary())
 
     def process_batch(self, batch: Sequence[Incoming], stop: threading.Event) -> None:
         """Handle a poll's records, then commit each partition's offset once, for what is done.
@@ -185,8 +190,7 @@ class Consumer:
         self, batch: Sequence[Incoming], finished: set[int], stop: threading.Event
     ) -> None:
         done = finished_prefix(batch, finished)
-        with self._stats_lock:
-            self.stats.batches += 1
+        self.stats.count(batch=True)
         if not done:
             return
         self._until_done(self.flush_outbox, stop, "outbox", always=True)
@@ -199,14 +203,7 @@ class Consumer:
         self, batch: Sequence[Incoming], finished: set[int], stop: threading.Event
     ) -> None:
         """Adds to `finished` the index of each record once it is handled completely."""
-        decoded: list[tuple[int, Envelope | ContractError]] = []
-        for index, incoming in enumerate(batch):
-            try:
-                decoded.append(
-                    (index, decode_record(incoming.headers, incoming.value, incoming.topic))
-                )
-            except ContractError as error:
-                decoded.append((index, error))
+        decoded = decode_batch(batch)
         known = self._until_done(
             lambda: self.store.processed_among(
                 [dedupe_key(e) for _, e in decoded if isinstance(e, Envelope)]
@@ -214,16 +211,16 @@ class Consumer:
             stop,
             "dedupe",
         )
-        todo: list[tuple[int, Envelope | ContractError]] = []
+        todo: list[Decoded] = []
         for index, item in decoded:
             if isinstance(item, Envelope) and dedupe_key(item) in known:
-                self._count(duplicate=True)
+                self.stats.count(duplicate=True)
                 finished.add(index)
             else:
                 if isinstance(item, Envelope):
                     known.add(dedupe_key(item))
                 todo.append((index, item))
-        for segment in self._segments(todo):
+        for segment in transaction_runs(self.handler, todo):
             first, item = segment[0]
             if isinstance(item, ContractError):
                 self._dead_letter(batch[first], item, "contract_violation", 1, stop)
@@ -240,24 +237,6 @@ class Consumer:
             if self.hooks.after_commit is not None:
                 for envelope in applied:
                     self.hooks.after_commit(envelope)
-
-    def _segments(
-        self, todo: list[tuple[int, Envelope | ContractError]]
-    ) -> Iterator[list[tuple[int, Envelope | ContractError]]]:
-        """Runs of records, in order, that share a transaction. A new run starts at a record
-        whose `prepare` must see the records before it committed; a record that breaks the
-        contract is a run of its own (dead-lettered in its place)."""
-        wants_commit = getattr(self.handler, "commits_before_prepare", None)
-        segment: list[tuple[int, Envelope | ContractError]] = []
-        for index, item in todo:
-            alone = isinstance(item, ContractError)
-            cut = alone or wants_commit is None or wants_commit(item)
-            if segment and (cut or isinstance(segment[0][1], ContractError)):
-                yield segment
-                segment = []
-            segment.append((index, item))
-        if segment:
-            yield segment
 
     def _apply_segment(
         self, envelopes: list[Envelope], stop: threading.Event
@@ -299,7 +278,7 @@ class Consumer:
                         attempt=attempt,
                         retry_in_s=delays.next_s,
                     )
-                    self._count(retry=True)
+                    self.stats.count(retry=True)
                     if delays.wait(stop):
                         raise Stopped() from None
                     continue
@@ -328,7 +307,7 @@ class Consumer:
             return result
 
     def _wait_for(self, dependency: str, error: BaseException, step: str, backoff: float) -> None:
-        self._count(retry=True, wait=True)
+        self.stats.count(retry=True, wait=True)
         self._wait.waiting(
             dependency,
             "consumer.waiting",
@@ -345,36 +324,22 @@ class Consumer:
                 self.publisher.publish(item.topic, record.key, record.headers, record.value)
             self.publisher.flush()
             self.store.delete_outgoing([item.row_id for item in pending])
-            with self._stats_lock:
-                self.stats.published += len(pending)
+            self.stats.count(published=len(pending))
             self._log.info("consumer.outbox_published", records=len(pending))
 
-    # The transaction
-
     def _apply(self, envelopes: list[Envelope]) -> list[Envelope]:
-        """Prepare, then mark, handle and keep the confirmations in one transaction."""
-        if (prepare_many := getattr(self.handler, "prepare_many", None)) is not None:
-            prepare_many(envelopes)
-        else:
-            for envelope in envelopes:
-                self.handler.prepare(envelope)
-        applied: list[tuple[Envelope, HandlerResult]] = []
-        with self.store.transaction() as cursor:
-            fresh = self.store.mark_all_processed(cursor, [dedupe_key(e) for e in envelopes])
-            todo = [envelope for envelope in envelopes if dedupe_key(envelope) in fresh]
-            handle_many = getattr(self.handler, "handle_many", None)
-            if handle_many is not None:
-                results: list[HandlerResult] = handle_many(todo, cursor)
-            else:
-                results = [self.handler.handle(envelope, cursor) for envelope in todo]
-            applied = list(zip(todo, results, strict=True))
-            self.store.add_outgoing(cursor, self._outgoing(applied))
-        if any(result.outcome in ERASURE_OUTCOMES for _, result in applied):
-            self.store.database.after_erasure(getattr(self.handler, "personal_tables", ()))
+        """Steps 3 and 4 (`consumers.batch.apply_records`), counted and logged."""
+        spans = self._spans
+        applied = apply_records(
+            self.handler,
+            self.store,
+            envelopes,
+            None if spans is None else (lambda envelope: spans.headers_for(envelope.id)),
+        )
         for _ in range(len(envelopes) - len(applied)):
-            self._count(duplicate=True)  # another member marked it since the dedupe check
+            self.stats.count(duplicate=True)  # another member marked it since the dedupe check
         for envelope, result in applied:
-            self._count(outcome=result.outcome)
+            self.stats.count(outcome=result.outcome)
             self._log.debug(
                 "consumer.applied",
                 ce_id=envelope.id,
@@ -383,19 +348,6 @@ class Consumer:
                 outgoing=len(result.outgoing),
             )
         return [envelope for envelope, _ in applied]
-
-    def _outgoing(self, applied: list[tuple[Envelope, HandlerResult]]) -> list[Outgoing]:
-        """The records the handler wants sent; while tracing, each carries the trace context of
-        the record that caused it (`ce_traceparent`)."""
-        spans = self._spans
-        if spans is None:
-            return [item for _, result in applied for item in result.outgoing]
-        return [
-            Outgoing(item.topic, item.record._replace(headers=[*item.record.headers, *extra]))
-            for envelope, result in applied
-            for extra in [spans.headers_for(envelope.id)]
-            for item in result.outgoing
-        ]
 
     def _dead_letter(
         self,
@@ -413,8 +365,7 @@ class Consumer:
             self.publisher.flush()
 
         self._until_done(publish, stop, "dead_letter", always=True)
-        with self._stats_lock:
-            self.stats.dead_lettered += 1
+        self.stats.count(dead_lettered=1)
         self._log.error(
             "consumer.dead_lettered",
             topic=incoming.topic,
@@ -436,6 +387,30 @@ class Consumer:
                 "consumer.commit_failed", error=type(error).__name__, partitions=len(offsets)
             )
 
+    def sweep_marks(self, rounds: int = 10) -> int:
+        """Forget the `processed_events` marks older than `mark_retention`, a page at a time
+        (at most `rounds` pages, so a long backlog never stalls the loop); how many."""
+        before = datetime.now(UTC) - self.mark_retention
+        forgotten = 0
+        for _ in range(rounds):
+            removed = self.store.forget_processed(before, limit=MARK_SWEEP_PAGE)
+            forgotten += removed
+            if removed < MARK_SWEEP_PAGE:
+                break
+        if forgotten:
+            self._log.info("consumer.marks_forgotten", marks=forgotten)
+        return forgotten
+
+    def _sweep_marks(self) -> None:
+        now = time.monotonic()
+        if self._swept_at is not None and now - self._swept_at < self.sweep_interval_s:
+            return
+        self._swept_at = now
+        try:
+            self.sweep_marks()
+        except Exception as error:  # the next sweep tries again; nothing depends on this one
+            self._log.warning("consumer.sweep_failed", error=type(error).__name__)
+
     def _refresh_lag(self) -> None:
         now = time.monotonic()
         if now - self._lag_at < self.lag_interval_s:
@@ -445,31 +420,5 @@ class Consumer:
         except Exception as error:
             self._log.warning("consumer.lag_unknown", error=type(error).__name__)
             return
-        with self._stats_lock:
+        with self._lag_lock:
             self._lag, self._lag_at = lag, now
-
-    def _count(
-        self,
-        *,
-        duplicate: bool = False,
-        outcome: str | None = None,
-        retry: bool = False,
-        wait: bool = False,
-    ) -> None:
-        with self._stats_lock:
-            self.stats.duplicates += duplicate
-            self.stats.retries += retry
-            self.stats.waits += wait
-            if outcome is not None:
-                self.stats.applied += 1
-                self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
-
-    def _counts(self) -> dict[str, int]:
-        with self._stats_lock:
-            return {
-                "applied": self.stats.applied,
-                "duplicates": self.stats.duplicates,
-                "dead_lettered": self.stats.dead_lettered,
-                "retries": self.stats.retries,
-                "waits": self.stats.waits,
-            }

@@ -34,34 +34,26 @@ withdrawal, and a compacted topic keeps the latest value.
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Sequence
 from uuid import UUID, uuid4
 
-from consumers.handler import (
-    AccountWithdrawnError,
-    Handler,
-    HandlerResult,
-    TransientError,
-    erasure_confirmation,
-)
+from consumers.contacts import Contacts
+from consumers.handler import HandlerResult, TransientError
 from consumers.mailer import InvalidRecipientError, Mailer, notice_message
+from consumers.member_data import OTHER, MemberDataHandler, Tombstones, version_in
 from consumers.sealed import SealedValues
-from consumers.store import count_rows, insert_rows
-from consumers.withdrawal_mail import CONTACT_EMAIL, CONTACT_NAME, WithdrawalMail
+from consumers.store import count_rows
+from consumers.withdrawal_mail import WithdrawalMail
 from lifecycle.keyring import Keyring
 from lifecycle.logs import get_logger
-from lifecycle.storage import Cursor, Database, lock_key, lock_keys
-from schemas.contract import Envelope, ProfileV1, PurgedV1, TopicNames, WithdrawalRequestedV1
+from lifecycle.storage import Cursor, Database
+from schemas.contract import Envelope, ProfileV1, TopicNames
 
 SERVICE = "mail"
-CONTACT_COLUMNS = (
-    ("account_id", "text"),
-    ("email", "text"),
-    ("display_name", "text"),
-    ("notifications", "text"),
-)
+PROFILE = "profile"
+PROFILE_GONE = "profile_tombstone"
+# The suppression row is the mail service's tombstone: written in step 1, before any mail.
+SUPPRESSIONS = "suppressions"
 
 log = get_logger(__name__)
 
@@ -70,23 +62,25 @@ log = get_logger(__name__)
 
 
 def subscribed_topics(topics: TopicNames) -> list[str]:
-    return [topics.lifecycle, topics.profile]
+    return list(topics.inputs_of(SERVICE))
 
 
 # The handler
 
 
-class MailHandler(Handler):
+class MailHandler(MemberDataHandler):
+    service = SERVICE
     personal_tables = ("contacts", "mail_outbox")
+    tombstone_table = SUPPRESSIONS
 
     def __init__(
         self, database: Database, topics: TopicNames, mailer: Mailer, *, keyring: Keyring
     ) -> None:
-        self.database = database
-        self.topics = topics
+        sealed = SealedValues(database, keyring)
+        super().__init__(database, topics, sealed)
         self.mailer = mailer
-        self.sealed = SealedValues(database, keyring)
-        self.withdrawal_mail = WithdrawalMail(database, mailer, self.sealed)
+        self.contacts = Contacts(database, sealed)
+        self.withdrawal_mail = WithdrawalMail(database, mailer, self.contacts)
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
         # `prepare_many` takes a withdrawal's address from the batch's own profile records as
@@ -99,214 +93,127 @@ class MailHandler(Handler):
     def prepare_many(self, envelopes: Sequence[Envelope]) -> None:
         self.withdrawal_mail.prepare(envelopes)
 
-    def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
-        data = envelope.data
-        if isinstance(data, WithdrawalRequestedV1):
-            return self._after_withdrawal(cursor, data.account_id)
-        if isinstance(data, ProfileV1):
-            return self._on_profile(cursor, data)
+    def kind_of(self, envelope: Envelope) -> str:
+        if isinstance(envelope.data, ProfileV1):
+            return PROFILE
         if envelope.is_tombstone and envelope.type == ProfileV1.ce_type():
-            removed = self._delete(cursor, envelope.account_id, "contacts")
-            self.sealed.destroy(cursor, [envelope.account_id])
-            return HandlerResult(outcome="contact_erased" if removed else "ignored")
-        if isinstance(data, PurgedV1):
-            self._lock(cursor, data.account_id)
-            self._delete(cursor, data.account_id, "contacts")
-            self._delete(cursor, data.account_id, "mail_outbox")
-            self.sealed.destroy(cursor, [data.account_id])
-            return HandlerResult(outcome="purged")
-        return HandlerResult(outcome="ignored")
+            return PROFILE_GONE
+        return OTHER
 
-    # Step 3: erase and confirm (inside the kit's transaction)
+    def tombstone(self, cursor: Cursor, account_ids: Sequence[UUID]) -> None:
+        """Nothing to add: step 1 wrote the suppression row before the mail was sent."""
 
-    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
-        """`handle` for each, in order, except the records whose account no other record of
-        the batch names: their withdrawals already mailed are erased and confirmed together,
-        their profiles of accounts never withdrawn saved together, first."""
-        named = Counter(envelope.subject for envelope in envelopes)
-        withdrawals: dict[str, UUID] = {}
-        profiles: dict[str, ProfileV1] = {}
-        for envelope in envelopes:
-            data = envelope.data
-            if named[envelope.subject] == 1 and isinstance(data, WithdrawalRequestedV1):
-                withdrawals[envelope.id] = data.account_id
-            elif named[envelope.subject] == 1 and isinstance(data, ProfileV1):
-                profiles[envelope.id] = data
-        accounts = [*withdrawals.values(), *(p.account_id for p in profiles.values())]
-        lock_keys(self.database, cursor, [f"mail:{account_id}" for account_id in accounts])
-        erased = self._erase_and_confirm_many(cursor, list(withdrawals.values()))
-        saved = self._save_contacts(cursor, list(profiles.values()))
-        results = []
-        for envelope in envelopes:
-            if withdrawals.get(envelope.id) in erased:
-                results.append(erased[withdrawals[envelope.id]])
-            elif envelope.id in profiles and profiles[envelope.id].account_id in saved:
-                results.append(HandlerResult(outcome="contact_saved"))
-            else:
-                results.append(self.handle(envelope, cursor))
-        return results
+    # Step 3: erase and confirm (inside the kit's transaction, the accounts locked)
 
-    def _save_contacts(self, cursor: Cursor, profiles: list[ProfileV1]) -> set[UUID]:
-        """`_on_profile` for those of the accounts never withdrawn, in one statement (their
-        locks held); returns them, the others are left to `handle`."""
-        if not profiles:
-            return set()
-        db = self.database
-        where, params = db.any_of("account_id", [str(p.account_id) for p in profiles])
-        withdrawn = {
-            UUID(account)
-            for (account,) in cursor.execute(
-                f"SELECT account_id FROM {db.table('suppressions')} WHERE {where}", params
-            ).fetchall()
-        }
-        fresh = [p for p in profiles if p.account_id not in withdrawn]
-        if fresh:
-            keys = self.sealed.keys_for(cursor, [p.account_id for p in fresh], create=True)
-            insert_rows(
-                db,
-                cursor,
-                db.table("contacts"),
-                CONTACT_COLUMNS,
-                [self._contact_row(keys[p.account_id], p) for p in fresh],
-                suffix="ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
-                "display_name = excluded.display_name, notifications = excluded.notifications, "
-                f"updated_at = {db.now}",
-            )
-        return {p.account_id for p in fresh}
-
-    def _erase_and_confirm_many(
-        self, cursor: Cursor, account_ids: list[UUID]
-    ) -> dict[UUID, HandlerResult]:
-        """`_erase_and_confirm` for those of the accounts whose mail is recorded, in a few
-        statements (their locks held); the others are left to `handle`."""
-        if not account_ids:
-            return {}
-        db = self.database
-        suppressions = db.table("suppressions")
-        where, params = db.any_of("account_id", [str(a) for a in account_ids])
-        mailed = cursor.execute(
-            f"SELECT account_id FROM {suppressions} WHERE {where} "
-            "AND confirmation_sent_at IS NOT NULL",
-            params,
-        ).fetchall()
-        if not mailed:
-            return {}
-        where, params = db.any_of("account_id", [account for (account,) in mailed])
-        held = " + ".join(
-            f"(SELECT count(*) FROM {db.table(table)} AS held WHERE held.account_id = s.account_id)"
-            for table in ("contacts", "mail_outbox")
-        )
-        cursor.execute(
-            f"UPDATE {suppressions} AS s SET rows_removed = rows_removed + {held}, "
-            f"awaiting_address = 0, confirmed_at = {db.now} WHERE {where}",
-            params,
-        )
-        for table in ("contacts", "mail_outbox"):
-            cursor.execute(f"DELETE FROM {db.table(table)} WHERE {where}", params)
-        self.sealed.destroy(cursor, [UUID(account) for (account,) in mailed])
-        totals = cursor.execute(
-            f"SELECT account_id, rows_removed FROM {suppressions} WHERE {where}", params
-        ).fetchall()
-        return {
-            UUID(account): HandlerResult(
-                (erasure_confirmation(self.topics, UUID(account), SERVICE, int(total)),),
-                outcome="erased",
-            )
-            for account, total in totals
-        }
-
-    def _after_withdrawal(self, cursor: Cursor, account_id: UUID) -> HandlerResult:
-        db = self.database
-        self._lock(cursor, account_id)
-        row = cursor.execute(
-            f"SELECT confirmation_sent_at FROM {db.table('suppressions')} WHERE account_id = %s",
-            (str(account_id),),
-        ).fetchone()
-        if row is None:
+    def on_withdrawals(self, cursor: Cursor, envelopes: Sequence[Envelope]) -> list[HandlerResult]:
+        """Erase and confirm those mailed; those whose address is unknown await it."""
+        rows = self._suppressions(cursor, [e.account_id for e in envelopes])
+        if any(e.account_id not in rows for e in envelopes):
             raise TransientError("suppression_missing")
-        if row[0] is not None:
-            return self._erase_and_confirm(cursor, account_id)
-        known = cursor.execute(
-            f"SELECT 1 FROM {db.table('contacts')} WHERE account_id = %s", (str(account_id),)
-        ).fetchone()
-        if known is not None:
+        mailed = {e.account_id: version_in(e.id) for e in envelopes if rows[e.account_id][1]}
+        unmailed = [e.account_id for e in envelopes if e.account_id not in mailed]
+        if self.contacts.known(cursor, unmailed):
             # The address arrived since step 1 (another member of the group): mail it first.
             raise TransientError("address_arrived")
-        dropped = self._delete(cursor, account_id, "mail_outbox")
-        cursor.execute(
-            f"UPDATE {db.table('suppressions')} SET awaiting_address = 1, "
-            "rows_removed = rows_removed + %s WHERE account_id = %s",
-            (dropped, str(account_id)),
-        )
-        log.info("mail.awaiting_address", account_id=str(account_id))
-        return HandlerResult(outcome="awaiting_address")
+        if unmailed:
+            dropped = self._delete_notices(cursor, unmailed)
+            self._add_removed(cursor, dropped, "awaiting_address = 1")
+            for account_id in unmailed:
+                log.info("mail.awaiting_address", account_id=str(account_id))
+        erased = self.erase_and_confirm(cursor, mailed)
+        awaiting = HandlerResult(outcome="awaiting_address")
+        return [erased.get(e.account_id, awaiting) for e in envelopes]
 
-    def _on_profile(self, cursor: Cursor, profile: ProfileV1) -> HandlerResult:
-        db = self.database
-        account = str(profile.account_id)
-        self._lock(cursor, profile.account_id)
-        row = cursor.execute(
-            "SELECT awaiting_address, confirmation_sent_at, confirmed_at "
-            f"FROM {db.table('suppressions')} WHERE account_id = %s",
-            (account,),
-        ).fetchone()
-        if row is None:
-            key = self.sealed.keys_for(cursor, [profile.account_id], create=True)
-            cursor.execute(
-                f"INSERT INTO {db.table('contacts')} "
-                "(account_id, email, display_name, notifications) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
-                "display_name = excluded.display_name, notifications = excluded.notifications, "
-                f"updated_at = {db.now}",
-                self._contact_row(key[profile.account_id], profile),
+    def record_erasure(self, cursor: Cursor, removed: dict[UUID, int]) -> dict[UUID, int]:
+        """The suppression row counts every row removed since step 1: the confirmation
+        reports its total."""
+        self._add_removed(
+            cursor, removed, f"awaiting_address = 0, confirmed_at = {self.database.now}"
+        )
+        rows = self._suppressions(cursor, list(removed))
+        return {a: rows[a][0] if a in rows else count for a, count in removed.items()}
+
+    def handle_records(
+        self, cursor: Cursor, kind: str, envelopes: Sequence[Envelope]
+    ) -> list[HandlerResult]:
+        if kind == PROFILE:
+            return self._on_profiles(
+                cursor, [e.data for e in envelopes if isinstance(e.data, ProfileV1)]
             )
-            return HandlerResult(outcome="contact_saved")
-        awaiting, sent_at, confirmed_at = row
-        if awaiting and confirmed_at is None:
-            if sent_at is None:
-                raise TransientError("confirmation_unsent")
-            return self._erase_and_confirm(cursor, profile.account_id)
-        # Never keep an address of a withdrawn account.
-        return HandlerResult(outcome="refused")
+        if kind == PROFILE_GONE:
+            accounts = [e.account_id for e in envelopes]
+            gone = self.erase(cursor, accounts)
+            return [
+                HandlerResult(outcome="contact_erased" if gone[a] else "ignored") for a in accounts
+            ]
+        return super().handle_records(cursor, kind, envelopes)
 
-    def _contact_row(self, key: bytes, profile: ProfileV1) -> tuple[str, str, str, str]:
-        """A contacts row: the address and name sealed under the account's key."""
-        account_id = profile.account_id
-        return (
-            str(account_id),
-            self.sealed.seal(key, account_id, CONTACT_EMAIL, profile.email),
-            self.sealed.seal(key, account_id, CONTACT_NAME, profile.display_name),
-            json.dumps(profile.notifications),
-        )
+    def _on_profiles(self, cursor: Cursor, data: Sequence[ProfileV1]) -> list[HandlerResult]:
+        """Keep the contacts of accounts never withdrawn; a profile that brings the address a
+        withdrawal awaited (its mail sent in `prepare`) completes that erasure; any other
+        address of a withdrawn account is refused."""
+        rows = self._suppressions(cursor, [p.account_id for p in data])
+        self.contacts.save(cursor, [p for p in data if p.account_id not in rows])
+        completing: dict[UUID, int | None] = {}
+        for profile in data:
+            row = rows.get(profile.account_id)
+            if row is not None and row[2] and row[3] is None:
+                if row[1] is None:
+                    raise TransientError("confirmation_unsent")
+                completing[profile.account_id] = version_in(row[4])
+        erased = self.erase_and_confirm(cursor, completing)
+        refused = HandlerResult(outcome="refused")  # never keep an address of a withdrawn account
+        return [
+            erased[p.account_id]
+            if p.account_id in erased
+            else refused
+            if p.account_id in rows
+            else HandlerResult(outcome="contact_saved")
+            for p in data
+        ]
 
-    def _erase_and_confirm(self, cursor: Cursor, account_id: UUID) -> HandlerResult:
-        db = self.database
-        account = str(account_id)
-        removed = self._delete(cursor, account_id, "contacts")
-        removed += self._delete(cursor, account_id, "mail_outbox")
-        self.sealed.destroy(cursor, [account_id])
-        cursor.execute(
-            f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s, "
-            f"awaiting_address = 0, confirmed_at = {db.now} WHERE account_id = %s",
-            (removed, account),
-        )
-        row = cursor.execute(
-            f"SELECT rows_removed FROM {db.table('suppressions')} WHERE account_id = %s",
-            (account,),
-        ).fetchone()
-        total = int(row[0]) if row else removed
-        return HandlerResult(
-            (erasure_confirmation(self.topics, account_id, SERVICE, total),), outcome="erased"
-        )
+    def _suppressions(
+        self, cursor: Cursor, account_ids: Sequence[UUID]
+    ) -> dict[UUID, tuple[int, object, int, object, str]]:
+        """Per account withdrawn: rows removed, confirmation sent at, awaiting its address,
+        confirmed at, the withdrawal's `ce_id`."""
+        if not account_ids:
+            return {}
+        where, params = self.database.any_of("account_id", [str(a) for a in account_ids])
+        rows = cursor.execute(
+            "SELECT account_id, rows_removed, confirmation_sent_at, awaiting_address, "
+            f"confirmed_at, withdrawal_ce_id FROM {self.database.table(SUPPRESSIONS)} "
+            f"WHERE {where}",
+            params,
+        ).fetchall()
+        return {
+            UUID(account): (int(removed), sent_at, int(awaiting), confirmed_at, ce_id)
+            for account, removed, sent_at, awaiting, confirmed_at, ce_id in rows
+        }
 
-    def _lock(self, cursor: Cursor, account_id: UUID) -> None:
-        lock_key(self.database, cursor, f"mail:{account_id}")
+    def _delete_notices(self, cursor: Cursor, account_ids: Sequence[UUID]) -> dict[UUID, int]:
+        counts = dict.fromkeys(account_ids, 0)
+        where, params = self.database.any_of("account_id", [str(a) for a in account_ids])
+        for (account,) in cursor.execute(
+            f"DELETE FROM {self.database.table('mail_outbox')} WHERE {where} RETURNING account_id",
+            params,
+        ).fetchall():
+            counts[UUID(account)] += 1
+        return counts
 
-    def _delete(self, cursor: Cursor, account_id: UUID, table: str) -> int:
-        cursor.execute(
-            f"DELETE FROM {self.database.table(table)} WHERE account_id = %s", (str(account_id),)
-        )
-        return cursor.rowcount
+    def _add_removed(self, cursor: Cursor, removed: dict[UUID, int], also: str) -> None:
+        """Add to each suppression's `rows_removed` and set `also`: one statement per
+        distinct count (a batch's counts are mostly equal)."""
+        by_count: dict[int, list[str]] = {}
+        for account_id, count in removed.items():
+            by_count.setdefault(count, []).append(str(account_id))
+        for count, accounts in by_count.items():
+            where, params = self.database.any_of("account_id", accounts)
+            cursor.execute(
+                f"UPDATE {self.database.table(SUPPRESSIONS)} "
+                f"SET rows_removed = rows_removed + %s, {also} WHERE {where}",
+                [count, *params],
+            )
 
 
 # Notices: the minimal write path and delivery
@@ -318,9 +225,7 @@ def queue_notice(
     """Queue a notice for delivery; refused (AccountWithdrawnError) once withdrawn."""
     notice_id = str(uuid4())
     with database.transaction() as cursor:
-        lock_key(database, cursor, f"mail:{account_id}")
-        if _is_suppressed(database, cursor, account_id):
-            raise AccountWithdrawnError()
+        Tombstones(database, SERVICE, SUPPRESSIONS).check_not_withdrawn(cursor, account_id)
         cursor.execute(
             f"INSERT INTO {database.table('mail_outbox')} "
             "(notice_id, account_id, kind, subject, body) VALUES (%s, %s, %s, %s, %s)",
@@ -343,7 +248,7 @@ def deliver_queued(
     Notices for an address not yet known stay queued; a kind the member switched off is dropped.
     `keyring` is the service's, the one its handler seals contacts with.
     """
-    sealed = SealedValues(database, keyring)
+    contacts = Contacts(database, SealedValues(database, keyring))
     with database.transaction(commit=False) as cursor:
         queued = cursor.execute(
             f"SELECT notice_id, account_id FROM {database.table('mail_outbox')} "
@@ -353,46 +258,37 @@ def deliver_queued(
     sent = 0
     for notice_id, account in queued:
         try:
-            sent += _deliver_one(database, mailer, sealed, notice_id, UUID(account))
+            sent += _deliver_one(database, mailer, contacts, notice_id, UUID(account))
         except _AddressUnknownError:
             continue
     return sent
 
 
 def _deliver_one(
-    database: Database, mailer: Mailer, sealed: SealedValues, notice_id: str, account_id: UUID
+    database: Database, mailer: Mailer, contacts: Contacts, notice_id: str, account_id: UUID
 ) -> int:
+    tombstones = Tombstones(database, SERVICE, SUPPRESSIONS)
     with database.transaction() as cursor:
-        lock_key(database, cursor, f"mail:{account_id}")
+        tombstones.lock(cursor, [account_id])
         notice = cursor.execute(
             f"DELETE FROM {database.table('mail_outbox')} WHERE notice_id = %s "
             "RETURNING kind, subject, body",
             (notice_id,),
         ).fetchone()
-        if notice is None or _is_suppressed(database, cursor, account_id):
+        if notice is None or tombstones.among(cursor, [account_id]):
             return 0
-        contact = cursor.execute(
-            "SELECT email, display_name, notifications "
-            f"FROM {database.table('contacts')} WHERE account_id = %s",
-            (str(account_id),),
-        ).fetchone()
+        contact = contacts.of(cursor, [account_id]).get(account_id)
         if contact is None:
             raise _AddressUnknownError()
         kind, subject, body = notice
-        key = sealed.keys_for(cursor, [account_id]).get(account_id)
-        email = sealed.open(key, account_id, CONTACT_EMAIL, contact[0])
-        display_name = sealed.open(key, account_id, CONTACT_NAME, contact[1])
-        notifications = contact[2]
-        if email is None or display_name is None:
-            raise _AddressUnknownError()
-        if json.loads(notifications).get(kind) is False:
+        if contact.notifications.get(kind) is False:
             log.info("mail.notice_dropped", account_id=str(account_id), kind=kind)
             return 0
         try:
             message = notice_message(
                 notice_id,
-                email=email,
-                display_name=display_name,
+                email=contact.email,
+                display_name=contact.display_name,
                 kind=kind,
                 subject=subject,
                 body=body,
@@ -400,7 +296,7 @@ def _deliver_one(
         except InvalidRecipientError:
             log.warning("mail.recipient_refused", account_id=str(account_id), kind=kind)
             return 0
-        mailer.send(message, email)
+        mailer.send(message, contact.email)
     log.info("mail.notice_sent", account_id=str(account_id), message_id=message["Message-ID"])
     return 1
 
@@ -440,11 +336,3 @@ def suppression(database: Database, account_id: UUID) -> dict[str, object] | Non
         "confirmation_sent_at": sent_at,
         "confirmed_at": confirmed_at,
     }
-
-
-def _is_suppressed(database: Database, cursor: Cursor, account_id: UUID) -> bool:
-    row = cursor.execute(
-        f"SELECT 1 FROM {database.table('suppressions')} WHERE account_id = %s",
-        (str(account_id),),
-    ).fetchone()
-    return row is not None

@@ -36,8 +36,21 @@ def kit_component(table_prefix: str = "") -> Component:
             f"created_at {db.timestamp_type} NOT NULL DEFAULT {db.now})"
         )
 
+    def marks_by_time(cursor: Cursor, db: Database) -> None:
+        # The retention sweep (`ConsumerStore.forget_processed`) deletes the oldest marks.
+        cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {table_prefix}processed_events_by_time "
+            f"ON {db.table(f'{table_prefix}processed_events')} (processed_at)"
+        )
+
     name = f"{KIT}:{table_prefix}" if table_prefix else KIT
-    return Component(name, (Migration(1, "first release: marks and outbox", first_release),))
+    return Component(
+        name,
+        (
+            Migration(1, "first release: marks and outbox", first_release),
+            Migration(2, "marks by time, for their retention", marks_by_time),
+        ),
+    )
 
 
 def _key_locks(cursor: Cursor, db: Database) -> None:
@@ -111,8 +124,9 @@ def _mail(cursor: Cursor, db: Database) -> None:
     )
 
 
-def _mail_sealed_keys(cursor: Cursor, db: Database) -> None:
-    """The sealed store's per-account keys (consumers.sealed), for the contacts it seals."""
+def _sealed_keys(cursor: Cursor, db: Database) -> None:
+    """The sealed store's per-account keys (consumers.sealed): mail's contacts, chat's
+    messages."""
     cursor.execute(
         f"CREATE TABLE IF NOT EXISTS {db.table('sealed_keys')} (account_id TEXT PRIMARY KEY, "
         f"wrapped_key {db.blob_type} NOT NULL, "
@@ -122,12 +136,18 @@ def _mail_sealed_keys(cursor: Cursor, db: Database) -> None:
 
 SERVICES: dict[str, Component] = {
     "scout": Component("scout", (Migration(1, "first release: scouts", _scout),)),
-    "chat": Component("chat", (Migration(1, "first release: threads and messages", _chat),)),
+    "chat": Component(
+        "chat",
+        (
+            Migration(1, "first release: threads and messages", _chat),
+            Migration(2, "sealed keys of the messages", _sealed_keys),
+        ),
+    ),
     "mail": Component(
         "mail",
         (
             Migration(1, "first release: contacts, notices", _mail),
-            Migration(2, "sealed keys of the contacts", _mail_sealed_keys),
+            Migration(2, "sealed keys of the contacts", _sealed_keys),
         ),
     ),
 }

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 from lifecycle.storage import Cursor, Database
@@ -185,6 +186,23 @@ class ConsumerStore:
         where, params = self.database.any_of("id", row_ids)
         with self.database.transaction() as cursor:
             cursor.execute(f"DELETE FROM {self.outbox_table} WHERE {where}", params)
+
+    def forget_processed(self, before: datetime, limit: int = 1000) -> int:
+        """Delete up to `limit` marks made before `before` (the oldest first); how many.
+
+        A mark only has to outlive every redelivery of its record: past the source topics'
+        retention (and the group's committed offset) the record cannot come again."""
+        table = self.processed_table
+        # Both stores compare this text with their timestamps: PostgreSQL casts it (with its
+        # offset), SQLite's CURRENT_TIMESTAMP text sorts against it (UTC, same layout).
+        cutoff = before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S+00:00")
+        with self.database.transaction() as cursor:
+            cursor.execute(
+                f"DELETE FROM {table} WHERE ce_id IN (SELECT ce_id FROM {table} "
+                "WHERE processed_at < %s ORDER BY processed_at LIMIT %s)",
+                (cutoff, limit),
+            )
+            return cursor.rowcount
 
     def processed_count(self) -> int:
         with self.database.transaction(commit=False) as cursor:

@@ -13,36 +13,30 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from uuid import UUID
 
+from consumers.contacts import Contact, Contacts
 from consumers.mailer import (
     InvalidRecipientError,
     Mailer,
     confirmation_message,
     message_id_for,
 )
-from consumers.sealed import SealedValues
 from consumers.store import insert_rows
 from lifecycle.logs import get_logger
 from lifecycle.pipeline_metrics import WITHDRAWAL_TO_SUPPRESSION, observe_since
 from lifecycle.storage import Database, lock_keys
 from schemas.contract import Envelope, ProfileV1, WithdrawalRequestedV1
 
-# An address and a display name.
-Contact = tuple[str, str]
-
 log = get_logger(__name__)
-# The sealed columns of `contacts` (consumers.sealed binds each value to its column).
-CONTACT_EMAIL = "contacts.email"
-CONTACT_NAME = "contacts.display_name"
 
 
 class WithdrawalMail:
     """Suppress, then mail; idempotent, so a repeat after a failure sends nothing twice while
     the process lives (`_sent_unrecorded`) and only what was not recorded after a crash."""
 
-    def __init__(self, database: Database, mailer: Mailer, sealed: SealedValues) -> None:
+    def __init__(self, database: Database, mailer: Mailer, contacts: Contacts) -> None:
         self.database = database
         self.mailer = mailer
-        self.sealed = sealed
+        self.contacts = contacts
         self._sent_unrecorded: dict[UUID, str] = {}  # account -> Message-ID sent, not recorded
 
     def prepare(self, envelopes: Sequence[Envelope]) -> None:
@@ -64,9 +58,10 @@ class WithdrawalMail:
                 observe_since(WITHDRAWAL_TO_SUPPRESSION, envelope.data.requested_at)
         for account_id, (ce_id, stored) in suppressed.items():
             late = profiles.get(account_id)
-            address = stored if stored or not late else (late.email, late.display_name)
-            if address is not None:
-                sends.append((account_id, ce_id, *address))
+            if stored is not None:
+                sends.append((account_id, ce_id, stored.email, stored.display_name))
+            elif late is not None:
+                sends.append((account_id, ce_id, late.email, late.display_name))
         awaiting = self._awaiting([a for a in profiles if a not in withdrawals])
         sends += [(a, ce_id, profiles[a].email, profiles[a].display_name) for a, ce_id in awaiting]
         self._send_confirmations(sends)
@@ -106,11 +101,7 @@ class WithdrawalMail:
                 f"WHERE {where} AND confirmation_sent_at IS NULL",
                 params,
             ).fetchall()
-            contacts = cursor.execute(
-                f"SELECT account_id, email, display_name FROM {db.table('contacts')} WHERE {where}",
-                params,
-            ).fetchall()
-            keys = self.sealed.keys_for(cursor, [UUID(account) for account, *_ in contacts])
+            known = self.contacts.of(cursor, list(withdrawals))
         dropped_by = {UUID(account): int(count) for account, count in queued}
         for account_id in withdrawals:
             log.info(
@@ -118,14 +109,6 @@ class WithdrawalMail:
                 account_id=str(account_id),
                 notices_dropped=dropped_by.get(account_id, 0),
             )
-        known: dict[UUID, Contact] = {}
-        for account, email, name in contacts:
-            account_id = UUID(account)
-            key = keys.get(account_id)
-            address = self.sealed.open(key, account_id, CONTACT_EMAIL, email)
-            display_name = self.sealed.open(key, account_id, CONTACT_NAME, name)
-            if address is not None and display_name is not None:
-                known[account_id] = (address, display_name)
         return {UUID(a): (ce_id, known.get(UUID(a))) for a, ce_id in unsent}
 
     def _awaiting(self, account_ids: list[UUID]) -> list[tuple[UUID, str]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from consumers import chat, mail, scout
 from consumers.faults import RetryPolicy
 from consumers.handler import Handler
-from consumers.kit import Consumer, Hooks
+from consumers.kit import MARK_RETENTION, Consumer, Hooks
 from consumers.mailer import DiscardingMailer, Mailer, SmtpMailer
 from consumers.migrations import kit_component, service_components
 from consumers.store import ConsumerStore, open_database
@@ -271,7 +271,7 @@ def service_handler(
     if name == "scout":
         return scout.ScoutHandler(database, topics), scout.subscribed_topics(topics)
     if name == "chat":
-        return chat.ChatHandler(database, topics), chat.subscribed_topics(topics)
+        return chat.ChatHandler(database, topics, keyring=keyring), chat.subscribed_topics(topics)
     if name == "mail":
         handler = mail.MailHandler(database, topics, mailer or DiscardingMailer(), keyring=keyring)
         return handler, mail.subscribed_topics(topics)
@@ -324,6 +324,7 @@ def _service_consumer(
         hooks=hooks,
         poll_timeout_s=poll_timeout_s,
         lag_interval_s=lag_interval_s,
+        mark_retention=timedelta(days=settings.consumer_mark_retention_days),
     )
 
 
@@ -338,6 +339,7 @@ def erasure_consumer(
     poll_timeout_s: float = 0.5,
     lag_interval_s: float = 1.0,
     legacy: bool = False,
+    mark_retention: timedelta = MARK_RETENTION,
 ) -> Consumer:
     """The erasure process behind the consumer kit: confirmations from `source` (which reads
     `confirmation_topics`); `legacy` also believes the shared topic of earlier releases."""
@@ -352,6 +354,7 @@ def erasure_consumer(
         hooks=hooks,
         poll_timeout_s=poll_timeout_s,
         lag_interval_s=lag_interval_s,
+        mark_retention=mark_retention,
     )
 
 
@@ -469,6 +472,7 @@ def kafka_erasure_consumer(
         hooks=hooks,
         lag_interval_s=KAFKA_LAG_INTERVAL_S,
         legacy=settings.erasure_legacy_confirmations,
+        mark_retention=timedelta(days=settings.consumer_mark_retention_days),
     )
     return ConsumerRun(consumer, [publisher.close])
 

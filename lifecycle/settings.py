@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # Roles whose audit reads may ask for personal values decrypted (each such read is
     # recorded); empty: nobody, every audit read is redacted. Example: '["auditor"]'.
     audit_decrypt_roles: list[Role] = Field(default_factory=list)
+    # How long a consumer keeps a record's de-duplication mark (`processed_events`): longer
+    # than any input topic keeps a record, so every record that can come again is recognised.
+    consumer_mark_retention_days: float = Field(default=30.0, gt=0)
     # The mail service's SMTP relay; unset, mail is logged by Message-ID and discarded.
     smtp_host: str | None = None
     smtp_port: int = 25

@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -262,6 +263,7 @@ def start_workers(
             legacy=settings.erasure_legacy_confirmations,
             retry=retry,
             poll_timeout_s=poll_interval_s,
+            mark_retention=timedelta(days=settings.consumer_mark_retention_days),
         )
         workers.consumers[ERASURE_GROUP] = confirmations
         runners.append((ERASURE_GROUP, confirmations.run))

@@ -167,9 +167,12 @@ def test_a_poison_record_lands_in_the_dead_letters_and_the_next_record_is_handle
     }
     assert set(by_source) == {garbage[0][1].value, broken.value}
     assert by_source[broken.value]["ce_id"] == f"{account_id}:2".encode()
-    # Lag: end offset minus committed position, per partition of the lifecycle topic.
-    wait_until(lambda: consumer.total_lag() == 0 and len(consumer.lag()) == 3, timeout_s=15)
-    assert {topic for topic, _ in consumer.lag()} == {topics.lifecycle}
+    # Lag: end offset minus committed position, per partition of each topic it reads.
+    inputs = set(topics.inputs_of("scout"))
+    wait_until(
+        lambda: consumer.total_lag() == 0 and len(consumer.lag()) == 3 * len(inputs), timeout_s=15
+    )
+    assert {topic for topic, _ in consumer.lag()} == inputs
 
 
 def test_two_members_of_one_group_share_the_partitions_and_apply_each_record_once(
@@ -183,7 +186,8 @@ def test_two_members_of_one_group_share_the_partitions_and_apply_each_record_onc
 
     def shared() -> bool:
         held = [source.assigned() for source in sources if isinstance(source, KafkaSource)]
-        return all(held) and len(held[0] | held[1]) == 3 and not held[0] & held[1]
+        partitions = 3 * len(topics.inputs_of("scout"))
+        return all(held) and len(held[0] | held[1]) == partitions and not held[0] & held[1]
 
     wait_until(shared, "both members hold partitions", timeout_s=60)
     accounts = [uuid.uuid4() for _ in range(60)]

@@ -14,8 +14,9 @@ from eventsourcing.persistence import OperationalError
 from support import Running, scout_received, service_stores, wait_until, withdrawal
 
 from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
-from consumers.handler import Handler, HandlerResult, PoisonRecord, erasure_confirmation
+from consumers.handler import Handler, HandlerResult, PoisonRecord
 from consumers.kit import Consumer, Hooks
+from consumers.member_data import erasure_confirmation
 from consumers.migrations import kit_component
 from consumers.store import ConsumerStore, Outgoing
 from lifecycle.kafka.inprocess import InProcessPublisher
@@ -341,3 +342,37 @@ def test_pre_published_future_ids_shadow_no_real_record_and_foreign_ids_are_refu
     assert consumer.stats.dead_lettered == 1
     [letter] = log.read(TOPICS.dlq("scout"))
     assert dict(letter.record.headers)[DLQ_ERROR_CODE] == b"contract_violation"
+
+
+def test_the_loop_forgets_marks_older_than_the_retention_and_younger_ones_still_skip_repeats(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    account = uuid.uuid4()
+    old, recent = scout_record(account, 1, "old"), scout_record(account, 2, "recent")
+    put(log, TOPICS.lifecycle, old, recent)
+    handler = RecordingHandler(database)
+    store = ConsumerStore(database)
+    consumer = Consumer(
+        "scout",
+        InProcessSource(log, [TOPICS.lifecycle]),
+        store,
+        handler,
+        log,
+        dlq_topic=TOPICS.dlq("scout"),
+        retry=FAST,
+        poll_timeout_s=0.05,
+        sweep_interval_s=0.0,  # a sweep after every poll
+    )
+    running.append(Running(consumer))
+    wait_until(lambda: consumer.stats.applied == 2)
+    assert store.processed_count() == 2
+    with database.transaction() as cursor:  # the first mark made long ago
+        cursor.execute(
+            f"UPDATE {store.processed_table} SET processed_at = %s WHERE ce_id LIKE %s",
+            ("2000-01-01 00:00:00+00:00", f"% {account}:1"),
+        )
+
+    wait_until(lambda: store.processed_count() == 1, "the old mark forgotten")
+    put(log, TOPICS.lifecycle, recent)  # redelivered within the retention: still a repeat
+    wait_until(lambda: consumer.stats.duplicates == 1)
+    assert handler.effects() == [f"{account}:1", f"{account}:2"]

@@ -165,27 +165,48 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
     database = service_store("chat")
     service = start(
         services,
-        Service("chat", database, chat.ChatHandler(database, TOPICS), [TOPICS.lifecycle]),
+        Service(
+            "chat",
+            database,
+            chat.ChatHandler(database, TOPICS, keyring=KEYRING),
+            [TOPICS.lifecycle],
+        ),
     )
     member, other = uuid.uuid4(), uuid.uuid4()
     first = chat.open_thread(database, member, "company-1")
     second = chat.open_thread(database, member, "company-2")
-    chat.post_message(database, member, first, "member", "Looking forward to the interview")
-    chat.post_message(database, member, first, "company", "See you on Monday")
-    chat.post_message(database, member, second, "company", "Would you like to talk?")
+    chat.post_message(
+        database, member, first, "member", "Looking forward to the interview", keyring=KEYRING
+    )
+    chat.post_message(database, member, first, "company", "See you on Monday", keyring=KEYRING)
+    chat.post_message(
+        database, member, second, "company", "Would you like to talk?", keyring=KEYRING
+    )
     kept = chat.open_thread(database, other, "company-1")
     assert chat.held_rows(database, member) == 5
+    with database.transaction(commit=False) as cursor:  # free text, stored sealed only
+        bodies = cursor.execute(f"SELECT body FROM {database.table('chat_messages')}").fetchall()
+        keys = cursor.execute(f"SELECT count(*) FROM {database.table('sealed_keys')}").fetchone()
+    assert keys == (1,)
+    assert all(body.startswith("sealed:v1:") for (body,) in bodies)
+    assert not any("interview" in body or "Monday" in body for (body,) in bodies)
 
     service.send(withdrawal(TOPICS, member, 2))
     wait_until(service.settled)
     assert chat.held_rows(database, member) == 0
+    with database.transaction(commit=False) as cursor:  # its key destroyed with the rows
+        assert not cursor.execute(
+            f"SELECT 1 FROM {database.table('sealed_keys')} WHERE account_id = %s", (str(member),)
+        ).fetchone()
     [confirmation] = service.confirmations()
     assert confirmation.rows_removed == 5
     with pytest.raises(AccountWithdrawnError):
         chat.open_thread(database, member, "company-3")
     with pytest.raises(AccountWithdrawnError):
-        chat.post_message(database, member, first, "company", "Are you still there?")
-    chat.post_message(database, other, kept, "member", "Hello")
+        chat.post_message(
+            database, member, first, "company", "Are you still there?", keyring=KEYRING
+        )
+    chat.post_message(database, other, kept, "member", "Hello", keyring=KEYRING)
     assert chat.held_rows(database, other) == 2
 
 

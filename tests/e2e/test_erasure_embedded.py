@@ -91,7 +91,14 @@ def test_withdrawal_completes_to_purged_in_one_process(
         app.receive_scout(member_id, scout_id=f"s{n}", company_id="c", job_id=f"j{n}")
     stores = workers.stores
     thread = chat.open_thread(stores["chat"], member_id, "c")
-    chat.post_message(stores["chat"], member_id, thread, "company", "Hello")
+    chat.post_message(
+        stores["chat"],
+        member_id,
+        thread,
+        "company",
+        "Hello",
+        keyring=service_keyring(embedded, "chat"),
+    )
     wait_until(lambda: mail.contact_known(stores["mail"], member_id), "address known")
     mailer = SmtpMailer("127.0.0.1", smtp.port)
     mail.queue_notice(stores["mail"], member_id, kind="notices", subject="s", body="first")
@@ -139,7 +146,14 @@ def test_after_purge_no_file_of_any_store_holds_a_value_or_the_wrapped_key(
     )
     stores = workers.stores
     thread = chat.open_thread(stores["chat"], member_id, "c")
-    chat.post_message(stores["chat"], member_id, thread, "member", values[4])
+    chat.post_message(
+        stores["chat"],
+        member_id,
+        thread,
+        "member",
+        values[4],
+        keyring=service_keyring(embedded, "chat"),
+    )
     wait_until(lambda: mail.contact_known(stores["mail"], member_id), "address known")
     with app.database.transaction(commit=False) as cursor:
         row = cursor.execute(

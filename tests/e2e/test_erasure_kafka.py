@@ -154,8 +154,22 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     accounts.claim_gift(member_id, company_id="c1", start_date=date(2026, 7, 1))
 
     thread = chat.open_thread(stores["chat"], member_id, "c1")
-    chat.post_message(stores["chat"], member_id, thread, "company", "Welcome aboard")
-    chat.post_message(stores["chat"], member_id, thread, "member", "Thank you")
+    chat.post_message(
+        stores["chat"],
+        member_id,
+        thread,
+        "company",
+        "Welcome aboard",
+        keyring=service_keyring(settings, "chat"),
+    )
+    chat.post_message(
+        stores["chat"],
+        member_id,
+        thread,
+        "member",
+        "Thank you",
+        keyring=service_keyring(settings, "chat"),
+    )
     chat.open_thread(stores["chat"], bystander_id, "c0")
 
     wait_until(
@@ -307,6 +321,7 @@ def test_after_purge_no_personal_value_survives_anywhere(
             chat.open_thread(stores["chat"], member_id, "c1"),
             "company",
             "Interview on Monday?",
+            keyring=service_keyring(settings, "chat"),
         )
         wait_until(lambda: mail.contact_known(stores["mail"], member_id), "profile reached mail")
         mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n")
