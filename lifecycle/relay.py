@@ -41,9 +41,6 @@ from schemas.contract import (
     lifecycle_event_id,
 )
 
-REGISTERED_TOPIC = event_names.REGISTERED
-EDITED_TOPIC = event_names.PREFERENCES_EDITED
-
 
 class Relay:
     """Publishes Account events in notification order; `run()` until stopped."""
@@ -77,7 +74,8 @@ class Relay:
         self._lock = single_active_lock(self._db, "relay", name)
         # The current batch's Registered events by account, for its edits' profile records.
         self._registered: dict[UUID, Account.Registered] = {}
-        self._position = self._load_position()
+        # Read when first needed (constructors do no I/O): on taking the lock, or by `position`.
+        self._position: int | None = None
         # When Kafka last acknowledged a batch of this relay (metrics; None: not yet).
         self.published_at: datetime | None = None
 
@@ -86,13 +84,15 @@ class Relay:
     @property
     def position(self) -> int:
         """The last notification id whose records Kafka has acknowledged."""
+        if self._position is None:
+            self._position = self._load_position()
         return self._position
 
     @property
     def lag(self) -> int:
         """Notifications recorded but not yet published."""
         newest = self.accounts.recorder.max_notification_id() or 0
-        return max(0, newest - self._position)
+        return max(0, newest - self.position)
 
     @property
     def is_active(self) -> bool:
@@ -197,7 +197,7 @@ class Relay:
 
     def _relay_batch(self) -> int:
         notifications = self.accounts.recorder.select_notifications(
-            start=self._position + 1, limit=self.batch_size
+            start=self.position + 1, limit=self.batch_size
         )
         if not notifications:
             return 0
@@ -210,10 +210,12 @@ class Relay:
         unopened = {
             n.id: self._account_event(n, opened=False)
             for n in notifications
-            if n.topic != REGISTERED_TOPIC
+            if n.topic != event_names.REGISTERED
         }
         registering = {
-            self._db.to_uuid(n.originator_id) for n in notifications if n.topic == REGISTERED_TOPIC
+            self._db.to_uuid(n.originator_id)
+            for n in notifications
+            if n.topic == event_names.REGISTERED
         }
         wanted = {
             event.originator_id
@@ -234,7 +236,7 @@ class Relay:
                 continue
             event = (
                 self._account_event(notification, opened=True)
-                if notification.topic == REGISTERED_TOPIC
+                if notification.topic == event_names.REGISTERED
                 else unopened[notification.id]
             )
             if event is None:
