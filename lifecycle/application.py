@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -42,8 +43,10 @@ from lifecycle.errors import (
     AccountPurgedError,
     ConcurrentUpdateError,
     KeyDestroyedError,
+    LifecycleError,
 )
 from lifecycle.group_commit import DEFAULT_MAX_BATCH, GroupCommitWriter
+from lifecycle.hot_accounts import HotAccounts
 from lifecycle.idempotency import DEFAULT_TTL_S, IdempotencyStore
 from lifecycle.keyring import derive
 from lifecycle.pipeline_metrics import WITHDRAWAL_TO_PURGED, observe_since
@@ -122,6 +125,7 @@ class Accounts(Application[UUID]):
         if isinstance(self.recorder, PostgresKeyRecorder):
             self.recorder.key_seen = self.vault.remember_wrapped
         self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)
+        self.hot_accounts = HotAccounts(KeyVault.CACHE_SECONDS)
 
     def save(
         self,
@@ -205,29 +209,20 @@ class Accounts(Application[UUID]):
             self.vault.drop_fresh(account_id)
 
     def edit_preferences(self, account_id: UUID, **parts: Any) -> list[str]:
-        def attempt() -> list[str]:
-            account = self.get_account(account_id)
-            changed = account.edit_preferences(**parts)
-            self.save(account)
-            return changed
-
-        return self._retrying(attempt)
+        return self._command(account_id, lambda account: account.edit_preferences(**parts))
 
     def receive_scout(
         self, account_id: UUID, *, scout_id: str, company_id: str, job_id: str
     ) -> bool:
-        def attempt() -> bool:
-            account = self.get_account(account_id)
-            recorded = account.receive_scout(
+        return self._command(
+            account_id,
+            lambda account: account.receive_scout(
                 scout_id=scout_id,
                 company_id=company_id,
                 job_id=job_id,
                 received_at=datetime.now(UTC),
-            )
-            self.save(account)
-            return recorded
-
-        return self._retrying(attempt)
+            ),
+        )
 
     def receive_scouts(self, items: Sequence[ScoutItem]) -> list[ScoutOutcome]:
         """Each item as `receive_scout` would record it, in order; all durable on return
@@ -235,12 +230,10 @@ class Accounts(Application[UUID]):
         return BulkScouts(self).receive(items)
 
     def claim_gift(self, account_id: UUID, *, company_id: str, start_date: date) -> None:
-        def attempt() -> None:
-            account = self.get_account(account_id)
-            account.claim_gift(company_id=company_id, start_date=start_date)
-            self.save(account)
-
-        self._retrying(attempt)
+        self._command(
+            account_id,
+            lambda account: account.claim_gift(company_id=company_id, start_date=start_date),
+        )
 
     def request_withdrawal(
         self,
@@ -251,16 +244,40 @@ class Accounts(Application[UUID]):
         comment: str | None = None,
         acknowledge_gift_loss: bool = False,
     ) -> bool:
-        def attempt() -> bool:
-            account = self.get_account(account_id)
-            requested = account.request_withdrawal(
+        return self._command(
+            account_id,
+            lambda account: account.request_withdrawal(
                 reason=reason,
                 reason_details=reason_details,
                 comment=comment,
                 acknowledge_gift_loss=acknowledge_gift_loss,
-            )
+            ),
+        )
+
+    def _command(self, account_id: UUID, run: Callable[[Account], T]) -> T:
+        """`run` on the account and save what it recorded: on the copy this process saved a
+        moment ago when it has one (lifecycle.hot_accounts), trusted only once its events
+        passed the store's version check; otherwise, or when that copy recorded nothing, was
+        refused or conflicted, on a fresh load, retried on conflicts."""
+        if (hot := self.hot_accounts.take(account_id)) is not None:
+            expires, account = hot
+            try:
+                result = run(account)
+                if account.pending_events:
+                    self.save(account)
+                    self.hot_accounts.put(account, expires)
+                    return result
+            except (IntegrityError, LifecycleError):
+                pass  # maybe stale: a fresh load decides
+
+        def attempt() -> T:
+            # The copy kept lives no longer than the key read with this load stays cached.
+            expires = time.monotonic() + self.hot_accounts.seconds
+            account = self.get_account(account_id)
+            result = run(account)
             self.save(account)
-            return requested
+            self.hot_accounts.put(account, expires)
+            return result
 
         return self._retrying(attempt)
 
@@ -281,6 +298,7 @@ class Accounts(Application[UUID]):
             return True
 
         purged = self._retrying(attempt)
+        self.hot_accounts.forget(account_id)
         self.vault.forget(account_id)
         # Kept answers hold no value, but their payload fingerprints go with the account.
         self.idempotency.erase_account(account_id)
@@ -334,6 +352,7 @@ class Accounts(Application[UUID]):
             return True
 
         recorded = self._retrying(attempt)
+        self.hot_accounts.forget(account_id)
         self.vault.forget(account_id)
         return recorded
 
