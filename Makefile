@@ -1,5 +1,5 @@
 # The two entry points of the README: `make run` (embedded default) and `make test` (everything).
-# `make test-fast`: the tests that need no PostgreSQL and no Kafka (no services started).
+# `make test-fast`: the tests that need no PostgreSQL and no Kafka and are not slow (no services).
 PYTHON ?= python3
 # pytest-xdist workers. The suite waits on servers and subprocesses more than it computes, so
 # more workers than this machine's two cores pay off (README, Tests).
@@ -23,8 +23,9 @@ test: install
 	$(MAKE) --no-print-directory -j2 services lint
 	scripts/test-tiers $(TEST_WORKERS)
 
+# Two workers: it computes rather than waits, and each worker collects the whole suite again.
 test-fast: install
-	$(BIN)/pytest -n $(TEST_WORKERS) -m "not postgres and not kafka"
+	$(BIN)/pytest -n 2 -m "not postgres and not kafka and not slow"
 
 # Every interpreter the tests start (xdist workers, CLI and worker subprocesses) reads compiled
 # bytecode instead of compiling its imports again (about a second of CPU each), even where the

@@ -59,6 +59,22 @@ SERVER_FIXTURES = {
     "kafka_cluster": "kafka",
 }
 SERVER_PARAMS = {("backend", "postgres"): "postgres"}
+# Modules and tests marked `slow` (a node id up to its parameters, or a whole module): they
+# start interpreters or tools as subprocesses, or generate many examples (property-based,
+# fuzzing). `make test-fast` leaves them out with the server tiers, so it stays a loop to run
+# while editing (about 50 s of CPU); `make test` runs them all.
+SLOW = (
+    "tests/cli/test_cli.py",
+    "tests/api/test_openapi_fuzz.py",
+    "tests/unit/test_account_properties.py",
+    "tests/unit/test_alert_rules.py",
+    "tests/unit/test_kit_imports.py",
+    "tests/unit/test_transcoding.py::test_decodes_like_the_library",
+    "tests/api/test_problems.py::test_no_client_input_causes_a_server_error",
+    "tests/integration/test_migrations.py::test_migrate_on_the_command_line_reports_and_is_idempotent",
+    "tests/integration/test_key_rotation.py::test_rotation_resumes_after_kill_9",
+    "tests/integration/test_backup_restore.py::test_reshred_on_the_embedded_default_reports_nothing_to_do",
+)
 # Fixtures of servers that one worker starts once per run: every test using one goes to that
 # worker (`--dist loadgroup`; xdist hands out the biggest group first).
 SERVER_GROUPS = {
@@ -91,9 +107,12 @@ os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off")
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs PostgreSQL or Kafka, so the fast tier can leave them out,
-    and group the tests sharing a server of their own on one xdist worker."""
+    """Mark every test that needs PostgreSQL or Kafka (and the slow ones), so the fast tier
+    can leave them out, and group the tests sharing a server of their own on one worker."""
     for item in items:
+        module, _, test = item.nodeid.partition("::")
+        if module in SLOW or f"{module}::{test.partition('[')[0]}" in SLOW:
+            item.add_marker(pytest.mark.slow)
         fixtures = getattr(item, "fixturenames", ())
         for group in sorted({SERVER_GROUPS[name] for name in fixtures if name in SERVER_GROUPS}):
             item.add_marker(pytest.mark.xdist_group(group))
