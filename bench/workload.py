@@ -18,7 +18,8 @@ from eventsourcing.postgres import PostgresDatastore
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import KeyVault, PersonalDataMapper, holder_token, new_master_key
-from lifecycle.domain import Account, EmailClaim
+from lifecycle.domain import Account
+from lifecycle.email_claim import EmailClaim
 from lifecycle.settings import Settings, token_digest
 
 SERVICE_TOKEN = "bench-service-token"  # a benchmark-only bearer token

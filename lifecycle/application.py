@@ -28,16 +28,11 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 
 from lifecycle import event_names, tracing
+from lifecycle.account_terms import REDACTED, AccountStatus, WithdrawalReason
 from lifecycle.bulk_scouts import BulkScouts, ScoutItem, ScoutOutcome
 from lifecycle.crypto import KEYS_TABLE, KeyVault, PersonalDataMapper, keyed_id, keyring_from_env
-from lifecycle.domain import (
-    REDACTED,
-    Account,
-    AccountStatus,
-    EmailClaim,
-    WithdrawalReason,
-    legacy_holder,
-)
+from lifecycle.domain import Account
+from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import (
     AccountNotFoundError,
     AccountPurgedError,

@@ -24,13 +24,13 @@ from consumers.migrations import kit_component, service_components
 from consumers.store import ConsumerStore, open_database
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
-from lifecycle.crypto import MasterKeyError, decode_master_key
+from lifecycle.crypto import decode_master_key
 from lifecycle.data_export.intake import PartIntake
 from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.intake import ConfirmationIntake
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
-from lifecycle.errors import LifecycleError, StartupError
+from lifecycle.errors import LifecycleError, MasterKeyError, StartupError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher, Publisher
 from lifecycle.kafka.source import InProcessSource, KafkaSource, Source

@@ -16,7 +16,8 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, CanMutateProtocol, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError
 
-from lifecycle.domain import Account, AccountStatus
+from lifecycle.account_terms import AccountStatus
+from lifecycle.domain import Account
 from lifecycle.errors import AccountNotFoundError, ConcurrentUpdateError, LifecycleError
 
 if TYPE_CHECKING:

@@ -35,8 +35,9 @@ from eventsourcing.persistence import (
 )
 
 from lifecycle import event_names, tracing
-from lifecycle.domain import REDACTED, Account
-from lifecycle.errors import KeyDestroyedError, LifecycleError
+from lifecycle.account_terms import REDACTED
+from lifecycle.domain import Account
+from lifecycle.errors import KeyDestroyedError, MasterKeyError
 from lifecycle.keyring import (
     FileKeyring,
     Keyring,
@@ -49,14 +50,9 @@ from lifecycle.keyring import (
 from lifecycle.storage import Database
 
 SEALED_FIELD = "sealed"
-PURGED_TOPIC = event_names.PURGED
 # What the refusing trigger raises, on both backends.
 KEY_DESTROYED = "key_destroyed"
 KEYS_TABLE = "account_keys"
-
-
-class MasterKeyError(LifecycleError):
-    code = "master_key_invalid"
 
 
 def decode_master_key(encoded: str) -> bytes:
@@ -95,7 +91,7 @@ def keyed_id(key: bytes, value: str) -> UUID:
 
 def holder_token(data_key: bytes, claim_id: UUID) -> str:
     """Who holds an e-mail claim, as only the holder's own data key can say (see
-    lifecycle.domain.EmailClaim): unlinkable once that key is destroyed."""
+    lifecycle.email_claim.EmailClaim): unlinkable once that key is destroyed."""
     return hmac.new(data_key, b"email-claim|" + claim_id.bytes, hashlib.sha256).hexdigest()
 
 
@@ -271,7 +267,7 @@ class KeyVault:
                 for row in cursor.execute(
                     f"SELECT originator_id FROM {db.events_table} WHERE topic = %s "
                     f"UNION SELECT account_id FROM {db.table('destroyed_keys')}",
-                    (PURGED_TOPIC,),
+                    (event_names.PURGED,),
                 ).fetchall()
             }
             purged |= {db.id_param(account_id) for account_id in also_purged}

@@ -2,73 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 
 from lifecycle import addresses, event_names
+from lifecycle.account_terms import (
+    EDITABLE_PARTS,
+    GIFT_AMOUNT_JPY,
+    GIFT_KIND,
+    MAX_COMMENT_LENGTH,
+    MERGED_PARTS,
+    WITHDRAWAL_REASON_DETAILS,
+    AccountStatus,
+    Channel,
+    WithdrawalReason,
+    default_notifications,
+    normalise_email,
+)
 from lifecycle.errors import (
     AccountNotWithdrawingError,
     AccountPurgedError,
     AccountWithdrawingError,
-    EmailAlreadyClaimedError,
     GiftAlreadyClaimedError,
     GiftNotEligibleError,
     GiftUnclaimedError,
     InvalidCommandError,
 )
-
-REDACTED = "[redacted]"  # what a personal value that no key opens any more reads back as
-
-GIFT_KIND = "gift_card"
-GIFT_AMOUNT_JPY = 5000
-MAX_COMMENT_LENGTH = 1000
-
-
-class AccountStatus(StrEnum):
-    ACTIVE = "active"
-    WITHDRAWING = "withdrawing"
-    PURGED = "purged"
-
-
-class WithdrawalReason(StrEnum):
-    HIRED_VIA_PLATFORM = "hired_via_platform"
-    HIRED_ELSEWHERE = "hired_elsewhere"
-    TOO_MANY_NOTIFICATIONS = "too_many_notifications"
-    POSTINGS_MISMATCH = "postings_mismatch"
-    HARD_TO_USE = "hard_to_use"
-    OTHER = "other"
-
-
-# What a member may add to a reason, as codes (never free text): which of the reason's parts
-# weighed. Version 2 of WithdrawalRequested records them; version-1 events read as none given.
-WITHDRAWAL_REASON_DETAILS: dict[str, tuple[str, ...]] = {
-    WithdrawalReason.HIRED_VIA_PLATFORM: (),
-    WithdrawalReason.HIRED_ELSEWHERE: ("agent", "direct_application", "referral", "other_platform"),
-    WithdrawalReason.TOO_MANY_NOTIFICATIONS: ("scouts", "recommendations", "notices"),
-    WithdrawalReason.POSTINGS_MISMATCH: ("location", "salary", "job_type", "industry", "seniority"),
-    WithdrawalReason.HARD_TO_USE: ("app", "web", "search", "messaging"),
-    WithdrawalReason.OTHER: (),
-}
-
-
-class Channel(StrEnum):
-    WEB = "web"
-    APP = "app"
-
-
-# Parts of the account a member may edit; each maps to a field of PreferencesEdited.
-EDITABLE_PARTS = ("profile", "job_title", "work_history", "desired", "notifications")
-# Parts edited field by field rather than replaced whole.
-MERGED_PARTS = ("profile", "desired", "notifications")
-
-
-def normalise_email(email: str) -> str:
-    """Compare addresses as people mean them: NFKC, trimmed, case-folded."""
-    return addresses.fold(email)
 
 
 class Account(Aggregate):
@@ -273,19 +236,13 @@ class Account(Aggregate):
     def edit_preferences(self, **parts: Any) -> list[str]:
         """Record only the parts that differ; returns the names of the parts changed."""
         self.check_account_is_active()
-        unknown = set(parts) - set(EDITABLE_PARTS)
-        if unknown:
-            raise InvalidCommandError("unknown_preference_part")
+        self.check_preference_parts_are_known(parts)
         for part in MERGED_PARTS:
             if parts.get(part) is not None:
                 # Fields left out keep their value, a None clears one; merged here, inside
                 # the command, so two concurrent edits of different fields both land.
                 parts[part] = _without_none({**getattr(self, part), **parts[part]})
-        changes = {
-            part: value
-            for part, value in parts.items()
-            if value is not None and value != getattr(self, part)
-        }
+        changes = {p: v for p, v in parts.items() if v is not None and v != getattr(self, p)}
         if changes:
             self.trigger_event(
                 self.PreferencesEdited, **{part: changes.get(part) for part in EDITABLE_PARTS}
@@ -297,7 +254,7 @@ class Account(Aggregate):
     ) -> bool:
         """Record a scout once per scout id; returns False when it was already seen."""
         self.check_account_is_active()
-        if scout_id in self.scouts:
+        if self.has_scout(scout_id):
             return False
         self.trigger_event(
             self.ScoutReceived,
@@ -372,6 +329,29 @@ class Account(Aggregate):
     def gift_forfeited_by_withdrawal(self) -> bool:
         return self.gift is None and self.gift_eligible
 
+    def has_scout(self, scout_id: str) -> bool:
+        return scout_id in self.scouts
+
+    def check_scout_is_new(self, scout_id: str) -> None:
+        """A scout id is recorded once (`receive_scout` answers a repeat without an event)."""
+        if self.has_scout(scout_id):
+            raise InvalidCommandError("scout_already_received")
+
+    @staticmethod
+    def check_preference_parts_are_known(parts: Iterable[str]) -> None:
+        if set(parts) - set(EDITABLE_PARTS):
+            raise InvalidCommandError("unknown_preference_part")
+
+    def check_parts_change(self, parts: dict[str, Any]) -> None:
+        """An edit records only parts that differ (`edit_preferences` drops the others)."""
+        if not parts or any(value == getattr(self, part) for part, value in parts.items()):
+            raise InvalidCommandError("preference_unchanged")
+
+    def check_gift_forfeit(self, forfeited: bool) -> None:
+        """A withdrawal forfeits the gift exactly when it could still have been claimed."""
+        if forfeited != self.gift_forfeited_by_withdrawal:
+            raise InvalidCommandError("gift_forfeit_mismatch")
+
     def check_account_is_not_purged(self) -> None:
         if self.status is AccountStatus.PURGED:
             raise AccountPurgedError("account_purged")
@@ -443,87 +423,3 @@ class Account(Aggregate):
 
 def _without_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
-
-
-def default_notifications() -> dict[str, bool]:
-    return {"scouts": True, "recommendations": True, "notices": True}
-
-
-def legacy_holder(account_id: UUID | str) -> str:
-    """The holder of a claim recorded before holders were sealed: the account id itself."""
-    return f"account:{account_id}"
-
-
-class EmailClaim(Aggregate):
-    """Which account holds an e-mail address now; saved with the account, so claims are atomic.
-
-    Its id is a keyed hash of the address (see lifecycle.application), never the address. Its
-    holder is a keyed hash of the claim id under the holding account's own data key
-    (lifecycle.crypto.holder_token), never the account id: the application recomputes it to
-    claim and to release, and once `Purged` destroys that key nobody, not even whoever holds
-    every remaining key, can tell which account a claim event was about."""
-
-    TOPIC = event_names.EMAIL_CLAIM
-
-    class Event(Aggregate.Event):
-        personal_fields: ClassVar[tuple[str, ...]] = ()
-
-        def apply(self, aggregate: Any) -> None:
-            aggregate.fold(self)
-
-    class Claimed(Event):
-        TOPIC = event_names.EMAIL_CLAIMED
-        class_version = 2
-        holder: str
-
-        @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
-            state["holder"] = legacy_holder(state.pop("account_id"))
-
-    class Released(Event):
-        TOPIC = event_names.EMAIL_RELEASED
-        class_version = 2
-        holder: str
-
-        @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
-            state["holder"] = legacy_holder(state.pop("account_id"))
-
-    holder: str | None
-
-    class Created(Event, Aggregate.Created):
-        TOPIC = event_names.EMAIL_CLAIM_CREATED
-        class_version = 1
-
-    def __init__(self) -> None:
-        self.holder = None
-
-    @classmethod
-    def open(cls, claim_id: UUID) -> EmailClaim:
-        return cls._create(cls.Created, id=claim_id)
-
-    def fold(self, event: Aggregate.Event) -> None:
-        match event:
-            case EmailClaim.Created():
-                self.holder = None
-            case EmailClaim.Claimed():
-                self.holder = event.holder
-            case EmailClaim.Released():
-                self.holder = None
-
-    def claim(self, holder: str) -> None:
-        self.check_claimable_by(holder)
-        if self.holder is None:
-            self.trigger_event(self.Claimed, holder=holder)
-
-    def release(self, *holders: str) -> None:
-        """Released when held by any of `holders` (an account's sealed and legacy holder)."""
-        if self.is_held_by(*holders):
-            self.trigger_event(self.Released, holder=self.holder)
-
-    def check_claimable_by(self, holder: str) -> None:
-        if self.holder is not None and self.holder != holder:
-            raise EmailAlreadyClaimedError("email_in_use")
-
-    def is_held_by(self, *holders: str) -> bool:
-        return self.holder is not None and self.holder in holders

@@ -1,11 +1,12 @@
-"""The errors the application raises to its callers on purpose: the `LifecycleError` hierarchy,
-each with a stable `code`, which the HTTP edge maps to a status.
+"""The errors the service raises to its callers on purpose: the `LifecycleError` hierarchy,
+each with a stable `code`, which the HTTP edge maps to a status (`lifecycle/api/problems.py`)
+and the CLI prints.
 
-Subclasses live where their layer is: the HTTP edge's own (authentication, permission,
-readiness) in `lifecycle/api/problems.py`, `MasterKeyError` (bad key configuration, at start-up)
-in `lifecycle/crypto.py`. Infrastructure and the consumer kit import no core module, so they
-raise plain exceptions of their own (`PublishError`, `KeyringError`, `TransientError`, ...),
-which the application and the entrypoints translate before a caller sees them.
+Every subclass lives here but one: `AuthenticationError`, which carries the HTTP challenge
+header, stays at the HTTP edge (`lifecycle/api/problems.py`). Infrastructure and the consumer
+kit import no core module, so they raise plain exceptions of their own (`PublishError`,
+`KeyringError`, `BrokerUnavailableError`, `TransientError`, ...), which the application and
+the entrypoints translate before a caller sees them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,30 @@ class KeyDestroyedError(LifecycleError):
     """A data key was destroyed; nothing may create or restore it again."""
 
     code = "key_destroyed"
+
+
+class MasterKeyError(LifecycleError):
+    """The configured master key is unusable (at start-up)."""
+
+    code = "master_key_invalid"
+
+
+class ChainMismatchError(LifecycleError):
+    """A rebuilt chain differs from the live one: stored events changed since they were chained."""
+
+    code = "hash_chain_mismatch"
+
+
+class NotReadyError(LifecycleError):
+    """The service cannot serve requests yet (or any more): its database does not answer."""
+
+    code = "not_ready"
+
+
+class KafkaUnavailableError(NotReadyError):
+    """Kafka is needed for this request and does not answer (or is not configured)."""
+
+    code = "kafka_unavailable"
 
 
 class StartupError(LifecycleError):

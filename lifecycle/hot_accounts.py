@@ -21,7 +21,8 @@ import time
 from collections import OrderedDict
 from uuid import UUID
 
-from lifecycle.domain import Account, AccountStatus
+from lifecycle.account_terms import AccountStatus
+from lifecycle.domain import Account
 
 DEFAULT_SIZE = 10_000
 

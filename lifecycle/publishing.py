@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from uuid import UUID
 
+from lifecycle.account_terms import REDACTED
 from lifecycle.data_export_aggregate import DataExport
-from lifecycle.domain import REDACTED, Account
+from lifecycle.domain import Account
 from lifecycle.kafka.inspector import SourceRecord
 from schemas.contract import (
     ContractModel,

@@ -40,9 +40,6 @@ from schemas.contract import (
     lifecycle_event_id,
 )
 
-REGISTERED_TOPIC = event_names.REGISTERED
-EDITED_TOPIC = event_names.PREFERENCES_EDITED
-
 
 class Relay:
     """Publishes Account events in notification order; `run()` until stopped."""
@@ -76,7 +73,8 @@ class Relay:
         self._lock = single_active_lock(self._db, "relay", name)
         # The current batch's Registered events by account, for its edits' profile records.
         self._registered: dict[UUID, Account.Registered] = {}
-        self._position = self._load_position()
+        # Read when first needed (constructors do no I/O): on taking the lock, or by `position`.
+        self._position: int | None = None
         # When Kafka last acknowledged a batch of this relay (metrics; None: not yet).
         self.published_at: datetime | None = None
 
@@ -85,13 +83,15 @@ class Relay:
     @property
     def position(self) -> int:
         """The last notification id whose records Kafka has acknowledged."""
+        if self._position is None:
+            self._position = self._load_position()
         return self._position
 
     @property
     def lag(self) -> int:
         """Notifications recorded but not yet published."""
         newest = self.accounts.recorder.max_notification_id() or 0
-        return max(0, newest - self._position)
+        return max(0, newest - self.position)
 
     @property
     def is_active(self) -> bool:
@@ -196,7 +196,7 @@ class Relay:
 
     def _relay_batch(self) -> int:
         notifications = self.accounts.recorder.select_notifications(
-            start=self._position + 1, limit=self.batch_size
+            start=self.position + 1, limit=self.batch_size
         )
         if not notifications:
             return 0
@@ -320,11 +320,11 @@ class Relay:
     ) -> dict[UUID, Account.Registered]:
         """The Registered event of each account a batch's edit belongs to, when the batch does
         not hold it: one query for the batch, not one per edit."""
-        in_batch = {n.originator_id for n in notifications if n.topic == REGISTERED_TOPIC}
+        in_batch = {n.originator_id for n in notifications if n.topic == event_names.REGISTERED}
         wanted = {
             n.originator_id
             for n in notifications
-            if n.topic == EDITED_TOPIC and n.originator_id not in in_batch
+            if n.topic == event_names.PREFERENCES_EDITED and n.originator_id not in in_batch
         }
         if not wanted:
             return {}

@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lifecycle.crypto import MasterKeyError, decode_master_key
+from lifecycle.crypto import decode_master_key
+from lifecycle.errors import MasterKeyError
 from lifecycle.kafka.admin import HOUR_MS, TopicSettings
 from lifecycle.kafka.security import KafkaSecurity, KafkaSecurityError, Mechanism
 from lifecycle.kafka.security import Protocol as KafkaProtocol

@@ -40,9 +40,8 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import get_topic
 
-from lifecycle import event_names
+from lifecycle.account_terms import REDACTED
 from lifecycle.crypto import SEALED_FIELD
-from lifecycle.domain import REDACTED
 from lifecycle.storage import Cursor, Database, SqlDialect
 
 APPLICATION_NAME = "Accounts"
@@ -144,9 +143,6 @@ class FactsMapper(Mapper[UUID]):
 
 def facts_mapper(mapper: Mapper[UUID]) -> FactsMapper:
     return FactsMapper(transcoder=mapper.transcoder)
-
-
-ACCOUNT_EVENT_TOPICS = event_names.ACCOUNT_EVENTS
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from lifecycle.domain import Account, AccountStatus
+from lifecycle import event_names
+from lifecycle.account_terms import AccountStatus
+from lifecycle.domain import Account
 from lifecycle.storage import read_timestamp
 from projections.base import (
-    ACCOUNT_EVENT_TOPICS,
     ReadModel,
     Statement,
     as_uuid,
@@ -34,7 +35,7 @@ TIMESTAMPS = {"registered_at", "updated_at", "gift_claimed_at", "withdrawn_at", 
 
 class AccountDirectory(ReadModel):
     name = "account_directory"
-    topics = ACCOUNT_EVENT_TOPICS
+    topics = event_names.ACCOUNT_EVENTS
     tables = ("account_directory",)
 
     def create_statements(self) -> list[str]:

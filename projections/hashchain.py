@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 from eventsourcing.persistence import Notification
 
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import ChainMismatchError
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor
 from projections.base import Item, ReadModel, as_uuid
@@ -28,12 +28,6 @@ GENESIS = bytes(32)
 PAGE = 1000
 
 log = get_logger(__name__)
-
-
-class ChainMismatchError(LifecycleError):
-    """A rebuilt chain differs from the live one: stored events changed since they were chained."""
-
-    code = "hash_chain_mismatch"
 
 
 def link(previous: bytes, notification: Notification) -> bytes:

@@ -1,8 +1,8 @@
 """`AccountOut`: the account as a member sees it, from the aggregate's current state.
 
-A personal value whose key is gone reads as `[redacted]` (lifecycle.domain.REDACTED), whatever
-its type was: the view takes the marker in place of the value rather than failing validation
-(which would answer 500).
+A personal value whose key is gone reads as `[redacted]` (lifecycle.account_terms.REDACTED),
+whatever its type was: the view takes the marker in place of the value rather than failing
+validation (which would answer 500).
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
+from lifecycle.account_terms import REDACTED, Channel, WithdrawalReason, default_notifications
 from lifecycle.api.models import Gift
-from lifecycle.domain import REDACTED, Account, Channel, WithdrawalReason, default_notifications
+from lifecycle.domain import Account
 
 Redacted = Literal["[redacted]"]
-REDACTED_OUT: Redacted = "[redacted]"  # lifecycle.domain.REDACTED, as a type a schema can name
+REDACTED_OUT: Redacted = (
+    "[redacted]"  # lifecycle.account_terms.REDACTED, as a type a schema can name
+)
 
 
 def is_redacted(value: object) -> bool:

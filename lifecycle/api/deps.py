@@ -12,13 +12,13 @@ from uuid import UUID
 from fastapi import Depends, FastAPI, Path, Query, Request
 
 from lifecycle.api.auth import AuditorCaller, OpsCaller
-from lifecycle.api.problems import NotReadyError, request_id_of
+from lifecycle.api.problems import request_id_of
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_data_exports, build_erasure, erasure_status_query
 from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
-from lifecycle.errors import AccountNotFoundError
+from lifecycle.errors import AccountNotFoundError, NotReadyError
 from lifecycle.kafka.inspector import KafkaInspector, KafkaInspectorClient, NoKafka
 from lifecycle.services.actions import Actor
 from lifecycle.services.audit import AuditReads

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from lifecycle import addresses
-from lifecycle.domain import (
+from lifecycle.account_terms import (
     GIFT_AMOUNT_JPY,
     GIFT_KIND,
     MAX_COMMENT_LENGTH,

@@ -24,9 +24,11 @@ from lifecycle.errors import (
     GiftNotEligibleError,
     GoneError,
     InvalidCommandError,
+    KafkaUnavailableError,
     KeyDestroyedError,
     LifecycleError,
     NotFoundError,
+    NotReadyError,
     PermissionDeniedError,
 )
 from lifecycle.kafka.inspector import BrokerUnavailableError
@@ -51,18 +53,6 @@ class AuthenticationError(LifecycleError):
         if invalid_token:
             challenge += ', error="invalid_token"'
         self.headers = {"WWW-Authenticate": challenge}
-
-
-class NotReadyError(LifecycleError):
-    """The service cannot serve requests yet (or any more): its database does not answer."""
-
-    code = "not_ready"
-
-
-class KafkaUnavailableError(NotReadyError):
-    """Kafka is needed for this request and does not answer (or is not configured)."""
-
-    code = "kafka_unavailable"
 
 
 # Most specific first is not required: the lookup walks each error's MRO.

@@ -33,7 +33,6 @@ class Verdict:
     """One dependency's last check: None when it answered, else a data-free detail."""
 
     problem: str | None
-    at: float
 
 
 class Refresher(Generic[T]):
@@ -144,7 +143,7 @@ class Readiness:
             previous = self._checkers[name].latest()
             if previous is None or previous[0].problem is None:
                 log.warning("not_ready", dependency=name, error_type=type(error).__name__)
-            return Verdict(f"{name} does not answer", time.monotonic())
+            return Verdict(f"{name} does not answer")
 
         return failed
 
@@ -152,6 +151,6 @@ class Readiness:
 def _verdict_of(check: Callable[[], None]) -> Callable[[], Verdict]:
     def run() -> Verdict:
         check()
-        return Verdict(None, time.monotonic())
+        return Verdict(None)
 
     return run

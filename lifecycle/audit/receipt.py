@@ -32,10 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from lifecycle import event_names
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.audit.verify import chain_point, verify
 from lifecycle.crypto import KEYS_TABLE
-from lifecycle.domain import Account, AccountStatus
+from lifecycle.domain import Account
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.admin import TopicSettings
@@ -50,7 +51,6 @@ SIGNING_PURPOSE = "lifecycle/erasure-receipt-signing"
 ALGORITHM = "Ed25519"
 KIND = "erasure-receipt"
 VERSION = 1
-PURGED_TOPIC = event_names.PURGED
 
 log = get_logger(__name__)
 
@@ -297,7 +297,7 @@ class Receipts:
             row = cursor.execute(
                 f"SELECT {position}, originator_version FROM {db.events_table} "
                 "WHERE originator_id = %s AND topic = %s",
-                (db.id_param(account_id), PURGED_TOPIC),
+                (db.id_param(account_id), event_names.PURGED),
             ).fetchone()
         assert row is not None, "called for purged accounts only"
         return int(row[0]), int(row[1])

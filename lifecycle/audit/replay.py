@@ -23,14 +23,14 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import resolve_topic
 
 from lifecycle import event_names
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.audit.pages import stream_pages
-from lifecycle.domain import Account, AccountStatus, EmailClaim, legacy_holder
+from lifecycle.domain import Account
+from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
 
-PURGED_TOPIC = event_names.PURGED
-REGISTERED_TOPIC = event_names.REGISTERED
 LEGACY_PREFIX = legacy_holder("")
 
 ProgressCallback = Callable[[int, int], None]
@@ -94,8 +94,15 @@ RULES: dict[type, tuple[Rule, ...]] = {
         ("display_name_given", lambda a, e: Account.check_display_name_is_given(e.display_name)),
         ("channel_known", lambda a, e: Account.check_channel_is_known(e.channel)),
     ),
-    Account.PreferencesEdited: (("active_only", lambda a, e: a.check_account_is_active()),),
-    Account.ScoutReceived: (("active_only", lambda a, e: a.check_account_is_active()),),
+    Account.PreferencesEdited: (
+        ("active_only", lambda a, e: a.check_account_is_active()),
+        ("parts_known", lambda a, e: a.check_preference_parts_are_known(e.changed_parts)),
+        ("parts_change", lambda a, e: a.check_parts_change(_edited_parts(e))),
+    ),
+    Account.ScoutReceived: (
+        ("active_only", lambda a, e: a.check_account_is_active()),
+        ("scout_once", lambda a, e: a.check_scout_is_new(e.scout_id)),
+    ),
     Account.GiftClaimed: (
         ("active_only", lambda a, e: a.check_account_is_active()),
         ("one_gift", lambda a, e: a.check_gift_is_unclaimed()),
@@ -111,6 +118,7 @@ RULES: dict[type, tuple[Rule, ...]] = {
             "gift_loss_acknowledged",
             lambda a, e: a.check_gift_loss_is_acknowledged(e.reason, e.acknowledged_gift_loss),
         ),
+        ("gift_forfeited_flag", lambda a, e: a.check_gift_forfeit(e.gift_forfeited)),
     ),
     Account.Purged: (("purge_after_withdrawal", lambda a, e: a.check_account_is_withdrawing()),),
 }
@@ -134,7 +142,7 @@ def replay(
         progress(report.events, max(total, report.events))
     # Every account not purged holds one claim, and a purge releases it: more held claims than
     # such accounts means a purge that kept its address. Counted, since a sealed holder names
-    # no account (see lifecycle.domain.EmailClaim).
+    # no account (see lifecycle.email_claim.EmailClaim).
     live = report.unfolded_accounts + sum(
         n for status, n in report.accounts.items() if status != AccountStatus.PURGED.value
     )
@@ -254,6 +262,10 @@ def _mutated(event: Any, aggregate: Any, found: list[Violation], subject: str, v
         return None
 
 
+def _edited_parts(event: Any) -> dict[str, Any]:
+    return {part: getattr(event, part) for part in event.changed_parts}
+
+
 def _registration_rules(event: Any) -> Iterator[tuple[str, str]]:
     """What `Account.register` would have refused of the first event."""
     for rule, check in RULES[Account.Registered]:
@@ -279,13 +291,6 @@ def _account_rules(account: Account, event: Any) -> Iterator[tuple[str, str]]:
             check(account, event)
         except LifecycleError as error:
             yield rule, f"{name} while {account.status.value}: {error.code}"
-    if isinstance(event, Account.ScoutReceived) and event.scout_id in account.scouts:
-        yield "scout_once", "a scout id recorded twice"
-    if (
-        isinstance(event, Account.WithdrawalRequested)
-        and event.gift_forfeited != account.gift_forfeited_by_withdrawal
-    ):
-        yield "gift_forfeited_flag", f"gift_forfeited={event.gift_forfeited} does not follow"
 
 
 def _fold_claim(
@@ -327,7 +332,7 @@ def _fresh_keys(accounts: Accounts, streams: list[list[StoredEvent]]) -> dict[UU
     ids = {
         first.originator_id
         for first in (stream[0] for stream in streams)
-        if isinstance(first.originator_id, UUID) and first.topic == REGISTERED_TOPIC
+        if isinstance(first.originator_id, UUID) and first.topic == event_names.REGISTERED
     }
     for account_id in ids:
         accounts.vault.forget(account_id)

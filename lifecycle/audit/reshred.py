@@ -51,7 +51,8 @@ def evidence(accounts: Accounts, receipt_paths: Iterable[Path], signer: ReceiptS
         account_id = _verified(receipt, signer)
         if account_id is None:
             found.refused += 1
-            log.warning("reshred.receipt_refused", receipt_id=_text(receipt.get("receipt_id")))
+            # The id as written in an outside file: logged only when it is a UUID.
+            log.warning("reshred.receipt_refused", receipt_id=_uuid_text(receipt.get("receipt_id")))
             continue
         found.known[account_id] = KnownErasure(
             purged_at=_moment(receipt.get("purged_at")),
@@ -106,6 +107,13 @@ def _line(line: str) -> Any:
         return json.loads(line)
     except json.JSONDecodeError:
         return {}
+
+
+def _uuid_text(value: object) -> str | None:
+    try:
+        return str(UUID(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _text(value: object) -> str | None:

@@ -9,6 +9,7 @@ import typer
 
 from lifecycle.cli.common import cli, fail, load_settings, open_accounts, progress_to_stderr
 from lifecycle.keyring import KeyringError
+from lifecycle.services.keys import Keys
 
 keys = typer.Typer(help="Key-encryption keys: status, rotation, destruction.", no_args_is_help=True)
 cli.add_typer(keys, name="keys")
@@ -18,12 +19,10 @@ cli.add_typer(keys, name="keys")
 def keys_status() -> None:
     """Every key version (kek, claim, signing): created, retired, destroyed, destroyed-by, and
     how many data keys each KEK version wraps now."""
-    from lifecycle.rotation import KeyRotation
-
     settings = load_settings()
     accounts = open_accounts(settings)
     try:
-        typer.echo(json.dumps(KeyRotation(accounts.vault, settings.key_policy).status(), indent=2))
+        typer.echo(json.dumps(Keys(accounts, settings).status(), indent=2))
     finally:
         accounts.close()
 
@@ -38,21 +37,12 @@ def keys_rotate(
     """Create a KEK version and re-wrap every live data key under it, online, in batches; run
     it again after an interruption and it resumes. Older versions are retired when done.
     With --signing: a new receipt signing version (older public keys stay published)."""
-    from lifecycle.rotation import KeyRotation
-
     settings = load_settings()
     accounts = open_accounts(settings)
+    progress = progress_to_stderr("rotate (data keys)")
     try:
-        rotation = KeyRotation(
-            accounts.vault,
-            settings.key_policy,
-            batch_size=batch_size,
-            progress=progress_to_stderr("rotate (data keys)"),
-        )
-        if signing:
-            result = {"signing_version": rotation.new_signing_version()}
-        else:
-            result = rotation.rotate().as_dict()
+        keys_ = Keys(accounts, settings, batch_size=batch_size, progress=progress)
+        result = {"signing_version": keys_.new_signing_version()} if signing else keys_.rotate()
     except KeyringError as error:
         fail(str(error))
     finally:
@@ -64,26 +54,21 @@ def keys_rotate(
 def keys_destroy() -> None:
     """Destroy every retired KEK version whose retention (LIFECYCLE_KEY_RETENTION_DAYS) has
     passed: from then on no copy of a key it wrapped (WAL archive, backup, dump) opens."""
-    from lifecycle.rotation import KeyRotation
-
     settings = load_settings()
     accounts = open_accounts(settings)
     try:
-        destroyed = KeyRotation(accounts.vault, settings.key_policy).destroy_due()
-        master = [
-            v.version
-            for v in accounts.keyring.versions("kek")
-            if v.origin == "master" and not v.live
-        ]
+        destroyed = Keys(accounts, settings).destroy_due()
     except KeyringError as error:
         fail(str(error))
     finally:
         accounts.close()
-    typer.echo(json.dumps({"destroyed": destroyed}))
-    if master and settings.master_key is not None:
-        typer.echo(
-            "lifecycle: KEK version 1 was derived from LIFECYCLE_MASTER_KEY: remove that key "
-            "from the configuration and from every place it is stored; the service refuses "
-            "to start while it is still configured",
-            err=True,
-        )
+    typer.echo(json.dumps({"destroyed": destroyed.versions}))
+    if destroyed.master_key_still_configured:
+        typer.echo(MASTER_KEY_STILL_CONFIGURED, err=True)
+
+
+MASTER_KEY_STILL_CONFIGURED = (
+    "lifecycle: KEK version 1 was derived from LIFECYCLE_MASTER_KEY: remove that key from the "
+    "configuration and from every place it is stored; the service refuses to start while it "
+    "is still configured"
+)

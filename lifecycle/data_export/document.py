@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from lifecycle.account_terms import default_notifications
 from lifecycle.data_export_aggregate import OWN_PART, DataExport
-from lifecycle.domain import Account, default_notifications
+from lifecycle.domain import Account
 from schemas.data_export import AccountSectionV1
 
 

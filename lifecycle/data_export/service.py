@@ -24,12 +24,12 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 from pydantic import ValidationError
 
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.data_export.document import account_section, stream_document
 from lifecycle.data_export.keys import ExportKeys
 from lifecycle.data_export.parts import SealedParts
 from lifecycle.data_export_aggregate import OWN_PART, DataExport, ExportStatus
-from lifecycle.domain import AccountStatus
 from lifecycle.errors import (
     AccountNotFoundError,
     AccountWithdrawingError,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from lifecycle.domain import Account, AccountStatus
+from lifecycle.account_terms import AccountStatus
+from lifecycle.domain import Account
 from lifecycle.storage import Database
 from schemas.contract import ERASING_SERVICES
 

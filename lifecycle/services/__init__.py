@@ -8,8 +8,12 @@ map its answer or its `LifecycleError`; a second entrypoint gets the same rules 
 - `erasures`: ops' view of erasures, and the retry of one service's erasure;
 - `audit`: an account's stored events (redacted, or decrypted for a permitted role, recorded
   first), its timeline without personal values, the hash chain's head;
-- `projections`: read models' positions and lag;
-- `receipts`: signed erasure receipts by account or by id.
+- `read_models`: read models' positions and lag;
+- `keys`: key status, KEK rotation, a new signing version, destruction of what is due;
+- `pipeline`: what the database says about the pipeline, for `/metrics` and `/readyz`.
+
+Member commands go to the application (`lifecycle.application.Accounts`) directly; data exports
+have their service in `lifecycle.data_export.service`.
 
 Services do no I/O when built; build them per call when they need a request's Kafka client.
 """

@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from lifecycle.account_terms import REDACTED, AccountStatus
 from lifecycle.application import Accounts
-from lifecycle.domain import REDACTED, Account, AccountStatus
+from lifecycle.domain import Account
 from lifecycle.errors import AccountNotFoundError, PermissionDeniedError
 from lifecycle.logs import get_logger
 from lifecycle.services.actions import Actor, PersonalDataReads

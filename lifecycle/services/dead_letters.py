@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 from uuid import UUID
 
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
-from lifecycle.domain import AccountStatus
 from lifecycle.errors import (
     AccountNotFoundError,
     ConflictError,

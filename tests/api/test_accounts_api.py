@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from support import auth
 
+from lifecycle.account_terms import MAX_COMMENT_LENGTH, REDACTED, WithdrawalReason
 from lifecycle.api import create_app
 from lifecycle.api.account_view import REDACTED_OUT
 from lifecycle.application import Accounts
-from lifecycle.domain import MAX_COMMENT_LENGTH, REDACTED, WithdrawalReason
 from lifecycle.settings import Settings
 
 SERVICE = auth("service")

@@ -109,7 +109,8 @@ def test_the_raw_stream_has_versions_times_topics_and_redacted_values(
         "Account.ScoutReceived",
         "Account.WithdrawalRequested",
     ]
-    assert events[0]["topic"] == "lifecycle.domain:Account.Registered"
+    assert events[0]["event_type"] == "lifecycle.domain:Account.Registered"
+    assert events[0]["topic"] == events[0]["event_type"]  # deprecated copy
     assert all(e["timestamp"] for e in events)
     assert events[0]["personal_fields"] == ["email", "display_name", "phone", "work_history"]
     assert events[0]["data"]["display_name"] == "[redacted]"

@@ -29,9 +29,9 @@ from test_erasure_kafka import (  # the e2e fixtures and helpers of this tier
     topic_bytes,
 )
 
+from lifecycle.account_terms import AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
-from lifecycle.domain import AccountStatus
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings, token_digest
 from lifecycle.storage import Database

@@ -17,10 +17,10 @@ from support import SmtpSink, files_holding, migrate_embedded, searched_forms, w
 
 from consumers import chat, mail, notices, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import erasure_status_query, service_keyring
 from lifecycle.crypto import KEYS_TABLE, new_master_key
-from lifecycle.domain import AccountStatus
 from lifecycle.settings import Settings
 from lifecycle.workers import Workers, start_workers
 from schemas.contract import ERASURE_GROUP

@@ -36,6 +36,7 @@ from support import (
 from consumers import chat, mail, notices, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
 from consumers.store import open_database
+from lifecycle.account_terms import REDACTED, AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import value_digest
 from lifecycle.audit.receipt import verify_receipt
@@ -48,7 +49,6 @@ from lifecycle.bootstrap import (
     service_keyring,
 )
 from lifecycle.crypto import new_master_key
-from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from support import auth, ops_expressions, promql_metric_names, recorded_names, wait_until
 
+from lifecycle.account_terms import AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure
-from lifecycle.domain import AccountStatus
 from lifecycle.probe import Probe
 from lifecycle.settings import Settings
 from lifecycle.workers import Workers, start_workers

@@ -23,11 +23,11 @@ from opentelemetry.trace import SpanKind
 from support import TOKENS, SmtpSink, auth, wait_until
 
 from lifecycle import tracing
+from lifecycle.account_terms import AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure, migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
-from lifecycle.domain import AccountStatus
 from lifecycle.settings import Settings, token_digest
 from lifecycle.workers import run_consumer, run_erasure, run_relay, start_workers
 from schemas.contract import TopicNames

@@ -9,8 +9,10 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from lifecycle.account_terms import REDACTED, AccountStatus, WithdrawalReason
 from lifecycle.application import Accounts
-from lifecycle.domain import REDACTED, Account, AccountStatus, EmailClaim, WithdrawalReason
+from lifecycle.domain import Account
+from lifecycle.email_claim import EmailClaim
 from lifecycle.errors import (
     AccountNotFoundError,
     AccountNotWithdrawingError,

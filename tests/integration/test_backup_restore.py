@@ -16,13 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from support import TOKENS, auth
 
+from lifecycle.account_terms import REDACTED, AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts, KnownErasure
 from lifecycle.audit.receipt import ReceiptSigner, verify_receipt
 from lifecycle.audit.replay import replay
 from lifecycle.bootstrap import build_erasure, migrate_lifecycle, receipts_of
 from lifecycle.crypto import KEYS_TABLE, keyed_id, new_master_key
-from lifecycle.domain import REDACTED, AccountStatus, EmailClaim, legacy_holder
+from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings, token_digest

@@ -9,7 +9,8 @@ from uuid import UUID
 from support import race
 
 from lifecycle.application import MAX_ATTEMPTS, Accounts
-from lifecycle.domain import Account, EmailClaim
+from lifecycle.domain import Account
+from lifecycle.email_claim import EmailClaim
 from lifecycle.errors import EmailAlreadyClaimedError, GiftAlreadyClaimedError
 
 N = 8  # racers in each race: support.race's default

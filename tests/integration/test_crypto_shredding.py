@@ -11,8 +11,10 @@ from uuid import UUID
 import pytest
 from eventsourcing.persistence import DatabaseError, IntegrityError, MapperDeserialisationError
 
+from lifecycle.account_terms import REDACTED, AccountStatus
 from lifecycle.application import Accounts
-from lifecycle.domain import REDACTED, Account, AccountStatus, EmailClaim
+from lifecycle.domain import Account
+from lifecycle.email_claim import EmailClaim
 from lifecycle.errors import KeyDestroyedError
 from lifecycle.settings import Settings
 from lifecycle.storage import Cursor, Database

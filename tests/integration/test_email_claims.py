@@ -11,7 +11,7 @@ from eventsourcing.utils import get_topic
 
 from lifecycle.application import Accounts
 from lifecycle.crypto import holder_token, keyed_id
-from lifecycle.domain import EmailClaim
+from lifecycle.email_claim import EmailClaim
 from lifecycle.errors import EmailAlreadyClaimedError
 
 EMAIL = "relink.probe.5521@example.jp"

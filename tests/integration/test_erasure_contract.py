@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from support import Running, auth, running_consumers, wait_until
 
+from lifecycle.account_terms import AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure, erasure_consumer
-from lifecycle.domain import AccountStatus
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
 from lifecycle.settings import Settings

@@ -14,9 +14,10 @@ from support import wait_until
 from consumers.faults import RetryPolicy
 from consumers.kit import Consumer
 from lifecycle import bootstrap
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure, erasure_status_query
-from lifecycle.domain import Account, AccountStatus
+from lifecycle.domain import Account
 from lifecycle.erasure.intake import ConfirmationIntake
 from lifecycle.erasure.process import Confirmation, ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery

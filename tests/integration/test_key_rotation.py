@@ -20,14 +20,14 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from support import wait_until
 
+from lifecycle.account_terms import REDACTED
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import verify_receipt
 from lifecycle.bootstrap import build_erasure, receipts_of
-from lifecycle.crypto import KEYS_TABLE, MasterKeyError
-from lifecycle.domain import REDACTED
+from lifecycle.crypto import KEYS_TABLE
 from lifecycle.erasure.process import Confirmation, ErasureProcess
 from lifecycle.erasure.status import CONFIRMED
-from lifecycle.errors import EmailAlreadyClaimedError
+from lifecycle.errors import EmailAlreadyClaimedError, MasterKeyError
 from lifecycle.keyring import FileKeyring, KeyVersionDestroyedError, open_sealed, wrapped_version
 from lifecycle.rotation import KeyRotation
 from lifecycle.settings import Settings

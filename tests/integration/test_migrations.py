@@ -19,6 +19,7 @@ from consumers.mailer import DiscardingMailer
 from consumers.migrations import SERVICES, kit_component
 from consumers.store import ConsumerStore, open_database
 from lifecycle import event_names
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
 from lifecycle.bootstrap import (
@@ -28,7 +29,6 @@ from lifecycle.bootstrap import (
     service_keyring,
 )
 from lifecycle.crypto import KEYS_TABLE, new_master_key
-from lifecycle.domain import AccountStatus
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.errors import StartupError
 from lifecycle.migrations import LIFECYCLE
@@ -314,7 +314,8 @@ def test_renaming_and_moving_the_purged_class_still_destroys_the_key(settings: S
 def test_every_stored_name_is_declared_once_and_resolves_to_its_class() -> None:
     from eventsourcing.utils import get_topic, resolve_topic
 
-    from lifecycle.domain import Account, EmailClaim
+    from lifecycle.domain import Account
+    from lifecycle.email_claim import EmailClaim
 
     classes = [
         Account,

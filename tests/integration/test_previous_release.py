@@ -15,12 +15,12 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from lifecycle.account_terms import REDACTED, AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.audit.replay import replay
 from lifecycle.audit.verify import verify
 from lifecycle.bootstrap import build_accounts, migrate_lifecycle
 from lifecycle.crypto import KEYS_TABLE
-from lifecycle.domain import REDACTED, AccountStatus
 from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 from projections.registry import read_model_classes

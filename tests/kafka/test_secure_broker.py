@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 from support import Running, wait_until
 
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     kafka_consumer,
@@ -27,7 +28,6 @@ from lifecycle.bootstrap import (
     migrate_service,
 )
 from lifecycle.crypto import new_master_key
-from lifecycle.domain import AccountStatus
 from lifecycle.erasure.refusals import ErasureRefusals
 from lifecycle.kafka.acls import acl_plan, apply_acls
 from lifecycle.kafka.admin import ensure_topics

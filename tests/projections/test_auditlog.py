@@ -11,11 +11,12 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from projection_history import COMMENT, PERSONAL, History, account
 
+from lifecycle.account_terms import MAX_COMMENT_LENGTH
 from lifecycle.application import Accounts
 from lifecycle.audit.export import export_log, parse_bound
 from lifecycle.audit.replay import RULES, replay
 from lifecycle.crypto import SEALED_FIELD
-from lifecycle.domain import MAX_COMMENT_LENGTH, Account
+from lifecycle.domain import Account
 from projections.base import JST
 
 

@@ -12,7 +12,8 @@ from projection_history import History, catch_up
 from lifecycle.application import Accounts
 from lifecycle.audit.verify import verify
 from lifecycle.erasure.process import Confirmation, ErasureProcess
-from projections.hashchain import GENESIS, ChainMismatchError, HashChain, link
+from lifecycle.errors import ChainMismatchError
+from projections.hashchain import GENESIS, HashChain, link
 from projections.runner import rebuild
 
 

@@ -10,18 +10,18 @@ from uuid import uuid4
 
 import pytest
 
-from lifecycle.domain import (
+from lifecycle.account_terms import (
     EDITABLE_PARTS,
     GIFT_AMOUNT_JPY,
     GIFT_KIND,
     MAX_COMMENT_LENGTH,
-    Account,
     AccountStatus,
     Channel,
     WithdrawalReason,
     default_notifications,
     normalise_email,
 )
+from lifecycle.domain import Account
 from lifecycle.errors import (
     AccountNotWithdrawingError,
     AccountPurgedError,

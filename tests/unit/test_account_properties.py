@@ -22,16 +22,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from lifecycle.domain import (
+from lifecycle.account_terms import (
     EDITABLE_PARTS,
     MAX_COMMENT_LENGTH,
     MERGED_PARTS,
-    Account,
     AccountStatus,
     WithdrawalReason,
     default_notifications,
     normalise_email,
 )
+from lifecycle.domain import Account
 from lifecycle.errors import InvalidCommandError, LifecycleError
 
 SCOUT_IDS = [f"scout-{n}" for n in range(6)]

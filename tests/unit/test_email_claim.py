@@ -11,7 +11,7 @@ from uuid import uuid4
 
 import pytest
 
-from lifecycle.domain import EmailClaim, legacy_holder
+from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import ConflictError, EmailAlreadyClaimedError
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.crypto import MasterKeyError, new_master_key
+from lifecycle.crypto import new_master_key
+from lifecycle.errors import MasterKeyError
 from lifecycle.keyring import (
     FileKeyring,
     KeyringError,

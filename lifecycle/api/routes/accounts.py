@@ -11,6 +11,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Response, status
 
+from lifecycle.account_terms import GIFT_AMOUNT_JPY, GIFT_KIND, WITHDRAWAL_REASON_DETAILS
 from lifecycle.api.account_view import AccountOut
 from lifecycle.api.auth import require_role
 from lifecycle.api.data_export_view import export_path
@@ -32,7 +33,6 @@ from lifecycle.api.models import (
     api_parts,
 )
 from lifecycle.api.problems import problem_responses
-from lifecycle.domain import GIFT_AMOUNT_JPY, GIFT_KIND, WITHDRAWAL_REASON_DETAILS
 
 router = APIRouter(
     prefix="/v1",

@@ -29,7 +29,15 @@ router = APIRouter(
 
 class AuditEvent(BaseModel):
     version: int
-    topic: str
+    event_type: str = Field(
+        description="The stored event type's name, as the event log holds it "
+        "(lifecycle/event_names.py)."
+    )
+    topic: str = Field(
+        deprecated=True,
+        description="The same as `event_type` (its name in earlier releases; not a Kafka "
+        "topic); to be removed in a later release.",
+    )
     event: str
     timestamp: datetime
     personal_fields: list[str] = Field(description="Names of the fields sealed in this event.")
@@ -41,6 +49,7 @@ class AuditEvent(BaseModel):
     def of(cls, fact: StoredFact) -> AuditEvent:
         return cls(
             version=fact.version,
+            event_type=fact.stored_name,
             topic=fact.stored_name,
             event=fact.event,
             timestamp=fact.timestamp,
@@ -66,7 +75,7 @@ class ChainHead(BaseModel):
 @router.get(
     "/accounts/{account_id}/events",
     operation_id="listAccountEvents",
-    summary="An account's events as stored: versions, times, topics, every attribute",
+    summary="An account's events as stored: versions, times, types, every attribute",
     responses=problem_responses(404),
 )
 def account_events(

@@ -10,9 +10,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lifecycle.api.deps import inspector_of
 from lifecycle.api.metrics import waiting_workers
-from lifecycle.api.problems import NotReadyError, error_response, problem_responses
+from lifecycle.api.problems import error_response, problem_responses
 from lifecycle.api.readiness import Readiness
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import LifecycleError, NotReadyError
 from lifecycle.services.pipeline import PipelineReadings
 
 router = APIRouter(tags=["health"])

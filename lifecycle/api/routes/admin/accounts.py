@@ -9,9 +9,9 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from lifecycle.account_terms import AccountStatus
 from lifecycle.api.deps import AccountId, AuditReadsDep, Limit, StateDep
 from lifecycle.api.problems import problem_responses
-from lifecycle.domain import AccountStatus
 from projections.directory import AccountDirectory
 
 router = APIRouter(prefix="/admin/v1")
