@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from consumers.sealed import SealedValues
-from consumers.store import insert_rows
+from consumers.store import insert_rows, utc
 from lifecycle.storage import Cursor, Database
 from schemas.contract import ProfileV1
 
@@ -34,6 +35,7 @@ class Contact:
     email: str
     display_name: str
     notifications: dict[str, bool]
+    updated_at: datetime
 
 
 class Contacts:
@@ -69,19 +71,21 @@ class Contacts:
             return {}
         where, params = self.database.any_of("account_id", [str(a) for a in account_ids])
         rows = cursor.execute(
-            f"SELECT account_id, email, display_name, notifications FROM {self.table} "
+            f"SELECT account_id, email, display_name, notifications, updated_at FROM {self.table} "
             f"WHERE {where}",
             params,
         ).fetchall()
         keys = self.sealed.keys_for(cursor, [UUID(account) for account, *_ in rows])
         found: dict[UUID, Contact] = {}
-        for account, email, name, notifications in rows:
+        for account, email, name, notifications, updated_at in rows:
             account_id = UUID(account)
             key = keys.get(account_id)
             address = self.sealed.open(key, account_id, CONTACT_EMAIL, email)
             display_name = self.sealed.open(key, account_id, CONTACT_NAME, name)
             if address is not None and display_name is not None:
-                found[account_id] = Contact(address, display_name, json.loads(notifications))
+                found[account_id] = Contact(
+                    address, display_name, json.loads(notifications), utc(updated_at)
+                )
         return found
 
     def known(self, cursor: Cursor, account_ids: Sequence[UUID]) -> set[UUID]:

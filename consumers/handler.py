@@ -15,6 +15,7 @@ from typing import Protocol
 from consumers.store import Outgoing
 from lifecycle.storage import Cursor
 from schemas.contract import Envelope
+from schemas.data_export import ExportFailureCode
 
 
 class PoisonRecord(Exception):  # noqa: N818 - the kit's published name
@@ -35,6 +36,14 @@ class TransientError(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
+
+
+class ExportFailedError(Exception):
+    """A service's `export` cannot produce its part: the kit answers `failed` with `code`."""
+
+    def __init__(self, code: ExportFailureCode) -> None:
+        super().__init__(code)
+        self.code: ExportFailureCode = code
 
 
 class AccountWithdrawnError(Exception):

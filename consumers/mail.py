@@ -1,10 +1,11 @@
-"""The mail service's eraser: contact addresses, queued notices, one withdrawal confirmation.
+"""The mail service: contact addresses, notices, one withdrawal confirmation, its export part.
 
 Tables in the service's own schema:
-- `contacts`: the address, name and notification choices, from the compacted profile topic;
-  the address and name sealed under the account's key (`consumers.sealed`, table
-  `sealed_keys`), which the erasure destroys with the row;
-- `mail_outbox`: notices queued for delivery (`queue_notice`, sent by `deliver_queued`);
+- `contacts`: the address, name and notification choices, from the compacted profile topic
+  (`consumers.contacts`); the address and name sealed under the account's key
+  (`consumers.sealed`, table `sealed_keys`), which the erasure destroys with the row;
+- `mail_outbox`: notices queued for delivery, and `mail_notices`: what became of each one
+  (sent, dropped, suppressed, with dates, sealed), both in `consumers.notices`;
 - `suppressions`: one row per withdrawn account (ids, counts and times only): no notice is
   queued or delivered for it any more, and it records the confirmation mail that was sent.
 
@@ -35,12 +36,13 @@ withdrawal, and a compacted topic keeps the latest value.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from consumers.contacts import Contacts
-from consumers.handler import HandlerResult, TransientError
-from consumers.mailer import InvalidRecipientError, Mailer, notice_message
-from consumers.member_data import OTHER, MemberDataHandler, Tombstones, version_in
+from consumers.handler import ExportFailedError, HandlerResult, TransientError
+from consumers.mailer import Mailer
+from consumers.member_data import OTHER, MemberDataHandler, version_in
+from consumers.notices import SUPPRESSIONS, notices_of
 from consumers.sealed import SealedValues
 from consumers.store import count_rows
 from consumers.withdrawal_mail import WithdrawalMail
@@ -48,12 +50,11 @@ from lifecycle.keyring import Keyring
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database
 from schemas.contract import Envelope, ProfileV1, TopicNames
+from schemas.data_export import MailContactV1, MailSectionV1
 
 SERVICE = "mail"
 PROFILE = "profile"
 PROFILE_GONE = "profile_tombstone"
-# The suppression row is the mail service's tombstone: written in step 1, before any mail.
-SUPPRESSIONS = "suppressions"
 
 log = get_logger(__name__)
 
@@ -70,7 +71,7 @@ def subscribed_topics(topics: TopicNames) -> list[str]:
 
 class MailHandler(MemberDataHandler):
     service = SERVICE
-    personal_tables = ("contacts", "mail_outbox")
+    personal_tables = ("contacts", "mail_outbox", "mail_notices")
     tombstone_table = SUPPRESSIONS
 
     def __init__(
@@ -132,6 +133,23 @@ class MailHandler(MemberDataHandler):
         )
         rows = self._suppressions(cursor, list(removed))
         return {a: rows[a][0] if a in rows else count for a, count in removed.items()}
+
+    def export(self, cursor: Cursor, account_id: UUID) -> MailSectionV1:
+        """The contact kept (opened) and every notice queued, sent, dropped or suppressed."""
+        contact = self.contacts.of(cursor, [account_id]).get(account_id)
+        if contact is None and self.contacts.known(cursor, [account_id]):
+            raise ExportFailedError("internal_error")  # a contact its key no longer opens
+        return MailSectionV1(
+            contact=None
+            if contact is None
+            else MailContactV1(
+                email=contact.email,
+                display_name=contact.display_name,
+                notifications=contact.notifications,
+                updated_at=contact.updated_at,
+            ),
+            notices=notices_of(cursor, self.contacts.sealed, account_id),
+        )
 
     def handle_records(
         self, cursor: Cursor, kind: str, envelopes: Sequence[Envelope]
@@ -216,91 +234,6 @@ class MailHandler(MemberDataHandler):
             )
 
 
-# Notices: the minimal write path and delivery
-
-
-def queue_notice(
-    database: Database, account_id: UUID, *, kind: str, subject: str, body: str
-) -> str:
-    """Queue a notice for delivery; refused (AccountWithdrawnError) once withdrawn."""
-    notice_id = str(uuid4())
-    with database.transaction() as cursor:
-        Tombstones(database, SERVICE, SUPPRESSIONS).check_not_withdrawn(cursor, account_id)
-        cursor.execute(
-            f"INSERT INTO {database.table('mail_outbox')} "
-            "(notice_id, account_id, kind, subject, body) VALUES (%s, %s, %s, %s, %s)",
-            (notice_id, str(account_id), kind, subject, body),
-        )
-    return notice_id
-
-
-class _AddressUnknownError(Exception):
-    pass
-
-
-def deliver_queued(
-    database: Database, mailer: Mailer, keyring: Keyring, *, limit: int = 100
-) -> int:
-    """Send queued notices; returns how many were sent.
-
-    Each notice is sent inside a transaction holding its account's lock, after checking the
-    suppression: a withdrawal waits for a send in progress and no send follows a withdrawal.
-    Notices for an address not yet known stay queued; a kind the member switched off is dropped.
-    `keyring` is the service's, the one its handler seals contacts with.
-    """
-    contacts = Contacts(database, SealedValues(database, keyring))
-    with database.transaction(commit=False) as cursor:
-        queued = cursor.execute(
-            f"SELECT notice_id, account_id FROM {database.table('mail_outbox')} "
-            "ORDER BY queued_at, notice_id LIMIT %s",
-            (limit,),
-        ).fetchall()
-    sent = 0
-    for notice_id, account in queued:
-        try:
-            sent += _deliver_one(database, mailer, contacts, notice_id, UUID(account))
-        except _AddressUnknownError:
-            continue
-    return sent
-
-
-def _deliver_one(
-    database: Database, mailer: Mailer, contacts: Contacts, notice_id: str, account_id: UUID
-) -> int:
-    tombstones = Tombstones(database, SERVICE, SUPPRESSIONS)
-    with database.transaction() as cursor:
-        tombstones.lock(cursor, [account_id])
-        notice = cursor.execute(
-            f"DELETE FROM {database.table('mail_outbox')} WHERE notice_id = %s "
-            "RETURNING kind, subject, body",
-            (notice_id,),
-        ).fetchone()
-        if notice is None or tombstones.among(cursor, [account_id]):
-            return 0
-        contact = contacts.of(cursor, [account_id]).get(account_id)
-        if contact is None:
-            raise _AddressUnknownError()
-        kind, subject, body = notice
-        if contact.notifications.get(kind) is False:
-            log.info("mail.notice_dropped", account_id=str(account_id), kind=kind)
-            return 0
-        try:
-            message = notice_message(
-                notice_id,
-                email=contact.email,
-                display_name=contact.display_name,
-                kind=kind,
-                subject=subject,
-                body=body,
-            )
-        except InvalidRecipientError:
-            log.warning("mail.recipient_refused", account_id=str(account_id), kind=kind)
-            return 0
-        mailer.send(message, contact.email)
-    log.info("mail.notice_sent", account_id=str(account_id), message_id=message["Message-ID"])
-    return 1
-
-
 # Queries
 
 
@@ -315,7 +248,7 @@ def contact_known(database: Database, account_id: UUID) -> bool:
 
 def held_rows(database: Database, account_id: UUID) -> int:
     """Rows that still hold anything personal about the account (address, notices)."""
-    return count_rows(database, ("contacts", "mail_outbox"), account_id)
+    return count_rows(database, MailHandler.personal_tables, account_id)
 
 
 def suppression(database: Database, account_id: UUID) -> dict[str, object] | None:

@@ -1,13 +1,16 @@
-"""The steps every service holding a member's data shares: erase, confirm, tombstone.
+"""The steps every service holding a member's data shares: erase, confirm, tombstone, export.
 
 A service subclasses `MemberDataHandler`, names its `service` and its `personal_tables` (each
-with an `account_id` column), and handles its own records in `handle_records`. The kit's part,
-inside its transaction (`consumers.kit`), for every run of consecutive records of one kind:
+with an `account_id` column), implements `export(cursor, account_id)` (its section of a data
+export) and handles its own records in `handle_records`. The kit's part, inside its transaction
+(`consumers.kit`), for every run of consecutive records of one kind:
 
 - WithdrawalRequested: lock the accounts, `tombstone` them (their ids only, so later writes
   are refused), `erase` what they hold, and confirm on the service's own topic with the rows
   removed and the withdrawal it answers (`erase_and_confirm`);
 - Purged: erase again whatever arrived since (a record still in flight at the withdrawal);
+- ExportRequested: the service's section, sealed to the export's key, as its part
+  (`consumers.exporting`);
 - anything else: the service's `handle_records`, or `ignored`.
 
 `erase` deletes the accounts' rows from `personal_tables` in one statement per table and
@@ -23,6 +26,9 @@ from datetime import UTC, datetime
 from typing import ClassVar
 from uuid import UUID
 
+from pydantic import BaseModel
+
+from consumers.exporting import EXPORT, answer_requests
 from consumers.handler import AccountWithdrawnError, Handler, HandlerResult
 from consumers.sealed import SealedValues
 from consumers.store import Outgoing, insert_rows
@@ -36,6 +42,7 @@ from schemas.contract import (
     WithdrawalRequestedV1,
     encode_erasure_confirmed,
 )
+from schemas.data_export import ExportRequestedV1
 
 WITHDRAWAL = "withdrawal"
 PURGED = "purged"
@@ -51,6 +58,8 @@ class MemberDataHandler(Handler):
     # Kinds (`kind_of`) whose runs may name one account more than once (inserts that do not
     # read each other); any other run is cut where an account repeats.
     repeatable_kinds: ClassVar[frozenset[str]] = frozenset()
+    # The version of the service's section model (`schemas.data_export.SECTION_MODELS`).
+    section_version: ClassVar[int] = 1
 
     def __init__(
         self, database: Database, topics: TopicNames, sealed: SealedValues | None = None
@@ -65,6 +74,12 @@ class MemberDataHandler(Handler):
     def kind_of(self, envelope: Envelope) -> str:
         """The kind of record, for runs: the kit's own kinds, else the service's."""
         return OTHER
+
+    def export(self, cursor: Cursor, account_id: UUID) -> BaseModel:
+        """Everything the service holds about the account, as its section of a data export
+        (read in the kit's transaction, the account locked). Raise `ExportFailedError` when
+        it cannot be produced."""
+        raise NotImplementedError(f"{type(self).__name__} does not export")
 
     def handle_records(
         self, cursor: Cursor, kind: str, envelopes: Sequence[Envelope]
@@ -145,6 +160,8 @@ class MemberDataHandler(Handler):
             elif kind == PURGED:
                 self.erase(cursor, [_account(e) for e in run])
                 results += [HandlerResult(outcome="purged") for _ in run]
+            elif kind == EXPORT:
+                results += answer_requests(self, cursor, run)
             else:
                 results += self.handle_records(cursor, kind, run)
         return results
@@ -154,6 +171,8 @@ class MemberDataHandler(Handler):
             return WITHDRAWAL
         if isinstance(envelope.data, PurgedV1):
             return PURGED
+        if isinstance(envelope.data, ExportRequestedV1):
+            return EXPORT
         return self.kind_of(envelope)
 
     def _runs(self, envelopes: Sequence[Envelope]) -> Iterator[tuple[str, list[Envelope]]]:

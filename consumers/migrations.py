@@ -134,6 +134,22 @@ def _sealed_keys(cursor: Cursor, db: Database) -> None:
     )
 
 
+def _mail_notices(cursor: Cursor, db: Database) -> None:
+    """What became of each notice no longer queued (sent, dropped, suppressed), with dates:
+    the member's export lists it. Subject and body sealed like the contact; erased with it."""
+    ts = db.timestamp_type
+    cursor.execute(
+        f"CREATE TABLE IF NOT EXISTS {db.table('mail_notices')} ("
+        "notice_id TEXT PRIMARY KEY, account_id TEXT NOT NULL, kind TEXT NOT NULL, "
+        "subject TEXT NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL, "
+        f"queued_at {ts} NOT NULL, sent_at {ts} NOT NULL)"
+    )
+    cursor.execute(
+        "CREATE INDEX IF NOT EXISTS mail_notices_by_account "
+        f"ON {db.table('mail_notices')} (account_id)"
+    )
+
+
 SERVICES: dict[str, Component] = {
     "scout": Component("scout", (Migration(1, "first release: scouts", _scout),)),
     "chat": Component(
@@ -148,6 +164,7 @@ SERVICES: dict[str, Component] = {
         (
             Migration(1, "first release: contacts, notices", _mail),
             Migration(2, "sealed keys of the contacts", _sealed_keys),
+            Migration(3, "notices sent, dropped or suppressed, for exports", _mail_notices),
         ),
     ),
 }

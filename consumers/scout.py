@@ -1,4 +1,5 @@
-"""The scout service: scouts per account, gone on withdrawal, refused after it.
+"""The scout service: scouts per account, gone on withdrawal, refused after it, exported on
+request (`ScoutSectionV1`).
 
 Tables in the service's own schema: `scouts` and `withdrawn_accounts` (the kit's tombstones:
 an account id only, which is not personal, kept so that a late scout for a withdrawn account
@@ -13,7 +14,7 @@ from uuid import UUID
 
 from consumers.handler import HandlerResult
 from consumers.member_data import OTHER, MemberDataHandler
-from consumers.store import insert_rows
+from consumers.store import insert_rows, utc
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
@@ -21,6 +22,7 @@ from schemas.contract import (
     ScoutReceivedV1,
     TopicNames,
 )
+from schemas.data_export import HeldScoutV1, ScoutSectionV1
 
 SERVICE = "scout"
 SCOUT_COLUMNS = (
@@ -72,6 +74,23 @@ class ScoutHandler(MemberDataHandler):
             else:
                 results.append(HandlerResult(outcome="scout_recorded"))
         return results
+
+    def export(self, cursor: Cursor, account_id: UUID) -> ScoutSectionV1:
+        """Every scout held for the account, oldest first."""
+        rows = cursor.execute(
+            "SELECT scout_id, company_id, job_id, received_at "
+            f"FROM {self.database.table('scouts')} WHERE account_id = %s "
+            "ORDER BY received_at, scout_id",
+            (str(account_id),),
+        ).fetchall()
+        return ScoutSectionV1(
+            scouts=[
+                HeldScoutV1(
+                    scout_id=scout_id, company_id=company, job_id=job, received_at=utc(received)
+                )
+                for scout_id, company, job, received in rows
+            ]
+        )
 
 
 # Queries

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from lifecycle.storage import Cursor, Database
+from lifecycle.storage import Cursor, Database, read_timestamp
 from schemas.contract import Record
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -74,6 +74,15 @@ def insert_rows(
     names = ", ".join(name for name, _ in columns)
     source, params = database.dialect.rows(columns, rows)
     return cursor.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
+
+
+def utc(value: datetime | str) -> datetime:
+    """A timestamp column's value as an aware UTC time (`lifecycle.storage.read_timestamp`),
+    for a column that is never NULL."""
+    moment = read_timestamp(value)
+    if moment is None:
+        raise ValueError("a NOT NULL timestamp column held NULL")
+    return moment
 
 
 def count_rows(database: Database, tables: Iterable[str], account_id: UUID) -> int:
@@ -193,8 +202,8 @@ class ConsumerStore:
         A mark only has to outlive every redelivery of its record: past the source topics'
         retention (and the group's committed offset) the record cannot come again."""
         table = self.processed_table
-        # Both stores compare this text with their timestamps: PostgreSQL casts it (with its
-        # offset), SQLite's CURRENT_TIMESTAMP text sorts against it (UTC, same layout).
+        # As text in CURRENT_TIMESTAMP's layout (the marks' default): PostgreSQL casts it with
+        # its offset, SQLite compares it with the text it keeps.
         cutoff = before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S+00:00")
         with self.database.transaction() as cursor:
             cursor.execute(

@@ -248,6 +248,15 @@ REGISTRY: tuple[RestingPlace, ...] = (
         "consumers.mail.MailHandler.erase on WithdrawalRequested (and again on Purged)",
         ("search", "rows_gone"),
     ),
+    RestingPlace(
+        "table",
+        "mail",
+        "mail_notices",
+        "notices sent, dropped or suppressed (subject and body sealed in sealed_keys), dates",
+        "deleted",
+        "consumers.member_data.MemberDataHandler.erase on WithdrawalRequested, again on Purged",
+        ("search", "rows_gone"),
+    ),
     _none("table", "mail", "suppressions", "account ids, the confirmation's Message-ID"),
     *(
         _none("table", service, "key_locks", "SQLite lock rows")

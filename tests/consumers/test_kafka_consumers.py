@@ -10,6 +10,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -21,20 +22,22 @@ from support import (
     profile,
     read_topic,
     scout_received,
+    searched_forms,
     wait_until,
     withdrawal,
 )
 
-from consumers import mail, scout
+from consumers import chat, mail, scout
 from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
 from consumers.kit import Hooks
 from consumers.mailer import Mailer, SmtpMailer, message_id_for
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import kafka_consumer, migrate_lifecycle, migrate_service
+from lifecycle.bootstrap import kafka_consumer, migrate_lifecycle, migrate_service, service_keyring
 from lifecycle.crypto import new_master_key
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import Incoming, KafkaSource
 from lifecycle.relay import Relay
+from lifecycle.sealed_box import new_key_pair, open_part
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
 from schemas.contract import (
@@ -46,6 +49,14 @@ from schemas.contract import (
     WithdrawalRequestedV1,
     decode_record,
     lifecycle_event_id,
+)
+from schemas.data_export import (
+    ChatSectionV1,
+    ExportPartV1,
+    ExportRequestedV1,
+    MailSectionV1,
+    ScoutSectionV1,
+    encode_export_requested,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -431,3 +442,79 @@ def test_kcat_reads_a_lifecycle_record_with_its_cloudevents_headers(
     assert headers["ce_source"] == "/lifecycle/accounts"
     assert headers["content-type"] == "application/json"
     assert {"ce_time", "ce_dataschema"} <= set(headers)
+
+
+# Data exports on the broker
+
+
+def test_each_service_answers_an_export_request_and_no_topic_holds_a_readable_value(
+    kafka_settings: Settings, topics: TopicNames, running: list[Running]
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    tag = uuid.uuid4().hex[:8]
+    member = uuid.uuid4()
+    address, body = f"export.{tag}@example.jp", f"Chatted{tag} about the offer"
+    for name in ("scout", "chat", "mail"):
+        start(running, name, kafka_settings, topics)
+    chats = store(kafka_settings, "chat")
+    try:
+        thread = chat.open_thread(chats, member, "company-1")
+        chat.post_message(
+            chats, member, thread, "member", body, keyring=service_keyring(kafka_settings, "chat")
+        )
+    finally:
+        chats.close()
+    private, public = new_key_pair()
+    now = datetime.now(UTC)
+    request = ExportRequestedV1(
+        export_id=uuid.uuid4(),
+        account_id=member,
+        public_key=public,
+        requested_at=now,
+        expires_at=now + timedelta(days=7),
+    )
+    produce(
+        bootstrap,
+        [
+            scout_received(topics, member, 2),
+            profile(topics, member, 1, address, f"Export {tag}"),
+        ],
+    )
+    mails = store(kafka_settings, "mail")
+    try:
+        wait_until(lambda: mail.contact_known(mails, member), "the address reached mail")
+    finally:
+        mails.close()
+    produce(bootstrap, [(topics.export_requested, encode_export_requested(request))])
+
+    def parts(service: str) -> list[ExportPartV1]:
+        found = []
+        for record in read_topic(bootstrap, topics.export_part(service)):
+            data = decode_record(record.headers, record.value).data
+            assert isinstance(data, ExportPartV1)
+            found.append(data)
+        return found
+
+    wait_until(lambda: all(parts(s) for s in ("scout", "chat", "mail")), "every part sent")
+
+    def opened(service: str) -> bytes:
+        ordered = sorted(parts(service), key=lambda part: part.chunk)
+        return b"".join(open_part(private, part) for part in ordered)
+
+    scouts = ScoutSectionV1.model_validate_json(opened("scout"))
+    assert [s.scout_id for s in scouts.scouts] == ["scout-2"]
+    [held] = ChatSectionV1.model_validate_json(opened("chat")).threads
+    assert [m.body for m in held.messages] == [body]
+    contact = MailSectionV1.model_validate_json(opened("mail")).contact
+    assert contact is not None and contact.email == address
+    # Nothing readable on the request, part or dead-letter topics, in any encoding we store.
+    needles = [form for value in (address, body, tag) for form in searched_forms(value)]
+    searched = [topics.export_requested, *topics.export_parts.values()]
+    searched += [topics.dlq(name) for name in ("scout", "chat", "mail")]
+    for topic in searched:
+        for record in read_topic(bootstrap, topic):
+            raw = b"".join(
+                [record.key or b"", record.value or b"", *(v for _, v in record.headers)]
+            )
+            assert not [needle for needle in needles if needle in raw], topic

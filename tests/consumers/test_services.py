@@ -24,7 +24,7 @@ from support import (
     withdrawal,
 )
 
-from consumers import chat, mail, scout
+from consumers import chat, mail, notices, scout
 from consumers.faults import RetryPolicy
 from consumers.handler import AccountWithdrawnError, Handler
 from consumers.kit import Consumer
@@ -270,14 +270,14 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
     )
     wait_until(lambda: mail.contact_known(database, member) and mail.contact_known(database, other))
 
-    mail.queue_notice(database, member, kind="notices", subject="New postings", body="3 new")
-    mail.queue_notice(database, other, kind="notices", subject="New postings", body="1 new")
-    assert mail.deliver_queued(database, mailer, KEYRING) == 2
+    notices.queue_notice(database, member, kind="notices", subject="New postings", body="3 new")
+    notices.queue_notice(database, other, kind="notices", subject="New postings", body="1 new")
+    assert notices.deliver_queued(database, mailer, KEYRING) == 2
     assert sorted(r.recipients[0] for r in smtp.messages()) == sorted(["other@example.jp", address])
     before = len(smtp.messages())
 
-    mail.queue_notice(database, member, kind="notices", subject="Reminder", body="Come back")
-    mail.queue_notice(database, member, kind="scouts", subject="A scout", body="Company X")
+    notices.queue_notice(database, member, kind="notices", subject="Reminder", body="Come back")
+    notices.queue_notice(database, member, kind="scouts", subject="A scout", body="Company X")
     service.send(withdrawal(TOPICS, member, 4))
     wait_until(lambda: len(service.confirmations()) == 1)
 
@@ -289,7 +289,8 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
     # The mail names the signed erasure receipt by its id, derived from the account id alone.
     assert str(erasure_receipt_id(member)) in confirmation.get_content()
     [confirmed] = service.confirmations()
-    assert (confirmed.service, confirmed.rows_removed) == ("mail", 3)  # 2 notices + address
+    # The address, the 2 notices queued and the record of the one sent.
+    assert (confirmed.service, confirmed.rows_removed) == ("mail", 4)
     assert address not in confirmed.model_dump_json()
     assert mail.held_rows(database, member) == 0
     state = mail.suppression(database, member)
@@ -298,9 +299,9 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 
     # Nothing for the member any more: no queueing, no delivery, no address kept again.
     with pytest.raises(AccountWithdrawnError):
-        mail.queue_notice(database, member, kind="notices", subject="Late", body="late")
-    mail.queue_notice(database, other, kind="notices", subject="Still here", body="yes")
-    assert mail.deliver_queued(database, mailer, KEYRING) == 1
+        notices.queue_notice(database, member, kind="notices", subject="Late", body="late")
+    notices.queue_notice(database, other, kind="notices", subject="Still here", body="yes")
+    assert notices.deliver_queued(database, mailer, KEYRING) == 1
     service.send(profile(TOPICS, member, 5, address, name), withdrawal(TOPICS, member, 4))
     wait_until(service.settled)
     assert not mail.contact_known(database, member)
@@ -342,11 +343,12 @@ def test_notices_of_a_kind_switched_off_are_dropped(
     choices = {"scouts": True, "recommendations": False, "notices": True}
     service.send(profile(TOPICS, member, 1, "quiet@example.jp", "Quiet", choices))
     wait_until(lambda: mail.contact_known(service.database, member))
-    mail.queue_notice(service.database, member, kind="recommendations", subject="r", body="r")
-    mail.queue_notice(service.database, member, kind="scouts", subject="s", body="s")
-    assert mail.deliver_queued(service.database, mailer, KEYRING) == 1
+    notices.queue_notice(service.database, member, kind="recommendations", subject="r", body="r")
+    notices.queue_notice(service.database, member, kind="scouts", subject="s", body="s")
+    assert notices.deliver_queued(service.database, mailer, KEYRING) == 1
     assert [r.message["Subject"] for r in smtp.messages()] == ["s"]
-    assert mail.held_rows(service.database, member) == 1  # the address; no notice left
+    # The address and what became of each notice (dropped, sent), for the member's export.
+    assert mail.held_rows(service.database, member) == 3
 
 
 class FlakyMailer:

@@ -1,41 +1,36 @@
 """Kafka off, the embedded default: a data export end to end inside one process.
 
 `start_workers` runs the relay (which publishes the export request from the event store), the
-services and the export intake as threads over the in-process log, as `lifecycle serve` does.
-The services' answers come from `stub_services` until the reference services answer requests
-themselves: each seals its section to the export's key and sends it on its own part topic.
+scout, chat and mail services and the export intake as threads over the in-process log, as
+`lifecycle serve` does: each service seals its section, read from its own store, to the
+export's key and sends it on its own part topic.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import jsonschema_rs
 import pytest
 from support import migrate_embedded, wait_until
 
+from consumers import chat, mail, notices, scout
+from consumers.mailer import DiscardingMailer
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_data_exports
+from lifecycle.bootstrap import build_data_exports, service_keyring
 from lifecycle.crypto import new_master_key
 from lifecycle.data_export_aggregate import ExportStatus
-from lifecycle.kafka.inprocess import InProcessPublisher
-from lifecycle.kafka.source import InProcessSource
-from lifecycle.sealed_box import seal_part
 from lifecycle.settings import Settings
 from lifecycle.workers import Workers, start_workers
-from schemas.contract import TopicNames, decode_record
-from schemas.data_export import EXPORT_GROUP, ExportRequestedV1, encode_export_part
+from schemas.data_export import EXPORT_GROUP
 
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "schemas/v1/account.data-export.v1.json").read_text()
 )
-WHEN = "2026-04-01T09:30:00Z"
 
 
 @pytest.fixture
@@ -65,79 +60,6 @@ def workers(embedded: Settings, app: Accounts) -> Iterator[Workers]:
     started.stop()
 
 
-def stub_services(
-    publisher: InProcessPublisher,
-    topics: TopicNames,
-    sections: dict[str, dict[str, Any]],
-    stop: threading.Event,
-) -> threading.Thread:
-    """Answer every request as a service would: its section, sealed, on its own topic."""
-    source = InProcessSource(publisher, [topics.export_requested])
-
-    def run() -> None:
-        while not stop.is_set():
-            for incoming in source.poll(0.05):
-                request = decode_record(incoming.headers, incoming.value, incoming.topic).data
-                assert isinstance(request, ExportRequestedV1)
-                for service, section in sections.items():
-                    if not request.addresses(service):
-                        continue
-                    for part in seal_part(
-                        request.public_key,
-                        json.dumps(section).encode(),
-                        export_id=request.export_id,
-                        account_id=request.account_id,
-                        service=service,
-                        chunk_bytes=1024,
-                    ):
-                        record = encode_export_part(part)
-                        publisher.publish(
-                            topics.export_part(service), record.key, record.headers, record.value
-                        )
-                publisher.flush()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def sections_for(tag: str, scouts: int) -> dict[str, dict[str, Any]]:
-    return {
-        "scout": {
-            "scouts": [
-                {"scout_id": f"s{n}", "company_id": "c", "job_id": f"j{n}", "received_at": WHEN}
-                for n in range(scouts)
-            ]
-        },
-        "chat": {
-            "threads": [
-                {
-                    "thread_id": "t1",
-                    "company_id": "c",
-                    "opened_at": WHEN,
-                    "messages": [
-                        {
-                            "message_id": "m1",
-                            "sender": "member",
-                            "body": f"Chatted{tag}",
-                            "sent_at": WHEN,
-                        }
-                    ],
-                }
-            ]
-        },
-        "mail": {
-            "contact": {
-                "email": f"e.{tag}@example.jp",
-                "display_name": f"Emb {tag}",
-                "notifications": {"scouts": True, "recommendations": True, "notices": True},
-                "updated_at": WHEN,
-            },
-            "notices": [],
-        },
-    }
-
-
 def test_an_export_is_requested_sealed_taken_in_and_downloaded_in_one_process(
     embedded: Settings, app: Accounts, workers: Workers
 ) -> None:
@@ -154,21 +76,27 @@ def test_an_export_is_requested_sealed_taken_in_and_downloaded_in_one_process(
     app.edit_preferences(member_id, job_title=f"Title{tag}")
     for n in range(3):
         app.receive_scout(member_id, scout_id=f"s{n}", company_id="c", job_id=f"j{n}")
-    sections = sections_for(tag, 3)
-    stop = threading.Event()
-    stub = stub_services(workers.publisher, embedded.topics, sections, stop)
-    try:
-        exports = build_data_exports(app, embedded)
-        export = exports.request(member_id).export
-        wait_until(
-            lambda: exports.get(member_id, export.id).status is ExportStatus.READY,
-            "the export is ready",
-            timeout_s=30,
-        )
-        document = json.loads(b"".join(exports.download(member_id, export.id)))
-    finally:
-        stop.set()
-        stub.join(timeout=5)
+    stores = workers.stores
+    thread = chat.open_thread(stores["chat"], member_id, "c")
+    chat_keys = service_keyring(embedded, "chat")
+    message = chat.post_message(
+        stores["chat"], member_id, thread, "member", f"Chatted{tag}", keyring=chat_keys
+    )
+    wait_until(lambda: mail.contact_known(stores["mail"], member_id), "the address reached mail")
+    wait_until(lambda: len(scout.scouts_of(stores["scout"], member_id)) == 3, "scouts held")
+    notice = notices.queue_notice(
+        stores["mail"], member_id, kind="notices", subject=f"Hello{tag}", body=f"Body{tag}"
+    )
+    mail_keys = service_keyring(embedded, "mail")
+    assert notices.deliver_queued(stores["mail"], DiscardingMailer(), mail_keys) == 1
+    exports = build_data_exports(app, embedded)
+    export = exports.request(member_id).export
+    wait_until(
+        lambda: exports.get(member_id, export.id).status is ExportStatus.READY,
+        "the export is ready",
+        timeout_s=30,
+    )
+    document = json.loads(b"".join(exports.download(member_id, export.id)))
     assert jsonschema_rs.validator_for(SCHEMA).is_valid(document)
     account = document["account"]
     assert (account["email"], account["display_name"], account["phone"]) == (
@@ -181,13 +109,30 @@ def test_an_export_is_requested_sealed_taken_in_and_downloaded_in_one_process(
         {"company": f"Firm{tag}", "title": "Clerk", "from": "2014-04-01", "to": None}
     ]
     assert [s["scout_id"] for s in account["scouts"]] == ["s0", "s1", "s2"]
-    assert document["services"] == sections
+    services = document["services"]
+    assert [(s["scout_id"], s["company_id"], s["job_id"]) for s in services["scout"]["scouts"]] == [
+        (f"s{n}", "c", f"j{n}") for n in range(3)
+    ]
+    [held] = services["chat"]["threads"]
+    assert (held["thread_id"], held["company_id"]) == (thread, "c")
+    assert [(m["message_id"], m["sender"], m["body"]) for m in held["messages"]] == [
+        (message, "member", f"Chatted{tag}")
+    ]
+    contact = services["mail"]["contact"]
+    assert (contact["email"], contact["display_name"]) == (f"e.{tag}@example.jp", f"Emb {tag}")
+    [sent] = services["mail"]["notices"]
+    assert (sent["notice_id"], sent["status"], sent["subject"], sent["body"]) == (
+        notice,
+        "sent",
+        f"Hello{tag}",
+        f"Body{tag}",
+    )
     # Nothing readable crossed the in-process log: requests and parts hold ids, keys, boxes.
     log = workers.publisher
     for topic in (embedded.topics.export_requested, *embedded.topics.export_parts.values()):
         for delivered in log.read(topic, 0, max_records=10_000):
             value = delivered.record.value or b""
-            for needle in (tag.encode(), b"Chatted", b"example.jp"):
+            for needle in (tag.encode(), b"Chatted", b"example.jp", b"Hello", b"Body"):
                 assert needle not in value
     assert all(c.stats.dead_lettered == 0 for c in workers.consumers.values())
     assert UUID(document["export_id"]) == export.id

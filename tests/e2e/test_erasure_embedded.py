@@ -15,7 +15,7 @@ from uuid import UUID
 import pytest
 from support import SmtpSink, files_holding, migrate_embedded, searched_forms, wait_until
 
-from consumers import chat, mail, scout
+from consumers import chat, mail, notices, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
@@ -101,9 +101,9 @@ def test_withdrawal_completes_to_purged_in_one_process(
     )
     wait_until(lambda: mail.contact_known(stores["mail"], member_id), "address known")
     mailer = SmtpMailer("127.0.0.1", smtp.port)
-    mail.queue_notice(stores["mail"], member_id, kind="notices", subject="s", body="first")
-    assert mail.deliver_queued(stores["mail"], mailer, service_keyring(embedded, "mail")) == 1
-    mail.queue_notice(stores["mail"], member_id, kind="scouts", subject="s", body="queued")
+    notices.queue_notice(stores["mail"], member_id, kind="notices", subject="s", body="first")
+    assert notices.deliver_queued(stores["mail"], mailer, service_keyring(embedded, "mail")) == 1
+    notices.queue_notice(stores["mail"], member_id, kind="scouts", subject="s", body="queued")
     wait_until(lambda: len(scout.scouts_of(stores["scout"], member_id)) == 2, "scouts held")
     before = len(smtp.messages())
 
@@ -114,7 +114,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     )
 
     assert held(workers, member_id) == {"scout": 0, "chat": 0, "mail": 0}
-    assert mail.deliver_queued(stores["mail"], mailer, service_keyring(embedded, "mail")) == 0
+    assert notices.deliver_queued(stores["mail"], mailer, service_keyring(embedded, "mail")) == 0
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[address]]
     assert after[0].message[KIND_HEADER] == CONFIRMATION_KIND
@@ -123,7 +123,7 @@ def test_withdrawal_completes_to_purged_in_one_process(
     assert {name: s["rows_removed"] for name, s in status["services"].items()} == {
         "scout": 2,
         "chat": 2,
-        "mail": 2,
+        "mail": 3,  # the address, the notice queued, the record of the one sent
     }
     erasure = workers.consumers[ERASURE_GROUP]
     wait_until(lambda: erasure.stats.applied == 3, "three confirmations handled")

@@ -33,7 +33,7 @@ from support import (
     wait_until,
 )
 
-from consumers import chat, mail, scout
+from consumers import chat, mail, notices, scout
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, SmtpMailer
 from consumers.store import open_database
 from lifecycle.account_terms import REDACTED, AccountStatus
@@ -180,11 +180,11 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
         "the mail service learned both addresses from the profile topic",
     )
     mailer = SmtpMailer("127.0.0.1", smtp.port)
-    mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n1")
-    mail.queue_notice(stores["mail"], bystander_id, kind="notices", subject="Hi", body="b1")
-    assert mail.deliver_queued(stores["mail"], mailer, service_keyring(settings, "mail")) == 2
+    notices.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n1")
+    notices.queue_notice(stores["mail"], bystander_id, kind="notices", subject="Hi", body="b1")
+    assert notices.deliver_queued(stores["mail"], mailer, service_keyring(settings, "mail")) == 2
     for n in range(2):
-        mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body=f"q{n}")
+        notices.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body=f"q{n}")
     wait_until(
         lambda: len(scout.scouts_of(stores["scout"], member_id)) == 3,
         "the scout service holds the member's scouts",
@@ -200,7 +200,7 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
     assert held(stores, member_id) == {"scout": 0, "chat": 0, "mail": 0}
     assert held(stores, bystander_id) == {"scout": 1, "chat": 1, "mail": 1}
     assert (
-        mail.deliver_queued(stores["mail"], mailer, service_keyring(settings, "mail")) == 0
+        notices.deliver_queued(stores["mail"], mailer, service_keyring(settings, "mail")) == 0
     )  # the bystander's went earlier
     after = smtp.messages()[before:]
     assert [received.recipients for received in after] == [[member["email"]]]
@@ -324,9 +324,9 @@ def test_after_purge_no_personal_value_survives_anywhere(
             keyring=service_keyring(settings, "chat"),
         )
         wait_until(lambda: mail.contact_known(stores["mail"], member_id), "profile reached mail")
-        mail.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n")
+        notices.queue_notice(stores["mail"], member_id, kind="notices", subject="Hi", body="n")
         assert (
-            mail.deliver_queued(
+            notices.deliver_queued(
                 stores["mail"],
                 SmtpMailer("127.0.0.1", smtp.port),
                 service_keyring(settings, "mail"),
