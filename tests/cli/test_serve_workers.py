@@ -132,7 +132,7 @@ def test_two_workers_serve_and_one_runs_the_background_workers(
     assert pids_of(lines, "relay.active") == [elected]
     consumers = [line for line in lines if line.get("event") == "consumer.started"]
     assert sorted(line["consumer"] for line in consumers) == sorted(
-        ["scout", "chat", "mail", "lifecycle-erasure"]
+        ["scout", "chat", "mail", "lifecycle-erasure", "lifecycle-export"]
     )
     assert {line["pid"] for line in consumers} == {elected}
     assert "two.workers@example.jp" not in stderr.read_text()
