@@ -338,6 +338,14 @@ class PersonalDataMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        return self._decoded(stored_event, opened=True)
+
+    def to_unopened_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        """The event with its sealed personal values left sealed (read as redacted), for a
+        reader that needs none of them: no key looked up or unwrapped, nothing decrypted."""
+        return self._decoded(stored_event, opened=False)
+
+    def _decoded(self, stored_event: StoredEvent, *, opened: bool) -> DomainEventProtocol[UUID]:
         domain_event = super().to_domain_event(stored_event)
         state: dict[str, Any] = domain_event.__dict__
         tracing.strip(state)  # metadata stored with the event, not the event's own
@@ -346,7 +354,7 @@ class PersonalDataMapper(Mapper[UUID]):
             return domain_event
         fields: list[str] = sealed["fields"]
         account_id: UUID = state["originator_id"]
-        key = self.vault.find_key(account_id)
+        key = self.vault.find_key(account_id) if opened else None
         if key is None:
             state.update(dict.fromkeys(fields, REDACTED))
             return domain_event

@@ -16,7 +16,7 @@ own for as long as it runs; on SQLite an exclusive `flock` on a file beside the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -27,6 +27,7 @@ from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
 from lifecycle.backoff import Backoff, Delays
+from lifecycle.crypto import PersonalDataMapper
 from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import Account
 from lifecycle.kafka.producer import Publisher, PublishError
@@ -202,11 +203,29 @@ class Relay:
             return 0
         published = 0
         stamps: list[datetime] = []
-        # One key query for the batch instead of one per sealed event.
-        self.accounts.vault.prefetch(
-            {n.originator_id for n in notifications if isinstance(n.originator_id, UUID)}
-        )
-        self._registered = self._registrations_for_edits(notifications)
+        # Only a Registered event's personal values reach a record (the profile's address and
+        # name; an edit's profile takes them from its account's Registered event): every other
+        # event is read with its sealed values left sealed, and only the keys of the accounts
+        # whose Registered event is read are looked up, in one query for the batch.
+        unopened = {
+            n.id: self._account_event(n, opened=False)
+            for n in notifications
+            if n.topic != event_names.REGISTERED
+        }
+        registering = {
+            self._db.to_uuid(n.originator_id)
+            for n in notifications
+            if n.topic == event_names.REGISTERED
+        }
+        wanted = {
+            event.originator_id
+            for event in unopened.values()
+            if isinstance(event, Account.PreferencesEdited)
+            and event.notifications is not None
+            and event.originator_id not in registering
+        }
+        self.accounts.vault.prefetch(registering | wanted)
+        self._registered = self._registrations(wanted)
         for notification in notifications:
             request = self._export_request(notification)
             if request is not None:
@@ -215,7 +234,11 @@ class Relay:
                 )
                 published += 1
                 continue
-            event = self._account_event(notification)
+            event = (
+                self._account_event(notification, opened=True)
+                if notification.topic == event_names.REGISTERED
+                else unopened[notification.id]
+            )
             if event is None:
                 continue
             if isinstance(event, Account.Registered):
@@ -274,13 +297,18 @@ class Relay:
             "commit_to_ack_max_ms": round(max(waits) * 1000, 1),
         }
 
-    def _account_event(self, notification: Notification) -> Account.Event | None:
-        """The decoded Account event; None for EmailClaim and anything else that is not
-        the public account stream."""
+    def _account_event(self, notification: Notification, *, opened: bool) -> Account.Event | None:
+        """The decoded Account event (its personal values left sealed unless `opened`); None
+        for EmailClaim and anything else that is not the public account stream."""
         event_class = resolve_topic(notification.topic)
         if not (isinstance(event_class, type) and issubclass(event_class, Account.Event)):
             return None
-        event = self.accounts.mapper.to_domain_event(notification)
+        mapper = self.accounts.mapper
+        event = (
+            mapper.to_domain_event(notification)
+            if opened or not isinstance(mapper, PersonalDataMapper)
+            else mapper.to_unopened_domain_event(notification)
+        )
         assert isinstance(event, Account.Event)
         return event
 
@@ -315,17 +343,9 @@ class Relay:
             )
         yield from records
 
-    def _registrations_for_edits(
-        self, notifications: Sequence[Notification]
-    ) -> dict[UUID, Account.Registered]:
-        """The Registered event of each account a batch's edit belongs to, when the batch does
-        not hold it: one query for the batch, not one per edit."""
-        in_batch = {n.originator_id for n in notifications if n.topic == event_names.REGISTERED}
-        wanted = {
-            n.originator_id
-            for n in notifications
-            if n.topic == event_names.PREFERENCES_EDITED and n.originator_id not in in_batch
-        }
+    def _registrations(self, wanted: set[UUID]) -> dict[UUID, Account.Registered]:
+        """The Registered event of each account whose notifications a batch's edit changes,
+        when the batch does not hold it: one query for the batch, not one per edit."""
         if not wanted:
             return {}
         db = self._db
