@@ -76,7 +76,12 @@ V1_ROUTES: list[tuple[str, str, Any, int]] = [
     ("GET", "/v1/accounts/{account_id}/withdrawal-preview", None, 200),
     ("POST", "/v1/accounts/{account_id}/withdrawal", {"reason": "other"}, 202),
     ("GET", "/v1/accounts/{account_id}/erasure", None, 200),
+    ("POST", "/v1/accounts/{account_id}/data-exports", None, 202),
+    # No export has this id (`NO_EXPORT`): 404 for the service role.
+    ("GET", "/v1/accounts/{account_id}/data-exports/{export_id}", None, 404),
+    ("GET", "/v1/accounts/{account_id}/data-exports/{export_id}/download", None, 404),
 ]
+NO_EXPORT = "00000000-0000-4000-8000-00000000e4b7"
 ROUTE_IDS = [f"{method} {path}" for method, path, _, _ in V1_ROUTES]
 
 
@@ -89,7 +94,7 @@ def call(
     method, path, body, _ = route
     return client.request(
         method,
-        path.format(account_id=account_id),
+        path.format(account_id=account_id, export_id=NO_EXPORT),
         json=body() if callable(body) else body,
         headers=headers,
     )
@@ -333,6 +338,7 @@ def test_every_protected_route_is_401_before_it_reads_a_malformed_body(
         url = path.format(
             account_id=account_id,
             receipt_id=account_id,
+            export_id=NO_EXPORT,
             service="mail",
             group="mail",
             partition=0,

@@ -97,12 +97,13 @@ def test_a_scrape_after_a_withdrawal_holds_every_metric_the_rules_and_dashboard_
     assert samples["lifecycle_withdrawal_to_purged_seconds_count"][0][1] >= 1
     assert samples["lifecycle_withdrawal_to_suppression_seconds_count"][0][1] >= 1
     ready = {labels["worker"]: value for labels, value in samples["lifecycle_worker_ready"]}
-    assert set(ready) == {"relay", "scout", "chat", "mail", "lifecycle-erasure"}
+    assert set(ready) == {"relay", "scout", "chat", "mail", "lifecycle-erasure", "lifecycle-export"}
     assert {labels["group"] for labels, _ in samples["lifecycle_consumer_lag"]} == {
         "scout",
         "chat",
         "mail",
         "lifecycle-erasure",
+        "lifecycle-export",
     }
     assert all(value == 0 for _, value in samples["lifecycle_dead_letters_waiting"])
     assert samples["lifecycle_relay_last_publish_timestamp_seconds"][0][1] > 1.7e9

@@ -21,14 +21,22 @@ def test_one_of_two_runs_the_workers_and_the_other_takes_over(
         assert first.active
         assert not second.active
         assert first.workers is not None
-        names = ("relay", "scout", "chat", "mail", "lifecycle-erasure")
+        names = (
+            "relay",
+            "scout",
+            "chat",
+            "mail",
+            "lifecycle-erasure",
+            "lifecycle-export",
+            "data-export-sweep",
+        )
         assert sorted(first.workers.running) == sorted(f"worker-{name}" for name in names)
 
         first.stop()
 
         wait_until(lambda: second.active, "the standby takes over")
         assert second.workers is not None
-        assert len(second.workers.running) == 5
+        assert len(second.workers.running) == len(names)
     finally:
         first.stop()
         second.stop()

@@ -67,7 +67,13 @@ def test_the_first_releases_database_migrates_and_today_s_code_runs_on_it(
     release1: Settings, backend: str
 ) -> None:
     applied = migrate_lifecycle(release1)
-    assert {a.component for a in applied} == {"lifecycle", "consumer-kit:erasure_", "read-models"}
+    assert {a.component for a in applied} == {
+        "lifecycle",
+        "consumer-kit:erasure_",
+        "read-models",
+        "data_export",
+        "consumer-kit:data_export_",
+    }
     accounts = build_accounts(release1)
     try:
         active = accounts.get_account(member(backend, "active"))
