@@ -36,7 +36,8 @@ class ChatHandler(MemberDataHandler):
     personal_tables = ("chat_messages", "chat_threads")
 
     def __init__(self, database: Database, topics: TopicNames, *, keyring: Keyring) -> None:
-        super().__init__(database, topics, SealedValues(database, keyring))
+        self.bodies = SealedValues(database, keyring)  # what opens the messages' bodies
+        super().__init__(database, topics, self.bodies)
 
     def export(self, cursor: Cursor, account_id: UUID) -> ChatSectionV1:
         """The account's threads, oldest first, each with its messages, oldest first (their
@@ -52,11 +53,10 @@ class ChatHandler(MemberDataHandler):
             "WHERE account_id = %s ORDER BY sent_at, message_id",
             (account,),
         ).fetchall()
-        assert self.sealed is not None
-        key = self.sealed.keys_for(cursor, [account_id]).get(account_id)
+        key = self.bodies.keys_for(cursor, [account_id]).get(account_id)
         by_thread: dict[str, list[ChatMessageV1]] = {thread_id: [] for thread_id, *_ in threads}
         for message_id, thread_id, sender, stored, sent_at in messages:
-            body = self.sealed.open(key, account_id, MESSAGE_BODY, stored)
+            body = self.bodies.open(key, account_id, MESSAGE_BODY, stored)
             if body is None:
                 raise ExportFailedError("internal_error")  # a body its key no longer opens
             by_thread.setdefault(thread_id, []).append(

@@ -14,7 +14,9 @@ aggregate) or on a domain error raised while storing (a `LifecycleError` such as
 `KeyDestroyedError` from the mapper), nothing of it was stored: the leader then saves each
 caller's events on their own, so each caller gets exactly the outcome it would have had
 alone (the one that conflicted gets its `IntegrityError`, and `Accounts` retries the command
-from a fresh load). Any other failure (the database is unreachable) reaches every caller of
+from a fresh load). When the conflict names an aggregate only one caller wrote (an event
+stored before it), that caller alone gets it and the rest are saved again as one batch.
+Any other failure (the database is unreachable) reaches every caller of
 the batch, as it would have reached each of them. A batch whose COMMIT was sent but whose
 answer was lost is resolved as one by the recorder (`lifecycle.recorders`): stored, every
 caller gets its recordings; not stored, it is inserted again; unknown, every caller gets
@@ -25,6 +27,7 @@ caller gets its recordings; not stored, it is inserted again; unknown, every cal
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Sequence
 from uuid import UUID
@@ -111,25 +114,71 @@ class GroupCommitWriter:
                 batch[0].error = error
             else:
                 self.fallbacks += 1
-                for request in batch:
-                    self._run_alone(request)
+                self._settle(batch, error)
         except BaseException as error:
             for request in batch:
                 request.error = error
         else:
-            start = 0
-            for request in batch:
-                end = start + len(request.events)
-                request.recordings = recordings[start:end]
-                start = end
+            _deliver(batch, recordings)
         self.batches += 1
         GROUP_COMMIT_BATCH.observe(len(batch))
         self.saved_requests += len(batch)
         for request in batch:
             request.done = True
 
+    def _settle(self, batch: list[_Request], error: BaseException) -> None:
+        """After a failed batch: a conflict with an event stored before names its aggregate
+        (PostgreSQL's DETAIL); when one caller alone has events of it, that caller gets the
+        conflict (alone it would meet it too) and the others go again as one batch. Otherwise
+        (callers racing within the batch, or no aggregate named) each saves alone."""
+        while len(batch) > 1:
+            conflicting = _conflicting_aggregate(error)
+            losers = [r for r in batch if any(e.originator_id == conflicting for e in r.events)]
+            if conflicting is None or len(losers) != 1:
+                break
+            losers[0].error = error
+            batch = [request for request in batch if request is not losers[0]]
+            try:
+                recordings = self._save(
+                    *(event for request in batch for event in request.events),
+                    *(aggregate for request in batch for aggregate in request.aggregates),
+                )
+            except (IntegrityError, LifecycleError) as again:
+                error = again
+                continue
+            except BaseException as failure:
+                for request in batch:
+                    request.error = failure
+                return
+            _deliver(batch, recordings)
+            return
+        for request in batch:
+            self._run_alone(request)
+
     def _run_alone(self, request: _Request) -> None:
         try:
             request.recordings = self._save(*request.events, *request.aggregates)
         except BaseException as error:
             request.error = error
+
+
+def _deliver(batch: list[_Request], recordings: list[Recording[UUID]]) -> None:
+    start = 0
+    for request in batch:
+        end = start + len(request.events)
+        request.recordings = recordings[start:end]
+        start = end
+
+
+# PostgreSQL's DETAIL of a unique violation on the events table's key.
+_CONFLICT_DETAIL = re.compile(
+    r"Key \(originator_id, originator_version\)=\(([0-9a-fA-F-]{36}), \d+\) already exists"
+)
+
+
+def _conflicting_aggregate(error: BaseException) -> UUID | None:
+    """The aggregate whose event conflicted with a stored one, when the error names it."""
+    if not isinstance(error, IntegrityError):
+        return None
+    found = _CONFLICT_DETAIL.search(str(error))
+    return UUID(found.group(1)) if found else None

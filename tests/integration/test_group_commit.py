@@ -158,6 +158,49 @@ def test_a_conflict_in_a_batch_costs_only_the_caller_that_lost(
     assert gc_accounts.get_account(account_id).desired["min_salary"] in (1, 2)
 
 
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_conflict_with_a_stored_event_fails_its_caller_and_saves_the_rest_together(
+    gc_accounts: Accounts,
+) -> None:
+    """PostgreSQL names the conflicting aggregate: its one caller gets the conflict, the
+    other callers of the batch are saved again in one transaction, not one each."""
+    account_id = register(gc_accounts)
+    stale = gc_accounts.get_account(account_id)
+    stale.edit_preferences(desired={"min_salary": 1})
+    fresh = gc_accounts.get_account(account_id)
+    fresh.edit_preferences(desired={"min_salary": 2})
+    gc_accounts.save(fresh)  # stored: the stale copy's version is taken
+    bystanders = [
+        Account.register(
+            email=f"bystander-{n}-{uuid4().hex[:8]}@example.jp",
+            display_name=f"B{n}",
+            consent_version="v1",
+        )
+        for n in range(3)
+    ]
+    blocker = gc_accounts.get_account(register(gc_accounts))
+    blocker.edit_preferences(desired={"min_salary": 3})
+    writer = gc_accounts.group_commit
+    held_first_batch(writer, waiting=4)
+    saves: list[int] = []
+    held = writer._save
+
+    def counted(*objs: Any, **kwargs: Any) -> Any:
+        saves.append(len(objs))
+        return held(*objs, **kwargs)
+
+    writer._save = counted
+    work: list[Any] = [blocker, stale, *bystanders]
+    results = race(lambda i: gc_accounts.save(work[i]), len(work))
+    assert isinstance(results[1], IntegrityError), results
+    assert not any(isinstance(r, BaseException) for r in [results[0], *results[2:]]), results
+    # The blocker alone, the batch of four that failed, the three bystanders again together
+    # (each caller hands over one event and its aggregate).
+    assert [objs // 2 for objs in saves] == [1, 4, 3]
+    for bystander in bystanders:
+        assert gc_accounts.get_account(bystander.id).display_name == bystander.display_name
+
+
 def test_racing_commands_on_one_account_all_succeed_through_retries(
     gc_accounts: Accounts,
 ) -> None:
