@@ -1,6 +1,6 @@
 """A data export across processes on the real broker: the relay publishes the request, the
-services answer on their own part topics (`answer_requests`, a stand-in for the reference
-services until they answer themselves), `lifecycle data-exports` takes the parts in; the
+reference services (`lifecycle consume scout|chat|mail`) answer from their own stores on their own
+part topics, `lifecycle data-exports` takes the parts in; the
 member downloads a document that holds exactly what was put in, validates against its JSON
 Schema, and no topic holds a readable value (each searched from offset 0 in the encodings the
 erasure tests use). Then the withdrawal ends it: 410, key and parts gone."""
@@ -17,22 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+import psycopg
 import pytest
 from support import read_topic, searched_forms, wait_until
 
+from consumers import chat, mail, notices, scout
+from consumers.store import open_database
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_data_exports, migrate_lifecycle
+from lifecycle.bootstrap import (
+    build_data_exports,
+    migrate_lifecycle,
+    migrate_service,
+    service_keyring,
+)
 from lifecycle.crypto import new_master_key
 from lifecycle.data_export_aggregate import ExportStatus
-from lifecycle.kafka.producer import KafkaPublisher
-from lifecycle.kafka.source import KafkaSource
-from lifecycle.sealed_box import seal_part
 from lifecycle.settings import Settings
-from lifecycle.workers import run_data_exports, run_relay
-from schemas.contract import TopicNames, decode_record
-from schemas.data_export import ExportRequestedV1, encode_export_part
+from lifecycle.storage import Database
+from lifecycle.workers import run_consumer, run_data_exports, run_relay
+from schemas.contract import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+SERVICES = ("scout", "chat", "mail")
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "schemas/v1/account.data-export.v1.json").read_text()
 )
@@ -40,7 +46,7 @@ WHEN = "2026-04-01T09:30:00Z"
 
 
 @pytest.fixture
-def settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> Settings:
+def settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> Iterator[Settings]:
     settings = Settings(
         database_url=postgres_url,
         database_schema=pg_schema,
@@ -49,7 +55,23 @@ def settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> Setting
         log_format="json",
     )
     migrate_lifecycle(settings)
-    return settings
+    for name in SERVICES:
+        migrate_service(settings, name, f"{pg_schema}_{name}")
+    yield settings
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for name in SERVICES:
+            conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
+
+
+@pytest.fixture
+def stores(settings: Settings) -> Iterator[dict[str, Database]]:
+    opened = {
+        name: open_database(settings.database_url, f"{settings.database_schema}_{name}")
+        for name in SERVICES
+    }
+    yield opened
+    for database in opened.values():
+        database.close()
 
 
 @pytest.fixture
@@ -59,49 +81,21 @@ def accounts(settings: Settings) -> Iterator[Accounts]:
     app.close()
 
 
-def answer_requests(
-    settings: Settings, topics: TopicNames, sections: dict[str, bytes], stop: threading.Event
-) -> None:
-    """Each service's answer: its section sealed to the request's key, on its own topic."""
-    assert settings.kafka_bootstrap is not None
-    source = KafkaSource(
-        settings.kafka_bootstrap, [topics.export_requested], f"{topics.prefix}stub"
-    )
-    publisher = KafkaPublisher(settings.kafka_bootstrap, client_id="export-stub")
-    try:
-        while not stop.is_set():
-            records = source.poll(0.2)
-            for incoming in records:
-                request = decode_record(incoming.headers, incoming.value, incoming.topic).data
-                assert isinstance(request, ExportRequestedV1)
-                for service, section in sections.items():
-                    if request.addresses(service):
-                        for part in seal_part(
-                            request.public_key,
-                            section,
-                            export_id=request.export_id,
-                            account_id=request.account_id,
-                            service=service,
-                            chunk_bytes=512,
-                        ):
-                            record = encode_export_part(part)
-                            publisher.publish(topics.export_part(service), *record)
-            publisher.flush()
-            if records:
-                source.commit({(r.topic, r.partition): r.offset + 1 for r in records})
-    finally:
-        source.close()
-        publisher.close()
-
-
 @contextmanager
-def running(settings: Settings, topics: TopicNames, sections: dict[str, bytes]) -> Iterator[None]:
+def running(settings: Settings, topics: TopicNames) -> Iterator[None]:
     stop = threading.Event()
     errors: list[BaseException] = []
     targets: list[Callable[[], None]] = [
         lambda: run_relay(settings, stop, topics=topics),
         lambda: run_data_exports(settings, stop, topics=topics),
-        lambda: answer_requests(settings, topics, sections, stop),
+        *(
+            (
+                lambda name=name: run_consumer(
+                    name, settings, stop, topics=topics, schema=f"{settings.database_schema}_{name}"
+                )
+            )
+            for name in SERVICES
+        ),
     ]
 
     def guarded(target: Callable[[], None]) -> Callable[[], None]:
@@ -127,7 +121,7 @@ def running(settings: Settings, topics: TopicNames, sections: dict[str, bytes]) 
 
 
 def test_an_export_over_kafka_holds_what_was_put_in_and_no_topic_holds_a_value(
-    settings: Settings, accounts: Accounts, topics: TopicNames
+    settings: Settings, accounts: Accounts, topics: TopicNames, stores: dict[str, Database]
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     member: dict[str, Any] = {
@@ -138,59 +132,34 @@ def test_an_export_over_kafka_holds_what_was_put_in_and_no_topic_holds_a_value(
         "work_history": [{"company": f"Qwertycorp{tag}", "title": "lead", "from": "2019-04-01"}],
         "consent_version": "2026-04",
     }
-    sections: dict[str, dict[str, Any]] = {
-        "scout": {
-            "scouts": [
-                {"scout_id": f"s{n}", "company_id": "c1", "job_id": "j", "received_at": WHEN}
-                for n in range(3)
-            ]
-        },
-        "chat": {
-            "threads": [
-                {
-                    "thread_id": "t1",
-                    "company_id": "c1",
-                    "opened_at": WHEN,
-                    "messages": [
-                        {
-                            "message_id": "m1",
-                            "sender": "member",
-                            "body": f"Confidential{tag} salary talk",
-                            "sent_at": WHEN,
-                        }
-                    ],
-                }
-            ]
-        },
-        "mail": {
-            "contact": {
-                "email": member["email"],
-                "display_name": member["display_name"],
-                "notifications": {"scouts": True, "recommendations": True, "notices": True},
-                "updated_at": WHEN,
-            },
-            "notices": [
-                {
-                    "notice_id": "n1",
-                    "kind": "notices",
-                    "subject": f"Subject{tag}",
-                    "body": f"Noticebody{tag}",
-                    "status": "sent",
-                    "queued_at": WHEN,
-                    "sent_at": WHEN,
-                }
-            ],
-        },
-    }
     member_id = accounts.register(**member)
     accounts.edit_preferences(member_id, desired={"locations": ["Tokyo"], "min_salary": 9_000_000})
     for n in range(3):
         accounts.receive_scout(member_id, scout_id=f"s{n}", company_id="c1", job_id="j")
     accounts.claim_gift(member_id, company_id="c1", start_date=date(2026, 7, 1))
     exports = build_data_exports(accounts, settings)
-    encoded = {service: json.dumps(section).encode() for service, section in sections.items()}
 
-    with running(settings, topics, encoded):
+    with running(settings, topics):
+        thread = chat.open_thread(stores["chat"], member_id, "c1")
+        message = chat.post_message(
+            stores["chat"],
+            member_id,
+            thread,
+            "member",
+            f"Confidential{tag} salary talk",
+            keyring=service_keyring(settings, "chat"),
+        )
+        wait_until(
+            lambda: mail.contact_known(stores["mail"], member_id), "the address reached mail"
+        )
+        wait_until(lambda: len(scout.scouts_of(stores["scout"], member_id)) == 3, "scouts held")
+        notice = notices.queue_notice(
+            stores["mail"],
+            member_id,
+            kind="notices",
+            subject=f"Subject{tag}",
+            body=f"Noticebody{tag}",
+        )
         export = exports.request(member_id).export
         wait_until(
             lambda: exports.get(member_id, export.id).status is ExportStatus.READY,
@@ -214,7 +183,20 @@ def test_an_export_over_kafka_holds_what_was_put_in_and_no_topic_holds_a_value(
         (f"s{n}", "c1") for n in range(3)
     ]
     assert account["gift"]["company_id"] == "c1" and account["gift"]["start_date"] == "2026-07-01"
-    assert document["services"] == sections
+    services = document["services"]
+    assert [(s["scout_id"], s["company_id"]) for s in services["scout"]["scouts"]] == [
+        (f"s{n}", "c1") for n in range(3)
+    ]
+    [held] = services["chat"]["threads"]
+    assert (held["thread_id"], held["company_id"]) == (thread, "c1")
+    assert [(m["message_id"], m["sender"], m["body"]) for m in held["messages"]] == [
+        (message, "member", f"Confidential{tag} salary talk")
+    ]
+    contact = services["mail"]["contact"]
+    assert (contact["email"], contact["display_name"]) == (member["email"], member["display_name"])
+    assert [
+        (n["notice_id"], n["status"], n["subject"], n["body"]) for n in services["mail"]["notices"]
+    ] == [(notice, "queued", f"Subject{tag}", f"Noticebody{tag}")]
 
     # No topic holds a readable value: every one searched from offset 0.
     values = [
