@@ -162,7 +162,16 @@ import json, sys
 from datetime import date
 from uuid import UUID
 from lifecycle.application import Accounts
-from lifecycle.errors import GiftAlreadyClaimedError
+from lifecycle.errors import ConcurrentUpdateError, GiftAlreadyClaimedError
+
+
+def asked(command, *args, **kwargs):
+    # A 409 after the bounded retries stored nothing: a client asks again, as here.
+    while True:
+        try:
+            return command(*args, **kwargs)
+        except ConcurrentUpdateError:
+            pass
 
 env, account_id, tag, rounds = json.loads(sys.stdin.readline())
 accounts = Accounts(env=env)
@@ -170,16 +179,17 @@ account_id = UUID(account_id)
 print("ready", flush=True)
 sys.stdin.readline()  # go
 edits, scouts, gift = [], [], None
+company = f"c{tag}"
 for n in range(rounds):
     amount = tag * 1_000_000 + n
-    if accounts.edit_preferences(account_id, desired={"min_salary": amount}) == ["desired"]:
+    if asked(accounts.edit_preferences, account_id, desired={"min_salary": amount}) == ["desired"]:
         edits.append(amount)
     scout_id = f"{tag}-{n}"
-    if accounts.receive_scout(account_id, scout_id=scout_id, company_id=f"c{tag}", job_id="j"):
+    if asked(accounts.receive_scout, account_id, scout_id=scout_id, company_id=company, job_id="j"):
         scouts.append(scout_id)
     if n == rounds // 2:
         try:
-            accounts.claim_gift(account_id, company_id=f"c{tag}", start_date=date(2026, 4, 1))
+            asked(accounts.claim_gift, account_id, company_id=company, start_date=date(2026, 4, 1))
             gift = "claimed"
         except GiftAlreadyClaimedError:
             gift = "refused"
