@@ -3,7 +3,7 @@
 PYTHON ?= python3
 # pytest-xdist workers. The suite waits on servers and subprocesses more than it computes, so
 # more workers than this machine's two cores pay off (README, Tests).
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := lifecycle projections consumers schemas

@@ -98,6 +98,9 @@ class CommitCuttingProxy:
 
     def close(self) -> None:
         self._closed.set()
+        # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         self._thread.join(timeout=5)
 
