@@ -566,3 +566,46 @@ class FakeKafka:
         if self.failing:
             raise BrokerUnavailableError("Kafka refused the record (test)")
         self.append(topic, Record(key, list(headers), value))
+
+
+@contextmanager
+def worker_threads(settings: Settings, topics: TopicNames, *workers: str) -> Iterator[None]:
+    """The named workers (`relay`, `erasure`, `data-exports`) and the three reference services,
+    each on a thread as its CLI command runs it (every service in a schema of its own); on exit
+    each is stopped, and none may have failed."""
+    from lifecycle import workers as run  # the entrypoints, only for the tests that start them
+
+    stop = threading.Event()
+    lead = {
+        "relay": run.run_relay,
+        "erasure": run.run_erasure,
+        "data-exports": run.run_data_exports,
+    }
+    targets: list[Callable[[], None]] = [
+        lambda worker=worker: lead[worker](settings, stop, topics=topics) for worker in workers
+    ]
+    targets += [
+        lambda name=name: run.run_consumer(
+            name, settings, stop, topics=topics, schema=f"{settings.database_schema}_{name}"
+        )
+        for name in ("scout", "chat", "mail")
+    ]
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert [getattr(error, "detail", repr(error)) for error in errors] == []

@@ -8,10 +8,8 @@ erasure tests use). Then the withdrawal ends it: 410, key and parts gone."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import jsonschema_rs
 import psycopg
 import pytest
-from support import read_topic, searched_forms, wait_until
+from support import read_topic, searched_forms, wait_until, worker_threads
 
 from consumers import chat, mail, notices, scout
 from consumers.store import open_database
@@ -34,7 +32,6 @@ from lifecycle.crypto import new_master_key
 from lifecycle.data_export_aggregate import ExportStatus
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.workers import run_consumer, run_data_exports, run_relay
 from schemas.contract import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -81,45 +78,6 @@ def accounts(settings: Settings) -> Iterator[Accounts]:
     app.close()
 
 
-@contextmanager
-def running(settings: Settings, topics: TopicNames) -> Iterator[None]:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    targets: list[Callable[[], None]] = [
-        lambda: run_relay(settings, stop, topics=topics),
-        lambda: run_data_exports(settings, stop, topics=topics),
-        *(
-            (
-                lambda name=name: run_consumer(
-                    name, settings, stop, topics=topics, schema=f"{settings.database_schema}_{name}"
-                )
-            )
-            for name in SERVICES
-        ),
-    ]
-
-    def guarded(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                target()
-            except BaseException as error:
-                errors.append(error)
-
-        return run
-
-    threads = [threading.Thread(target=guarded(target)) for target in targets]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads)
-    assert [repr(error) for error in errors] == []
-
-
 def test_an_export_over_kafka_holds_what_was_put_in_and_no_topic_holds_a_value(
     settings: Settings, accounts: Accounts, topics: TopicNames, stores: dict[str, Database]
 ) -> None:
@@ -139,7 +97,7 @@ def test_an_export_over_kafka_holds_what_was_put_in_and_no_topic_holds_a_value(
     accounts.claim_gift(member_id, company_id="c1", start_date=date(2026, 7, 1))
     exports = build_data_exports(accounts, settings)
 
-    with running(settings, topics):
+    with worker_threads(settings, topics, "relay", "data-exports"):
         thread = chat.open_thread(stores["chat"], member_id, "c1")
         message = chat.post_message(
             stores["chat"],

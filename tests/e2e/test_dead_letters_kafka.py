@@ -14,7 +14,7 @@ from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
-from support import TOKENS, auth, dump_database, read_topic, wait_until
+from support import TOKENS, auth, dump_database, read_topic, wait_until, worker_threads
 from test_erasure_kafka import (  # the e2e fixtures and helpers of this tier
     accounts,
     compacting_topics,
@@ -22,7 +22,6 @@ from test_erasure_kafka import (  # the e2e fixtures and helpers of this tier
     profile_values_left,
     relayed_everything,
     roll_profile_segment,
-    running_workers,
     searched_forms,
     settings,
     stores,
@@ -117,7 +116,7 @@ def test_a_purged_members_dead_letter_leaves_no_copy_and_a_live_one_is_redriven(
     member_id = accounts.register(**member)
     bystander_id = accounts.register(**distinctive_member(f"{tag}b"))
 
-    with running_workers(settings, topics):
+    with worker_threads(settings, topics, "relay", "erasure"):
         publish(bootstrap, topics.profile, poison_profile(member_id, email))
         publish(bootstrap, topics.lifecycle, poison_scout(bystander_id))
         wait_until(

@@ -11,10 +11,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from support import (
     searched_forms,
     unique_topics,
     wait_until,
+    worker_threads,
 )
 
 from consumers import chat, mail, notices, scout
@@ -53,7 +52,6 @@ from lifecycle.kafka.admin import TopicSettings
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
-from lifecycle.workers import run_consumer, run_erasure, run_relay
 from projections.registry import open_read_models
 from projections.runner import Projector
 from schemas.contract import ErasureConfirmedV2, TopicNames, decode_record, erasure_receipt_id
@@ -114,7 +112,7 @@ def accounts(settings: Settings) -> Iterator[Accounts]:
 @pytest.fixture
 def processes(settings: Settings, topics: TopicNames, accounts: Accounts) -> Iterator[None]:
     """relay, scout, chat, mail and erasure: each as the CLI would start it."""
-    with running_workers(settings, topics):
+    with worker_threads(settings, topics, "relay", "erasure"):
         yield
 
 
@@ -315,7 +313,7 @@ def test_after_purge_no_personal_value_survives_anywhere(
         comment,
     ]
 
-    with running_workers(settings, topics):
+    with worker_threads(settings, topics, "relay", "erasure"):
         member_id = accounts.register(**member)
         accounts.receive_scout(member_id, scout_id="s1", company_id="c1", job_id="j1")
         chat.post_message(
@@ -456,45 +454,6 @@ def test_the_proof_finds_a_value_that_is_still_stored(
     report = json.loads(proof.stdout)
     assert report["erased"] is False
     assert report["key_destroyed"] is False
-
-
-@contextmanager
-def running_workers(settings: Settings, topics: TopicNames) -> Iterator[None]:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    targets: list[Callable[[], None]] = [
-        lambda: run_relay(settings, stop, topics=topics),
-        lambda: run_erasure(settings, stop, topics=topics),
-        *(
-            (
-                lambda name=name: run_consumer(
-                    name, settings, stop, topics=topics, schema=f"{settings.database_schema}_{name}"
-                )
-            )
-            for name in SERVICES
-        ),
-    ]
-
-    def guarded(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                target()
-            except BaseException as error:
-                errors.append(error)
-
-        return run
-
-    threads = [threading.Thread(target=guarded(target)) for target in targets]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads)
-    assert [getattr(error, "detail", repr(error)) for error in errors] == []
 
 
 def project_everything(accounts: Accounts) -> int:

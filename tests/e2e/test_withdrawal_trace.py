@@ -6,10 +6,8 @@ On the real broker (each worker as the CLI starts it, on threads) and embedded (
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -20,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from support import TOKENS, SmtpSink, auth, wait_until
+from support import TOKENS, SmtpSink, auth, wait_until, worker_threads
 
 from lifecycle import tracing
 from lifecycle.account_terms import AccountStatus
@@ -29,7 +27,7 @@ from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_erasure, migrate_lifecycle, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
-from lifecycle.workers import run_consumer, run_erasure, run_relay, start_workers
+from lifecycle.workers import start_workers
 from schemas.contract import TopicNames
 
 SERVICES = ("scout", "chat", "mail")
@@ -165,41 +163,6 @@ def test_one_withdrawal_is_one_trace_embedded(
 # The real broker: each worker as the CLI starts it
 
 
-@contextmanager
-def running_workers(settings: Settings, topics: TopicNames) -> Iterator[None]:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    schema = settings.database_schema
-    targets: list[Callable[[], None]] = [
-        lambda: run_relay(settings, stop, topics=topics),
-        lambda: run_erasure(settings, stop, topics=topics),
-        *(
-            (lambda n=n: run_consumer(n, settings, stop, topics=topics, schema=f"{schema}_{n}"))
-            for n in SERVICES
-        ),
-    ]
-
-    def guarded(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                target()
-            except BaseException as error:
-                errors.append(error)
-
-        return run
-
-    threads = [threading.Thread(target=guarded(target)) for target in targets]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-    assert [repr(error) for error in errors] == []
-
-
 @pytest.mark.kafka
 @pytest.mark.postgres
 def test_one_withdrawal_is_one_trace_on_the_broker(
@@ -228,7 +191,7 @@ def test_one_withdrawal_is_one_trace_on_the_broker(
     member = person(uuid.uuid4().hex[:8])
     try:
         with (
-            running_workers(settings, topics),
+            worker_threads(settings, topics, "relay", "erasure"),
             TestClient(create_app(settings, accounts)) as client,
         ):
             withdraw_over_http(client, accounts, member)
