@@ -91,35 +91,27 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         keys = SQL("{schema}.{table}").format(
             schema=Identifier(datastore.schema), table=Identifier(KEYS_TABLE)
         )
+        events_table = SQL("{schema}.{table}").format(
+            schema=Identifier(datastore.schema), table=Identifier(self.events_table_name)
+        )
         # An aggregate's events with its wrapped key on each row (one lookup, an InitPlan):
         # one statement, so loading an account is one round trip.
         self.select_events_with_key_statement = _text(
             SQL(
                 "SELECT originator_id, originator_version, topic, state, "
                 "(SELECT wrapped_key FROM {keys} WHERE account_id = %s) AS wrapped_key "
-                "FROM {schema}.{table} WHERE originator_id = %s"
-            ).format(
-                keys=keys,
-                schema=Identifier(datastore.schema),
-                table=Identifier(self.events_table_name),
-            )
+                "FROM {events} WHERE originator_id = %s"
+            ).format(keys=keys, events=events_table)
         )
         self.select_events_of_many_statement = _text(
             SQL(
                 "SELECT e.originator_id, e.originator_version, e.topic, e.state, k.wrapped_key "
-                "FROM {schema}.{table} AS e "
+                "FROM {events} AS e "
                 "LEFT JOIN {keys} AS k ON k.account_id = e.originator_id "
                 "WHERE e.originator_id = ANY(%s) ORDER BY e.originator_id, e.originator_version"
-            ).format(
-                keys=keys,
-                schema=Identifier(datastore.schema),
-                table=Identifier(self.events_table_name),
-            )
+            ).format(keys=keys, events=events_table)
         )
         self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
-        events_table = SQL("{schema}.{table}").format(
-            schema=Identifier(datastore.schema), table=Identifier(self.events_table_name)
-        )
         # Finding out whether an in-doubt write landed (rare: only after a connection failed).
         self.lock_timeout_statement = f"SET LOCAL lock_timeout = '{IN_DOUBT_LOCK_TIMEOUT_S}s'"
         # SHARE conflicts with the writers' EXCLUSIVE lock: a commit in flight finishes first.
