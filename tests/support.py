@@ -34,14 +34,16 @@ import psycopg
 from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
 
-from consumers.faults import dead_letter_record
-from consumers.handler import PoisonRecord
+from consumers.faults import RetryPolicy, dead_letter_record
+from consumers.handler import Handler, PoisonRecord
+from consumers.kit import Consumer
 from consumers.migrations import SERVICES, kit_component
-from consumers.store import open_database
+from consumers.store import ConsumerStore, open_database
 from lifecycle.bootstrap import migrate_lifecycle, migrate_service
 from lifecycle.kafka.admin import TopicSettings, ensure_topics, read_from_start
+from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.inspector import BrokerUnavailableError, DeadLetter, SourceRecord
-from lifecycle.kafka.source import Incoming
+from lifecycle.kafka.source import Incoming, InProcessSource
 from lifecycle.migrator import migrate
 from lifecycle.settings import Settings
 from lifecycle.storage import Database
@@ -60,6 +62,7 @@ from schemas.contract import (
 )
 
 T = TypeVar("T")
+R = TypeVar("R", bound="Running")
 
 # One known bearer token per role; the `settings` fixture accepts them.
 TOKENS = {
@@ -355,6 +358,56 @@ def running_consumers() -> Iterator[list[Running]]:
     finally:
         for item in started:
             item.stop()
+
+
+def started(running: list[Running], item: R) -> R:
+    """`item`, appended to `running` (the fixture's list, stopped when the test ends)."""
+    running.append(item)
+    return item
+
+
+class InProcessService(Running):
+    """One service's consumer on a thread of its own over an in-process log: `send` records,
+    then wait until `settled`."""
+
+    def __init__(
+        self,
+        name: str,
+        database: Database,
+        handler: Handler,
+        topics: list[str],
+        *,
+        retry: RetryPolicy,
+    ) -> None:
+        self.name = name
+        self.log = InProcessPublisher()
+        self.database = database
+        self.sent = 0
+        super().__init__(
+            Consumer(
+                name,
+                InProcessSource(self.log, topics),
+                ConsumerStore(database),
+                handler,
+                self.log,
+                dlq_topic=TopicNames().dlq(name),
+                retry=retry,
+                poll_timeout_s=0.05,
+            )
+        )
+
+    def send(self, *items: tuple[str, Record]) -> None:
+        for topic, record in items:
+            self.log.publish(topic, record.key, record.headers, record.value)
+        self.log.flush()
+        self.sent += len(items)
+
+    def settled(self) -> bool:
+        """Every record sent is handled and what it sends is published: the kit counts a
+        record applied at its commit, before it publishes the outbox."""
+        stats = self.consumer.stats
+        handled = stats.applied + stats.duplicates + stats.dead_lettered >= self.sent
+        return handled and not self.consumer.store.pending_outgoing(limit=1)
 
 
 RACE_DEADLINE_S = 60.0  # seconds any one race may take, far above what it needs

@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import psycopg
-import pytest
 from pydantic import BaseModel
-from support import SmtpSink, StoreFactory, profile, scout_received, wait_until, withdrawal
+from support import (
+    InProcessService,
+    Running,
+    SmtpSink,
+    StoreFactory,
+    profile,
+    scout_received,
+    started,
+    wait_until,
+    withdrawal,
+)
 
 from consumers import chat, mail, notices, scout
 from consumers.faults import DLQ_ERROR_CODE, RetryPolicy
 from consumers.handler import ExportFailedError, Handler
-from consumers.kit import Consumer
 from consumers.mailer import SmtpMailer
-from consumers.store import ConsumerStore
-from lifecycle.kafka.inprocess import InProcessPublisher
-from lifecycle.kafka.source import InProcessSource
 from lifecycle.keyring import MasterKeyring
 from lifecycle.sealed_box import new_key_pair, open_part
 from lifecycle.storage import Cursor, Database
@@ -46,38 +49,11 @@ FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
 KEYRING = MasterKeyring(os.urandom(32))
 
 
-class Service:
+class Service(InProcessService):
     """One service's consumer on its own thread, over an in-process log."""
 
     def __init__(self, name: str, database: Database, handler: Handler) -> None:
-        self.name = name
-        self.log = InProcessPublisher()
-        self.database = database
-        self.consumer = Consumer(
-            name,
-            InProcessSource(self.log, list(TOPICS.inputs_of(name))),
-            ConsumerStore(database),
-            handler,
-            self.log,
-            dlq_topic=TOPICS.dlq(name),
-            retry=FAST,
-            poll_timeout_s=0.05,
-        )
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.consumer.run, args=(self.stop_event,))
-        self.thread.start()
-        self.sent = 0
-
-    def send(self, *items: tuple[str, Record]) -> None:
-        for topic, record in items:
-            self.log.publish(topic, record.key, record.headers, record.value)
-        self.log.flush()
-        self.sent += len(items)
-
-    def settled(self) -> bool:
-        stats = self.consumer.stats
-        handled = stats.applied + stats.duplicates + stats.dead_lettered >= self.sent
-        return handled and not self.consumer.store.pending_outgoing(limit=1)
+        super().__init__(name, database, handler, list(TOPICS.inputs_of(name)), retry=FAST)
 
     def parts(self) -> list[ExportPartV1]:
         found = []
@@ -87,23 +63,6 @@ class Service:
             assert item.record.key == str(envelope.data.account_id).encode()
             found.append(envelope.data)
         return found
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture
-def services() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for service in started:
-        service.stop()
-
-
-def start(services: list[Service], service: Service) -> Service:
-    services.append(service)
-    return service
 
 
 def request(
@@ -140,10 +99,10 @@ def opened(private_key: bytes, parts: list[ExportPartV1], model: type[BaseModel]
 
 
 def test_scout_exports_every_scout_it_holds_sealed_to_the_request_key(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("scout")
-    service = start(services, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
+    service = started(running, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
     member, other = uuid.uuid4(), uuid.uuid4()
     scouts = [scout_received(TOPICS, member, n) for n in (2, 3)]
     service.send(*scouts, scout_received(TOPICS, other, 2))
@@ -167,11 +126,11 @@ def test_scout_exports_every_scout_it_holds_sealed_to_the_request_key(
 
 
 def test_chat_exports_threads_and_messages_in_order_with_their_bodies_opened(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("chat")
     handler = chat.ChatHandler(database, TOPICS, keyring=KEYRING)
-    service = start(services, Service("chat", database, handler))
+    service = started(running, Service("chat", database, handler))
     member = uuid.uuid4()
     first = chat.open_thread(database, member, "company-1")
     second = chat.open_thread(database, member, "company-2")
@@ -206,12 +165,12 @@ def test_chat_exports_threads_and_messages_in_order_with_their_bodies_opened(
 
 
 def test_mail_exports_the_contact_and_every_notice_with_its_fate_and_dates(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
     database = service_store("mail")
     mailer = SmtpMailer(smtp.host, smtp.port)
     handler = mail.MailHandler(database, TOPICS, mailer, keyring=KEYRING)
-    service = start(services, Service("mail", database, handler))
+    service = started(running, Service("mail", database, handler))
     member = uuid.uuid4()
     address, name = f"hanako.{member.hex[:6]}@example.jp", "山田 花子"
     choices = {"scouts": True, "recommendations": False, "notices": True}
@@ -252,10 +211,10 @@ def test_mail_exports_the_contact_and_every_notice_with_its_fate_and_dates(
 
 
 def test_a_repeated_request_is_answered_once_and_a_retry_again(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("scout")
-    service = start(services, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
+    service = started(running, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
     member, export_id = uuid.uuid4(), uuid.uuid4()
     private, public = new_key_pair()
     first = request(member, public, export_id=export_id)
@@ -274,10 +233,10 @@ def test_a_repeated_request_is_answered_once_and_a_retry_again(
 
 
 def test_requests_for_other_services_and_expired_ones_get_no_part(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("scout")
-    service = start(services, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
+    service = started(running, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
     member = uuid.uuid4()
     _, public = new_key_pair()
     service.send(
@@ -312,11 +271,11 @@ class FailingScouts(scout.ScoutHandler):
 
 
 def test_a_service_that_cannot_export_answers_failed_with_a_code(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("scout")
     failures: list[Exception | str] = [ExportFailedError("data_locked"), BAD_STATEMENT]
-    service = start(services, Service("scout", database, FailingScouts(database, failures)))
+    service = started(running, Service("scout", database, FailingScouts(database, failures)))
     member, withdrawn = uuid.uuid4(), uuid.uuid4()
     _, public = new_key_pair()
     service.send(
@@ -342,7 +301,7 @@ def test_a_service_that_cannot_export_answers_failed_with_a_code(
 
 
 def test_a_database_fault_while_exporting_is_waited_out_and_the_part_sent_once(
-    service_store: StoreFactory, services: list[Service], backend: str
+    service_store: StoreFactory, running: list[Running], backend: str
 ) -> None:
     database = service_store("scout")
     cut: Exception | str = (
@@ -350,7 +309,7 @@ def test_a_database_fault_while_exporting_is_waited_out_and_the_part_sent_once(
         if backend == "postgres"
         else sqlite3.OperationalError("database is locked")
     )
-    service = start(services, Service("scout", database, FailingScouts(database, [cut, cut])))
+    service = started(running, Service("scout", database, FailingScouts(database, [cut, cut])))
     member = uuid.uuid4()
     private, public = new_key_pair()
     service.send(scout_received(TOPICS, member, 2), request(member, public))
@@ -363,10 +322,10 @@ def test_a_database_fault_while_exporting_is_waited_out_and_the_part_sent_once(
 
 
 def test_a_request_no_key_agreement_is_possible_with_is_dead_lettered(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("scout")
-    service = start(services, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
+    service = started(running, Service("scout", database, scout.ScoutHandler(database, TOPICS)))
     member = uuid.uuid4()
     low_order = "A" * 43  # the all-zero X25519 point: every shared secret is zero
     _, public = new_key_pair()

@@ -6,20 +6,21 @@ Mail goes through a real SMTP server (aiosmtpd on loopback).
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
 from eventsourcing.persistence import OperationalError
 from support import (
+    InProcessService,
+    Running,
     SmtpSink,
     StoreFactory,
     profile,
     profile_tombstone,
     purged,
     scout_received,
+    started,
     wait_until,
     withdrawal,
 )
@@ -27,17 +28,12 @@ from support import (
 from consumers import chat, mail, notices, scout
 from consumers.faults import RetryPolicy
 from consumers.handler import AccountWithdrawnError, Handler
-from consumers.kit import Consumer
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, Mailer, SmtpMailer, message_id_for
-from consumers.store import ConsumerStore
-from lifecycle.kafka.inprocess import InProcessPublisher
-from lifecycle.kafka.source import InProcessSource
 from lifecycle.keyring import MasterKeyring
 from lifecycle.storage import Database
 from schemas.contract import (
     Envelope,
     ErasureConfirmedV2,
-    Record,
     TopicNames,
     decode_record,
     erasure_receipt_id,
@@ -54,37 +50,9 @@ KEYRING = MasterKeyring(os.urandom(32))
 # Running a service
 
 
-class Service:
+class Service(InProcessService):
     def __init__(self, name: str, database: Database, handler: Handler, topics: list[str]) -> None:
-        self.log = InProcessPublisher()
-        self.database = database
-        self.consumer = Consumer(
-            name,
-            InProcessSource(self.log, topics),
-            ConsumerStore(database),
-            handler,
-            self.log,
-            dlq_topic=TOPICS.dlq(name),
-            retry=FAST,
-            poll_timeout_s=0.05,
-        )
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.consumer.run, args=(self.stop_event,))
-        self.thread.start()
-        self.sent = 0
-
-    def send(self, *items: tuple[str, Record]) -> None:
-        for topic, record in items:
-            self.log.publish(topic, record.key, record.headers, record.value)
-        self.log.flush()
-        self.sent += len(items)
-
-    def settled(self) -> bool:
-        """Every record sent is handled and what it sends is published: the kit counts a
-        record applied at its commit, before it publishes the outbox."""
-        stats = self.consumer.stats
-        handled = stats.applied + stats.duplicates + stats.dead_lettered >= self.sent
-        return handled and not self.consumer.store.pending_outgoing(limit=1)
+        super().__init__(name, database, handler, topics, retry=FAST)
 
     def confirmations(self) -> list[ErasureConfirmedV2]:
         found: list[ErasureConfirmedV2] = []
@@ -99,33 +67,16 @@ class Service:
             found.append(envelope.data)
         return found
 
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture
-def services() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for service in started:
-        service.stop()
-
-
-def start(services: list[Service], service: Service) -> Service:
-    services.append(service)
-    return service
-
 
 # Scout
 
 
 def test_scout_keeps_scouts_erases_them_on_withdrawal_and_refuses_new_ones(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("scout")
-    service = start(
-        services,
+    service = started(
+        running,
         Service("scout", database, scout.ScoutHandler(database, TOPICS), [TOPICS.lifecycle]),
     )
     member, other = uuid.uuid4(), uuid.uuid4()
@@ -160,11 +111,11 @@ def test_scout_keeps_scouts_erases_them_on_withdrawal_and_refuses_new_ones(
 
 
 def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
-    service_store: StoreFactory, services: list[Service]
+    service_store: StoreFactory, running: list[Running]
 ) -> None:
     database = service_store("chat")
-    service = start(
-        services,
+    service = started(
+        running,
         Service(
             "chat",
             database,
@@ -213,10 +164,10 @@ def test_chat_deletes_threads_and_messages_on_withdrawal_and_refuses_new_ones(
 # Mail
 
 
-def mail_service(service_store: StoreFactory, services: list[Service], mailer: Mailer) -> Service:
+def mail_service(service_store: StoreFactory, running: list[Running], mailer: Mailer) -> Service:
     database = service_store("mail")
     handler = mail.MailHandler(database, TOPICS, mailer, keyring=KEYRING)
-    return start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
+    return started(running, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
 
 
 def sent_after(smtp: SmtpSink, count: int) -> list[EmailMessage]:
@@ -224,9 +175,9 @@ def sent_after(smtp: SmtpSink, count: int) -> list[EmailMessage]:
 
 
 def test_mail_contacts_are_sealed_and_their_key_goes_with_the_erasure(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
-    service = mail_service(service_store, services, SmtpMailer(smtp.host, smtp.port))
+    service = mail_service(service_store, running, SmtpMailer(smtp.host, smtp.port))
     database = service.database
     member = uuid.uuid4()
     address, name = f"sealed.{member.hex[:6]}@example.jp", "Sealy Contactson"
@@ -257,10 +208,10 @@ def test_mail_contacts_are_sealed_and_their_key_goes_with_the_erasure(
 
 
 def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
     mailer = SmtpMailer(smtp.host, smtp.port)
-    service = mail_service(service_store, services, mailer)
+    service = mail_service(service_store, running, mailer)
     database = service.database
     member, other = uuid.uuid4(), uuid.uuid4()
     address, name = f"hanako.{member.hex[:6]}@example.jp", "Hanako Yamada"
@@ -313,9 +264,9 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 
 
 def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stores_it(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
-    service = mail_service(service_store, services, SmtpMailer(smtp.host, smtp.port))
+    service = mail_service(service_store, running, SmtpMailer(smtp.host, smtp.port))
     member = uuid.uuid4()
     address = f"late.{member.hex[:6]}@example.jp"
     service.send(withdrawal(TOPICS, member, 3))
@@ -335,10 +286,10 @@ def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stor
 
 
 def test_notices_of_a_kind_switched_off_are_dropped(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
     mailer = SmtpMailer(smtp.host, smtp.port)
-    service = mail_service(service_store, services, mailer)
+    service = mail_service(service_store, running, mailer)
     member = uuid.uuid4()
     choices = {"scouts": True, "recommendations": False, "notices": True}
     service.send(profile(TOPICS, member, 1, "quiet@example.jp", "Quiet", choices))
@@ -370,10 +321,10 @@ class FlakyMailer:
 
 
 def test_an_unreachable_smtp_server_is_retried_and_mails_once(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
     flaky = FlakyMailer(SmtpMailer(smtp.host, smtp.port), refuse=2)
-    service = mail_service(service_store, services, flaky)
+    service = mail_service(service_store, running, flaky)
     member = uuid.uuid4()
     service.send(
         profile(TOPICS, member, 1, "retry@example.jp", "Retry"), withdrawal(TOPICS, member, 2)
@@ -384,12 +335,12 @@ def test_an_unreachable_smtp_server_is_retried_and_mails_once(
 
 
 def test_the_documented_window_a_lost_send_record_mails_again_with_the_same_message_id(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
     # The SMTP server accepted the mail but the send was not recorded (here: the reply was
     # lost). The retry sends again, with the same Message-ID, so the copy can be dropped.
     flaky = FlakyMailer(SmtpMailer(smtp.host, smtp.port), crash_after_send=1)
-    service = mail_service(service_store, services, flaky)
+    service = mail_service(service_store, running, flaky)
     member = uuid.uuid4()
     service.send(
         profile(TOPICS, member, 1, "window@example.jp", "Window"), withdrawal(TOPICS, member, 2)
@@ -420,12 +371,12 @@ class CutAfterSend:
 
 
 def test_a_send_whose_record_failed_on_a_cut_connection_is_not_mailed_again(
-    service_store: StoreFactory, services: list[Service], smtp: SmtpSink
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
 ) -> None:
     database = service_store("mail")
     mailer = CutAfterSend(SmtpMailer(smtp.host, smtp.port), database)
     handler = mail.MailHandler(database, TOPICS, mailer, keyring=KEYRING)
-    service = start(services, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
+    service = started(running, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
     member = uuid.uuid4()
     service.send(profile(TOPICS, member, 1, "cut@example.jp", "Cut"), withdrawal(TOPICS, member, 2))
     wait_until(lambda: len(service.confirmations()) == 1)
