@@ -150,6 +150,8 @@ def test_a_failing_effect_rolls_back_with_its_mark_and_is_retried(
     assert handler.calls == 3
     assert handler.effects() == [f"{account}:1"]  # the two failed attempts left nothing
     assert ConsumerStore(database).processed_count() == 1
+    # The kit counts a record applied at its commit, before it publishes the outbox.
+    wait_until(lambda: ConsumerStore(database).pending_outgoing() == [], "outbox published")
     assert len(confirmations(log)) == 1
 
 
