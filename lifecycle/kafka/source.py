@@ -1,7 +1,9 @@
 """Where a consumer's records come from: a Kafka group member, or the in-process log.
 
 Both hand out batches of `Incoming` records and take commits as the next offset to read per
-partition (the highest offset handled + 1), so a consumer commits once per batch.
+partition (the highest offset handled + 1), so a consumer commits once per batch. A commit
+does not wait for the broker: the next poll starts at once, and `close()` stores the last
+commit not yet confirmed before it leaves.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Source(Protocol):
     def poll(self, timeout_s: float) -> list[Incoming]: ...
 
     def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
-        """Store, per partition, the next offset to read (everything before it is done)."""
+        """Store, per partition, the next offset to read (everything before it is done),
+        possibly after returning: a commit lost on the way only brings records again."""
         ...
 
     def lag(self) -> dict[TopicPartitionKey, int]: ...
@@ -114,6 +117,10 @@ class KafkaSource:
         if group_instance_id:
             config["group_instance_id"] = group_instance_id
         self._consumer = KafkaConsumer(**config)
+        # Offsets sent with `commit_async` and not yet confirmed, per partition: `close()`
+        # stores them synchronously. Callbacks run in the polling thread; the lock is cheap.
+        self._unconfirmed: dict[Any, Any] = {}
+        self._unconfirmed_lock = threading.Lock()
         self._await_metadata(topics)
         self._consumer.subscribe(list(topics))
 
@@ -146,16 +153,35 @@ class KafkaSource:
         ]
 
     def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """Sent without waiting for the broker's answer (a synchronous commit cost a round trip
+        to the group coordinator before every next poll). Commits go out in order on one
+        connection; one that fails is logged, and the next commit, or `close()`, covers it."""
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
-        if offsets:
-            self._consumer.commit(
-                {
-                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                    for (topic, partition), offset in offsets.items()
-                }
+        if not offsets:
+            return
+        wanted = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in offsets.items()
+        }
+        with self._unconfirmed_lock:
+            self._unconfirmed.update(wanted)
+        self._consumer.commit_async(wanted, callback=self._committed)
+
+    def _committed(self, offsets: Mapping[Any, Any], response: object) -> None:
+        if isinstance(response, BaseException):
+            log.warning(
+                "kafka.commit_failed",
+                group=self.group_id,
+                error=type(response).__name__,
+                partitions=len(offsets),
             )
+            return
+        with self._unconfirmed_lock:
+            for partition, offset in offsets.items():
+                if self._unconfirmed.get(partition) == offset:
+                    del self._unconfirmed[partition]
 
     def assigned(self) -> set[TopicPartitionKey]:
         """The partitions this member holds now (shared with the group's other members)."""
@@ -176,7 +202,23 @@ class KafkaSource:
         return lag
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        """Store the offsets committed but not yet confirmed (bounded by the consumer's request
+        timeout), then leave."""
+        with self._unconfirmed_lock:
+            pending, self._unconfirmed = dict(self._unconfirmed), {}
+        try:
+            # Only partitions still ours: a member's commit is not checked against what it
+            # holds, and an old offset there would bring another member's records again.
+            held = self._consumer.assignment()
+            pending = {tp: offset for tp, offset in pending.items() if tp in held}
+            if pending:
+                self._consumer.commit(pending)
+        except Exception as error:  # the records come again after a restart, as skips
+            log.warning(
+                "kafka.commit_failed", group=self.group_id, error=type(error).__name__, at="close"
+            )
+        finally:
+            self._consumer.close(autocommit=False)
 
 
 class InProcessSource:
