@@ -121,6 +121,9 @@ class KafkaSource:
         # stores them synchronously. Callbacks run in the polling thread; the lock is cheap.
         self._unconfirmed: dict[Any, Any] = {}
         self._unconfirmed_lock = threading.Lock()
+        # The group's committed offset per partition held, as the broker confirmed it (our
+        # commits) or told it once (`lag`): lag needs no round trip per partition.
+        self._confirmed: dict[Any, int] = {}
         self._await_metadata(topics)
         self._consumer.subscribe(list(topics))
 
@@ -182,24 +185,40 @@ class KafkaSource:
             for partition, offset in offsets.items():
                 if self._unconfirmed.get(partition) == offset:
                     del self._unconfirmed[partition]
+                self._confirmed[partition] = max(self._confirmed.get(partition, 0), offset.offset)
 
     def assigned(self) -> set[TopicPartitionKey]:
         """The partitions this member holds now (shared with the group's other members)."""
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def lag(self) -> dict[TopicPartitionKey, int]:
-        """Per assigned partition: end offset minus the group's committed position."""
+        """Per assigned partition: end offset minus the group's committed position.
+
+        Asked between two polls, so it asks the broker as little as it can: the end is the
+        high watermark of the last fetch, the committed offset the one our commits had
+        confirmed; only a partition new to this member costs a request (its committed offset,
+        once; where the group has none, its beginning, and its end before the first fetch)."""
         partitions = list(self._consumer.assignment())
         if not partitions:
             return {}
-        ends = self._consumer.end_offsets(partitions)
-        beginnings = self._consumer.beginning_offsets(partitions)
-        lag: dict[TopicPartitionKey, int] = {}
+        with self._unconfirmed_lock:
+            known = {tp: self._confirmed[tp] for tp in partitions if tp in self._confirmed}
+            self._confirmed = dict(known)  # partitions given up are asked again if they return
         for tp in partitions:
-            committed = self._consumer.committed(tp)
-            position = beginnings[tp] if committed is None else committed
-            lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
-        return lag
+            if tp not in known:
+                committed = self._consumer.committed(tp)
+                if committed is not None:
+                    known[tp] = committed
+                    with self._unconfirmed_lock:
+                        self._confirmed.setdefault(tp, committed)
+        ends = {tp: self._consumer.highwater(tp) for tp in partitions}
+        unfetched = [tp for tp, end in ends.items() if end is None]
+        if unfetched:
+            ends.update(self._consumer.end_offsets(unfetched))
+        uncommitted = [tp for tp in partitions if tp not in known]
+        if uncommitted:
+            known.update(self._consumer.beginning_offsets(uncommitted))
+        return {(tp.topic, tp.partition): max(0, ends[tp] - known[tp]) for tp in partitions}
 
     def close(self) -> None:
         """Store the offsets committed but not yet confirmed (bounded by the consumer's request
