@@ -30,7 +30,6 @@ from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
-from consumers.store import insert_rows
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
@@ -192,9 +191,7 @@ class ErasureProcess:
             # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone
             # (of repeats within the batch, the first counts, as one statement after another).
             first = {(c.account_id, c.service): c for c in reversed(confirmations)}
-            insert_rows(
-                db,
-                cursor,
+            cursor.insert_rows(
                 self.table,
                 (
                     ("account_id", "uuid"),
