@@ -39,6 +39,7 @@ Row = tuple[UUID, int, str, bytes]
 class EventKind:
     """What folding one stored event type needs, read once from its class."""
 
+    topic: str  # the stored name (lifecycle.event_names)
     name: str  # the class's name, for messages
     aggregate: type[Aggregate]
     creates: bool
@@ -51,6 +52,7 @@ class EventKind:
 def _kind(event_class: type[Any], aggregate: type[Aggregate], folds: dict[str, Any]) -> EventKind:
     class_version: int = getattr(event_class, "class_version", 1)
     return EventKind(
+        topic=event_class.TOPIC,
         name=event_class.__name__,
         aggregate=aggregate,
         creates=issubclass(event_class, Aggregate.Created),
