@@ -183,6 +183,11 @@ class Database:
         """`column` equal to any of `values`: a condition and its parameters."""
         return self.dialect.any_of(column, values)
 
+    def schema_exists(self) -> bool:
+        """Whether this database's schema is there (PostgreSQL); a SQLite file, once open, is."""
+        with self.transaction(commit=False) as cursor:
+            return self.dialect.schema_exists(cursor, self.schema)
+
     def table_exists(self, bare_name: str) -> bool:
         """Whether the table exists in this database's schema (PostgreSQL) or file."""
         with self.transaction(commit=False) as cursor:

@@ -112,6 +112,10 @@ class SqlDialect:
     def create_schema(self, cursor: Executes, schema: str | None) -> None:
         """The schema the tables live in, when the backend has schemas."""
 
+    def schema_exists(self, cursor: Executes, schema: str | None) -> bool:
+        """Whether the schema is there; a backend without schemas has the file it opened."""
+        return True
+
     def table_exists(self, cursor: Executes, schema: str | None, name: str) -> bool:
         raise NotImplementedError
 
@@ -205,6 +209,12 @@ class PostgresDialect(SqlDialect):
 
     def create_schema(self, cursor: Executes, schema: str | None) -> None:
         cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+
+    def schema_exists(self, cursor: Executes, schema: str | None) -> bool:
+        row = cursor.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+        ).fetchone()
+        return row is not None
 
     def table_exists(self, cursor: Executes, schema: str | None, name: str) -> bool:
         qualified = f"{schema}.{name}" if schema else name
