@@ -303,6 +303,12 @@ class Cursor:
         """The driver's cursor (psycopg's, or the library's SQLite wrapper)."""
         return self._cursor
 
+    def plain_rows(self) -> Cursor:
+        """Rows as the driver's own tuples from the next execute on: the library makes a dict
+        of each PostgreSQL row, which costs a reader of the whole log a tenth of its CPU."""
+        self.dialect.plain_rows(self._cursor)
+        return self
+
     def fetchone(self) -> tuple[Any, ...] | None:
         row = self._cursor.fetchone()
         return None if row is None else _as_tuple(row)
@@ -318,7 +324,10 @@ class Cursor:
 
 
 def _as_tuple(row: Any) -> tuple[Any, ...]:
-    # The library's PostgreSQL cursors return dict rows; SQLite returns sqlite3.Row.
+    # The library's PostgreSQL cursors return dict rows (tuples after plain_rows()); SQLite
+    # returns sqlite3.Row.
+    if type(row) is tuple:
+        return row
     if isinstance(row, dict):
         return tuple(row.values())
     return tuple(row)

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
+from psycopg.rows import tuple_row
 
 T = TypeVar("T")
 
@@ -140,6 +141,10 @@ class SqlDialect:
         """Statements sent without waiting for each result (one round trip for a batch)."""
         yield
 
+    def plain_rows(self, raw: Any) -> None:
+        """The driver's own tuples as rows from the next execute on, where the library asks
+        for others (its PostgreSQL cursors make a dict of each row)."""
+
     def after_erasure(self, database: Any, tables: Sequence[str]) -> None:
         """Leave no copy of deleted rows where the engine lets us reach it (`database`: the
         `storage.Database` this dialect is of)."""
@@ -251,6 +256,9 @@ class PostgresDialect(SqlDialect):
     def pipelined(self, raw: Any) -> Iterator[None]:
         with raw.connection.pipeline():
             yield
+
+    def plain_rows(self, raw: Any) -> None:
+        raw.row_factory = tuple_row
 
     def after_erasure(self, database: Any, tables: Sequence[str]) -> None:
         """VACUUM the named tables (at most once a second per process), so their dead tuples
