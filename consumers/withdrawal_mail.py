@@ -31,7 +31,6 @@ from consumers.mailer import (
     confirmation_message,
     message_id_for,
 )
-from consumers.store import insert_rows
 from lifecycle.kafka.source import Incoming, Source, next_offsets
 from lifecycle.logs import get_logger
 from lifecycle.pipeline_metrics import WITHDRAWAL_TO_SUPPRESSION, observe_since
@@ -113,9 +112,7 @@ class WithdrawalMail:
         db = self.database
         where, params = db.any_of("account_id", [str(a) for a in withdrawals])
         lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
-        inserted = insert_rows(
-            db,
-            cursor,
+        inserted = cursor.insert_rows(
             db.table("suppressions"),
             (("account_id", "text"), ("withdrawal_ce_id", "text")),
             [(str(a), ce_id) for a, (ce_id, _) in withdrawals.items()],
