@@ -121,6 +121,7 @@ class KafkaSource:
         # stores them synchronously. Callbacks run in the polling thread; the lock is cheap.
         self._unconfirmed: dict[Any, Any] = {}
         self._unconfirmed_lock = threading.Lock()
+        self._commit_failed = False  # sent again before the next poll
         # The group's committed offset per partition held, as the broker confirmed it (our
         # commits) or told it once (`lag`): lag needs no round trip per partition.
         self._confirmed: dict[Any, int] = {}
@@ -141,6 +142,8 @@ class KafkaSource:
             pause.wait(0.1)
 
     def poll(self, timeout_s: float) -> list[Incoming]:
+        if self._commit_failed:
+            self._commit_again()
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         return [
             Incoming(
@@ -158,7 +161,9 @@ class KafkaSource:
     def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
         """Sent without waiting for the broker's answer (a synchronous commit cost a round trip
         to the group coordinator before every next poll). Commits go out in order on one
-        connection; one that fails is logged, and the next commit, or `close()`, covers it."""
+        connection; one that fails is logged and sent again before the next poll (an idle
+        member would otherwise keep its committed offsets behind), and `close()` waits for
+        what is still unconfirmed."""
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
@@ -172,8 +177,20 @@ class KafkaSource:
             self._unconfirmed.update(wanted)
         self._consumer.commit_async(wanted, callback=self._committed)
 
+    def _commit_again(self) -> None:
+        """The offsets of a failed commit (and any later ones unconfirmed), sent again, for the
+        partitions still held."""
+        self._commit_failed = False
+        held = self._consumer.assignment()
+        with self._unconfirmed_lock:
+            pending = {tp: offset for tp, offset in self._unconfirmed.items() if tp in held}
+            self._unconfirmed = dict(pending)
+        if pending:
+            self._consumer.commit_async(pending, callback=self._committed)
+
     def _committed(self, offsets: Mapping[Any, Any], response: object) -> None:
         if isinstance(response, BaseException):
+            self._commit_failed = True
             log.warning(
                 "kafka.commit_failed",
                 group=self.group_id,
