@@ -169,3 +169,34 @@ def test_a_lane_that_fails_otherwise_passes_the_poll_over_to_the_kit(
     assert source.commits[0] == ({(TOPICS.lifecycle, 0): 1}, False)
     assert mail.suppression(database, member) is None
     assert [e["step"] for e in logs if e["event"] == "mail_suppression.failed"] == ["suppress"]
+
+
+def test_a_profile_arriving_after_the_lane_suppressed_but_before_the_withdrawal_is_mailed(
+    service_store: StoreFactory, running: list[Running]
+) -> None:
+    """Two topics keep no order: the lane may suppress before the service's own consumer has
+    even read the member's profile; the address is still kept until the withdrawal is handled,
+    mailed, and erased with the confirmation (refused, it would be awaited for ever)."""
+    database = service_store("mail")
+    mailer = GatedMailer()
+    mailer.gate.set()
+    handler = mail.MailHandler(database, TOPICS, mailer, keyring=KEYRING)
+    lane_log = InProcessPublisher()  # the lifecycle topic as the lane's group reads it
+    source = InProcessSource(lane_log, [TOPICS.lifecycle])
+    started(running, Running(SuppressionLane(handler.withdrawal_mail, source, poll_timeout_s=0.05)))
+    service = started(
+        running,
+        InProcessService("mail", database, handler, mail.subscribed_topics(TOPICS), retry=FAST),
+    )
+    member = uuid.uuid4()
+    send(lane_log, withdrawal(TOPICS, member, 2))
+    wait_until(lambda: mail.suppression(database, member) is not None, "the lane suppressed")
+    service.send(profile(TOPICS, member, 1, "ahead@example.jp", "Ahead"))
+    wait_until(service.settled)
+    assert mailer.begun == []
+    service.send(withdrawal(TOPICS, member, 2))
+    wait_until(service.settled)
+    assert mailer.begun == ["ahead@example.jp"]
+    state = mail.suppression(database, member)
+    assert state is not None and state["confirmed_at"] is not None
+    assert mail.held_rows(database, member) == 0
