@@ -9,7 +9,7 @@ confirmations table (`lifecycle.erasure.records`), which migrations create, so b
 A confirmation is verified, not believed. The intake attributes it to a service by the topic
 it came on (each service's own, writable only by its principal under Kafka ACLs), never by its
 payload or `ce_source`; and `verified` accepts it only for an account that is withdrawing,
-produced after that withdrawal (`check`). Anything else is refused:
+produced after that withdrawal (`check_confirmation`). Anything else is refused:
 logged (ids and a reason, no values), counted per service and reason in `erasure_refusals`
 (`lifecycle_erasure_confirmations_refused` on /metrics) and marked handled, never
 dead-lettered. A refusal is the process working, not a fault of the record we could fix:
@@ -30,7 +30,6 @@ from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
-from consumers.store import insert_rows
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
@@ -59,7 +58,7 @@ class Refused(Exception):  # noqa: N818 - a verdict, caught where confirmations 
         self.reason = reason
 
 
-def check(confirmed_at: datetime | None, account: Account | None) -> None:
+def check_confirmation(confirmed_at: datetime | None, account: Account | None) -> None:
     """Refused unless the account is withdrawing and the confirmation came after that
     withdrawal; a repeat once the account is purged passes (recording it changes nothing)."""
     if account is None:
@@ -157,7 +156,7 @@ class ErasureProcess:
                     raise Refused("unknown_service")
                 if confirmation.account_id not in accounts:
                     accounts[confirmation.account_id] = self._account(confirmation.account_id)
-                check(confirmation.confirmed_at, accounts[confirmation.account_id])
+                check_confirmation(confirmation.confirmed_at, accounts[confirmation.account_id])
             except Refused as refusal:
                 refused.append((confirmation, refusal.reason))
             else:
@@ -192,9 +191,7 @@ class ErasureProcess:
             # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone
             # (of repeats within the batch, the first counts, as one statement after another).
             first = {(c.account_id, c.service): c for c in reversed(confirmations)}
-            insert_rows(
-                db,
-                cursor,
+            cursor.insert_rows(
                 self.table,
                 (
                     ("account_id", "uuid"),

@@ -17,7 +17,7 @@ import select
 import threading
 import weakref
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -283,6 +283,20 @@ class Cursor:
     def execute(self, statement: str, params: tuple[Any, ...] | list[Any] = ()) -> Cursor:
         self._cursor.execute(self.dialect.sql(statement), params)
         return self
+
+    def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[object]],
+        *,
+        suffix: str = "",
+    ) -> Cursor:
+        """Many rows in one statement; `columns` are (name, PostgreSQL type) pairs. The
+        statement's text does not grow with the batch on PostgreSQL (`SqlDialect.rows`)."""
+        names = ", ".join(name for name, _ in columns)
+        source, params = self.dialect.rows(columns, rows)
+        return self.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
 
     @property
     def raw(self) -> Any:

@@ -72,6 +72,10 @@ class SqlDialect:
         """A datetime as a timestamp column keeps it (read back with `read_timestamp`)."""
         raise NotImplementedError
 
+    def as_now_writes(self, moment: datetime) -> datetime | str:
+        """A datetime in the form `now` writes, to compare with a column it defaulted."""
+        raise NotImplementedError
+
     def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
         """`column` equal to any of `values`: a condition and its parameters."""
         raise NotImplementedError
@@ -168,6 +172,9 @@ class PostgresDialect(SqlDialect):
         return account_id
 
     def timestamp(self, moment: datetime) -> datetime | str:
+        return moment
+
+    def as_now_writes(self, moment: datetime) -> datetime | str:
         return moment
 
     def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
@@ -294,6 +301,10 @@ class SqliteDialect(SqlDialect):
 
     def timestamp(self, moment: datetime) -> datetime | str:
         return moment.astimezone(UTC).isoformat()
+
+    def as_now_writes(self, moment: datetime) -> datetime | str:
+        # CURRENT_TIMESTAMP's text, UTC to the second: compared as text, so the same layout.
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
     def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
         listed = list(values)
