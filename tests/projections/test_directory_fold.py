@@ -106,7 +106,7 @@ def written(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
     original = BatchCursor.executemany
 
     def counting(self: BatchCursor, statement: str, rows: Any) -> None:
-        calls.append((statement.split()[0], len(rows)))
+        calls.append((statement.split(maxsplit=1)[0], len(rows)))
         original(self, statement, rows)
 
     monkeypatch.setattr(BatchCursor, "executemany", counting)
