@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from consumers.store import StoreConfigError, check_identifier
 from lifecycle.application import Accounts
 from lifecycle.audit.proof import Stores, erasure_proof
 from lifecycle.audit.receipt import Receipts, verify_receipt
@@ -98,6 +99,11 @@ class ErasureEvidence:
                 "unknown_service",
                 detail=f"{', '.join(sorted(unknown))}: not one of {', '.join(ERASING_SERVICES)}",
             )
+        for schema in (schemas or {}).values():
+            try:
+                check_identifier(schema)
+            except StoreConfigError as error:
+                raise InvalidCommandError("invalid_schema", detail=str(error)) from None
         databases: dict[str, Database] = {"lifecycle": self.accounts.database}
         try:
             for name in ERASING_SERVICES:

@@ -1,7 +1,7 @@
-"""Erasure evidence at the service layer: the proof refuses values that are not digests before
-it opens a store, reaches only stores that exist (and creates none) and closes what it opened;
-reshred re-signs a receipt the restore lost and counts a forged one; receipts are found by
-either id and checked."""
+"""Erasure evidence at the service layer: the proof refuses values that are not digests, and
+names that are not services or schemas, before it opens a store; it reaches only stores that
+exist (and creates none) and closes what it opened; reshred re-signs a receipt the restore lost
+and counts a forged one; receipts are found by either id and checked."""
 
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ def evidence_with(accounts: Accounts, settings: Settings, stores: Opened) -> Era
         (["not-a-digest"], {}),
         (["z" * 64], {}),
         ([value_digest(EMAIL)], {"billing": "billing"}),
+        ([value_digest(EMAIL)], {"scout": "scout; DROP SCHEMA public"}),
     ],
 )
 def test_the_proof_refuses_what_is_not_a_digest_or_a_service_before_opening_a_store(
