@@ -25,13 +25,12 @@ from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from lifecycle import event_names
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
-from lifecycle.audit.pages import stream_pages
 from lifecycle.crypto import PersonalDataMapper
 from lifecycle.domain import Account, changed_parts
 from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
-from lifecycle.stored_fold import KINDS, EventKind, Facts, Row, StoredFold, fold
+from lifecycle.stored_fold import KINDS, EventKind, Facts, Row, StoredFold, fold, stream_pages
 
 LEGACY_PREFIX = legacy_holder("")
 
