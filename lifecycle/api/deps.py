@@ -1,5 +1,10 @@
 """What the routes share, in one place: settings, the application, the state built at start-up
-(erasure process, live read models) and the Kafka inspector, each as a FastAPI dependency."""
+(erasure process, live read models) and the Kafka inspector, each as a FastAPI dependency.
+
+A dependency that only looks something up is `async def`: FastAPI calls it on the event loop.
+A plain `def` one would cost every request a hop to the thread pool and back (tens of µs of
+CPU each, more on a busy machine: `python -m bench.route_costs`); those that may do I/O (a
+read model brought up to date, a Kafka client) stay plain functions."""
 
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ M = TypeVar("M", bound=ReadModel)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-def account_id_param(
+async def account_id_param(
     account_id: Annotated[
         str,
         Path(
@@ -56,7 +61,7 @@ def account_id_param(
 AccountId = Annotated[UUID, Depends(account_id_param)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -64,7 +69,7 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_accounts(request: Request) -> Accounts:
+async def get_accounts(request: Request) -> Accounts:
     """The application the app was created with (or built in its lifespan)."""
     accounts: Accounts | None = getattr(request.app.state, "accounts", None)
     if accounts is None:
@@ -113,7 +118,7 @@ class ApiState:
         return model
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
     state: ApiState | None = getattr(request.app.state, "api", None)
     if state is None:
         raise NotReadyError(detail="the service is starting or stopping")
@@ -123,14 +128,14 @@ def get_state(request: Request) -> ApiState:
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def get_erasure_process(state: StateDep) -> ErasureProcess:
+async def get_erasure_process(state: StateDep) -> ErasureProcess:
     return state.erasure
 
 
 ErasureDep = Annotated[ErasureProcess, Depends(get_erasure_process)]
 
 
-def get_data_exports(state: StateDep) -> DataExports:
+async def get_data_exports(state: StateDep) -> DataExports:
     return state.exports
 
 
