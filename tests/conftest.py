@@ -88,6 +88,19 @@ SLOW = (
     "tests/integration/test_key_rotation.py::test_rotation_resumes_after_kill_9",
     "tests/integration/test_backup_restore.py::test_reshred_on_the_embedded_default_reports_nothing_to_do",
 )
+# Tests of many seconds each beyond the slow ones (pipelines on threads, CLI processes, dumps):
+# xdist hands tests out in collection order, so these and the slow ones are collected first,
+# and no worker is left running a long one alone while the others have finished.
+LONG = (
+    "tests/e2e/",
+    "tests/kafka/",
+    "tests/cli/",
+    "tests/consumers/test_kafka_consumers.py",
+    "tests/integration/test_backup_restore.py",
+    "tests/integration/test_audit_cli.py",
+    "tests/integration/test_key_rotation.py",
+    "tests/projections/test_runner.py",
+)
 # Fixtures of servers that one worker starts once per run: every test using one goes to that
 # worker (`--dist loadgroup`; xdist hands out the biggest group first).
 SERVER_GROUPS = {
@@ -116,12 +129,18 @@ _fast_temporary_files()
 # crash of the shared server, which no test causes (the fault tier's servers run fsync=off).
 # DDL-heavy setup (a schema per test) is about a fifth faster.
 os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off")
+# Every application the tests and their processes open keeps two PostgreSQL connections, not
+# the production ten: most tests use one, and each more is a server backend started and
+# configured (about 4 ms of the server's CPU each, some 35 s a run). The pool still grows by
+# up to 20 under a test's load (races, group commits), as it does in production.
+os.environ.setdefault("LIFECYCLE_DATABASE_POOL_SIZE", "2")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs PostgreSQL or Kafka (and the slow ones), so the fast tier
-    can leave them out, and group the tests sharing a server of their own on one worker."""
+    can leave them out, group the tests sharing a server of their own on one worker, and put
+    the long tests first."""
     for item in items:
         module, _, test = item.nodeid.partition("::")
         if module in SLOW or f"{module}::{test.partition('[')[0]}" in SLOW:
@@ -139,6 +158,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             }
         for marker in sorted(needs - {mark.name for mark in item.iter_markers()}):
             item.add_marker(marker)
+    items.sort(
+        key=lambda item: (not item.nodeid.startswith(LONG), not item.get_closest_marker("slow"))
+    )
 
 
 # Niceness of a worker's other tests. The fault tier times recovery under a load of its own; the

@@ -330,6 +330,14 @@ class MigratedSchemas:
         self.free: list[str] = []
         self.shape: str | None = None  # the shape of a schema just migrated
         self.seeded: dict[str, str] = {}  # the rows migrations write (JSON), by table
+        # One session for the whole run: a new one would load the catalog entries of every
+        # table again to empty them (most of the cost of a reset).
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.postgres_url, autocommit=True)
+        return self._conn
 
     def take(self) -> str:
         if self.free:
@@ -337,8 +345,8 @@ class MigratedSchemas:
         from lifecycle.crypto import new_master_key  # no key is stored by a migration
 
         schema = f"t_{unique_tag()}"
-        with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
+        conn = self._connection()
+        conn.execute(f"CREATE SCHEMA {schema}")
         settings = Settings(
             database_url=self.postgres_url,
             database_schema=schema,
@@ -347,51 +355,51 @@ class MigratedSchemas:
         )
         migrate_lifecycle(settings)
         if self.shape is None:
-            with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-                self.shape = _shape(conn, schema)
-                for table in _tables(conn, schema):
-                    row = conn.execute(f"SELECT json_agg(t) FROM {schema}.{table} t").fetchone()
-                    if row and row[0] is not None:
-                        self.seeded[table] = json.dumps(row[0])
+            self.shape = _shape(conn, schema)
+            for table in _tables(conn, schema):
+                row = conn.execute(f"SELECT json_agg(t) FROM {schema}.{table} t").fetchone()
+                if row and row[0] is not None:
+                    self.seeded[table] = json.dumps(row[0])
         return schema
 
     def give_back(self, schema: str) -> None:
         """Empty `schema` for the next test, or drop it when the test changed its shape."""
-        with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-            conn.execute("SET lock_timeout = '30s'")  # a lock a test left held fails here
-            companions = conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
-                (f"{schema}_",),
-            ).fetchall()
-            for (companion,) in companions:
-                conn.execute(f"DROP SCHEMA {companion} CASCADE")
-            if _shape(conn, schema) != self.shape:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
-                return
-            sequences = conn.execute(
-                "SELECT sequencename::text FROM pg_sequences WHERE schemaname = %s", (schema,)
-            ).fetchall()
-            # One turn: every row deleted with the triggers off (as a restore would), the rows
-            # migrations wrote (read models' positions at 0) written again, every sequence
-            # (the notification ids) restarted.
-            conn.execute(
-                "BEGIN; SET LOCAL session_replication_role = replica; "
-                + "".join(f"DELETE FROM {schema}.{table}; " for table in _tables(conn, schema))
-                + "".join(
-                    f"INSERT INTO {schema}.{table} SELECT * FROM json_populate_recordset("
-                    f"NULL::{schema}.{table}, {sql.Literal(rows).as_string(conn)}); "
-                    for table, rows in self.seeded.items()
-                )
-                + "".join(f"ALTER SEQUENCE {schema}.{seq} RESTART; " for (seq,) in sequences)
-                + "COMMIT"
+        conn = self._connection()
+        conn.execute("SET lock_timeout = '30s'")  # a lock a test left held fails here
+        companions = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+            (f"{schema}_",),
+        ).fetchall()
+        for (companion,) in companions:
+            conn.execute(f"DROP SCHEMA {companion} CASCADE")
+        if _shape(conn, schema) != self.shape:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            return
+        sequences = conn.execute(
+            "SELECT sequencename::text FROM pg_sequences WHERE schemaname = %s", (schema,)
+        ).fetchall()
+        # One turn: every row deleted with the triggers off (as a restore would), the rows
+        # migrations wrote (read models' positions at 0) written again, every sequence (the
+        # notification ids) restarted.
+        conn.execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; "
+            + "".join(f"DELETE FROM {schema}.{table}; " for table in _tables(conn, schema))
+            + "".join(
+                f"INSERT INTO {schema}.{table} SELECT * FROM json_populate_recordset("
+                f"NULL::{schema}.{table}, {sql.Literal(rows).as_string(conn)}); "
+                for table, rows in self.seeded.items()
             )
+            + "".join(f"ALTER SEQUENCE {schema}.{seq} RESTART; " for (seq,) in sequences)
+            + "COMMIT"
+        )
         self.free.append(schema)
 
     def close(self) -> None:
-        with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-            for schema in self.free:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn = self._connection()
+        for schema in self.free:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         self.free.clear()
+        conn.close()
 
 
 def _tables(conn: psycopg.Connection[Any], schema: str) -> list[str]:
