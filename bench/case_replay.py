@@ -32,7 +32,7 @@ import psycopg
 
 from bench.core import Context, Row, Target, bench_env, fresh_schema, log, peak_rss_mib
 from bench.workload import bench_settings, generate_log, open_accounts
-from lifecycle.audit.pages import STREAM_PAGE
+from lifecycle.stored_fold import STREAM_PAGE
 
 # Issue 12's target for replay and rebuild, on the way to 0.5.
 TARGET = Target("ratio_at_least", 0.2)

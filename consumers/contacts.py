@@ -15,7 +15,7 @@ from datetime import datetime
 from uuid import UUID
 
 from consumers.sealed import SealedValues
-from consumers.store import insert_rows, utc
+from consumers.store import utc
 from lifecycle.storage import Cursor, Database
 from schemas.contract import ProfileV1
 
@@ -54,9 +54,7 @@ class Contacts:
             return
         keys = self.sealed.keys_for(cursor, list(latest), create=True)
         db = self.database
-        insert_rows(
-            db,
-            cursor,
+        cursor.insert_rows(
             self.table,
             CONTACT_COLUMNS,
             [self._row(keys[account_id], p) for account_id, p in latest.items()],

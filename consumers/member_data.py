@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from consumers.exporting import EXPORT, answer_requests
 from consumers.handler import AccountWithdrawnError, Handler, HandlerResult
 from consumers.sealed import SealedValues
-from consumers.store import Outgoing, insert_rows
+from consumers.store import Outgoing
 from lifecycle.storage import Cursor, Database, lock_keys
 from schemas.contract import (
     Envelope,
@@ -225,9 +225,7 @@ class Tombstones:
 
     def add(self, cursor: Cursor, account_ids: Sequence[UUID]) -> None:
         if account_ids:
-            insert_rows(
-                self.database,
-                cursor,
+            cursor.insert_rows(
                 self.database.table(self.table),
                 (("account_id", "text"),),
                 [(str(a),) for a in dict.fromkeys(account_ids)],

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from consumers.handler import HandlerResult
 from consumers.member_data import OTHER, MemberDataHandler
-from consumers.store import insert_rows, utc
+from consumers.store import utc
 from lifecycle.logs import get_logger
 from lifecycle.storage import Cursor, Database
 from schemas.contract import (
@@ -65,7 +65,7 @@ class ScoutHandler(MemberDataHandler):
                 (str(s.account_id), s.scout_id, s.company_id, s.job_id, _timestamp(db, s))
                 for s in kept
             ]
-            insert_rows(db, cursor, db.table("scouts"), SCOUT_COLUMNS, rows, suffix=ON_CONFLICT)
+            cursor.insert_rows(db.table("scouts"), SCOUT_COLUMNS, rows, suffix=ON_CONFLICT)
         results = []
         for envelope, scout in zip(envelopes, scouts, strict=True):
             if scout.account_id in withdrawn:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
 from lifecycle.storage import Cursor, Database, read_timestamp
@@ -55,25 +55,6 @@ def check_identifier(name: str) -> str:
     if not IDENTIFIER.match(name):
         raise StoreConfigError(f"not a plain lower-case SQL identifier: {name!r}")
     return name
-
-
-def insert_rows(
-    database: Database,
-    cursor: Cursor,
-    table: str,
-    columns: Sequence[tuple[str, str]],
-    rows: Sequence[Sequence[object]],
-    *,
-    suffix: str = "",
-) -> Cursor:
-    """Many rows in one statement. `columns` are (name, PostgreSQL type) pairs.
-
-    PostgreSQL: one array per column through `unnest`, so the statement's text (and psycopg's
-    parse of it) does not grow with the batch; SQLite: a multi-row VALUES.
-    """
-    names = ", ".join(name for name, _ in columns)
-    source, params = database.dialect.rows(columns, rows)
-    return cursor.execute(f"INSERT INTO {table} ({names}) {source} {suffix}", params)
 
 
 def utc(value: datetime | str) -> datetime:
@@ -141,9 +122,7 @@ class ConsumerStore:
         unique = sorted(set(ce_ids))  # one lock order for every member
         if not unique:
             return set()
-        rows = insert_rows(
-            self.database,
-            cursor,
+        rows = cursor.insert_rows(
             self.processed_table,
             [("ce_id", "text")],
             [(ce_id,) for ce_id in unique],
@@ -155,9 +134,7 @@ class ConsumerStore:
         if not outgoing:
             return
         blob = self.database.blob_type
-        insert_rows(
-            self.database,
-            cursor,
+        cursor.insert_rows(
             self.outbox_table,
             [("topic", "text"), ("record_key", blob), ("headers", "text"), ("record_value", blob)],
             [
@@ -202,9 +179,7 @@ class ConsumerStore:
         A mark only has to outlive every redelivery of its record: past the source topics'
         retention (and the group's committed offset) the record cannot come again."""
         table = self.processed_table
-        # As text in CURRENT_TIMESTAMP's layout (the marks' default): PostgreSQL casts it with
-        # its offset, SQLite compares it with the text it keeps.
-        cutoff = before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S+00:00")
+        cutoff = self.database.dialect.as_now_writes(before)  # the marks' default is `now`
         with self.database.transaction() as cursor:
             cursor.execute(
                 f"DELETE FROM {table} WHERE ce_id IN (SELECT ce_id FROM {table} "

@@ -20,7 +20,6 @@ from consumers.mailer import (
     confirmation_message,
     message_id_for,
 )
-from consumers.store import insert_rows
 from lifecycle.logs import get_logger
 from lifecycle.pipeline_metrics import WITHDRAWAL_TO_SUPPRESSION, observe_since
 from lifecycle.storage import Database, lock_keys
@@ -75,9 +74,7 @@ class WithdrawalMail:
         where, params = db.any_of("account_id", [str(a) for a in withdrawals])
         with db.transaction() as cursor:
             lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
-            insert_rows(
-                db,
-                cursor,
+            cursor.insert_rows(
                 db.table("suppressions"),
                 (("account_id", "text"), ("withdrawal_ce_id", "text")),
                 [(str(a), ce_id) for a, ce_id in withdrawals.items()],

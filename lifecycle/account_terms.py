@@ -55,7 +55,7 @@ MERGED_PARTS = ("profile", "desired", "notifications")
 
 def normalise_email(email: str) -> str:
     """Compare addresses as people mean them: NFKC, trimmed, case-folded."""
-    return addresses.fold(email)
+    return addresses.normalised(email)
 
 
 def default_notifications() -> dict[str, bool]:

@@ -38,14 +38,14 @@ class AddressError(ValueError):
     """Not exactly one plausible mailbox; the message never repeats the address."""
 
 
-def fold(address: str) -> str:
+def normalised(address: str) -> str:
     """Compare addresses as people mean them: NFKC, trimmed, case-folded."""
     return unicodedata.normalize("NFKC", address).strip().casefold()
 
 
 def single_mailbox(address: str) -> str:
     """The folded address, when it is exactly one mailbox; AddressError otherwise."""
-    folded = fold(address)
+    folded = normalised(address)
     if not folded or len(folded) > MAX_LENGTH:
         raise AddressError("address is empty or too long")
     if any(c.isspace() or unicodedata.category(c) in INVISIBLE for c in folded):

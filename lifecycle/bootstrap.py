@@ -38,6 +38,7 @@ from lifecycle.keyring import FileKeyring, Keyring, KeyringError, MasterKeyring,
 from lifecycle.logs import get_logger
 from lifecycle.migrations import DATA_EXPORT, LIFECYCLE
 from lifecycle.migrator import Applied, Component, SchemaVersionError, check, migrate
+from lifecycle.services.erasure_evidence import Broker, ErasureEvidence
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, schema_setup_turn
 from projections.migrations import READ_MODEL_MIGRATIONS
@@ -233,6 +234,17 @@ def receipts_of(process: ErasureProcess) -> Receipts:
     return process.receipts
 
 
+def erasure_evidence(accounts: Accounts, settings: Settings) -> ErasureEvidence:
+    """Re-shred, receipts and erasure proofs over the configured stores and broker."""
+    return ErasureEvidence(
+        accounts,
+        receipts_of(build_erasure(accounts, settings)),
+        erasure_status_query(accounts, settings),
+        lambda name, schema: existing_service_database(settings, name, schema),
+        Broker(settings.topics, settings.kafka_bootstrap, settings.kafka_security),
+    )
+
+
 # The reference services' parts
 
 
@@ -240,9 +252,25 @@ def service_database(settings: Settings, name: str, schema: str | None = None) -
     """A service's own store: schema `name` on the PostgreSQL server, or `<name>.sqlite3`
     beside the embedded lifecycle database."""
     if settings.is_embedded:
-        lifecycle_file = Path(settings.database_url.removeprefix("sqlite:///"))
-        return open_database(f"sqlite:///{lifecycle_file.parent / f'{name}.sqlite3'}", name)
+        return open_database(f"sqlite:///{_service_file(settings, name)}", name)
     return open_database(settings.database_url, schema or name)
+
+
+def existing_service_database(
+    settings: Settings, name: str, schema: str | None = None
+) -> Database | None:
+    """A service's own store when it exists; looking creates none."""
+    if settings.is_embedded and not _service_file(settings, name).exists():
+        return None
+    database = service_database(settings, name, schema)
+    if database.schema_exists():
+        return database
+    database.close()
+    return None
+
+
+def _service_file(settings: Settings, name: str) -> Path:
+    return Path(settings.database_url.removeprefix("sqlite:///")).parent / f"{name}.sqlite3"
 
 
 def service_keyring(settings: Settings, name: str) -> Keyring:

@@ -347,27 +347,33 @@ class PersonalDataMapper(Mapper[UUID]):
 
     def _decoded(self, stored_event: StoredEvent, *, opened: bool) -> DomainEventProtocol[UUID]:
         domain_event = super().to_domain_event(stored_event)
-        state: dict[str, Any] = domain_event.__dict__
+        self.open_values(domain_event.__dict__, opened=opened)
+        return domain_event
+
+    def open_values(self, state: dict[str, Any], *, opened: bool = True) -> None:
+        """An event's decoded values (its originator id and version set, upcast) made as the
+        event reads: tracing metadata dropped, personal values opened with the account's key,
+        or `[redacted]` when it is gone or `opened` is False. Shared by the event objects
+        above and by lifecycle.stored_fold, which folds the log without building them."""
         tracing.strip(state)  # metadata stored with the event, not the event's own
         sealed = state.pop(SEALED_FIELD, None)
         if sealed is None:
-            return domain_event
+            return
         fields: list[str] = sealed["fields"]
         account_id: UUID = state["originator_id"]
         key = self.vault.find_key(account_id) if opened else None
         if key is None:
             state.update(dict.fromkeys(fields, REDACTED))
-            return domain_event
-        associated = _associated_data(account_id, stored_event.originator_version, fields)
+            return
+        version: int = state["originator_version"]
+        associated = _associated_data(account_id, version, fields)
         try:
             plaintext = open_sealed(key, base64.b64decode(sealed["data"]), associated)
         except InvalidTag:
             raise MapperDeserialisationError(
-                f"sealed personal fields of event {stored_event.originator_version} "
-                f"of {account_id} fail authentication"
+                f"sealed personal fields of event {version} of {account_id} fail authentication"
             ) from None
         state.update(self.transcoder.decode(plaintext))
-        return domain_event
 
 
 def _associated_data(account_id: UUID, version: int, fields: list[str]) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
@@ -45,6 +45,7 @@ class Account(Aggregate):
         # Names of this event's attributes that hold personal values; the stored form
         # seals them with the account's own key (see lifecycle.crypto).
         personal_fields: ClassVar[tuple[str, ...]] = ()
+        TOPIC: ClassVar[str]  # each event class's stored name (lifecycle.event_names)
 
         def apply(self, aggregate: Any) -> None:
             aggregate.fold(self)
@@ -84,7 +85,7 @@ class Account(Aggregate):
 
         @property
         def changed_parts(self) -> list[str]:
-            return [part for part in EDITABLE_PARTS if getattr(self, part) is not None]
+            return changed_parts(self.__dict__)
 
     class ScoutReceived(Event):
         TOPIC = event_names.SCOUT_RECEIVED
@@ -179,57 +180,10 @@ class Account(Aggregate):
             channel=Channel(channel).value,
         )
 
-    def fold(self, event: Aggregate.Event) -> None:
-        """Fold one event into the state; events carry facts, so this never refuses."""
-        match event:
-            case Account.Registered():
-                self.email = event.email
-                self.display_name = event.display_name
-                self.phone = event.phone
-                self.job_title = event.job_title
-                self.work_history = event.work_history
-                self.profile = event.profile
-                self.desired = event.desired
-                self.notifications = event.notifications
-                self.consent_version = event.consent_version
-                self.channel = event.channel
-                self.status = AccountStatus.ACTIVE
-                self.registered_at = event.timestamp
-                self.scouts = {}
-                self.gift = None
-                self.withdrawal = None
-                self.withdrawn_at = None
-                self.purged_at = None
-            case Account.PreferencesEdited():
-                for part in event.changed_parts:
-                    setattr(self, part, getattr(event, part))
-            case Account.ScoutReceived():
-                self.scouts[event.scout_id] = {
-                    "company_id": event.company_id,
-                    "job_id": event.job_id,
-                    "received_at": event.received_at,
-                }
-            case Account.GiftClaimed():
-                self.gift = {
-                    "company_id": event.company_id,
-                    "start_date": event.start_date,
-                    "gift_kind": event.gift_kind,
-                    "amount_jpy": event.amount_jpy,
-                    "claimed_at": event.timestamp,
-                }
-            case Account.WithdrawalRequested():
-                self.status = AccountStatus.WITHDRAWING
-                self.withdrawal = {
-                    "reason": event.reason,
-                    "reason_details": event.reason_details,
-                    "comment": event.comment,
-                    "acknowledged_gift_loss": event.acknowledged_gift_loss,
-                    "gift_forfeited": event.gift_forfeited,
-                }
-                self.withdrawn_at = event.timestamp
-            case Account.Purged():
-                self.status = AccountStatus.PURGED
-                self.purged_at = event.timestamp
+    def fold(self, event: Account.Event) -> None:
+        """Fold one event into the state (one of FOLDS, on this account's and the event's
+        attributes); events carry facts, so this never refuses."""
+        FOLDS[event.TOPIC](self.__dict__, event.__dict__)
 
     # Commands
 
@@ -419,6 +373,94 @@ class Account(Aggregate):
             addresses.single_mailbox(email)
         except addresses.AddressError:
             raise InvalidCommandError("email_invalid") from None
+
+
+# How each event changes an account, on plain values: `state` holds the account's attributes
+# (an Account's __dict__), `facts` the event's (an event's __dict__, or a stored event's state
+# decoded: lifecycle.stored_fold folds the log through this same table without building the
+# library's event objects). Events carry facts, so none of these refuses.
+State = dict[str, Any]
+Facts = Mapping[str, Any]
+REGISTERED_FIELDS = (
+    "email",
+    "display_name",
+    "phone",
+    "job_title",
+    "work_history",
+    "profile",
+    "desired",
+    "notifications",
+    "consent_version",
+    "channel",
+)
+
+
+def changed_parts(facts: Facts) -> list[str]:
+    """The parts a PreferencesEdited changed: those not left as None."""
+    return [part for part in EDITABLE_PARTS if facts.get(part) is not None]
+
+
+def _registered(state: State, facts: Facts) -> None:
+    for name in REGISTERED_FIELDS:
+        state[name] = facts[name]
+    state["status"] = AccountStatus.ACTIVE
+    state["registered_at"] = facts["timestamp"]
+    state["scouts"] = {}
+    state["gift"] = None
+    state["withdrawal"] = None
+    state["withdrawn_at"] = None
+    state["purged_at"] = None
+
+
+def _preferences_edited(state: State, facts: Facts) -> None:
+    for part in changed_parts(facts):
+        state[part] = facts[part]
+
+
+def _scout_received(state: State, facts: Facts) -> None:
+    state["scouts"][facts["scout_id"]] = {
+        "company_id": facts["company_id"],
+        "job_id": facts["job_id"],
+        "received_at": facts["received_at"],
+    }
+
+
+def _gift_claimed(state: State, facts: Facts) -> None:
+    state["gift"] = {
+        "company_id": facts["company_id"],
+        "start_date": facts["start_date"],
+        "gift_kind": facts["gift_kind"],
+        "amount_jpy": facts["amount_jpy"],
+        "claimed_at": facts["timestamp"],
+    }
+
+
+def _withdrawal_requested(state: State, facts: Facts) -> None:
+    state["status"] = AccountStatus.WITHDRAWING
+    state["withdrawal"] = {
+        "reason": facts["reason"],
+        "reason_details": facts["reason_details"],
+        "comment": facts["comment"],
+        "acknowledged_gift_loss": facts["acknowledged_gift_loss"],
+        "gift_forfeited": facts["gift_forfeited"],
+    }
+    state["withdrawn_at"] = facts["timestamp"]
+
+
+def _purged(state: State, facts: Facts) -> None:
+    state["status"] = AccountStatus.PURGED
+    state["purged_at"] = facts["timestamp"]
+
+
+# Each Account event's stored name -> how it changes the account.
+FOLDS: dict[str, Callable[[State, Facts], None]] = {
+    event_names.REGISTERED: _registered,
+    event_names.PREFERENCES_EDITED: _preferences_edited,
+    event_names.SCOUT_RECEIVED: _scout_received,
+    event_names.GIFT_CLAIMED: _gift_claimed,
+    event_names.WITHDRAWAL_REQUESTED: _withdrawal_requested,
+    event_names.PURGED: _purged,
+}
 
 
 def _without_none(fields: dict[str, Any]) -> dict[str, Any]:

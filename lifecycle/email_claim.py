@@ -3,6 +3,7 @@ domain module beside `lifecycle.domain` (the Account aggregate), which it does n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -30,6 +31,7 @@ class EmailClaim(Aggregate):
 
     class Event(Aggregate.Event):
         personal_fields: ClassVar[tuple[str, ...]] = ()
+        TOPIC: ClassVar[str]  # each event class's stored name (lifecycle.event_names)
 
         def apply(self, aggregate: Any) -> None:
             aggregate.fold(self)
@@ -65,14 +67,8 @@ class EmailClaim(Aggregate):
     def open(cls, claim_id: UUID) -> EmailClaim:
         return cls._create(cls.Created, id=claim_id)
 
-    def fold(self, event: Aggregate.Event) -> None:
-        match event:
-            case EmailClaim.Created():
-                self.holder = None
-            case EmailClaim.Claimed():
-                self.holder = event.holder
-            case EmailClaim.Released():
-                self.holder = None
+    def fold(self, event: EmailClaim.Event) -> None:
+        FOLDS[event.TOPIC](self.__dict__, event.__dict__)
 
     def claim(self, holder: str) -> None:
         self.check_claimable_by(holder)
@@ -90,3 +86,20 @@ class EmailClaim(Aggregate):
 
     def is_held_by(self, *holders: str) -> bool:
         return self.holder is not None and self.holder in holders
+
+
+# How each claim event changes a claim, on plain values (its __dict__ and the event's, or a
+# stored state decoded: see lifecycle.domain.FOLDS, which lifecycle.stored_fold applies alike).
+def _unheld(state: dict[str, Any], facts: Mapping[str, Any]) -> None:
+    state["holder"] = None
+
+
+def _claimed(state: dict[str, Any], facts: Mapping[str, Any]) -> None:
+    state["holder"] = facts["holder"]
+
+
+FOLDS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
+    event_names.EMAIL_CLAIM_CREATED: _unheld,
+    event_names.EMAIL_CLAIMED: _claimed,
+    event_names.EMAIL_RELEASED: _unheld,
+}

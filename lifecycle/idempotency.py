@@ -7,7 +7,7 @@ first request's status, body and `Location` are kept for `ttl_s` (default 24 h).
 
 `begin` decides, in one transaction, what a request with a key is: `Started` (first, now
 running: the caller runs it and `finish`es or `abandon`s it), `Replay` (answered before, same
-payload), `Mismatch` (the key was used with another payload: 422) or `InFlight` (the first is
+payload), `KeyReused` (the key was used with another payload: 422) or `InFlight` (the first is
 still running: 409). A running request whose process died is taken over after `LEASE_S`.
 
 A resting place, registered in `lifecycle/audit/registry.py`: answers hold ids, statuses and
@@ -77,7 +77,7 @@ class Replay:
 
 
 @dataclass(frozen=True)
-class Mismatch:
+class KeyReused:
     pass
 
 
@@ -86,7 +86,7 @@ class InFlight:
     pass
 
 
-Begun = Started | Replay | Mismatch | InFlight
+Begun = Started | Replay | KeyReused | InFlight
 
 
 class IdempotencyStore:
@@ -144,7 +144,7 @@ class IdempotencyStore:
             return InFlight()
         stored_fingerprint, status, answer = row
         if not hmac.compare_digest(bytes(stored_fingerprint), fingerprint):
-            return Mismatch()
+            return KeyReused()
         if status is None or answer is None:
             return InFlight()
         return Replay(Answer.decode(bytes(answer)))

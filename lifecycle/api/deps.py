@@ -123,11 +123,11 @@ def get_state(request: Request) -> ApiState:
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def get_erasure(state: StateDep) -> ErasureProcess:
+def get_erasure_process(state: StateDep) -> ErasureProcess:
     return state.erasure
 
 
-ErasureDep = Annotated[ErasureProcess, Depends(get_erasure)]
+ErasureDep = Annotated[ErasureProcess, Depends(get_erasure_process)]
 
 
 def get_data_exports(state: StateDep) -> DataExports:

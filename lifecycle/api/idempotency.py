@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.api.problems import problem_response
-from lifecycle.idempotency import Answer, IdempotencyStore, InFlight, Mismatch, Replay, Started
+from lifecycle.idempotency import Answer, IdempotencyStore, InFlight, KeyReused, Replay, Started
 from lifecycle.settings import token_digest
 
 HEADER = "Idempotency-Key"
@@ -52,7 +52,11 @@ def idempotency_key(
 
 TAKES_IDEMPOTENCY_KEY = Depends(idempotency_key)
 REFUSALS: dict[type, tuple[int, str, str]] = {
-    Mismatch: (422, "idempotency_key_reused", "this Idempotency-Key was sent with another request"),
+    KeyReused: (
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was sent with another request",
+    ),
     InFlight: (409, "idempotency_key_in_use", "the first request with this Idempotency-Key runs"),
 }
 
@@ -85,7 +89,7 @@ class IdempotencyMiddleware:
         if isinstance(begun, Replay):
             await _send_answer(begun.answer, send)
             return
-        if isinstance(begun, Mismatch | InFlight):
+        if isinstance(begun, KeyReused | InFlight):
             status, code, detail = REFUSALS[type(begun)]
             await problem_response(Request(scope), status, code, detail)(scope, receive, send)
             return

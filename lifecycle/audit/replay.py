@@ -2,9 +2,11 @@
 the rule its command enforces, asked of the domain itself (`Account.check_*`), so the replay
 and the commands cannot drift apart.
 
-Events are decoded by the application's own mapper (parsing with orjson, see
-lifecycle.transcoding), so every sealed personal field must still open under its account's
-key (a failure is a `decodes` violation); no value leaves the process.
+Stored events are folded from their stored states (lifecycle.stored_fold: the application's
+transcoder, parsing with orjson, and its mapper's opening of sealed fields, then the domain's
+own folds, without building the library's event objects), so every sealed personal field must
+still open under its account's key (a failure is a `decodes` violation); no value leaves the
+process.
 
 The log is read a page at a time: the page's keys come in one query (`KeyVault.prefetch`),
 key and claim-holder rules take one query per page, and memory stays flat in log size.
@@ -19,17 +21,16 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
-from eventsourcing.persistence import Mapper, StoredEvent
-from eventsourcing.utils import resolve_topic
 
 from lifecycle import event_names
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
-from lifecycle.audit.pages import stream_pages
-from lifecycle.domain import Account
+from lifecycle.crypto import PersonalDataMapper
+from lifecycle.domain import Account, changed_parts
 from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
+from lifecycle.stored_fold import KINDS, EventKind, Facts, Row, StoredFold, fold, stream_pages
 
 LEGACY_PREFIX = legacy_holder("")
 
@@ -84,44 +85,51 @@ class ReplayReport:
         }
 
 
-# Rule name -> the domain's check, asked of the state before the event; a raise is a violation.
-Rule = tuple[str, Callable[[Account, Any], object]]
-RULES: dict[type, tuple[Rule, ...]] = {
+# Rule name -> the domain's check, asked of the state before the event (its facts: the event's
+# values, lifecycle.stored_fold); a raise is a violation.
+Rule = tuple[str, Callable[[Account, Facts], object]]
+RULES: dict[type[Account.Event], tuple[Rule, ...]] = {
     # Asked of the first event, before there is an account. The e-mail rule is not: it has
     # grown stricter over time, and addresses stored before stay valid facts.
     Account.Registered: (
         # A purged member's name reads back redacted, which is no empty name.
-        ("display_name_given", lambda a, e: Account.check_display_name_is_given(e.display_name)),
-        ("channel_known", lambda a, e: Account.check_channel_is_known(e.channel)),
+        ("display_name_given", lambda a, e: Account.check_display_name_is_given(e["display_name"])),
+        ("channel_known", lambda a, e: Account.check_channel_is_known(e["channel"])),
     ),
     Account.PreferencesEdited: (
         ("active_only", lambda a, e: a.check_account_is_active()),
-        ("parts_known", lambda a, e: a.check_preference_parts_are_known(e.changed_parts)),
+        ("parts_known", lambda a, e: a.check_preference_parts_are_known(changed_parts(e))),
         ("parts_change", lambda a, e: a.check_parts_change(_edited_parts(e))),
     ),
     Account.ScoutReceived: (
         ("active_only", lambda a, e: a.check_account_is_active()),
-        ("scout_once", lambda a, e: a.check_scout_is_new(e.scout_id)),
+        ("scout_once", lambda a, e: a.check_scout_is_new(e["scout_id"])),
     ),
     Account.GiftClaimed: (
         ("active_only", lambda a, e: a.check_account_is_active()),
         ("one_gift", lambda a, e: a.check_gift_is_unclaimed()),
-        ("gift_company_scouted", lambda a, e: a.check_company_scouted(e.company_id)),
-        ("gift_terms", lambda a, e: a.check_gift_terms(e.gift_kind, e.amount_jpy)),
+        ("gift_company_scouted", lambda a, e: a.check_company_scouted(e["company_id"])),
+        ("gift_terms", lambda a, e: a.check_gift_terms(e["gift_kind"], e["amount_jpy"])),
     ),
     Account.WithdrawalRequested: (
         ("withdraw_once", lambda a, e: a.check_account_is_active()),
-        ("reason_known", lambda a, e: a.check_withdrawal_reason_is_known(e.reason)),
-        ("reason_details_fit", lambda a, e: a.check_reason_details_fit(e.reason, e.reason_details)),
-        ("comment_fits", lambda a, e: a.check_comment_fits(e.comment)),
+        ("reason_known", lambda a, e: a.check_withdrawal_reason_is_known(e["reason"])),
+        (
+            "reason_details_fit",
+            lambda a, e: a.check_reason_details_fit(e["reason"], e["reason_details"]),
+        ),
+        ("comment_fits", lambda a, e: a.check_comment_fits(e["comment"])),
         (
             "gift_loss_acknowledged",
-            lambda a, e: a.check_gift_loss_is_acknowledged(e.reason, e.acknowledged_gift_loss),
+            lambda a, e: a.check_gift_loss_is_acknowledged(
+                e["reason"], e["acknowledged_gift_loss"]
+            ),
         ),
-        ("gift_forfeited_flag", lambda a, e: a.check_gift_forfeit(e.gift_forfeited)),
+        ("gift_forfeited_flag", lambda a, e: a.check_gift_forfeit(e["gift_forfeited"])),
     ),
     Account.Purged: (("purge_after_withdrawal", lambda a, e: a.check_account_is_withdrawing()),),
 }
+RULES_BY_TOPIC: dict[str, tuple[Rule, ...]] = {cls.TOPIC: rules for cls, rules in RULES.items()}
 
 
 def replay(
@@ -134,8 +142,10 @@ def replay(
         row = cursor.execute(f"SELECT COUNT(*) FROM {database.events_table}").fetchone()
     total = int(row[0]) if row else 0
     mapper = accounts.mapper
+    assert isinstance(mapper, PersonalDataMapper)
+    folder = StoredFold(mapper)
     for streams in stream_pages(database):
-        _replay_page(accounts, mapper, streams, report, keep)
+        _replay_page(accounts, folder, streams, report, keep)
         if progress is not None:
             progress(report.events, max(total, report.events))
     if progress is not None:
@@ -155,8 +165,8 @@ def replay(
 
 def _replay_page(
     accounts: Accounts,
-    mapper: Mapper[UUID],
-    streams: list[list[StoredEvent]],
+    folder: StoredFold,
+    streams: list[list[Row]],
     report: ReplayReport,
     keep: int,
 ) -> None:
@@ -167,15 +177,16 @@ def _replay_page(
     for stream in streams:
         report.aggregates += 1
         report.events += len(stream)
-        kind = _kind_of(stream[0].topic)
+        first = KINDS.get(stream[0][2])
+        kind = None if first is None else first.aggregate
         if kind is Account:
-            found, account = _fold_account(mapper, stream)
+            found, account = _fold_account(folder, stream)
             if account is not None:
                 folded.append(account)
             else:
                 report.unfolded_accounts += 1
         elif kind is EmailClaim:
-            found, claim = _fold_claim(mapper, stream)
+            found, claim = _fold_claim(folder, stream)
             report.email_claims += claim is not None
             report.held_claims += claim is not None and claim.holder is not None
             # Only a holder recorded before holders were sealed names its account; a sealed
@@ -183,8 +194,7 @@ def _replay_page(
             if claim is not None and claim.holder and claim.holder.startswith(LEGACY_PREFIX):
                 held[claim.id] = UUID(claim.holder.removeprefix(LEGACY_PREFIX))
         else:
-            subject = str(stream[0].originator_id)
-            found = [Violation(subject, None, "known_aggregate", stream[0].topic)]
+            found = [Violation(str(stream[0][0]), None, "known_aggregate", stream[0][2])]
         for violation in found:
             report.add(violation, keep)
     for account in folded:
@@ -196,143 +206,143 @@ def _replay_page(
         report.add(violation, keep)
 
 
-def _kind_of(topic: str) -> type | None:
-    try:
-        cls = resolve_topic(topic)
-    except Exception:
-        return None
-    if isinstance(cls, type) and issubclass(cls, Account.Event):
-        return Account
-    if isinstance(cls, type) and issubclass(cls, EmailClaim.Event):
-        return EmailClaim
-    return None
-
-
-def _decoded(mapper: Mapper[UUID], stream: list[StoredEvent]) -> Iterator[Any]:
-    """Each stored event decoded; a Violation in its place when it does not decode."""
-    for stored in stream:
+def _decoded(
+    folder: StoredFold, stream: list[Row], aggregate: type
+) -> Iterator[tuple[EventKind, Facts] | Violation]:
+    """Each stored event's kind and facts; a Violation in its place when it does not decode
+    or belongs to another kind of aggregate."""
+    for row in stream:
+        originator_id, version, topic, _ = row
         try:
-            yield mapper.to_domain_event(stored)
+            facts = folder.facts(*row)
         except Exception as error:
             yield Violation(
-                str(stored.originator_id),
-                stored.originator_version,
+                str(originator_id),
+                version,
                 "decodes",
-                f"{stored.topic} does not decode ({type(error).__name__})",
+                f"{topic} does not decode ({type(error).__name__})",
             )
+            continue
+        kind = KINDS[topic]
+        if kind.aggregate is not aggregate:
+            yield Violation(str(originator_id), version, "known_aggregate", topic)
+            continue
+        yield kind, facts
 
 
-def _fold_account(
-    mapper: Mapper[UUID], stream: list[StoredEvent]
-) -> tuple[list[Violation], Account | None]:
-    subject = str(stream[0].originator_id)
+def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], Account | None]:
+    subject = str(stream[0][0])
     found: list[Violation] = []
     account: Account | None = None
     previous_time: datetime | None = None
-    for event in _decoded(mapper, stream):
-        if isinstance(event, Violation):
-            return [*found, event], None
-        version = event.originator_version
+    for decoded in _decoded(folder, stream, Account):
+        if isinstance(decoded, Violation):
+            return [*found, decoded], None
+        kind, facts = decoded
+        version: int = facts["originator_version"]
         if account is None:
-            if not isinstance(event, Account.Registered) or version != 1:
-                found.append(Violation(subject, version, "starts_registered", type(event).__name__))
+            if kind.topic != event_names.REGISTERED or version != 1:
+                found.append(Violation(subject, version, "starts_registered", kind.name))
                 return found, None
-            found += [Violation(subject, version, *v) for v in _registration_rules(event)]
+            found += [Violation(subject, version, *v) for v in _registration_rules(facts)]
         else:
-            found += [Violation(subject, version, *v) for v in _account_rules(account, event)]
-        if previous_time is not None and event.timestamp < previous_time:
+            found += [Violation(subject, version, *v) for v in _account_rules(account, kind, facts)]
+        timestamp: datetime = facts["timestamp"]
+        if previous_time is not None and timestamp < previous_time:
             found.append(
                 Violation(subject, version, "timestamps_ordered", "earlier than the one before")
             )
-        previous_time = event.timestamp
-        mutated = _mutated(event, account, found, subject, version)
-        if mutated is None:
+        previous_time = timestamp
+        folded = _folded(account, kind, facts, found, subject)
+        if folded is None:
             return found, None
-        assert isinstance(mutated, Account)
-        account = mutated
+        assert isinstance(folded, Account)
+        account = folded
     return found, account
 
 
-def _mutated(event: Any, aggregate: Any, found: list[Violation], subject: str, version: int) -> Any:
-    """The aggregate after `event`, or None (with a violation) when the versions do not follow."""
+def _folded(
+    aggregate: Any, kind: EventKind, facts: Facts, found: list[Violation], subject: str
+) -> Any:
+    """The aggregate after the event, or None (with a violation) when the versions do not
+    follow."""
     try:
-        return event.mutate(aggregate)
-    except (OriginatorVersionError, OriginatorIDError, AssertionError) as error:
+        return fold(aggregate, kind, facts)
+    except (OriginatorVersionError, OriginatorIDError) as error:
+        version = facts["originator_version"]
         found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
         return None
 
 
-def _edited_parts(event: Any) -> dict[str, Any]:
-    return {part: getattr(event, part) for part in event.changed_parts}
+def _edited_parts(facts: Facts) -> dict[str, Any]:
+    return {part: facts[part] for part in changed_parts(facts)}
 
 
-def _registration_rules(event: Any) -> Iterator[tuple[str, str]]:
+def _registration_rules(facts: Facts) -> Iterator[tuple[str, str]]:
     """What `Account.register` would have refused of the first event."""
     for rule, check in RULES[Account.Registered]:
         try:
-            check(None, event)  # type: ignore[arg-type]
+            check(None, facts)  # type: ignore[arg-type]
         except LifecycleError as error:
             yield rule, f"Registered: {error.code}"
 
 
-def _account_rules(account: Account, event: Any) -> Iterator[tuple[str, str]]:
+def _account_rules(account: Account, kind: EventKind, facts: Facts) -> Iterator[tuple[str, str]]:
     """What the aggregate's commands would have refused, asked of the state before the event."""
-    name = type(event).__name__
-    if isinstance(event, Account.Registered):
+    if kind.topic == event_names.REGISTERED:
         yield "registered_once", "a second Registered"
         return
     try:
         account.check_account_is_not_purged()
     except LifecycleError:
-        yield "nothing_after_purge", f"{name} after Purged"
+        yield "nothing_after_purge", f"{kind.name} after Purged"
         return
-    for rule, check in RULES.get(type(event), ()):
+    for rule, check in RULES_BY_TOPIC.get(kind.topic, ()):
         try:
-            check(account, event)
+            check(account, facts)
         except LifecycleError as error:
-            yield rule, f"{name} while {account.status.value}: {error.code}"
+            yield rule, f"{kind.name} while {account.status.value}: {error.code}"
 
 
-def _fold_claim(
-    mapper: Mapper[UUID], stream: list[StoredEvent]
-) -> tuple[list[Violation], EmailClaim | None]:
-    subject = str(stream[0].originator_id)
+def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], EmailClaim | None]:
+    subject = str(stream[0][0])
     found: list[Violation] = []
     claim: EmailClaim | None = None
-    for event in _decoded(mapper, stream):
-        if isinstance(event, Violation):
-            return [*found, event], None
-        version = event.originator_version
-        if claim is None and not isinstance(event, EmailClaim.Created):
-            found.append(Violation(subject, version, "claim_starts_created", type(event).__name__))
+    for decoded in _decoded(folder, stream, EmailClaim):
+        if isinstance(decoded, Violation):
+            return [*found, decoded], None
+        kind, facts = decoded
+        version: int = facts["originator_version"]
+        if claim is None and kind.topic != event_names.EMAIL_CLAIM_CREATED:
+            found.append(Violation(subject, version, "claim_starts_created", kind.name))
             return found, None
         if claim is not None:
-            if isinstance(event, EmailClaim.Claimed):
+            if kind.topic == event_names.EMAIL_CLAIMED:
                 try:
-                    claim.check_claimable_by(event.holder)
+                    claim.check_claimable_by(facts["holder"])
                 except LifecycleError:
                     found.append(
                         Violation(subject, version, "one_account_per_email", "claimed while held")
                     )
-            if isinstance(event, EmailClaim.Released) and not claim.is_held_by(event.holder):
+            if kind.topic == event_names.EMAIL_RELEASED and not claim.is_held_by(facts["holder"]):
                 found.append(
                     Violation(subject, version, "release_by_holder", "released by another")
                 )
-        mutated = _mutated(event, claim, found, subject, version)
-        if mutated is None:
+        folded = _folded(claim, kind, facts, found, subject)
+        if folded is None:
             return found, None
-        assert isinstance(mutated, EmailClaim)
-        claim = mutated
+        assert isinstance(folded, EmailClaim)
+        claim = folded
     return found, claim
 
 
-def _fresh_keys(accounts: Accounts, streams: list[list[StoredEvent]]) -> dict[UUID, bool]:
+def _fresh_keys(accounts: Accounts, streams: list[list[Row]]) -> dict[UUID, bool]:
     """Which of the page's accounts have a key, looked up now in one query (not taken from the
     vault's short cache); the mapper then finds each key cached."""
     ids = {
-        first.originator_id
-        for first in (stream[0] for stream in streams)
-        if isinstance(first.originator_id, UUID) and first.topic == event_names.REGISTERED
+        originator_id
+        for originator_id, _, topic, _ in (stream[0] for stream in streams)
+        if topic == event_names.REGISTERED
     }
     for account_id in ids:
         accounts.vault.forget(account_id)

@@ -1,8 +1,9 @@
-"""`lifecycle` command line: thin callers of bootstrap, one subcommand per process kind.
+"""`lifecycle` command line: thin callers of bootstrap and of the services, one subcommand
+per process kind or use case.
 
 `common` holds the Typer app and what every command shares; `service` the service's process
-kinds; `audit` the auditor's tools; `keys` the key hierarchy's
-operations. Importing them registers their commands.
+kinds; `audit` the auditor's tools and `keys` the key hierarchy's operations, both adapters over
+`lifecycle.services`. Importing them registers their commands.
 """
 
 from __future__ import annotations

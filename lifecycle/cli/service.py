@@ -273,19 +273,9 @@ def project(
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
 ) -> None:
     """Run read models: catch up from the notification log, then follow it live."""
+    from lifecycle.services.read_models import ReadModels
+    from projections.runner import ProgressPrinter, run_all
 
-    from projections.registry import (
-        UnknownReadModelError,
-        open_read_models,
-        read_model_classes,
-    )
-    from projections.runner import ProgressPrinter, Projector, run_all
-    from projections.runner import rebuild as rebuild_model
-
-    try:
-        classes = read_model_classes(names or ())
-    except UnknownReadModelError as error:
-        fail(str(error))
     settings = load_settings()
     accounts = open_accounts(settings)
     stop = threading.Event()
@@ -294,19 +284,19 @@ def project(
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
     printer = ProgressPrinter(lambda line: typer.echo(line, err=True))
+    read_models = ReadModels(accounts)
+    chosen = names or ()
     try:
         if rebuild:
-            for model_class in classes:
-                result = rebuild_model(
-                    accounts, model_class, batch_size=batch_size, progress=printer, stop=stop
-                )
-                typer.echo(f"rebuilt {result.name}: {result.events} events, {result.seconds:.1f}s")
+            for done in read_models.rebuild(
+                chosen, batch_size=batch_size, progress=printer, stop=stop
+            ):
+                typer.echo(f"rebuilt {done.name}: {done.events} events, {done.seconds:.1f}s")
             return
-        models = open_read_models(accounts.database, [cls.name for cls in classes])
         if once:
-            for model in models:
-                Projector(accounts, model, batch_size=batch_size, progress=printer).catch_up(stop)
+            read_models.catch_up(chosen, batch_size=batch_size, progress=printer, stop=stop)
             return
+        models = read_models.opened(chosen)
         with worker_probe(settings) as probe:
             run_all(accounts, models, stop, probe=probe, batch_size=batch_size)
     except LifecycleError as error:

@@ -9,7 +9,6 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from consumers.store import insert_rows
 from lifecycle.migrations import EXPORT_CHUNKS
 from lifecycle.storage import Database
 from schemas.data_export import ExportPartV1, SealedBoxV1
@@ -40,9 +39,7 @@ class SealedParts:
             return set()
         db = self.database
         with db.transaction() as cursor:
-            insert_rows(
-                db,
-                cursor,
+            cursor.insert_rows(
                 self.table,
                 COLUMNS,
                 [

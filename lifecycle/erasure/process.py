@@ -9,7 +9,7 @@ confirmations table (`lifecycle.erasure.records`), which migrations create, so b
 A confirmation is verified, not believed. The intake attributes it to a service by the topic
 it came on (each service's own, writable only by its principal under Kafka ACLs), never by its
 payload or `ce_source`; and `verified` accepts it only for an account that is withdrawing,
-produced after that withdrawal (`lifecycle.erasure.refusals`). Anything else is refused:
+produced after that withdrawal (`check_confirmation`). Anything else is refused:
 logged (ids and a reason, no values), counted per service and reason in `erasure_refusals`
 (`lifecycle_erasure_confirmations_refused` on /metrics) and marked handled, never
 dead-lettered. A refusal is the process working, not a fault of the record we could fix:
@@ -26,15 +26,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
-from consumers.store import insert_rows
+from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
-from lifecycle.erasure.records import ErasureRecords
-from lifecycle.erasure.refusals import ErasureRefusals, Refused, check
+from lifecycle.erasure.records import ErasureRecords, ErasureRefusals
 from lifecycle.erasure.status import CONFIRMED
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.logs import get_logger
@@ -46,6 +45,30 @@ from schemas.contract import ERASING_SERVICES
 PURGE_WORKERS = 6
 
 log = get_logger(__name__)
+
+# How far a confirmation's own time may precede the withdrawal it answers (two clocks).
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class Refused(Exception):  # noqa: N818 - a verdict, caught where confirmations are checked
+    """A confirmation the process does not believe; `reason` is a stable, data-free code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_confirmation(confirmed_at: datetime | None, account: Account | None) -> None:
+    """Refused unless the account is withdrawing and the confirmation came after that
+    withdrawal; a repeat once the account is purged passes (recording it changes nothing)."""
+    if account is None:
+        raise Refused("account_unknown")
+    if account.status is AccountStatus.ACTIVE or account.withdrawn_at is None:
+        raise Refused("account_not_withdrawing")
+    if account.status is AccountStatus.PURGED:
+        return
+    if confirmed_at is not None and confirmed_at < account.withdrawn_at - CLOCK_SKEW:
+        raise Refused("before_withdrawal")
 
 
 @dataclass(frozen=True)
@@ -133,7 +156,7 @@ class ErasureProcess:
                     raise Refused("unknown_service")
                 if confirmation.account_id not in accounts:
                     accounts[confirmation.account_id] = self._account(confirmation.account_id)
-                check(confirmation.confirmed_at, accounts[confirmation.account_id])
+                check_confirmation(confirmation.confirmed_at, accounts[confirmation.account_id])
             except Refused as refusal:
                 refused.append((confirmation, refusal.reason))
             else:
@@ -168,9 +191,7 @@ class ErasureProcess:
             # A later 'confirmed' replaces an earlier 'failed'; a confirmation is never undone
             # (of repeats within the batch, the first counts, as one statement after another).
             first = {(c.account_id, c.service): c for c in reversed(confirmations)}
-            insert_rows(
-                db,
-                cursor,
+            cursor.insert_rows(
                 self.table,
                 (
                     ("account_id", "uuid"),

@@ -1,18 +1,22 @@
-"""The two tables the erasure process keeps beside the event store: each service's word on an
-account (`erasure_confirmations`, written by `lifecycle.erasure.process`) and ops' retry
-requests (`erasure_retries`). Not events of an account, so tables of their own; migrations
-create them (lifecycle.migrations), so building `ErasureRecords` runs no DDL."""
+"""The tables the erasure process keeps beside the event store: each service's word on an
+account (`erasure_confirmations`, written by `lifecycle.erasure.process`), ops' retry requests
+(`erasure_retries`) and the count of confirmations refused (`erasure_refusals`). Not events of
+an account, so tables of their own; migrations create them (lifecycle.migrations), so building
+`ErasureRecords` or `ErasureRefusals` runs no DDL."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
 from lifecycle.erasure.status import RetryRecord, ServiceRecord
 from lifecycle.storage import Database, read_timestamp
+from schemas.contract import ERASING_SERVICES
 
 CONFIRMATIONS_TABLE = "erasure_confirmations"
 RETRIES_TABLE = "erasure_retries"
+REFUSALS_TABLE = "erasure_refusals"
 
 
 class ErasureRecords:
@@ -72,3 +76,33 @@ class ErasureRecords:
             ).fetchone()
         assert row is not None
         return int(row[0])
+
+
+class ErasureRefusals:
+    """How many confirmations were refused, per service and reason: a few rows, counted up in
+    place, so /metrics reads them without a scan (and every process's refusals add up). The
+    table comes from a migration (lifecycle.migrations, version 3)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.table = database.table(REFUSALS_TABLE)
+
+    def count(self, refusals: Sequence[tuple[str, str]]) -> None:
+        totals: dict[tuple[str, str], int] = {}
+        for service, reason in refusals:
+            # A label from a forged payload must not grow the table: unknown services pool.
+            key = (service if service in ERASING_SERVICES else "other", reason)
+            totals[key] = totals.get(key, 0) + 1
+        with self.database.transaction() as cursor:
+            for (service, reason), refused in sorted(totals.items()):
+                cursor.execute(
+                    f"INSERT INTO {self.table} AS saved (service, reason, refused) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (service, reason) DO UPDATE SET "
+                    "refused = saved.refused + excluded.refused",
+                    (service, reason, refused),
+                )
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        with self.database.transaction(commit=False) as cursor:
+            rows = cursor.execute(f"SELECT service, reason, refused FROM {self.table}").fetchall()
+        return {(str(service), str(reason)): int(n) for service, reason, n in rows}

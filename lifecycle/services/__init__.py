@@ -8,8 +8,11 @@ map its answer or its `LifecycleError`; a second entrypoint gets the same rules 
 - `erasures`: ops' view of erasures, and the retry of one service's erasure;
 - `audit`: an account's stored events (redacted, or decrypted for a permitted role, recorded
   first), its timeline without personal values, the hash chain's head;
-- `read_models`: read models' positions and lag;
+- `read_models`: read models' positions and lag, a catch-up, a rebuild;
 - `keys`: key status, KEK rotation, a new signing version, destruction of what is due;
+- `event_log`: the whole log exported as stored, replayed against the domain's rules, its hash
+  chain recomputed;
+- `erasure_evidence`: re-shred after a restore, receipts found and checked, erasure proofs;
 - `pipeline`: what the database says about the pipeline, for `/metrics` and `/readyz`.
 
 Member commands go to the application (`lifecycle.application.Accounts`) directly; data exports

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lifecycle.application import Accounts
-from lifecycle.erasure.refusals import ErasureRefusals
+from lifecycle.erasure.records import ErasureRefusals
 from lifecycle.services.actions import DeadLetterActions
 from lifecycle.services.read_models import ReadModels
 from lifecycle.storage import read_timestamp

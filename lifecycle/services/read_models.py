@@ -1,13 +1,18 @@
-"""Read models for ops: each one's position and lag behind the notification log, and the
-position of a rebuild in progress (its shadow tables)."""
+"""Read models for ops (`/admin/v1/projections`, `lifecycle project`): each one's position and
+lag behind the notification log, the position of a rebuild in progress (its shadow tables); a
+catch-up to the log's head, and a rebuild from position 0."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from lifecycle.application import Accounts
+from lifecycle.errors import InvalidCommandError
 from projections.base import SHADOW_SUFFIX, ReadModel
-from projections.registry import read_model_classes
+from projections.registry import UnknownReadModelError, open_read_models, read_model_classes
+from projections.runner import ProgressSink, Projector, RebuildResult, rebuild
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,42 @@ class ReadModels:
                 )
             )
         return ReadModelStates(head, states)
+
+    def opened(self, names: Iterable[str] = ()) -> list[ReadModel]:
+        """The named read models (all by default), their tables created when missing."""
+        _known(names)
+        return open_read_models(self.accounts.database, names)
+
+    def catch_up(
+        self,
+        names: Iterable[str] = (),
+        *,
+        batch_size: int = 500,
+        progress: ProgressSink | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Each named read model (all by default) brought to the log's head, one after another."""
+        for model in self.opened(names):
+            Projector(self.accounts, model, batch_size=batch_size, progress=progress).catch_up(stop)
+
+    def rebuild(
+        self,
+        names: Iterable[str] = (),
+        *,
+        batch_size: int = 500,
+        progress: ProgressSink | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[RebuildResult]:
+        """Each named read model (all by default) replayed from position 0 into shadow tables,
+        then swapped in; a result as each is done."""
+        for model_class in _known(names):
+            yield rebuild(
+                self.accounts, model_class, batch_size=batch_size, progress=progress, stop=stop
+            )
+
+
+def _known(names: Iterable[str]) -> list[type[ReadModel]]:
+    try:
+        return read_model_classes(names)
+    except UnknownReadModelError as error:
+        raise InvalidCommandError("unknown_read_model", detail=str(error)) from None

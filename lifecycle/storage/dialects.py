@@ -17,6 +17,7 @@ from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
+from psycopg.rows import tuple_row
 
 T = TypeVar("T")
 
@@ -71,6 +72,10 @@ class SqlDialect:
         """A datetime as a timestamp column keeps it (read back with `read_timestamp`)."""
         raise NotImplementedError
 
+    def as_now_writes(self, moment: datetime) -> datetime | str:
+        """A datetime in the form `now` writes, to compare with a column it defaulted."""
+        raise NotImplementedError
+
     def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
         """`column` equal to any of `values`: a condition and its parameters."""
         raise NotImplementedError
@@ -111,6 +116,10 @@ class SqlDialect:
     def create_schema(self, cursor: Executes, schema: str | None) -> None:
         """The schema the tables live in, when the backend has schemas."""
 
+    def schema_exists(self, cursor: Executes, schema: str | None) -> bool:
+        """Whether the schema is there; a backend without schemas has the file it opened."""
+        return True
+
     def table_exists(self, cursor: Executes, schema: str | None, name: str) -> bool:
         raise NotImplementedError
 
@@ -131,6 +140,10 @@ class SqlDialect:
     def pipelined(self, raw: Any) -> Iterator[None]:
         """Statements sent without waiting for each result (one round trip for a batch)."""
         yield
+
+    def plain_rows(self, raw: Any) -> None:
+        """The driver's own tuples as rows from the next execute on, where the library asks
+        for others (its PostgreSQL cursors make a dict of each row)."""
 
     def after_erasure(self, database: Any, tables: Sequence[str]) -> None:
         """Leave no copy of deleted rows where the engine lets us reach it (`database`: the
@@ -159,6 +172,9 @@ class PostgresDialect(SqlDialect):
         return account_id
 
     def timestamp(self, moment: datetime) -> datetime | str:
+        return moment
+
+    def as_now_writes(self, moment: datetime) -> datetime | str:
         return moment
 
     def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
@@ -201,6 +217,12 @@ class PostgresDialect(SqlDialect):
     def create_schema(self, cursor: Executes, schema: str | None) -> None:
         cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
 
+    def schema_exists(self, cursor: Executes, schema: str | None) -> bool:
+        row = cursor.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+        ).fetchone()
+        return row is not None
+
     def table_exists(self, cursor: Executes, schema: str | None, name: str) -> bool:
         qualified = f"{schema}.{name}" if schema else name
         row = cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,)).fetchone()
@@ -234,6 +256,9 @@ class PostgresDialect(SqlDialect):
     def pipelined(self, raw: Any) -> Iterator[None]:
         with raw.connection.pipeline():
             yield
+
+    def plain_rows(self, raw: Any) -> None:
+        raw.row_factory = tuple_row
 
     def after_erasure(self, database: Any, tables: Sequence[str]) -> None:
         """VACUUM the named tables (at most once a second per process), so their dead tuples
@@ -276,6 +301,10 @@ class SqliteDialect(SqlDialect):
 
     def timestamp(self, moment: datetime) -> datetime | str:
         return moment.astimezone(UTC).isoformat()
+
+    def as_now_writes(self, moment: datetime) -> datetime | str:
+        # CURRENT_TIMESTAMP's text, UTC to the second: compared as text, so the same layout.
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
     def any_of(self, column: str, values: Iterable[object]) -> tuple[str, list[object]]:
         listed = list(values)

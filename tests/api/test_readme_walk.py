@@ -25,9 +25,9 @@ from lifecycle.settings import Settings, token_digest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # The shell variables of the walk that hold a token, and whose token each is.
-TOKEN_VARIABLES = {"SERVICE": "service", "OPS": "ops", "AUDITOR": "auditor"}
+TOKEN_VARIABLES = {"SERVICE": "service", "SCOUT": "scout", "OPS": "ops", "AUDITOR": "auditor"}
 # Each step's status, in the walk's order.
-EXPECTED = [201, 201, 200, 202, 200, 200, 200, 410]
+EXPECTED = [201, 201, 200, 202, 200, 200, 200, 200, 410]
 
 
 @dataclass
@@ -107,7 +107,8 @@ def test_the_readme_walk_runs_as_written(client: TestClient) -> None:
             wait_purged(client, path.removesuffix("/withdrawal") + "/erasure", headers)
         answers.append(response.json())
 
-    scout, preview, erasure, receipt, audit, gone = answers[1], answers[2], *answers[4:]
+    scout, preview, asked, erasure, receipt, audit, gone = answers[1], answers[2], *answers[4:]
+    assert asked["state"] == "purged"  # what step 5's loop waits for
     assert scout == {"scout_id": "scout-1", "recorded": True}
     assert preview["gift_lost_on_withdrawal"] is True
     assert erasure["state"] == "purged"

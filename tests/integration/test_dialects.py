@@ -12,7 +12,9 @@ from uuid import uuid4
 
 import pytest
 
+from consumers.store import ConsumerStore
 from lifecycle.application import Accounts
+from lifecycle.bootstrap import ERASURE_TABLE_PREFIX
 from lifecycle.storage import Database, read_timestamp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +77,34 @@ def test_rows_insert_many_and_update_many_in_one_statement_each(db: Database) ->
             f"SELECT label FROM {table} WHERE {condition} ORDER BY label", params
         ).fetchall()
     assert [label for (label,) in found] == ["new", "new", "old"]
+
+
+def test_a_moment_compares_with_what_now_wrote_to_the_second(db: Database) -> None:
+    table = db.table("dialect_probe")
+    with db.transaction() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (account_id, label, at) VALUES (%s, %s, {db.now})",
+            (db.id_param(uuid4()), "now"),
+        )
+    now = datetime.now(UTC)
+
+    def older_than(moment: datetime) -> int:
+        with db.transaction(commit=False) as cursor:
+            statement = f"SELECT count(*) FROM {table} WHERE at < %s"
+            row = cursor.execute(statement, (db.dialect.as_now_writes(moment),)).fetchone()
+        return int(row[0]) if row else -1
+
+    # Seconds apart, on either side: the same day's text must not compare by its layout.
+    assert older_than(now - timedelta(seconds=30)) == 0
+    assert older_than(now + timedelta(seconds=30)) == 1
+
+
+def test_the_kit_forgets_only_marks_older_than_the_cutoff(db: Database) -> None:
+    store = ConsumerStore(db, table_prefix=ERASURE_TABLE_PREFIX)  # the erasure kit's marks
+    with store.transaction() as cursor:
+        store.mark_all_processed(cursor, ["probe-a", "probe-b"])
+    assert store.forget_processed(datetime.now(UTC) - timedelta(seconds=30)) == 0
+    assert store.forget_processed(datetime.now(UTC) + timedelta(seconds=30)) == 2
 
 
 def test_tables_are_found_by_bare_name_in_the_databases_schema(db: Database) -> None:

@@ -21,7 +21,7 @@ from lifecycle.domain import Account
 from lifecycle.erasure.intake import ConfirmationIntake
 from lifecycle.erasure.process import Confirmation, ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
-from lifecycle.erasure.refusals import ErasureRefusals
+from lifecycle.erasure.records import ErasureRefusals
 from lifecycle.erasure.status import CONFIRMED, FAILED
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.inprocess import InProcessPublisher

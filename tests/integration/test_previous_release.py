@@ -112,3 +112,22 @@ def test_the_first_releases_database_migrates_and_today_s_code_runs_on_it(
         assert replayed.accounts == {"active": 1, "withdrawing": 0, "purged": 2}
     finally:
         accounts.close()
+
+
+def test_the_stored_fold_folds_the_first_releases_log_like_the_library(
+    release1: Settings,
+) -> None:
+    """Stored at the first release's class versions (WithdrawalRequested and the claim
+    events at version 1): the stored fold upcasts them as the library's fold does."""
+    from test_stored_fold import assert_folds_alike
+
+    migrate_lifecycle(release1)
+    accounts = build_accounts(release1)
+    try:
+        stored = accounts.recorder.select_notifications(start=1, limit=10_000)
+        ids = {n.originator_id for n in stored}
+        assert len(ids) >= 6
+        for aggregate_id in ids:
+            assert_folds_alike(accounts, aggregate_id)
+    finally:
+        accounts.close()

@@ -28,7 +28,7 @@ from lifecycle.bootstrap import (
     migrate_service,
 )
 from lifecycle.crypto import new_master_key
-from lifecycle.erasure.refusals import ErasureRefusals
+from lifecycle.erasure.records import ErasureRefusals
 from lifecycle.kafka.acls import acl_plan, apply_acls
 from lifecycle.kafka.admin import ensure_topics
 from lifecycle.kafka.producer import KafkaPublisher, PublishError

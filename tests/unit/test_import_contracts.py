@@ -9,7 +9,7 @@ import re
 
 from support import ROOT, import_contract, import_layers
 
-PACKAGES = ("lifecycle", "projections", "consumers", "schemas")
+PACKAGES = ("bench", "lifecycle", "projections", "consumers", "schemas")
 
 
 def modules_to_place() -> set[str]:

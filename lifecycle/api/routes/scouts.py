@@ -44,6 +44,18 @@ class BulkScout(RequestModel):
 class BulkScoutsRequest(RequestModel):
     scouts: list[BulkScout] = Field(min_length=1, max_length=MAX_BULK_SCOUTS)
 
+    def items(self) -> list[ScoutItem]:
+        """The scouts as the application takes them."""
+        return [
+            ScoutItem(
+                account_id=UUID(s.account_id),
+                scout_id=s.scout_id,
+                company_id=s.company_id,
+                job_id=s.job_id,
+            )
+            for s in self.scouts
+        ]
+
 
 class ItemProblem(BaseModel):
     """The problem the single route would have answered for this item (without `instance`:
@@ -89,17 +101,7 @@ class BulkScoutsRecorded(BaseModel):
     dependencies=[TAKES_IDEMPOTENCY_KEY],
 )
 def receive_scouts(body: BulkScoutsRequest, accounts: AccountsDep) -> BulkScoutsRecorded:
-    outcomes = accounts.receive_scouts(
-        [
-            ScoutItem(
-                account_id=UUID(item.account_id),
-                scout_id=item.scout_id,
-                company_id=item.company_id,
-                job_id=item.job_id,
-            )
-            for item in body.scouts
-        ]
-    )
+    outcomes = accounts.receive_scouts(body.items())
     pairs = zip(body.scouts, outcomes, strict=True)
     return BulkScoutsRecorded(results=[_result(item, outcome) for item, outcome in pairs])
 

@@ -1,0 +1,102 @@
+"""`python -m bench.replay_costs [--events N]`: replay's and rebuild's Python CPU per event, in µs.
+
+A log of N events (bench.workload.generate_log: registrations with their e-mail claims, sealed
+edits, scouts) read three ways by a fresh `Accounts` each pass (cold key cache, as a separate
+`lifecycle audit replay` process has): the raw read (bench.case_replay's psycopg cursor, no
+decoding: the baseline), `lifecycle audit replay`, and the rebuild of the account directory.
+The passes interleave (raw, replay, rebuild, raw, ...), so drift of the shared machine touches
+each alike. `time.process_time` counts this process's CPU only: the database server's share of
+a rebuild's writes is not in it (the wall time, printed beside it, is, and means little on a
+loaded machine).
+
+    python -m bench.replay_costs --events 20000 --passes 3 [--modes raw,replay,rebuild]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+from bench.case_replay import raw_read
+from bench.core import fresh_schema, services_env
+from bench.workload import bench_settings, generate_log, open_accounts
+from lifecycle.application import Accounts
+from lifecycle.logs import configure_logging
+from lifecycle.settings import Settings
+
+
+def raw_pass(settings: Settings) -> int:
+    return raw_read(settings.database_url, f"{settings.database_schema}.accounts_events")
+
+
+def replay_pass(settings: Settings) -> int:
+    from lifecycle.audit.replay import replay
+
+    accounts = Accounts(env=settings.application_env())
+    try:
+        report = replay(accounts)
+    finally:
+        accounts.close()
+    if not report.ok:
+        raise SystemExit(f"replay found violations in the generated log: {report.by_rule}")
+    return report.events
+
+
+def rebuild_pass(settings: Settings) -> int:
+    from projections.directory import AccountDirectory
+    from projections.runner import rebuild
+
+    accounts = Accounts(env=settings.application_env())
+    try:
+        return rebuild(accounts, AccountDirectory).events
+    finally:
+        accounts.close()
+
+
+PASSES: dict[str, Callable[[Settings], int]] = {
+    "raw": raw_pass,
+    "replay": replay_pass,
+    "rebuild": rebuild_pass,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay_costs")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--modes", default="raw,replay,rebuild")
+    args = parser.parse_args(argv)
+    configure_logging("json", "WARNING")
+    database_url = services_env()["LIFECYCLE_DATABASE_URL"]
+    modes = args.modes.split(",")
+    with fresh_schema(database_url, "replaycosts") as schema:
+        settings = bench_settings(database_url, schema)
+        accounts = open_accounts(settings)
+        try:
+            generate_log(accounts, args.events)
+        finally:
+            accounts.close()
+        cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+        wall: dict[str, list[float]] = {mode: [] for mode in modes}
+        for mode in modes:  # warm-up: imports, the server's caches
+            PASSES[mode](settings)
+        for _ in range(args.passes):
+            for mode in modes:
+                began_cpu, began = time.process_time(), time.perf_counter()
+                events = PASSES[mode](settings)
+                cpu[mode].append((time.process_time() - began_cpu) / events * 1e6)
+                wall[mode].append((time.perf_counter() - began) / events * 1e6)
+        for mode in modes:
+            print(
+                f"{mode}: {events} events, CPU µs/event "
+                f"{', '.join(f'{v:.1f}' for v in cpu[mode])} (median "
+                f"{statistics.median(cpu[mode]):.1f}); wall µs/event median "
+                f"{statistics.median(wall[mode]):.1f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
