@@ -30,7 +30,16 @@ from lifecycle.domain import Account, changed_parts
 from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
-from lifecycle.stored_fold import KINDS, EventKind, Facts, Row, StoredFold, fold, stream_pages
+from lifecycle.stored_fold import (
+    KINDS,
+    EventKind,
+    Facts,
+    Row,
+    StoredFold,
+    fold,
+    read_ahead,
+    stream_pages,
+)
 
 LEGACY_PREFIX = legacy_holder("")
 
@@ -144,7 +153,7 @@ def replay(
     mapper = accounts.mapper
     assert isinstance(mapper, PersonalDataMapper)
     folder = StoredFold(mapper)
-    for streams in stream_pages(database):
+    for streams in read_ahead(stream_pages(database)):
         _replay_page(accounts, folder, streams, report, keep)
         if progress is not None:
             progress(report.events, max(total, report.events))
