@@ -17,9 +17,12 @@ rules can be asked of the state between two events.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, OriginatorIDError, OriginatorVersionError
@@ -31,6 +34,7 @@ from lifecycle.domain import Account
 from lifecycle.email_claim import EmailClaim
 from lifecycle.storage import Database
 
+T = TypeVar("T")
 Facts = dict[str, Any]
 # A stored event as the events table holds it: originator id, version, topic, state.
 Row = tuple[UUID, int, str, bytes]
@@ -183,11 +187,12 @@ def stream_pages(
             )
         complete: list[list[Row]] = []
         for raw_id, version, topic, state in rows:
-            originator_id = raw_id if isinstance(raw_id, UUID) else UUID(raw_id)
+            # The drivers give int, str and bytes; PostgreSQL a UUID, SQLite its text.
+            originator_id = raw_id if type(raw_id) is UUID else UUID(raw_id)
             if stream and stream[0][0] != originator_id:
                 complete.append(stream)
                 stream = []
-            stream.append((originator_id, int(version), str(topic), bytes(state)))
+            stream.append((originator_id, version, topic, state))
         if len(rows) < page:
             if stream:
                 complete.append(stream)
@@ -196,3 +201,39 @@ def stream_pages(
             return
         yield complete
         last = (rows[-1][0], int(rows[-1][1]))
+
+
+def read_ahead(pages: Iterator[T]) -> Iterator[T]:
+    """The pages of `pages`, the next one read on a thread of its own while the caller folds
+    this one: the database's share (its server, the wire, the driver waiting) overlaps the
+    fold's CPU. One page ahead at most, so memory stays flat; the reader's error is raised
+    here, in its place; a caller that stops early stops the reader."""
+    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stopped = threading.Event()
+
+    def read() -> None:
+        try:
+            for page in pages:
+                slot.put(("page", page))
+                if stopped.is_set():
+                    return
+            slot.put(("end", None))
+        except BaseException as error:  # handed to the caller, raised in its thread
+            slot.put(("error", error))
+
+    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = slot.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stopped.set()
+        while reader.is_alive():  # unblock a reader waiting to hand over its last page
+            with contextlib.suppress(queue.Empty):
+                slot.get(timeout=0.05)
+        reader.join()

@@ -33,7 +33,7 @@ from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
 from lifecycle.probe import Probe
 from lifecycle.storage import Cursor, Database
-from lifecycle.stored_fold import StoredFold, stream_pages
+from lifecycle.stored_fold import StoredFold, read_ahead, stream_pages
 from projections.base import (
     APPLICATION_NAME,
     SHADOW_SUFFIX,
@@ -365,7 +365,7 @@ def _replay_streams(
     head = accounts.recorder.max_notification_id() or 0
     topics = frozenset(shadow.topics)
     done = Progress(shadow.name + shadow.suffix, 0, total=head)
-    for streams in stream_pages(accounts.database, page=batch_size, until=head):
+    for streams in read_ahead(stream_pages(accounts.database, page=batch_size, until=head)):
         if stop is not None and stop.is_set():
             return done.done
         events = [

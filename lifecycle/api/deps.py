@@ -19,7 +19,12 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from lifecycle.api.auth import AuditorCaller, OpsCaller
 from lifecycle.api.problems import request_id_of
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_data_exports, build_erasure, erasure_status_query
+from lifecycle.bootstrap import (
+    build_data_exports,
+    build_erasure,
+    erasure_evidence,
+    erasure_status_query,
+)
 from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
@@ -28,6 +33,7 @@ from lifecycle.kafka.inspector import KafkaInspector, KafkaInspectorClient, NoKa
 from lifecycle.services.actions import Actor
 from lifecycle.services.audit import AuditReads
 from lifecycle.services.dead_letters import DeadLetters
+from lifecycle.services.erasure_evidence import ErasureEvidence
 from lifecycle.services.erasures import Erasures
 from lifecycle.services.exports import ExportOps
 from lifecycle.services.read_models import ReadModels
@@ -133,6 +139,13 @@ async def get_erasure_process(state: StateDep) -> ErasureProcess:
 
 
 ErasureDep = Annotated[ErasureProcess, Depends(get_erasure_process)]
+
+
+async def get_erasure_evidence(state: StateDep) -> ErasureEvidence:
+    return erasure_evidence(state.accounts, state.settings, state.erasure)
+
+
+ErasureEvidenceDep = Annotated[ErasureEvidence, Depends(get_erasure_evidence)]
 
 
 async def get_data_exports(state: StateDep) -> DataExports:
