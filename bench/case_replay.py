@@ -35,8 +35,9 @@ from bench.core import Context, Row, Target, bench_env, fresh_schema, log, peak_
 from bench.workload import bench_settings, generate_log, open_accounts
 from lifecycle.stored_fold import STREAM_PAGE
 
-# Issue 12's target for replay and rebuild, on the way to 0.5.
-TARGET = Target("ratio_at_least", 0.2)
+# Issue 25's targets: replay 0.3 of the raw read, the rebuild 0.2 (issue 12 asked 0.2 of both,
+# on the way to 0.5).
+TARGETS = {"replay": Target("ratio_at_least", 0.3), "rebuild": Target("ratio_at_least", 0.2)}
 # "Memory flat in log size": peak RSS at the largest log at most this times that at the smallest.
 FLAT = Target("at_most", 1.25)
 FETCH = 2000
@@ -226,7 +227,7 @@ def _rows(
                 samples=[r["events"] / r["seconds"] for r in results],
                 baseline=[r["events"] / r["seconds"] for r in raw],
                 baseline_name="psycopg raw read",
-                target=TARGET,
+                target=TARGETS[mode],
                 note=f"{results[0]['events']} events, {len(results)} run(s)",
             )
         )

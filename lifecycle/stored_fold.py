@@ -187,11 +187,12 @@ def stream_pages(
             )
         complete: list[list[Row]] = []
         for raw_id, version, topic, state in rows:
-            originator_id = raw_id if isinstance(raw_id, UUID) else UUID(raw_id)
+            # The drivers give int, str and bytes; PostgreSQL a UUID, SQLite its text.
+            originator_id = raw_id if type(raw_id) is UUID else UUID(raw_id)
             if stream and stream[0][0] != originator_id:
                 complete.append(stream)
                 stream = []
-            stream.append((originator_id, int(version), str(topic), bytes(state)))
+            stream.append((originator_id, version, topic, state))
         if len(rows) < page:
             if stream:
                 complete.append(stream)
