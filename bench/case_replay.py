@@ -5,14 +5,15 @@ fast by bench.workload.generate_log. At each size every variant runs in a subpro
 own, so its peak RSS (VmHWM) is its own:
 
 - `replay`: `lifecycle audit replay` itself (`lifecycle.audit.replay.replay`): every
-  aggregate rebuilt from the log, one at a time, in (id, version) order, a page at a time
-  (the next page read on a thread meanwhile): each stored state is decoded and folded
+  aggregate rebuilt from the log, one at a time, in (id, version) order, a page at a time:
+  each stored state is decoded and folded
   without an event object (`lifecycle.stored_fold`: the page's keys fetched in one query,
   JSON decoding, upcasting, AES-GCM open of the personal fields, the domain's folds), and
   checked against the domain's rules. Nothing is kept but counts, so memory should not grow.
 - `rebuild`: `projections.runner.rebuild(accounts, AccountDirectory)`, when that package is
   present: the directory read model replayed into shadow tables account by account (stored
-  states folded, one INSERT per account), swapped in.
+  states folded, one INSERT per account, the next page read on a thread while this one is
+  written), swapped in.
 - baseline `raw`: the same rows in the same order, read with psycopg through one
   server-side cursor, no decoding.
 

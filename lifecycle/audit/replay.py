@@ -37,7 +37,6 @@ from lifecycle.stored_fold import (
     Row,
     StoredFold,
     fold,
-    read_ahead,
     stream_pages,
 )
 
@@ -153,7 +152,7 @@ def replay(
     mapper = accounts.mapper
     assert isinstance(mapper, PersonalDataMapper)
     folder = StoredFold(mapper)
-    for streams in read_ahead(stream_pages(database)):
+    for streams in stream_pages(database):
         _replay_page(accounts, folder, streams, report, keep)
         if progress is not None:
             progress(report.events, max(total, report.events))
