@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--json PATH]
-[--cases commands,http,relay,erasure,replay,kit,keys,export] [--tracing]`.
+[--cases commands,http,relay,erasure,replay,kit,keys,export,scale] [--tracing]`.
 
 Each case is the module `bench/case_<name>.py` and its `run(ctx)`.
 """
@@ -27,7 +27,7 @@ from bench.core import (
 )
 from lifecycle.logs import configure_logging
 
-CASES = ("commands", "http", "relay", "erasure", "replay", "kit", "keys", "export")
+CASES = ("commands", "http", "relay", "erasure", "replay", "kit", "keys", "export", "scale")
 
 
 def case_runner(name: str) -> Callable[[Context], list[Row]]:

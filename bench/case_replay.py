@@ -6,12 +6,14 @@ own, so its peak RSS (VmHWM) is its own:
 
 - `replay`: `lifecycle audit replay` itself (`lifecycle.audit.replay.replay`): every
   aggregate rebuilt from the log, one at a time, in (id, version) order, a page at a time:
-  each stored event goes through the application's mapper (the page's keys fetched in one
-  query, AES-GCM open of the personal fields, JSON decoding, upcasting), is checked against
-  the domain's rules and folded (`event.mutate`). Nothing is kept but counts, so memory
-  should not grow.
+  each stored state is decoded and folded
+  without an event object (`lifecycle.stored_fold`: the page's keys fetched in one query,
+  JSON decoding, upcasting, AES-GCM open of the personal fields, the domain's folds), and
+  checked against the domain's rules. Nothing is kept but counts, so memory should not grow.
 - `rebuild`: `projections.runner.rebuild(accounts, AccountDirectory)`, when that package is
-  present: the directory read model replayed from position 0 into shadow tables, swapped in.
+  present: the directory read model replayed into shadow tables account by account (stored
+  states folded, one INSERT per account, the next page read on a thread while this one is
+  written), swapped in.
 - baseline `raw`: the same rows in the same order, read with psycopg through one
   server-side cursor, no decoding.
 
@@ -32,10 +34,11 @@ import psycopg
 
 from bench.core import Context, Row, Target, bench_env, fresh_schema, log, peak_rss_mib
 from bench.workload import bench_settings, generate_log, open_accounts
-from lifecycle.audit.pages import STREAM_PAGE
+from lifecycle.stored_fold import STREAM_PAGE
 
-# Issue 12's target for replay and rebuild, on the way to 0.5.
-TARGET = Target("ratio_at_least", 0.2)
+# Issue 25's targets: replay 0.3 of the raw read, the rebuild 0.2 (issue 12 asked 0.2 of both,
+# on the way to 0.5).
+TARGETS = {"replay": Target("ratio_at_least", 0.3), "rebuild": Target("ratio_at_least", 0.2)}
 # "Memory flat in log size": peak RSS at the largest log at most this times that at the smallest.
 FLAT = Target("at_most", 1.25)
 FETCH = 2000
@@ -225,7 +228,7 @@ def _rows(
                 samples=[r["events"] / r["seconds"] for r in results],
                 baseline=[r["events"] / r["seconds"] for r in raw],
                 baseline_name="psycopg raw read",
-                target=TARGET,
+                target=TARGETS[mode],
                 note=f"{results[0]['events']} events, {len(results)} run(s)",
             )
         )

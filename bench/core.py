@@ -33,7 +33,7 @@ SERVICES = ROOT / "scripts" / "services"
 SERVICES_ENV = ROOT / ".services" / "env"
 KAFKA_LIBS = ROOT / ".services" / "kafka-libs"
 
-TargetKind = Literal["ratio_at_least", "at_most", "at_least"]
+TargetKind = Literal["ratio_at_least", "ratio_at_most", "at_most", "at_least"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class Target:
     def describe(self, unit: str) -> str:
         if self.kind == "ratio_at_least":
             return f"ratio>={self.value:g}"
+        if self.kind == "ratio_at_most":
+            return f"ratio<={self.value:g}"
         if self.kind == "at_most":
             return f"<={self.value:g} {unit}"
         return f">={self.value:g} {unit}"
@@ -53,6 +55,8 @@ class Target:
     def met(self, median: float, ratio: float | None) -> bool | None:
         if self.kind == "ratio_at_least":
             return None if ratio is None else ratio >= self.value
+        if self.kind == "ratio_at_most":
+            return None if ratio is None else ratio <= self.value
         if self.kind == "at_most":
             return median <= self.value
         return median >= self.value

@@ -6,6 +6,7 @@ import functools
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -187,6 +188,7 @@ def generate_log(
     batch_accounts: int = 2000,
     keep_ids: bool = False,
     registered_only: bool = False,
+    on_batch: Callable[[list[Any]], None] | None = None,
 ) -> GeneratedLog:
     """Append about `events` events (a realistic mix) to the application's log, fast.
 
@@ -195,6 +197,7 @@ def generate_log(
     memory, wrapped like the vault wraps it, and copied into the key table. Within a batch
     the log interleaves members the way traffic would: registrations, then edits, then scouts.
     `registered_only`: members that only registered (3 events each), nothing else.
+    `on_batch`: told each batch's domain events once they are stored (to seed read models).
     """
     started = time.perf_counter()
     keys = _PreparedKeys(accounts.vault)
@@ -226,6 +229,8 @@ def generate_log(
         _copy_in(datastore, accounts, keys.new_rows, stored)
         keys.new_rows.clear()
         keys.keys.clear()
+        if on_batch is not None:
+            on_batch(domain_events)
         written += len(stored)
         made += size
     with datastore.transaction(commit=True) as cursor:

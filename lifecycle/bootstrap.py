@@ -235,11 +235,14 @@ def receipts_of(process: ErasureProcess) -> Receipts:
     return process.receipts
 
 
-def erasure_evidence(accounts: Accounts, settings: Settings) -> ErasureEvidence:
-    """Re-shred, receipts and erasure proofs over the configured stores and broker."""
+def erasure_evidence(
+    accounts: Accounts, settings: Settings, erasure: ErasureProcess | None = None
+) -> ErasureEvidence:
+    """Re-shred, receipts and erasure proofs over the configured stores and broker (the
+    receipts of `erasure`, when given: the process the API already built)."""
     return ErasureEvidence(
         accounts,
-        receipts_of(build_erasure(accounts, settings)),
+        receipts_of(erasure or build_erasure(accounts, settings)),
         erasure_status_query(accounts, settings),
         lambda name, schema: existing_service_database(settings, name, schema),
         Broker(settings.topics, settings.kafka_bootstrap, settings.kafka_security),

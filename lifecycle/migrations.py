@@ -201,12 +201,25 @@ def _first_release(cursor: Cursor, db: Database) -> None:
     _process_tables(cursor, db)
 
 
+def _insert_over_arrays(cursor: Cursor, db: Database) -> None:
+    """The insert as one statement over plain arrays (`PostgresKeyRecorder.insert_once`), beside
+    migration 1's over the composite type, which the previous release still calls. SQLite
+    inserts from Python: nothing to add."""
+    datastore = db.datastore
+    if isinstance(datastore, PostgresDatastore):
+        table = db.events_table.rpartition(".")[2]
+        recorder = PostgresKeyRecorder(datastore, events_table_name=table)
+        raw: Any = cursor.raw
+        raw.execute(recorder.create_arrays_function_statement, prepare=False)
+
+
 LIFECYCLE = Component(
     COMPONENT,
     (
         Migration(1, "first release: event store, keys, shredding triggers", _first_release),
         Migration(2, "idempotency keys", _idempotency_keys),
         Migration(3, "erasure refusals", _erasure_refusals),
+        Migration(4, "the event insert as one statement over plain arrays", _insert_over_arrays),
     ),
 )
 

@@ -20,14 +20,12 @@ unique to this write), and only inserts again when they are not (`in_doubt_inser
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from eventsourcing.persistence import (
     InfrastructureFactory,
     InterfaceError,
@@ -43,9 +41,6 @@ from psycopg.sql import SQL, Composable, Identifier
 
 from lifecycle.crypto import KEY_DESTROYED, KEYS_TABLE, StoredEventWithKey
 from lifecycle.errors import KeyDestroyedError
-
-INTRANS = psycopg.pq.TransactionStatus.INTRANS
-INERROR = psycopg.pq.TransactionStatus.INERROR
 
 # Measured (bench commands, both ways in one sitting): no gain over the pipelined
 # transaction, and the library's function inserts without the table lock that keeps the
@@ -125,8 +120,9 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
                 "(SELECT * FROM unnest(%s::{id_type}[], %s::integer[]))"
             ).format(events=events_table, id_type=SQL(datastore.originator_id_type))
         )
-        # The write in one statement (inside the library's pipelined transaction) instead
-        # of five: key rows, then the library's own lock, notify and insert, in its order.
+        # Migration 1's write in one statement (key rows, then the library's own lock, notify
+        # and insert, in its order) over the library's composite type, run by the previous
+        # release inside a pipelined BEGIN/COMMIT; kept until a contracting migration.
         function = SQL("{schema}.{name}").format(
             schema=Identifier(datastore.schema),
             name=Identifier(f"lifecycle_insert_events_{datastore.originator_id_type}"),
@@ -156,45 +152,64 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
                 channel=Identifier(self.channel_name),
             )
         )
-        self.insert_function_call = _text(
+        # Migration 4's insert over plain arrays, one statement in an implicit transaction:
+        # no BEGIN/COMMIT, no pipeline, no composite-array dump (see insert_once).
+        arrays_function = SQL("{schema}.{name}").format(
+            schema=Identifier(datastore.schema),
+            name=Identifier(f"lifecycle_insert_event_arrays_{datastore.originator_id_type}"),
+        )
+        self.create_arrays_function_statement = _text(
             SQL(
-                "SELECT * FROM {function}(%s::{schema}.{event}[], %s::uuid[], %s::bytea[]) "
-                "AS notification_id"
+                "CREATE OR REPLACE FUNCTION {function}(ids {id_type}[], versions bigint[], "
+                "topics text[], states bytea[], key_ids uuid[], wrapped_keys bytea[]) "
+                "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ BEGIN "
+                "INSERT INTO {keys} (account_id, wrapped_key) "
+                "SELECT * FROM unnest(key_ids, wrapped_keys); "
+                "SET LOCAL lock_timeout = '{lock_timeout}s'; "
+                "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "NOTIFY {channel}; "
+                "RETURN QUERY INSERT INTO {schema}.{table} "
+                "(originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(ids, versions, topics, states) "
+                "RETURNING notification_id; "
+                "END $BODY$"
             ).format(
-                function=function,
+                function=arrays_function,
+                id_type=SQL(datastore.originator_id_type),
                 schema=Identifier(datastore.schema),
-                event=Identifier(self.stored_event_type_name),
+                keys=keys,
+                lock_timeout=datastore.lock_timeout,
+                table=Identifier(self.events_table_name),
+                channel=Identifier(self.channel_name),
             )
+        )
+        self.insert_arrays_call = _text(
+            SQL(
+                "SELECT * FROM {function}(%s::{id_type}[], %s::bigint[], %s::text[], "
+                "%s::bytea[], %s::uuid[], %s::bytea[]) AS notification_id"
+            ).format(function=arrays_function, id_type=SQL(datastore.originator_id_type))
         )
 
     def insert_once(self, stored_events: Sequence[StoredEvent]) -> Sequence[int] | None:
-        """One transaction, one round trip: `BEGIN`, the insert and `COMMIT` go together,
-        ended by one Sync (the library's pipelined insert syncs after each step and once
-        more on leaving its pipeline: six round trips). Any failure here leaves the outcome
-        to `in_doubt_insert`; a refused insert rolls back before its connection goes back."""
+        """One statement, one round trip: migration 4's function over plain arrays, in the
+        implicit transaction of an autocommit connection (it commits at the Sync that ends
+        the statement; the library's pipelined insert synced after each step and once more
+        on leaving its pipeline: six round trips). Any failure here leaves the outcome to
+        `in_doubt_insert`: a connection lost after the statement was sent may have committed."""
         if not stored_events:
             return None
         keys = _keys(stored_events)
-        events = [
-            self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic, s.state)
-            for s in stored_events
-        ]
-        params = (events, [s.originator_id for s in keys], [s.wrapped_key for s in keys])
-        with self.datastore.get_connection() as conn:
-            try:
-                with conn.cursor() as control, conn.cursor() as curs:
-                    with conn.pipeline():
-                        # Not prepared: the statements' text stays on the wire, for the
-                        # proxy of the in-doubt tests (and for anyone reading a capture).
-                        control.execute("BEGIN", prepare=False)
-                        curs.execute(self.insert_function_call, params, prepare=True)
-                        control.execute("COMMIT", prepare=False)
-                    return [row["notification_id"] for row in curs.fetchall()]
-            except psycopg.Error:
-                if conn.info.transaction_status in (INTRANS, INERROR) and not conn.broken:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.rollback()
-                raise
+        params = (
+            [s.originator_id for s in stored_events],
+            [s.originator_version for s in stored_events],
+            [s.topic for s in stored_events],
+            [s.state for s in stored_events],
+            [s.originator_id for s in keys],
+            [s.wrapped_key for s in keys],
+        )
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.insert_arrays_call, params, prepare=True)
+            return [row["notification_id"] for row in curs.fetchall()]
 
     def _select_statement(self, gt: bool, lte: bool, desc: bool, limit: bool) -> str:
         shape = (gt, lte, desc, limit)

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     # PostgreSQL schema holding the service's tables (tests use one per test).
     database_schema: str = "public"
     kafka_bootstrap: str | None = None
+    # How long a process waits for the database to hand it a connection (whole seconds, as
+    # the library reads it), and for a Kafka broker to answer at all, before it fails (at
+    # start: with one line naming which).
+    database_connect_timeout_s: int = Field(default=5, ge=1)
+    kafka_bootstrap_timeout_s: float = Field(default=5.0, gt=0)
+    # Connections the application's pool opens at once and keeps (it grows by up to 20 more
+    # under load, then shrinks back).
+    database_pool_size: int = Field(default=10, ge=1)
     # How this process authenticates to the brokers (lifecycle.kafka.security): TLS with a CA
     # (and a client certificate), SASL with SCRAM or PLAIN, each process its own principal.
     kafka_security_protocol: KafkaProtocol = "PLAINTEXT"
@@ -202,7 +210,12 @@ class Settings(BaseSettings):
         """The eventsourcing environment for the Accounts application."""
         master_key, keyring_dir = self.resolved_keys()
         return {
-            **persistence_env(self.database_url, self.database_schema),
+            **persistence_env(
+                self.database_url,
+                self.database_schema,
+                self.database_connect_timeout_s,
+                self.database_pool_size,
+            ),
             "MASTER_KEY": master_key or "",
             "KEYRING_DIR": str(keyring_dir or ""),
             "IDEMPOTENCY_TTL_S": str(self.idempotency_ttl_hours * 3600),

@@ -17,9 +17,12 @@ rules can be asked of the state between two events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, OriginatorIDError, OriginatorVersionError
@@ -29,10 +32,14 @@ from lifecycle import domain, email_claim
 from lifecycle.crypto import PersonalDataMapper
 from lifecycle.domain import Account
 from lifecycle.email_claim import EmailClaim
+from lifecycle.storage import Database
 
+T = TypeVar("T")
 Facts = dict[str, Any]
 # A stored event as the events table holds it: originator id, version, topic, state.
 Row = tuple[UUID, int, str, bytes]
+# Streams are read in (originator id, version) order; bigger pages mean fewer key queries.
+STREAM_PAGE = 2000
 
 
 @dataclass(frozen=True)
@@ -145,3 +152,90 @@ def fold(aggregate: Aggregate | None, kind: EventKind, facts: Facts) -> Aggregat
     aggregate.version = version
     aggregate.modified_on = facts["timestamp"]
     return aggregate
+
+
+def stream_pages(
+    database: Database, page: int = STREAM_PAGE, until: int | None = None
+) -> Iterator[list[list[Row]]]:
+    """Every aggregate's whole stream of stored events as rows, in id order, grouped by the
+    page that completed it (a page may complete none when one aggregate spans it); `until`:
+    only the events up to that notification id. Memory stays flat however long the log is."""
+    table = database.events_table
+    last: tuple[Any, int] | None = None
+    stream: list[Row] = []
+    upto = "" if until is None else f"{database.dialect.events_position} <= %s"
+    while True:
+        conditions = [
+            c
+            for c in (
+                upto,
+                "" if last is None else "(originator_id, originator_version) > (%s, %s)",
+            )
+            if c
+        ]
+        params = (*(() if until is None else (until,)), *(() if last is None else last))
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        with database.transaction(commit=False) as cursor:
+            rows = (
+                cursor.plain_rows()
+                .execute(
+                    f"SELECT originator_id, originator_version, topic, state FROM {table} {where}"
+                    "ORDER BY originator_id, originator_version LIMIT %s",
+                    (*params, page),
+                )
+                .fetchall()
+            )
+        complete: list[list[Row]] = []
+        for raw_id, version, topic, state in rows:
+            # The drivers give int, str and bytes; PostgreSQL a UUID, SQLite its text.
+            originator_id = raw_id if type(raw_id) is UUID else UUID(raw_id)
+            if stream and stream[0][0] != originator_id:
+                complete.append(stream)
+                stream = []
+            stream.append((originator_id, version, topic, state))
+        if len(rows) < page:
+            if stream:
+                complete.append(stream)
+            if complete:
+                yield complete
+            return
+        yield complete
+        last = (rows[-1][0], int(rows[-1][1]))
+
+
+def read_ahead(pages: Iterator[T]) -> Iterator[T]:
+    """The pages of `pages`, the next one read on a thread of its own while the caller writes
+    this one: a rebuild's reads overlap its writes' round trips (about a fifth of its time).
+    The audit replay does not use it: it only reads, and handing pages between two Python
+    threads cost it more CPU than it saved time. One page ahead at most, so memory stays
+    flat; the reader's error is raised here, in its place; a caller that stops early stops
+    the reader."""
+    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stopped = threading.Event()
+
+    def read() -> None:
+        try:
+            for page in pages:
+                slot.put(("page", page))
+                if stopped.is_set():
+                    return
+            slot.put(("end", None))
+        except BaseException as error:  # handed to the caller, raised in its thread
+            slot.put(("error", error))
+
+    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = slot.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stopped.set()
+        while reader.is_alive():  # unblock a reader waiting to hand over its last page
+            with contextlib.suppress(queue.Empty):
+                slot.get(timeout=0.05)
+        reader.join()

@@ -165,6 +165,9 @@ class ReadModel(Projection[TrackingRecorder]):
     tables: ClassVar[tuple[str, ...]] = ()
     # Hash chains read stored bytes; every other read model reads decoded events.
     decodes_events: ClassVar[bool] = True
+    # Each row depends on one account's events alone (`fold_statements`): a rebuild may then
+    # read the log account by account (lifecycle.stored_fold) and write each row once.
+    folds_streams: ClassVar[bool] = False
 
     def __init__(self, database: Database, *, suffix: str = "") -> None:
         self.database = database
@@ -220,6 +223,21 @@ class ReadModel(Projection[TrackingRecorder]):
             if item.event is not None
             for statement in self.changes(item.event)
         )
+
+    def fold_statements(self, events: Iterable[tuple[str, dict[str, Any]]]) -> list[Statement]:
+        """The statements a batch of events makes, each given as (topic, its facts); only
+        read models that `folds_streams` have them."""
+        raise NotImplementedError
+
+    def record_folded(
+        self, events: Sequence[tuple[str, dict[str, Any]]], position: int | None = None
+    ) -> None:
+        """A rebuild's batch of whole streams, in one transaction; `position`: where the
+        rebuilt model then stands (its last batch)."""
+        with self.database.datastore.transaction(commit=True) as raw:
+            BatchCursor(raw, self.database.dialect).run(self.fold_statements(events))
+            if position is not None:
+                self.view._insert_tracking(raw, Tracking(self.application_name, position))  # type: ignore[attr-defined]
 
     def record(self, items: Sequence[Item], tracking: Tracking, expected_position: int) -> None:
         """Apply a batch and move the position to `tracking`, in one transaction.

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from lifecycle import event_names
 from lifecycle.account_terms import AccountStatus
-from lifecycle.domain import Account
 from lifecycle.storage import read_timestamp
-from projections.base import (
-    ReadModel,
-    Statement,
-    as_uuid,
-)
+from lifecycle.stored_fold import Facts
+from projections.base import BatchCursor, Item, ReadModel, Statement, as_uuid
 
 COLUMNS = (
     "account_id",
@@ -31,12 +28,70 @@ COLUMNS = (
     "purged_at",
 )
 TIMESTAMPS = {"registered_at", "updated_at", "gift_claimed_at", "withdrawn_at", "purged_at"}
+# Columns an event sets once, from NULL (status aside, which only moves forward): a batch's
+# UPDATE keeps what it does not set (COALESCE).
+SET_ONCE = ("status", "gift_claimed_at", "withdrawn_at", "withdrawal_reason", "purged_at")
+
+
+class _Row:
+    """What a batch's events of one account change in its row."""
+
+    __slots__ = ("registered", "scouts", "sets", "updated_at", "version")
+
+    def __init__(self) -> None:
+        self.registered: tuple[datetime, str, str] | None = None
+        self.sets: dict[str, Any] = {}
+        self.scouts = 0
+        self.version = 0
+        self.updated_at: datetime | None = None
+
+
+# How each event changes its account's row, on the event's facts (a decoded event's __dict__
+# when following the log, a stored state decoded by lifecycle.stored_fold in a rebuild): one
+# table for both. Every event also moves `version` and `updated_at`.
+def _registered(row: _Row, facts: Facts) -> None:
+    row.registered = (facts["timestamp"], facts["channel"], facts["consent_version"])
+    row.sets["status"] = AccountStatus.ACTIVE.value
+
+
+def _touched(row: _Row, facts: Facts) -> None:
+    return None
+
+
+def _scout_received(row: _Row, facts: Facts) -> None:
+    row.scouts += 1
+
+
+def _gift_claimed(row: _Row, facts: Facts) -> None:
+    row.sets["gift_claimed_at"] = facts["timestamp"]
+
+
+def _withdrawal_requested(row: _Row, facts: Facts) -> None:
+    row.sets["status"] = AccountStatus.WITHDRAWING.value
+    row.sets["withdrawn_at"] = facts["timestamp"]
+    row.sets["withdrawal_reason"] = facts["reason"]
+
+
+def _purged(row: _Row, facts: Facts) -> None:
+    row.sets["status"] = AccountStatus.PURGED.value
+    row.sets["purged_at"] = facts["timestamp"]
+
+
+CHANGES: dict[str, Callable[[_Row, Facts], None]] = {
+    event_names.REGISTERED: _registered,
+    event_names.PREFERENCES_EDITED: _touched,
+    event_names.SCOUT_RECEIVED: _scout_received,
+    event_names.GIFT_CLAIMED: _gift_claimed,
+    event_names.WITHDRAWAL_REQUESTED: _withdrawal_requested,
+    event_names.PURGED: _purged,
+}
 
 
 class AccountDirectory(ReadModel):
     name = "account_directory"
     topics = event_names.ACCOUNT_EVENTS
     tables = ("account_directory",)
+    folds_streams = True
 
     def create_statements(self) -> list[str]:
         db = self.database
@@ -53,51 +108,64 @@ class AccountDirectory(ReadModel):
             f"ON {table} (status, account_id)",
         ]
 
-    def changes(self, event: Any) -> Iterable[Statement]:
+    def apply(self, cursor: BatchCursor, items: Sequence[Item]) -> None:
+        cursor.run(
+            self.fold_statements(
+                (item.notification.topic, vars(item.event))
+                for item in items
+                if item.event is not None
+            )
+        )
+
+    def fold_statements(self, events: Iterable[tuple[str, Facts]]) -> list[Statement]:
+        """One statement per account, whatever number of its events the batch holds: an
+        INSERT of the row the events fold into when they begin with Registered, else one
+        UPDATE (the same SQL for every account, so the batch is one executemany)."""
+        rows: dict[UUID, _Row] = {}
+        for topic, facts in events:
+            account_id: UUID = facts["originator_id"]
+            row = rows.get(account_id)
+            if row is None:
+                row = rows[account_id] = _Row()
+            CHANGES[topic](row, facts)
+            row.version = facts["originator_version"]
+            row.updated_at = facts["timestamp"]
         table = self.table("account_directory")
-        account_id = self.id(event.originator_id)
-        at = self.ts(event.timestamp)
-        touch = "version = %s, updated_at = %s"
-        moved = (event.originator_version, at)
-        match event:
-            case Account.Registered():
-                yield (
-                    f"INSERT INTO {table} (account_id, status, registered_at, channel, "
-                    "consent_version, version, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        account_id,
-                        AccountStatus.ACTIVE.value,
-                        at,
-                        event.channel,
-                        event.consent_version,
-                        *moved,
-                    ),
+        insert = (
+            f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+        )
+        update = (
+            f"UPDATE {table} SET version = %s, updated_at = %s, "
+            "scouts_received = scouts_received + %s, "
+            + ", ".join(f"{name} = COALESCE(%s, {name})" for name in SET_ONCE)
+            + " WHERE account_id = %s"
+        )
+        inserts: list[Statement] = []
+        updates: list[Statement] = []
+        for account_id, row in rows.items():
+            at = [
+                self.ts(row.sets.get(name)) if name in TIMESTAMPS else row.sets.get(name)
+                for name in SET_ONCE
+            ]
+            if row.registered is not None:
+                registered_at, channel, consent_version = row.registered
+                values = (
+                    self.id(account_id),
+                    row.sets.get("status", AccountStatus.ACTIVE.value),
+                    self.ts(registered_at),
+                    channel,
+                    consent_version,
+                    row.version,
+                    self.ts(row.updated_at),
+                    row.scouts,
+                    *at[1:],
                 )
-            case Account.ScoutReceived():
-                yield (
-                    f"UPDATE {table} SET {touch}, scouts_received = scouts_received + 1 "
-                    "WHERE account_id = %s",
-                    (*moved, account_id),
-                )
-            case Account.GiftClaimed():
-                yield (
-                    f"UPDATE {table} SET {touch}, gift_claimed_at = %s WHERE account_id = %s",
-                    (*moved, at, account_id),
-                )
-            case Account.WithdrawalRequested():
-                yield (
-                    f"UPDATE {table} SET {touch}, status = %s, withdrawn_at = %s, "
-                    "withdrawal_reason = %s WHERE account_id = %s",
-                    (*moved, AccountStatus.WITHDRAWING.value, at, event.reason, account_id),
-                )
-            case Account.Purged():
-                yield (
-                    f"UPDATE {table} SET {touch}, status = %s, purged_at = %s "
-                    "WHERE account_id = %s",
-                    (*moved, AccountStatus.PURGED.value, at, account_id),
-                )
-            case _:
-                yield (f"UPDATE {table} SET {touch} WHERE account_id = %s", (*moved, account_id))
+                inserts.append((insert, values))
+            else:
+                moved = (row.version, self.ts(row.updated_at), row.scouts)
+                updates.append((update, (*moved, *at, self.id(account_id))))
+        return [*inserts, *updates]
 
     # Queries
 

@@ -9,7 +9,10 @@ commit, the poll as fallback; polling only on SQLite), as the relay does.
 `rebuild()` replays one read model from position 0 into shadow tables while everything else
 keeps running (writers, the live projector of the same read model), then swaps the shadow
 tables in under a lock in one transaction. The live projector notices the moved position at
-its next batch (compare-and-set) and continues from there, so nothing is applied twice.
+its next batch (compare-and-set) and continues from there, so nothing is applied twice. A
+read model that `folds_streams` (each row one account's events alone: the directory) is
+replayed account by account up to the head of the log (lifecycle.stored_fold, no event
+objects), so each account's row is written once.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from consumers.faults import DependencyWait, infrastructure_fault
 from lifecycle.application import Accounts
 from lifecycle.backoff import Backoff
+from lifecycle.crypto import PersonalDataMapper
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
 from lifecycle.probe import Probe
 from lifecycle.storage import Cursor, Database
+from lifecycle.stored_fold import StoredFold, read_ahead, stream_pages
 from projections.base import (
     APPLICATION_NAME,
     SHADOW_SUFFIX,
@@ -320,8 +325,11 @@ def rebuild(
     shadow = model_class(database, suffix=SHADOW_SUFFIX)
     shadow.drop()
     shadow.create()
-    replayed = Projector(accounts, shadow, batch_size=batch_size, progress=progress)
-    events = replayed.catch_up(stop)
+    if shadow.folds_streams:
+        events = _replay_streams(accounts, shadow, batch_size, progress, stop)
+    else:
+        replayed = Projector(accounts, shadow, batch_size=batch_size, progress=progress)
+        events = replayed.catch_up(stop)
     if stop is not None and stop.is_set():
         shadow.drop()
         raise RebuildCancelledError(model_class.name)
@@ -338,6 +346,44 @@ def rebuild(
     result = RebuildResult(model_class.name, events, follow.position, time.monotonic() - started)
     log.info("projection.rebuilt", **result.as_dict())
     return result
+
+
+def _replay_streams(
+    accounts: Accounts,
+    shadow: ReadModel,
+    batch_size: int,
+    progress: ProgressSink | None,
+    stop: threading.Event | None,
+) -> int:
+    """The log up to its head now, account by account (lifecycle.stored_fold: stored states
+    decoded without event objects, personal values never opened), each batch of whole streams
+    written in one transaction with one statement per account; the position moves to that
+    head with the last batch. What arrives meanwhile is the follow-up's (`rebuild`)."""
+    mapper = accounts.mapper
+    assert isinstance(mapper, PersonalDataMapper)
+    folder = StoredFold(mapper, opened=False)
+    head = accounts.recorder.max_notification_id() or 0
+    topics = frozenset(shadow.topics)
+    done = Progress(shadow.name + shadow.suffix, 0, total=head)
+    for streams in read_ahead(stream_pages(accounts.database, page=batch_size, until=head)):
+        if stop is not None and stop.is_set():
+            return done.done
+        events = [
+            (topic, folder.facts(originator_id, version, topic, state))
+            for stream in streams
+            for originator_id, version, topic, state in stream
+            if topic in topics
+        ]
+        shadow.record_folded(events)
+        done.done += sum(len(stream) for stream in streams)
+        if progress is not None:
+            progress(done)
+    if head:
+        shadow.record_folded([], position=head)
+    done.position, done.finished, done.total = head, True, max(done.total, done.done)
+    if progress is not None:
+        progress(done)
+    return done.done
 
 
 def swap(shadow: ReadModel, live: ReadModel) -> None:

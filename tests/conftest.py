@@ -2,11 +2,14 @@
 SQLite and on the real PostgreSQL), settings, the application, an SMTP sink, per-test topics.
 
 `make test` runs the tests on several pytest-xdist workers at once. Isolation comes with the
-fixtures: every schema (`pg_schema`) and topic prefix (`topics`, `unique_topics`) is named by
-`support.unique_tag()`, the worker's id and a random part, so no two tests, on one worker or
-two, share a table, a topic or a consumer group. Tests that need a server of their own (the
-fault tier's) are grouped on one worker by the fixture they use (`SERVER_GROUPS`). Every worker
-collects the tests itself, so parameters must be fixed values (no `uuid4()` in a test id).
+fixtures: every schema (`pg_schema`, `lifecycle_schema`) and topic prefix (`topics`,
+`unique_topics`) is named by `support.unique_tag()`, the worker's id and a random part, so no
+two tests running at once, on one worker or two, share a table, a topic or a consumer group.
+A migrated schema is not made per test: a worker empties one a test is done with and hands it
+to its next test (`lifecycle_schema`, `support.MigratedSchemas`). Tests that need a server of
+their own (the fault tier's) are grouped on one worker by the fixture they use
+(`SERVER_GROUPS`). Every worker collects the tests itself, so parameters must be fixed values
+(no `uuid4()` in a test id).
 
 Each tier's own fixtures live in its folder's conftest.py; helpers live in support.py.
 """
@@ -23,10 +26,19 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog
-from support import TOKENS, WORKER, SmtpSink, migrate_embedded, smtp_sink, unique_tag, unique_topics
+from support import (
+    TOKENS,
+    WORKER,
+    MigratedSchemas,
+    SmtpSink,
+    migrate_embedded,
+    smtp_sink,
+    unique_tag,
+    unique_topics,
+)
 
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import migrate_lifecycle, migrate_service
+from lifecycle.bootstrap import migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 from schemas.contract import ERASING_SERVICES, TopicNames
@@ -53,6 +65,7 @@ def _services_env() -> dict[str, str]:
 SERVER_FIXTURES = {
     "postgres_url": "postgres",
     "pg_schema": "postgres",
+    "lifecycle_schema": "postgres",
     "kafka_bootstrap": "kafka",
     "throwaway_postgres": "postgres",
     "throwaway_kafka": "kafka",
@@ -74,6 +87,19 @@ SLOW = (
     "tests/integration/test_migrations.py::test_migrate_on_the_command_line_reports_and_is_idempotent",
     "tests/integration/test_key_rotation.py::test_rotation_resumes_after_kill_9",
     "tests/integration/test_backup_restore.py::test_reshred_on_the_embedded_default_reports_nothing_to_do",
+)
+# Tests of many seconds each beyond the slow ones (pipelines on threads, CLI processes, dumps):
+# xdist hands tests out in collection order, so these and the slow ones are collected first,
+# and no worker is left running a long one alone while the others have finished.
+LONG = (
+    "tests/e2e/",
+    "tests/kafka/",
+    "tests/cli/",
+    "tests/consumers/test_kafka_consumers.py",
+    "tests/integration/test_backup_restore.py",
+    "tests/integration/test_audit_cli.py",
+    "tests/integration/test_key_rotation.py",
+    "tests/projections/test_runner.py",
 )
 # Fixtures of servers that one worker starts once per run: every test using one goes to that
 # worker (`--dist loadgroup`; xdist hands out the biggest group first).
@@ -103,12 +129,18 @@ _fast_temporary_files()
 # crash of the shared server, which no test causes (the fault tier's servers run fsync=off).
 # DDL-heavy setup (a schema per test) is about a fifth faster.
 os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off")
+# Every application the tests and their processes open keeps two PostgreSQL connections, not
+# the production ten: most tests use one, and each more is a server backend started and
+# configured (about 4 ms of the server's CPU each, some 35 s a run). The pool still grows by
+# up to 20 under a test's load (races, group commits), as it does in production.
+os.environ.setdefault("LIFECYCLE_DATABASE_POOL_SIZE", "2")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs PostgreSQL or Kafka (and the slow ones), so the fast tier
-    can leave them out, and group the tests sharing a server of their own on one worker."""
+    can leave them out, group the tests sharing a server of their own on one worker, and put
+    the long tests first."""
     for item in items:
         module, _, test = item.nodeid.partition("::")
         if module in SLOW or f"{module}::{test.partition('[')[0]}" in SLOW:
@@ -126,6 +158,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             }
         for marker in sorted(needs - {mark.name for mark in item.iter_markers()}):
             item.add_marker(marker)
+    items.sort(
+        key=lambda item: (not item.nodeid.startswith(LONG), not item.get_closest_marker("slow"))
+    )
 
 
 # Niceness of a worker's other tests. The fault tier times recovery under a load of its own; the
@@ -184,14 +219,33 @@ def kafka_bootstrap() -> str:
 
 @pytest.fixture
 def pg_schema(postgres_url: str) -> Iterator[str]:
-    """A schema of its own per test, dropped afterwards, so tests never see each other
-    (on one xdist worker or two: the name carries the worker's id)."""
+    """A new, empty schema of its own per test, dropped afterwards, so tests never see each
+    other (on one xdist worker or two: the name carries the worker's id). The tests of
+    migrations and of what `lifecycle migrate` does take this one; the others take
+    `lifecycle_schema`."""
     schema = f"t_{unique_tag()}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     yield schema
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="session")
+def migrated_schemas(postgres_url: str) -> Iterator[MigratedSchemas]:
+    schemas = MigratedSchemas(postgres_url)
+    yield schemas
+    schemas.close()
+
+
+@pytest.fixture
+def lifecycle_schema(migrated_schemas: MigratedSchemas) -> Iterator[str]:
+    """A schema of this test alone with the lifecycle database migrated, as `lifecycle
+    migrate` leaves it: one of this worker's, emptied after the test that had it before
+    (`support.MigratedSchemas`), so no test migrates one again."""
+    schema = migrated_schemas.take()
+    yield schema
+    migrated_schemas.give_back(schema)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -240,11 +294,9 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
             shutil.copyfile(file, tmp_path / file.name)
         return Settings(database_url=f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}", **common)
     postgres_url: str = request.getfixturevalue("postgres_url")
-    schema: str = request.getfixturevalue("pg_schema")
+    schema: str = request.getfixturevalue("lifecycle_schema")
     request.getfixturevalue("pg_service_stores")
-    migrated = Settings(database_url=postgres_url, database_schema=schema, **common)
-    migrate_lifecycle(migrated)
-    return migrated
+    return Settings(database_url=postgres_url, database_schema=schema, **common)
 
 
 @pytest.fixture

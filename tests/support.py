@@ -33,6 +33,7 @@ from uuid import UUID
 import psycopg
 from aiosmtpd.controller import Controller
 from kafka.admin import KafkaAdminClient
+from psycopg import sql
 
 from consumers.faults import RetryPolicy, dead_letter_record
 from consumers.handler import Handler, PoisonRecord
@@ -282,6 +283,153 @@ def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[
             with psycopg.connect(postgres_url, autocommit=True) as conn:
                 for schema in schemas:
                     conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+# Migrated lifecycle schemas, reused by the tests of one worker
+
+# A schema's shape: every relation, column, constraint, index, trigger and function in it, and
+# the migrations it records. A test that leaves the shape changed gets its schema dropped.
+_SHAPE = """
+SELECT md5(coalesce(string_agg(item, ',' ORDER BY item), '')) FROM (
+  SELECT 'rel ' || c.relname || ' ' || c.relkind::text FROM pg_class c
+   WHERE c.relnamespace = %(oid)s
+  UNION ALL
+  SELECT 'col ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+         || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+   WHERE c.relnamespace = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT 'con ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+   WHERE connamespace = %(oid)s
+  UNION ALL
+  SELECT 'idx ' || pg_get_indexdef(i.indexrelid) FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace = %(oid)s
+  UNION ALL
+  SELECT 'trg ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text FROM pg_trigger t
+    JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = %(oid)s AND NOT t.tgisinternal
+  UNION ALL
+  SELECT 'fn ' || p.proname || ' ' || md5(p.prosrc) FROM pg_proc p WHERE p.pronamespace = %(oid)s
+) shape(item)
+"""
+
+
+class MigratedSchemas:
+    """PostgreSQL schemas with the lifecycle database migrated, for the tests of one worker.
+
+    Migrating a schema runs every migration in a transaction of its own (about fifty turns
+    and as many catalog writes); a test is handed a schema another test of this worker used
+    before, emptied instead: every row deleted (triggers off, as a restore would), every
+    sequence restarted, and the schemas named after it (`<schema>_scout`, ...) dropped. It is
+    then as a fresh one would be; a schema whose shape the test changed (DDL, a migration
+    rolled back) is dropped and a new one migrated. Migration tests take `pg_schema`, always
+    new and empty."""
+
+    def __init__(self, postgres_url: str) -> None:
+        self.postgres_url = postgres_url
+        self.free: list[str] = []
+        self.shape: str | None = None  # the shape of a schema just migrated
+        self.seeded: dict[str, str] = {}  # the rows migrations write (JSON), by table
+        # One session for the whole run: a new one would load the catalog entries of every
+        # table again to empty them (most of the cost of a reset).
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.postgres_url, autocommit=True)
+        return self._conn
+
+    def take(self) -> str:
+        if self.free:
+            return self.free.pop()
+        from lifecycle.crypto import new_master_key  # no key is stored by a migration
+
+        schema = f"t_{unique_tag()}"
+        conn = self._connection()
+        conn.execute(f"CREATE SCHEMA {schema}")
+        settings = Settings(
+            database_url=self.postgres_url,
+            database_schema=schema,
+            kafka_bootstrap=None,
+            master_key=new_master_key(),
+        )
+        migrate_lifecycle(settings)
+        if self.shape is None:
+            self.shape = _shape(conn, schema)
+            for table in _tables(conn, schema):
+                row = conn.execute(f"SELECT json_agg(t) FROM {schema}.{table} t").fetchone()
+                if row and row[0] is not None:
+                    self.seeded[table] = json.dumps(row[0])
+        return schema
+
+    def give_back(self, schema: str) -> None:
+        """Empty `schema` for the next test, or drop it when the test changed its shape."""
+        conn = self._connection()
+        conn.execute("SET lock_timeout = '30s'")  # a lock a test left held fails here
+        companions = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+            (f"{schema}_",),
+        ).fetchall()
+        for (companion,) in companions:
+            conn.execute(f"DROP SCHEMA {companion} CASCADE")
+        if _shape(conn, schema) != self.shape:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            return
+        sequences = conn.execute(
+            "SELECT sequencename::text FROM pg_sequences WHERE schemaname = %s", (schema,)
+        ).fetchall()
+        # One turn: every row deleted with the triggers off (as a restore would), the rows
+        # migrations wrote (read models' positions at 0) written again, every sequence (the
+        # notification ids) restarted.
+        conn.execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; "
+            + "".join(f"DELETE FROM {schema}.{table}; " for table in _tables(conn, schema))
+            + "".join(
+                f"INSERT INTO {schema}.{table} SELECT * FROM json_populate_recordset("
+                f"NULL::{schema}.{table}, {sql.Literal(rows).as_string(conn)}); "
+                for table, rows in self.seeded.items()
+            )
+            + "".join(f"ALTER SEQUENCE {schema}.{seq} RESTART; " for (seq,) in sequences)
+            + "COMMIT"
+        )
+        self.free.append(schema)
+
+    def close(self) -> None:
+        conn = self._connection()
+        for schema in self.free:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        self.free.clear()
+        conn.close()
+
+
+def _tables(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The tables of `schema` but the record of its migrations."""
+    rows = conn.execute(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = %s"
+        " AND tablename <> 'schema_migrations' ORDER BY 1",
+        (schema,),
+    ).fetchall()
+    return [table for (table,) in rows]
+
+
+def _shape(conn: psycopg.Connection[Any], schema: str) -> str:
+    """`schema`'s shape as one digest, and the migrations it records ("gone": no schema)."""
+    row = conn.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    if row is None:
+        return "gone"
+    found = conn.execute(_SHAPE, {"oid": row[0]}).fetchone()
+    recorded = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.schema_migrations",)
+    ).fetchone()
+    migrations = (
+        conn.execute(
+            "SELECT string_agg(component || ' ' || version || ' ' || needs_code, ',' "
+            f"ORDER BY component, version) FROM {schema}.schema_migrations"
+        ).fetchone()
+        if recorded and recorded[0]
+        else None
+    )
+    return f"{found[0] if found else ''} {migrations[0] if migrations else ''}"
 
 
 @contextmanager

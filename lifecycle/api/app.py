@@ -233,7 +233,7 @@ class BodyLimitMiddleware:
         await self.app(scope, receive_within_limit, send)
 
 
-def reject_unknown_query_parameters(request: Request) -> None:
+async def reject_unknown_query_parameters(request: Request) -> None:
     """A query parameter the route does not declare is refused (422), as the OpenAPI says:
     a misspelt filter must not silently return everything."""
     route = request.scope.get("route")

@@ -1,5 +1,10 @@
 """What the routes share, in one place: settings, the application, the state built at start-up
-(erasure process, live read models) and the Kafka inspector, each as a FastAPI dependency."""
+(erasure process, live read models) and the Kafka inspector, each as a FastAPI dependency.
+
+A dependency that only looks something up is `async def`: FastAPI calls it on the event loop.
+A plain `def` one would cost every request a hop to the thread pool and back (tens of µs of
+CPU each, more on a busy machine: `python -m bench.route_costs`); those that may do I/O (a
+read model brought up to date, a Kafka client) stay plain functions."""
 
 from __future__ import annotations
 
@@ -14,7 +19,12 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from lifecycle.api.auth import AuditorCaller, OpsCaller
 from lifecycle.api.problems import request_id_of
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_data_exports, build_erasure, erasure_status_query
+from lifecycle.bootstrap import (
+    build_data_exports,
+    build_erasure,
+    erasure_evidence,
+    erasure_status_query,
+)
 from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
@@ -23,6 +33,7 @@ from lifecycle.kafka.inspector import KafkaInspector, KafkaInspectorClient, NoKa
 from lifecycle.services.actions import Actor
 from lifecycle.services.audit import AuditReads
 from lifecycle.services.dead_letters import DeadLetters
+from lifecycle.services.erasure_evidence import ErasureEvidence
 from lifecycle.services.erasures import Erasures
 from lifecycle.services.exports import ExportOps
 from lifecycle.services.read_models import ReadModels
@@ -37,7 +48,7 @@ M = TypeVar("M", bound=ReadModel)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-def account_id_param(
+async def account_id_param(
     account_id: Annotated[
         str,
         Path(
@@ -56,7 +67,7 @@ def account_id_param(
 AccountId = Annotated[UUID, Depends(account_id_param)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -64,7 +75,7 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_accounts(request: Request) -> Accounts:
+async def get_accounts(request: Request) -> Accounts:
     """The application the app was created with (or built in its lifespan)."""
     accounts: Accounts | None = getattr(request.app.state, "accounts", None)
     if accounts is None:
@@ -113,7 +124,7 @@ class ApiState:
         return model
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
     state: ApiState | None = getattr(request.app.state, "api", None)
     if state is None:
         raise NotReadyError(detail="the service is starting or stopping")
@@ -123,14 +134,21 @@ def get_state(request: Request) -> ApiState:
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def get_erasure_process(state: StateDep) -> ErasureProcess:
+async def get_erasure_process(state: StateDep) -> ErasureProcess:
     return state.erasure
 
 
 ErasureDep = Annotated[ErasureProcess, Depends(get_erasure_process)]
 
 
-def get_data_exports(state: StateDep) -> DataExports:
+async def get_erasure_evidence(state: StateDep) -> ErasureEvidence:
+    return erasure_evidence(state.accounts, state.settings, state.erasure)
+
+
+ErasureEvidenceDep = Annotated[ErasureEvidence, Depends(get_erasure_evidence)]
+
+
+async def get_data_exports(state: StateDep) -> DataExports:
     return state.exports
 
 

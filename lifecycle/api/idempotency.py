@@ -31,7 +31,7 @@ KEY_PATTERN = r'^(?:"[ !#-\[\]-~]{1,255}"|[!#-\[\]-~]{1,255})$'
 _KEY = re.compile(KEY_PATTERN)
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(

@@ -25,13 +25,20 @@ from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from lifecycle import event_names
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
-from lifecycle.audit.pages import stream_pages
 from lifecycle.crypto import PersonalDataMapper
 from lifecycle.domain import Account, changed_parts
 from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
-from lifecycle.stored_fold import KINDS, EventKind, Facts, Row, StoredFold, fold
+from lifecycle.stored_fold import (
+    KINDS,
+    EventKind,
+    Facts,
+    Row,
+    StoredFold,
+    fold,
+    stream_pages,
+)
 
 LEGACY_PREFIX = legacy_holder("")
 
@@ -207,28 +214,19 @@ def _replay_page(
         report.add(violation, keep)
 
 
-def _decoded(
-    folder: StoredFold, stream: list[Row], aggregate: type
-) -> Iterator[tuple[EventKind, Facts] | Violation]:
-    """Each stored event's kind and facts; a Violation in its place when it does not decode
+def _decoded(folder: StoredFold, row: Row, aggregate: type) -> tuple[EventKind, Facts] | Violation:
+    """A stored event's kind and facts; a Violation in their place when it does not decode
     or belongs to another kind of aggregate."""
-    for row in stream:
-        originator_id, version, topic, _ = row
-        try:
-            facts = folder.facts(*row)
-        except Exception as error:
-            yield Violation(
-                str(originator_id),
-                version,
-                "decodes",
-                f"{topic} does not decode ({type(error).__name__})",
-            )
-            continue
-        kind = KINDS[topic]
-        if kind.aggregate is not aggregate:
-            yield Violation(str(originator_id), version, "known_aggregate", topic)
-            continue
-        yield kind, facts
+    originator_id, version, topic, _ = row
+    try:
+        facts = folder.facts(*row)
+    except Exception as error:
+        detail = f"{topic} does not decode ({type(error).__name__})"
+        return Violation(str(originator_id), version, "decodes", detail)
+    kind = KINDS[topic]
+    if kind.aggregate is not aggregate:
+        return Violation(str(originator_id), version, "known_aggregate", topic)
+    return kind, facts
 
 
 def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], Account | None]:
@@ -236,84 +234,80 @@ def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation
     found: list[Violation] = []
     account: Account | None = None
     previous_time: datetime | None = None
-    for decoded in _decoded(folder, stream, Account):
+    for row in stream:
+        decoded = _decoded(folder, row, Account)
         if isinstance(decoded, Violation):
             return [*found, decoded], None
         kind, facts = decoded
-        version: int = facts["originator_version"]
+        version = row[1]
         if account is None:
             if kind.topic != event_names.REGISTERED or version != 1:
                 found.append(Violation(subject, version, "starts_registered", kind.name))
                 return found, None
-            found += [Violation(subject, version, *v) for v in _registration_rules(facts)]
+            _registration_rules(facts, found, subject)
         else:
-            found += [Violation(subject, version, *v) for v in _account_rules(account, kind, facts)]
+            _account_rules(account, kind, facts, found, subject)
         timestamp: datetime = facts["timestamp"]
         if previous_time is not None and timestamp < previous_time:
             found.append(
                 Violation(subject, version, "timestamps_ordered", "earlier than the one before")
             )
         previous_time = timestamp
-        folded = _folded(account, kind, facts, found, subject)
-        if folded is None:
+        try:
+            folded = fold(account, kind, facts)
+        except (OriginatorVersionError, OriginatorIDError) as error:
+            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
             return found, None
         assert isinstance(folded, Account)
         account = folded
     return found, account
 
 
-def _folded(
-    aggregate: Any, kind: EventKind, facts: Facts, found: list[Violation], subject: str
-) -> Any:
-    """The aggregate after the event, or None (with a violation) when the versions do not
-    follow."""
-    try:
-        return fold(aggregate, kind, facts)
-    except (OriginatorVersionError, OriginatorIDError) as error:
-        version = facts["originator_version"]
-        found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
-        return None
-
-
 def _edited_parts(facts: Facts) -> dict[str, Any]:
     return {part: facts[part] for part in changed_parts(facts)}
 
 
-def _registration_rules(facts: Facts) -> Iterator[tuple[str, str]]:
+def _registration_rules(facts: Facts, found: list[Violation], subject: str) -> None:
     """What `Account.register` would have refused of the first event."""
     for rule, check in RULES[Account.Registered]:
         try:
             check(None, facts)  # type: ignore[arg-type]
         except LifecycleError as error:
-            yield rule, f"Registered: {error.code}"
+            found.append(Violation(subject, 1, rule, f"Registered: {error.code}"))
 
 
-def _account_rules(account: Account, kind: EventKind, facts: Facts) -> Iterator[tuple[str, str]]:
+def _account_rules(
+    account: Account, kind: EventKind, facts: Facts, found: list[Violation], subject: str
+) -> None:
     """What the aggregate's commands would have refused, asked of the state before the event."""
+    version: int = facts["originator_version"]
     if kind.topic == event_names.REGISTERED:
-        yield "registered_once", "a second Registered"
+        found.append(Violation(subject, version, "registered_once", "a second Registered"))
         return
     try:
         account.check_account_is_not_purged()
     except LifecycleError:
-        yield "nothing_after_purge", f"{kind.name} after Purged"
+        detail = f"{kind.name} after Purged"
+        found.append(Violation(subject, version, "nothing_after_purge", detail))
         return
     for rule, check in RULES_BY_TOPIC.get(kind.topic, ()):
         try:
             check(account, facts)
         except LifecycleError as error:
-            yield rule, f"{kind.name} while {account.status.value}: {error.code}"
+            detail = f"{kind.name} while {account.status.value}: {error.code}"
+            found.append(Violation(subject, version, rule, detail))
 
 
 def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], EmailClaim | None]:
     subject = str(stream[0][0])
     found: list[Violation] = []
     claim: EmailClaim | None = None
-    for decoded in _decoded(folder, stream, EmailClaim):
+    for row in stream:
+        decoded = _decoded(folder, row, EmailClaim)
         if isinstance(decoded, Violation):
             return [*found, decoded], None
         kind, facts = decoded
-        version: int = facts["originator_version"]
+        version = row[1]
         if claim is None and kind.topic != event_names.EMAIL_CLAIM_CREATED:
             found.append(Violation(subject, version, "claim_starts_created", kind.name))
             return found, None
@@ -329,8 +323,10 @@ def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation],
                 found.append(
                     Violation(subject, version, "release_by_holder", "released by another")
                 )
-        folded = _folded(claim, kind, facts, found, subject)
-        if folded is None:
+        try:
+            folded = fold(claim, kind, facts)
+        except (OriginatorVersionError, OriginatorIDError) as error:
+            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
             return found, None
         assert isinstance(folded, EmailClaim)
         claim = folded

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
 
 from lifecycle.cli.common import cli, fail, load_settings, open_accounts, progress_to_stderr
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import LifecycleError, NotFoundError
+
+if TYPE_CHECKING:
+    from lifecycle.services.erasure_evidence import ErasureEvidence
 
 audit = typer.Typer(help="Auditor tools over the event log.", no_args_is_help=True)
 cli.add_typer(audit, name="audit")
@@ -66,8 +69,7 @@ def verify_receipt(
     accounts = open_accounts(settings)
     try:
         evidence = erasure_evidence(accounts, settings)
-        document = given if isinstance(given, dict) else evidence.receipt(given)
-        report = evidence.verify_receipt(document)
+        report = evidence.verify_receipt(_receipt(evidence, given))
     except LifecycleError as error:
         fail(error.detail)
     finally:
@@ -76,6 +78,16 @@ def verify_receipt(
     if not report["ok"]:
         typer.echo(f"lifecycle: receipt does not verify: {report['problems'][0]}", err=True)
     raise typer.Exit(code=0 if report["ok"] else 1)
+
+
+def _receipt(evidence: ErasureEvidence, given: dict[str, Any] | UUID) -> dict[str, Any]:
+    """The receipt given, or the one stored under the id given (a receipt's or its account's)."""
+    if isinstance(given, dict):
+        return given
+    try:
+        return evidence.receipt(given)
+    except NotFoundError:
+        return evidence.receipt_of(given)
 
 
 def _receipt_or_id(text: str) -> dict[str, Any] | UUID:

@@ -183,6 +183,7 @@ def topics() -> None:
             settings.kafka_bootstrap,
             settings.topics,
             settings.topic_settings,
+            bootstrap_timeout_ms=round(settings.kafka_bootstrap_timeout_s * 1000),
             security=settings.kafka_security,
         )
     except Exception as error:

@@ -41,7 +41,7 @@ from lifecycle.storage import Cursor, lock_keys
 from schemas.contract import ERASING_SERVICES
 
 # Purges of one batch run side by side (their saves share group commits), this many at once:
-# well below the application's connection pool (POSTGRES_POOL_SIZE, 10).
+# well below the application's connection pool (LIFECYCLE_DATABASE_POOL_SIZE, 10).
 PURGE_WORKERS = 6
 
 log = get_logger(__name__)

@@ -18,7 +18,7 @@ from lifecycle.audit.proof import Stores, erasure_proof
 from lifecycle.audit.receipt import Receipts, verify_receipt
 from lifecycle.audit.reshred import evidence
 from lifecycle.erasure.queries import ErasureStatusQuery
-from lifecycle.errors import InvalidCommandError, NotFoundError
+from lifecycle.errors import AccountNotFoundError, InvalidCommandError
 from lifecycle.kafka.security import KafkaSecurity
 from lifecycle.storage import Database
 from schemas.contract import ERASING_SERVICES, TopicNames, erasure_receipt_id
@@ -51,14 +51,15 @@ class ErasureEvidence:
         accounts: Accounts,
         receipts: Receipts,
         status: ErasureStatusQuery,
-        store_of: StoreOf,
-        broker: Broker,
+        store_of: StoreOf | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.accounts = accounts
         self.receipts = receipts
         self.status = status
-        self.store_of = store_of
-        self.broker = broker
+        # Without them the proof reaches the lifecycle database only (no service store, no topic).
+        self.store_of: StoreOf = store_of or (lambda name, schema: None)
+        self.broker = broker or Broker(TopicNames())
 
     def reshred(self, receipt_paths: Iterable[Path]) -> Reshredded:
         """After a restore: every account known purged (a receipt this service signed, or the
@@ -71,12 +72,20 @@ class ErasureEvidence:
             result["purges_recorded_again"], result["keys_destroyed"], issued, found.refused
         )
 
-    def receipt(self, wanted: UUID) -> dict[str, Any]:
-        """A stored receipt by its id, or by its account's id."""
-        found = self.receipts.get(wanted) or self.receipts.get(erasure_receipt_id(wanted))
+    def receipt(self, receipt_id: UUID) -> dict[str, Any]:
+        """A stored receipt, by its id."""
+        found = self.receipts.get(receipt_id)
         if found is None:
-            raise NotFoundError(detail=f"no erasure receipt {wanted}")
+            raise AccountNotFoundError("receipt_not_found", detail="no erasure receipt was issued")
         return found
+
+    def receipt_of(self, account_id: UUID) -> dict[str, Any]:
+        """A purged account's receipt (its id follows from the account's)."""
+        return self.receipt(erasure_receipt_id(account_id))
+
+    def receipt_key(self) -> dict[str, Any]:
+        """The public key that signs new receipts, and every key that ever signed one."""
+        return self.receipts.signer.public_key_document()
 
     def verify_receipt(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """Its signature, its id, and the hash chain still holding the purge it states."""

@@ -59,7 +59,9 @@ class DatabaseUrlError(ValueError):
     """
 
 
-def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]:
+def persistence_env(
+    database_url: str, schema: str = "public", connect_timeout_s: int = 5, pool_size: int = 10
+) -> dict[str, str]:
     """Translate `postgresql://...` or `sqlite:///path` into the eventsourcing environment."""
     parts = urlsplit(database_url)
     if parts.scheme in ("postgresql", "postgres"):
@@ -72,8 +74,8 @@ def persistence_env(database_url: str, schema: str = "public") -> dict[str, str]
             "POSTGRES_PORT": str(parts.port or 5432),
             "POSTGRES_USER": unquote(parts.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
-            "POSTGRES_CONNECT_TIMEOUT": "5",
-            "POSTGRES_POOL_SIZE": "10",
+            "POSTGRES_CONNECT_TIMEOUT": str(connect_timeout_s),
+            "POSTGRES_POOL_SIZE": str(pool_size),
             "POSTGRES_MAX_OVERFLOW": "20",
             # Checked before use; `harden_pool` then makes one failed check replace them all.
             "POSTGRES_PRE_PING": "y",

@@ -20,7 +20,6 @@ from support import TOKENS, auth, race
 
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 
@@ -35,17 +34,16 @@ def proxy(postgres_url: str) -> Iterator[CommitCuttingProxy]:
 
 @pytest.fixture
 def cut_client(
-    postgres_url: str, pg_schema: str, proxy: CommitCuttingProxy
+    postgres_url: str, lifecycle_schema: str, proxy: CommitCuttingProxy
 ) -> Iterator[tuple[TestClient, Accounts]]:
     settings = Settings(
         database_url=proxy.url(postgres_url),
-        database_schema=pg_schema,
+        database_schema=lifecycle_schema,
         kafka_bootstrap=None,
         master_key=new_master_key(),
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
         log_format="json",
     )
-    migrate_lifecycle(settings)
     accounts = Accounts(env=settings.application_env())
     try:
         with TestClient(create_app(settings, accounts)) as client:

@@ -49,6 +49,7 @@ def test_help_lists_every_subcommand() -> None:
             {
                 "LIFECYCLE_DATABASE_URL": "postgresql://nobody:secretpw@127.0.0.1:1/none",
                 "LIFECYCLE_MASTER_KEY": "A" * 43 + "=",
+                "LIFECYCLE_DATABASE_CONNECT_TIMEOUT_S": "1",
             },
             "database unusable",
         ),
@@ -58,7 +59,14 @@ def test_help_lists_every_subcommand() -> None:
             {"LIFECYCLE_DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"},
             "LIFECYCLE_KEYRING_DIR (or LIFECYCLE_MASTER_KEY) is required",
         ),
-        (("topics",), {"LIFECYCLE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "Kafka unusable"),
+        (
+            ("topics",),
+            {
+                "LIFECYCLE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+                "LIFECYCLE_KAFKA_BOOTSTRAP_TIMEOUT_S": "1",
+            },
+            "Kafka unusable",
+        ),
         (("relay",), {}, "needs LIFECYCLE_KAFKA_BOOTSTRAP"),
         (("erasure",), {}, "needs LIFECYCLE_KAFKA_BOOTSTRAP"),
         (("consume", "billing"), {"LIFECYCLE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "billing"),

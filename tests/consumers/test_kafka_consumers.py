@@ -32,7 +32,7 @@ from consumers.faults import DLQ_ERROR_CODE, DLQ_ERROR_TYPE, RetryPolicy
 from consumers.kit import Hooks
 from consumers.mailer import Mailer, SmtpMailer, message_id_for
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import kafka_consumer, migrate_lifecycle, migrate_service, service_keyring
+from lifecycle.bootstrap import kafka_consumer, migrate_service, service_keyring
 from lifecycle.crypto import new_master_key
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import Incoming, KafkaSource
@@ -68,19 +68,20 @@ FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
 
 
 @pytest.fixture
-def kafka_settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> Iterator[Settings]:
+def kafka_settings(
+    postgres_url: str, lifecycle_schema: str, kafka_bootstrap: str
+) -> Iterator[Settings]:
     settings = Settings(
         database_url=postgres_url,
-        database_schema=pg_schema,
+        database_schema=lifecycle_schema,
         kafka_bootstrap=kafka_bootstrap,
         master_key=new_master_key(),
         log_format="json",
     )
-    migrate_lifecycle(settings)
     yield settings
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in ("scout", "chat", "mail"):
-            conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
+            conn.execute(f"DROP SCHEMA IF EXISTS {lifecycle_schema}_{name} CASCADE")
 
 
 def start(

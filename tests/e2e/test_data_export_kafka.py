@@ -24,7 +24,6 @@ from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_data_exports,
-    migrate_lifecycle,
     migrate_service,
     service_keyring,
 )
@@ -43,21 +42,20 @@ WHEN = "2026-04-01T09:30:00Z"
 
 
 @pytest.fixture
-def settings(postgres_url: str, pg_schema: str, kafka_bootstrap: str) -> Iterator[Settings]:
+def settings(postgres_url: str, lifecycle_schema: str, kafka_bootstrap: str) -> Iterator[Settings]:
     settings = Settings(
         database_url=postgres_url,
-        database_schema=pg_schema,
+        database_schema=lifecycle_schema,
         kafka_bootstrap=kafka_bootstrap,
         master_key=new_master_key(),
         log_format="json",
     )
-    migrate_lifecycle(settings)
     for name in SERVICES:
-        migrate_service(settings, name, f"{pg_schema}_{name}")
+        migrate_service(settings, name, f"{lifecycle_schema}_{name}")
     yield settings
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in SERVICES:
-            conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
+            conn.execute(f"DROP SCHEMA IF EXISTS {lifecycle_schema}_{name} CASCADE")
 
 
 @pytest.fixture

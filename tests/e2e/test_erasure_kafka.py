@@ -42,7 +42,6 @@ from lifecycle.audit.receipt import verify_receipt
 from lifecycle.bootstrap import (
     build_erasure,
     erasure_status_query,
-    migrate_lifecycle,
     migrate_service,
     receipts_of,
     service_keyring,
@@ -66,24 +65,24 @@ SERVICES = ("scout", "chat", "mail")
 
 @pytest.fixture
 def settings(
-    postgres_url: str, pg_schema: str, kafka_bootstrap: str, smtp: SmtpSink
+    postgres_url: str, lifecycle_schema: str, kafka_bootstrap: str, smtp: SmtpSink
 ) -> Iterator[Settings]:
     settings = Settings(
         database_url=postgres_url,
-        database_schema=pg_schema,
+        database_schema=lifecycle_schema,
         kafka_bootstrap=kafka_bootstrap,
         master_key=new_master_key(),
         smtp_host="127.0.0.1",
         smtp_port=smtp.port,
         log_format="json",
     )
-    migrate_lifecycle(settings)  # `lifecycle migrate`, and each service's store
+    # `lifecycle migrate` made the schema (`lifecycle_schema`); each service's store:
     for name in SERVICES:
-        migrate_service(settings, name, f"{pg_schema}_{name}")
+        migrate_service(settings, name, f"{lifecycle_schema}_{name}")
     yield settings
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for name in SERVICES:
-            conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
+            conn.execute(f"DROP SCHEMA IF EXISTS {lifecycle_schema}_{name} CASCADE")
 
 
 @pytest.fixture

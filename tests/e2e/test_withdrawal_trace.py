@@ -24,7 +24,7 @@ from lifecycle import tracing
 from lifecycle.account_terms import AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure, migrate_lifecycle, migrate_service
+from lifecycle.bootstrap import build_erasure, migrate_service
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 from lifecycle.workers import start_workers
@@ -168,14 +168,14 @@ def test_one_withdrawal_is_one_trace_embedded(
 def test_one_withdrawal_is_one_trace_on_the_broker(
     spans: InMemorySpanExporter,
     postgres_url: str,
-    pg_schema: str,
+    lifecycle_schema: str,
     kafka_bootstrap: str,
     topics: TopicNames,
     smtp: SmtpSink,
 ) -> None:
     settings = Settings(
         database_url=postgres_url,
-        database_schema=pg_schema,
+        database_schema=lifecycle_schema,
         kafka_bootstrap=kafka_bootstrap,
         topic_prefix=topics.prefix,
         master_key=new_master_key(),
@@ -184,9 +184,9 @@ def test_one_withdrawal_is_one_trace_on_the_broker(
         api_tokens={token_digest(token): role for role, token in TOKENS.items()},
         log_format="json",
     )
-    migrate_lifecycle(settings)  # `lifecycle migrate`, then each service's store
+    # `lifecycle migrate` made the schema (`lifecycle_schema`); each service's store:
     for name in SERVICES:
-        migrate_service(settings, name, f"{pg_schema}_{name}")
+        migrate_service(settings, name, f"{lifecycle_schema}_{name}")
     accounts = Accounts(env=settings.application_env())
     member = person(uuid.uuid4().hex[:8])
     try:
@@ -200,4 +200,4 @@ def test_one_withdrawal_is_one_trace_on_the_broker(
         accounts.close()
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             for name in SERVICES:
-                conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema}_{name} CASCADE")
+                conn.execute(f"DROP SCHEMA IF EXISTS {lifecycle_schema}_{name} CASCADE")

@@ -11,6 +11,7 @@ module that asks for the pipeline, each pipeline in a database of its own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,10 @@ from cluster import KafkaCluster
 from pipeline import Pipeline
 from servers import ThrowawayKafka, ThrowawayPostgres
 from support import SmtpSink, smtp_sink
+
+# The tier's applications keep the production pool, not the other tiers' smaller one (root
+# conftest): the cuts and restarts here are waited out by pools sized as in production.
+os.environ.pop("LIFECYCLE_DATABASE_POOL_SIZE", None)
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,7 @@ def test_migrate_applies_each_component_once_and_records_it(
         ("lifecycle", 1),
         ("lifecycle", 2),
         ("lifecycle", 3),
+        ("lifecycle", 4),
         *[("consumer-kit:erasure_", v) for v in range(1, kit_component().latest + 1)],
         ("read-models", 1),
         ("data_export", 1),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -28,7 +30,7 @@ from lifecycle.crypto import PersonalDataMapper
 from lifecycle.domain import Account
 from lifecycle.email_claim import EmailClaim
 from lifecycle.errors import LifecycleError
-from lifecycle.stored_fold import KINDS, StoredFold, fold
+from lifecycle.stored_fold import KINDS, StoredFold, fold, read_ahead
 
 COMPANIES = ["acme", "globex", "initech"]
 AT = datetime(2026, 4, 1, 9, 30, tzinfo=UTC)
@@ -208,3 +210,29 @@ def test_an_unknown_topic_or_a_gap_is_refused(accounts: Accounts) -> None:
 
 def _rest(stored: StoredEvent) -> tuple[str, bytes]:
     return stored.topic, stored.state
+
+
+def test_read_ahead_hands_over_pages_in_order_errors_in_place_and_stops_with_its_caller() -> None:
+    assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("the database went away")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="went away"):
+        got.extend(read_ahead(failing()))
+    assert got == [1]
+
+    produced: list[int] = []
+
+    def endless() -> Iterator[int]:
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    ahead = read_ahead(endless())
+    assert next(ahead) == 0
+    ahead.close()
+    assert len(produced) <= 3  # the page handed over, one waiting, one being read
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())

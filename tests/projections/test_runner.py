@@ -10,14 +10,12 @@ from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-import psycopg
 import pytest
 from projection_history import History, catch_up, table_rows
-from support import race
+from support import MigratedSchemas, race
 from typer.testing import CliRunner
 
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import migrate_lifecycle
 from lifecycle.cli import cli
 from lifecycle.domain import Account
 from lifecycle.settings import Settings
@@ -260,17 +258,15 @@ def follow(accounts: Accounts) -> int:
 
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_followers_started_together_on_a_fresh_log_count_each_event_once(
-    settings: Settings, postgres_url: str
+    settings: Settings, migrated_schemas: MigratedSchemas
 ) -> None:
     """`lifecycle project` run as an HA group: every follower opens the counting read models
     (their tables migrated, tracking rows seeded at 0) and follows the log, all released at
-    the same instant, before any of them has committed a position."""
+    the same instant, before any of them has committed a position. Each round on a schema
+    as `lifecycle migrate` leaves it."""
     for _ in range(ROUNDS):
-        schema = f"t_{uuid4().hex[:12]}"
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
+        schema = migrated_schemas.take()
         fresh = settings.model_copy(update={"database_schema": schema})
-        migrate_lifecycle(fresh)
         writer = Accounts(env=fresh.application_env())
         followers = [Accounts(env=fresh.application_env()) for _ in range(FOLLOWERS)]
         try:
@@ -284,8 +280,7 @@ def test_followers_started_together_on_a_fresh_log_count_each_event_once(
         finally:
             for app in (writer, *followers):
                 app.close()
-            with psycopg.connect(postgres_url, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            migrated_schemas.give_back(schema)
 
 
 def test_the_cli_takes_the_registry_names() -> None:

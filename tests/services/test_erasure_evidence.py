@@ -134,7 +134,7 @@ def test_reshred_signs_again_a_receipt_the_restore_lost_and_counts_a_forged_one(
 ) -> None:
     account_id = purged_member(accounts, settings)
     evidence = erasure_evidence(accounts, settings)
-    kept = evidence.receipt(account_id)
+    kept = evidence.receipt_of(account_id)
     database = accounts.database
     with database.transaction() as cursor:  # what a restore of an older backup looks like
         cursor.execute(f"DELETE FROM {database.table(RECEIPTS_TABLE)}")
@@ -151,14 +151,19 @@ def test_reshred_signs_again_a_receipt_the_restore_lost_and_counts_a_forged_one(
     assert evidence.verify_receipt(forged)["ok"] is False
 
 
-def test_a_receipt_is_found_by_its_id_or_its_account_and_an_unknown_one_is_not_found(
+def test_a_receipt_is_found_by_its_id_or_its_accounts_and_its_key_is_published(
     accounts: Accounts, settings: Settings
 ) -> None:
     account_id = purged_member(accounts, settings)
     evidence = erasure_evidence(accounts, settings)
 
-    by_account = evidence.receipt(account_id)
+    by_account = evidence.receipt_of(account_id)
     assert evidence.receipt(erasure_receipt_id(account_id)) == by_account
     assert evidence.verify_receipt(by_account)["ok"] is True
+    signed_with = by_account["signature"]["key_id"]
+    assert signed_with in {key["key_id"] for key in evidence.receipt_key()["keys"]}
+    for unknown in (evidence.receipt, evidence.receipt_of):
+        with pytest.raises(NotFoundError):
+            unknown(uuid.uuid4())
     with pytest.raises(NotFoundError):
-        evidence.receipt(uuid.uuid4())
+        evidence.receipt(account_id)  # an account's id is not its receipt's

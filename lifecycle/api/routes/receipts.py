@@ -14,12 +14,9 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
 
 from lifecycle.api.auth import require_role
-from lifecycle.api.deps import AccountId, AccountsDep, ErasureDep
+from lifecycle.api.deps import AccountId, ErasureEvidenceDep
 from lifecycle.api.problems import problem_responses
-from lifecycle.audit.receipt import ReceiptSigner
-from lifecycle.bootstrap import receipts_of
 from lifecycle.errors import AccountNotFoundError
-from schemas.contract import erasure_receipt_id
 
 ops_router = APIRouter(
     prefix="/admin/v1",
@@ -61,10 +58,6 @@ class ReceiptKey(PublishedKey):
     )
 
 
-def _not_found() -> AccountNotFoundError:
-    return AccountNotFoundError("receipt_not_found", detail="no erasure receipt was issued")
-
-
 @ops_router.get(
     "/erasures/{account_id}/receipt",
     operation_id="getAccountErasureReceipt",
@@ -72,11 +65,8 @@ def _not_found() -> AccountNotFoundError:
     description=RECEIPT_DESCRIPTION,
     responses=problem_responses(404),
 )
-def receipt_of_account(account_id: AccountId, erasure: ErasureDep) -> dict[str, Any]:
-    found = receipts_of(erasure).get(erasure_receipt_id(account_id))
-    if found is None:
-        raise _not_found()
-    return found
+def receipt_of_account(account_id: AccountId, evidence: ErasureEvidenceDep) -> dict[str, Any]:
+    return evidence.receipt_of(account_id)
 
 
 @audit_router.get(
@@ -87,16 +77,16 @@ def receipt_of_account(account_id: AccountId, erasure: ErasureDep) -> dict[str, 
     responses=problem_responses(404),
 )
 def receipt(
-    receipt_id: Annotated[str, Path(json_schema_extra={"format": "uuid"})], erasure: ErasureDep
+    receipt_id: Annotated[str, Path(json_schema_extra={"format": "uuid"})],
+    evidence: ErasureEvidenceDep,
 ) -> dict[str, Any]:
     try:
         wanted = UUID(receipt_id)
-    except ValueError:
-        raise _not_found() from None
-    found = receipts_of(erasure).get(wanted)
-    if found is None:
-        raise _not_found()
-    return found
+    except ValueError:  # not an id a receipt could have: none was issued under it
+        raise AccountNotFoundError(
+            "receipt_not_found", detail="no erasure receipt was issued"
+        ) from None
+    return evidence.receipt(wanted)
 
 
 @public_router.get(
@@ -104,5 +94,5 @@ def receipt(
     operation_id="getErasureReceiptKey",
     summary="The public key that signs erasure receipts",
 )
-def receipt_key(accounts: AccountsDep) -> ReceiptKey:
-    return ReceiptKey.model_validate(ReceiptSigner.of(accounts).public_key_document())
+def receipt_key(evidence: ErasureEvidenceDep) -> ReceiptKey:
+    return ReceiptKey.model_validate(evidence.receipt_key())
