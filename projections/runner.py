@@ -33,7 +33,7 @@ from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
 from lifecycle.probe import Probe
 from lifecycle.storage import Cursor, Database
-from lifecycle.stored_fold import StoredFold, read_ahead, stream_pages
+from lifecycle.stored_fold import StoredFold, heap_frozen, read_ahead, stream_pages
 from projections.base import (
     APPLICATION_NAME,
     SHADOW_SUFFIX,
@@ -325,11 +325,12 @@ def rebuild(
     shadow = model_class(database, suffix=SHADOW_SUFFIX)
     shadow.drop()
     shadow.create()
-    if shadow.folds_streams:
-        events = _replay_streams(accounts, shadow, batch_size, progress, stop)
-    else:
-        replayed = Projector(accounts, shadow, batch_size=batch_size, progress=progress)
-        events = replayed.catch_up(stop)
+    with heap_frozen():
+        if shadow.folds_streams:
+            events = _replay_streams(accounts, shadow, batch_size, progress, stop)
+        else:
+            replayed = Projector(accounts, shadow, batch_size=batch_size, progress=progress)
+            events = replayed.catch_up(stop)
     if stop is not None and stop.is_set():
         shadow.drop()
         raise RebuildCancelledError(model_class.name)

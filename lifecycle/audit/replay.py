@@ -37,6 +37,7 @@ from lifecycle.stored_fold import (
     Row,
     StoredFold,
     fold,
+    heap_frozen,
     stream_pages,
 )
 
@@ -152,10 +153,11 @@ def replay(
     mapper = accounts.mapper
     assert isinstance(mapper, PersonalDataMapper)
     folder = StoredFold(mapper)
-    for streams in stream_pages(database):
-        _replay_page(accounts, folder, streams, report, keep)
-        if progress is not None:
-            progress(report.events, max(total, report.events))
+    with heap_frozen():
+        for streams in stream_pages(database):
+            _replay_page(accounts, folder, streams, report, keep)
+            if progress is not None:
+                progress(report.events, max(total, report.events))
     if progress is not None:
         progress(report.events, max(total, report.events))
     # Every account not purged holds one claim, and a purge releases it: more held claims than
