@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from uuid import UUID
 
 from consumers.handler import Handler, HandlerResult, PoisonRecord
+from lifecycle.crypto import KEYS_TABLE
 from lifecycle.erasure.process import Confirmation, ErasureProcess
 from lifecycle.erasure.status import CONFIRMED, FAILED
 from lifecycle.errors import ConcurrentUpdateError, LifecycleError
@@ -25,7 +27,13 @@ class ConfirmationIntake(Handler):
     The process writes in transactions of its own (the purge goes through the event store), so
     it runs in `prepare_many`, once for a poll's confirmations; it is idempotent, so a repeat
     after a crash changes nothing.
+
+    A confirmation that completed a purge is handled with the outcome `purged`, so the kit
+    vacuums the destroyed keys' table (`personal_tables`) once the batch's offsets are
+    committed, off the path of the confirmations that wait for the next poll.
     """
+
+    personal_tables = (KEYS_TABLE,)
 
     def __init__(
         self, process: ErasureProcess, topics: TopicNames, *, legacy: bool = False
@@ -34,6 +42,7 @@ class ConfirmationIntake(Handler):
         self.topics = topics
         self.legacy = legacy
         self._refused: set[str] = set()
+        self._purged: set[UUID] = set()  # accounts the last prepared batch purged
 
     def commits_before_prepare(self, envelope: Envelope) -> bool:
         # PostgreSQL: a poll's confirmations are prepared, and their completions purged,
@@ -75,10 +84,11 @@ class ConfirmationIntake(Handler):
         if refused:
             self.process.refuse(refused)  # one transaction for the poll's refusals
         self._refused = {c.confirmation_id for c, _ in refused}
+        self._purged = set()
         if not accepted:
             return
         try:
-            self.process.handle_many(accepted, verified=True)
+            self._purged = self.process.handle_many(accepted, verified=True, after_purges=False)
         except ConcurrentUpdateError:
             raise  # someone else's progress: retried
         except LifecycleError as error:
@@ -100,5 +110,8 @@ class ConfirmationIntake(Handler):
         if isinstance(envelope.data, ErasureConfirmedV1 | ErasureConfirmedV2):
             if envelope.id in self._refused:
                 return HandlerResult(outcome="confirmation_refused")
+            if envelope.data.account_id in self._purged:
+                self._purged.discard(envelope.data.account_id)  # one per purge
+                return HandlerResult(outcome="purged")
             return HandlerResult(outcome="confirmation_handled")
         return HandlerResult(outcome="ignored")

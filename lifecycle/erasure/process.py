@@ -117,10 +117,16 @@ class ErasureProcess:
         return confirmation.account_id in self.handle_many([confirmation])
 
     def handle_many(
-        self, confirmations: Sequence[Confirmation], *, verified: bool = False
+        self,
+        confirmations: Sequence[Confirmation],
+        *,
+        verified: bool = False,
+        after_purges: bool = True,
     ) -> set[UUID]:
         """Record confirmations, then purge every erasure they completed; returns the accounts
         purged now. Each is `verified` first, unless the caller says it did that already.
+        Without `after_purges` the caller runs `Accounts.after_purges` itself (the intake:
+        through the consumer kit, once the batch's offsets are committed).
 
         PostgreSQL: one transaction records them all and stays open while the purges run
         side by side (their saves share the application's group commit), so a poll's
@@ -135,10 +141,14 @@ class ErasureProcess:
             if refused:
                 self.refuse(refused)
         if self.database.dialect.concurrent_writers:
-            return self._record_and_purge(known) if known else set()
-        purged: set[UUID] = set()
-        for confirmation in known:
-            purged |= self._record_and_purge([confirmation])
+            purged = self._record_and_purge(known) if known else set()
+        else:
+            purged = set()
+            for confirmation in known:
+                purged |= self._record_and_purge([confirmation])
+        if purged and after_purges:
+            # Once per batch, after its commit: no copy of the destroyed keys left behind.
+            self.accounts.after_purges()
         return purged
 
     def verified(
@@ -232,9 +242,6 @@ class ErasureProcess:
             )
         if not inside:
             purged = self._purge_all(complete)
-        if purged:
-            # Once per batch, after its commit: no copy of the destroyed keys left behind.
-            self.accounts.after_purges()
         if self.receipts is not None:
             # Also on a repeat (already purged): a receipt lost to a crash is issued now.
             for account_id in complete:

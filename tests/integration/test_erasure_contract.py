@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
 from support import Running, auth, running_consumers, wait_until
 
+from consumers.kit import Hooks
 from lifecycle.account_terms import AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
@@ -142,6 +144,41 @@ def test_version_1_purges_and_a_version_2_failure_is_errored_then_retried(
             assert done["purged_at"] is not None
     assert accounts.vault.find_key(on_hold) is None
     assert accounts.vault.find_key(old_release) is None
+
+
+def test_the_keys_table_is_vacuumed_after_the_purging_batch_committed_its_offsets(
+    settings: Settings, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`after_erasure` (a VACUUM on PostgreSQL) no longer runs before the kit's transaction and
+    offset commit, where the confirmations of the next poll waited behind it."""
+    account_id = withdrawn(accounts)
+    steps: list[str] = []
+    vacuum = accounts.database.after_erasure
+
+    def recorded(tables: Any = ()) -> None:
+        steps.append(f"after_erasure {sorted(tables)}")
+        vacuum(tables)
+
+    monkeypatch.setattr(accounts.database, "after_erasure", recorded)
+    log = InProcessPublisher()
+    consumer = erasure_consumer(
+        build_erasure(accounts, settings),
+        InProcessSource(log, list(TOPICS.confirmations.values())),
+        log,
+        TOPICS,
+        poll_timeout_s=0.05,
+        hooks=Hooks(before_offset_commit=lambda incoming: steps.append("offset")),
+    )
+    for service in ("scout", "chat", "mail"):
+        record = v1_record(account_id, service, 1)
+        log.publish(TOPICS.erasure_confirmed(service), record.key, record.headers, record.value)
+    log.flush()
+    with running_consumers() as running:
+        running.append(Running(consumer))
+        wait_until(lambda: "after_erasure ['account_keys']" in steps, "the keys vacuumed")
+    assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
+    assert steps.index("after_erasure ['account_keys']") > steps.index("offset")
+    assert consumer.stats.outcomes.get("purged") == 1
 
 
 @pytest.mark.parametrize(
