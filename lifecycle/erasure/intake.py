@@ -28,9 +28,10 @@ class ConfirmationIntake(Handler):
     it runs in `prepare_many`, once for a poll's confirmations; it is idempotent, so a repeat
     after a crash changes nothing.
 
-    A confirmation that completed a purge is handled with the outcome `purged`, so the kit
-    vacuums the destroyed keys' table (`personal_tables`) once the batch's offsets are
-    committed, off the path of the confirmations that wait for the next poll.
+    On PostgreSQL a confirmation that completed a purge is handled with the outcome `purged`,
+    so the kit vacuums the destroyed keys' table (`personal_tables`) once the batch's offsets
+    are committed, off the path of the confirmations that wait for the next poll. SQLite's
+    checkpoint holds the one writer's lock: it stays right after the purge, as before.
     """
 
     personal_tables = (KEYS_TABLE,)
@@ -87,8 +88,10 @@ class ConfirmationIntake(Handler):
         self._purged = set()
         if not accepted:
             return
+        deferred = self.process.database.dialect.concurrent_writers
         try:
-            self._purged = self.process.handle_many(accepted, verified=True, after_purges=False)
+            purged = self.process.handle_many(accepted, verified=True, after_purges=not deferred)
+            self._purged = purged if deferred else set()
         except ConcurrentUpdateError:
             raise  # someone else's progress: retried
         except LifecycleError as error:

@@ -149,7 +149,7 @@ def test_version_1_purges_and_a_version_2_failure_is_errored_then_retried(
 def test_the_keys_table_is_vacuumed_after_the_purging_batch_committed_its_offsets(
     settings: Settings, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`after_erasure` (a VACUUM on PostgreSQL) no longer runs before the kit's transaction and
+    """On PostgreSQL `after_erasure` (a VACUUM) no longer runs before the kit's transaction and
     offset commit, where the confirmations of the next poll waited behind it."""
     account_id = withdrawn(accounts)
     steps: list[str] = []
@@ -177,8 +177,12 @@ def test_the_keys_table_is_vacuumed_after_the_purging_batch_committed_its_offset
         running.append(Running(consumer))
         wait_until(lambda: "after_erasure ['account_keys']" in steps, "the keys vacuumed")
     assert accounts.load_for_audit(account_id).status is AccountStatus.PURGED
-    assert steps.index("after_erasure ['account_keys']") > steps.index("offset")
-    assert consumer.stats.outcomes.get("purged") == 1
+    vacuumed, committed = steps.index("after_erasure ['account_keys']"), steps.index("offset")
+    if accounts.database.dialect.concurrent_writers:
+        assert vacuumed > committed
+        assert consumer.stats.outcomes.get("purged") == 1
+    else:  # SQLite's checkpoint holds the one writer's lock: right after the purge, as before
+        assert vacuumed < committed
 
 
 @pytest.mark.parametrize(
