@@ -8,6 +8,7 @@ the `processed_events` marks and the outgoing records commit together or not at 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from consumers.handler import ERASURE_OUTCOMES, Handler, HandlerResult
 from consumers.store import ConsumerStore, Outgoing
@@ -17,6 +18,16 @@ from schemas.contract import ContractError, Envelope, decode_record, dedupe_key
 # A record of the batch by its index: its envelope, or why it breaks the contract.
 Decoded = tuple[int, Envelope | ContractError]
 Applied = list[tuple[Envelope, HandlerResult]]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What a committed transaction left in the outbox: its records, in order, and their row
+    ids, so the loop publishes them and deletes the rows without reading the outbox back."""
+
+    outgoing: list[Outgoing]
+    row_ids: list[int]
+    erased_from: tuple[str, ...] = ()  # personal tables rows were erased from (to vacuum)
 
 
 def decode_batch(batch: Sequence[Incoming]) -> list[Decoded]:
@@ -51,10 +62,12 @@ def apply_records(
     store: ConsumerStore,
     envelopes: list[Envelope],
     extra_headers: Callable[[Envelope], list[tuple[str, bytes]]] | None = None,
-) -> Applied:
+) -> tuple[Applied, Kept]:
     """Prepare, then mark, handle and keep the outgoing records in one transaction; the
-    records applied (those another member marked meanwhile are left out), with their results.
-    `extra_headers` adds to each outgoing record headers of the record that caused it."""
+    records applied (those another member marked meanwhile are left out), with their results,
+    and what the transaction kept in the outbox (and erased: the caller runs the database's
+    `after_erasure` once the confirmations are out). `extra_headers` adds to each outgoing
+    record headers of the record that caused it."""
     if (prepare_many := getattr(handler, "prepare_many", None)) is not None:
         prepare_many(envelopes)
     else:
@@ -69,10 +82,12 @@ def apply_records(
         else:
             results = [handler.handle(envelope, cursor) for envelope in todo]
         applied = list(zip(todo, results, strict=True))
-        store.add_outgoing(cursor, _outgoing(applied, extra_headers))
-    if any(result.outcome in ERASURE_OUTCOMES for _, result in applied):
-        store.database.after_erasure(getattr(handler, "personal_tables", ()))
-    return applied
+        outgoing = _outgoing(applied, extra_headers)
+        row_ids = store.add_outgoing(cursor, outgoing)
+    erased = any(result.outcome in ERASURE_OUTCOMES for _, result in applied)
+    return applied, Kept(
+        outgoing, row_ids, tuple(getattr(handler, "personal_tables", ())) if erased else ()
+    )
 
 
 def _outgoing(

@@ -10,8 +10,13 @@ One loop over a source (`lifecycle.kafka.source`: Kafka, or the in-process log).
    (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
 4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` and the records
    they want sent (confirmations) into the `outbox`: all commit together or not at all;
-5. publish the outbox and delete what the broker acknowledged;
-6. only then commit, once per partition, the offset after the batch's last record.
+5. publish the records step 4 kept, held in memory (`consumers.outbox`: the table is read only
+   at start, after a step 4 whose commit is in doubt, and every `outbox_check_interval_s`), and
+   delete their rows once the broker acknowledged them;
+6. only then commit, once per partition, the offset after the batch's last record, without
+   waiting for the broker's answer (`Source.commit`): the next poll starts at once. A commit
+   lost that way only brings records again, which the marks skip; then, after a batch that
+   erased personal rows, the store's `after_erasure` (off the confirmation's path).
 
 A crash anywhere repeats at most steps 2-6 for that batch: the marks turn repeats into skips,
 and the outbox left over is published on the next start with the same `ce_id`s.
@@ -43,6 +48,7 @@ from consumers.faults import (
     record_fault_code,
 )
 from consumers.handler import Handler
+from consumers.outbox import Outbox
 from consumers.stats import Stats
 from consumers.store import ConsumerStore
 from lifecycle import tracing
@@ -99,6 +105,7 @@ class Consumer:
         lag_interval_s: float = 1.0,
         mark_retention: timedelta = MARK_RETENTION,
         sweep_interval_s: float = 600.0,
+        outbox_check_interval_s: float = 30.0,
     ) -> None:
         self.name = name
         self.source = source
@@ -118,6 +125,9 @@ class Consumer:
         self._lag_at = 0.0
         self._lag_lock = threading.Lock()
         self._log = get_logger(__name__).bind(consumer=name)
+        self.outbox = Outbox(
+            store, publisher, self.stats, self._log, check_interval_s=outbox_check_interval_s
+        )
         self._wait = DependencyWait(self._log, "consumer")
         self._spans: tracing.RecordSpans | None = None  # the batch's, while tracing is on
 
@@ -156,6 +166,7 @@ class Consumer:
                 )
                 if batch:
                     self.process_batch(batch, stop)
+                self._check_outbox(stop)
                 self._refresh_lag()
                 self._sweep_marks()
         except Stopped:
@@ -193,11 +204,12 @@ class Consumer:
         self.stats.count(batch=True)
         if not done:
             return
-        self._until_done(self.flush_outbox, stop, "outbox", always=True)
+        self._until_done(self.outbox.publish_kept, stop, "outbox", always=True)
         for incoming in done:
             if self.hooks.before_offset_commit is not None:
                 self.hooks.before_offset_commit(incoming)
         self._commit(done)
+        self.outbox.after_erasure()
 
     def _handle_batch(
         self, batch: Sequence[Incoming], finished: set[int], stop: threading.Event
@@ -317,25 +329,29 @@ class Consumer:
         )
 
     def flush_outbox(self) -> None:
-        """Publish what committed transactions left to send, then delete it."""
-        while pending := self.store.pending_outgoing(limit=500):
-            for item in pending:
-                record = item.record
-                self.publisher.publish(item.topic, record.key, record.headers, record.value)
-            self.publisher.flush()
-            self.store.delete_outgoing([item.row_id for item in pending])
-            self.stats.count(published=len(pending))
-            self._log.info("consumer.outbox_published", records=len(pending))
+        """Publish every row the outbox table holds, then delete them."""
+        self.outbox.flush()
+
+    def _check_outbox(self, stop: threading.Event) -> None:
+        """Every `outbox_check_interval_s`, the outbox table read and published
+        (`consumers.outbox`)."""
+        if self.outbox.due:
+            self._until_done(self.outbox.flush, stop, "outbox", always=True)
 
     def _apply(self, envelopes: list[Envelope]) -> list[Envelope]:
         """Steps 3 and 4 (`consumers.batch.apply_records`), counted and logged."""
         spans = self._spans
-        applied = apply_records(
-            self.handler,
-            self.store,
-            envelopes,
-            None if spans is None else (lambda envelope: spans.headers_for(envelope.id)),
-        )
+        try:
+            applied, kept = apply_records(
+                self.handler,
+                self.store,
+                envelopes,
+                None if spans is None else (lambda envelope: spans.headers_for(envelope.id)),
+            )
+        except BaseException:
+            self.outbox.in_doubt()
+            raise
+        self.outbox.keep(kept)
         for _ in range(len(envelopes) - len(applied)):
             self.stats.count(duplicate=True)  # another member marked it since the dedupe check
         for envelope, result in applied:

@@ -171,7 +171,17 @@ class MailHandler(MemberDataHandler):
         withdrawal awaited (its mail sent in `prepare`) completes that erasure; any other
         address of a withdrawn account is refused."""
         rows = self._suppressions(cursor, [p.account_id for p in data])
-        self.contacts.save(cursor, [p for p in data if p.account_id not in rows])
+        # A row only the suppression lane wrote (no mail sent, not awaiting, not confirmed):
+        # this service has not handled the withdrawal yet, so the address is kept as if the
+        # row were not there, and that handling mails it and erases it (never refused: the
+        # profile is not sent again, and the withdrawal would await it for ever).
+        ahead = {
+            account
+            for account, (_, sent, awaiting, confirmed, _) in rows.items()
+            if sent is None and not awaiting and confirmed is None
+        }
+        kept = [p for p in data if p.account_id not in rows or p.account_id in ahead]
+        self.contacts.save(cursor, kept)
         completing: dict[UUID, int | None] = {}
         for profile in data:
             row = rows.get(profile.account_id)
@@ -185,7 +195,7 @@ class MailHandler(MemberDataHandler):
             erased[p.account_id]
             if p.account_id in erased
             else refused
-            if p.account_id in rows
+            if p.account_id in rows and p.account_id not in ahead
             else HandlerResult(outcome="contact_saved")
             for p in data
         ]

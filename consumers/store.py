@@ -130,11 +130,13 @@ class ConsumerStore:
         ).fetchall()
         return {row[0] for row in rows}
 
-    def add_outgoing(self, cursor: Cursor, outgoing: Sequence[Outgoing]) -> None:
+    def add_outgoing(self, cursor: Cursor, outgoing: Sequence[Outgoing]) -> list[int]:
+        """Keep `outgoing` in the outbox, in this transaction; the rows' ids, to delete them
+        once published (the caller holds the records: no read back)."""
         if not outgoing:
-            return
+            return []
         blob = self.database.blob_type
-        cursor.insert_rows(
+        rows = cursor.insert_rows(
             self.outbox_table,
             [("topic", "text"), ("record_key", blob), ("headers", "text"), ("record_value", blob)],
             [
@@ -146,7 +148,9 @@ class ConsumerStore:
                 )
                 for item in outgoing
             ],
-        )
+            suffix="RETURNING id",
+        ).fetchall()
+        return [int(row_id) for (row_id,) in rows]
 
     def pending_outgoing(self, limit: int = 100) -> list[PendingOutgoing]:
         with self.database.transaction(commit=False) as cursor:

@@ -1,31 +1,50 @@
-"""Steps 1 and 2 of the mail service's withdrawal (see `consumers.mail`), for a poll at once.
+"""Steps 1 and 2 of the mail service's withdrawal (see `consumers.mail`), and its fast lane.
 
 Every withdrawal of the poll is suppressed in one transaction before anything else of it is
 done, so a suppression waits for no other record; then the confirmation mails go out in one
 SMTP session and their sends are recorded in one transaction. The address comes from the
 stored contacts or from a profile record of the same poll (two topics keep no order between
 them); a profile record for a withdrawal that was awaiting its address mails it here too.
+
+`SuppressionLane` runs step 1 alone, ahead of all that, on a consumer group of its own
+(`schemas.contract.SUPPRESSION_GROUP`): a withdrawal is suppressed as soon as it is polled,
+not behind the kit's poll of mails, profiles and transactions. It only runs ahead: the kit's
+step 1 suppresses again (idempotent), so a lane that is down, behind or failing delays a
+suppression and never loses one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from datetime import datetime
+from functools import partial
+from typing import TypeVar
 from uuid import UUID
 
 from consumers.contacts import Contact, Contacts
+from consumers.faults import DependencyWait, RetryPolicy, infrastructure_fault
 from consumers.mailer import (
     InvalidRecipientError,
     Mailer,
     confirmation_message,
     message_id_for,
 )
+from lifecycle.kafka.source import Incoming, Source, next_offsets
 from lifecycle.logs import get_logger
 from lifecycle.pipeline_metrics import WITHDRAWAL_TO_SUPPRESSION, observe_since
-from lifecycle.storage import Database, lock_keys
-from schemas.contract import Envelope, ProfileV1, WithdrawalRequestedV1
+from lifecycle.storage import Cursor, Database, lock_keys
+from schemas.contract import (
+    ContractError,
+    Envelope,
+    ProfileV1,
+    WithdrawalRequestedV1,
+    decode_record,
+)
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class WithdrawalMail:
@@ -42,19 +61,10 @@ class WithdrawalMail:
         """Steps 1 and 2 for a batch: every withdrawal suppressed in one transaction before
         anything else, then the confirmation mails (one SMTP session), their sends recorded
         in one transaction; also the mail of a withdrawal that was awaiting a profile here."""
-        withdrawals: dict[UUID, str] = {}
-        profiles: dict[UUID, ProfileV1] = {}
-        for envelope in envelopes:
-            data = envelope.data
-            if isinstance(data, WithdrawalRequestedV1):
-                withdrawals.setdefault(data.account_id, envelope.id)
-            elif isinstance(data, ProfileV1):
-                profiles[data.account_id] = data
+        withdrawals = withdrawals_in(envelopes)
+        profiles = {e.data.account_id: e.data for e in envelopes if isinstance(e.data, ProfileV1)}
         sends: list[tuple[UUID, str, str, str]] = []
         suppressed = self._suppress(withdrawals)
-        for envelope in envelopes:
-            if isinstance(envelope.data, WithdrawalRequestedV1):
-                observe_since(WITHDRAWAL_TO_SUPPRESSION, envelope.data.requested_at)
         for account_id, (ce_id, stored) in suppressed.items():
             late = profiles.get(account_id)
             if stored is not None:
@@ -65,48 +75,74 @@ class WithdrawalMail:
         sends += [(a, ce_id, profiles[a].email, profiles[a].display_name) for a, ce_id in awaiting]
         self._send_confirmations(sends)
 
-    def _suppress(self, withdrawals: dict[UUID, str]) -> dict[UUID, tuple[str, Contact | None]]:
-        """One transaction: suppression rows, queued notices deleted. Returns, per account not
-        yet mailed, the withdrawal's `ce_id` and the stored address (None: unknown)."""
+    def suppress(self, withdrawals: dict[UUID, tuple[str, datetime]]) -> int:
+        """Step 1 alone (the lane's), in one transaction; how many were not suppressed yet."""
+        if not withdrawals:
+            return 0
+        with self.database.transaction() as cursor:
+            fresh = self._suppress_in(cursor, withdrawals)
+        self._suppressed(fresh, withdrawals)
+        return len(fresh)
+
+    def _suppress(
+        self, withdrawals: dict[UUID, tuple[str, datetime]]
+    ) -> dict[UUID, tuple[str, Contact | None]]:
+        """Step 1 and what step 2 needs, in one transaction. Returns, per account not yet
+        mailed, the withdrawal's `ce_id` and the stored address (None: unknown)."""
         if not withdrawals:
             return {}
         db = self.database
         where, params = db.any_of("account_id", [str(a) for a in withdrawals])
         with db.transaction() as cursor:
-            lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
-            cursor.insert_rows(
-                db.table("suppressions"),
-                (("account_id", "text"), ("withdrawal_ce_id", "text")),
-                [(str(a), ce_id) for a, ce_id in withdrawals.items()],
-                suffix="ON CONFLICT DO NOTHING",
-            )
-            queued = cursor.execute(
-                f"SELECT account_id, count(*) FROM {db.table('mail_outbox')} WHERE {where} "
-                "GROUP BY account_id",
-                params,
-            ).fetchall()
-            if queued:
-                cursor.execute(f"DELETE FROM {db.table('mail_outbox')} WHERE {where}", params)
-            for account, dropped in queued:
-                cursor.execute(
-                    f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s "
-                    "WHERE account_id = %s",
-                    (dropped, account),
-                )
+            fresh = self._suppress_in(cursor, withdrawals)
             unsent = cursor.execute(
                 f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "
                 f"WHERE {where} AND confirmation_sent_at IS NULL",
                 params,
             ).fetchall()
             known = self.contacts.of(cursor, list(withdrawals))
-        dropped_by = {UUID(account): int(count) for account, count in queued}
-        for account_id in withdrawals:
-            log.info(
-                "mail.suppressed",
-                account_id=str(account_id),
-                notices_dropped=dropped_by.get(account_id, 0),
-            )
+        self._suppressed(fresh, withdrawals)
         return {UUID(a): (ce_id, known.get(UUID(a))) for a, ce_id in unsent}
+
+    def _suppress_in(
+        self, cursor: Cursor, withdrawals: dict[UUID, tuple[str, datetime]]
+    ) -> dict[UUID, int]:
+        """Suppression rows, queued notices deleted (under the accounts' locks); per account
+        suppressed by this call (not before), the notices it dropped."""
+        db = self.database
+        where, params = db.any_of("account_id", [str(a) for a in withdrawals])
+        lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
+        inserted = cursor.insert_rows(
+            db.table("suppressions"),
+            (("account_id", "text"), ("withdrawal_ce_id", "text")),
+            [(str(a), ce_id) for a, (ce_id, _) in withdrawals.items()],
+            suffix="ON CONFLICT DO NOTHING RETURNING account_id",
+        ).fetchall()
+        fresh = {UUID(account): 0 for (account,) in inserted}
+        queued = cursor.execute(
+            f"SELECT account_id, count(*) FROM {db.table('mail_outbox')} WHERE {where} "
+            "GROUP BY account_id",
+            params,
+        ).fetchall()
+        if queued:
+            cursor.execute(f"DELETE FROM {db.table('mail_outbox')} WHERE {where}", params)
+        for account, dropped in queued:
+            cursor.execute(
+                f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s "
+                "WHERE account_id = %s",
+                (dropped, account),
+            )
+            if UUID(account) in fresh:
+                fresh[UUID(account)] = int(dropped)
+        return fresh
+
+    def _suppressed(
+        self, fresh: dict[UUID, int], withdrawals: dict[UUID, tuple[str, datetime]]
+    ) -> None:
+        """After the commit: each new suppression logged and timed, once (lane or kit)."""
+        for account_id, dropped in fresh.items():
+            observe_since(WITHDRAWAL_TO_SUPPRESSION, withdrawals[account_id][1])
+            log.info("mail.suppressed", account_id=str(account_id), notices_dropped=dropped)
 
     def _awaiting(self, account_ids: list[UUID]) -> list[tuple[UUID, str]]:
         """Of these accounts, those withdrawn before their address arrived, still unmailed."""
@@ -160,3 +196,108 @@ class WithdrawalMail:
             )
         for account_id, *_ in sends:
             self._sent_unrecorded.pop(account_id, None)
+
+
+def withdrawals_in(envelopes: Sequence[Envelope]) -> dict[UUID, tuple[str, datetime]]:
+    """Per account withdrawn in `envelopes`: its first withdrawal's `ce_id` and request time."""
+    found: dict[UUID, tuple[str, datetime]] = {}
+    for envelope in envelopes:
+        data = envelope.data
+        if isinstance(data, WithdrawalRequestedV1):
+            found.setdefault(data.account_id, (envelope.id, data.requested_at))
+    return found
+
+
+WITHDRAWAL_TYPE = WithdrawalRequestedV1.ce_type().encode()
+
+
+class SuppressionLane:
+    """Step 1 on its own consumer group over the lifecycle topic (see the module docstring).
+
+    Per poll: the withdrawals decoded (other records are not even decoded: their `ce_type`
+    header says what they are), suppressed in one transaction, then the offsets committed
+    (at least once: never before the suppression committed). A dependency that is down is
+    waited out with backoff; any other failure is logged and the poll passed over, since the
+    kit suppresses the same withdrawals in its own step 1 (and dead-letters a record that
+    breaks the contract)."""
+
+    def __init__(
+        self,
+        mail: WithdrawalMail,
+        source: Source,
+        *,
+        retry: RetryPolicy | None = None,
+        poll_timeout_s: float = 0.5,
+    ) -> None:
+        self.mail = mail
+        self.source = source
+        self.retry = retry or RetryPolicy()
+        self.poll_timeout_s = poll_timeout_s
+        self._log = log.bind(consumer="mail-suppression")
+        self._wait = DependencyWait(self._log, "mail_suppression")
+
+    @property
+    def waiting_for(self) -> str | None:
+        return self._wait.waiting_for
+
+    def run(self, stop: threading.Event) -> None:
+        self._log.info("mail_suppression.started")
+        try:
+            while not stop.is_set():
+                batch = self._attempt(lambda: self.source.poll(self.poll_timeout_s), stop, "poll")
+                if not batch:
+                    continue
+                done = self._attempt(
+                    partial(self.mail.suppress, self._withdrawals(batch)), stop, "suppress"
+                )
+                if done is not None or not stop.is_set():  # or passed over to the kit (logged)
+                    self._commit(batch)
+        finally:
+            try:
+                self.source.close()
+            finally:
+                self._log.info("mail_suppression.stopped")
+
+    def _withdrawals(self, batch: Sequence[Incoming]) -> dict[UUID, tuple[str, datetime]]:
+        envelopes: list[Envelope] = []
+        for incoming in batch:
+            if ("ce_type", WITHDRAWAL_TYPE) not in incoming.headers:
+                continue
+            try:
+                envelopes.append(decode_record(incoming.headers, incoming.value, incoming.topic))
+            except ContractError:
+                continue  # the kit dead-letters it
+        return withdrawals_in(envelopes)
+
+    def _attempt(self, work: Callable[[], T], stop: threading.Event, step: str) -> T | None:
+        """`work()`, repeated with backoff while a dependency is down; None when `stop` was
+        set meanwhile or it failed otherwise (logged)."""
+        delays = self.retry.backoff.delays()
+        while not stop.is_set():
+            try:
+                result = work()
+            except Exception as error:
+                dependency = infrastructure_fault(error) or ("broker" if step == "poll" else None)
+                if dependency is None:
+                    self._log.warning(
+                        "mail_suppression.failed", step=step, error=type(error).__name__
+                    )
+                    return None
+                self._wait.waiting(
+                    dependency,
+                    "mail_suppression.waiting",
+                    step=step,
+                    error=type(error).__name__,
+                    retry_in_s=delays.next_s,
+                )
+                delays.wait(stop)
+                continue
+            self._wait.recovered()
+            return result
+        return None
+
+    def _commit(self, batch: Sequence[Incoming]) -> None:
+        try:
+            self.source.commit(next_offsets(batch))
+        except Exception as error:  # the records come again: suppressing twice is harmless
+            self._log.warning("mail_suppression.commit_failed", error=type(error).__name__)

@@ -22,6 +22,7 @@ from consumers.kit import MARK_RETENTION, Consumer, Hooks
 from consumers.mailer import DiscardingMailer, Mailer, SmtpMailer
 from consumers.migrations import kit_component, service_components
 from consumers.store import ConsumerStore, open_database
+from consumers.withdrawal_mail import SuppressionLane
 from lifecycle.application import Accounts
 from lifecycle.audit.receipt import Receipts
 from lifecycle.crypto import decode_master_key
@@ -42,7 +43,7 @@ from lifecycle.services.erasure_evidence import Broker, ErasureEvidence
 from lifecycle.settings import Settings
 from lifecycle.storage import Database, schema_setup_turn
 from projections.migrations import READ_MODEL_MIGRATIONS
-from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, TopicNames
+from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, SUPPRESSION_GROUP, TopicNames
 from schemas.data_export import EXPORT_GROUP
 
 # The erasure consumer keeps its marks in the lifecycle database, beside the event store.
@@ -398,15 +399,28 @@ KAFKA_LAG_INTERVAL_S = 5.0
 
 @dataclass
 class ConsumerRun:
-    """A built consumer and what to close after its run."""
+    """A built consumer, the lanes that run beside it on threads of their own (the mail
+    service's suppression lane), and what to close after its run."""
 
     consumer: Consumer
     closers: list[Callable[[], None]] = field(default_factory=list)
+    lanes: list[SuppressionLane] = field(default_factory=list)
 
     def run(self, stop: threading.Event) -> None:
+        """The consumer in this thread, each lane in its own; the lanes stop with it."""
+        lanes_stop = threading.Event()
+        threads = [
+            threading.Thread(target=lane.run, args=(lanes_stop,), name="mail-suppression")
+            for lane in self.lanes
+        ]
+        for thread in threads:
+            thread.start()
         try:
             self.consumer.run(stop)
         finally:
+            lanes_stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
             self.close()
 
     def close(self) -> None:
@@ -462,10 +476,25 @@ def kafka_consumer(
             hooks=hooks,
             lag_interval_s=KAFKA_LAG_INTERVAL_S,
         )
+        lanes: list[SuppressionLane] = []
+        if isinstance(consumer.handler, mail.MailHandler):
+            lanes.append(
+                SuppressionLane(
+                    consumer.handler.withdrawal_mail,
+                    KafkaSource(
+                        bootstrap,
+                        [topics.lifecycle],
+                        topics.group_id(SUPPRESSION_GROUP),
+                        group_instance_id=settings.instance_id,
+                        security=security,
+                    ),
+                    retry=retry,
+                )
+            )
     except BaseException:
         _close_all(closers)
         raise
-    return ConsumerRun(consumer, closers)
+    return ConsumerRun(consumer, closers, lanes)
 
 
 def kafka_erasure_consumer(

@@ -49,6 +49,9 @@ ERASING_SERVICES: tuple[str, ...] = ("scout", "chat", "mail")
 EXPORTING_SERVICES: tuple[str, ...] = ERASING_SERVICES
 # The lifecycle service's own group, which turns their confirmations into `Purged`.
 ERASURE_GROUP = "lifecycle-erasure"
+# The mail service's second group, its suppression fast lane over the lifecycle topic
+# (consumers.withdrawal_mail.SuppressionLane): no outputs, no dead letters of its own.
+SUPPRESSION_GROUP = "mail-suppression"
 # Consumer groups are named after the consuming service; the lifecycle service has two (its
 # export group takes the parts in: schemas.data_export.EXPORT_GROUP).
 CONSUMER_GROUPS: tuple[str, ...] = (*ERASING_SERVICES, ERASURE_GROUP, EXPORT_GROUP)

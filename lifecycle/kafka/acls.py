@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from lifecycle.kafka.security import KafkaSecurity, client_config
-from schemas.contract import ERASING_SERVICES, ERASURE_GROUP, EXPORTING_SERVICES, TopicNames
+from schemas.contract import (
+    ERASING_SERVICES,
+    ERASURE_GROUP,
+    EXPORTING_SERVICES,
+    SUPPRESSION_GROUP,
+    TopicNames,
+)
 from schemas.data_export import EXPORT_GROUP
 
 SERVICE = "lifecycle"
@@ -82,6 +88,9 @@ def acl_plan(topics: TopicNames, principals: Mapping[str, str] | None = None) ->
         allow(principal, "group", topics.group_id(service), "read")
         allow(principal, "topic", topics.erasure_confirmed(service), "write")
         allow(principal, "topic", topics.dlq(service), "write")
+    # The mail service's suppression lane: the lifecycle topic (read above) in a group of its own.
+    allow(f"User:{names['mail']}", "group", topics.group_id(SUPPRESSION_GROUP), "read")
+    allow(me, "group", topics.group_id(SUPPRESSION_GROUP), "describe")
     # Each exporting service (its inputs above include the request topic): its own parts only.
     for service in EXPORTING_SERVICES:
         allow(f"User:{names[service]}", "topic", topics.export_part(service), "write")

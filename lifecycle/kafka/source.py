@@ -1,7 +1,9 @@
 """Where a consumer's records come from: a Kafka group member, or the in-process log.
 
 Both hand out batches of `Incoming` records and take commits as the next offset to read per
-partition (the highest offset handled + 1), so a consumer commits once per batch.
+partition (the highest offset handled + 1), so a consumer commits once per batch. A commit
+does not wait for the broker: the next poll starts at once, and `close()` stores the last
+commit not yet confirmed before it leaves.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Source(Protocol):
     def poll(self, timeout_s: float) -> list[Incoming]: ...
 
     def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
-        """Store, per partition, the next offset to read (everything before it is done)."""
+        """Store, per partition, the next offset to read (everything before it is done),
+        possibly after returning: a commit lost on the way only brings records again."""
         ...
 
     def lag(self) -> dict[TopicPartitionKey, int]: ...
@@ -114,6 +117,14 @@ class KafkaSource:
         if group_instance_id:
             config["group_instance_id"] = group_instance_id
         self._consumer = KafkaConsumer(**config)
+        # Offsets sent with `commit_async` and not yet confirmed, per partition: `close()`
+        # stores them synchronously. Callbacks run in the polling thread; the lock is cheap.
+        self._unconfirmed: dict[Any, Any] = {}
+        self._unconfirmed_lock = threading.Lock()
+        self._commit_failed = False  # sent again before the next poll
+        # The group's committed offset per partition held, as the broker confirmed it (our
+        # commits) or told it once (`lag`): lag needs no round trip per partition.
+        self._confirmed: dict[Any, int] = {}
         self._await_metadata(topics)
         self._consumer.subscribe(list(topics))
 
@@ -131,6 +142,8 @@ class KafkaSource:
             pause.wait(0.1)
 
     def poll(self, timeout_s: float) -> list[Incoming]:
+        if self._commit_failed:
+            self._commit_again()
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         return [
             Incoming(
@@ -146,37 +159,102 @@ class KafkaSource:
         ]
 
     def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """Sent without waiting for the broker's answer (a synchronous commit cost a round trip
+        to the group coordinator before every next poll). Commits go out in order on one
+        connection; one that fails is logged and sent again before the next poll (an idle
+        member would otherwise keep its committed offsets behind), and `close()` waits for
+        what is still unconfirmed."""
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
-        if offsets:
-            self._consumer.commit(
-                {
-                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                    for (topic, partition), offset in offsets.items()
-                }
+        if not offsets:
+            return
+        wanted = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in offsets.items()
+        }
+        with self._unconfirmed_lock:
+            self._unconfirmed.update(wanted)
+        self._consumer.commit_async(wanted, callback=self._committed)
+
+    def _commit_again(self) -> None:
+        """The offsets of a failed commit (and any later ones unconfirmed), sent again, for the
+        partitions still held."""
+        self._commit_failed = False
+        held = self._consumer.assignment()
+        with self._unconfirmed_lock:
+            pending = {tp: offset for tp, offset in self._unconfirmed.items() if tp in held}
+            self._unconfirmed = dict(pending)
+        if pending:
+            self._consumer.commit_async(pending, callback=self._committed)
+
+    def _committed(self, offsets: Mapping[Any, Any], response: object) -> None:
+        if isinstance(response, BaseException):
+            self._commit_failed = True
+            log.warning(
+                "kafka.commit_failed",
+                group=self.group_id,
+                error=type(response).__name__,
+                partitions=len(offsets),
             )
+            return
+        with self._unconfirmed_lock:
+            for partition, offset in offsets.items():
+                if self._unconfirmed.get(partition) == offset:
+                    del self._unconfirmed[partition]
+                self._confirmed[partition] = max(self._confirmed.get(partition, 0), offset.offset)
 
     def assigned(self) -> set[TopicPartitionKey]:
         """The partitions this member holds now (shared with the group's other members)."""
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def lag(self) -> dict[TopicPartitionKey, int]:
-        """Per assigned partition: end offset minus the group's committed position."""
+        """Per assigned partition: end offset minus the group's committed position.
+
+        Asked between two polls, so it asks the broker as little as it can: the end is the
+        high watermark of the last fetch, the committed offset the one our commits had
+        confirmed; only a partition new to this member costs a request (its committed offset,
+        once; where the group has none, its beginning, and its end before the first fetch)."""
         partitions = list(self._consumer.assignment())
         if not partitions:
             return {}
-        ends = self._consumer.end_offsets(partitions)
-        beginnings = self._consumer.beginning_offsets(partitions)
-        lag: dict[TopicPartitionKey, int] = {}
+        with self._unconfirmed_lock:
+            known = {tp: self._confirmed[tp] for tp in partitions if tp in self._confirmed}
+            self._confirmed = dict(known)  # partitions given up are asked again if they return
         for tp in partitions:
-            committed = self._consumer.committed(tp)
-            position = beginnings[tp] if committed is None else committed
-            lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
-        return lag
+            if tp not in known:
+                committed = self._consumer.committed(tp)
+                if committed is not None:
+                    known[tp] = committed
+                    with self._unconfirmed_lock:
+                        self._confirmed.setdefault(tp, committed)
+        ends = {tp: self._consumer.highwater(tp) for tp in partitions}
+        unfetched = [tp for tp, end in ends.items() if end is None]
+        if unfetched:
+            ends.update(self._consumer.end_offsets(unfetched))
+        uncommitted = [tp for tp in partitions if tp not in known]
+        if uncommitted:
+            known.update(self._consumer.beginning_offsets(uncommitted))
+        return {(tp.topic, tp.partition): max(0, ends[tp] - known[tp]) for tp in partitions}
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        """Store the offsets committed but not yet confirmed (bounded by the consumer's request
+        timeout), then leave."""
+        with self._unconfirmed_lock:
+            pending, self._unconfirmed = dict(self._unconfirmed), {}
+        try:
+            # Only partitions still ours: a member's commit is not checked against what it
+            # holds, and an old offset there would bring another member's records again.
+            held = self._consumer.assignment()
+            pending = {tp: offset for tp, offset in pending.items() if tp in held}
+            if pending:
+                self._consumer.commit(pending)
+        except Exception as error:  # the records come again after a restart, as skips
+            log.warning(
+                "kafka.commit_failed", group=self.group_id, error=type(error).__name__, at="close"
+            )
+        finally:
+            self._consumer.close(autocommit=False)
 
 
 class InProcessSource:

@@ -404,6 +404,70 @@ def test_a_consumer_killed_between_its_effect_and_the_offset_commit_does_not_rep
     assert received.message["Message-ID"] == message_id_for(lifecycle_event_id(member, 4))
 
 
+def committed(bootstrap: str, group: str) -> dict[str, int]:
+    """Per topic, the sum of the group's committed offsets over its partitions."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-offsets")
+    try:
+        offsets = admin.list_group_offsets([group]).get(group) or {}
+    finally:
+        admin.close()
+    totals: dict[str, int] = {}
+    for partition, meta in offsets.items():
+        totals[partition.topic] = totals.get(partition.topic, 0) + max(0, meta.offset)
+    return totals
+
+
+def test_mail_suppresses_in_a_group_of_its_own_and_both_groups_commit_without_blocking(
+    kafka_settings: Settings, topics: TopicNames, running: list[Running], smtp: SmtpSink
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    member = uuid.uuid4()
+    produce(bootstrap, [profile(topics, member, 1, f"lane.{member.hex[:6]}@example.jp", "Lane")])
+    service = start(
+        running, "mail", kafka_settings, topics, mailer=SmtpMailer(smtp.host, smtp.port)
+    )
+    assert len(service.runnable.lanes) == 1
+    database = store(kafka_settings, "mail")
+    try:
+        wait_until(lambda: mail.contact_known(database, member))
+        produce(bootstrap, [withdrawal(topics, member, 2)])
+        wait_until(lambda: len(confirmations(bootstrap, topics)) == 1)
+        assert mail.held_rows(database, member) == 0
+    finally:
+        database.close()
+    # Each group's commits (sent without waiting for the broker's answer) reach the broker
+    # while the members run; the lane's group reads the lifecycle topic only.
+    lane_group, mail_group = f"{topics.prefix}mail-suppression", f"{topics.prefix}mail"
+    wait_until(lambda: committed(bootstrap, lane_group) == {topics.lifecycle: 1}, "lane's commit")
+    wait_until(
+        lambda: committed(bootstrap, mail_group) == {topics.lifecycle: 1, topics.profile: 1},
+        "the kit's commits",
+    )
+    service.stop()
+    assert committed(bootstrap, mail_group) == {topics.lifecycle: 1, topics.profile: 1}
+
+
+def test_closing_a_source_stores_the_last_commit_sent_without_waiting(
+    kafka_settings: Settings, topics: TopicNames
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap
+    assert bootstrap is not None
+    member = uuid.uuid4()
+    produce(bootstrap, [scout_received(topics, member, v, f"s{v}") for v in (1, 2, 3)])
+    group = f"{topics.prefix}closing"
+    source = KafkaSource(bootstrap, [topics.lifecycle], group, client_id=group)
+    try:
+        records: list[Incoming] = []
+        wait_until(lambda: bool(records.extend(source.poll(0.2)) or len(records) == 3))
+        source.commit({(r.topic, r.partition): r.offset + 1 for r in records})
+    finally:
+        source.close()  # at once: the commit's answer may not have come yet
+    assert committed(bootstrap, group) == {topics.lifecycle: 3}
+
+
 # The envelope as other tools see it
 
 

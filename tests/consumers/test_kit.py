@@ -18,7 +18,7 @@ from consumers.handler import Handler, HandlerResult, PoisonRecord
 from consumers.kit import Consumer, Hooks
 from consumers.member_data import erasure_confirmation
 from consumers.migrations import kit_component
-from consumers.store import ConsumerStore, Outgoing
+from consumers.store import ConsumerStore, Outgoing, PendingOutgoing
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.source import InProcessSource
 from lifecycle.migrator import migrate
@@ -88,11 +88,14 @@ def make_consumer(
     database: Database,
     handler: Handler,
     hooks: Hooks | None = None,
+    *,
+    store: ConsumerStore | None = None,
+    outbox_check_interval_s: float = 30.0,
 ) -> Consumer:
     return Consumer(
         "scout",
         InProcessSource(log, [TOPICS.lifecycle]),
-        ConsumerStore(database),
+        store or ConsumerStore(database),
         handler,
         log,
         dlq_topic=TOPICS.dlq("scout"),
@@ -100,6 +103,7 @@ def make_consumer(
         hooks=hooks,
         poll_timeout_s=0.05,
         lag_interval_s=0.0,
+        outbox_check_interval_s=outbox_check_interval_s,
     )
 
 
@@ -225,6 +229,49 @@ def test_a_crash_after_commit_leaves_the_confirmation_in_the_outbox_for_the_next
     [confirmation] = confirmations(log)
     assert isinstance(confirmation.data, ErasureConfirmedV2)
     assert confirmation.data.rows_removed == 1
+
+
+class CountingStore(ConsumerStore):
+    """Counts the reads of the outbox table."""
+
+    reads = 0
+
+    def pending_outgoing(self, limit: int = 100) -> list[PendingOutgoing]:
+        self.reads += 1
+        return super().pending_outgoing(limit)
+
+
+def test_the_outbox_table_is_read_at_start_not_after_each_batch(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    store = CountingStore(database)
+    consumer = make_consumer(log, database, RecordingHandler(database), store=store)
+    running.append(Running(consumer))
+    account = uuid.uuid4()
+    for version in range(1, 6):  # five batches, each published before the next is sent
+        put(log, TOPICS.lifecycle, scout_record(account, version, f"s{version}"))
+        wait_until(lambda n=version: len(confirmations(log)) == n, "published")
+    # Read once, at start (until it is empty); each batch's rows were published from memory
+    # and deleted.
+    assert store.reads == 1
+    assert ConsumerStore(database).pending_outgoing() == []
+
+
+def test_rows_another_member_left_in_the_outbox_are_published_within_the_check_interval(
+    log: InProcessPublisher, database: Database, running: list[Running]
+) -> None:
+    running.append(
+        Running(
+            make_consumer(log, database, RecordingHandler(database), outbox_check_interval_s=0.1)
+        )
+    )
+    account = uuid.uuid4()
+    confirmation = erasure_confirmation(TOPICS, account, "scout", 1)
+    store = ConsumerStore(database)
+    with store.transaction() as cursor:  # a member that died after its commit
+        store.add_outgoing(cursor, [confirmation])
+    wait_until(lambda: len(confirmations(log)) == 1, "the orphan published, no record needed")
+    wait_until(lambda: store.pending_outgoing() == [], "and deleted")
 
 
 def test_lag_is_end_offset_minus_committed_position(

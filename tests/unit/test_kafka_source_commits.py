@@ -1,0 +1,92 @@
+"""KafkaSource's commits (lifecycle.kafka.source): sent without waiting for the broker, a failed
+one sent again before the next poll, the unconfirmed ones stored at close; over a stand-in for
+kafka-python's consumer (the broker's side is in tests/consumers/test_kafka_consumers.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.errors import CoordinatorLoadInProgressError
+from kafka.structs import OffsetAndMetadata
+
+from lifecycle.kafka.source import KafkaSource
+
+TP = TopicPartition("account.lifecycle.v1", 0)
+OTHER = TopicPartition("account.lifecycle.v1", 1)
+
+
+class StandIn:
+    """Answers each async commit with the next of `answers` (an exception: it failed), at the
+    next poll, as kafka-python runs commit callbacks in the polling thread."""
+
+    def __init__(self, answers: list[BaseException | None]) -> None:
+        self.answers = answers
+        self.sent: list[dict[Any, Any]] = []
+        self.synced: list[dict[Any, Any]] = []
+        self.pending: list[Callable[[], None]] = []
+        self.held = {TP, OTHER}
+
+    def commit_async(self, offsets: dict[Any, Any], callback: Callable[..., None]) -> None:
+        self.sent.append(dict(offsets))
+        answer = self.answers.pop(0) if self.answers else None
+        self.pending.append(lambda: callback(offsets, answer or object()))
+
+    def poll(self, timeout_ms: int) -> dict[Any, Any]:
+        pending, self.pending = self.pending, []
+        for answer in pending:
+            answer()
+        return {}
+
+    def commit(self, offsets: dict[Any, Any]) -> None:
+        self.synced.append(dict(offsets))
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.held)
+
+    def close(self, autocommit: bool) -> None:
+        assert autocommit is False
+
+
+def source_over(consumer: StandIn) -> KafkaSource:
+    source = KafkaSource.__new__(KafkaSource)  # no broker: only the commit bookkeeping
+    source.__dict__.update(
+        _consumer=consumer,
+        group_id="mail",
+        _unconfirmed={},
+        _confirmed={},
+        _commit_failed=False,
+        _unconfirmed_lock=threading.Lock(),
+    )
+    return source
+
+
+def at(offset: int) -> OffsetAndMetadata:
+    return OffsetAndMetadata(offset, "", -1)
+
+
+def test_a_failed_commit_is_sent_again_before_the_next_poll_until_confirmed() -> None:
+    consumer = StandIn([CoordinatorLoadInProgressError(), CoordinatorLoadInProgressError()])
+    source = source_over(consumer)
+    source.commit({(TP.topic, 0): 5})
+    assert consumer.sent == [{TP: at(5)}]  # sent at once, nothing waited for
+    source.poll(0.1)  # its failure arrives
+    source.poll(0.1)  # sent again first; fails again
+    source.poll(0.1)  # and again: confirmed now
+    source.poll(0.1)
+    assert consumer.sent == [{TP: at(5)}] * 3
+    source.close()
+    assert consumer.synced == []  # nothing left unconfirmed
+
+
+def test_close_stores_what_is_unconfirmed_for_the_partitions_still_held() -> None:
+    consumer = StandIn([])
+    source = source_over(consumer)
+    source.commit({(TP.topic, 0): 5, (OTHER.topic, 1): 7})
+    source.poll(0.1)  # both confirmed
+    source.commit({(TP.topic, 0): 9, (OTHER.topic, 1): 11})  # answers not in yet
+    consumer.held = {TP}  # the other partition went to another member meanwhile
+    source.close()
+    assert consumer.synced == [{TP: at(9)}]
