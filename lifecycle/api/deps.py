@@ -37,6 +37,7 @@ from lifecycle.services.erasure_evidence import ErasureEvidence
 from lifecycle.services.erasures import Erasures
 from lifecycle.services.exports import ExportOps
 from lifecycle.services.read_models import ReadModels
+from lifecycle.services.withdrawals import Withdrawals
 from lifecycle.settings import Settings
 from projections.base import ReadModel
 from projections.erasure import ErasureStatusView
@@ -210,6 +211,14 @@ def get_export_ops(state: StateDep) -> ExportOps:
 
 
 ExportOpsDep = Annotated[ExportOps, Depends(get_export_ops)]
+
+
+async def get_withdrawals(state: StateDep) -> Withdrawals:
+    """Built per request: two attribute stores, no I/O, so on the event loop."""
+    return Withdrawals(state.accounts, state.exports)
+
+
+WithdrawalsDep = Annotated[Withdrawals, Depends(get_withdrawals)]
 AuditReadsDep = Annotated[AuditReads, Depends(get_audit_reads)]
 ReadModelsDep = Annotated[ReadModels, Depends(get_read_models)]
 

@@ -286,6 +286,11 @@ class DataExports:
 
     def _latest(self, account_id: UUID) -> tuple[DataExport | None, int]:
         """The account's newest export (settled) and its sequence number (0: none yet)."""
+        latest, sequence = self._newest(account_id)
+        return (self._settled(latest) if latest else None), sequence
+
+    def _newest(self, account_id: UUID) -> tuple[DataExport | None, int]:
+        """As `_latest`, the export as stored: `cancel_all` counts what it ends itself."""
         sequence, latest = self._count(account_id), None
         sequence = max(sequence - 1, 0)
         while True:
@@ -296,10 +301,10 @@ class DataExports:
             latest, sequence = found, sequence + 1
         if latest is None and sequence > 0:
             latest = self.load(export_id_of(account_id, sequence))
-        return (self._settled(latest) if latest else None), sequence
+        return latest, sequence
 
     def _exports_of(self, account_id: UUID) -> list[DataExport]:
-        _, sequence = self._latest(account_id)
+        _, sequence = self._newest(account_id)
         return [self.load(export_id_of(account_id, n)) for n in range(1, sequence + 1)]
 
     def _count(self, account_id: UUID) -> int:

@@ -3,6 +3,7 @@ with its rules and its record of who did what. The HTTP routes (`lifecycle.api`)
 (`lifecycle.cli`) are adapters over them: they parse, authorise by role, call one service and
 map its answer or its `LifecycleError`; a second entrypoint gets the same rules for free.
 
+- `withdrawals`: a member's withdrawal, and the cancel of their live data exports it entails;
 - `actions`: who acts (`Actor`), and the tables that record what ops and auditors did;
 - `dead_letters`: list, re-drive (and its refusals) and discard dead letters;
 - `erasures`: ops' view of erasures, and the retry of one service's erasure;
@@ -15,8 +16,8 @@ map its answer or its `LifecycleError`; a second entrypoint gets the same rules 
 - `erasure_evidence`: re-shred after a restore, receipts found and checked, erasure proofs;
 - `pipeline`: what the database says about the pipeline, for `/metrics` and `/readyz`.
 
-Member commands go to the application (`lifecycle.application.Accounts`) directly; data exports
-have their service in `lifecycle.data_export.service`.
+The other member commands go to the application (`lifecycle.application.Accounts`) directly;
+data exports have their service in `lifecycle.data_export.service`.
 
 Services do no I/O when built; build them per call when they need a request's Kafka client.
 """

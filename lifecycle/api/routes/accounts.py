@@ -19,7 +19,13 @@ from lifecycle.account_terms import GIFT_AMOUNT_JPY, GIFT_KIND, WITHDRAWAL_REASO
 from lifecycle.api.account_view import AccountOut
 from lifecycle.api.auth import require_role
 from lifecycle.api.data_export_view import export_path
-from lifecycle.api.deps import AccountId, AccountsDep, DataExportsDep, ErasureStatusDep
+from lifecycle.api.deps import (
+    AccountId,
+    AccountsDep,
+    DataExportsDep,
+    ErasureStatusDep,
+    WithdrawalsDep,
+)
 from lifecycle.api.idempotency import TAKES_IDEMPOTENCY_KEY
 from lifecycle.api.models import (
     AccountCreated,
@@ -177,18 +183,16 @@ def withdrawal_preview(
 def request_withdrawal(
     account_id: AccountId,
     body: WithdrawalRequest,
-    accounts: AccountsDep,
-    exports: DataExportsDep,
+    withdrawals: WithdrawalsDep,
     response: Response,
 ) -> WithdrawalAccepted:
-    accounts.request_withdrawal(
+    withdrawals.request(
         account_id,
         reason=body.reason.value,
         reason_details=list(body.reason_details),
         comment=body.comment,
         acknowledge_gift_loss=body.acknowledge_gift_loss,
     )
-    exports.cancel_all(account_id)  # the store's trigger already destroyed their keys
     erasure = f"{account_path(account_id)}/erasure"
     response.headers["Location"] = erasure
     return WithdrawalAccepted(erasure=erasure)
