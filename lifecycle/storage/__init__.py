@@ -30,6 +30,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from psycopg_pool import ConnectionPool
 
+from lifecycle.storage.cleanup import ErasureCleanup
 from lifecycle.storage.dialects import (
     PostgresDialect,
     SqlDialect,
@@ -97,6 +98,7 @@ class Database:
     ) -> None:
         self.datastore = datastore
         self.dialect: SqlDialect = dialect_of(datastore)
+        self.cleanup = ErasureCleanup(lambda tables: self.dialect.after_erasure(self, tables))
         if isinstance(datastore, PostgresDatastore):
             harden_pool(datastore.pool)
             self.schema: str | None = datastore.schema
@@ -151,6 +153,7 @@ class Database:
         return cls(datastore, application_name=application_name)
 
     def close(self) -> None:
+        self.cleanup.close()
         self.datastore.close()
 
     @contextmanager
@@ -171,8 +174,9 @@ class Database:
 
     def after_erasure(self, tables: Iterable[str] = ()) -> None:
         """Leave no copy of deleted rows where the engine lets us reach it: SQLite truncates
-        its write-ahead log, PostgreSQL vacuums the named tables (see the dialects)."""
-        self.dialect.after_erasure(self, list(tables))
+        its write-ahead log, PostgreSQL vacuums the named tables (see the dialects); what the
+        engine cannot do yet is owed and retried (`storage.cleanup`)."""
+        self.cleanup.after_erasure(tables)
 
     def id_param(self, account_id: UUID) -> UUID | str:
         """Originator ids as each recorder stores them (SQLite keeps hex text)."""

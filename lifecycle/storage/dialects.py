@@ -145,9 +145,10 @@ class SqlDialect:
         """The driver's own tuples as rows from the next execute on, where the library asks
         for others (its PostgreSQL cursors make a dict of each row)."""
 
-    def after_erasure(self, database: Any, tables: Sequence[str]) -> None:
+    def after_erasure(self, database: Any, tables: Sequence[str]) -> bool:
         """Leave no copy of deleted rows where the engine lets us reach it (`database`: the
-        `storage.Database` this dialect is of)."""
+        `storage.Database` this dialect is of); False when it could not yet (owed, retried:
+        `storage.cleanup`)."""
         raise NotImplementedError
 
 
@@ -260,13 +261,16 @@ class PostgresDialect(SqlDialect):
     def plain_rows(self, raw: Any) -> None:
         raw.row_factory = tuple_row
 
-    def after_erasure(self, database: Any, tables: Sequence[str]) -> None:
-        """VACUUM the named tables (at most once a second per process), so their dead tuples
-        leave the visibility of every reader and their space is reused; what stays in WAL
-        segments, archives and backups is bounded by key destruction (see the README)."""
+    def after_erasure(self, database: Any, tables: Sequence[str]) -> bool:
+        """VACUUM the named tables (at most once a second per process: sooner is owed), so
+        their dead tuples leave the visibility of every reader and their space is reused; what
+        stays in WAL segments, archives and backups is bounded by key destruction (see the
+        README)."""
         now = time.monotonic()
-        if not tables or now - self._vacuumed_at < VACUUM_INTERVAL_S:
-            return
+        if not tables:
+            return True
+        if now - self._vacuumed_at < VACUUM_INTERVAL_S:
+            return False
         self._vacuumed_at = now
         assert isinstance(database.datastore, PostgresDatastore)
         with database.datastore.get_connection() as conn:
@@ -277,6 +281,7 @@ class PostgresDialect(SqlDialect):
                     conn.execute(f"VACUUM {database.table(name)}")
             finally:
                 conn.autocommit = autocommit
+        return True
 
 
 class SqliteDialect(SqlDialect):
@@ -360,23 +365,20 @@ class SqliteDialect(SqlDialect):
         for text in recorder.create_table_statements:
             cursor.execute(text)
 
-    def after_erasure(self, database: Any, tables: Sequence[str]) -> None:
+    def after_erasure(self, database: Any, tables: Sequence[str]) -> bool:
         """With `secure_delete` deleted content is zeroed in the pages: checkpoint the
         write-ahead log into the database and truncate it to nothing, so no older page image
         with the deleted row survives in the WAL file."""
         # TRUNCATE holds the writer lock while it waits for readers to leave the WAL, so it
-        # waits briefly (writers are blocked meanwhile), a few times; busy means a reader
-        # stayed: the next erasure's checkpoint takes what this one could not.
+        # waits briefly (writers are blocked meanwhile); busy means a reader stayed: owed.
         with database.transaction(commit=False) as cursor:
             (timeout,) = cursor.execute("PRAGMA busy_timeout").fetchone() or (5000,)
             cursor.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
             try:
-                for _ in range(3):
-                    row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                    if row is None or not row[0]:
-                        break
+                row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
                 cursor.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+        return row is None or not row[0]
 
 
 VACUUM_INTERVAL_S = 1.0

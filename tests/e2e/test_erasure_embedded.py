@@ -178,7 +178,10 @@ def test_after_purge_no_file_of_any_store_holds_a_value_or_the_wrapped_key(
         "mail.sqlite3",
     }
     forms = [form for value in values for form in searched_forms(value)]
-    assert files_holding(data, [*forms, wrapped_key, wrapped_key[12:]]) == []
+    needles = [*forms, wrapped_key, wrapped_key[12:]]
+    # A reader holding the WAL at the purge's checkpoint makes it owed and retried soon after
+    # (lifecycle/storage/cleanup.py): no file holds one within the deadline.
+    wait_until(lambda: files_holding(data, needles) == [], "no file holds a value", timeout_s=20)
 
 
 def test_a_restart_republishes_the_log_and_the_services_skip_what_they_did(
