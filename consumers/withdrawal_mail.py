@@ -221,6 +221,8 @@ class SuppressionLane:
     kit suppresses the same withdrawals in its own step 1 (and dead-letters a record that
     breaks the contract)."""
 
+    name = "mail-suppression"
+
     def __init__(
         self,
         mail: WithdrawalMail,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 from consumers import chat, mail, scout
 from consumers.faults import RetryPolicy
@@ -31,6 +32,7 @@ from lifecycle.data_export.service import DataExports
 from lifecycle.erasure.intake import ConfirmationIntake
 from lifecycle.erasure.process import ErasureProcess
 from lifecycle.erasure.queries import ErasureStatusQuery
+from lifecycle.erasure.receipt_lane import ReceiptLane
 from lifecycle.errors import LifecycleError, MasterKeyError, StartupError
 from lifecycle.kafka.inprocess import InProcessPublisher
 from lifecycle.kafka.producer import KafkaPublisher, Publisher
@@ -397,6 +399,14 @@ def erasure_consumer(
 KAFKA_LAG_INTERVAL_S = 5.0
 
 
+class Lane(Protocol):
+    """Work on a thread beside a consumer: the mail suppression lane, the erasure receipts."""
+
+    name: str
+
+    def run(self, stop: threading.Event) -> None: ...
+
+
 @dataclass
 class ConsumerRun:
     """A built consumer, the lanes that run beside it on threads of their own (the mail
@@ -404,13 +414,13 @@ class ConsumerRun:
 
     consumer: Consumer
     closers: list[Callable[[], None]] = field(default_factory=list)
-    lanes: list[SuppressionLane] = field(default_factory=list)
+    lanes: list[Lane] = field(default_factory=list)
 
     def run(self, stop: threading.Event) -> None:
         """The consumer in this thread, each lane in its own; the lanes stop with it."""
         lanes_stop = threading.Event()
         threads = [
-            threading.Thread(target=lane.run, args=(lanes_stop,), name="mail-suppression")
+            threading.Thread(target=lane.run, args=(lanes_stop,), name=lane.name)
             for lane in self.lanes
         ]
         for thread in threads:
@@ -476,7 +486,7 @@ def kafka_consumer(
             hooks=hooks,
             lag_interval_s=KAFKA_LAG_INTERVAL_S,
         )
-        lanes: list[SuppressionLane] = []
+        lanes: list[Lane] = []
         if isinstance(consumer.handler, mail.MailHandler):
             lanes.append(
                 SuppressionLane(
@@ -509,6 +519,10 @@ def kafka_erasure_consumer(
     bootstrap = require_kafka(settings, "erasure")
     topics = topics or settings.topics
     process = build_erasure(accounts, settings)
+    # Receipts are issued beside the consumer, not before its next poll (see the lane).
+    receipts = receipts_of(process)
+    lane = ReceiptLane(receipts, receipts.owed, retry=retry)
+    process.receipts = lane
     group = topics.group_id(ERASURE_GROUP)
     security = settings.kafka_security
     publisher = KafkaPublisher(bootstrap, client_id=f"{group}-dlq", security=security)
@@ -534,7 +548,7 @@ def kafka_erasure_consumer(
         legacy=settings.erasure_legacy_confirmations,
         mark_retention=timedelta(days=settings.consumer_mark_retention_days),
     )
-    return ConsumerRun(consumer, [publisher.close])
+    return ConsumerRun(consumer, [publisher.close], [lane])
 
 
 def confirmation_topics(settings: Settings, topics: TopicNames) -> list[str]:

@@ -38,6 +38,7 @@ from lifecycle.audit.verify import chain_point, verify
 from lifecycle.crypto import KEYS_TABLE
 from lifecycle.domain import Account
 from lifecycle.erasure.process import ErasureProcess
+from lifecycle.erasure.status import CONFIRMED
 from lifecycle.errors import AccountNotFoundError
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.keyring import KeyPolicy, Keyring
@@ -223,6 +224,22 @@ class Receipts:
             chain_position=receipt["hash_chain"]["position"],
         )
         return self.get(erasure_receipt_id(account_id)), True
+
+    def owed(self) -> list[UUID]:
+        """Accounts every erasing service confirmed that have no receipt stored (a crash
+        between the purge and its receipt); `issue` skips one not purged yet."""
+        db = self.database
+        services = list(self.erasure.services)
+        where, params = db.any_of("c.service", services)
+        with db.transaction(commit=False) as cursor:
+            rows = cursor.execute(
+                f"SELECT c.account_id FROM {self.erasure.table} AS c "
+                f"WHERE c.outcome = %s AND {where} AND NOT EXISTS "
+                f"(SELECT 1 FROM {self.table} AS r WHERE r.account_id = c.account_id) "
+                "GROUP BY c.account_id HAVING COUNT(DISTINCT c.service) = %s",
+                [CONFIRMED, *params, len(services)],
+            ).fetchall()
+        return [db.to_uuid(account_id) for (account_id,) in rows]
 
     def get(self, receipt_id: UUID) -> dict[str, Any] | None:
         db = self.database

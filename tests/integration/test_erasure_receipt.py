@@ -4,6 +4,8 @@ tampered receipt or a chain edited with SQL fails verification."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from lifecycle.bootstrap import build_erasure, receipts_of
 from lifecycle.cli import cli
 from lifecycle.crypto import decode_master_key
 from lifecycle.erasure.process import Confirmation, ErasureProcess
+from lifecycle.erasure.receipt_lane import ReceiptLane
 from lifecycle.erasure.status import CONFIRMED
 from lifecycle.kafka.admin import TopicSettings
 from lifecycle.keyring import LEGACY_INFO, derive
@@ -251,3 +254,33 @@ def test_the_cli_verifies_by_id_and_refuses_a_tampered_file(
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+def test_the_receipt_lane_issues_off_the_loop_and_at_start_what_a_crash_left_owed(
+    process: ErasureProcess, receipts: Receipts
+) -> None:
+    lost = purged_member(process)
+    db = receipts.database
+    with db.transaction() as cursor:
+        cursor.execute(f"DELETE FROM {receipts.table}")  # the crash: purged, no receipt
+    assert receipts.owed() == [lost]
+    lane = ReceiptLane(receipts, receipts.owed)
+    process.receipts = lane
+    queued = purged_member(process)  # handed to the lane, not issued in the loop
+    assert receipts.get(erasure_receipt_id(queued)) is None
+
+    stop = threading.Event()
+    runner = threading.Thread(target=lane.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while receipts.owed() and time.monotonic() < deadline:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+
+    assert receipts.owed() == []
+    for account_id in (lost, queued):
+        receipt = receipts.get(erasure_receipt_id(account_id))
+        assert receipt is not None and verify_receipt(receipt, receipts)["ok"] is True
