@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.core import fresh_schema, services_env
-from bench.workload import bench_settings, generate_log, open_accounts
+from bench.core import services_env
+from bench.workload import schema_with_log
 from lifecycle.application import Accounts
 from lifecycle.logs import configure_logging
 from lifecycle.relay import Relay
@@ -48,13 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("json", "WARNING")
     database_url = services_env()["LIFECYCLE_DATABASE_URL"]
-    with fresh_schema(database_url, "relaycosts") as schema:
-        settings = bench_settings(database_url, schema)
-        accounts = open_accounts(settings)
-        try:
-            generate_log(accounts, args.events)
-        finally:
-            accounts.close()
+    with schema_with_log(database_url, "relaycosts", args.events) as settings:
         env = dict(settings.application_env())
         relay_pass(env, "warm-up")
         for n in range(args.passes):

@@ -19,9 +19,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from bench.case_replay import raw_read
-from bench.core import fresh_schema, services_env
-from bench.workload import bench_settings, generate_log, open_accounts
+from bench.case_replay import audit_replay, raw_read
+from bench.core import services_env
+from bench.workload import schema_with_log
 from lifecycle.application import Accounts
 from lifecycle.logs import configure_logging
 from lifecycle.settings import Settings
@@ -32,16 +32,13 @@ def raw_pass(settings: Settings) -> int:
 
 
 def replay_pass(settings: Settings) -> int:
-    from lifecycle.audit.replay import replay
-
-    accounts = Accounts(env=settings.application_env())
-    try:
-        report = replay(accounts)
-    finally:
-        accounts.close()
-    if not report.ok:
-        raise SystemExit(f"replay found violations in the generated log: {report.by_rule}")
-    return report.events
+    assert settings.master_key is not None
+    events, _ = audit_replay(
+        settings.database_url,
+        str(settings.database_schema),
+        settings.master_key.get_secret_value(),
+    )
+    return events
 
 
 def rebuild_pass(settings: Settings) -> int:
@@ -71,13 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("json", "WARNING")
     database_url = services_env()["LIFECYCLE_DATABASE_URL"]
     modes = args.modes.split(",")
-    with fresh_schema(database_url, "replaycosts") as schema:
-        settings = bench_settings(database_url, schema)
-        accounts = open_accounts(settings)
-        try:
-            generate_log(accounts, args.events)
-        finally:
-            accounts.close()
+    with schema_with_log(database_url, "replaycosts", args.events) as settings:
         cpu: dict[str, list[float]] = {mode: [] for mode in modes}
         wall: dict[str, list[float]] = {mode: [] for mode in modes}
         for mode in modes:  # warm-up: imports, the server's caches

@@ -28,19 +28,12 @@ from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
 from projections.base import APPLICATION_NAME
+from projections.directory import COLUMNS as DIRECTORY_TABLE_COLUMNS
 from projections.directory import AccountDirectory
 
 RELAY_NAME = "kafka"  # `lifecycle relay`'s default name
-DIRECTORY_COLUMNS = (
-    "account_id",
-    "status",
-    "registered_at",
-    "channel",
-    "consent_version",
-    "version",
-    "updated_at",
-    "scouts_received",
-)
+# The directory's columns a loaded (never withdrawn, never gifted) account fills.
+DIRECTORY_COLUMNS = DIRECTORY_TABLE_COLUMNS[:8]
 DIRECTORY_TYPES = ("uuid", "text", "timestamptz", "text", "text", "int8", "timestamptz", "int4")
 
 

@@ -6,7 +6,8 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -93,6 +94,22 @@ def bench_settings(database_url: str, schema: str, master_key: str | None = None
 def open_accounts(settings: Settings) -> Accounts:
     migrate_lifecycle(settings)  # idempotent: `lifecycle migrate` before the first start
     return Accounts(env=settings.application_env())
+
+
+@contextmanager
+def schema_with_log(database_url: str, case: str, events: int) -> Iterator[Settings]:
+    """The settings of a fresh schema (bench.core.fresh_schema) holding a generated log of
+    about `events` events; the schema is dropped afterwards."""
+    from bench.core import fresh_schema
+
+    with fresh_schema(database_url, case) as schema:
+        settings = bench_settings(database_url, schema)
+        accounts = open_accounts(settings)
+        try:
+            generate_log(accounts, events)
+        finally:
+            accounts.close()
+        yield settings
 
 
 # Fast log generation: the mapper's own stored events, written with COPY.
