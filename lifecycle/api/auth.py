@@ -7,15 +7,16 @@ for that run and prints them once to stdout; logs only say that it happened.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 import sys
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, TextIO
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,11 +25,8 @@ from lifecycle.errors import LifecycleError, PermissionDeniedError, StartupError
 from lifecycle.logs import get_logger
 from lifecycle.settings import ROLES, Role, Settings, generate_tokens, token_digest
 
-bearer_scheme = HTTPBearer(
-    auto_error=False,
-    scheme_name="bearer",
-    description="One token per role (service, scout, ops, auditor): "
-    "`Authorization: Bearer <token>`.",
+BEARER_DESCRIPTION = (
+    "One token per role (service, scout, ops, auditor): `Authorization: Bearer <token>`."
 )
 
 
@@ -114,24 +112,35 @@ class AuthenticationMiddleware:
         await self.app(scope, receive, send)
 
 
-def require_role(role: Role) -> Callable[..., Awaitable[Caller]]:
-    """The caller the middleware admitted for this route's `role` (documents bearer auth)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}")
+class RoleBearer(HTTPBearer):
+    """Bearer auth for one role as a single dependency: it documents the scheme (a
+    `SecurityBase`, so the OpenAPI lists it) and answers with the caller the middleware
+    admitted. One dependant per route, not two (a role check over an `HTTPBearer`
+    sub-dependency): FastAPI's per-request cost grows with each (`python -m bench.route_costs`).
+    """
 
-    async def dependency(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    ) -> Caller:
-        admitted = getattr(request.state, "caller_role", None)
-        if admitted is not None and admitted in roles_for(request.method, request.url.path):
+    def __init__(self, role: Role) -> None:
+        super().__init__(auto_error=False, scheme_name="bearer", description=BEARER_DESCRIPTION)
+        self.role = role
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        admitted = request.scope.get("state", {}).get("caller_role")
+        if admitted is not None and admitted in roles_for(request.method, request.scope["path"]):
             return Caller(role=admitted)
         # A route outside the middleware's prefixes: authenticate here (401/403 raised).
+        credentials = await super().__call__(request)
         header = f"Bearer {credentials.credentials}" if credentials else None
-        return Caller(role=authenticate(header, request.app.state.token_roles, {role}))
+        return Caller(role=authenticate(header, request.app.state.token_roles, {self.role}))
 
-    dependency.__name__ = f"require_{role}_role"
-    return dependency
+
+@functools.cache
+def require_role(role: Role) -> RoleBearer:
+    """The caller the middleware admitted for this route's `role` (documents bearer auth).
+    One instance per role, so a route asking for it twice (router and an actor dependency)
+    has it solved once."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    return RoleBearer(role)
 
 
 ServiceCaller = Annotated[Caller, Depends(require_role("service"))]
