@@ -16,10 +16,12 @@ from __future__ import annotations
 import re
 import smtplib
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
@@ -31,6 +33,8 @@ from lifecycle.backoff import Backoff
 from lifecycle.kafka.producer import PublishError
 from lifecycle.kafka.source import Incoming
 from schemas.contract import ContractError, Record
+
+T = TypeVar("T")
 
 DATABASE_FAULTS = (
     psycopg.OperationalError,  # includes a pool timeout, a deadlock, a serialization failure
@@ -189,3 +193,35 @@ class DependencyWait:
             waited = round(time.monotonic() - self._since, 3)
             self._log.info(f"{self._name}.recovered", dependency=self.waiting_for, waited_s=waited)
             self.waiting_for = None
+
+    def attempt(
+        self,
+        work: Callable[[], T],
+        stop: threading.Event,
+        backoff: Backoff,
+        step: str,
+        fault: Callable[[BaseException], str | None] = infrastructure_fault,
+    ) -> T | None:
+        """`work()`, repeated on `backoff` while `fault` names a dependency that is down; None
+        when `stop` was set meanwhile, or when it failed otherwise (logged `<name>.failed`)."""
+        delays = backoff.delays()
+        while not stop.is_set():
+            try:
+                result = work()
+            except Exception as error:
+                dependency = fault(error)
+                if dependency is None:
+                    self._log.warning(f"{self._name}.failed", step=step, error=type(error).__name__)
+                    return None
+                self.waiting(
+                    dependency,
+                    f"{self._name}.waiting",
+                    step=step,
+                    error=type(error).__name__,
+                    retry_in_s=delays.next_s,
+                )
+                delays.wait(stop)
+                continue
+            self.recovered()
+            return result
+        return None

@@ -272,31 +272,12 @@ class SuppressionLane:
         return withdrawals_in(envelopes)
 
     def _attempt(self, work: Callable[[], T], stop: threading.Event, step: str) -> T | None:
-        """`work()`, repeated with backoff while a dependency is down; None when `stop` was
-        set meanwhile or it failed otherwise (logged)."""
-        delays = self.retry.backoff.delays()
-        while not stop.is_set():
-            try:
-                result = work()
-            except Exception as error:
-                dependency = infrastructure_fault(error) or ("broker" if step == "poll" else None)
-                if dependency is None:
-                    self._log.warning(
-                        "mail_suppression.failed", step=step, error=type(error).__name__
-                    )
-                    return None
-                self._wait.waiting(
-                    dependency,
-                    "mail_suppression.waiting",
-                    step=step,
-                    error=type(error).__name__,
-                    retry_in_s=delays.next_s,
-                )
-                delays.wait(stop)
-                continue
-            self._wait.recovered()
-            return result
-        return None
+        """`work()`, waited out while a dependency is down (a failed poll is the broker's)."""
+
+        def fault(error: BaseException) -> str | None:
+            return infrastructure_fault(error) or ("broker" if step == "poll" else None)
+
+        return self._wait.attempt(work, stop, self.retry.backoff, step, fault)
 
     def _commit(self, batch: Sequence[Incoming]) -> None:
         try:

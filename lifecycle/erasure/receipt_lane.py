@@ -22,7 +22,7 @@ from functools import partial
 from typing import TypeVar
 from uuid import UUID
 
-from consumers.faults import DependencyWait, RetryPolicy, infrastructure_fault
+from consumers.faults import DependencyWait, RetryPolicy
 from lifecycle.erasure.process import PurgeReceipts
 from lifecycle.logs import get_logger
 
@@ -80,28 +80,6 @@ class ReceiptLane:
                 self._log.warning("erasure_receipts.left_owed", error=type(error).__name__)
 
     def _attempt(self, work: Callable[[], T], stop: threading.Event, step: str) -> T | None:
-        """`work()`, repeated with backoff while a dependency is down; None when `stop` was set
-        meanwhile or it failed otherwise (logged: the receipt stays owed)."""
-        delays = self.retry.backoff.delays()
-        while not stop.is_set():
-            try:
-                result = work()
-            except Exception as error:
-                dependency = infrastructure_fault(error)
-                if dependency is None:
-                    self._log.warning(
-                        "erasure_receipts.failed", step=step, error=type(error).__name__
-                    )
-                    return None
-                self._wait.waiting(
-                    dependency,
-                    "erasure_receipts.waiting",
-                    step=step,
-                    error=type(error).__name__,
-                    retry_in_s=delays.next_s,
-                )
-                delays.wait(stop)
-                continue
-            self._wait.recovered()
-            return result
-        return None
+        """`work()`, waited out while a dependency is down; None when stopped or it failed
+        otherwise (logged: the receipt stays owed)."""
+        return self._wait.attempt(work, stop, self.retry.backoff, step)
