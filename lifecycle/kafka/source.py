@@ -26,6 +26,7 @@ TopicPartitionKey = tuple[str, int]
 # member's partitions to others. A static member (`group_instance_id`) restarted within it
 # takes its partitions back at once; a new dynamic member waits it out first.
 SESSION_TIMEOUT_MS = 10_000
+CLOSE_REBALANCE_S = 5.0  # how long close() takes part in a rebalance to store its offsets
 
 
 @dataclass(frozen=True)
@@ -239,22 +240,39 @@ class KafkaSource:
 
     def close(self) -> None:
         """Store the offsets committed but not yet confirmed (bounded by the consumer's request
-        timeout), then leave."""
+        timeout; a rebalance in progress is joined first, for up to CLOSE_REBALANCE_S), then
+        leave."""
         with self._unconfirmed_lock:
             pending, self._unconfirmed = dict(self._unconfirmed), {}
         try:
-            # Only partitions still ours: a member's commit is not checked against what it
-            # holds, and an old offset there would bring another member's records again.
-            held = self._consumer.assignment()
-            pending = {tp: offset for tp, offset in pending.items() if tp in held}
-            if pending:
-                self._consumer.commit(pending)
+            self._store_at_close(pending)
         except Exception as error:  # the records come again after a restart, as skips
             log.warning(
                 "kafka.commit_failed", group=self.group_id, error=type(error).__name__, at="close"
             )
         finally:
             self._consumer.close(autocommit=False)
+
+    def _store_at_close(self, pending: dict[Any, Any]) -> None:
+        from kafka.errors import RebalanceInProgressError
+
+        deadline = time.monotonic() + CLOSE_REBALANCE_S
+        while True:
+            # Only partitions still ours: a member's commit is not checked against what it
+            # holds, and an old offset there would bring another member's records again.
+            held = self._consumer.assignment()
+            pending = {tp: offset for tp, offset in pending.items() if tp in held}
+            if not pending:
+                return
+            try:
+                self._consumer.commit(pending)
+                return
+            except RebalanceInProgressError:
+                if time.monotonic() > deadline:
+                    raise
+                # The group refuses commits until this member has rejoined, which a poll
+                # does; its records are not handled (their next holder reads them again).
+                self._consumer.poll(timeout_ms=200, max_records=1)
 
 
 class InProcessSource:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import TopicPartition
-from kafka.errors import CoordinatorLoadInProgressError
+from kafka.errors import CoordinatorLoadInProgressError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from lifecycle.kafka.source import KafkaSource
@@ -28,19 +28,25 @@ class StandIn:
         self.synced: list[dict[Any, Any]] = []
         self.pending: list[Callable[[], None]] = []
         self.held = {TP, OTHER}
+        self.rebalancing = 0  # how many sync commits the group refuses before a poll rejoins
+        self.polls = 0
 
     def commit_async(self, offsets: dict[Any, Any], callback: Callable[..., None]) -> None:
         self.sent.append(dict(offsets))
         answer = self.answers.pop(0) if self.answers else None
         self.pending.append(lambda: callback(offsets, answer or object()))
 
-    def poll(self, timeout_ms: int) -> dict[Any, Any]:
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, Any]:
+        self.polls += 1
         pending, self.pending = self.pending, []
         for answer in pending:
             answer()
         return {}
 
     def commit(self, offsets: dict[Any, Any]) -> None:
+        if self.rebalancing:
+            self.rebalancing -= 1
+            raise RebalanceInProgressError()
         self.synced.append(dict(offsets))
 
     def assignment(self) -> set[TopicPartition]:
@@ -90,3 +96,13 @@ def test_close_stores_what_is_unconfirmed_for_the_partitions_still_held() -> Non
     consumer.held = {TP}  # the other partition went to another member meanwhile
     source.close()
     assert consumer.synced == [{TP: at(9)}]
+
+
+def test_close_during_a_rebalance_rejoins_and_then_stores_the_offsets() -> None:
+    consumer = StandIn([])
+    source = source_over(consumer)
+    source.commit({(TP.topic, 0): 4})  # the answer not in yet
+    consumer.rebalancing = 2  # the group refuses commits until this member took part
+    source.close()
+    assert consumer.polls == 2  # each refusal answered by a poll, which rejoins
+    assert consumer.synced == [{TP: at(4)}]
