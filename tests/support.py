@@ -258,6 +258,22 @@ def migrate_embedded(settings: Settings) -> None:
 
 
 @contextmanager
+def service_schemas_beside(settings: Settings) -> Iterator[Settings]:
+    """The three services' stores in schemas beside the lifecycle schema (`<schema>_<name>`),
+    migrated as `lifecycle migrate --service NAME` would (the lifecycle schema itself is the
+    caller's); dropped afterwards."""
+    assert settings.database_schema is not None
+    for name in SERVICES:
+        migrate_service(settings, name, f"{settings.database_schema}_{name}")
+    try:
+        yield settings
+    finally:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            for name in SERVICES:
+                conn.execute(f"DROP SCHEMA IF EXISTS {settings.database_schema}_{name} CASCADE")
+
+
+@contextmanager
 def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[StoreFactory]:
     """`make("scout")`: that service's own store, a fresh schema or SQLite file, dropped after."""
     opened: list[Database] = []

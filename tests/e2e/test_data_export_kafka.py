@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
-import psycopg
 import pytest
-from support import read_topic, searched_forms, wait_until, worker_threads
+from support import read_topic, searched_forms, service_schemas_beside, wait_until, worker_threads
 
 from consumers import chat, mail, notices, scout
 from consumers.store import open_database
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import (
     build_data_exports,
-    migrate_service,
     service_keyring,
 )
 from lifecycle.crypto import new_master_key
@@ -50,12 +48,9 @@ def settings(postgres_url: str, lifecycle_schema: str, kafka_bootstrap: str) -> 
         master_key=new_master_key(),
         log_format="json",
     )
-    for name in SERVICES:
-        migrate_service(settings, name, f"{lifecycle_schema}_{name}")
-    yield settings
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in SERVICES:
-            conn.execute(f"DROP SCHEMA IF EXISTS {lifecycle_schema}_{name} CASCADE")
+    # `lifecycle migrate` made the schema (`lifecycle_schema`); each service's store:
+    with service_schemas_beside(settings):
+        yield settings
 
 
 @pytest.fixture

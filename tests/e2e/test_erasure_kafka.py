@@ -27,6 +27,7 @@ from support import (
     migrated_store,
     read_topic,
     searched_forms,
+    service_schemas_beside,
     unique_topics,
     wait_until,
     worker_threads,
@@ -42,7 +43,6 @@ from lifecycle.audit.receipt import verify_receipt
 from lifecycle.bootstrap import (
     build_erasure,
     erasure_status_query,
-    migrate_service,
     receipts_of,
     service_keyring,
 )
@@ -77,12 +77,8 @@ def settings(
         log_format="json",
     )
     # `lifecycle migrate` made the schema (`lifecycle_schema`); each service's store:
-    for name in SERVICES:
-        migrate_service(settings, name, f"{lifecycle_schema}_{name}")
-    yield settings
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in SERVICES:
-            conn.execute(f"DROP SCHEMA IF EXISTS {lifecycle_schema}_{name} CASCADE")
+    with service_schemas_beside(settings):
+        yield settings
 
 
 @pytest.fixture

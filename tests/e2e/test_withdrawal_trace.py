@@ -11,20 +11,19 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from support import TOKENS, SmtpSink, auth, wait_until, worker_threads
+from support import TOKENS, SmtpSink, auth, service_schemas_beside, wait_until, worker_threads
 
 from lifecycle import tracing
 from lifecycle.account_terms import AccountStatus
 from lifecycle.api import create_app
 from lifecycle.application import Accounts
-from lifecycle.bootstrap import build_erasure, migrate_service
+from lifecycle.bootstrap import build_erasure
 from lifecycle.crypto import new_master_key
 from lifecycle.settings import Settings, token_digest
 from lifecycle.workers import start_workers
@@ -185,19 +184,15 @@ def test_one_withdrawal_is_one_trace_on_the_broker(
         log_format="json",
     )
     # `lifecycle migrate` made the schema (`lifecycle_schema`); each service's store:
-    for name in SERVICES:
-        migrate_service(settings, name, f"{lifecycle_schema}_{name}")
-    accounts = Accounts(env=settings.application_env())
-    member = person(uuid.uuid4().hex[:8])
-    try:
-        with (
-            worker_threads(settings, topics, "relay", "erasure"),
-            TestClient(create_app(settings, accounts)) as client,
-        ):
-            withdraw_over_http(client, accounts, member)
-            assert_one_trace(spans, member)
-    finally:
-        accounts.close()
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            for name in SERVICES:
-                conn.execute(f"DROP SCHEMA IF EXISTS {lifecycle_schema}_{name} CASCADE")
+    with service_schemas_beside(settings):
+        accounts = Accounts(env=settings.application_env())
+        member = person(uuid.uuid4().hex[:8])
+        try:
+            with (
+                worker_threads(settings, topics, "relay", "erasure"),
+                TestClient(create_app(settings, accounts)) as client,
+            ):
+                withdraw_over_http(client, accounts, member)
+                assert_one_trace(spans, member)
+        finally:
+            accounts.close()
