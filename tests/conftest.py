@@ -17,6 +17,7 @@ Each tier's own fixtures live in its folder's conftest.py; helpers live in suppo
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -187,6 +188,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     os.setpriority(os.PRIO_PROCESS, 0, YIELDING_NICENESS)
     _yielding[0] = True
+
+
+# A failed test shows how its Kafka members joined their groups (joins, assignments, leaves:
+# a handful of lines per member), the evidence a rebalance that never ends needs.
+logging.getLogger("kafka.coordinator").setLevel(logging.INFO)
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,11 @@ TopicPartitionKey = tuple[str, int]
 # takes its partitions back at once; a new dynamic member waits it out first.
 SESSION_TIMEOUT_MS = 10_000
 CLOSE_REBALANCE_S = 5.0  # how long close() takes part in a rebalance to store its offsets
+# A rebalance of a live group ends within a session timeout (members that stopped heartbeating
+# are dropped by then). A member whose commits are refused as "rebalancing" three times as
+# long is stuck in kafka-python's join (seen once on a loaded broker: a minute of refused
+# commits, the join never answered) and is replaced by a new member.
+REJOIN_STALL_S = 3 * SESSION_TIMEOUT_MS / 1000
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,6 @@ class KafkaSource:
         security: KafkaSecurity | None = None,
         **overrides: Any,
     ) -> None:
-        from kafka import KafkaConsumer
-
         self.group_id = group_id
         config: dict[str, Any] = {
             **client_config(bootstrap, security),
@@ -117,7 +120,8 @@ class KafkaSource:
         }
         if group_instance_id:
             config["group_instance_id"] = group_instance_id
-        self._consumer = KafkaConsumer(**config)
+        self._config = config
+        self._topics = list(topics)
         # Offsets sent with `commit_async` and not yet confirmed, per partition: `close()`
         # stores them synchronously. Callbacks run in the polling thread; the lock is cheap.
         self._unconfirmed: dict[Any, Any] = {}
@@ -126,23 +130,47 @@ class KafkaSource:
         # The group's committed offset per partition held, as the broker confirmed it (our
         # commits) or told it once (`lag`): lag needs no round trip per partition.
         self._confirmed: dict[Any, int] = {}
-        self._await_metadata(topics)
-        self._consumer.subscribe(list(topics))
+        self._refused_since: float | None = None  # first commit refused as "rebalancing"
+        self._consumer = self._join()
 
-    def _await_metadata(self, topics: Sequence[str], timeout_s: float = 10.0) -> None:
-        """Know every topic's partitions before joining: the group's first assignment uses the
-        leader's metadata, and a topic just created may be missing from it (the range
-        assignor then gives it to nobody until the next refresh)."""
-        deadline = time.monotonic() + timeout_s
+    def _join(self) -> Any:
+        """A new member of the group, subscribed once it knows every topic's partitions: the
+        group's first assignment uses the leader's metadata, and a topic just created may be
+        missing from it (the range assignor then gives it to nobody until the next refresh)."""
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(**self._config)
+        deadline = time.monotonic() + 10.0
         pause = threading.Event()
-        missing = set(topics)
-        while missing := {t for t in missing if not self._consumer.partitions_for_topic(t)}:
+        missing = set(self._topics)
+        while missing := {t for t in missing if not consumer.partitions_for_topic(t)}:
             if time.monotonic() > deadline:
                 log.warning("kafka.topics_unknown", topics=sorted(missing))
-                return
+                break
             pause.wait(0.1)
+        consumer.subscribe(self._topics)
+        return consumer
+
+    def _replace_member(self, refused_for_s: float) -> None:
+        """Leave (bounded) and join again as a new member. Offsets not confirmed are dropped:
+        their records come again from the last committed offset, and handlers are idempotent."""
+        log.warning(
+            "kafka.member_replaced", group=self.group_id, refused_for_s=round(refused_for_s, 1)
+        )
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=2_000)
+        except Exception as error:  # the group drops the old member after its session timeout
+            log.warning("kafka.close_failed", group=self.group_id, error=type(error).__name__)
+        with self._unconfirmed_lock:
+            self._unconfirmed, self._confirmed = {}, {}
+        self._commit_failed, self._refused_since = False, None
+        self._consumer = self._join()
 
     def poll(self, timeout_s: float) -> list[Incoming]:
+        if self._refused_since is not None:
+            refused_for_s = time.monotonic() - self._refused_since
+            if refused_for_s > REJOIN_STALL_S:
+                self._replace_member(refused_for_s)
         if self._commit_failed:
             self._commit_again()
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
@@ -190,8 +218,12 @@ class KafkaSource:
             self._consumer.commit_async(pending, callback=self._committed)
 
     def _committed(self, offsets: Mapping[Any, Any], response: object) -> None:
+        from kafka.errors import RebalanceInProgressError
+
         if isinstance(response, BaseException):
             self._commit_failed = True
+            if isinstance(response, RebalanceInProgressError) and self._refused_since is None:
+                self._refused_since = time.monotonic()
             log.warning(
                 "kafka.commit_failed",
                 group=self.group_id,
@@ -199,6 +231,7 @@ class KafkaSource:
                 partitions=len(offsets),
             )
             return
+        self._refused_since = None
         with self._unconfirmed_lock:
             for partition, offset in offsets.items():
                 if self._unconfirmed.get(partition) == offset:

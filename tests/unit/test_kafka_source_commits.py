@@ -5,9 +5,10 @@ kafka-python's consumer (the broker's side is in tests/consumers/test_kafka_cons
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from kafka import TopicPartition
 from kafka.errors import CoordinatorLoadInProgressError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
@@ -52,18 +53,23 @@ class StandIn:
     def assignment(self) -> set[TopicPartition]:
         return set(self.held)
 
-    def close(self, autocommit: bool) -> None:
+    def close(self, autocommit: bool, timeout_ms: int | None = None) -> None:
         assert autocommit is False
+        self.closed = True
 
 
-def source_over(consumer: StandIn) -> KafkaSource:
+def source_over(consumer: StandIn, *later: StandIn) -> KafkaSource:
+    """A source over `consumer`, then over each of `later` as it replaces its member."""
     source = KafkaSource.__new__(KafkaSource)  # no broker: only the commit bookkeeping
+    members: Iterator[StandIn] = iter(later)
     source.__dict__.update(
         _consumer=consumer,
+        _join=lambda: next(members),
         group_id="mail",
         _unconfirmed={},
         _confirmed={},
         _commit_failed=False,
+        _refused_since=None,
         _unconfirmed_lock=threading.Lock(),
     )
     return source
@@ -106,3 +112,35 @@ def test_close_during_a_rebalance_rejoins_and_then_stores_the_offsets() -> None:
     source.close()
     assert consumer.polls == 2  # each refusal answered by a poll, which rejoins
     assert consumer.synced == [{TP: at(4)}]
+
+
+def test_a_member_whose_commits_are_refused_as_rebalancing_too_long_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stuck = StandIn([RebalanceInProgressError()] * 100)  # never rejoins
+    fresh = StandIn([])
+    source = source_over(stuck, fresh)
+    source.commit({(TP.topic, 0): 5})
+    source.poll(0.1)  # the refusal arrives
+    source.poll(0.1)  # sent again: refused again, within the bound
+    assert source._consumer is stuck
+    monkeypatch.setattr("lifecycle.kafka.source.REJOIN_STALL_S", 0.0)
+    source.poll(0.1)
+    assert source._consumer is fresh and getattr(stuck, "closed", False)
+    # The new member starts from the group's committed offsets: nothing unconfirmed is resent
+    # (its records come again), and a later commit goes through it.
+    source.commit({(TP.topic, 0): 6})
+    source.poll(0.1)
+    assert fresh.sent == [{TP: at(6)}]
+    assert source._refused_since is None
+
+
+def test_a_confirmed_commit_ends_the_refusal_clock() -> None:
+    consumer = StandIn([RebalanceInProgressError()])
+    source = source_over(consumer)
+    source.commit({(TP.topic, 0): 5})
+    source.poll(0.1)
+    assert source._refused_since is not None
+    source.poll(0.1)  # sent again and confirmed
+    source.poll(0.1)
+    assert source._refused_since is None and source._consumer is consumer
