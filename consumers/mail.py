@@ -12,17 +12,20 @@ Tables in the service's own schema:
 On WithdrawalRequested, in this order (steps 1 and 2 for all the withdrawals of a poll at once,
 before anything else of it, so a suppression waits for no other record):
 1. one transaction: the suppression row and the deletion of every queued notice, so from this
-   commit on nothing else is sent (delivery checks the suppression under the same lock);
+   commit on nothing else is sent (delivery checks the suppression under the same lock). The
+   suppression lane (`consumers.withdrawal_mail`) has mostly done it already: then step 1 is
+   one read-only transaction that finds the row (and the stored address);
 2. the withdrawal-complete mail through SMTP (one session for the poll), Message-ID derived
-   from the withdrawal's `ce_id`, then its send recorded on the suppression row;
-3. one transaction (the kit's): the address and any remaining notices deleted, and the erasure
-   confirmation (with the rows removed) written to the kit's outbox with the processed mark.
+   from the withdrawal's `ce_id`;
+3. one transaction (the kit's): step 2's send recorded on the suppression row, the address and
+   any remaining notices deleted, and the erasure confirmation (with the rows removed) written
+   to the kit's outbox with the processed mark.
 
 At-least-once window: a crash of the process after the SMTP server accepted the mail and before
-step 2's record commits sends the confirmation again on restart, with the same Message-ID, so a
+step 3 commits sends the confirmation again on restart, with the same Message-ID, so a
 receiving system can drop the copy. A record that fails while the process lives (a cut database
-connection) does not: the handler remembers the send and only records it on the retry.
-Everything else is exactly once by the kit's mark.
+connection) does not: the handler remembers the send until a transaction that recorded it
+commits (`committed`). Everything else is exactly once by the kit's mark.
 
 Two topics carry no order between them. A profile record in the same poll gives the address
 at once. When the withdrawal is handled before the member's profile record, it is unknown:
@@ -100,6 +103,16 @@ class MailHandler(MemberDataHandler):
         if envelope.is_tombstone and envelope.type == ProfileV1.ce_type():
             return PROFILE_GONE
         return OTHER
+
+    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """Step 2's sends recorded first (`WithdrawalMail.record`), in this transaction."""
+        unrecorded = self.withdrawal_mail.unrecorded()
+        self.lock(cursor, [*self.written_accounts(envelopes), *unrecorded])
+        self.withdrawal_mail.record(cursor)
+        return self.handle_runs(envelopes, cursor)
+
+    def committed(self) -> None:
+        self.withdrawal_mail.committed()
 
     def tombstone(self, cursor: Cursor, account_ids: Sequence[UUID]) -> None:
         """Nothing to add: step 1 wrote the suppression row before the mail was sent."""

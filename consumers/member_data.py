@@ -157,12 +157,18 @@ class MemberDataHandler(Handler):
         return self.handle_many([envelope], cursor)[0]
 
     def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
-        """Runs of one kind (`runs`), each in a few statements; the accounts locked first.
-        The results in the order of `envelopes`."""
+        """The accounts locked, then `handle_runs`."""
+        self.lock(cursor, self.written_accounts(envelopes))
+        return self.handle_runs(envelopes, cursor)
+
+    def written_accounts(self, envelopes: Sequence[Envelope]) -> list[UUID]:
+        """The accounts of the records not ignored: those `handle_runs` may write about."""
+        return [_account(e) for e in envelopes if self._kind(e) != OTHER]
+
+    def handle_runs(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """Runs of one kind (`runs`), each in a few statements, the accounts locked by the
+        caller; the results in the order of `envelopes`."""
         kinds = [self._kind(e) for e in envelopes]
-        self.lock(
-            cursor, [_account(e) for e, k in zip(envelopes, kinds, strict=True) if k != OTHER]
-        )
         results: list[HandlerResult | None] = [None] * len(envelopes)
         for kind, indexes in runs(kinds, [_account(e) for e in envelopes], self.repeatable_kinds):
             run = [envelopes[i] for i in indexes]
