@@ -57,7 +57,6 @@ from schemas.data_export import MailContactV1, MailSectionV1
 
 SERVICE = "mail"
 PROFILE = "profile"
-PROFILE_GONE = "profile_tombstone"
 
 log = get_logger(__name__)
 
@@ -98,11 +97,16 @@ class MailHandler(MemberDataHandler):
         self.withdrawal_mail.prepare(envelopes)
 
     def kind_of(self, envelope: Envelope) -> str:
-        if isinstance(envelope.data, ProfileV1):
-            return PROFILE
-        if envelope.is_tombstone and envelope.type == ProfileV1.ce_type():
-            return PROFILE_GONE
-        return OTHER
+        return PROFILE if isinstance(envelope.data, ProfileV1) else OTHER
+
+    def only_erases(self, envelope: Envelope) -> bool:
+        """The profile's tombstone: the contact goes, in Purged's runs."""
+        return envelope.is_tombstone and envelope.type == ProfileV1.ce_type()
+
+    def erased(self, envelope: Envelope, rows_removed: int) -> HandlerResult:
+        if self.only_erases(envelope):
+            return HandlerResult(outcome="contact_erased" if rows_removed else "ignored")
+        return super().erased(envelope, rows_removed)
 
     def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
         """Step 2's sends recorded first (`WithdrawalMail.record`), in this transaction."""
@@ -171,12 +175,6 @@ class MailHandler(MemberDataHandler):
             return self._on_profiles(
                 cursor, [e.data for e in envelopes if isinstance(e.data, ProfileV1)]
             )
-        if kind == PROFILE_GONE:
-            accounts = [e.account_id for e in envelopes]
-            gone = self.erase(cursor, accounts)
-            return [
-                HandlerResult(outcome="contact_erased" if gone[a] else "ignored") for a in accounts
-            ]
         return super().handle_records(cursor, kind, envelopes)
 
     def _on_profiles(self, cursor: Cursor, data: Sequence[ProfileV1]) -> list[HandlerResult]:

@@ -9,6 +9,7 @@ export) and handles its own records in `handle_records`. The kit's part, inside 
   are refused), `erase` what they hold, and confirm on the service's own topic with the rows
   removed and the withdrawal it answers (`erase_and_confirm`);
 - Purged: erase again whatever arrived since (a record still in flight at the withdrawal);
+  a service's own record that only erases (`only_erases`) shares its runs;
 - ExportRequested: the service's section, sealed to the export's key, as its part
   (`consumers.exporting`);
 - anything else: the service's `handle_records`; a record its `kind_of` calls OTHER (not the
@@ -177,8 +178,8 @@ class MemberDataHandler(Handler):
             elif kind == WITHDRAWAL:
                 done = self.on_withdrawals(cursor, run)
             elif kind == PURGED:
-                self.erase(cursor, [_account(e) for e in run])
-                done = [HandlerResult(outcome="purged") for _ in run]
+                removed = self.erase(cursor, [_account(e) for e in run])
+                done = [self.erased(e, removed[_account(e)]) for e in run]
             elif kind == EXPORT:
                 done = answer_requests(self, cursor, run)
             else:
@@ -189,10 +190,19 @@ class MemberDataHandler(Handler):
         assert len(handled) == len(envelopes), "every record is in one run"
         return handled
 
+    def only_erases(self, envelope: Envelope) -> bool:
+        """True for a record of the service's own that erases what the account holds and
+        nothing else (mail: the profile's tombstone): it shares Purged's runs."""
+        return False
+
+    def erased(self, envelope: Envelope, rows_removed: int) -> HandlerResult:
+        """The result of a record of Purged's runs (`only_erases`), given the rows removed."""
+        return HandlerResult(outcome="purged")
+
     def _kind(self, envelope: Envelope) -> str:
         if isinstance(envelope.data, WithdrawalRequestedV1):
             return WITHDRAWAL
-        if isinstance(envelope.data, PurgedV1):
+        if isinstance(envelope.data, PurgedV1) or self.only_erases(envelope):
             return PURGED
         if isinstance(envelope.data, ExportRequestedV1):
             return EXPORT

@@ -261,6 +261,10 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 
     service.send(profile_tombstone(TOPICS, other, 2))
     wait_until(lambda: not mail.contact_known(database, other))
+    wait_until(lambda: service.consumer.stats.outcomes.get("contact_erased") == 1)
+    service.send(profile_tombstone(TOPICS, other, 3))  # nothing left to erase
+    wait_until(lambda: service.consumer.stats.outcomes.get("ignored", 0) >= 1)
+    assert service.consumer.stats.outcomes.get("contact_erased") == 1
 
 
 def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stores_it(
