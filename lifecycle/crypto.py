@@ -180,9 +180,12 @@ class KeyVault:
             raise KeyDestroyedError()
         return found
 
-    def remember_wrapped(self, account_id: UUID, wrapped: bytes | None) -> None:
-        """Cache a key read along with its account's events (None: it has none)."""
-        self._remember(account_id, None if wrapped is None else self.unwrap(account_id, wrapped))
+    def remember_wrapped(self, account_id: UUID, wrapped: bytes | None) -> bytes | None:
+        """Cache a key read along with its account's events (None: it has none); returns it
+        (None too when the KEK version that wrapped it was destroyed)."""
+        key = None if wrapped is None else self.unwrap(account_id, wrapped)
+        self._remember(account_id, key)
+        return key
 
     def _remember(self, account_id: UUID, key: bytes | None) -> None:
         with self._lock:

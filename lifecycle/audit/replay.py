@@ -8,8 +8,9 @@ own folds, without building the library's event objects), so every sealed person
 still open under its account's key (a failure is a `decodes` violation); no value leaves the
 process.
 
-The log is read a page at a time: the page's keys come in one query (`KeyVault.prefetch`),
-key and claim-holder rules take one query per page, and memory stays flat in log size.
+The log is read a page at a time, each account's wrapped key in the same statement as its
+`Registered` event (`stream_pages_with_keys`), key and claim-holder rules take one query per
+page, and memory stays flat in log size.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from lifecycle.stored_fold import (
     StoredFold,
     fold,
     heap_frozen,
-    stream_pages,
+    stream_pages_with_keys,
 )
 
 LEGACY_PREFIX = legacy_holder("")
@@ -154,8 +155,8 @@ def replay(
     assert isinstance(mapper, PersonalDataMapper)
     folder = StoredFold(mapper)
     with heap_frozen():
-        for streams in stream_pages(database):
-            _replay_page(accounts, folder, streams, report, keep)
+        for streams, wrapped_keys in stream_pages_with_keys(database):
+            _replay_page(accounts, folder, streams, wrapped_keys, report=report, keep=keep)
             if progress is not None:
                 progress(report.events, max(total, report.events))
     if progress is not None:
@@ -177,11 +178,13 @@ def _replay_page(
     accounts: Accounts,
     folder: StoredFold,
     streams: list[list[Row]],
+    wrapped_keys: dict[UUID, bytes | None],
+    *,
     report: ReplayReport,
     keep: int,
 ) -> None:
     """Fold each complete stream of one page; the page's facts kept elsewhere come in bulk."""
-    keys = _fresh_keys(accounts, streams)
+    keys = _fresh_keys(accounts, wrapped_keys)
     folded: list[Account] = []
     held: dict[UUID, UUID] = {}  # claim id -> the account holding it
     for stream in streams:
@@ -335,17 +338,14 @@ def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation],
     return found, claim
 
 
-def _fresh_keys(accounts: Accounts, streams: list[list[Row]]) -> dict[UUID, bool]:
-    """Which of the page's accounts have a key, looked up now in one query (not taken from the
+def _fresh_keys(accounts: Accounts, wrapped_keys: dict[UUID, bytes | None]) -> dict[UUID, bool]:
+    """Which of the page's accounts have a key, as the page's own read found them (not the
     vault's short cache); the mapper then finds each key cached."""
-    ids = {
-        originator_id
-        for originator_id, _, topic, _ in (stream[0] for stream in streams)
-        if topic == event_names.REGISTERED
+    vault = accounts.vault
+    return {
+        account_id: vault.remember_wrapped(account_id, wrapped) is not None
+        for account_id, wrapped in wrapped_keys.items()
     }
-    for account_id in ids:
-        accounts.vault.forget(account_id)
-    return {account_id: key is not None for account_id, key in accounts.vault.prefetch(ids).items()}
 
 
 def _key_rules(
