@@ -12,6 +12,7 @@ stable name of `Purged` (lifecycle.event_names), so renaming the class never dis
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -371,7 +372,7 @@ class PersonalDataMapper(Mapper[UUID]):
         version: int = state["originator_version"]
         associated = _associated_data(account_id, version, fields)
         try:
-            plaintext = open_sealed(key, base64.b64decode(sealed["data"]), associated)
+            plaintext = open_sealed(key, binascii.a2b_base64(sealed["data"]), associated)
         except InvalidTag:
             raise MapperDeserialisationError(
                 f"sealed personal fields of event {version} of {account_id} fail authentication"
