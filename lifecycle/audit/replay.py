@@ -53,7 +53,7 @@ LEGACY_PREFIX = legacy_holder("")
 ProgressCallback = Callable[[int, int], None]
 # Processes a replay folds in at most, and the events that make a second one worth forking.
 MAX_WORKERS = 4
-EVENTS_PER_WORKER = 5000
+EVENTS_PER_WORKER = 4000
 
 
 # Rule name -> the domain's check, asked of the state before the event (its facts: the event's
