@@ -80,7 +80,7 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
     reads an aggregate's events and its key in one round trip (see `select_events`)."""
 
     # Told each wrapped key (None: no key) read with an aggregate's events.
-    key_seen: Callable[[UUID, bytes | None], None] | None = None
+    key_seen: Callable[[UUID, bytes | None], object] | None = None
 
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"

@@ -8,8 +8,9 @@ own folds, without building the library's event objects), so every sealed person
 still open under its account's key (a failure is a `decodes` violation); no value leaves the
 process.
 
-The log is read a page at a time: the page's keys come in one query (`KeyVault.prefetch`),
-key and claim-holder rules take one query per page, and memory stays flat in log size.
+The log is read a page at a time, each account's wrapped key in the same statement as its
+`Registered` event (`stream_pages_with_keys`), key and claim-holder rules take one query per
+page, and memory stays flat in log size.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from lifecycle.stored_fold import (
     StoredFold,
     fold,
     heap_frozen,
-    stream_pages,
+    stream_pages_with_keys,
 )
 
 LEGACY_PREFIX = legacy_holder("")
@@ -154,8 +155,8 @@ def replay(
     assert isinstance(mapper, PersonalDataMapper)
     folder = StoredFold(mapper)
     with heap_frozen():
-        for streams in stream_pages(database):
-            _replay_page(accounts, folder, streams, report, keep)
+        for streams, wrapped_keys in stream_pages_with_keys(database):
+            _replay_page(accounts, folder, streams, wrapped_keys, report=report, keep=keep)
             if progress is not None:
                 progress(report.events, max(total, report.events))
     if progress is not None:
@@ -177,11 +178,13 @@ def _replay_page(
     accounts: Accounts,
     folder: StoredFold,
     streams: list[list[Row]],
+    wrapped_keys: dict[UUID, bytes | None],
+    *,
     report: ReplayReport,
     keep: int,
 ) -> None:
     """Fold each complete stream of one page; the page's facts kept elsewhere come in bulk."""
-    keys = _fresh_keys(accounts, streams)
+    keys = _fresh_keys(accounts, wrapped_keys)
     folded: list[Account] = []
     held: dict[UUID, UUID] = {}  # claim id -> the account holding it
     for stream in streams:
@@ -232,7 +235,7 @@ def _decoded(folder: StoredFold, row: Row, aggregate: type) -> tuple[EventKind, 
 
 
 def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], Account | None]:
-    subject = str(stream[0][0])
+    subject = stream[0][0]  # made a string only for a violation
     found: list[Violation] = []
     account: Account | None = None
     previous_time: datetime | None = None
@@ -244,7 +247,7 @@ def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation
         version = row[1]
         if account is None:
             if kind.topic != event_names.REGISTERED or version != 1:
-                found.append(Violation(subject, version, "starts_registered", kind.name))
+                found.append(Violation(str(subject), version, "starts_registered", kind.name))
                 return found, None
             _registration_rules(facts, found, subject)
         else:
@@ -252,13 +255,17 @@ def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation
         timestamp: datetime = facts["timestamp"]
         if previous_time is not None and timestamp < previous_time:
             found.append(
-                Violation(subject, version, "timestamps_ordered", "earlier than the one before")
+                Violation(
+                    str(subject), version, "timestamps_ordered", "earlier than the one before"
+                )
             )
         previous_time = timestamp
         try:
             folded = fold(account, kind, facts)
         except (OriginatorVersionError, OriginatorIDError) as error:
-            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+            found.append(
+                Violation(str(subject), version, "versions_contiguous", type(error).__name__)
+            )
             return found, None
         assert isinstance(folded, Account)
         account = folded
@@ -269,39 +276,39 @@ def _edited_parts(facts: Facts) -> dict[str, Any]:
     return {part: facts[part] for part in changed_parts(facts)}
 
 
-def _registration_rules(facts: Facts, found: list[Violation], subject: str) -> None:
+def _registration_rules(facts: Facts, found: list[Violation], subject: UUID) -> None:
     """What `Account.register` would have refused of the first event."""
     for rule, check in RULES[Account.Registered]:
         try:
             check(None, facts)  # type: ignore[arg-type]
         except LifecycleError as error:
-            found.append(Violation(subject, 1, rule, f"Registered: {error.code}"))
+            found.append(Violation(str(subject), 1, rule, f"Registered: {error.code}"))
 
 
 def _account_rules(
-    account: Account, kind: EventKind, facts: Facts, found: list[Violation], subject: str
+    account: Account, kind: EventKind, facts: Facts, found: list[Violation], subject: UUID
 ) -> None:
     """What the aggregate's commands would have refused, asked of the state before the event."""
     version: int = facts["originator_version"]
     if kind.topic == event_names.REGISTERED:
-        found.append(Violation(subject, version, "registered_once", "a second Registered"))
+        found.append(Violation(str(subject), version, "registered_once", "a second Registered"))
         return
     try:
         account.check_account_is_not_purged()
     except LifecycleError:
         detail = f"{kind.name} after Purged"
-        found.append(Violation(subject, version, "nothing_after_purge", detail))
+        found.append(Violation(str(subject), version, "nothing_after_purge", detail))
         return
     for rule, check in RULES_BY_TOPIC.get(kind.topic, ()):
         try:
             check(account, facts)
         except LifecycleError as error:
             detail = f"{kind.name} while {account.status.value}: {error.code}"
-            found.append(Violation(subject, version, rule, detail))
+            found.append(Violation(str(subject), version, rule, detail))
 
 
 def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], EmailClaim | None]:
-    subject = str(stream[0][0])
+    subject = stream[0][0]  # made a string only for a violation
     found: list[Violation] = []
     claim: EmailClaim | None = None
     for row in stream:
@@ -311,7 +318,7 @@ def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation],
         kind, facts = decoded
         version = row[1]
         if claim is None and kind.topic != event_names.EMAIL_CLAIM_CREATED:
-            found.append(Violation(subject, version, "claim_starts_created", kind.name))
+            found.append(Violation(str(subject), version, "claim_starts_created", kind.name))
             return found, None
         if claim is not None:
             if kind.topic == event_names.EMAIL_CLAIMED:
@@ -319,33 +326,34 @@ def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation],
                     claim.check_claimable_by(facts["holder"])
                 except LifecycleError:
                     found.append(
-                        Violation(subject, version, "one_account_per_email", "claimed while held")
+                        Violation(
+                            str(subject), version, "one_account_per_email", "claimed while held"
+                        )
                     )
             if kind.topic == event_names.EMAIL_RELEASED and not claim.is_held_by(facts["holder"]):
                 found.append(
-                    Violation(subject, version, "release_by_holder", "released by another")
+                    Violation(str(subject), version, "release_by_holder", "released by another")
                 )
         try:
             folded = fold(claim, kind, facts)
         except (OriginatorVersionError, OriginatorIDError) as error:
-            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+            found.append(
+                Violation(str(subject), version, "versions_contiguous", type(error).__name__)
+            )
             return found, None
         assert isinstance(folded, EmailClaim)
         claim = folded
     return found, claim
 
 
-def _fresh_keys(accounts: Accounts, streams: list[list[Row]]) -> dict[UUID, bool]:
-    """Which of the page's accounts have a key, looked up now in one query (not taken from the
+def _fresh_keys(accounts: Accounts, wrapped_keys: dict[UUID, bytes | None]) -> dict[UUID, bool]:
+    """Which of the page's accounts have a key, as the page's own read found them (not the
     vault's short cache); the mapper then finds each key cached."""
-    ids = {
-        originator_id
-        for originator_id, _, topic, _ in (stream[0] for stream in streams)
-        if topic == event_names.REGISTERED
+    vault = accounts.vault
+    return {
+        account_id: vault.remember_wrapped(account_id, wrapped) is not None
+        for account_id, wrapped in wrapped_keys.items()
     }
-    for account_id in ids:
-        accounts.vault.forget(account_id)
-    return {account_id: key is not None for account_id, key in accounts.vault.prefetch(ids).items()}
 
 
 def _key_rules(
