@@ -57,18 +57,35 @@ class ScoutItem:
 ScoutOutcome = bool | LifecycleError
 
 
-def _scout_outcome(account: Account, item: ScoutItem, received_at: datetime) -> ScoutOutcome:
+def _scout_outcome(
+    account: Account, item: ScoutItem, received_at: datetime, recorded: list[Account.Event]
+) -> ScoutOutcome:
+    """`Account.receive_scout`, its event appended to `recorded` instead of pending."""
     try:
-        return account.receive_scout(
-            scout_id=item.scout_id,
-            company_id=item.company_id,
-            job_id=item.job_id,
-            received_at=received_at,
-        )
+        if not account.scout_is_new(item.scout_id):
+            return False
     except LifecycleError as error:
         return error
+    facts = {
+        "originator_id": account.id,
+        "originator_version": account.version + 1,
+        "timestamp": Account.ScoutReceived.create_timestamp(),
+        "scout_id": item.scout_id,
+        "company_id": item.company_id,
+        "job_id": item.job_id,
+        "received_at": received_at,
+    }
+    # What `trigger_event` does, without the library's constructor and per-event checks
+    # (about a sixth of a bulk request's CPU): the domain's own fold, versions checked, and
+    # the event as a shell holding the same attributes (the mapper builds its shells so too).
+    fold(account, SCOUT_RECEIVED, facts)
+    event = object.__new__(Account.ScoutReceived)
+    object.__setattr__(event, "__dict__", facts)
+    recorded.append(event)
+    return True
 
 
+SCOUT_RECEIVED = KINDS[Account.ScoutReceived.TOPIC]
 # How long an account's state is kept after a bulk save (it holds no personal value), and
 # how many accounts at most.
 SCOUT_STATES_SECONDS = 300.0
@@ -107,9 +124,10 @@ class BulkScouts:
                     for index in indexes:
                         outcomes[index] = account
                     continue
+                events: list[Account.Event] = []
                 for index in indexes:
-                    outcomes[index] = _scout_outcome(account, items[index], received_at)
-                if events := account.collect_events():
+                    outcomes[index] = _scout_outcome(account, items[index], received_at, events)
+                if events:
                     changed.append((account_id, account, events))
                 else:
                     self._keep(account)

@@ -207,8 +207,7 @@ class Account(Aggregate):
         self, *, scout_id: str, company_id: str, job_id: str, received_at: datetime
     ) -> bool:
         """Record a scout once per scout id; returns False when it was already seen."""
-        self.check_account_is_active()
-        if self.has_scout(scout_id):
+        if not self.scout_is_new(scout_id):
             return False
         self.trigger_event(
             self.ScoutReceived,
@@ -285,6 +284,11 @@ class Account(Aggregate):
 
     def has_scout(self, scout_id: str) -> bool:
         return scout_id in self.scouts
+
+    def scout_is_new(self, scout_id: str) -> bool:
+        """`receive_scout`'s rules: refused unless active; a scout id seen already is not new."""
+        self.check_account_is_active()
+        return not self.has_scout(scout_id)
 
     def check_scout_is_new(self, scout_id: str) -> None:
         """A scout id is recorded once (`receive_scout` answers a repeat without an event)."""

@@ -52,6 +52,10 @@ DB_FUNCTIONS_REFUSED = (
 )
 
 
+def _version(event: tuple[int, str, bytes]) -> int:
+    return event[0]
+
+
 def _keys(stored_events: Sequence[StoredEvent]) -> list[StoredEventWithKey]:
     return [s for s in stored_events if isinstance(s, StoredEventWithKey)]
 
@@ -101,12 +105,16 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         )
         # Each aggregate's events after a version (0: all of them), for a bulk command's
         # hundreds of accounts in one round trip; no keys (its rules need no personal value).
+        # LATERAL with OFFSET 0 (so it is not flattened into a join): one index range scan
+        # per aggregate. A plain join was planned as a hash join over a sequential scan of
+        # the whole events table (6 ms at 26k events, growing with the table). Rows are
+        # put in version order in Python: sorting them here cost more than the scans.
         self.select_events_after_statement = _text(
             SQL(
-                "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+                "SELECT c.id, e.originator_version, e.topic, e.state "
                 "FROM unnest(%b::{id_type}[], %b::bigint[]) AS c(id, version) "
-                "JOIN {events} AS e ON e.originator_id = c.id AND e.originator_version > c.version "
-                "ORDER BY e.originator_id, e.originator_version"
+                "CROSS JOIN LATERAL (SELECT originator_version, topic, state FROM {events} "
+                "WHERE originator_id = c.id AND originator_version > c.version OFFSET 0) AS e"
             ).format(id_type=SQL(datastore.originator_id_type), events=events_table)
         )
         self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
@@ -283,6 +291,8 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         found: dict[UUID, list[tuple[int, str, bytes]]] = {}
         for originator_id, version, topic, state in rows:
             found.setdefault(originator_id, []).append((version, topic, bytes(state)))
+        for events in found.values():
+            events.sort(key=_version)
         return found
 
     def insert_events(
