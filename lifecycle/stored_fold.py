@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -165,17 +166,36 @@ def stream_pages(
         yield streams
 
 
+# A range of originator ids: from the first (inclusive, None: the lowest) to the second
+# (exclusive, None: past the highest).
+IdRange = tuple[UUID | None, UUID | None]
+EVERY_ID: IdRange = (None, None)
+
+
+def id_ranges(parts: int) -> list[IdRange]:
+    """The id space cut into `parts` contiguous ranges of equal width, in order (random ids,
+    as uuid4 and the claims' keyed ids are, fall evenly into them)."""
+    bounds = [None, *(UUID(int=(n << 128) // parts) for n in range(1, parts)), None]
+    return list(itertools.pairwise(bounds))
+
+
 def stream_pages_with_keys(
-    database: Database, page: int = STREAM_PAGE
+    database: Database, page: int = STREAM_PAGE, ids: IdRange = EVERY_ID
 ) -> Iterator[tuple[list[list[Row]], dict[UUID, bytes | None]]]:
-    """`stream_pages`, each page with the wrapped data key of every account it completed
-    (None: the account has none), read by the same statement as its `Registered` event: no
-    query of its own, and the key is the one stored when that event was read."""
-    return _pages(database, page, None, with_keys=True)
+    """`stream_pages` (of the aggregates in `ids` only), each page with the wrapped data key
+    of every account it completed (None: the account has none), read by the same statement
+    as its `Registered` event: no query of its own, and the key is the one stored when that
+    event was read."""
+    return _pages(database, page, None, with_keys=True, ids=ids)
 
 
 def _pages(
-    database: Database, page: int, until: int | None, *, with_keys: bool
+    database: Database,
+    page: int,
+    until: int | None,
+    *,
+    with_keys: bool,
+    ids: IdRange = EVERY_ID,
 ) -> Iterator[tuple[list[list[Row]], dict[UUID, bytes | None]]]:
     table = database.events_table
     last: tuple[Any, int] | None = None
@@ -190,11 +210,18 @@ def _pages(
         else "NULL"
     )
     upto = "" if until is None else f"e.{database.dialect.events_position} <= %s"
+    lowest, beyond = ids
+    in_ids = (
+        *(() if lowest is None else ("e.originator_id >= %s",)),
+        *(() if beyond is None else ("e.originator_id < %s",)),
+    )
+    id_params = tuple(database.id_param(bound) for bound in ids if bound is not None)
     while True:
         conditions = [
             c
             for c in (
                 upto,
+                *in_ids,
                 "" if last is None else "(e.originator_id, e.originator_version) > (%s, %s)",
             )
             if c
@@ -202,6 +229,7 @@ def _pages(
         params = (
             *((event_names.REGISTERED,) if with_keys else ()),
             *(() if until is None else (until,)),
+            *id_params,
             *(() if last is None else last),
         )
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""

@@ -15,9 +15,10 @@ page, and memory stays flat in log size.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -26,73 +27,33 @@ from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from lifecycle import event_names
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
+from lifecycle.audit.forked import run_forked
+from lifecycle.audit.replay_report import ReplayReport, Violation
 from lifecycle.crypto import PersonalDataMapper
 from lifecycle.domain import Account, changed_parts
 from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
 from lifecycle.stored_fold import (
+    EVERY_ID,
     KINDS,
     EventKind,
     Facts,
+    IdRange,
     Row,
     StoredFold,
     fold,
     heap_frozen,
+    id_ranges,
     stream_pages_with_keys,
 )
 
 LEGACY_PREFIX = legacy_holder("")
 
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Violation:
-    originator_id: str
-    version: int | None
-    rule: str
-    detail: str
-
-    def describe(self) -> str:
-        at = f" v{self.version}" if self.version is not None else ""
-        return f"{self.originator_id}{at}: {self.rule}: {self.detail}"
-
-
-@dataclass
-class ReplayReport:
-    events: int = 0
-    aggregates: int = 0
-    accounts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in AccountStatus})
-    email_claims: int = 0
-    held_claims: int = 0
-    unfolded_accounts: int = 0  # streams a violation stopped: their status is unknown
-    violations: int = 0
-    first: list[Violation] = field(default_factory=list)
-    by_rule: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.violations == 0
-
-    def add(self, violation: Violation, keep: int) -> None:
-        self.violations += 1
-        self.by_rule[violation.rule] = self.by_rule.get(violation.rule, 0) + 1
-        if len(self.first) < keep:
-            self.first.append(violation)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "events": self.events,
-            "aggregates": self.aggregates,
-            "accounts": self.accounts,
-            "email_claims": self.email_claims,
-            "held_claims": self.held_claims,
-            "violations": self.violations,
-            "violations_by_rule": self.by_rule,
-            "first_violations": [v.describe() for v in self.first],
-        }
+# Processes a replay folds in at most, and the events that make a second one worth forking.
+MAX_WORKERS = 4
+EVENTS_PER_WORKER = 4000
 
 
 # Rule name -> the domain's check, asked of the state before the event (its facts: the event's
@@ -143,24 +104,36 @@ RULES_BY_TOPIC: dict[str, tuple[Rule, ...]] = {cls.TOPIC: rules for cls, rules i
 
 
 def replay(
-    accounts: Accounts, *, progress: ProgressCallback | None = None, keep: int = 100
+    accounts: Accounts,
+    *,
+    progress: ProgressCallback | None = None,
+    keep: int = 100,
+    workers: int | None = None,
 ) -> ReplayReport:
-    """Rebuild every aggregate from the log and check every rule on the way."""
+    """Rebuild every aggregate from the log and check every rule on the way.
+
+    `workers`: processes folding side by side, each a range of the id space (None: one per
+    available core, up to MAX_WORKERS, fewer for a short log); one on a database only this
+    process may open (SQLite). The reports add up to what one process finds."""
     database = accounts.database
-    report = ReplayReport()
     with database.transaction(commit=False) as cursor:
         row = cursor.execute(f"SELECT COUNT(*) FROM {database.events_table}").fetchone()
     total = int(row[0]) if row else 0
-    mapper = accounts.mapper
-    assert isinstance(mapper, PersonalDataMapper)
-    folder = StoredFold(mapper)
-    with heap_frozen():
-        for streams, wrapped_keys in stream_pages_with_keys(database):
-            _replay_page(accounts, folder, streams, wrapped_keys, report=report, keep=keep)
-            if progress is not None:
-                progress(report.events, max(total, report.events))
-    if progress is not None:
-        progress(report.events, max(total, report.events))
+    ranges = id_ranges(_workers(database, total, workers))
+
+    def told(done: int) -> None:
+        if progress is not None:
+            progress(done, max(total, done))
+
+    if len(ranges) == 1:
+        report = _replay_ids(accounts, EVERY_ID, keep, told)
+    else:
+        env = dict(accounts.env)
+        parts = [partial(_replay_part, accounts, env, ids, keep) for ids in ranges]
+        report = ReplayReport()
+        for part in run_forked(parts, told):
+            report.merge(part, keep)
+    told(report.events)
     # Every account not purged holds one claim, and a purge releases it: more held claims than
     # such accounts means a purge that kept its address. Counted, since a sealed holder names
     # no account (see lifecycle.email_claim.EmailClaim).
@@ -171,6 +144,48 @@ def replay(
         excess = report.held_claims - live
         detail = f"{excess} claim(s) held beyond the {live} accounts not purged"
         report.add(Violation("email_claims", None, "claim_released_on_purge", detail), keep)
+    return report
+
+
+def _workers(database: Database, total: int, asked: int | None) -> int:
+    if not database.dialect.shared_by_processes:
+        return 1
+    if asked is not None:
+        return max(1, asked)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, cores or 1, total // EVENTS_PER_WORKER))
+
+
+def _replay_part(
+    parent: Accounts,
+    env: dict[str, str],
+    ids: IdRange,
+    keep: int,
+    tell: Callable[[int], None],
+) -> ReplayReport:
+    """One range of the id space: the first in this process with its application, each other
+    in a forked child, with an application (and connections) of its own."""
+    if ids[0] is None:
+        return _replay_ids(parent, ids, keep, tell)
+    accounts = Accounts(env=env)
+    try:
+        return _replay_ids(accounts, ids, keep, tell)
+    finally:
+        accounts.close()
+
+
+def _replay_ids(
+    accounts: Accounts, ids: IdRange, keep: int, tell: Callable[[int], None]
+) -> ReplayReport:
+    """Every aggregate in `ids` folded and checked, a page at a time; `tell`: events so far."""
+    report = ReplayReport()
+    mapper = accounts.mapper
+    assert isinstance(mapper, PersonalDataMapper)
+    folder = StoredFold(mapper)
+    with heap_frozen():
+        for streams, wrapped_keys in stream_pages_with_keys(accounts.database, ids=ids):
+            _replay_page(accounts, folder, streams, wrapped_keys, report=report, keep=keep)
+            tell(report.events)
     return report
 
 

@@ -37,6 +37,7 @@ from lifecycle.stored_fold import (
     StoredFold,
     fold,
     heap_frozen,
+    id_ranges,
     read_ahead,
     stream_pages,
     stream_pages_with_keys,
@@ -253,6 +254,15 @@ def test_each_page_carries_the_keys_of_the_accounts_it_completes(accounts: Accou
             assert set(keys) == registered
         keys = {k: v for _, page_keys in pages for k, v in page_keys.items()}
         assert keys == {ids[0]: stored[ids[0]], ids[1]: None, ids[2]: stored[ids[2]]}
+
+    # The id space cut in ranges: each stream, and each key, in exactly one of them.
+    whole = [s for streams, _ in stream_pages_with_keys(db) for s in streams]
+    for parts in (1, 2, 3, 7):
+        ranges = id_ranges(parts)
+        assert ranges[0][0] is None and ranges[-1][1] is None
+        cut = [list(stream_pages_with_keys(db, page=2, ids=ids)) for ids in ranges]
+        assert [s for part in cut for streams, _ in part for s in streams] == whole
+        assert {k: v for part in cut for _, keys in part for k, v in keys.items()} == keys
 
 
 def _rest(stored: StoredEvent) -> tuple[str, bytes]:
