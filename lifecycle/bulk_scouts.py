@@ -36,6 +36,7 @@ from lifecycle.errors import (
     ConcurrentUpdateError,
     LifecycleError,
 )
+from lifecycle.group_commit import conflicting_aggregate
 from lifecycle.hot_accounts import HotAccounts
 from lifecycle.stored_fold import KINDS, StoredFold, UnknownTopicError, fold
 
@@ -193,22 +194,30 @@ class BulkScouts:
         outcomes: list[ScoutOutcome],
         pending: dict[UUID, list[int]],
     ) -> list[UUID]:
-        """Save all, or else each alone; returns the accounts that conflicted (to retry).
-        An account whose save failed with an error of ours refuses its items with it."""
-        if len(changed) > 1:
+        """Save all together; returns the accounts that conflicted (to retry). A conflict
+        names the account it met (PostgreSQL's DETAIL): that one is set aside and the rest
+        saved together again; otherwise (no account named, or an error of ours) each is
+        saved alone, and one whose save failed with an error of ours refuses its items."""
+        conflicted: list[UUID] = []
+        while len(changed) > 1:
             try:
                 # Events only: these accounts' personal values read as redacted, so they
                 # must not become the application's copy of an account or a snapshot.
                 self.accounts.group_commit.save(
                     [event for _, _, events in changed for event in events]
                 )
-            except (IntegrityError, LifecycleError):
-                pass  # Nothing of it was stored: each account alone finds out which failed.
+            except (IntegrityError, LifecycleError) as error:
+                # Nothing of it was stored.
+                named = conflicting_aggregate(error)
+                rest = [entry for entry in changed if entry[0] != named]
+                if named is None or len(rest) == len(changed):
+                    break
+                conflicted.append(named)
+                changed = rest
             else:
                 for _, account, _ in changed:
                     self._keep(account)
-                return []
-        conflicted: list[UUID] = []
+                return conflicted
         for account_id, account, events in changed:
             try:
                 self.accounts.group_commit.save(events)

@@ -142,8 +142,8 @@ def test_a_write_between_the_read_and_the_save_is_retried_for_that_account_only(
     two: tuple[Accounts, Accounts], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = two
-    raced, calm = member(a), member(a)
-    assert bulk(a, (raced, "s-1"), (calm, "s-1")) == [True, True]
+    raced, calm, other = member(a), member(a), member(a)
+    assert bulk(a, (raced, "s-1"), (calm, "s-1"), (other, "s-1")) == [True] * 3
     select = a.recorder.select_events_after  # type: ignore[attr-defined]
     asked: list[list[UUID]] = []
 
@@ -155,10 +155,15 @@ def test_a_write_between_the_read_and_the_save_is_retried_for_that_account_only(
         return found
 
     monkeypatch.setattr(a.recorder, "select_events_after", racing)
-    assert bulk(a, (raced, "s-2"), (calm, "s-2"), (raced, "other")) == [True, True, False]
-    assert asked == [[raced, calm], [raced]]
+    saves = a.group_commit.saved_requests
+    outcomes = bulk(a, (raced, "s-2"), (calm, "s-2"), (raced, "other"), (other, "s-2"))
+    assert outcomes == [True, True, False, True]
+    assert asked == [[raced, calm, other], [raced]]
+    # The batch that met b's event, the other two saved together without the raced one,
+    # the raced one's retry.
+    assert a.group_commit.saved_requests - saves == 3
     assert scout_ids(a, raced) == ["s-1", "other", "s-2"]
-    assert scout_ids(a, calm) == ["s-1", "s-2"]
+    assert scout_ids(a, calm) == scout_ids(a, other) == ["s-1", "s-2"]
 
 
 SCOUTER = """
