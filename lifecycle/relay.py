@@ -8,8 +8,8 @@ republishes that batch with the same `ce_id`s, which consumers dedupe.
 Idle, it waits for the next commit (`lifecycle.notify`: PostgreSQL's NOTIFY, the poll interval
 as fallback), and each `relay.published` line says how long the batch's events waited from
 commit to Kafka's acknowledgement (`commit_to_ack_ms`, newest event; `..._max_ms`, oldest).
-With a backlog, the next page is read and encoded (`lifecycle.relay_page`) while Kafka
-acknowledges the one before; the position still moves only past acknowledged records.
+With a backlog, the next page is read and encoded (`lifecycle.relay_page`, on a thread of its
+own) while the one before is published; the position still moves only past acknowledged records.
 
 One relay publishes at a time: on PostgreSQL it holds an advisory lock on a connection of its
 own for as long as it runs; on SQLite an exclusive `flock` on a file beside the database.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from consumers.faults import DependencyWait, infrastructure_fault
@@ -63,8 +64,10 @@ class Relay:
         self._wait = DependencyWait(self._log, "relay")
         self._lock = single_active_lock(self._db, "relay", name)
         self._pages = PageReader(accounts, self.topics, self._log)
-        # The next page, read while Kafka acknowledged the one before (a backlog).
-        self._ahead: Page | None = None
+        # The next page (its start, its read), read on a thread of its own while the one
+        # before is published (a backlog); made when first needed.
+        self._reader: ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, Future[Page | None]] | None = None
         # Read when first needed (constructors do no I/O): on taking the lock, or by `position`.
         self._position: int | None = None
         # When Kafka last acknowledged a batch of this relay (metrics; None: not yet).
@@ -130,6 +133,7 @@ class Relay:
                     waiter.reset()
         finally:
             waiter.close()
+            self._stop_reading()
             self._lock.release()
             self._log.info("relay.stopped", position=self._position)
 
@@ -159,9 +163,16 @@ class Relay:
         return self._wait.waiting_for
 
     def close(self) -> None:
-        """Give up the lock (a standby relay takes over); the publisher stays the caller's."""
-        self._ahead = None
+        """Give up the lock (a standby relay takes over); the publisher stays the caller's.
+        A page being read ahead is waited for, so nothing reads after the caller closes."""
+        self._stop_reading()
         self._lock.release()
+
+    def _stop_reading(self) -> None:
+        self._ahead = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
 
     def _back_off(self, stop: threading.Event, delays: Delays) -> None:
         delays.wait(stop)
@@ -193,11 +204,11 @@ class Relay:
         page = self._take_ahead() or self._pages.read(self.position + 1, self.batch_size)
         if page is None:
             return 0
+        if page.size == self.batch_size:
+            # A backlog: the next page is read and encoded beside this one's publishing.
+            self._read_ahead(page.last + 1)
         for topic, key, headers, value in page.records:
             self.publisher.publish(topic, key, headers, value)
-        if page.size == self.batch_size:
-            # A backlog: read and encode the next page while Kafka acknowledges this one.
-            self._ahead = self._read_ahead(page.last + 1)
         self.publisher.flush()
         acked = datetime.now(UTC)
         self._save_position(page.last)
@@ -214,18 +225,19 @@ class Relay:
         )
         return page.size
 
-    def _take_ahead(self) -> Page | None:
-        """The page read ahead, if it starts where this batch does."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.start == self.position + 1:
-            return ahead
-        return None
+    def _read_ahead(self, start: int) -> None:
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}-read")
+        self._ahead = (start, self._reader.submit(self._pages.read, start, self.batch_size))
 
-    def _read_ahead(self, start: int) -> Page | None:
-        """The next page, or None if it cannot be read now: the next batch reads it again
-        and meets the failure where it is waited out."""
+    def _take_ahead(self) -> Page | None:
+        """The page read ahead, if it starts where this batch does; None if there is none,
+        or it failed (the batch reads it again and meets the failure where it is waited out)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != self.position + 1:
+            return None
         try:
-            return self._pages.read(start, self.batch_size)
+            return ahead[1].result()
         except Exception as error:
             self._log.debug("relay.read_ahead_failed", error=type(error).__name__)
             return None
