@@ -37,6 +37,8 @@ from schemas.data_export import ExportRequestedV1, encode_export_requested
 
 # A dead letter's own headers (source offset, error, attempts): never published again.
 DEAD_LETTER_HEADER_PREFIX = "dlq_"
+# The events after which the profile topic gets a record (`_contact`, or the tombstone).
+PROFILE_EVENTS = (Account.Registered, Account.PreferencesEdited, Account.Purged)
 
 
 def records_of(
@@ -50,6 +52,8 @@ def records_of(
     if record is None:
         return
     yield topics.lifecycle, record
+    if not isinstance(event, PROFILE_EVENTS):
+        return  # only these change the contact data (most events are scouts)
     account_id: UUID = event.originator_id
     ce_id, subject = profile_event_id(account_id, event.originator_version), str(account_id)
     if isinstance(event, Account.Purged):

@@ -417,7 +417,9 @@ class Envelope:
 def rfc3339(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ContractError("times must be timezone-aware")
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:  # stored events' times are in UTC already
+        moment = moment.astimezone(UTC)
+    return moment.isoformat()[:-6] + "Z"
 
 
 def encode_record(

@@ -16,7 +16,7 @@ from pydantic_core import PydanticSerializationError
 from lifecycle import plain_encoding
 from lifecycle.domain import Account
 from lifecycle.publishing import lifecycle_json, lifecycle_payload, profile_json
-from schemas.contract import LIFECYCLE_MODELS, ProfileV1
+from schemas.contract import LIFECYCLE_MODELS, ProfileV1, rfc3339
 
 NOW = datetime(2026, 4, 1, 9, 30, 15, 123456, tzinfo=UTC)
 
@@ -216,3 +216,17 @@ def test_values_the_model_would_change_or_refuse_are_left_to_it() -> None:
     for refused in (left[1], left[3]):
         with pytest.raises(ValidationError):
             lifecycle_json(refused)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        NOW,
+        NOW.replace(microsecond=0),
+        NOW.astimezone(timezone(timedelta(hours=9))),
+        NOW.replace(tzinfo=timezone(timedelta(0))),
+    ],
+)
+def test_ce_time_is_the_utc_time_with_z(moment: datetime) -> None:
+    assert rfc3339(moment) == moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    assert rfc3339(moment).startswith(f"{moment.astimezone(UTC):%Y-%m-%dT%H:%M:%S}")
