@@ -5,9 +5,9 @@ edits, scouts) read three ways by a fresh `Accounts` each pass (cold key cache, 
 `lifecycle audit replay` process has): the raw read (bench.case_replay's psycopg cursor, no
 decoding: the baseline), `lifecycle audit replay`, and the rebuild of the account directory.
 The passes interleave (raw, replay, rebuild, raw, ...), so drift of the shared machine touches
-each alike. `time.process_time` counts this process's CPU only: the database server's share of
-a rebuild's writes is not in it (the wall time, printed beside it, is, and means little on a
-loaded machine).
+each alike. The CPU is this process's and its children's (a replay's forked workers:
+lifecycle.audit.forked), not the database server's share of a rebuild's writes (the wall
+time, printed beside it, is, and means little on a loaded machine).
 
     python -m bench.replay_costs --events 20000 --passes 3 [--modes raw,replay,rebuild]
 """
@@ -15,6 +15,7 @@ loaded machine).
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -52,6 +53,12 @@ def rebuild_pass(settings: Settings) -> int:
         accounts.close()
 
 
+def cpu_seconds() -> float:
+    """This process's CPU and that of its children ended so far."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 PASSES: dict[str, Callable[[Settings], int]] = {
     "raw": raw_pass,
     "replay": replay_pass,
@@ -75,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             PASSES[mode](settings)
         for _ in range(args.passes):
             for mode in modes:
-                began_cpu, began = time.process_time(), time.perf_counter()
+                began_cpu, began = cpu_seconds(), time.perf_counter()
                 events = PASSES[mode](settings)
-                cpu[mode].append((time.process_time() - began_cpu) / events * 1e6)
+                cpu[mode].append((cpu_seconds() - began_cpu) / events * 1e6)
                 wall[mode].append((time.perf_counter() - began) / events * 1e6)
         for mode in modes:
             print(

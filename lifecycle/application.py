@@ -121,6 +121,7 @@ class Accounts(Application[UUID]):
             self.recorder.key_seen = self.vault.remember_wrapped
         self.group_commit = GroupCommitWriter(self._save_now, max_batch=max_batch)
         self.hot_accounts = HotAccounts(KeyVault.CACHE_SECONDS)
+        self.bulk_scouts = BulkScouts(self)
 
     def save(
         self,
@@ -222,7 +223,7 @@ class Accounts(Application[UUID]):
     def receive_scouts(self, items: Sequence[ScoutItem]) -> list[ScoutOutcome]:
         """Each item as `receive_scout` would record it, in order; all durable on return
         (see lifecycle.bulk_scouts)."""
-        return BulkScouts(self).receive(items)
+        return self.bulk_scouts.receive(items)
 
     def claim_gift(self, account_id: UUID, *, company_id: str, start_date: date) -> None:
         self._command(

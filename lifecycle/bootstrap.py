@@ -404,6 +404,11 @@ class Lane(Protocol):
 
     name: str
 
+    @property
+    def waiting_for(self) -> str | None:
+        """The dependency it waits out now (readiness reads it), or None."""
+        ...
+
     def run(self, stop: threading.Event) -> None: ...
 
 
@@ -415,6 +420,11 @@ class ConsumerRun:
     consumer: Consumer
     closers: list[Callable[[], None]] = field(default_factory=list)
     lanes: list[Lane] = field(default_factory=list)
+
+    def workers(self) -> list[Consumer | Lane]:
+        """What a probe watches: the consumer and each lane (a lane waiting out a dependency
+        makes the process not ready, as the consumer does)."""
+        return [self.consumer, *self.lanes]
 
     def run(self, stop: threading.Event) -> None:
         """The consumer in this thread, each lane in its own; the lanes stop with it."""

@@ -12,6 +12,7 @@ stable name of `Purged` (lifecycle.event_names), so renaming the class never dis
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -180,9 +181,12 @@ class KeyVault:
             raise KeyDestroyedError()
         return found
 
-    def remember_wrapped(self, account_id: UUID, wrapped: bytes | None) -> None:
-        """Cache a key read along with its account's events (None: it has none)."""
-        self._remember(account_id, None if wrapped is None else self.unwrap(account_id, wrapped))
+    def remember_wrapped(self, account_id: UUID, wrapped: bytes | None) -> bytes | None:
+        """Cache a key read along with its account's events (None: it has none); returns it
+        (None too when the KEK version that wrapped it was destroyed)."""
+        key = None if wrapped is None else self.unwrap(account_id, wrapped)
+        self._remember(account_id, key)
+        return key
 
     def _remember(self, account_id: UUID, key: bytes | None) -> None:
         with self._lock:
@@ -368,7 +372,7 @@ class PersonalDataMapper(Mapper[UUID]):
         version: int = state["originator_version"]
         associated = _associated_data(account_id, version, fields)
         try:
-            plaintext = open_sealed(key, base64.b64decode(sealed["data"]), associated)
+            plaintext = open_sealed(key, binascii.a2b_base64(sealed["data"]), associated)
         except InvalidTag:
             raise MapperDeserialisationError(
                 f"sealed personal fields of event {version} of {account_id} fail authentication"

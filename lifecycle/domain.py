@@ -207,8 +207,7 @@ class Account(Aggregate):
         self, *, scout_id: str, company_id: str, job_id: str, received_at: datetime
     ) -> bool:
         """Record a scout once per scout id; returns False when it was already seen."""
-        self.check_account_is_active()
-        if self.has_scout(scout_id):
+        if not self.scout_is_new(scout_id):
             return False
         self.trigger_event(
             self.ScoutReceived,
@@ -286,6 +285,11 @@ class Account(Aggregate):
     def has_scout(self, scout_id: str) -> bool:
         return scout_id in self.scouts
 
+    def scout_is_new(self, scout_id: str) -> bool:
+        """`receive_scout`'s rules: refused unless active; a scout id seen already is not new."""
+        self.check_account_is_active()
+        return not self.has_scout(scout_id)
+
     def check_scout_is_new(self, scout_id: str) -> None:
         """A scout id is recorded once (`receive_scout` answers a repeat without an event)."""
         if self.has_scout(scout_id):
@@ -339,7 +343,7 @@ class Account(Aggregate):
 
     @staticmethod
     def check_channel_is_known(channel: str) -> None:
-        if channel not in tuple(Channel):
+        if not (isinstance(channel, str) and channel in CHANNELS):
             raise InvalidCommandError("channel_invalid")
 
     @staticmethod
@@ -349,7 +353,7 @@ class Account(Aggregate):
 
     @staticmethod
     def check_withdrawal_reason_is_known(reason: str) -> None:
-        if reason not in tuple(WithdrawalReason):
+        if not (isinstance(reason, str) and reason in WITHDRAWAL_REASONS):
             raise InvalidCommandError("unknown_withdrawal_reason")
 
     @staticmethod
@@ -381,6 +385,10 @@ class Account(Aggregate):
 # library's event objects). Events carry facts, so none of these refuses.
 State = dict[str, Any]
 Facts = Mapping[str, Any]
+# Sets to ask (a StrEnum member hashes as its value): the audit replay asks once per event.
+CHANNELS = frozenset(Channel)
+WITHDRAWAL_REASONS = frozenset(WithdrawalReason)
+
 REGISTERED_FIELDS = (
     "email",
     "display_name",

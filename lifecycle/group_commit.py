@@ -132,7 +132,7 @@ class GroupCommitWriter:
         conflict (alone it would meet it too) and the others go again as one batch. Otherwise
         (callers racing within the batch, or no aggregate named) each saves alone."""
         while len(batch) > 1:
-            conflicting = _conflicting_aggregate(error)
+            conflicting = conflicting_aggregate(error)
             losers = [r for r in batch if any(e.originator_id == conflicting for e in r.events)]
             if conflicting is None or len(losers) != 1:
                 break
@@ -176,7 +176,7 @@ _CONFLICT_DETAIL = re.compile(
 )
 
 
-def _conflicting_aggregate(error: BaseException) -> UUID | None:
+def conflicting_aggregate(error: BaseException) -> UUID | None:
     """The aggregate whose event conflicted with a stored one, when the error names it."""
     if not isinstance(error, IntegrityError):
         return None

@@ -74,14 +74,14 @@ def observe_since(histogram: Histogram, started: datetime, now: datetime | None 
 
 def worker_name(worker: Any) -> str:
     """The label of a worker: a consumer's group name, `relay` for a relay, `project:<model>` for
-    a read model's projector, else its class name."""
+    a read model's projector, a lane's name, else its class name."""
     if hasattr(worker, "total_lag"):
         return str(worker.name)
     if hasattr(worker, "publisher") and hasattr(worker, "position"):
         return "relay"
     if (model := getattr(worker, "model", None)) is not None and hasattr(model, "name"):
         return f"project:{model.name}"  # one projector per read model
-    return str(getattr(worker, "metrics_name", type(worker).__name__.lower()))
+    return str(getattr(worker, "name", type(worker).__name__.lower()))
 
 
 class WorkersCollector(Collector):

@@ -37,6 +37,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import get_topic, retry
 from psycopg.abc import Query
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composable, Identifier
 
 from lifecycle.crypto import KEY_DESTROYED, KEYS_TABLE, StoredEventWithKey
@@ -49,6 +50,10 @@ DB_FUNCTIONS_REFUSED = (
     "POSTGRES_ENABLE_DB_FUNCTIONS is not supported: its insert skips the table lock that keeps "
     "the notification log in commit order, and it has no place for the key rows"
 )
+
+
+def _version(event: tuple[int, str, bytes]) -> int:
+    return event[0]
 
 
 def _keys(stored_events: Sequence[StoredEvent]) -> list[StoredEventWithKey]:
@@ -75,7 +80,7 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
     reads an aggregate's events and its key in one round trip (see `select_events`)."""
 
     # Told each wrapped key (None: no key) read with an aggregate's events.
-    key_seen: Callable[[UUID, bytes | None], None] | None = None
+    key_seen: Callable[[UUID, bytes | None], object] | None = None
 
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
@@ -98,13 +103,19 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
                 "FROM {events} WHERE originator_id = %s"
             ).format(keys=keys, events=events_table)
         )
-        self.select_events_of_many_statement = _text(
+        # Each aggregate's events after a version (0: all of them), for a bulk command's
+        # hundreds of accounts in one round trip; no keys (its rules need no personal value).
+        # LATERAL with OFFSET 0 (so it is not flattened into a join): one index range scan
+        # per aggregate. A plain join was planned as a hash join over a sequential scan of
+        # the whole events table (6 ms at 26k events, growing with the table). Rows are
+        # put in version order in Python: sorting them here cost more than the scans.
+        self.select_events_after_statement = _text(
             SQL(
-                "SELECT e.originator_id, e.originator_version, e.topic, e.state, k.wrapped_key "
-                "FROM {events} AS e "
-                "LEFT JOIN {keys} AS k ON k.account_id = e.originator_id "
-                "WHERE e.originator_id = ANY(%s) ORDER BY e.originator_id, e.originator_version"
-            ).format(keys=keys, events=events_table)
+                "SELECT c.id, e.originator_version, e.topic, e.state "
+                "FROM unnest(%b::{id_type}[], %b::bigint[]) AS c(id, version) "
+                "CROSS JOIN LATERAL (SELECT originator_version, topic, state FROM {events} "
+                "WHERE originator_id = c.id AND originator_version > c.version OFFSET 0) AS e"
+            ).format(id_type=SQL(datastore.originator_id_type), events=events_table)
         )
         self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
         # Finding out whether an in-doubt write landed (rare: only after a connection failed).
@@ -183,10 +194,13 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
                 channel=Identifier(self.channel_name),
             )
         )
+        # Arrays go in binary (%b): psycopg dumps a list as text in Python, element by
+        # element, about ten times the CPU of its binary dump (1.6 ms against 0.16 ms for
+        # a bulk request's 200 events).
         self.insert_arrays_call = _text(
             SQL(
-                "SELECT * FROM {function}(%s::{id_type}[], %s::bigint[], %s::text[], "
-                "%s::bytea[], %s::uuid[], %s::bytea[]) AS notification_id"
+                "SELECT * FROM {function}(%b::{id_type}[], %b::bigint[], %b::text[], "
+                "%b::bytea[], %b::uuid[], %b::bytea[]) AS notification_id"
             ).format(function=arrays_function, id_type=SQL(datastore.originator_id_type))
         )
 
@@ -263,32 +277,22 @@ class PostgresKeyRecorder(PostgresApplicationRecorder):
         ]
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def select_events_of_many(
-        self, originator_ids: Sequence[UUID]
-    ) -> dict[UUID, list[StoredEvent]]:
-        """Every event of each aggregate, in version order, and their keys (told to `key_seen`
-        as `select_events` does): one round trip for a bulk command's hundreds of accounts."""
-        ids = list(originator_ids)
-        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(self.select_events_of_many_statement, (ids,), prepare=True)
+    def select_events_after(
+        self, positions: Sequence[tuple[UUID, int]]
+    ) -> dict[UUID, list[tuple[int, str, bytes]]]:
+        """Each aggregate's events after the version given with it (0: every event), as
+        (version, topic, state) in version order: one round trip for a bulk command's
+        hundreds of accounts, nothing for one that has not moved since that version."""
+        ids = [originator_id for originator_id, _ in positions]
+        versions = [version for _, version in positions]
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+            cursor.execute(self.select_events_after_statement, (ids, versions), prepare=True)
             rows = cursor.fetchall()
-        keys: dict[UUID, bytes] = {}
-        found: dict[UUID, list[StoredEvent]] = {}
-        for row in rows:
-            originator_id = row["originator_id"]
-            if row["wrapped_key"] is not None and originator_id not in keys:
-                keys[originator_id] = bytes(row["wrapped_key"])
-            found.setdefault(originator_id, []).append(
-                StoredEvent(
-                    originator_id=originator_id,
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-            )
-        if self.key_seen is not None:
-            for originator_id in ids:
-                self.key_seen(originator_id, keys.get(originator_id))
+        found: dict[UUID, list[tuple[int, str, bytes]]] = {}
+        for originator_id, version, topic, state in rows:
+            found.setdefault(originator_id, []).append((version, topic, bytes(state)))
+        for events in found.values():
+            events.sort(key=_version)
         return found
 
     def insert_events(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -29,8 +30,8 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, OriginatorIDError, OriginatorVersionError
 from eventsourcing.persistence import Transcoder
 
-from lifecycle import domain, email_claim
-from lifecycle.crypto import PersonalDataMapper
+from lifecycle import domain, email_claim, event_names
+from lifecycle.crypto import KEYS_TABLE, PersonalDataMapper
 from lifecycle.domain import Account
 from lifecycle.email_claim import EmailClaim
 from lifecycle.storage import Database
@@ -161,46 +162,111 @@ def stream_pages(
     """Every aggregate's whole stream of stored events as rows, in id order, grouped by the
     page that completed it (a page may complete none when one aggregate spans it); `until`:
     only the events up to that notification id. Memory stays flat however long the log is."""
+    for streams, _ in _pages(database, page, until, with_keys=False):
+        yield streams
+
+
+# A range of originator ids: from the first (inclusive, None: the lowest) to the second
+# (exclusive, None: past the highest).
+IdRange = tuple[UUID | None, UUID | None]
+EVERY_ID: IdRange = (None, None)
+
+
+def id_ranges(parts: int) -> list[IdRange]:
+    """The id space cut into `parts` contiguous ranges of equal width, in order (random ids,
+    as uuid4 and the claims' keyed ids are, fall evenly into them)."""
+    bounds = [None, *(UUID(int=(n << 128) // parts) for n in range(1, parts)), None]
+    return list(itertools.pairwise(bounds))
+
+
+def stream_pages_with_keys(
+    database: Database, page: int = STREAM_PAGE, ids: IdRange = EVERY_ID
+) -> Iterator[tuple[list[list[Row]], dict[UUID, bytes | None]]]:
+    """`stream_pages` (of the aggregates in `ids` only), each page with the wrapped data key
+    of every account it completed (None: the account has none), read by the same statement
+    as its `Registered` event: no query of its own, and the key is the one stored when that
+    event was read."""
+    return _pages(database, page, None, with_keys=True, ids=ids)
+
+
+def _pages(
+    database: Database,
+    page: int,
+    until: int | None,
+    *,
+    with_keys: bool,
+    ids: IdRange = EVERY_ID,
+) -> Iterator[tuple[list[list[Row]], dict[UUID, bytes | None]]]:
     table = database.events_table
     last: tuple[Any, int] | None = None
     stream: list[Row] = []
-    upto = "" if until is None else f"{database.dialect.events_position} <= %s"
+    # The current stream's wrapped key, when its first event is a registration.
+    stream_key: tuple[UUID, bytes | None] | None = None
+    # An account's key beside its first event (one index probe per registration).
+    key = (
+        "CASE WHEN e.originator_version = 1 AND e.topic = %s THEN (SELECT k.wrapped_key "
+        f"FROM {database.table(KEYS_TABLE)} k WHERE k.account_id = e.originator_id) END"
+        if with_keys
+        else "NULL"
+    )
+    upto = "" if until is None else f"e.{database.dialect.events_position} <= %s"
+    lowest, beyond = ids
+    in_ids = (
+        *(() if lowest is None else ("e.originator_id >= %s",)),
+        *(() if beyond is None else ("e.originator_id < %s",)),
+    )
+    id_params = tuple(database.id_param(bound) for bound in ids if bound is not None)
     while True:
         conditions = [
             c
             for c in (
                 upto,
-                "" if last is None else "(originator_id, originator_version) > (%s, %s)",
+                *in_ids,
+                "" if last is None else "(e.originator_id, e.originator_version) > (%s, %s)",
             )
             if c
         ]
-        params = (*(() if until is None else (until,)), *(() if last is None else last))
+        params = (
+            *((event_names.REGISTERED,) if with_keys else ()),
+            *(() if until is None else (until,)),
+            *id_params,
+            *(() if last is None else last),
+        )
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         with database.transaction(commit=False) as cursor:
             rows = (
                 cursor.plain_rows()
                 .execute(
-                    f"SELECT originator_id, originator_version, topic, state FROM {table} {where}"
-                    "ORDER BY originator_id, originator_version LIMIT %s",
+                    "SELECT e.originator_id, e.originator_version, e.topic, e.state, "
+                    f"{key} FROM {table} e {where}"
+                    "ORDER BY e.originator_id, e.originator_version LIMIT %s",
                     (*params, page),
                 )
                 .fetchall()
             )
         complete: list[list[Row]] = []
-        for raw_id, version, topic, state in rows:
+        keys: dict[UUID, bytes | None] = {}
+        for raw_id, version, topic, state, wrapped in rows:
             # The drivers give int, str and bytes; PostgreSQL a UUID, SQLite its text.
             originator_id = raw_id if type(raw_id) is UUID else UUID(raw_id)
             if stream and stream[0][0] != originator_id:
                 complete.append(stream)
                 stream = []
+                if stream_key is not None:
+                    keys[stream_key[0]] = stream_key[1]
+                    stream_key = None
+            if with_keys and version == 1 and topic == event_names.REGISTERED:
+                stream_key = (originator_id, None if wrapped is None else bytes(wrapped))
             stream.append((originator_id, version, topic, state))
         if len(rows) < page:
             if stream:
                 complete.append(stream)
+                if stream_key is not None:
+                    keys[stream_key[0]] = stream_key[1]
             if complete:
-                yield complete
+                yield complete, keys
             return
-        yield complete
+        yield complete, keys
         last = (rows[-1][0], int(rows[-1][1]))
 
 

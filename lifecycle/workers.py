@@ -95,7 +95,7 @@ def run_consumer(
     """`lifecycle consume scout|chat|mail`: one reference service, its store in schema `name`."""
     consumer = kafka_consumer(name, settings, topics=topics, schema=schema)
     if probe is not None:
-        probe.watch(consumer.consumer)
+        probe.watch(*consumer.workers())
     consumer.run(stop)
 
 
@@ -112,7 +112,7 @@ def run_erasure(
     try:
         consumer = kafka_erasure_consumer(settings, accounts, topics=topics)
         if probe is not None:
-            probe.watch(consumer.consumer)
+            probe.watch(*consumer.workers())
         consumer.run(stop)
     finally:
         accounts.close()
@@ -131,7 +131,7 @@ def run_data_exports(
     try:
         consumer = kafka_data_export_consumer(settings, accounts, topics=topics)
         if probe is not None:
-            probe.watch(consumer.consumer)
+            probe.watch(*consumer.workers())
         sweep = threading.Thread(
             target=_guarded(
                 "data-export-sweep",

@@ -8,15 +8,17 @@ own folds, without building the library's event objects), so every sealed person
 still open under its account's key (a failure is a `decodes` violation); no value leaves the
 process.
 
-The log is read a page at a time: the page's keys come in one query (`KeyVault.prefetch`),
-key and claim-holder rules take one query per page, and memory stays flat in log size.
+The log is read a page at a time, each account's wrapped key in the same statement as its
+`Registered` event (`stream_pages_with_keys`), key and claim-holder rules take one query per
+page, and memory stays flat in log size.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -25,73 +27,33 @@ from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from lifecycle import event_names
 from lifecycle.account_terms import AccountStatus
 from lifecycle.application import Accounts
+from lifecycle.audit.forked import run_forked
+from lifecycle.audit.replay_report import ReplayReport, Violation
 from lifecycle.crypto import PersonalDataMapper
 from lifecycle.domain import Account, changed_parts
 from lifecycle.email_claim import EmailClaim, legacy_holder
 from lifecycle.errors import LifecycleError
 from lifecycle.storage import Database
 from lifecycle.stored_fold import (
+    EVERY_ID,
     KINDS,
     EventKind,
     Facts,
+    IdRange,
     Row,
     StoredFold,
     fold,
     heap_frozen,
-    stream_pages,
+    id_ranges,
+    stream_pages_with_keys,
 )
 
 LEGACY_PREFIX = legacy_holder("")
 
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Violation:
-    originator_id: str
-    version: int | None
-    rule: str
-    detail: str
-
-    def describe(self) -> str:
-        at = f" v{self.version}" if self.version is not None else ""
-        return f"{self.originator_id}{at}: {self.rule}: {self.detail}"
-
-
-@dataclass
-class ReplayReport:
-    events: int = 0
-    aggregates: int = 0
-    accounts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in AccountStatus})
-    email_claims: int = 0
-    held_claims: int = 0
-    unfolded_accounts: int = 0  # streams a violation stopped: their status is unknown
-    violations: int = 0
-    first: list[Violation] = field(default_factory=list)
-    by_rule: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.violations == 0
-
-    def add(self, violation: Violation, keep: int) -> None:
-        self.violations += 1
-        self.by_rule[violation.rule] = self.by_rule.get(violation.rule, 0) + 1
-        if len(self.first) < keep:
-            self.first.append(violation)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "events": self.events,
-            "aggregates": self.aggregates,
-            "accounts": self.accounts,
-            "email_claims": self.email_claims,
-            "held_claims": self.held_claims,
-            "violations": self.violations,
-            "violations_by_rule": self.by_rule,
-            "first_violations": [v.describe() for v in self.first],
-        }
+# Processes a replay folds in at most, and the events that make a second one worth forking.
+MAX_WORKERS = 4
+EVENTS_PER_WORKER = 4000
 
 
 # Rule name -> the domain's check, asked of the state before the event (its facts: the event's
@@ -142,24 +104,36 @@ RULES_BY_TOPIC: dict[str, tuple[Rule, ...]] = {cls.TOPIC: rules for cls, rules i
 
 
 def replay(
-    accounts: Accounts, *, progress: ProgressCallback | None = None, keep: int = 100
+    accounts: Accounts,
+    *,
+    progress: ProgressCallback | None = None,
+    keep: int = 100,
+    workers: int | None = None,
 ) -> ReplayReport:
-    """Rebuild every aggregate from the log and check every rule on the way."""
+    """Rebuild every aggregate from the log and check every rule on the way.
+
+    `workers`: processes folding side by side, each a range of the id space (None: one per
+    available core, up to MAX_WORKERS, fewer for a short log); one on a database only this
+    process may open (SQLite). The reports add up to what one process finds."""
     database = accounts.database
-    report = ReplayReport()
     with database.transaction(commit=False) as cursor:
         row = cursor.execute(f"SELECT COUNT(*) FROM {database.events_table}").fetchone()
     total = int(row[0]) if row else 0
-    mapper = accounts.mapper
-    assert isinstance(mapper, PersonalDataMapper)
-    folder = StoredFold(mapper)
-    with heap_frozen():
-        for streams in stream_pages(database):
-            _replay_page(accounts, folder, streams, report, keep)
-            if progress is not None:
-                progress(report.events, max(total, report.events))
-    if progress is not None:
-        progress(report.events, max(total, report.events))
+    ranges = id_ranges(_workers(database, total, workers))
+
+    def told(done: int) -> None:
+        if progress is not None:
+            progress(done, max(total, done))
+
+    if len(ranges) == 1:
+        report = _replay_ids(accounts, EVERY_ID, keep, told)
+    else:
+        env = dict(accounts.env)
+        parts = [partial(_replay_part, accounts, env, ids, keep) for ids in ranges]
+        report = ReplayReport()
+        for part in run_forked(parts, told):
+            report.merge(part, keep)
+    told(report.events)
     # Every account not purged holds one claim, and a purge releases it: more held claims than
     # such accounts means a purge that kept its address. Counted, since a sealed holder names
     # no account (see lifecycle.email_claim.EmailClaim).
@@ -173,15 +147,59 @@ def replay(
     return report
 
 
+def _workers(database: Database, total: int, asked: int | None) -> int:
+    if not database.dialect.shared_by_processes:
+        return 1
+    if asked is not None:
+        return max(1, asked)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, cores or 1, total // EVENTS_PER_WORKER))
+
+
+def _replay_part(
+    parent: Accounts,
+    env: dict[str, str],
+    ids: IdRange,
+    keep: int,
+    tell: Callable[[int], None],
+) -> ReplayReport:
+    """One range of the id space: the first in this process with its application, each other
+    in a forked child, with an application (and connections) of its own."""
+    if ids[0] is None:
+        return _replay_ids(parent, ids, keep, tell)
+    accounts = Accounts(env=env)
+    try:
+        return _replay_ids(accounts, ids, keep, tell)
+    finally:
+        accounts.close()
+
+
+def _replay_ids(
+    accounts: Accounts, ids: IdRange, keep: int, tell: Callable[[int], None]
+) -> ReplayReport:
+    """Every aggregate in `ids` folded and checked, a page at a time; `tell`: events so far."""
+    report = ReplayReport()
+    mapper = accounts.mapper
+    assert isinstance(mapper, PersonalDataMapper)
+    folder = StoredFold(mapper)
+    with heap_frozen():
+        for streams, wrapped_keys in stream_pages_with_keys(accounts.database, ids=ids):
+            _replay_page(accounts, folder, streams, wrapped_keys, report=report, keep=keep)
+            tell(report.events)
+    return report
+
+
 def _replay_page(
     accounts: Accounts,
     folder: StoredFold,
     streams: list[list[Row]],
+    wrapped_keys: dict[UUID, bytes | None],
+    *,
     report: ReplayReport,
     keep: int,
 ) -> None:
     """Fold each complete stream of one page; the page's facts kept elsewhere come in bulk."""
-    keys = _fresh_keys(accounts, streams)
+    keys = _fresh_keys(accounts, wrapped_keys)
     folded: list[Account] = []
     held: dict[UUID, UUID] = {}  # claim id -> the account holding it
     for stream in streams:
@@ -232,7 +250,7 @@ def _decoded(folder: StoredFold, row: Row, aggregate: type) -> tuple[EventKind, 
 
 
 def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], Account | None]:
-    subject = str(stream[0][0])
+    subject = stream[0][0]  # made a string only for a violation
     found: list[Violation] = []
     account: Account | None = None
     previous_time: datetime | None = None
@@ -244,7 +262,7 @@ def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation
         version = row[1]
         if account is None:
             if kind.topic != event_names.REGISTERED or version != 1:
-                found.append(Violation(subject, version, "starts_registered", kind.name))
+                found.append(Violation(str(subject), version, "starts_registered", kind.name))
                 return found, None
             _registration_rules(facts, found, subject)
         else:
@@ -252,13 +270,17 @@ def _fold_account(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation
         timestamp: datetime = facts["timestamp"]
         if previous_time is not None and timestamp < previous_time:
             found.append(
-                Violation(subject, version, "timestamps_ordered", "earlier than the one before")
+                Violation(
+                    str(subject), version, "timestamps_ordered", "earlier than the one before"
+                )
             )
         previous_time = timestamp
         try:
             folded = fold(account, kind, facts)
         except (OriginatorVersionError, OriginatorIDError) as error:
-            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+            found.append(
+                Violation(str(subject), version, "versions_contiguous", type(error).__name__)
+            )
             return found, None
         assert isinstance(folded, Account)
         account = folded
@@ -269,39 +291,39 @@ def _edited_parts(facts: Facts) -> dict[str, Any]:
     return {part: facts[part] for part in changed_parts(facts)}
 
 
-def _registration_rules(facts: Facts, found: list[Violation], subject: str) -> None:
+def _registration_rules(facts: Facts, found: list[Violation], subject: UUID) -> None:
     """What `Account.register` would have refused of the first event."""
     for rule, check in RULES[Account.Registered]:
         try:
             check(None, facts)  # type: ignore[arg-type]
         except LifecycleError as error:
-            found.append(Violation(subject, 1, rule, f"Registered: {error.code}"))
+            found.append(Violation(str(subject), 1, rule, f"Registered: {error.code}"))
 
 
 def _account_rules(
-    account: Account, kind: EventKind, facts: Facts, found: list[Violation], subject: str
+    account: Account, kind: EventKind, facts: Facts, found: list[Violation], subject: UUID
 ) -> None:
     """What the aggregate's commands would have refused, asked of the state before the event."""
     version: int = facts["originator_version"]
     if kind.topic == event_names.REGISTERED:
-        found.append(Violation(subject, version, "registered_once", "a second Registered"))
+        found.append(Violation(str(subject), version, "registered_once", "a second Registered"))
         return
     try:
         account.check_account_is_not_purged()
     except LifecycleError:
         detail = f"{kind.name} after Purged"
-        found.append(Violation(subject, version, "nothing_after_purge", detail))
+        found.append(Violation(str(subject), version, "nothing_after_purge", detail))
         return
     for rule, check in RULES_BY_TOPIC.get(kind.topic, ()):
         try:
             check(account, facts)
         except LifecycleError as error:
             detail = f"{kind.name} while {account.status.value}: {error.code}"
-            found.append(Violation(subject, version, rule, detail))
+            found.append(Violation(str(subject), version, rule, detail))
 
 
 def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation], EmailClaim | None]:
-    subject = str(stream[0][0])
+    subject = stream[0][0]  # made a string only for a violation
     found: list[Violation] = []
     claim: EmailClaim | None = None
     for row in stream:
@@ -311,7 +333,7 @@ def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation],
         kind, facts = decoded
         version = row[1]
         if claim is None and kind.topic != event_names.EMAIL_CLAIM_CREATED:
-            found.append(Violation(subject, version, "claim_starts_created", kind.name))
+            found.append(Violation(str(subject), version, "claim_starts_created", kind.name))
             return found, None
         if claim is not None:
             if kind.topic == event_names.EMAIL_CLAIMED:
@@ -319,33 +341,34 @@ def _fold_claim(folder: StoredFold, stream: list[Row]) -> tuple[list[Violation],
                     claim.check_claimable_by(facts["holder"])
                 except LifecycleError:
                     found.append(
-                        Violation(subject, version, "one_account_per_email", "claimed while held")
+                        Violation(
+                            str(subject), version, "one_account_per_email", "claimed while held"
+                        )
                     )
             if kind.topic == event_names.EMAIL_RELEASED and not claim.is_held_by(facts["holder"]):
                 found.append(
-                    Violation(subject, version, "release_by_holder", "released by another")
+                    Violation(str(subject), version, "release_by_holder", "released by another")
                 )
         try:
             folded = fold(claim, kind, facts)
         except (OriginatorVersionError, OriginatorIDError) as error:
-            found.append(Violation(subject, version, "versions_contiguous", type(error).__name__))
+            found.append(
+                Violation(str(subject), version, "versions_contiguous", type(error).__name__)
+            )
             return found, None
         assert isinstance(folded, EmailClaim)
         claim = folded
     return found, claim
 
 
-def _fresh_keys(accounts: Accounts, streams: list[list[Row]]) -> dict[UUID, bool]:
-    """Which of the page's accounts have a key, looked up now in one query (not taken from the
+def _fresh_keys(accounts: Accounts, wrapped_keys: dict[UUID, bytes | None]) -> dict[UUID, bool]:
+    """Which of the page's accounts have a key, as the page's own read found them (not the
     vault's short cache); the mapper then finds each key cached."""
-    ids = {
-        originator_id
-        for originator_id, _, topic, _ in (stream[0] for stream in streams)
-        if topic == event_names.REGISTERED
+    vault = accounts.vault
+    return {
+        account_id: vault.remember_wrapped(account_id, wrapped) is not None
+        for account_id, wrapped in wrapped_keys.items()
     }
-    for account_id in ids:
-        accounts.vault.forget(account_id)
-    return {account_id: key is not None for account_id, key in accounts.vault.prefetch(ids).items()}
 
 
 def _key_rules(

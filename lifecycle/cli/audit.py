@@ -174,13 +174,24 @@ def audit_export(
 
 
 @audit.command("replay")
-def audit_replay() -> None:
+def audit_replay(
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes folding the log side by side (default: one per core, up to 4, "
+            "fewer for a short log; always one on SQLite).",
+        ),
+    ] = None,
+) -> None:
     """Rebuild every aggregate from the log and check every rule; exit 1 on any violation."""
     from lifecycle.services.event_log import EventLog
 
     accounts = open_accounts(load_settings())
     try:
-        report = EventLog(accounts, progress_to_stderr("replay (events)")).replay()
+        report = EventLog(accounts, progress_to_stderr("replay (events)")).replay(workers)
+    except LifecycleError as error:
+        fail(error.detail)
     finally:
         accounts.close()
     typer.echo(json.dumps(report.as_dict(), indent=2))

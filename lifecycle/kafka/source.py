@@ -216,6 +216,8 @@ class KafkaSource:
             self._unconfirmed = dict(pending)
         if pending:
             self._consumer.commit_async(pending, callback=self._committed)
+        else:  # the partitions went to other members: no refusal is still owed an answer
+            self._refused_since = None
 
     def _committed(self, offsets: Mapping[Any, Any], response: object) -> None:
         from kafka.errors import RebalanceInProgressError

@@ -10,7 +10,8 @@ from typing import TextIO
 
 from lifecycle.application import Accounts
 from lifecycle.audit.export import export_log, parse_bound
-from lifecycle.audit.replay import ReplayReport, replay
+from lifecycle.audit.replay import replay
+from lifecycle.audit.replay_report import ReplayReport
 from lifecycle.audit.verify import Verification, verify
 from lifecycle.errors import InvalidCommandError
 from projections.hashchain import HashChain
@@ -35,9 +36,12 @@ class EventLog:
             self.accounts, out, since=bounds[0], until=bounds[1], progress=self.progress
         )
 
-    def replay(self) -> ReplayReport:
-        """Every aggregate rebuilt from the log, every rule of the domain checked."""
-        return replay(self.accounts, progress=self.progress)
+    def replay(self, workers: int | None = None) -> ReplayReport:
+        """Every aggregate rebuilt from the log, every rule of the domain checked, by
+        `workers` processes side by side (None: one per core, for a log long enough)."""
+        if workers is not None and workers < 1:
+            raise InvalidCommandError("bad_workers", detail="workers must be at least 1")
+        return replay(self.accounts, progress=self.progress, workers=workers)
 
     def verify(self) -> Verification:
         """Every link of the hash chain recomputed from the stored events."""

@@ -172,7 +172,7 @@ class Database:
             self.dialect.ddl_turn(cursor, self.schema)
             yield cursor
 
-    def after_erasure(self, tables: Iterable[str] = ()) -> None:
+    def after_erasure(self, tables: Iterable[str]) -> None:
         """Leave no copy of deleted rows where the engine lets us reach it: SQLite truncates
         its write-ahead log, PostgreSQL vacuums the named tables (see the dialects); what the
         engine cannot do yet is owed and retried (`storage.cleanup`)."""

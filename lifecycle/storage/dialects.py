@@ -47,6 +47,9 @@ class SqlDialect:
     # Several transactions may write at once (PostgreSQL); SQLite has one writer at a time,
     # so work that batches writers or runs them side by side does them one by one there.
     concurrent_writers: ClassVar[bool]
+    # Another process can open the same database (a server): work may be split over forked
+    # processes (the audit replay). A SQLite database may be one process's own, in memory.
+    shared_by_processes: ClassVar[bool]
     blob_type: ClassVar[str]
     id_type: ClassVar[str]
     timestamp_type: ClassVar[str]
@@ -155,6 +158,7 @@ class SqlDialect:
 class PostgresDialect(SqlDialect):
     name = "postgres"
     concurrent_writers = True
+    shared_by_processes = True
     blob_type = "bytea"
     id_type = "uuid"
     timestamp_type = "timestamptz"
@@ -287,6 +291,7 @@ class PostgresDialect(SqlDialect):
 class SqliteDialect(SqlDialect):
     name = "sqlite"
     concurrent_writers = False
+    shared_by_processes = False
     blob_type = "BLOB"
     id_type = "TEXT"
     timestamp_type = "TEXT"

@@ -173,7 +173,7 @@ def test_openapi_documents_the_route_its_results_and_problems(client: TestClient
 
 
 def test_a_conflict_on_one_account_retries_that_account_only(
-    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+    accounts: Accounts, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fields = {"display_name": "Sato Hanako", "consent_version": "2024-04"}
     raced, calm = (
@@ -209,8 +209,11 @@ def test_a_conflict_on_one_account_retries_that_account_only(
     assert loads == [[raced, calm, unknown], [raced]]  # only the raced account was loaded again
     assert set(accounts.get_account(raced).scouts) == {"other", "s-1"}
     assert set(accounts.get_account(calm).scouts) == {"s-1"}
-    # The concurrent scout, the failed batch, the two alone, the retry.
-    assert accounts.group_commit.saved_requests - saved_before == 5
+    # The concurrent scout, the failed batch, the calm account's save without the raced one
+    # (PostgreSQL's error names it; SQLite's does not, so there both are saved alone), the
+    # retry.
+    alone = 1 if backend == "postgres" else 2
+    assert accounts.group_commit.saved_requests - saved_before == 3 + alone
 
 
 def test_an_items_refusal_leaves_the_others_recorded_in_one_save(accounts: Accounts) -> None:

@@ -121,10 +121,11 @@ def test_export_refuses_a_bad_bound(env: dict[str, str]) -> None:
     assert code == 2 and stderr.startswith("lifecycle: ")
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
 def test_replay_checks_every_aggregate(
-    env: dict[str, str], accounts: Accounts, members: list[UUID]
+    env: dict[str, str], accounts: Accounts, members: list[UUID], workers: list[str]
 ) -> None:
-    code, stdout, stderr = run(env, "audit", "replay")
+    code, stdout, stderr = run(env, "audit", "replay", *workers)
 
     report = json.loads(stdout)
     assert code == 0, stderr

@@ -25,13 +25,23 @@ from eventsourcing.persistence import StoredEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lifecycle import event_names
 from lifecycle.account_terms import WithdrawalReason, default_notifications
 from lifecycle.application import Accounts
-from lifecycle.crypto import PersonalDataMapper
+from lifecycle.crypto import KEYS_TABLE, PersonalDataMapper
 from lifecycle.domain import Account
 from lifecycle.email_claim import EmailClaim
 from lifecycle.errors import LifecycleError
-from lifecycle.stored_fold import KINDS, StoredFold, fold, heap_frozen, read_ahead
+from lifecycle.stored_fold import (
+    KINDS,
+    StoredFold,
+    fold,
+    heap_frozen,
+    id_ranges,
+    read_ahead,
+    stream_pages,
+    stream_pages_with_keys,
+)
 
 COMPANIES = ["acme", "globex", "initech"]
 AT = datetime(2026, 4, 1, 9, 30, tzinfo=UTC)
@@ -207,6 +217,52 @@ def test_an_unknown_topic_or_a_gap_is_refused(accounts: Accounts) -> None:
     facts["originator_version"] = 3
     with pytest.raises(OriginatorVersionError):
         fold(first, KINDS[scouted.topic], facts)
+
+
+def test_each_page_carries_the_keys_of_the_accounts_it_completes(accounts: Accounts) -> None:
+    """The key is read with its account's first event, and handed over with the page that
+    completes the account's stream, however many pages the stream spans."""
+    ids = []
+    for n in range(3):
+        account = Account.register(email=f"p{n}@example.jp", display_name="P", consent_version="v")
+        for scout in range(n + 1):
+            account.receive_scout(
+                scout_id=f"s{scout}", company_id="acme", job_id="j", received_at=AT
+            )
+        accounts.save(account)
+        ids.append(account.id)
+    claim = EmailClaim.open(uuid4())
+    claim.claim("holder")
+    accounts.save(claim)
+    db = accounts.database
+    with db.transaction() as cursor:
+        cursor.execute(
+            f"DELETE FROM {db.table(KEYS_TABLE)} WHERE account_id = %s", (db.id_param(ids[1]),)
+        )
+        stored = {
+            db.to_uuid(raw_id): bytes(wrapped)
+            for raw_id, wrapped in cursor.execute(
+                f"SELECT account_id, wrapped_key FROM {db.table(KEYS_TABLE)}"
+            ).fetchall()
+        }
+
+    for size in (2, 3, 100):
+        pages = list(stream_pages_with_keys(db, page=size))
+        assert [streams for streams, _ in pages] == list(stream_pages(db, page=size))
+        for streams, keys in pages:
+            registered = {s[0][0] for s in streams if s[0][2] == event_names.REGISTERED}
+            assert set(keys) == registered
+        keys = {k: v for _, page_keys in pages for k, v in page_keys.items()}
+        assert keys == {ids[0]: stored[ids[0]], ids[1]: None, ids[2]: stored[ids[2]]}
+
+    # The id space cut in ranges: each stream, and each key, in exactly one of them.
+    whole = [s for streams, _ in stream_pages_with_keys(db) for s in streams]
+    for parts in (1, 2, 3, 7):
+        ranges = id_ranges(parts)
+        assert ranges[0][0] is None and ranges[-1][1] is None
+        cut = [list(stream_pages_with_keys(db, page=2, ids=ids)) for ids in ranges]
+        assert [s for part in cut for streams, _ in part for s in streams] == whole
+        assert {k: v for part in cut for _, keys in part for k, v in keys.items()} == keys
 
 
 def _rest(stored: StoredEvent) -> tuple[str, bytes]:

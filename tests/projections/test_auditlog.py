@@ -146,6 +146,43 @@ def test_replay_reports_a_lost_key(accounts: Accounts, history: History) -> None
     assert report.by_rule == {"key_present": 1}
 
 
+def test_a_replay_split_over_processes_finds_what_one_process_finds(
+    accounts: Accounts, history: History
+) -> None:
+    """Each range of ids folded by a process of its own (PostgreSQL; SQLite stays in one):
+    the counts and the violations add up to one process's report."""
+    append_raw(
+        accounts,
+        event_after(
+            accounts,
+            history.purged,
+            Account.ScoutReceived,
+            scout_id="late",
+            company_id="acme",
+            job_id="j",
+            received_at=datetime.now(UTC),
+        ),
+    )
+    db = accounts.database
+    with db.transaction() as cursor:
+        cursor.execute(
+            f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s",
+            (db.id_param(history.active),),
+        )
+    told: list[tuple[int, int]] = []
+
+    alone = replay(accounts, workers=1)
+    split = replay(accounts, workers=3, progress=lambda done, total: told.append((done, total)))
+
+    assert alone.by_rule == {"nothing_after_purge": 1, "key_present": 1}
+    everything_but_order = {**alone.as_dict(), "first_violations": None}
+    assert {**split.as_dict(), "first_violations": None} == everything_but_order
+    assert sorted(split.as_dict()["first_violations"]) == sorted(
+        alone.as_dict()["first_violations"]
+    )
+    assert told[-1] == (alone.events, alone.events)
+
+
 def test_replay_asks_the_domain_about_withdrawal_and_purge(
     accounts: Accounts, history: History
 ) -> None:

@@ -46,6 +46,11 @@ def test_export_refuses_a_bound_that_is_neither_an_id_nor_a_date(accounts: Accou
     assert out.getvalue() == ""
 
 
+def test_replay_refuses_fewer_than_one_worker(accounts: Accounts) -> None:
+    with pytest.raises(InvalidCommandError):
+        EventLog(accounts).replay(workers=0)
+
+
 def test_replay_and_verify_pass_on_a_clean_log(accounts: Accounts) -> None:
     registered(accounts, 2)
     Projector(accounts, HashChain(accounts.database)).catch_up()

@@ -144,3 +144,17 @@ def test_a_confirmed_commit_ends_the_refusal_clock() -> None:
     source.poll(0.1)  # sent again and confirmed
     source.poll(0.1)
     assert source._refused_since is None and source._consumer is consumer
+
+
+def test_a_refusal_for_partitions_the_member_no_longer_holds_ends_the_refusal_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer = StandIn([RebalanceInProgressError()])
+    source = source_over(consumer)
+    source.commit({(TP.topic, 0): 5})
+    source.poll(0.1)  # refused: the group rebalanced and gave the partition to another member
+    consumer.held = {OTHER}
+    source.poll(0.1)  # nothing of ours to send again
+    monkeypatch.setattr("lifecycle.kafka.source.REJOIN_STALL_S", 0.0)
+    source.poll(0.1)
+    assert source._refused_since is None and source._consumer is consumer  # not replaced

@@ -80,9 +80,10 @@ def test_metrics_name_each_watched_worker_and_say_whether_it_is_ready() -> None:
     consumer = SimpleNamespace(name="mail", waiting_for="smtp", total_lag=lambda: 7)
     relay = SimpleNamespace(name="kafka", waiting_for=None, publisher=object(), position=3)
     projector = SimpleNamespace(waiting_for=None, model=SimpleNamespace(name="erasure_status"))
+    lane = SimpleNamespace(name="mail-suppression", waiting_for="database")
     probe = Probe("127.0.0.1", 0)
     try:
-        probe.watch(consumer, relay, projector)
+        probe.watch(consumer, relay, projector, lane)
         url = f"http://127.0.0.1:{probe.port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as answer:
             text = answer.read().decode()
@@ -96,5 +97,21 @@ def test_metrics_name_each_watched_worker_and_say_whether_it_is_ready() -> None:
     assert samples[("lifecycle_worker_ready", (("worker", "mail"),))] == 0
     assert samples[("lifecycle_worker_ready", (("worker", "relay"),))] == 1
     assert samples[("lifecycle_worker_ready", (("worker", "project:erasure_status"),))] == 1
+    assert samples[("lifecycle_worker_ready", (("worker", "mail-suppression"),))] == 0
     assert samples[("lifecycle_consumer_lag", (("group", "mail"),))] == 7
     assert ("lifecycle_withdrawal_to_purged_seconds_count", ()) in samples
+
+
+def test_a_lane_waiting_out_a_dependency_makes_its_process_not_ready(probe: Probe) -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from lifecycle.bootstrap import ConsumerRun
+
+    consumer, lane = FakeWorker(), SimpleNamespace(name="mail-suppression", waiting_for=None)
+    run = ConsumerRun(cast(Any, consumer), lanes=[cast(Any, lane)])
+    probe.watch(*run.workers())  # as `lifecycle consume mail` watches its run
+    assert get(probe, "/readyz")[0] == 200
+    lane.waiting_for = "database"  # the consumer itself still works
+    status, _, body = get(probe, "/readyz")
+    assert (status, body["detail"]) == (503, "waiting for the database")
