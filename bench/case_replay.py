@@ -39,6 +39,7 @@ from bench.core import Context, Row, Target, bench_env, fresh_schema, log, peak_
 from bench.workload import bench_settings, generate_log, open_accounts
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import build_accounts
+from lifecycle.services.event_log import one_pass
 from lifecycle.stored_fold import STREAM_PAGE
 
 # Issue 25's targets: replay 0.3 of the raw read, the rebuild 0.2 (issue 12 asked 0.2 of both,
@@ -70,16 +71,18 @@ def raw_read(database_url: str, table: str) -> int:
     return count
 
 
-def opened(database_url: str, schema: str, master_key: str) -> Accounts:
-    """The application as `lifecycle audit replay` and `lifecycle project --rebuild` open it
-    (`build_accounts`: the schema's version checked, nothing migrated: the case migrated it)."""
-    return build_accounts(bench_settings(database_url, schema, master_key))
+def opened(database_url: str, schema: str, master_key: str, *, replay: bool) -> Accounts:
+    """The application as `lifecycle audit replay` (a pool for one pass) and `lifecycle
+    project --rebuild` open it (`build_accounts`: the schema's version checked, nothing
+    migrated: the case migrated it)."""
+    settings = bench_settings(database_url, schema, master_key)
+    return build_accounts(one_pass(settings) if replay else settings)
 
 
 def audit_replay(database_url: str, schema: str, master_key: str) -> tuple[int, dict[str, int]]:
     from lifecycle.audit.replay import replay
 
-    accounts = opened(database_url, schema, master_key)
+    accounts = opened(database_url, schema, master_key, replay=True)
     try:
         report = replay(accounts)
     finally:
@@ -93,7 +96,7 @@ def rebuild_directory(database_url: str, schema: str, master_key: str) -> int:
     from projections.directory import AccountDirectory
     from projections.runner import rebuild
 
-    accounts = opened(database_url, schema, master_key)
+    accounts = opened(database_url, schema, master_key, replay=False)
     try:
         result = rebuild(accounts, AccountDirectory)
     finally:

@@ -185,9 +185,9 @@ def audit_replay(
     ] = None,
 ) -> None:
     """Rebuild every aggregate from the log and check every rule; exit 1 on any violation."""
-    from lifecycle.services.event_log import EventLog
+    from lifecycle.services.event_log import EventLog, one_pass
 
-    accounts = open_accounts(load_settings())
+    accounts = open_accounts(one_pass(load_settings()))
     try:
         report = EventLog(accounts, progress_to_stderr("replay (events)")).replay(workers)
     except LifecycleError as error:

@@ -14,9 +14,19 @@ from lifecycle.audit.replay import replay
 from lifecycle.audit.replay_report import ReplayReport
 from lifecycle.audit.verify import Verification, verify
 from lifecycle.errors import InvalidCommandError
+from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 
 Progress = Callable[[int, int], None]
+# A pass over the log reads on one connection at a time (a replay's forked workers open their
+# own): the application a replay or export opens needs no more, and fills its pool faster.
+ONE_PASS_POOL_SIZE = 2
+
+
+def one_pass(settings: Settings) -> Settings:
+    """The settings for an application opened for one pass over the log."""
+    size = min(settings.database_pool_size, ONE_PASS_POOL_SIZE)
+    return settings.model_copy(update={"database_pool_size": size})
 
 
 class EventLog:

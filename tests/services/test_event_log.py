@@ -10,7 +10,8 @@ import pytest
 
 from lifecycle.application import Accounts
 from lifecycle.errors import InvalidCommandError
-from lifecycle.services.event_log import EventLog
+from lifecycle.services.event_log import ONE_PASS_POOL_SIZE, EventLog, one_pass
+from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 from projections.runner import Projector
 
@@ -63,3 +64,9 @@ def test_replay_and_verify_pass_on_a_clean_log(accounts: Accounts) -> None:
     assert verification.ok and verification.mismatches == 0
     total = accounts.recorder.max_notification_id()
     assert progress[-1] == (total, total)
+
+
+def test_a_pass_over_the_log_opens_a_small_pool(settings: Settings) -> None:
+    assert one_pass(settings.model_copy(update={"database_pool_size": 1})).database_pool_size == 1
+    big = settings.model_copy(update={"database_pool_size": 10})
+    assert one_pass(big) == big.model_copy(update={"database_pool_size": ONE_PASS_POOL_SIZE})
