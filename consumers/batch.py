@@ -84,6 +84,8 @@ def apply_records(
         applied = list(zip(todo, results, strict=True))
         outgoing = _outgoing(applied, extra_headers)
         row_ids = store.add_outgoing(cursor, outgoing)
+    if (committed := getattr(handler, "committed", None)) is not None:
+        committed()
     erased = any(result.outcome in ERASURE_OUTCOMES for _, result in applied)
     return applied, Kept(
         outgoing, row_ids, tuple(getattr(handler, "personal_tables", ())) if erased else ()

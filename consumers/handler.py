@@ -85,6 +85,11 @@ class Handler(Protocol):
         whenever the handler has a `prepare` of its own."""
         return type(self).prepare is not Handler.prepare
 
+    def committed(self) -> None:
+        """The transaction of the last `handle_many` committed: what the handler held in memory
+        for it (a send to record) may go. Not called when it failed or its outcome is unknown."""
+        return None
+
     def handle(self, envelope: Envelope, cursor: Cursor) -> HandlerResult:
         """The effect, inside the transaction that also marks the record processed."""
         ...

@@ -4,8 +4,10 @@ One loop over a source (`lifecycle.kafka.source`: Kafka, or the in-process log).
 
 1. decode each CloudEvent; a record that breaks the contract goes to the dead letters at once;
 2. skip those whose (source, type, id) is in `processed_events` (delivery is at least once),
-   one query: a record of another source or type never shadows a real one, and a record
-   whose `ce_id` names another account than its `ce_subject` is refused as a contract breach;
+   one query, made only for a handler with a `prepare` of its own (for any other, step 4's
+   marks skip them in the same transaction): a record of another source or type never
+   shadows a real one, and a record whose `ce_id` names another account than its
+   `ce_subject` is refused as a contract breach;
 3. `handler.prepare_many(envelopes)`: idempotent steps that cannot share a transaction
    (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
 4. one transaction: the `ce_id` marks, `handler.handle_many(envelopes, cursor)` and the records
@@ -83,6 +85,16 @@ class Hooks:
     before_offset_commit: Callable[[Incoming], None] | None = None
 
 
+def prepares(handler: Handler) -> bool:
+    """Whether the handler has steps of its own before the transaction (`prepare`): those
+    must not run again for a record handled before, so the loop looks its mark up first."""
+    kind = type(handler)
+    return (
+        getattr(kind, "prepare", Handler.prepare) is not Handler.prepare
+        or getattr(kind, "prepare_many", Handler.prepare_many) is not Handler.prepare_many
+    )
+
+
 class Stopped(Exception):  # noqa: N818 - control flow, never leaves the loop
     """The stop event was set while waiting for a dependency."""
 
@@ -129,6 +141,7 @@ class Consumer:
             store, publisher, self.stats, self._log, check_interval_s=outbox_check_interval_s
         )
         self._wait = DependencyWait(self._log, "consumer")
+        self._prepares = prepares(handler)
         self._spans: tracing.RecordSpans | None = None  # the batch's, while tracing is on
 
     # Health and metrics
@@ -216,13 +229,15 @@ class Consumer:
     ) -> None:
         """Adds to `finished` the index of each record once it is handled completely."""
         decoded = decode_batch(batch)
-        known = self._until_done(
-            lambda: self.store.processed_among(
-                [dedupe_key(e) for _, e in decoded if isinstance(e, Envelope)]
-            ),
-            stop,
-            "dedupe",
-        )
+        known: set[str] = set()
+        if self._prepares:  # else the transaction's marks alone skip what was handled before
+            known = self._until_done(
+                lambda: self.store.processed_among(
+                    [dedupe_key(e) for _, e in decoded if isinstance(e, Envelope)]
+                ),
+                stop,
+                "dedupe",
+            )
         todo: list[Decoded] = []
         for index, item in decoded:
             if isinstance(item, Envelope) and dedupe_key(item) in known:

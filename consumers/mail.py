@@ -12,17 +12,20 @@ Tables in the service's own schema:
 On WithdrawalRequested, in this order (steps 1 and 2 for all the withdrawals of a poll at once,
 before anything else of it, so a suppression waits for no other record):
 1. one transaction: the suppression row and the deletion of every queued notice, so from this
-   commit on nothing else is sent (delivery checks the suppression under the same lock);
+   commit on nothing else is sent (delivery checks the suppression under the same lock). The
+   suppression lane (`consumers.withdrawal_mail`) has mostly done it already: then step 1 is
+   one read-only transaction that finds the row (and the stored address);
 2. the withdrawal-complete mail through SMTP (one session for the poll), Message-ID derived
-   from the withdrawal's `ce_id`, then its send recorded on the suppression row;
-3. one transaction (the kit's): the address and any remaining notices deleted, and the erasure
-   confirmation (with the rows removed) written to the kit's outbox with the processed mark.
+   from the withdrawal's `ce_id`;
+3. one transaction (the kit's): step 2's send recorded on the suppression row, the address and
+   any remaining notices deleted, and the erasure confirmation (with the rows removed) written
+   to the kit's outbox with the processed mark.
 
 At-least-once window: a crash of the process after the SMTP server accepted the mail and before
-step 2's record commits sends the confirmation again on restart, with the same Message-ID, so a
+step 3 commits sends the confirmation again on restart, with the same Message-ID, so a
 receiving system can drop the copy. A record that fails while the process lives (a cut database
-connection) does not: the handler remembers the send and only records it on the retry.
-Everything else is exactly once by the kit's mark.
+connection) does not: the handler remembers the send until a transaction that recorded it
+commits (`committed`). Everything else is exactly once by the kit's mark.
 
 Two topics carry no order between them. A profile record in the same poll gives the address
 at once. When the withdrawal is handled before the member's profile record, it is unknown:
@@ -54,7 +57,6 @@ from schemas.data_export import MailContactV1, MailSectionV1
 
 SERVICE = "mail"
 PROFILE = "profile"
-PROFILE_GONE = "profile_tombstone"
 
 log = get_logger(__name__)
 
@@ -95,11 +97,26 @@ class MailHandler(MemberDataHandler):
         self.withdrawal_mail.prepare(envelopes)
 
     def kind_of(self, envelope: Envelope) -> str:
-        if isinstance(envelope.data, ProfileV1):
-            return PROFILE
-        if envelope.is_tombstone and envelope.type == ProfileV1.ce_type():
-            return PROFILE_GONE
-        return OTHER
+        return PROFILE if isinstance(envelope.data, ProfileV1) else OTHER
+
+    def only_erases(self, envelope: Envelope) -> bool:
+        """The profile's tombstone: the contact goes, in Purged's runs."""
+        return envelope.is_tombstone and envelope.type == ProfileV1.ce_type()
+
+    def erased(self, envelope: Envelope, rows_removed: int) -> HandlerResult:
+        if self.only_erases(envelope):
+            return HandlerResult(outcome="contact_erased" if rows_removed else "ignored")
+        return super().erased(envelope, rows_removed)
+
+    def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """Step 2's sends recorded first (`WithdrawalMail.record`), in this transaction."""
+        unrecorded = self.withdrawal_mail.unrecorded()
+        self.lock(cursor, [*self.written_accounts(envelopes), *unrecorded])
+        self.withdrawal_mail.record(cursor)
+        return self.handle_runs(envelopes, cursor)
+
+    def committed(self) -> None:
+        self.withdrawal_mail.committed()
 
     def tombstone(self, cursor: Cursor, account_ids: Sequence[UUID]) -> None:
         """Nothing to add: step 1 wrote the suppression row before the mail was sent."""
@@ -158,12 +175,6 @@ class MailHandler(MemberDataHandler):
             return self._on_profiles(
                 cursor, [e.data for e in envelopes if isinstance(e.data, ProfileV1)]
             )
-        if kind == PROFILE_GONE:
-            accounts = [e.account_id for e in envelopes]
-            gone = self.erase(cursor, accounts)
-            return [
-                HandlerResult(outcome="contact_erased" if gone[a] else "ignored") for a in accounts
-            ]
         return super().handle_records(cursor, kind, envelopes)
 
     def _on_profiles(self, cursor: Cursor, data: Sequence[ProfileV1]) -> list[HandlerResult]:

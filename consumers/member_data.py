@@ -3,15 +3,22 @@
 A service subclasses `MemberDataHandler`, names its `service` and its `personal_tables` (each
 with an `account_id` column), implements `export(cursor, account_id)` (its section of a data
 export) and handles its own records in `handle_records`. The kit's part, inside its transaction
-(`consumers.kit`), for every run of consecutive records of one kind:
+(`consumers.kit`), for every run of records of one kind (`runs`):
 
 - WithdrawalRequested: lock the accounts, `tombstone` them (their ids only, so later writes
   are refused), `erase` what they hold, and confirm on the service's own topic with the rows
   removed and the withdrawal it answers (`erase_and_confirm`);
 - Purged: erase again whatever arrived since (a record still in flight at the withdrawal);
+  a service's own record that only erases (`only_erases`) shares its runs;
 - ExportRequested: the service's section, sealed to the export's key, as its part
   (`consumers.exporting`);
-- anything else: the service's `handle_records`, or `ignored`.
+- anything else: the service's `handle_records`; a record its `kind_of` calls OTHER (not the
+  service's) is `ignored`, with no statement.
+
+A batch's records of different accounts commute (everything a service keeps is per account,
+written under the account's lock), so `runs` groups the batch by kind, keeping each account's
+records in their order: a poll of interleaved registrations, scouts, profiles and withdrawals
+is a few runs of a few statements each, not one run per change of kind.
 
 `erase` deletes the accounts' rows from `personal_tables` in one statement per table and
 destroys their keys in the service's sealed store (`consumers.sealed`), so a value sealed
@@ -20,7 +27,7 @@ under them (an address, a chat message) is unreadable everywhere, backups includ
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -151,47 +158,84 @@ class MemberDataHandler(Handler):
         return self.handle_many([envelope], cursor)[0]
 
     def handle_many(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
-        """Runs of one kind, in order, each in a few statements; the accounts locked first."""
-        self.lock(cursor, [_account(e) for e in envelopes])
-        results: list[HandlerResult] = []
-        for kind, run in self._runs(envelopes):
-            if kind == WITHDRAWAL:
-                results += self.on_withdrawals(cursor, run)
+        """The accounts locked, then `handle_runs`."""
+        self.lock(cursor, self.written_accounts(envelopes))
+        return self.handle_runs(envelopes, cursor)
+
+    def written_accounts(self, envelopes: Sequence[Envelope]) -> list[UUID]:
+        """The accounts of the records not ignored: those `handle_runs` may write about."""
+        return [_account(e) for e in envelopes if self._kind(e) != OTHER]
+
+    def handle_runs(self, envelopes: Sequence[Envelope], cursor: Cursor) -> list[HandlerResult]:
+        """Runs of one kind (`runs`), each in a few statements, the accounts locked by the
+        caller; the results in the order of `envelopes`."""
+        kinds = [self._kind(e) for e in envelopes]
+        results: list[HandlerResult | None] = [None] * len(envelopes)
+        for kind, indexes in runs(kinds, [_account(e) for e in envelopes], self.repeatable_kinds):
+            run = [envelopes[i] for i in indexes]
+            if kind == OTHER:
+                done = [HandlerResult(outcome="ignored") for _ in run]
+            elif kind == WITHDRAWAL:
+                done = self.on_withdrawals(cursor, run)
             elif kind == PURGED:
-                self.erase(cursor, [_account(e) for e in run])
-                results += [HandlerResult(outcome="purged") for _ in run]
+                removed = self.erase(cursor, [_account(e) for e in run])
+                done = [self.erased(e, removed[_account(e)]) for e in run]
             elif kind == EXPORT:
-                results += answer_requests(self, cursor, run)
+                done = answer_requests(self, cursor, run)
             else:
-                results += self.handle_records(cursor, kind, run)
-        return results
+                done = self.handle_records(cursor, kind, run)
+            for index, result in zip(indexes, done, strict=True):
+                results[index] = result
+        handled = [result for result in results if result is not None]
+        assert len(handled) == len(envelopes), "every record is in one run"
+        return handled
+
+    def only_erases(self, envelope: Envelope) -> bool:
+        """True for a record of the service's own that erases what the account holds and
+        nothing else (mail: the profile's tombstone): it shares Purged's runs."""
+        return False
+
+    def erased(self, envelope: Envelope, rows_removed: int) -> HandlerResult:
+        """The result of a record of Purged's runs (`only_erases`), given the rows removed."""
+        return HandlerResult(outcome="purged")
 
     def _kind(self, envelope: Envelope) -> str:
         if isinstance(envelope.data, WithdrawalRequestedV1):
             return WITHDRAWAL
-        if isinstance(envelope.data, PurgedV1):
+        if isinstance(envelope.data, PurgedV1) or self.only_erases(envelope):
             return PURGED
         if isinstance(envelope.data, ExportRequestedV1):
             return EXPORT
         return self.kind_of(envelope)
 
-    def _runs(self, envelopes: Sequence[Envelope]) -> Iterator[tuple[str, list[Envelope]]]:
-        """Consecutive records of one kind; a new run where an account repeats, unless the
-        kind is repeatable, so each run's records can be done together."""
-        run: list[Envelope] = []
-        kind = ""
-        named: set[UUID] = set()
-        for envelope in envelopes:
-            this, account = self._kind(envelope), _account(envelope)
-            repeat = account in named and this not in self.repeatable_kinds
-            if run and (this != kind or repeat):
-                yield kind, run
-                run, named = [], set()
-            run.append(envelope)
-            kind = this
-            named.add(account)
-        if run:
-            yield kind, run
+
+def runs(
+    kinds: Sequence[str], accounts: Sequence[UUID], repeatable: frozenset[str] = frozenset()
+) -> list[tuple[str, list[int]]]:
+    """The records (by index) in runs of one kind, to be handled in the order given: each
+    account's records stay in their order, a run names an account at most once unless its
+    kind is `repeatable`, and OTHER records (ignored) are one run, ordering nothing.
+
+    Each record joins the first run of its kind after its account's last record (the run of
+    that record itself when both are of one repeatable kind), else starts a run at the end:
+    never more runs than cutting the batch at every change of kind.
+    """
+    found: list[tuple[str, list[int]]] = []
+    ignored = [index for index, kind in enumerate(kinds) if kind == OTHER]
+    last: dict[UUID, int] = {}  # account -> the run of its latest record
+    for index, (kind, account) in enumerate(zip(kinds, accounts, strict=True)):
+        if kind == OTHER:
+            continue
+        after = last.get(account, -1)
+        if after >= 0 and not (found[after][0] == kind and kind in repeatable):
+            after += 1
+        at = next((i for i in range(max(after, 0), len(found)) if found[i][0] == kind), None)
+        if at is None:
+            at = len(found)
+            found.append((kind, []))
+        found[at][1].append(index)
+        last[account] = at
+    return [(OTHER, ignored), *found] if ignored else found
 
 
 @dataclass(frozen=True)

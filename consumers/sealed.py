@@ -55,14 +55,17 @@ class SealedValues:
         found = self._read(cursor, account_ids)
         missing = [a for a in dict.fromkeys(account_ids) if a not in found]
         if create and missing:
-            for account_id in missing:
-                wrapped = self.keyring.wrap(AESGCM.generate_key(bit_length=256), account_id.bytes)
-                cursor.execute(
-                    f"INSERT INTO {self.table} (account_id, wrapped_key) VALUES (%s, %s) "
-                    "ON CONFLICT (account_id) DO NOTHING",
-                    (str(account_id), wrapped),
-                )
-            found.update(self._read(cursor, missing))
+            # One statement for them all; a key another writer stored first is read back.
+            fresh = {a: AESGCM.generate_key(bit_length=256) for a in missing}
+            inserted = cursor.insert_rows(
+                self.table,
+                (("account_id", "text"), ("wrapped_key", self.database.blob_type)),
+                [(str(a), self.keyring.wrap(key, a.bytes)) for a, key in fresh.items()],
+                suffix="ON CONFLICT (account_id) DO NOTHING RETURNING account_id",
+            ).fetchall()
+            found.update((UUID(account), fresh[UUID(account)]) for (account,) in inserted)
+            if len(inserted) < len(missing):
+                found.update(self._read(cursor, [a for a in missing if a not in found]))
         return found
 
     def _read(self, cursor: Cursor, account_ids: Sequence[UUID]) -> dict[UUID, bytes]:

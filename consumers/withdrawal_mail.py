@@ -1,10 +1,11 @@
 """Steps 1 and 2 of the mail service's withdrawal (see `consumers.mail`), and its fast lane.
 
 Every withdrawal of the poll is suppressed in one transaction before anything else of it is
-done, so a suppression waits for no other record; then the confirmation mails go out in one
-SMTP session and their sends are recorded in one transaction. The address comes from the
-stored contacts or from a profile record of the same poll (two topics keep no order between
-them); a profile record for a withdrawal that was awaiting its address mails it here too.
+done, so a suppression waits for no other record (when the lane suppressed them all, only read
+back); then the confirmation mails go out in one SMTP session, and their sends are recorded in
+the kit's transaction (`record`, `committed`). The address comes from the stored contacts or
+from a profile record of the same poll (two topics keep no order between them); a profile
+record for a withdrawal that was awaiting its address mails it here too.
 
 `SuppressionLane` runs step 1 alone, ahead of all that, on a consumer group of its own
 (`schemas.contract.SUPPRESSION_GROUP`): a withdrawal is suppressed as soon as it is polled,
@@ -31,6 +32,7 @@ from consumers.mailer import (
     confirmation_message,
     message_id_for,
 )
+from consumers.notices import SUPPRESSIONS
 from lifecycle.kafka.source import Incoming, Source, next_offsets
 from lifecycle.logs import get_logger
 from lifecycle.pipeline_metrics import WITHDRAWAL_TO_SUPPRESSION, observe_since
@@ -56,23 +58,33 @@ class WithdrawalMail:
         self.mailer = mailer
         self.contacts = contacts
         self._sent_unrecorded: dict[UUID, str] = {}  # account -> Message-ID sent, not recorded
+        self._recording: dict[UUID, str] = {}  # what the open transaction records (`record`)
 
     def prepare(self, envelopes: Sequence[Envelope]) -> None:
-        """Steps 1 and 2 for a batch: every withdrawal suppressed in one transaction before
-        anything else, then the confirmation mails (one SMTP session), their sends recorded
-        in one transaction; also the mail of a withdrawal that was awaiting a profile here."""
+        """Steps 1 and 2 for a batch, the sends recorded later, in the kit's transaction
+        (`record`). What the suppression rows and stored contacts say is read in one read-only
+        transaction: a withdrawal the lane suppressed costs no write here; one it has not yet
+        (the lane behind or down) is suppressed here first. Also the mail of a withdrawal that
+        was awaiting a profile of this batch."""
         withdrawals = withdrawals_in(envelopes)
         profiles = {e.data.account_id: e.data for e in envelopes if isinstance(e.data, ProfileV1)}
+        if not withdrawals and not profiles:
+            return
+        rows, known = self._read(list(withdrawals), [a for a in profiles if a not in withdrawals])
+        missing = {a: w for a, w in withdrawals.items() if a not in rows}
+        if missing:
+            self.suppress(missing)
+            rows.update((a, (ce_id, False, False)) for a, (ce_id, _) in missing.items())
         sends: list[tuple[UUID, str, str, str]] = []
-        suppressed = self._suppress(withdrawals)
-        for account_id, (ce_id, stored) in suppressed.items():
-            late = profiles.get(account_id)
-            if stored is not None:
-                sends.append((account_id, ce_id, stored.email, stored.display_name))
+        for account_id, (ce_id, sent, awaiting) in rows.items():
+            address = known.get(account_id) if account_id in withdrawals else None
+            late = profiles.get(account_id) if account_id in withdrawals or awaiting else None
+            if sent:
+                continue
+            if address is not None:
+                sends.append((account_id, ce_id, address.email, address.display_name))
             elif late is not None:
                 sends.append((account_id, ce_id, late.email, late.display_name))
-        awaiting = self._awaiting([a for a in profiles if a not in withdrawals])
-        sends += [(a, ce_id, profiles[a].email, profiles[a].display_name) for a, ce_id in awaiting]
         self._send_confirmations(sends)
 
     def suppress(self, withdrawals: dict[UUID, tuple[str, datetime]]) -> int:
@@ -84,25 +96,56 @@ class WithdrawalMail:
         self._suppressed(fresh, withdrawals)
         return len(fresh)
 
-    def _suppress(
-        self, withdrawals: dict[UUID, tuple[str, datetime]]
-    ) -> dict[UUID, tuple[str, Contact | None]]:
-        """Step 1 and what step 2 needs, in one transaction. Returns, per account not yet
-        mailed, the withdrawal's `ce_id` and the stored address (None: unknown)."""
-        if not withdrawals:
-            return {}
+    def unrecorded(self) -> list[UUID]:
+        """The accounts whose confirmation was sent and not yet recorded."""
+        return list(self._sent_unrecorded)
+
+    def record(self, cursor: Cursor) -> list[UUID]:
+        """Step 2's sends not yet recorded, recorded on their suppression rows in the caller's
+        transaction (the kit's, the accounts locked by the caller); `committed` forgets them
+        once it commits. Returns their accounts."""
+        self._recording = dict(self._sent_unrecorded)
+        if not self._recording:
+            return []
         db = self.database
-        where, params = db.any_of("account_id", [str(a) for a in withdrawals])
-        with db.transaction() as cursor:
-            fresh = self._suppress_in(cursor, withdrawals)
-            unsent = cursor.execute(
-                f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "
-                f"WHERE {where} AND confirmation_sent_at IS NULL",
-                params,
-            ).fetchall()
-            known = self.contacts.of(cursor, list(withdrawals))
-        self._suppressed(fresh, withdrawals)
-        return {UUID(a): (ce_id, known.get(UUID(a))) for a, ce_id in unsent}
+        sent = [(str(a), message_id) for a, message_id in self._recording.items()]
+        values, params = db.dialect.rows([("account_id", "text"), ("message_id", "text")], sent)
+        table, unsent = db.table(SUPPRESSIONS), "confirmation_sent_at IS NULL"
+        cursor.execute(
+            f"UPDATE {table} AS s SET confirmation_message_id = v.message_id, "
+            f"confirmation_sent_at = {db.now} FROM ({values}) AS v "
+            f"WHERE s.account_id = v.account_id AND s.{unsent}",
+            params,
+        )
+        return list(self._recording)
+
+    def committed(self) -> None:
+        """The transaction that recorded the sends (`record`) committed."""
+        for account_id, message_id in self._recording.items():
+            if self._sent_unrecorded.get(account_id) == message_id:
+                del self._sent_unrecorded[account_id]
+        self._recording = {}
+
+    def _read(
+        self, withdrawn: list[UUID], others: list[UUID]
+    ) -> tuple[dict[UUID, tuple[str, bool, bool]], dict[UUID, Contact]]:
+        """One read-only transaction: per account of these with a suppression row, its
+        withdrawal's `ce_id`, whether its confirmation was sent and whether it awaits its
+        address; and the stored contacts of the withdrawn accounts not mailed yet."""
+        db = self.database
+        where, params = db.any_of("account_id", [str(a) for a in [*withdrawn, *others]])
+        with db.transaction(commit=False) as cursor:
+            rows = {
+                UUID(account): (ce_id, sent_at is not None, bool(awaiting))
+                for account, ce_id, sent_at, awaiting in cursor.execute(
+                    "SELECT account_id, withdrawal_ce_id, confirmation_sent_at, awaiting_address "
+                    f"FROM {db.table(SUPPRESSIONS)} WHERE {where}",
+                    params,
+                ).fetchall()
+            }
+            unsent = [a for a in withdrawn if a not in rows or not rows[a][1]]
+            known = self.contacts.of(cursor, unsent)
+        return rows, known
 
     def _suppress_in(
         self, cursor: Cursor, withdrawals: dict[UUID, tuple[str, datetime]]
@@ -113,7 +156,7 @@ class WithdrawalMail:
         where, params = db.any_of("account_id", [str(a) for a in withdrawals])
         lock_keys(db, cursor, [f"mail:{a}" for a in withdrawals])
         inserted = cursor.insert_rows(
-            db.table("suppressions"),
+            db.table(SUPPRESSIONS),
             (("account_id", "text"), ("withdrawal_ce_id", "text")),
             [(str(a), ce_id) for a, (ce_id, _) in withdrawals.items()],
             suffix="ON CONFLICT DO NOTHING RETURNING account_id",
@@ -128,7 +171,7 @@ class WithdrawalMail:
             cursor.execute(f"DELETE FROM {db.table('mail_outbox')} WHERE {where}", params)
         for account, dropped in queued:
             cursor.execute(
-                f"UPDATE {db.table('suppressions')} SET rows_removed = rows_removed + %s "
+                f"UPDATE {db.table(SUPPRESSIONS)} SET rows_removed = rows_removed + %s "
                 "WHERE account_id = %s",
                 (dropped, account),
             )
@@ -144,22 +187,8 @@ class WithdrawalMail:
             observe_since(WITHDRAWAL_TO_SUPPRESSION, withdrawals[account_id][1])
             log.info("mail.suppressed", account_id=str(account_id), notices_dropped=dropped)
 
-    def _awaiting(self, account_ids: list[UUID]) -> list[tuple[UUID, str]]:
-        """Of these accounts, those withdrawn before their address arrived, still unmailed."""
-        if not account_ids:
-            return []
-        db = self.database
-        where, params = db.any_of("account_id", [str(a) for a in account_ids])
-        with db.transaction(commit=False) as cursor:
-            rows = cursor.execute(
-                f"SELECT account_id, withdrawal_ce_id FROM {db.table('suppressions')} "
-                f"WHERE {where} AND awaiting_address = 1 AND confirmation_sent_at IS NULL",
-                params,
-            ).fetchall()
-        return [(UUID(account), ce_id) for account, ce_id in rows]
-
     def _send_confirmations(self, sends: list[tuple[UUID, str, str, str]]) -> None:
-        """Mail each (account, withdrawal ce_id, address, name), then record the sends."""
+        """Mail each (account, withdrawal ce_id, address, name); `record` records the sends."""
         if not sends:
             return
         session = getattr(self.mailer, "session", None)
@@ -182,20 +211,6 @@ class WithdrawalMail:
                         "mail.confirmation_sent", account_id=str(account_id), message_id=message_id
                     )
                 self._sent_unrecorded[account_id] = message_id
-        db = self.database
-        sent = [(str(a), message_id_for(ce_id)) for a, ce_id, *_ in sends]
-        table, unsent = db.table("suppressions"), "confirmation_sent_at IS NULL"
-        values, params = db.dialect.rows([("account_id", "text"), ("message_id", "text")], sent)
-        with db.transaction() as cursor:
-            lock_keys(db, cursor, [f"mail:{account}" for account, _ in sent])
-            cursor.execute(
-                f"UPDATE {table} AS s SET confirmation_message_id = v.message_id, "
-                f"confirmation_sent_at = {db.now} FROM ({values}) AS v "
-                f"WHERE s.account_id = v.account_id AND s.{unsent}",
-                params,
-            )
-        for account_id, *_ in sends:
-            self._sent_unrecorded.pop(account_id, None)
 
 
 def withdrawals_in(envelopes: Sequence[Envelope]) -> dict[UUID, tuple[str, datetime]]:

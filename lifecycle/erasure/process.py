@@ -23,6 +23,7 @@ confirmation too, so a crash between the purge and the receipt is mended by the 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ log = get_logger(__name__)
 
 # How far a confirmation's own time may precede the withdrawal it answers (two clocks).
 CLOCK_SKEW = timedelta(minutes=5)
+# Accounts whose withdrawal time `verified` remembers (the latest seen), so an account's later
+# confirmations, mostly in later polls, do not load it again.
+WITHDRAWALS_REMEMBERED = 10_000
 
 
 class Refused(Exception):  # noqa: N818 - a verdict, caught where confirmations are checked
@@ -107,6 +111,10 @@ class ErasureProcess:
         self.records = ErasureRecords(self.database)
         self.table = self.records.confirmations
         self.refusals = ErasureRefusals(self.database)
+        # Account -> its withdrawal's time, once a load showed it withdrawing or purged: a
+        # withdrawal is final and its time never changes, so a confirmation from after it is
+        # believed without another load (one before it is loaded again, to refuse it).
+        self._withdrawn: OrderedDict[UUID, datetime] = OrderedDict()
 
     def is_complete(self, confirmed: set[str]) -> bool:
         """What completes an erasure: every erasing service confirmed."""
@@ -156,22 +164,37 @@ class ErasureProcess:
     ) -> tuple[list[Confirmation], list[tuple[Confirmation, str]]]:
         """The confirmations that answer a withdrawal, and the others with the reason each is
         refused (for the caller to `refuse`, with any of its own, in one transaction). One
-        load per account: the event store, not a read model, decides."""
+        load per account: the event store, not a read model, decides. An account this
+        process saw withdrawing before is not loaded again to accept a confirmation
+        (`_withdrawn`)."""
         accepted: list[Confirmation] = []
         refused: list[tuple[Confirmation, str]] = []
         accounts: dict[UUID, Account | None] = {}
         for confirmation in confirmations:
+            account_id = confirmation.account_id
             try:
                 if confirmation.service not in self.services:
                     raise Refused("unknown_service")
-                if confirmation.account_id not in accounts:
-                    accounts[confirmation.account_id] = self._account(confirmation.account_id)
-                check_confirmation(confirmation.confirmed_at, accounts[confirmation.account_id])
+                if account_id not in accounts and self._after_withdrawal(confirmation):
+                    accepted.append(confirmation)
+                    continue
+                if account_id not in accounts:
+                    accounts[account_id] = self._account(account_id)
+                check_confirmation(confirmation.confirmed_at, accounts[account_id])
             except Refused as refusal:
                 refused.append((confirmation, refusal.reason))
             else:
                 accepted.append(confirmation)
         return accepted, refused
+
+    def _after_withdrawal(self, confirmation: Confirmation) -> bool:
+        """True when the account was seen withdrawing and the confirmation came after it:
+        what `check_confirmation` would accept after a load, whatever has happened since."""
+        withdrawn_at = self._withdrawn.get(confirmation.account_id)
+        if withdrawn_at is None:
+            return False
+        confirmed_at = confirmation.confirmed_at
+        return confirmed_at is None or confirmed_at >= withdrawn_at - CLOCK_SKEW
 
     def refuse(self, refused: Sequence[tuple[Confirmation, str]]) -> None:
         """Log and count refusals (ids, service and reason only), in one transaction."""
@@ -186,9 +209,15 @@ class ErasureProcess:
 
     def _account(self, account_id: UUID) -> Account | None:
         try:
-            return self.accounts.load_for_audit(account_id)
+            account = self.accounts.load_for_audit(account_id)
         except AccountNotFoundError:
             return None
+        if account.status is not AccountStatus.ACTIVE and account.withdrawn_at is not None:
+            self._withdrawn[account_id] = account.withdrawn_at
+            self._withdrawn.move_to_end(account_id)
+            while len(self._withdrawn) > WITHDRAWALS_REMEMBERED:
+                self._withdrawn.popitem(last=False)
+        return account
 
     def _record_and_purge(self, confirmations: list[Confirmation]) -> set[UUID]:
         db = self.database

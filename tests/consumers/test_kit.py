@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from uuid import UUID
 
@@ -232,13 +232,45 @@ def test_a_crash_after_commit_leaves_the_confirmation_in_the_outbox_for_the_next
 
 
 class CountingStore(ConsumerStore):
-    """Counts the reads of the outbox table."""
+    """Counts the reads of the outbox table and the look-ups of marks before a transaction."""
 
     reads = 0
+    lookups = 0
 
     def pending_outgoing(self, limit: int = 100) -> list[PendingOutgoing]:
         self.reads += 1
         return super().pending_outgoing(limit)
+
+    def processed_among(self, ce_ids: Sequence[str]) -> set[str]:
+        self.lookups += 1
+        return super().processed_among(ce_ids)
+
+
+class PreparingHandler(RecordingHandler):
+    def prepare(self, envelope: Envelope) -> None:
+        """A step before the transaction, which must not run again for a record handled."""
+
+
+@pytest.mark.parametrize("handler_type", [RecordingHandler, PreparingHandler])
+def test_marks_are_looked_up_before_the_transaction_only_for_a_handler_that_prepares(
+    log: InProcessPublisher,
+    database: Database,
+    running: list[Running],
+    handler_type: type[RecordingHandler],
+) -> None:
+    store = CountingStore(database)
+    handler = handler_type(database)
+    consumer = make_consumer(log, database, handler, store=store)
+    running.append(Running(consumer))
+    account = uuid.uuid4()
+    first, second = scout_record(account, 1), scout_record(account, 2, "t")
+    put(log, TOPICS.lifecycle, first, first)  # a repeat in the batch
+    wait_until(lambda: consumer.stats.applied + consumer.stats.duplicates == 2)
+    put(log, TOPICS.lifecycle, first, second)  # a repeat of an earlier batch
+    wait_until(lambda: consumer.stats.applied + consumer.stats.duplicates == 4)
+    assert handler.effects() == [f"{account}:1", f"{account}:2"]
+    assert (handler.calls, consumer.stats.duplicates) == (2, 2)
+    assert (store.lookups > 0) is (handler_type is PreparingHandler)
 
 
 def test_the_outbox_table_is_read_at_start_not_after_each_batch(

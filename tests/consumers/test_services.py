@@ -30,7 +30,7 @@ from consumers.faults import RetryPolicy
 from consumers.handler import AccountWithdrawnError, Handler
 from consumers.mailer import CONFIRMATION_KIND, KIND_HEADER, Mailer, SmtpMailer, message_id_for
 from lifecycle.keyring import MasterKeyring
-from lifecycle.storage import Database
+from lifecycle.storage import Cursor, Database
 from schemas.contract import (
     Envelope,
     ErasureConfirmedV2,
@@ -261,6 +261,10 @@ def test_mail_withdrawal_stops_every_notice_and_sends_one_confirmation(
 
     service.send(profile_tombstone(TOPICS, other, 2))
     wait_until(lambda: not mail.contact_known(database, other))
+    wait_until(lambda: service.consumer.stats.outcomes.get("contact_erased") == 1)
+    service.send(profile_tombstone(TOPICS, other, 3))  # nothing left to erase
+    wait_until(lambda: service.consumer.stats.outcomes.get("ignored", 0) >= 1)
+    assert service.consumer.stats.outcomes.get("contact_erased") == 1
 
 
 def test_mail_withdrawal_before_the_profile_waits_for_the_address_and_never_stores_it(
@@ -386,3 +390,34 @@ def test_a_send_whose_record_failed_on_a_cut_connection_is_not_mailed_again(
     recorded = mail.suppression(database, member)
     assert recorded is not None
     assert recorded["confirmation_message_id"] == message_id_for(lifecycle_event_id(member, 2))
+
+
+def test_a_send_recorded_in_a_transaction_that_failed_is_not_mailed_again(
+    service_store: StoreFactory, running: list[Running], smtp: SmtpSink
+) -> None:
+    # The send is recorded in the kit's transaction, which then fails (a connection cut after
+    # the record's statement): the handler still holds the send, so the retry records it
+    # without mailing again.
+    database = service_store("mail")
+    handler = mail.MailHandler(database, TOPICS, SmtpMailer(smtp.host, smtp.port), keyring=KEYRING)
+    record = handler.withdrawal_mail.record
+    cuts: list[list[uuid.UUID]] = []
+
+    def record_then_cut(cursor: Cursor) -> list[uuid.UUID]:
+        recorded = record(cursor)
+        if recorded and not cuts:
+            cuts.append(recorded)
+            raise OperationalError("server closed the connection unexpectedly")
+        return recorded
+
+    setattr(handler.withdrawal_mail, "record", record_then_cut)  # noqa: B010 - a test seam
+    service = started(running, Service("mail", database, handler, mail.subscribed_topics(TOPICS)))
+    member = uuid.uuid4()
+    service.send(profile(TOPICS, member, 1, "rec@example.jp", "Rec"), withdrawal(TOPICS, member, 2))
+    wait_until(lambda: len(service.confirmations()) == 1)
+    assert cuts == [[member]]
+    assert len(smtp.messages()) == 1
+    recorded = mail.suppression(database, member)
+    assert recorded is not None
+    assert recorded["confirmation_message_id"] == message_id_for(lifecycle_event_id(member, 2))
+    assert handler.withdrawal_mail.unrecorded() == []

@@ -84,6 +84,39 @@ def test_purges_once_when_every_service_confirmed_and_repeats_change_nothing(
     }
 
 
+def test_an_accounts_later_confirmations_are_believed_without_loading_it_again(
+    accounts: Accounts, settings: Settings
+) -> None:
+    process = build_erasure(accounts, settings)
+    account_id = withdrawn_member(accounts)
+    withdrawn_at = accounts.load_for_audit(account_id).withdrawn_at
+    assert withdrawn_at is not None
+    loads: list[UUID] = []
+    load = accounts.load_for_audit
+
+    def counted(loaded: UUID) -> Account:
+        loads.append(loaded)
+        return load(loaded)
+
+    setattr(accounts, "load_for_audit", counted)  # noqa: B010 - a test seam
+    for service in ("scout", "chat"):  # two polls
+        accepted, refused = process.verified([confirmation(account_id, service)])
+        assert (len(accepted), refused) == (1, [])
+    assert loads == [account_id]
+    # One from before the withdrawal is not believed on memory: loaded again, and refused.
+    early = Confirmation(
+        account_id,
+        "mail",
+        CONFIRMED,
+        0,
+        "early",
+        confirmed_at=withdrawn_at - timedelta(hours=1),
+    )
+    accepted, refused = process.verified([early])
+    assert (accepted, refused) == ([], [(early, "before_withdrawal")])
+    assert loads == [account_id, account_id]
+
+
 def test_a_failure_is_replaced_by_a_later_confirmation_never_the_reverse(
     accounts: Accounts, settings: Settings
 ) -> None:
