@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from uuid import UUID
 
+from lifecycle import plain_encoding
 from lifecycle.account_terms import REDACTED
 from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import Account
 from lifecycle.kafka.inspector import SourceRecord
+from lifecycle.plain_encoding import int_or_none, str_or_none
 from schemas.contract import (
     ContractModel,
     GiftClaimedV1,
@@ -25,8 +27,8 @@ from schemas.contract import (
     ScoutReceivedV1,
     TopicNames,
     WithdrawalRequestedV1,
-    encode_record,
     encode_tombstone,
+    encode_value,
     lifecycle_event_id,
     profile_event_id,
     retry_event_id,
@@ -35,6 +37,8 @@ from schemas.data_export import ExportRequestedV1, encode_export_requested
 
 # A dead letter's own headers (source offset, error, attempts): never published again.
 DEAD_LETTER_HEADER_PREFIX = "dlq_"
+# The events after which the profile topic gets a record (`_contact`, or the tombstone).
+PROFILE_EVENTS = (Account.Registered, Account.PreferencesEdited, Account.Purged)
 
 
 def records_of(
@@ -48,6 +52,8 @@ def records_of(
     if record is None:
         return
     yield topics.lifecycle, record
+    if not isinstance(event, PROFILE_EVENTS):
+        return  # only these change the contact data (most events are scouts)
     account_id: UUID = event.originator_id
     ce_id, subject = profile_event_id(account_id, event.originator_version), str(account_id)
     if isinstance(event, Account.Purged):
@@ -56,11 +62,11 @@ def records_of(
             encode_tombstone(ProfileV1, ce_id=ce_id, subject=subject, time=event.timestamp),
         )
         return
-    profile = profile_after(event, registered)
+    profile = profile_json(event, registered)
     if profile is not None:
         yield (
             topics.profile,
-            encode_record(profile, ce_id=ce_id, subject=subject, time=event.timestamp),
+            encode_value(ProfileV1, profile, ce_id=ce_id, subject=subject, time=event.timestamp),
         )
 
 
@@ -68,19 +74,34 @@ def lifecycle_record(event: Account.Event, *, retry: bool = False) -> Record | N
     """The event's record on the lifecycle topic; `retry` gives it a fresh id (the original's
     with a random `:retry-...` suffix), so no record published before, forged or not, makes it
     a duplicate. None for an event outside the contract."""
-    payload = lifecycle_payload(event)
-    if payload is None:
+    encoded = lifecycle_json(event)
+    if encoded is None:
         return None
+    model, value = encoded
     account_id: UUID = event.originator_id
     version = event.originator_version
-    return encode_record(
-        payload,
+    return encode_value(
+        model,
+        value,
         ce_id=retry_event_id(account_id, version)
         if retry
         else lifecycle_event_id(account_id, version),
         subject=str(account_id),
         time=event.timestamp,
     )
+
+
+def lifecycle_json(event: Account.Event) -> tuple[type[ContractModel], bytes] | None:
+    """The event's lifecycle payload as its model and JSON value (None: not in the contract).
+    Made by `plain_encoding` when the event's values have exactly the types the model declares,
+    else by the model itself, which validates (and refuses what it must)."""
+    plain = plain_encoding.lifecycle_json(event)
+    if plain is not None:
+        return plain
+    payload = lifecycle_payload(event)
+    if payload is None:
+        return None
+    return type(payload), payload.model_dump_json().encode()
 
 
 def export_request_record(
@@ -107,10 +128,31 @@ def republication(source: SourceRecord) -> Record:
     return Record(source.key or b"", headers, source.value)
 
 
-def profile_after(
-    event: Account.Event, registered: Account.Registered | None = None
-) -> ProfileV1 | None:
-    """Contact data as of this event, when it changes; None once the key is destroyed."""
+def profile_json(event: Account.Event, registered: Account.Registered | None) -> bytes | None:
+    """ProfileV1's JSON value: contact data as of this event, when it changes; None once the
+    key is destroyed. Plain when the values have exactly the declared types
+    (`lifecycle.plain_encoding`), else made by the model, which validates."""
+    contact = _contact(event, registered)
+    if contact is None:
+        return None
+    email, display_name, notifications = contact
+    plain = plain_encoding.profile_json(event.originator_id, email, display_name, notifications)
+    if plain is not None:
+        return plain
+    profile = ProfileV1(
+        account_id=event.originator_id,
+        email=email,
+        display_name=display_name,
+        notifications=notifications,
+    )
+    return profile.model_dump_json().encode()
+
+
+def _contact(
+    event: Account.Event, registered: Account.Registered | None
+) -> tuple[str, str, dict[str, bool]] | None:
+    """Address, name and notification settings as of this event, when they change; None
+    once the key is destroyed (the values read as redacted)."""
     if isinstance(event, Account.Registered):
         email, display_name, notifications = (
             event.email,
@@ -129,12 +171,7 @@ def profile_after(
         return None
     if REDACTED in (email, display_name):
         return None
-    return ProfileV1(
-        account_id=event.originator_id,
-        email=email,
-        display_name=display_name,
-        notifications=notifications,
-    )
+    return email, display_name, notifications
 
 
 def lifecycle_payload(event: Account.Event) -> ContractModel | None:
@@ -148,8 +185,8 @@ def lifecycle_payload(event: Account.Event) -> ContractModel | None:
                 registered_at=event.timestamp,
                 channel=event.channel,  # type: ignore[arg-type]
                 consent_version=event.consent_version,
-                birth_year=_int_or_none(event.profile.get("birth_year")),
-                prefecture=_str_or_none(event.profile.get("prefecture")),
+                birth_year=int_or_none(event.profile.get("birth_year")),
+                prefecture=str_or_none(event.profile.get("prefecture")),
                 notifications=event.notifications,
             )
         case Account.PreferencesEdited():
@@ -185,17 +222,3 @@ def lifecycle_payload(event: Account.Event) -> ContractModel | None:
         case Account.Purged():
             payload = PurgedV1(account_id=account_id, purged_at=event.timestamp)
     return payload
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None

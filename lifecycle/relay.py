@@ -8,6 +8,8 @@ republishes that batch with the same `ce_id`s, which consumers dedupe.
 Idle, it waits for the next commit (`lifecycle.notify`: PostgreSQL's NOTIFY, the poll interval
 as fallback), and each `relay.published` line says how long the batch's events waited from
 commit to Kafka's acknowledgement (`commit_to_ack_ms`, newest event; `..._max_ms`, oldest).
+With a backlog, the next page is read and encoded (`lifecycle.relay_page`, on a thread of its
+own) while the one before is published; the position still moves only past acknowledged records.
 
 One relay publishes at a time: on PostgreSQL it holds an advisory lock on a connection of its
 own for as long as it runs; on SQLite an exclusive `flock` on a file beside the database.
@@ -16,30 +18,19 @@ own for as long as it runs; on SQLite an exclusive `flock` on a file beside the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from uuid import UUID
-
-from eventsourcing.persistence import Notification, StoredEvent
-from eventsourcing.utils import resolve_topic
 
 from consumers.faults import DependencyWait, infrastructure_fault
-from lifecycle import event_names, tracing
 from lifecycle.application import Accounts
 from lifecycle.backoff import Backoff, Delays
-from lifecycle.crypto import PersonalDataMapper
-from lifecycle.data_export_aggregate import DataExport
-from lifecycle.domain import Account
 from lifecycle.kafka.producer import Publisher, PublishError
 from lifecycle.logs import get_logger
 from lifecycle.notify import waiter_for
-from lifecycle.publishing import export_request_record, records_of
+from lifecycle.relay_page import Page, PageReader
 from lifecycle.storage import Database, single_active_lock
-from schemas.contract import (
-    Record,
-    TopicNames,
-    lifecycle_event_id,
-)
+from schemas.contract import TopicNames
 
 
 class Relay:
@@ -72,8 +63,11 @@ class Relay:
         # The dependency this relay is waiting for ("database", "broker"), None when working.
         self._wait = DependencyWait(self._log, "relay")
         self._lock = single_active_lock(self._db, "relay", name)
-        # The current batch's Registered events by account, for its edits' profile records.
-        self._registered: dict[UUID, Account.Registered] = {}
+        self._pages = PageReader(accounts, self.topics, self._log)
+        # The next page (its start, its read), read on a thread of its own while the one
+        # before is published (a backlog); made when first needed.
+        self._reader: ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, Future[Page | None]] | None = None
         # Read when first needed (constructors do no I/O): on taking the lock, or by `position`.
         self._position: int | None = None
         # When Kafka last acknowledged a batch of this relay (metrics; None: not yet).
@@ -139,6 +133,7 @@ class Relay:
                     waiter.reset()
         finally:
             waiter.close()
+            self._stop_reading()
             self._lock.release()
             self._log.info("relay.stopped", position=self._position)
 
@@ -168,11 +163,20 @@ class Relay:
         return self._wait.waiting_for
 
     def close(self) -> None:
-        """Give up the lock (a standby relay takes over); the publisher stays the caller's."""
+        """Give up the lock (a standby relay takes over); the publisher stays the caller's.
+        A page being read ahead is waited for, so nothing reads after the caller closes."""
+        self._stop_reading()
         self._lock.release()
+
+    def _stop_reading(self) -> None:
+        self._ahead = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
 
     def _back_off(self, stop: threading.Event, delays: Delays) -> None:
         delays.wait(stop)
+        self._ahead = None
         try:
             # Resume from what is recorded: whatever happened since was not acknowledged.
             self._position = self._load_position()
@@ -189,6 +193,7 @@ class Relay:
         if not self._lock.try_acquire():
             return False
         # Another relay may have moved on while this one stood by.
+        self._ahead = None
         self._position = self._load_position()
         self._log.info("relay.active", position=self._position)
         return True
@@ -196,92 +201,46 @@ class Relay:
     # One batch
 
     def _relay_batch(self) -> int:
-        notifications = self.accounts.recorder.select_notifications(
-            start=self.position + 1, limit=self.batch_size
-        )
-        if not notifications:
+        page = self._take_ahead() or self._pages.read(self.position + 1, self.batch_size)
+        if page is None:
             return 0
-        published = 0
-        stamps: list[datetime] = []
-        # Only a Registered event's personal values reach a record (the profile's address and
-        # name; an edit's profile takes them from its account's Registered event): every other
-        # event is read with its sealed values left sealed, and only the keys of the accounts
-        # whose Registered event is read are looked up, in one query for the batch.
-        unopened = {
-            n.id: self._account_event(n, opened=False)
-            for n in notifications
-            if n.topic != event_names.REGISTERED
-        }
-        registering = {
-            self._db.to_uuid(n.originator_id)
-            for n in notifications
-            if n.topic == event_names.REGISTERED
-        }
-        wanted = {
-            event.originator_id
-            for event in unopened.values()
-            if isinstance(event, Account.PreferencesEdited)
-            and event.notifications is not None
-            and event.originator_id not in registering
-        }
-        self.accounts.vault.prefetch(registering | wanted)
-        self._registered = self._registrations(wanted)
-        for notification in notifications:
-            request = self._export_request(notification)
-            if request is not None:
-                self.publisher.publish(
-                    self.topics.export_requested, request.key, request.headers, request.value
-                )
-                published += 1
-                continue
-            event = (
-                self._account_event(notification, opened=True)
-                if notification.topic == event_names.REGISTERED
-                else unopened[notification.id]
-            )
-            if event is None:
-                continue
-            if isinstance(event, Account.Registered):
-                self._registered[event.originator_id] = event
-            stamps.append(event.timestamp)
-            traced = self._trace_headers(notification, event) if tracing.enabled() else []
-            for topic, record in self._records_for(event, notification.id):
-                headers = [*record.headers, *traced] if traced else record.headers
-                self.publisher.publish(topic, record.key, headers, record.value)
-                published += 1
+        if page.size == self.batch_size:
+            # A backlog: the next page is read and encoded beside this one's publishing.
+            self._read_ahead(page.last + 1)
+        for topic, key, headers, value in page.records:
+            self.publisher.publish(topic, key, headers, value)
         self.publisher.flush()
         acked = datetime.now(UTC)
-        last = notifications[-1].id
-        self._save_position(last)
-        self._position = last
+        self._save_position(page.last)
+        self._position = page.last
         self.published_at = acked
-        latency = self._ack_latency(stamps, acked)
+        latency = self._ack_latency(page.stamps, acked)
         self._log.info(
             "relay.published",
-            first=notifications[0].id,
-            position=last,
-            notifications=len(notifications),
-            records=published,
+            first=page.first,
+            position=page.last,
+            notifications=page.size,
+            records=len(page.records),
             **latency,
         )
-        return len(notifications)
+        return page.size
 
-    def _trace_headers(
-        self, notification: Notification, event: Account.Event
-    ) -> list[tuple[str, bytes]]:
-        """`ce_traceparent`/`ce_tracestate` of a producer span in the trace of the command that
-        stored the event (`lifecycle.tracing`)."""
-        return tracing.publish_headers(
-            notification.state,
-            type(event).__name__,
-            {
-                "lifecycle.account_id": str(event.originator_id),
-                "lifecycle.notification_id": notification.id,
-                "messaging.message.id": lifecycle_event_id(
-                    event.originator_id, event.originator_version
-                ),
-            },
-        )
+    def _read_ahead(self, start: int) -> None:
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}-read")
+        self._ahead = (start, self._reader.submit(self._pages.read, start, self.batch_size))
+
+    def _take_ahead(self) -> Page | None:
+        """The page read ahead, if it starts where this batch does; None if there is none,
+        or it failed (the batch reads it again and meets the failure where it is waited out)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != self.position + 1:
+            return None
+        try:
+            return ahead[1].result()
+        except Exception as error:
+            self._log.debug("relay.read_ahead_failed", error=type(error).__name__)
+            return None
 
     def _ack_latency(self, stamps: list[datetime], acked: datetime) -> dict[str, float]:
         """From each event's commit (its timestamp, taken just before the commit) to Kafka's
@@ -296,73 +255,6 @@ class Relay:
             "commit_to_ack_ms": round(min(waits) * 1000, 1),
             "commit_to_ack_max_ms": round(max(waits) * 1000, 1),
         }
-
-    def _account_event(self, notification: Notification, *, opened: bool) -> Account.Event | None:
-        """The decoded Account event (its personal values left sealed unless `opened`); None
-        for EmailClaim and anything else that is not the public account stream."""
-        event_class = resolve_topic(notification.topic)
-        if not (isinstance(event_class, type) and issubclass(event_class, Account.Event)):
-            return None
-        mapper = self.accounts.mapper
-        event = (
-            mapper.to_domain_event(notification)
-            if opened or not isinstance(mapper, PersonalDataMapper)
-            else mapper.to_unopened_domain_event(notification)
-        )
-        assert isinstance(event, Account.Event)
-        return event
-
-    def _export_request(self, notification: Notification) -> Record | None:
-        """A data export's request (or ops' retry of some services) as the services read it;
-        None for every other notification."""
-        event_class = resolve_topic(notification.topic)
-        if event_class not in (DataExport.Requested, DataExport.RetryRequested):
-            return None
-        event = self.accounts.mapper.to_domain_event(notification)
-        assert isinstance(event, DataExport.Requested | DataExport.RetryRequested)
-        export: object = self.accounts.repository.get(
-            event.originator_id, version=event.originator_version
-        )
-        assert isinstance(export, DataExport)
-        return export_request_record(export, event)
-
-    def _records_for(
-        self, event: Account.Event, notification_id: int
-    ) -> Iterator[tuple[str, Record]]:
-        registered = (
-            self._registered[event.originator_id]
-            if isinstance(event, Account.PreferencesEdited) and event.notifications is not None
-            else None
-        )
-        records = list(records_of(event, self.topics, registered))
-        if not records:
-            self._log.error(
-                "relay.event_not_in_contract",
-                event=type(event).__qualname__,
-                notification=notification_id,
-            )
-        yield from records
-
-    def _registrations(self, wanted: set[UUID]) -> dict[UUID, Account.Registered]:
-        """The Registered event of each account whose notifications a batch's edit changes,
-        when the batch does not hold it: one query for the batch, not one per edit."""
-        if not wanted:
-            return {}
-        db = self._db
-        where, params = db.any_of("originator_id", [db.id_param(db.to_uuid(i)) for i in wanted])
-        with db.transaction(commit=False) as cursor:
-            rows = cursor.execute(
-                "SELECT originator_id, originator_version, topic, state "
-                f"FROM {db.events_table} WHERE originator_version = 1 AND {where}",
-                params,
-            ).fetchall()
-        found: dict[UUID, Account.Registered] = {}
-        for originator_id, version, topic, state in rows:
-            stored = StoredEvent(db.to_uuid(originator_id), version, topic, bytes(state))
-            event = self.accounts.mapper.to_domain_event(stored)
-            assert isinstance(event, Account.Registered)
-            found[event.originator_id] = event
-        return found
 
     # Position
 

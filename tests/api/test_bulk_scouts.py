@@ -3,6 +3,7 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -12,11 +13,21 @@ from fastapi.testclient import TestClient
 from support import auth
 from test_accounts_api import assert_problem, register, scout, withdraw
 
-from lifecycle.api.routes.scouts import MAX_BULK_SCOUTS
-from lifecycle.application import Accounts, ScoutItem
+from lifecycle.api.routes.scouts import (
+    MAX_BULK_SCOUTS,
+    BulkScoutsRecorded,
+    BulkScoutsRequest,
+    results_json,
+)
+from lifecycle.application import Accounts, ScoutItem, ScoutOutcome
 from lifecycle.bulk_scouts import BulkScouts
 from lifecycle.domain import Account
-from lifecycle.errors import AccountNotFoundError, AccountWithdrawingError, LifecycleError
+from lifecycle.errors import (
+    AccountNotFoundError,
+    AccountPurgedError,
+    AccountWithdrawingError,
+    LifecycleError,
+)
 
 SERVICE = auth("service")
 
@@ -228,3 +239,29 @@ def test_an_items_refusal_leaves_the_others_recorded_in_one_save(accounts: Accou
     assert isinstance(outcomes[1], AccountWithdrawingError)
     assert accounts.group_commit.batches - batches_before == 1  # one transaction for both
     assert set(accounts.get_account(ids[0]).scouts) == {"s-1"}
+
+
+def test_the_answer_written_as_json_is_the_documented_model_exactly() -> None:
+    request = BulkScoutsRequest.model_validate(
+        {"scouts": [item(str(uuid4()), f"s-{n}") for n in range(5)]}
+    )
+    outcomes: list[ScoutOutcome] = [
+        True,
+        False,
+        AccountNotFoundError(),
+        AccountWithdrawingError("account_withdrawing"),
+        AccountPurgedError(),
+    ]
+
+    written = json.loads(results_json(request.scouts, outcomes))
+
+    # Valid as the model, and nothing the model would add, drop or change.
+    assert BulkScoutsRecorded.model_validate(written).model_dump(mode="json") == written
+    assert [(r["result"], r["status"]) for r in written["results"]] == [
+        ("recorded", 201),
+        ("duplicate", 200),
+        ("refused", 404),
+        ("refused", 409),
+        ("refused", 410),
+    ]
+    assert written["results"][2]["problem"]["code"] == "account_not_found"

@@ -1,10 +1,12 @@
 """The relay opens only what a record carries: a Registered event's address and name (its
 profile), read for the batch that holds it or for an edit whose profile needs them. Every
 other event is published from its stored form with its personal values left sealed: no key is
-looked up for it, and its records are exactly those of the fully opened event."""
+looked up for it, and its records are exactly those of the fully opened event. With a backlog,
+pages are read ahead on a thread of the relay's own, each once, and published in order."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +14,7 @@ import pytest
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
+from lifecycle.kafka.producer import PublishError
 from lifecycle.publishing import records_of
 from lifecycle.relay import Relay
 from schemas.contract import TopicNames
@@ -122,3 +125,101 @@ def test_a_batch_reads_its_registered_events_keys_in_one_query(
     finally:
         relay.close()
     assert sorted(seen) == sorted(ids)  # one prefetch of the five, no key asked again
+
+
+# A backlog: the next page is read on the relay's reader thread while the one before is
+# published; what goes out is exactly what page-by-page reading makes.
+
+
+def reads_of(relay: Relay) -> list[tuple[int, str]]:
+    """Record each page read: its start and the thread that read it."""
+    seen: list[tuple[int, str]] = []
+    read = relay._pages.read
+
+    def reading(start: int, limit: int) -> Any:
+        seen.append((start, threading.current_thread().name))
+        return read(start, limit)
+
+    relay._pages.read = reading  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_backlog_is_read_ahead_once_per_page_and_published_in_order(
+    accounts: Accounts, topics: TopicNames
+) -> None:
+    ids = [member(accounts, f"ahead{n}") for n in range(4)]
+    for account_id in ids:
+        accounts.edit_preferences(account_id, notifications={"scouts": False})
+        accounts.receive_scout(account_id, scout_id="s", company_id="c", job_id="j")
+    capture = Capture()
+    relay = Relay(accounts, capture, name="ahead", topics=topics, batch_size=3)
+    reads = reads_of(relay)
+    try:
+        drain(relay)
+    finally:
+        relay.close()
+    starts = [start for start, _ in reads]
+    assert starts == sorted(set(starts))  # no page read twice
+    # Every page but the first was read ahead (and the end of the log, once more).
+    ahead = [start for start, thread in reads if thread.startswith("relay-ahead-read")]
+    assert len(ahead) >= 4
+    assert len(reads) - len(ahead) <= 2
+    assert relay.position == accounts.recorder.max_notification_id()
+    assert capture.records == expected(accounts, topics, 0)
+
+
+def test_a_page_that_fails_to_read_ahead_is_read_again_by_its_own_batch(
+    accounts: Accounts, topics: TopicNames
+) -> None:
+    for n in range(3):
+        member(accounts, f"retry{n}")
+    capture = Capture()
+    relay = Relay(accounts, capture, name="retry", topics=topics, batch_size=2)
+    read = relay._pages.read
+    failed: list[int] = []
+
+    def failing_ahead(start: int, limit: int) -> Any:
+        if threading.current_thread().name.startswith("relay-retry-read"):
+            failed.append(start)
+            raise ConnectionError("database away")  # only the read ahead fails
+        return read(start, limit)
+
+    relay._pages.read = failing_ahead  # type: ignore[method-assign]
+    try:
+        drain(relay)
+    finally:
+        relay.close()
+    assert len(failed) >= 2
+    assert relay.position == accounts.recorder.max_notification_id()
+    assert capture.records == expected(accounts, topics, 0)
+
+
+class FailingOnce(Capture):
+    """Its first flush fails: the records published since the last flush are lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def flush(self) -> None:
+        if not self.failed:
+            self.failed = True
+            self.records.clear()
+            raise PublishError("KafkaTimeoutError")
+
+
+def test_a_page_read_ahead_is_not_used_when_the_batch_before_failed(
+    accounts: Accounts, topics: TopicNames
+) -> None:
+    for n in range(3):
+        member(accounts, f"failed{n}")
+    publisher = FailingOnce()
+    relay = Relay(accounts, publisher, name="failed", topics=topics, batch_size=2)
+    try:
+        with pytest.raises(PublishError):
+            relay.run_once()  # the next page was being read ahead meanwhile
+        assert relay.position == 0
+        drain(relay)
+    finally:
+        relay.close()
+    assert publisher.records == expected(accounts, topics, 0)  # the failed page again, first
