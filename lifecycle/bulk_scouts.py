@@ -178,7 +178,9 @@ class BulkScouts:
         return account
 
     def _keep(self, account: Account) -> None:
-        """Keep a state as stored, when it came from the store's fold (sealed values)."""
+        """Keep a state as stored, only when its personal values read as redacted: one
+        loaded with them opened (SQLite's path) is not kept, nor one whose values were stored
+        in clear (nothing personal may outlive the key cache here)."""
         if account.email == REDACTED:
             self.kept.put(account)
 
