@@ -79,12 +79,14 @@ def opened(database_url: str, schema: str, master_key: str, *, replay: bool) -> 
     return build_accounts(one_pass(settings) if replay else settings)
 
 
-def audit_replay(database_url: str, schema: str, master_key: str) -> tuple[int, dict[str, int]]:
+def audit_replay(
+    database_url: str, schema: str, master_key: str, workers: int | None = None
+) -> tuple[int, dict[str, int]]:
     from lifecycle.audit.replay import replay
 
     accounts = opened(database_url, schema, master_key, replay=True)
     try:
-        report = replay(accounts)
+        report = replay(accounts, workers=workers)
     finally:
         accounts.close()
     if not report.ok:

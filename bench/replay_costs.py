@@ -9,7 +9,7 @@ each alike. The CPU is this process's and its children's (a replay's forked work
 lifecycle.audit.forked), not the database server's share of a rebuild's writes (the wall
 time, printed beside it, is, and means little on a loaded machine).
 
-    python -m bench.replay_costs --events 20000 --passes 3 [--modes raw,replay,rebuild]
+    python -m bench.replay_costs --events 20000 --passes 3 [--modes raw,replay,replay1,rebuild]
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ def raw_pass(settings: Settings) -> int:
     return raw_read(settings.database_url, f"{settings.database_schema}.accounts_events")
 
 
-def replay_pass(settings: Settings) -> int:
+def replay_pass(settings: Settings, workers: int | None = None) -> int:
     assert settings.master_key is not None
     events, _ = audit_replay(
         settings.database_url,
         str(settings.database_schema),
         settings.master_key.get_secret_value(),
+        workers,
     )
     return events
 
@@ -61,7 +62,8 @@ def cpu_seconds() -> float:
 
 PASSES: dict[str, Callable[[Settings], int]] = {
     "raw": raw_pass,
-    "replay": replay_pass,
+    "replay": replay_pass,  # its default workers (forked processes, their CPU counted)
+    "replay1": lambda settings: replay_pass(settings, workers=1),  # in this process alone
     "rebuild": rebuild_pass,
 }
 
