@@ -68,6 +68,9 @@ class Handler(Protocol):
 
     # The service's tables that hold personal values: vacuumed (PostgreSQL) after an erasure.
     personal_tables: tuple[str, ...] = ()
+    # True when `prepare` may run again for a record already handled (it finds what was done
+    # and does nothing twice): the kit then looks no marks up before the transaction.
+    prepare_repeats_harmlessly: bool = False
 
     def prepare(self, envelope: Envelope) -> None:
         """Idempotent steps before the transaction (may run again after a crash or retry)."""

@@ -4,9 +4,9 @@ One loop over a source (`lifecycle.kafka.source`: Kafka, or the in-process log).
 
 1. decode each CloudEvent; a record that breaks the contract goes to the dead letters at once;
 2. skip those whose (source, type, id) is in `processed_events` (delivery is at least once),
-   one query, made only for a handler with a `prepare` of its own (for any other, step 4's
-   marks skip them in the same transaction): a record of another source or type never
-   shadows a real one, and a record whose `ce_id` names another account than its
+   one query, made only for a handler with a `prepare` that must not run again (for any
+   other, step 4's marks skip them in the same transaction): a record of another source or
+   type never shadows a real one, and a record whose `ce_id` names another account than its
    `ce_subject` is refused as a contract breach;
 3. `handler.prepare_many(envelopes)`: idempotent steps that cannot share a transaction
    (a mail); a handler's `commits_before_prepare` says which must see earlier records committed;
@@ -85,14 +85,17 @@ class Hooks:
     before_offset_commit: Callable[[Incoming], None] | None = None
 
 
-def prepares(handler: Handler) -> bool:
-    """Whether the handler has steps of its own before the transaction (`prepare`): those
-    must not run again for a record handled before, so the loop looks its mark up first."""
+def looks_up_marks(handler: Handler) -> bool:
+    """Whether the loop looks a batch's marks up before its transaction: when the handler has
+    steps of its own before it (`prepare`) that must not run again for a record handled
+    before; not when it says they may (`prepare_repeats_harmlessly`: they find what was done
+    and do nothing twice)."""
     kind = type(handler)
-    return (
+    prepares = (
         getattr(kind, "prepare", Handler.prepare) is not Handler.prepare
         or getattr(kind, "prepare_many", Handler.prepare_many) is not Handler.prepare_many
     )
+    return prepares and not getattr(handler, "prepare_repeats_harmlessly", False)
 
 
 class Stopped(Exception):  # noqa: N818 - control flow, never leaves the loop
@@ -141,7 +144,7 @@ class Consumer:
             store, publisher, self.stats, self._log, check_interval_s=outbox_check_interval_s
         )
         self._wait = DependencyWait(self._log, "consumer")
-        self._prepares = prepares(handler)
+        self._looks_up_marks = looks_up_marks(handler)
         self._spans: tracing.RecordSpans | None = None  # the batch's, while tracing is on
 
     # Health and metrics
@@ -230,7 +233,7 @@ class Consumer:
         """Adds to `finished` the index of each record once it is handled completely."""
         decoded = decode_batch(batch)
         known: set[str] = set()
-        if self._prepares:  # else the transaction's marks alone skip what was handled before
+        if self._looks_up_marks:  # else the transaction's marks alone skip repeats
             known = self._until_done(
                 lambda: self.store.processed_among(
                     [dedupe_key(e) for _, e in decoded if isinstance(e, Envelope)]

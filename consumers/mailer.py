@@ -10,10 +10,13 @@ raises `InvalidRecipientError` (the record's own fault) before anything is sent.
 
 from __future__ import annotations
 
+import re
 import smtplib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.header import Header
 from email.message import EmailMessage
+from email.policy import compat32
 from email.utils import formataddr, formatdate
 from typing import Protocol
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -26,6 +29,7 @@ MAIL_FROM = "no-reply@jobchange.example"
 MESSAGE_ID_DOMAIN = "mail.jobchange.example"
 CONFIRMATION_KIND = "withdrawal-complete"
 KIND_HEADER = "X-Jobchange-Kind"
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 log = get_logger(__name__)
 
@@ -114,34 +118,48 @@ def confirmation_message(
 ) -> EmailMessage:
     """The withdrawal-complete mail; it names the erasure receipt by id (ids only, no values)."""
     message = _message(email, display_name, message_id_for(withdrawal_ce_id), CONFIRMATION_KIND)
-    message["Subject"] = "退会手続きが完了しました / Your withdrawal is complete"
     receipt_id = erasure_receipt_id(account_id)
-    message.set_content(
+    return _text(
+        message,
+        "退会手続きが完了しました / Your withdrawal is complete",
         f"{display_name} 様\n\n"
         "退会手続きが完了しました。今後、お知らせやスカウトのメールは届きません。\n"
         "ご登録の情報はすべてのサービスから削除されます。\n"
         f"署名付き削除証明書の番号: {receipt_id}\n\n"
         "Your withdrawal is complete. No further notices or scouts will be mailed to you,\n"
         "and your data is being erased from every service.\n"
-        f"Signed erasure receipt id: {receipt_id}\n"
+        f"Signed erasure receipt id: {receipt_id}\n",
     )
-    return message
 
 
 def notice_message(
     notice_id: str, *, email: str, display_name: str, kind: str, subject: str, body: str
 ) -> EmailMessage:
     message = _message(email, display_name, message_id_for(f"notice:{notice_id}"), kind)
-    message["Subject"] = subject
-    message.set_content(body)
-    return message
+    return _text(message, subject, body)
 
 
 def _message(email: str, display_name: str, message_id: str, kind: str) -> EmailMessage:
-    message = EmailMessage()
+    """Headers as `formataddr` and `Header` render them, under the compat32 policy: the
+    default policy parses every header value set back into an object, ~1 ms of CPU a message
+    (most of the mail service's own work per withdrawal), for the same bytes on the wire."""
+    message = EmailMessage(policy=compat32)
     message["From"] = MAIL_FROM
-    message["To"] = formataddr((display_name, checked_recipient(email)))
+    message["To"] = formataddr((_one_line(display_name), checked_recipient(email)), "utf-8")
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id
     message[KIND_HEADER] = kind
     return message
+
+
+def _text(message: EmailMessage, subject: str, body: str) -> EmailMessage:
+    """The subject (RFC 2047 where not ASCII) and a text/plain UTF-8 body."""
+    message["Subject"] = Header(_one_line(subject), "utf-8")
+    message.set_payload(body, charset="utf-8")
+    return message
+
+
+def _one_line(text: str) -> str:
+    """A header's text with any control character (a line break above all) as a space: a
+    member's display name never starts a header line of its own."""
+    return CONTROL.sub(" ", text)

@@ -251,7 +251,13 @@ class PreparingHandler(RecordingHandler):
         """A step before the transaction, which must not run again for a record handled."""
 
 
-@pytest.mark.parametrize("handler_type", [RecordingHandler, PreparingHandler])
+class HarmlesslyPreparingHandler(PreparingHandler):
+    prepare_repeats_harmlessly = True  # as mail's: it finds what was done
+
+
+@pytest.mark.parametrize(
+    "handler_type", [RecordingHandler, PreparingHandler, HarmlesslyPreparingHandler]
+)
 def test_marks_are_looked_up_before_the_transaction_only_for_a_handler_that_prepares(
     log: InProcessPublisher,
     database: Database,

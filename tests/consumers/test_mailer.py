@@ -46,3 +46,17 @@ def test_the_envelope_holds_exactly_the_one_recipient() -> None:
         (received,) = smtp.messages()
     assert received.recipients == ["hanako@example.jp"]
     assert [a.addr_spec for a in received.message["To"].addresses] == ["hanako@example.jp"]
+
+
+def test_a_display_name_with_line_breaks_stays_in_its_header() -> None:
+    # A name with a line break in it never starts a header of its own (here: a Bcc).
+    hostile_name = "Hanako\r\nBcc: attacker@evil.example"
+    message = confirmation_message("ce-3", "hanako@example.jp", hostile_name, uuid4())
+    with smtp_sink() as smtp:
+        SmtpMailer(smtp.host, smtp.port).send(message, "hanako@example.jp")
+        (received,) = smtp.messages()
+    assert received.recipients == ["hanako@example.jp"]
+    assert received.message["Bcc"] is None
+    assert [a.addr_spec for a in received.message["To"].addresses] == ["hanako@example.jp"]
+    assert received.message["Subject"] == "退会手続きが完了しました / Your withdrawal is complete"
+    assert "Hanako" in received.message.get_content()
