@@ -110,6 +110,12 @@ class ChainMismatchError(LifecycleError):
     code = "hash_chain_mismatch"
 
 
+class ReplayFailedError(LifecycleError):
+    """A part of a pass over the log, run in a process of its own, failed (its error named)."""
+
+    code = "replay_failed"
+
+
 class NotReadyError(LifecycleError):
     """The service cannot serve requests yet (or any more): its database does not answer."""
 

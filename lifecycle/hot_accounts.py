@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from uuid import UUID
 
 from lifecycle.account_terms import AccountStatus
@@ -64,6 +65,35 @@ class HotAccounts:
                 return
             self._entries[account.id] = (expires, account)
             self._entries.move_to_end(account.id)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def take_many(self, account_ids: Iterable[UUID]) -> dict[UUID, Account]:
+        """`take` for many (a bulk command's): those held and not expired, under one lock."""
+        now = time.monotonic()
+        found: dict[UUID, Account] = {}
+        with self._lock:
+            for account_id in account_ids:
+                entry = self._entries.pop(account_id, None)
+                if entry is not None and entry[0] > now:
+                    found[account_id] = entry[1]
+        self.hits += len(found)
+        return found
+
+    def put_many(self, accounts: Iterable[Account]) -> None:
+        """`put` for many, each kept for `seconds` from now, under one lock."""
+        if self.seconds <= 0:
+            return
+        expires = time.monotonic() + self.seconds
+        with self._lock:
+            for account in accounts:
+                if account.status is not AccountStatus.ACTIVE or account.pending_events:
+                    continue
+                held = self._entries.get(account.id)
+                if held is not None and held[1].version > account.version:
+                    continue
+                self._entries[account.id] = (expires, account)
+                self._entries.move_to_end(account.id)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 

@@ -10,10 +10,11 @@ from typing import TextIO
 
 from lifecycle.application import Accounts
 from lifecycle.audit.export import export_log, parse_bound
+from lifecycle.audit.forked import PartFailedError
 from lifecycle.audit.replay import replay
 from lifecycle.audit.replay_report import ReplayReport
 from lifecycle.audit.verify import Verification, verify
-from lifecycle.errors import InvalidCommandError
+from lifecycle.errors import InvalidCommandError, ReplayFailedError
 from lifecycle.settings import Settings
 from projections.hashchain import HashChain
 
@@ -51,7 +52,10 @@ class EventLog:
         `workers` processes side by side (None: one per core, for a log long enough)."""
         if workers is not None and workers < 1:
             raise InvalidCommandError("bad_workers", detail="workers must be at least 1")
-        return replay(self.accounts, progress=self.progress, workers=workers)
+        try:
+            return replay(self.accounts, progress=self.progress, workers=workers)
+        except PartFailedError as error:
+            raise ReplayFailedError(detail=f"replay failed: {error}") from None
 
     def verify(self) -> Verification:
         """Every link of the hash chain recomputed from the stored events."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -11,6 +11,7 @@ import pytest
 
 from lifecycle.account_terms import REDACTED, AccountStatus, WithdrawalReason
 from lifecycle.application import Accounts
+from lifecycle.data_export_aggregate import DataExport
 from lifecycle.domain import Account
 from lifecycle.email_claim import EmailClaim
 from lifecycle.errors import (
@@ -232,6 +233,57 @@ def test_unknown_ids_and_claim_ids_are_not_accounts(accounts: Accounts) -> None:
             accounts.purge(missing)
     # Nothing was written for either.
     assert len(all_events(accounts)) == 3  # Registered, claim Created, claim Claimed
+
+
+def _state(aggregate: object) -> tuple[type, dict[str, Any]]:
+    return type(aggregate), dict(vars(aggregate))
+
+
+def test_a_command_loads_the_account_the_library_would_fold(
+    accounts: Accounts, settings: Settings
+) -> None:
+    """Commands load accounts through the stored fold (lifecycle.stored_fold), not the
+    library's event objects: after every kind of event, in this process (key cached) and in
+    another (nothing cached), the account equals the library's own load, attribute by
+    attribute; purged, it reads redacted alike. Ids of other aggregates are not accounts."""
+    account_id = register(accounts)
+    other = Accounts(env=settings.application_env())
+    steps = [
+        lambda: accounts.edit_preferences(
+            account_id, job_title="Tech lead", desired={"remote": False, "salary_jpy": None}
+        ),
+        lambda: accounts.receive_scout(account_id, scout_id="s-1", company_id="acme", job_id="j"),
+        lambda: accounts.claim_gift(account_id, company_id="acme", start_date=START),
+        lambda: accounts.request_withdrawal(account_id, reason="other", comment="Hanako"),
+        lambda: accounts.purge(account_id),
+    ]
+    try:
+        for step in [lambda: None, *steps]:
+            step()
+            for app in (accounts, other):
+                app.hot_accounts.forget(account_id)
+                # Loaded first: it forgets a purged account's key a process still held.
+                found = _state(app.load_for_audit(account_id))
+                want = _state(app.repository.get(account_id))
+                assert found[0] is want[0]
+                assert sorted(found[1]) == sorted(want[1])
+                for name, value in want[1].items():
+                    assert found[1][name] == value, (name, app is other)
+        assert accounts.load_for_audit(account_id).email == REDACTED
+        export = DataExport.request(
+            export_id=uuid4(),
+            account_id=uuid4(),
+            public_key="k",
+            services=["scout"],
+            at=datetime.now(UTC),
+            deadline=timedelta(days=1),
+            expiry=timedelta(days=1),
+        )
+        accounts.save(export)
+        with pytest.raises(AccountNotFoundError):
+            accounts.get_account(export.id)
+    finally:
+        other.close()
 
 
 def purged_member(accounts: Accounts) -> UUID:

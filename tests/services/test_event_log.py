@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 
 from lifecycle.application import Accounts
-from lifecycle.errors import InvalidCommandError
+from lifecycle.audit import replay as replay_module
+from lifecycle.audit.replay_report import ReplayReport
+from lifecycle.errors import InvalidCommandError, ReplayFailedError
 from lifecycle.services.event_log import ONE_PASS_POOL_SIZE, EventLog, one_pass
 from lifecycle.settings import Settings
+from lifecycle.stored_fold import IdRange
 from projections.hashchain import HashChain
 from projections.runner import Projector
 
@@ -50,6 +54,27 @@ def test_export_refuses_a_bound_that_is_neither_an_id_nor_a_date(accounts: Accou
 def test_replay_refuses_fewer_than_one_worker(accounts: Accounts) -> None:
     with pytest.raises(InvalidCommandError):
         EventLog(accounts).replay(workers=0)
+
+
+def test_a_worker_that_fails_fails_the_replay_with_its_error(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registered(accounts, 2)
+    folds = replay_module._replay_ids
+
+    def failing_in_a_child(accounts: Accounts, ids: IdRange, *args: Any) -> ReplayReport:
+        if ids[0] is not None:  # not the caller's own range
+            raise RuntimeError("the database went away")
+        return folds(accounts, ids, *args)
+
+    monkeypatch.setattr(replay_module, "_replay_ids", failing_in_a_child)
+    log = EventLog(accounts)
+    if not accounts.database.dialect.shared_by_processes:
+        assert log.replay(workers=2).ok  # SQLite: one process, nothing forked
+        return
+    with pytest.raises(ReplayFailedError) as failed:
+        log.replay(workers=2)
+    assert failed.value.detail == "replay failed: part-1: RuntimeError: the database went away"
 
 
 def test_replay_and_verify_pass_on_a_clean_log(accounts: Accounts) -> None:
