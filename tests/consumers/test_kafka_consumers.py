@@ -546,11 +546,15 @@ def test_each_service_answers_an_export_request_and_no_topic_holds_a_readable_va
             profile(topics, member, 1, address, f"Export {tag}"),
         ],
     )
-    mails = store(kafka_settings, "mail")
+    # The request's topic keeps no order with the others: it is sent once both services hold
+    # what it should find (in one poll, the request could come first and find nothing).
+    mails, scouts_store = store(kafka_settings, "mail"), store(kafka_settings, "scout")
     try:
         wait_until(lambda: mail.contact_known(mails, member), "the address reached mail")
+        wait_until(lambda: scout.scouts_of(scouts_store, member) != [], "the scout was kept")
     finally:
         mails.close()
+        scouts_store.close()
     produce(bootstrap, [(topics.export_requested, encode_export_requested(request))])
 
     def parts(service: str) -> list[ExportPartV1]:
