@@ -119,20 +119,19 @@ class MemberDataHandler(Handler):
         return self.tombstones.among(cursor, account_ids)
 
     def erase(self, cursor: Cursor, account_ids: Sequence[UUID]) -> dict[UUID, int]:
-        """Delete what the accounts hold, and their sealed keys; the rows removed of each."""
+        """Delete what the accounts hold, and their sealed keys (one statement on PostgreSQL);
+        the rows removed of each."""
         removed = dict.fromkeys(account_ids, 0)
         if not removed:
             return removed
         db = self.database
         where, params = db.any_of("account_id", [str(a) for a in removed])
-        for table in self.personal_tables:
-            rows = cursor.execute(
-                f"DELETE FROM {db.table(table)} WHERE {where} RETURNING account_id", params
-            ).fetchall()
-            for (account,) in rows:
-                removed[UUID(account)] += 1
-        if self.sealed is not None:
-            self.sealed.destroy(cursor, list(removed))
+        tables = [db.table(table) for table in self.personal_tables]
+        keys = [] if self.sealed is None else [self.sealed.table]  # `SealedValues.destroy`'s
+        for account in db.dialect.delete_accounts(
+            cursor, [*tables, *keys], where, params, counted=len(tables)
+        ):
+            removed[UUID(account)] += 1
         return removed
 
     def erase_and_confirm(

@@ -131,3 +131,36 @@ def test_no_code_above_the_database_layer_asks_which_backend_it_runs_on() -> Non
         if asking.search(line)
     ]
     assert found == []
+
+
+def test_rows_of_several_tables_deleted_at_once_counting_the_first_tables(db: Database) -> None:
+    probe, other = db.table("dialect_probe"), db.table("dialect_probe_keys")
+    ids = [uuid4() for _ in range(3)]
+    with db.ddl() as cursor:
+        cursor.execute(f"CREATE TABLE {other} (account_id {db.id_type} NOT NULL)")
+    try:
+        with db.transaction() as cursor:
+            for account in ids:
+                cursor.execute(
+                    f"INSERT INTO {probe} (account_id, label) VALUES (%s, 'x')",
+                    (db.id_param(account),),
+                )
+                for _ in range(2):
+                    cursor.execute(
+                        f"INSERT INTO {other} (account_id) VALUES (%s)", (db.id_param(account),)
+                    )
+        where, params = db.any_of("account_id", [db.id_param(a) for a in ids[:2]])
+        with db.transaction() as cursor:
+            counted = db.dialect.delete_accounts(cursor, [probe, other], where, params, 1)
+            uncounted = db.dialect.delete_accounts(cursor, [other], where, params, 0)
+        assert sorted(db.to_uuid(a) for a in counted) == sorted(ids[:2])
+        assert uncounted == []
+        with db.transaction(commit=False) as cursor:
+            left = [
+                cursor.execute(f"SELECT account_id FROM {table}").fetchall()
+                for table in (probe, other)
+            ]
+        assert [[db.to_uuid(a) for (a,) in rows] for rows in left] == [[ids[2]], [ids[2]] * 2]
+    finally:
+        with db.ddl() as cursor:
+            cursor.execute(f"DROP TABLE {other}")
