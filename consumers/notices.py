@@ -117,11 +117,11 @@ def _deliver_one(
                 subject=subject,
                 body=body,
             )
+            mailer.send(message, contact.email)
         except InvalidRecipientError:
             log.warning("mail.recipient_refused", account_id=str(account_id), kind=kind)
             _record(contacts.sealed, cursor, account_id, fate, "suppressed")
             return 0
-        mailer.send(message, contact.email)
         _record(contacts.sealed, cursor, account_id, fate, "sent")
     log.info("mail.notice_sent", account_id=str(account_id), message_id=message["Message-ID"])
     return 1

@@ -201,12 +201,13 @@ class WithdrawalMail:
                     message = confirmation_message(
                         withdrawal_ce_id, email, display_name, account_id
                     )
+                    self.mailer.send(message, email)
                 except InvalidRecipientError:
-                    # Stored before addresses were checked as one mailbox: nothing may be sent
-                    # to it, and erasure must not wait for a mail that never can be.
+                    # Not exactly one mailbox (stored before addresses were checked), or one
+                    # that cannot be written or sent: erasure must not wait for a mail that
+                    # never can be.
                     log.warning("mail.recipient_refused", account_id=str(account_id))
                 else:
-                    self.mailer.send(message, email)
                     log.info(
                         "mail.confirmation_sent", account_id=str(account_id), message_id=message_id
                     )

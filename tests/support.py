@@ -230,9 +230,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def smtp_sink() -> Iterator[SmtpSink]:
+def smtp_sink(*, smtputf8: bool = True) -> Iterator[SmtpSink]:
     sink = SmtpSink(port=free_port())
-    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    # SMTPUTF8 as a production relay offers it: an internationalised address (RFC 6532).
+    controller = Controller(sink, hostname=sink.host, port=sink.port, enable_SMTPUTF8=smtputf8)
     controller.start()
     try:
         yield sink

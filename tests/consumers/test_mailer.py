@@ -60,3 +60,27 @@ def test_a_display_name_with_line_breaks_stays_in_its_header() -> None:
     assert [a.addr_spec for a in received.message["To"].addresses] == ["hanako@example.jp"]
     assert received.message["Subject"] == "退会手続きが完了しました / Your withdrawal is complete"
     assert "Hanako" in received.message.get_content()
+
+
+def test_an_internationalised_address_is_mailed_over_smtputf8() -> None:
+    # Registration accepts RFC 6532 addresses; the relay offers SMTPUTF8.
+    message = confirmation_message("ce-4", "花子@例え.jp", "山田 花子", uuid4())
+    with smtp_sink() as smtp:
+        SmtpMailer(smtp.host, smtp.port).send(message, "花子@例え.jp")
+        (received,) = smtp.messages()
+    # The sink hands UTF-8 bytes of the envelope and headers over surrogate-escaped.
+    assert [utf8(r) for r in received.recipients] == ["花子@例え.jp"]
+    assert [utf8(a.addr_spec) for a in received.message["To"].addresses] == ["花子@例え.jp"]
+    assert "山田 花子" in received.message.get_content()
+
+
+def utf8(escaped: str) -> str:
+    return escaped.encode("utf-8", "surrogateescape").decode()
+
+
+def test_a_relay_without_smtputf8_refuses_the_recipient_not_the_record() -> None:
+    message = confirmation_message("ce-5", "花子@例え.jp", "Hanako", uuid4())
+    with smtp_sink(smtputf8=False) as smtp:
+        with pytest.raises(InvalidRecipientError):
+            SmtpMailer(smtp.host, smtp.port).send(message, "花子@例え.jp")
+        assert smtp.messages() == []

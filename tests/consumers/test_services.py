@@ -20,6 +20,7 @@ from support import (
     profile_tombstone,
     purged,
     scout_received,
+    smtp_sink,
     started,
     wait_until,
     withdrawal,
@@ -421,3 +422,22 @@ def test_a_send_recorded_in_a_transaction_that_failed_is_not_mailed_again(
     assert recorded is not None
     assert recorded["confirmation_message_id"] == message_id_for(lifecycle_event_id(member, 2))
     assert handler.withdrawal_mail.unrecorded() == []
+
+
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_a_member_with_an_internationalised_address_is_erased_and_confirmed(
+    service_store: StoreFactory, running: list[Running], smtputf8: bool
+) -> None:
+    # Registration accepts RFC 6532 addresses: mailed over SMTPUTF8, or, through a relay
+    # without it, refused as a recipient; either way the erasure is confirmed.
+    with smtp_sink(smtputf8=smtputf8) as smtp:
+        service = mail_service(service_store, running, SmtpMailer(smtp.host, smtp.port))
+        member = uuid.uuid4()
+        service.send(
+            profile(TOPICS, member, 1, "花子@例え.jp", "山田 花子"), withdrawal(TOPICS, member, 2)
+        )
+        wait_until(lambda: len(service.confirmations()) == 1)
+        assert mail.held_rows(service.database, member) == 0
+        assert not mail.contact_known(service.database, member)
+        assert len(smtp.messages()) == (1 if smtputf8 else 0)
+        assert service.consumer.stats.dead_lettered == 0
