@@ -67,6 +67,10 @@ class Relay:
         # The next page (its start, its read), read on a thread of its own while the one
         # before is published (a backlog); made when first needed.
         self._reader: ThreadPoolExecutor | None = None
+        # close() may come from another thread while run() reads ahead (a stop whose join
+        # timed out): the reader is made, used and shut down under this lock.
+        self._reader_lock = threading.Lock()
+        self._reading_stopped = False
         self._ahead: tuple[int, Future[Page | None]] | None = None
         # Read when first needed (constructors do no I/O): on taking the lock, or by `position`.
         self._position: int | None = None
@@ -165,14 +169,16 @@ class Relay:
     def close(self) -> None:
         """Give up the lock (a standby relay takes over); the publisher stays the caller's.
         A page being read ahead is waited for, so nothing reads after the caller closes."""
-        self._stop_reading()
+        self._stop_reading(for_good=True)
         self._lock.release()
 
-    def _stop_reading(self) -> None:
+    def _stop_reading(self, *, for_good: bool = False) -> None:
         self._ahead = None
-        if self._reader is not None:
-            self._reader.shutdown(wait=True, cancel_futures=True)
-            self._reader = None
+        with self._reader_lock:
+            self._reading_stopped = self._reading_stopped or for_good
+            if self._reader is not None:
+                self._reader.shutdown(wait=True, cancel_futures=True)
+                self._reader = None
 
     def _back_off(self, stop: threading.Event, delays: Delays) -> None:
         delays.wait(stop)
@@ -226,9 +232,12 @@ class Relay:
         return page.size
 
     def _read_ahead(self, start: int) -> None:
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}-read")
-        self._ahead = (start, self._reader.submit(self._pages.read, start, self.batch_size))
+        with self._reader_lock:
+            if self._reading_stopped:  # closed: this batch is the last
+                return
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}-read")
+            self._ahead = (start, self._reader.submit(self._pages.read, start, self.batch_size))
 
     def _take_ahead(self) -> Page | None:
         """The page read ahead, if it starts where this batch does; None if there is none,

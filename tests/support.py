@@ -17,11 +17,12 @@ import random
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -827,3 +828,39 @@ def worker_threads(settings: Settings, topics: TopicNames, *workers: str) -> Ite
             thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in threads)
     assert [getattr(error, "detail", repr(error)) for error in errors] == []
+
+
+def racing_scripts(script: str, messages: Sequence[Any], timeout_s: float = 240) -> list[Any]:
+    """Runs `script` (Python source) in one process per message, each sent its message as a
+    JSON line and answering "ready"; then tells them all "go" at once, so they race, and
+    returns each one's last output line, parsed as JSON, in order."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for _ in messages
+    ]
+    try:
+        for process, message in zip(processes, messages, strict=True):
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps(message) + "\n")
+            process.stdin.flush()
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:  # all start together
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        results = []
+        for process in processes:
+            out, _ = process.communicate(timeout=timeout_s)
+            assert process.returncode == 0
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()

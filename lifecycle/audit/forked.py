@@ -13,6 +13,7 @@ inherited is closed on the parent's behalf.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
@@ -22,6 +23,9 @@ T = TypeVar("T")
 Part = Callable[[Callable[[int], None]], T]
 # How often the parent, once its own part is done, reports the children's progress.
 PROGRESS_SECONDS = 0.5
+# A child whose count has not moved for this long is stuck (a page takes well under a
+# second): the pass fails rather than wait for ever.
+STALLED_SECONDS = 300.0
 
 
 class PartFailedError(Exception):
@@ -55,8 +59,8 @@ def run_forked(parts: Sequence[Part[T]], progress: Callable[[int], None] | None 
             sender.close()
             children.append((child, receiver))
         results = [parts[0](told(0))]
-        for child, receiver in children:
-            results.append(_answer(child, receiver, lambda: _tell(progress, counts)))
+        for index, (child, receiver) in enumerate(children, start=1):
+            results.append(_answer(child, receiver, lambda: _tell(progress, counts), counts, index))
         _tell(progress, counts)
         return results
     finally:
@@ -76,11 +80,19 @@ def _run_child(part: Part[Any], tell: Callable[[int], None], sender: Connection)
     sender.close()
 
 
-def _answer(child: Any, receiver: Connection, waiting: Callable[[], None]) -> Any:
+def _answer(
+    child: Any, receiver: Connection, waiting: Callable[[], None], counts: Any, index: int
+) -> Any:
+    """The child's result; while it works, `waiting()` is called and its count watched."""
+    seen, moved_at = counts[index], time.monotonic()
     while not receiver.poll(PROGRESS_SECONDS):
         waiting()
         if not child.is_alive() and not receiver.poll(0):
             raise PartFailedError(f"{child.name} ended with code {child.exitcode}, no answer")
+        if counts[index] != seen:
+            seen, moved_at = counts[index], time.monotonic()
+        elif time.monotonic() - moved_at > STALLED_SECONDS:
+            raise PartFailedError(f"{child.name} made no progress for {STALLED_SECONDS:.0f} s")
     try:
         kind, value = receiver.recv()
     except EOFError:

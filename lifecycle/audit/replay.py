@@ -131,6 +131,11 @@ def replay(
         # A child reads on one connection at a time: a pool of one opens and closes fastest.
         env = {**accounts.env, "POSTGRES_POOL_SIZE": "1"}
         parts = [partial(_replay_part, accounts, env, ids, keep) for ids in ranges]
+        # The pool's threads still opening a connection could hold a lock (libpq, DNS,
+        # OpenSSL) that a forked child would inherit held: forked only once they are idle.
+        wait = getattr(database.datastore.pool, "wait", None)
+        if wait is not None:
+            wait(timeout=30.0)
         report = ReplayReport()
         for part in run_forked(parts, told):
             report.merge(part, keep)

@@ -389,3 +389,23 @@ def test_replaying_every_event_after_purge_succeeds(accounts: Accounts) -> None:
     assert len(claims) == 2
     assert [c.holder for c in claims.values()].count(None) == 1
     assert any(c.holder == accounts.vault.holder_token(kept_id, c.id) for c in claims.values())
+
+
+def test_an_account_with_an_event_this_release_does_not_know_is_not_reported_missing(
+    accounts: Accounts,
+) -> None:
+    """A newer release (a rolling deploy) may store an event this one cannot fold: the account
+    exists, so the load fails loudly rather than answering "account not found"."""
+    from eventsourcing.persistence import StoredEvent
+
+    from lifecycle.bulk_scouts import ScoutItem
+    from lifecycle.stored_fold import UnknownTopicError
+
+    account_id = register(accounts)
+    accounts.recorder.insert_events(
+        [StoredEvent(account_id, 2, "lifecycle.domain:Account.FromTheFuture", b"{}")]
+    )
+    with pytest.raises(UnknownTopicError):
+        accounts.get_account(account_id)
+    with pytest.raises(UnknownTopicError):
+        accounts.bulk_scouts.receive([ScoutItem(account_id, "s", "c", "j")])

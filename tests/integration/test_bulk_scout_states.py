@@ -8,15 +8,12 @@ runs two real processes. PostgreSQL only: the embedded SQLite path loads each ac
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from support import racing_scripts
 
 from lifecycle.account_terms import REDACTED
 from lifecycle.application import Accounts, ScoutItem, ScoutOutcome
@@ -206,36 +203,10 @@ def test_two_processes_scouting_the_same_accounts_break_no_rule_and_lose_no_scou
     settings: Settings, accounts: Accounts
 ) -> None:
     ids = [member(accounts) for _ in range(ACCOUNTS)]
-    scouters = [
-        subprocess.Popen(
-            [sys.executable, "-c", SCOUTER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        for _ in range(2)
-    ]
-    try:
-        for tag, scouter in enumerate(scouters, start=1):
-            assert scouter.stdin is not None and scouter.stdout is not None
-            message = [dict(settings.application_env()), [str(i) for i in ids], tag, ROUNDS]
-            scouter.stdin.write(json.dumps(message) + "\n")
-            scouter.stdin.flush()
-            assert scouter.stdout.readline().strip() == "ready"
-        for scouter in scouters:  # both start together
-            assert scouter.stdin is not None
-            scouter.stdin.write("go\n")
-            scouter.stdin.flush()
-        results = []
-        for scouter in scouters:
-            out, _ = scouter.communicate(timeout=240)
-            assert scouter.returncode == 0
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for scouter in scouters:
-            if scouter.poll() is None:
-                scouter.kill()
+    results = racing_scripts(
+        SCOUTER,
+        [[dict(settings.application_env()), [str(i) for i in ids], tag, ROUNDS] for tag in (1, 2)],
+    )
     recorded = sorted(results[0]["recorded"] + results[1]["recorded"])
     stored = sorted(s for i in ids for s in scout_ids(accounts, i))
     # Every scout each process was told it recorded is stored, once; nothing else is.

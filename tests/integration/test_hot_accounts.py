@@ -7,16 +7,13 @@ own copies, pool and key cache); the race runs two real processes.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from support import racing_scripts
 
 from lifecycle.application import Accounts
 from lifecycle.domain import Account
@@ -204,37 +201,9 @@ def test_two_processes_editing_one_account_break_no_rule_and_lose_no_update(
     settings: Settings, accounts: Accounts
 ) -> None:
     account_id = member(accounts)
-    editors = [
-        subprocess.Popen(
-            [sys.executable, "-c", EDITOR],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        for _ in range(2)
-    ]
-    try:
-        for tag, editor in enumerate(editors, start=1):
-            assert editor.stdin is not None and editor.stdout is not None
-            editor.stdin.write(
-                json.dumps([dict(settings.application_env()), str(account_id), tag, ROUNDS]) + "\n"
-            )
-            editor.stdin.flush()
-            assert editor.stdout.readline().strip() == "ready"
-        for editor in editors:  # both start together
-            assert editor.stdin is not None
-            editor.stdin.write("go\n")
-            editor.stdin.flush()
-        results = []
-        for editor in editors:
-            out, _ = editor.communicate(timeout=240)
-            assert editor.returncode == 0
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for editor in editors:
-            if editor.poll() is None:
-                editor.kill()
+    results = racing_scripts(
+        EDITOR, [[dict(settings.application_env()), str(account_id), tag, ROUNDS] for tag in (1, 2)]
+    )
     # Every edit and every scout each process was told it made is stored, once.
     stored_edits = [
         e.desired["min_salary"] for e in events(accounts, account_id, Account.PreferencesEdited)

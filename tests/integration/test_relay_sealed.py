@@ -223,3 +223,18 @@ def test_a_page_read_ahead_is_not_used_when_the_batch_before_failed(
     finally:
         relay.close()
     assert publisher.records == expected(accounts, topics, 0)  # the failed page again, first
+
+
+def test_a_relay_closed_from_another_thread_reads_nothing_ahead_after(
+    accounts: Accounts, topics: TopicNames
+) -> None:
+    """A stop whose join timed out closes the relay while its thread may still be in a batch:
+    no reader is made (or used) once it is closed."""
+    for n in range(3):
+        member(accounts, f"closing{n}")
+    relay = Relay(accounts, Capture(), name="closing", topics=topics, batch_size=2)
+    relay.close()
+    reads = reads_of(relay)
+    relay.run_once()  # the batch the running thread was in: a full page, so a backlog
+    assert [thread for _, thread in reads if thread.startswith("relay-closing-read")] == []
+    assert relay._reader is None

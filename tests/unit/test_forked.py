@@ -52,6 +52,19 @@ def test_a_child_that_dies_without_an_answer_fails_the_pass() -> None:
         run_forked([counting(1, None), dying])
 
 
+def test_a_child_that_stops_making_progress_fails_the_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def stuck(tell: Callable[[int], None]) -> object:
+        tell(1)
+        signal.pause()  # as a child blocked on a lock it inherited held
+        return None
+
+    monkeypatch.setattr("lifecycle.audit.forked.STALLED_SECONDS", 1.0)
+    with pytest.raises(PartFailedError, match="part-1 made no progress"):
+        run_forked([counting(1, None), stuck])
+
+
 def test_when_the_callers_part_fails_the_children_are_ended() -> None:
     def endless(tell: Callable[[int], None]) -> object:
         signal.pause()
