@@ -98,7 +98,8 @@ def event_after(accounts: Accounts, account_id: UUID, cls: type, **fields: objec
     )
 
 
-def test_replay_reports_events_the_rules_forbid(accounts: Accounts, history: History) -> None:
+def scout_after_purge(accounts: Accounts, history: History) -> None:
+    """A scout stored after the purged member's `Purged`: `nothing_after_purge` forbids it."""
     append_raw(
         accounts,
         event_after(
@@ -111,6 +112,20 @@ def test_replay_reports_events_the_rules_forbid(accounts: Accounts, history: His
             received_at=datetime.now(UTC),
         ),
     )
+
+
+def lose_key(accounts: Accounts, account_id: UUID) -> None:
+    """The account's data key deleted while it is not purged: `key_present` flags it."""
+    db = accounts.database
+    with db.transaction() as cursor:
+        cursor.execute(
+            f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s",
+            (db.id_param(account_id),),
+        )
+
+
+def test_replay_reports_events_the_rules_forbid(accounts: Accounts, history: History) -> None:
+    scout_after_purge(accounts, history)
     append_raw(
         accounts,
         event_after(
@@ -134,12 +149,7 @@ def test_replay_reports_events_the_rules_forbid(accounts: Accounts, history: His
 
 
 def test_replay_reports_a_lost_key(accounts: Accounts, history: History) -> None:
-    db = accounts.database
-    with db.transaction() as cursor:
-        cursor.execute(
-            f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s",
-            (db.id_param(history.active),),
-        )
+    lose_key(accounts, history.active)
 
     report = replay(accounts)
 
@@ -151,24 +161,8 @@ def test_a_replay_split_over_processes_finds_what_one_process_finds(
 ) -> None:
     """Each range of ids folded by a process of its own (PostgreSQL; SQLite stays in one):
     the counts and the violations add up to one process's report."""
-    append_raw(
-        accounts,
-        event_after(
-            accounts,
-            history.purged,
-            Account.ScoutReceived,
-            scout_id="late",
-            company_id="acme",
-            job_id="j",
-            received_at=datetime.now(UTC),
-        ),
-    )
-    db = accounts.database
-    with db.transaction() as cursor:
-        cursor.execute(
-            f"DELETE FROM {db.table('account_keys')} WHERE account_id = %s",
-            (db.id_param(history.active),),
-        )
+    scout_after_purge(accounts, history)
+    lose_key(accounts, history.active)
     told: list[tuple[int, int]] = []
 
     alone = replay(accounts, workers=1)
