@@ -60,7 +60,7 @@ def run_forked(parts: Sequence[Part[T]], progress: Callable[[int], None] | None 
             children.append((child, receiver))
         results = [parts[0](told(0))]
         for index, (child, receiver) in enumerate(children, start=1):
-            results.append(_answer(child, receiver, lambda: _tell(progress, counts), counts, index))
+            results.append(_answer(child, receiver, progress, counts, index))
         _tell(progress, counts)
         return results
     finally:
@@ -81,12 +81,17 @@ def _run_child(part: Part[Any], tell: Callable[[int], None], sender: Connection)
 
 
 def _answer(
-    child: Any, receiver: Connection, waiting: Callable[[], None], counts: Any, index: int
+    child: Any,
+    receiver: Connection,
+    progress: Callable[[int], None] | None,
+    counts: Sequence[int],
+    index: int,
 ) -> Any:
-    """The child's result; while it works, `waiting()` is called and its count watched."""
+    """The child's result; while it works, `progress` is told the summed counts and the
+    child's own count is watched for a stall."""
     seen, moved_at = counts[index], time.monotonic()
     while not receiver.poll(PROGRESS_SECONDS):
-        waiting()
+        _tell(progress, counts)
         if not child.is_alive() and not receiver.poll(0):
             raise PartFailedError(f"{child.name} ended with code {child.exitcode}, no answer")
         if counts[index] != seen:
