@@ -2,12 +2,12 @@
 
 Counted in this process: HTTP requests (by method, route template and status, with their
 durations) and commands (the state-changing routes, by outcome). Read from the database by a
-background refresh every `METRICS_REFRESH_S` (never by a scrape, which only formats what was
-found), so every replica reports the same values: events appended (the notification log's
-head), relay position and lag, each projection's position and lag, erasures by state and
-confirmations refused by the erasure process. And, without the database, which of this
-process's workers wait for a dependency. Labels are route templates and names, never ids or
-anything a member typed.
+background refresh every `METRICS_REFRESH_S` (a scrape only formats what was found; the first
+scrape starts the refresh, so a process nobody scrapes never reads), so every replica reports
+the same values: events appended (the notification log's head), relay position and lag, each
+projection's position and lag, erasures by state and confirmations refused by the erasure
+process. And, without the database, which of this process's workers wait for a dependency.
+Labels are route templates and names, never ids or anything a member typed.
 
 `/metrics` holds counts only. Open by default, like `/healthz`; with
 `LIFECYCLE_METRICS_TOKEN_SHA256` set it needs that bearer token.
@@ -130,10 +130,10 @@ class StateCollector(Collector):
         self.gauges: Refresher[list[Any] | None] | None = None
 
     def start(self, interval_s: float = METRICS_REFRESH_S) -> Refresher[list[Any] | None]:
-        """The refresh thread (the app's lifespan starts it, after one refresh of its own)."""
+        """The refresh (the app's lifespan makes it and stops it): it reads for the first
+        time when the first scrape comes, so a process nobody scrapes never reads."""
         self.gauges = Refresher("metrics", self.read, interval_s, on_error=self._unreadable)
-        self.gauges.refresh()
-        return self.gauges.start()
+        return self.gauges
 
     def read(self) -> list[Any] | None:
         accounts = getattr(self.app.state, "accounts", None)
@@ -144,6 +144,8 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         yield self._waiting()
+        if self.gauges is not None:
+            self.gauges.start_on_first_use()
         latest = self.gauges.latest() if self.gauges is not None else None
         families = latest[0] if latest is not None else None
         up = GaugeMetricFamily(

@@ -54,12 +54,23 @@ class Refresher(Generic[T]):
         self.interval_s = interval_s
         self._latest: tuple[T, float] | None = None
         self._lock = threading.Lock()
+        self._starting = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"refresh-{name}", daemon=True)
 
     def start(self) -> Refresher[T]:
         self._thread.start()
         return self
+
+    def start_on_first_use(self) -> None:
+        """The first call runs the work on the caller's thread, then starts the thread; later
+        calls (and any call once stopped) do nothing. For a result only a reader needs: a
+        process nobody reads never runs the work."""
+        with self._starting:
+            if self._thread.ident is not None or self._stop.is_set():
+                return
+            self.refresh()
+            self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop, and wait a moment for a run in progress (a check waiting out an unreachable
@@ -85,6 +96,8 @@ class Refresher(Generic[T]):
             self._latest = (result, time.monotonic())
 
     def _run(self) -> None:
+        if self.latest() is not None:  # a run on the caller's thread at start-up was the first
+            self._stop.wait(self.interval_s)
         while not self._stop.is_set():
             self.refresh()
             self._stop.wait(self.interval_s)
