@@ -22,7 +22,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -479,8 +479,13 @@ def dump_database(postgres_url: str, schema: str) -> bytes:
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
     """Every record from offset 0 to the end offsets as the broker reports them now."""
-    records = read_from_start(bootstrap, [topic], timeout_s=timeout_s)
-    return sorted(records, key=lambda record: (record.partition, record.offset))
+    return read_topics(bootstrap, [topic], timeout_s)
+
+
+def read_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 30.0) -> list[Any]:
+    """`read_topic` for several topics with one client (a client costs about 150 ms)."""
+    records = read_from_start(bootstrap, topics, timeout_s=timeout_s)
+    return sorted(records, key=lambda record: (record.topic, record.partition, record.offset))
 
 
 def wait_until(condition: Callable[[], bool], what: str = "", timeout_s: float = 60.0) -> None:
@@ -649,12 +654,18 @@ def searched_forms(value: str) -> list[bytes]:
     ]
 
 
-def files_holding(directory: Path, needles: list[bytes]) -> list[str]:
+def files_holding(
+    directory: Path, needles: list[bytes], written_since: float | None = None
+) -> list[str]:
     """Every file under `directory` that holds any of `needles` in any byte (a file gone
-    while walking is skipped), named relative to it."""
+    while walking is skipped), named relative to it. With `written_since` (a Unix time) only
+    the files written since are read: a value first made after it can be in no other (a
+    PostgreSQL cluster's files are about a gigabyte by the end of a run, mostly untouched)."""
     found = []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         try:
+            if written_since is not None and path.stat().st_mtime < written_since:
+                continue
             content = path.read_bytes()
         except (FileNotFoundError, PermissionError):
             continue
