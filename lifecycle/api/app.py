@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -258,6 +259,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+@functools.cache  # a scan of the installed distributions, the same for every app
 def _package_version() -> str:
     try:
         return version("lifecycle")
