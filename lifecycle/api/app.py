@@ -127,7 +127,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         readiness = Readiness(readiness_checks(app))
         await run_in_threadpool(readiness.refresh_first)
         app.state.readiness = readiness.start()
-        gauges = app.state.state_collector.start()
+        gauges = app.state.state_collector.refresher()
         log.info("api_started", roles=sorted(set(app.state.token_roles.values())))
         yield
     finally:

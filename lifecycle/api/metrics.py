@@ -129,7 +129,7 @@ class StateCollector(Collector):
         self.log = get_logger(__name__)
         self.gauges: Refresher[list[Any] | None] | None = None
 
-    def start(self, interval_s: float = METRICS_REFRESH_S) -> Refresher[list[Any] | None]:
+    def refresher(self, interval_s: float = METRICS_REFRESH_S) -> Refresher[list[Any] | None]:
         """The refresh (the app's lifespan makes it and stops it): it reads for the first
         time when the first scrape comes, so a process nobody scrapes never reads."""
         self.gauges = Refresher("metrics", self.read, interval_s, on_error=self._unreadable)
@@ -144,9 +144,10 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         yield self._waiting()
+        latest = None
         if self.gauges is not None:
             self.gauges.start_on_first_use()
-        latest = self.gauges.latest() if self.gauges is not None else None
+            latest = self.gauges.latest()
         families = latest[0] if latest is not None else None
         up = GaugeMetricFamily(
             "lifecycle_metrics_database_up",
