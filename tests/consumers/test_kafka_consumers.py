@@ -21,6 +21,7 @@ from support import (
     migrated_store,
     profile,
     read_topic,
+    read_topics,
     scout_received,
     searched_forms,
     wait_until,
@@ -130,8 +131,7 @@ def produce(bootstrap: str, items: Sequence[tuple[str, Record]]) -> None:
 
 def confirmations(bootstrap: str, topics: TopicNames) -> list[ErasureConfirmedV2]:
     found = []
-    records = [r for t in topics.confirmations.values() for r in read_topic(bootstrap, t)]
-    for record in records:
+    for record in read_topics(bootstrap, topics.confirmations.values()):
         envelope: Envelope = decode_record(record.headers, record.value)
         assert isinstance(envelope.data, ErasureConfirmedV2)
         found.append(envelope.data)
@@ -596,9 +596,6 @@ def test_each_service_answers_an_export_request_and_no_topic_holds_a_readable_va
     needles = [form for value in (address, body, tag) for form in searched_forms(value)]
     searched = [topics.export_requested, *topics.export_parts.values()]
     searched += [topics.dlq(name) for name in ("scout", "chat", "mail")]
-    for topic in searched:
-        for record in read_topic(bootstrap, topic):
-            raw = b"".join(
-                [record.key or b"", record.value or b"", *(v for _, v in record.headers)]
-            )
-            assert not [needle for needle in needles if needle in raw], topic
+    for record in read_topics(bootstrap, searched):
+        raw = b"".join([record.key or b"", record.value or b"", *(v for _, v in record.headers)])
+        assert not [needle for needle in needles if needle in raw], record.topic

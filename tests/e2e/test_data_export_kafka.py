@@ -16,7 +16,14 @@ from typing import Any
 
 import jsonschema_rs
 import pytest
-from support import read_topic, searched_forms, service_schemas_beside, wait_until, worker_threads
+from support import (
+    read_topic,
+    read_topics,
+    searched_forms,
+    service_schemas_beside,
+    wait_until,
+    worker_threads,
+)
 
 from consumers import chat, mail, notices, scout
 from consumers.store import open_database
@@ -163,10 +170,10 @@ def test_an_export_over_kafka_holds_what_was_put_in_and_no_topic_holds_a_value(
     bootstrap = settings.kafka_bootstrap
     assert bootstrap is not None
     seen: list[bytes] = []
-    for topic in (topics.export_requested, *topics.export_parts.values(), topics.lifecycle):
-        for record in read_topic(bootstrap, topic):
-            seen += [record.key or b"", record.value or b""]
-            seen += [value for _, value in record.headers]
+    searched = (topics.export_requested, *topics.export_parts.values(), topics.lifecycle)
+    for record in read_topics(bootstrap, searched):
+        seen += [record.key or b"", record.value or b""]
+        seen += [value for _, value in record.headers]
     content = b"\n".join(seen)
     assert read_topic(bootstrap, topics.export_requested)
     for value in values:

@@ -232,7 +232,8 @@ def test_withdrawal_erases_every_service_mails_once_and_ends_purged(
 
     bootstrap = settings.kafka_bootstrap
     assert bootstrap is not None
-    records = {s: read_topic(bootstrap, t) for s, t in topics.confirmations.items()}
+    confirmed = read_topics(bootstrap, topics.confirmations.values())
+    records = {s: [r for r in confirmed if r.topic == t] for s, t in topics.confirmations.items()}
     # Each service confirmed once, on its own topic (the only one its principal may write).
     assert {s: len(found) for s, found in records.items()} == {"scout": 1, "chat": 1, "mail": 1}
     for record in [r for found in records.values() for r in found]:

@@ -29,7 +29,7 @@ from typing import IO, Any, Protocol
 from uuid import UUID
 
 from servers import ThrowawayPostgres
-from support import SmtpSink, free_port, read_topic, wait_until
+from support import SmtpSink, free_port, read_topics, wait_until
 
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import migrate_lifecycle, migrate_service
@@ -313,7 +313,7 @@ class Pipeline:
         return time.monotonic() - began
 
     def dead_letters(self) -> int:
-        return sum(len(read_topic(self.kafka.bootstrap, t)) for t in self.topics.dead_letters)
+        return len(read_topics(self.kafka.bootstrap, self.topics.dead_letters))
 
     def confirmation_mails(self) -> Counter[str]:
         with self.smtp.lock:
