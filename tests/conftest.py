@@ -164,14 +164,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     )
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Tell `scripts/test-tiers` this worker has collected: it starts the fault tier once all
-    have, so the fault tier's servers do not start while the workers import and collect."""
-    collected = os.environ.get("LIFECYCLE_TIERS_COLLECTED")
-    if collected and WORKER != "main":
-        Path(collected, WORKER).touch()
-
-
 # Niceness of a worker's other tests. The fault tier times recovery under a load of its own; the
 # rest of the suite only has to finish, so on a busy machine it yields the cores to it.
 YIELDING_NICENESS = 10
