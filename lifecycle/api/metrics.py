@@ -295,12 +295,12 @@ def metrics(request: Request) -> Response:
 
 
 def install_metrics(app: FastAPI) -> Metrics:
-    """The registry, the request middleware, the state collector and the route."""
+    """The registry, the request middleware and the state collector (the app includes the
+    route, `router`, with the others)."""
     found = Metrics()
     app.state.state_collector = StateCollector(app)
     found.registry.register(app.state.state_collector)
     pipeline_collector.install(app, found.registry)
     app.state.metrics = found
     app.add_middleware(MetricsMiddleware, metrics=found)
-    app.include_router(router)
     return found
