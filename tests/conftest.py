@@ -128,8 +128,10 @@ _fast_temporary_files()
 # Every libpq connection of the tests and of the processes they start commits without waiting
 # for its WAL flush: as visible to every other session at once, only not durable across a
 # crash of the shared server, which no test causes (the fault tier's servers run fsync=off).
-# DDL-heavy setup (a schema per test) is about a fifth faster.
-os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off")
+# DDL-heavy setup (a schema per test) is about a fifth faster. No query plans parallel
+# workers either: the tests' tables are small, and a catalog query that started two (the
+# check of a schema's shape, `support.MigratedSchemas`) took three times the server's CPU.
+os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off -c max_parallel_workers_per_gather=0")
 # Every application the tests and their processes open keeps two PostgreSQL connections, not
 # the production ten: most tests use one, and each more is a server backend started and
 # configured (about 4 ms of the server's CPU each, some 35 s a run). The pool still grows by
