@@ -306,9 +306,12 @@ def service_stores(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[
 # Migrated lifecycle schemas, reused by the tests of one worker
 
 # A schema's shape: every relation, column, constraint, index, trigger and function in it, and
-# the migrations it records. A test that leaves the shape changed gets its schema dropped.
+# the migrations it records, with the schema's own name taken out (index and trigger definitions
+# and function bodies name it): a worker's schemas of the same shape compare equal whatever
+# their names. A test that leaves the shape changed gets its schema dropped.
 _SHAPE = """
-SELECT md5(coalesce(string_agg(item, ',' ORDER BY item), '')) FROM (
+SELECT md5(coalesce(string_agg(named, ',' ORDER BY named), '')) FROM (
+ SELECT replace(item, %(name)s, '') AS named FROM (
   SELECT 'rel ' || c.relname || ' ' || c.relkind::text FROM pg_class c
    WHERE c.relnamespace = %(oid)s
   UNION ALL
@@ -327,8 +330,10 @@ SELECT md5(coalesce(string_agg(item, ',' ORDER BY item), '')) FROM (
   SELECT 'trg ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = %(oid)s AND NOT t.tgisinternal
   UNION ALL
-  SELECT 'fn ' || p.proname || ' ' || md5(p.prosrc) FROM pg_proc p WHERE p.pronamespace = %(oid)s
+  SELECT 'fn ' || p.proname || ' ' || md5(replace(p.prosrc, %(name)s, ''))
+    FROM pg_proc p WHERE p.pronamespace = %(oid)s
 ) shape(item)
+) unnamed
 """
 
 
@@ -435,7 +440,7 @@ def _shape(conn: psycopg.Connection[Any], schema: str) -> str:
     row = conn.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
     if row is None:
         return "gone"
-    found = conn.execute(_SHAPE, {"oid": row[0]}).fetchone()
+    found = conn.execute(_SHAPE, {"oid": row[0], "name": schema}).fetchone()
     recorded = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.schema_migrations",)
     ).fetchone()
