@@ -97,3 +97,18 @@ def test_a_schema_whose_shape_a_test_changed_is_dropped(
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone() == (None,)
     assert schemas.take() != schema
+
+
+def test_schemas_of_other_names_are_handed_out_again_too(
+    schemas: MigratedSchemas, postgres_url: str
+) -> None:
+    """Function bodies and index definitions name their schema: a second schema of a worker
+    must still compare as the shape of its first, or each test would migrate a new one."""
+    first, second = schemas.take(), schemas.take()
+    use(postgres_url, second)
+
+    schemas.give_back(second)
+    schemas.give_back(first)
+
+    assert sorted(schemas.free) == sorted([first, second])
+    assert schemas.take() == first and schemas.take() == second
