@@ -132,11 +132,12 @@ _fast_temporary_files()
 # workers either: the tests' tables are small, and a catalog query that started two (the
 # check of a schema's shape, `support.MigratedSchemas`) took three times the server's CPU.
 os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off -c max_parallel_workers_per_gather=0")
-# Every application the tests and their processes open keeps two PostgreSQL connections, not
+# Every application the tests and their processes open keeps one PostgreSQL connection, not
 # the production ten: most tests use one, and each more is a server backend started and
-# configured (about 4 ms of the server's CPU each, some 35 s a run). The pool still grows by
-# up to 20 under a test's load (races, group commits), as it does in production.
-os.environ.setdefault("LIFECYCLE_DATABASE_POOL_SIZE", "2")
+# configured (about 5 ms of the server's CPU each; two per application made 3,700 sessions a
+# run, one makes 2,800). The pool still grows by up to 20 under a test's load (races, group
+# commits), as it does in production.
+os.environ.setdefault("LIFECYCLE_DATABASE_POOL_SIZE", "1")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
