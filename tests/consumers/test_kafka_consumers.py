@@ -35,6 +35,7 @@ from consumers.mailer import Mailer, SmtpMailer, message_id_for
 from lifecycle.application import Accounts
 from lifecycle.bootstrap import kafka_consumer, migrate_service, service_keyring
 from lifecycle.crypto import new_master_key
+from lifecycle.kafka.admin import TopicSettings
 from lifecycle.kafka.producer import KafkaPublisher
 from lifecycle.kafka.source import Incoming, KafkaSource
 from lifecycle.relay import Relay
@@ -457,7 +458,7 @@ def test_closing_a_source_stores_the_last_commit_sent_without_waiting(
     assert bootstrap is not None
     group = f"{topics.prefix}closing"
     source = KafkaSource(bootstrap, [topics.lifecycle], group, client_id=group)
-    probe = {(topics.lifecycle, partition): 0 for partition in range(3)}
+    probe = {(topics.lifecycle, partition): 0 for partition in range(TopicSettings().partitions)}
 
     def settled() -> bool:
         """The member holds every partition and a commit of its went through. kafka-python

@@ -13,7 +13,6 @@ from uuid import UUID
 import psycopg
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
-from support import wait_until
 from typer.testing import CliRunner
 
 from lifecycle.application import Accounts
@@ -273,8 +272,8 @@ def test_a_table_or_topic_made_without_an_entry_fails_the_registry_and_the_proof
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         admin.create_topics([NewTopic(extra, 1, 1)])
-        # The broker answers a creation before its metadata lists the topic.
-        wait_until(lambda: extra in list_topics(bootstrap), "the new topic is listed", 30)
+        # The broker answers a creation before its metadata lists the topic (as ensure_topics).
+        admin.wait_for_topics([extra], timeout_ms=30_000)
         assert unregistered_topics(topics, list_topics(bootstrap)) == [extra]
         code, stdout, stderr = run(env, *args)
     finally:
