@@ -1,9 +1,9 @@
 """The three-node Kafka cluster of `scripts/services cluster`, driven from the fault tier.
 
-Started once per test run by the `kafka_cluster` fixture (only tests that ask for it pay for
-it) and stopped at the end; its nodes are crashed (`kill`), stopped cleanly (`stop`) and started
-again (`start`, which returns once three brokers are registered and unfenced) through the script,
-so the tests exercise the same commands an engineer runs by hand.
+Started by the `kafka_cluster` fixture for the module that asks for it and stopped after it; its
+nodes are crashed (`kill`), stopped cleanly (`stop`) and started again (`start`, which returns
+once three brokers are registered and unfenced) through the script, so the tests exercise the
+same commands an engineer runs by hand.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Fixtures of the fault tier: servers of its own, and the erasure pipeline as real processes.
 
 The fault tests stop, restart and cut their servers, so they never use the shared ones: one
-throwaway PostgreSQL cluster and one Kafka broker (`tests/faults/servers.py`) and the
-three-node cluster (`cluster.py`), each started once per run when a test first asks for it, on
-the one xdist worker that runs every test using them (the root conftest groups them). A test
-leaves them running. On them `lifecycle relay`, `lifecycle consume scout|chat|mail`,
-`lifecycle erasure` and `lifecycle project` run as processes (`pipeline.py`), started once per
-module that asks for the pipeline, each pipeline in a database of its own.
+throwaway PostgreSQL cluster and one Kafka broker (`tests/faults/servers.py`), started once per
+run when a test first asks for them and left running by each test, and the three-node cluster
+(`cluster.py`), which runs for the module that asks for it only: its three idle nodes would
+cost about a fifth of a core for the rest of the tier. Under xdist, every test using them runs
+on one worker (the root conftest groups them). On them `lifecycle relay`, `lifecycle consume
+scout|chat|mail`, `lifecycle erasure` and `lifecycle project` run as processes (`pipeline.py`),
+started once per module that asks for the pipeline, each pipeline in a database of its own.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def throwaway_kafka() -> Iterator[ThrowawayKafka]:
         kafka.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_cluster() -> Iterator[KafkaCluster]:
-    """The three-node cluster (`scripts/services cluster up`), once per run, only when asked."""
+    """The three-node cluster (`scripts/services cluster up`), for the module that asks."""
     cluster = KafkaCluster()
     try:
         yield cluster

@@ -171,7 +171,8 @@ class ThrowawayKafka:
             f"{self.libs}/*",
         ]
         subprocess.run(
-            [*self._java, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c",
+            [*self._java[:1], "-XX:TieredStopAtLevel=1", *self._java[1:],
+             "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c",
              str(self.props), "--standalone", "--ignore-formatted"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip

@@ -107,8 +107,8 @@ def stored_versions(pipeline: Pipeline, account_ids: list[UUID]) -> dict[str, in
     return {str(row[0]): int(row[1]) for row in rows}
 
 
-# Four node starts (10-20 s each on a loaded 2-core machine), the pipeline's six processes and,
-# for the first test to ask, the cluster's own start and stop: over the suite's 300 s per test.
+# Four node starts (10-20 s each on a loaded 2-core machine), the pipeline's six processes and
+# the cluster's own start and stop (module-scoped): over the suite's 300 s per test.
 @pytest.mark.timeout(600)
 def test_a_leader_killed_then_a_rolling_restart(
     kafka_cluster: KafkaCluster,
