@@ -10,7 +10,7 @@ PACKAGES := lifecycle projections consumers schemas
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-fast install services services-down lint collect bench wrk clean
+.PHONY: run test test-fast install services services-down lint bench wrk clean
 
 # Migrations first (idempotent; on the embedded default also the three services' stores).
 run: install
@@ -20,14 +20,8 @@ run: install
 # The servers start while lint runs; then the fault tier (servers of its own, niceness -5 where
 # permitted) runs beside the other tiers' xdist workers (niceness 10): scripts/test-tiers.
 test: install
-	$(MAKE) --no-print-directory -j3 services lint collect
+	$(MAKE) --no-print-directory -j2 services lint
 	scripts/test-tiers $(TEST_WORKERS)
-
-# The suite collects (an import error shows before any test waits on a server), and what it
-# imports is compiled to bytecode once, here, instead of by each of the pytest processes that
-# start together next (about 4 CPU-seconds each on a fresh clone).
-collect: install
-	@$(BIN)/pytest --collect-only -q >$(VENV)/collect.log || { cat $(VENV)/collect.log; exit 1; }
 
 # Two workers: it computes rather than waits, and each worker collects the whole suite again.
 test-fast: install
@@ -36,7 +30,7 @@ test-fast: install
 # Every interpreter the tests start (xdist workers, CLI and worker subprocesses) reads compiled
 # bytecode instead of compiling its imports again (about a second of CPU each), even where the
 # environment asks Python not to write any (PYTHONDONTWRITEBYTECODE): caches are git-ignored.
-test test-fast collect: export PYTHONDONTWRITEBYTECODE :=
+test test-fast: export PYTHONDONTWRITEBYTECODE :=
 
 install: $(VENV)/.installed
 
