@@ -34,10 +34,10 @@ test test-fast: export PYTHONDONTWRITEBYTECODE :=
 
 install: $(VENV)/.installed
 
+# uv by the interpreter's own pip (3 s less than seeding pip into .venv first); where that pip
+# is missing or too old for --python, by a pip seeded into .venv after all.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
-	# uv by the interpreter's own pip (3 s less than seeding pip into .venv first); where that
-	# pip is missing or too old for --python, by a pip seeded into .venv after all.
 	$(PYTHON) -m pip --python $(BIN)/python install --quiet --upgrade uv 2>/dev/null || \
 		{ $(BIN)/python -m ensurepip --upgrade >/dev/null && $(BIN)/python -m pip install --quiet --upgrade uv; }
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
