@@ -10,16 +10,18 @@ PACKAGES := lifecycle projections consumers schemas
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-fast install services services-down lint bench wrk clean
+.PHONY: run test test-fast install services services-start services-down lint bench wrk clean
 
 # Migrations first (idempotent; on the embedded default also the three services' stores).
 run: install
 	$(BIN)/lifecycle migrate
 	$(BIN)/lifecycle serve --host $(HOST) --port $(PORT)
 
-# The servers start while lint runs; then the fault tier (servers of its own, niceness -5 where
-# permitted) runs beside the other tiers' xdist workers (niceness 10): scripts/test-tiers.
-test: install
+# The servers are launched beside the Python install and waited for while lint runs; then the
+# fault tier (servers of its own, niceness -5 where permitted) runs beside the other tiers' xdist
+# workers (niceness 10): scripts/test-tiers.
+test:
+	$(MAKE) --no-print-directory -j2 install services-start
 	$(MAKE) --no-print-directory -j2 services lint
 	scripts/test-tiers $(TEST_WORKERS)
 
@@ -45,6 +47,11 @@ $(VENV)/.installed: pyproject.toml
 
 services:
 	scripts/services up --secure
+
+# The servers launched without waiting for them: their start-ups (and packages, jars, initdb on a
+# fresh machine) overlap the Python install, which spends seconds waiting on the package index.
+services-start:
+	scripts/services start --secure
 
 services-down:
 	scripts/services down
