@@ -10,19 +10,18 @@ PACKAGES := lifecycle projections consumers schemas
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-fast install services services-start services-down lint bench wrk clean
+.PHONY: run test test-fast install services services-ready services-start services-down lint bench wrk clean
 
 # Migrations first (idempotent; on the embedded default also the three services' stores).
 run: install
 	$(BIN)/lifecycle migrate
 	$(BIN)/lifecycle serve --host $(HOST) --port $(PORT)
 
-# The servers are launched beside the Python install and waited for while lint runs; then the
-# fault tier (servers of its own, niceness -5 where permitted) runs beside the other tiers' xdist
+# The servers are launched beside the Python install and lint (services-ready); then the fault
+# tier (servers of its own, niceness -5 where permitted) runs beside the other tiers' xdist
 # workers (niceness 10): scripts/test-tiers.
 test:
-	$(MAKE) --no-print-directory -j2 install services-start
-	$(MAKE) --no-print-directory -j2 services lint
+	$(MAKE) --no-print-directory -j2 lint services-ready
 	scripts/test-tiers $(TEST_WORKERS)
 
 # Two workers: it computes rather than waits, and each worker collects the whole suite again.
@@ -48,8 +47,12 @@ $(VENV)/.installed: pyproject.toml
 services:
 	scripts/services up --secure
 
-# The servers launched without waiting for them: their start-ups (and packages, jars, initdb on a
-# fresh machine) overlap the Python install, which spends seconds waiting on the package index.
+# For make test: the servers launched at once (on a fresh machine also their packages, jars and
+# initdb) beside the Python install, which spends seconds waiting on the package index, and then
+# lint; waited for once launched.
+services-ready: services-start
+	scripts/services up --secure
+
 services-start:
 	scripts/services start --secure
 
