@@ -10,7 +10,7 @@ PACKAGES := lifecycle projections consumers schemas
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-fast install services services-ready services-start services-down lint bench wrk clean
+.PHONY: run test test-fast install services services-ready services-down lint bench wrk clean
 
 # Migrations first (idempotent; on the embedded default also the three services' stores).
 run: install
@@ -50,11 +50,9 @@ services:
 # For make test: the servers launched at once (on a fresh machine also their packages, jars and
 # initdb) beside the Python install, which spends seconds waiting on the package index, and then
 # lint; waited for once launched.
-services-ready: services-start
-	scripts/services up --secure
-
-services-start:
+services-ready:
 	scripts/services start --secure
+	scripts/services up --secure
 
 services-down:
 	scripts/services down

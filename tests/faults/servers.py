@@ -164,6 +164,7 @@ class ThrowawayKafka:
         )
         self._java = [
             "java",
+            "-XX:TieredStopAtLevel=1",  # no C2: the format and the broker live too short for it
             "-Djava.awt.headless=true",
             f"-DZstdTempFolder={self.dir / 'tmp'}",
             f"-Dorg.xerial.snappy.tempdir={self.dir / 'tmp'}",
@@ -171,8 +172,7 @@ class ThrowawayKafka:
             f"{self.libs}/*",
         ]
         subprocess.run(
-            [*self._java[:1], "-XX:TieredStopAtLevel=1", *self._java[1:],
-             "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c",
+            [*self._java, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c",
              str(self.props), "--standalone", "--ignore-formatted"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
@@ -184,7 +184,7 @@ class ThrowawayKafka:
         self._process = subprocess.Popen(
             [
                 *self._java[:1],
-                "-Xmx384M", "-Xms128M", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+                "-Xmx384M", "-Xms128M", "-XX:+UseG1GC",
                 f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
                 f"-Dkafka.logs.dir={self.dir / 'logs'}",
                 *self._java[1:],
